@@ -1,0 +1,153 @@
+//! Subject and stream names. Subjects are `<service>.<entity>.<event>` for facts and
+//! `<service>.cmd.<verb>` for commands, where `<service>` is the namespace the subject
+//! lives in: the producer for facts, the executing service for commands. Each namespace
+//! has one JetStream stream named after it.
+
+/// Subject names without prefix. Use [`Subjects::subject`] to get the wire name.
+pub mod subject {
+    pub const CORE_POLICY_UPSERTED: &str = "core.policy.upserted";
+    pub const CORE_POLICY_RENEWED: &str = "core.policy.renewed";
+    pub const CORE_POLICY_CANCELLED: &str = "core.policy.cancelled";
+
+    pub const LISTS_CASE_OPENED: &str = "lists.case.opened";
+    pub const LISTS_CASE_CLOSED: &str = "lists.case.closed";
+
+    pub const ASSIGNMENT_OWNER_ASSIGNED: &str = "assignment.owner.assigned";
+
+    pub const DISPATCH_CMD_SEND_SMS: &str = "dispatch.cmd.send_sms";
+    pub const DISPATCH_SMS_SENT: &str = "dispatch.sms.sent";
+    pub const DISPATCH_SMS_DELIVERED: &str = "dispatch.sms.delivered";
+    pub const DISPATCH_SMS_FAILED: &str = "dispatch.sms.failed";
+}
+
+/// One JetStream stream per subject namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Core,
+    Lists,
+    Assignment,
+    Scheduler,
+    Dispatch,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 5] = [
+        Stream::Core,
+        Stream::Lists,
+        Stream::Assignment,
+        Stream::Scheduler,
+        Stream::Dispatch,
+    ];
+
+    /// The namespace (first subject token) this stream captures.
+    pub fn namespace(self) -> &'static str {
+        match self {
+            Stream::Core => "core",
+            Stream::Lists => "lists",
+            Stream::Assignment => "assignment",
+            Stream::Scheduler => "scheduler",
+            Stream::Dispatch => "dispatch",
+        }
+    }
+}
+
+/// Wire names for one deployment: every subject and stream carries the prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// `prefix` is empty for production, or a token such as `t3f9a` for a test. It must
+    /// be a single subject token made of ASCII letters, digits, `-` or `_`.
+    pub fn new(prefix: &str) -> Result<Self, InvalidPrefix> {
+        let valid = prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(InvalidPrefix(prefix.to_owned()));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The wire subject for a name from [`subject`].
+    pub fn subject(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The name without the prefix, if `wire` carries this deployment's prefix.
+    pub fn strip<'a>(&self, wire: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            Some(wire)
+        } else {
+            wire.strip_prefix(self.prefix.as_str())?.strip_prefix('.')
+        }
+    }
+
+    /// The JetStream stream name, e.g. `LISTS` or `T3F9A_LISTS`.
+    pub fn stream(&self, stream: Stream) -> String {
+        let base = stream.namespace().to_ascii_uppercase();
+        if self.prefix.is_empty() {
+            base
+        } else {
+            format!("{}_{base}", self.prefix.to_ascii_uppercase().replace('-', "_"))
+        }
+    }
+
+    /// The subject filter a stream captures, e.g. `lists.>`.
+    pub fn stream_filter(&self, stream: Stream) -> String {
+        self.subject(&format!("{}.>", stream.namespace()))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidPrefix(pub String);
+
+impl std::fmt::Display for InvalidPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "subject prefix {:?} must be one token of ASCII letters, digits, '-' or '_'",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidPrefix {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_applies_to_subjects_and_streams() {
+        let s = Subjects::new("t1a").expect("valid prefix");
+        assert_eq!(s.subject(subject::LISTS_CASE_OPENED), "t1a.lists.case.opened");
+        assert_eq!(s.stream(Stream::Lists), "T1A_LISTS");
+        assert_eq!(s.stream_filter(Stream::Dispatch), "t1a.dispatch.>");
+        assert_eq!(s.strip("t1a.lists.case.opened"), Some("lists.case.opened"));
+        assert_eq!(s.strip("other.lists.case.opened"), None);
+    }
+
+    #[test]
+    fn empty_prefix_is_production() {
+        let s = Subjects::default();
+        assert_eq!(s.subject(subject::DISPATCH_CMD_SEND_SMS), "dispatch.cmd.send_sms");
+        assert_eq!(s.stream(Stream::Core), "CORE");
+    }
+
+    #[test]
+    fn prefix_with_dot_is_refused() {
+        assert!(Subjects::new("a.b").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The transactional outbox. A service writes its event into its own `outbox` table in
+//! the same transaction as the state change; the relay publishes each row with
+//! `Nats-Msg-Id` = the row's id and marks it published only after JetStream acknowledged
+//! it. A crash in between republishes the row, and the consumer's inbox drops the copy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::bus::Bus;
+use crate::retry::Backoff;
+
+/// One service's outbox: where to write, and how to wake its relay.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    schema: &'static str,
+    wake: Arc<Notify>,
+}
+
+const BATCH: i64 = 500;
+const POLL: Duration = Duration::from_millis(500);
+
+impl Outbox {
+    pub fn new(schema: &'static str) -> Self {
+        Outbox {
+            schema,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn schema(&self) -> &'static str {
+        self.schema
+    }
+
+    /// Writes an event inside the caller's transaction; its id is a fresh UUID.
+    pub async fn enqueue(
+        &self,
+        tx: &mut PgConnection,
+        subject: &str,
+        message: &impl prost::Message,
+    ) -> Result<Uuid, sqlx::Error> {
+        self.enqueue_with_id(tx, Uuid::now_v7(), subject, message).await
+    }
+
+    /// Writes an event with a chosen id (a command id, say), which becomes its
+    /// `Nats-Msg-Id`; a second write of the same id is ignored.
+    pub async fn enqueue_with_id(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        subject: &str,
+        message: &impl prost::Message,
+    ) -> Result<Uuid, sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {}.outbox (id, subject, payload, traceparent) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING",
+            self.schema
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(subject)
+            .bind(message.encode_to_vec())
+            .bind(crate::telemetry::current_traceparent())
+            .execute(&mut *tx)
+            .await?;
+        Ok(id)
+    }
+
+    /// Tells the relay there is something to publish (call after the commit).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Rows written but not yet acknowledged by JetStream.
+    pub async fn backlog(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        let sql = format!(
+            "SELECT count(*) FROM {}.outbox WHERE published_at IS NULL",
+            self.schema
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await
+    }
+
+    /// Publishes until cancelled. Several replicas may run it: each batch is claimed
+    /// with `FOR UPDATE SKIP LOCKED`.
+    pub async fn relay(self, pool: PgPool, bus: Bus, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            match self.publish_batch(&pool, &bus).await {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => {
+                    backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                    }
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(service = self.schema, error = %e, retry_in_ms = wait.as_millis() as u64, "outbox relay could not publish; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes one batch in order and marks it; returns how many rows it published.
+    pub async fn publish_batch(&self, pool: &PgPool, bus: &Bus) -> Result<usize, RelayError> {
+        let mut tx = pool.begin().await?;
+        let select = format!(
+            "SELECT seq, id, subject, payload, traceparent, created_at FROM {}.outbox \
+             WHERE published_at IS NULL ORDER BY seq LIMIT {BATCH} FOR UPDATE SKIP LOCKED",
+            self.schema
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch_all(&mut *tx).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut acks = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut oldest: Option<chrono::DateTime<chrono::Utc>> = None;
+        for row in &rows {
+            let id: Uuid = row.try_get("id")?;
+            let subject: String = row.try_get("subject")?;
+            let payload: Vec<u8> = row.try_get("payload")?;
+            let traceparent: Option<String> = row.try_get("traceparent")?;
+            let created: chrono::DateTime<chrono::Utc> = row.try_get("created_at")?;
+            oldest = Some(oldest.map_or(created, |o| o.min(created)));
+            acks.push(bus.send(&subject, &id.to_string(), traceparent.as_deref(), payload).await?);
+            seqs.push(row.try_get::<i64, _>("seq")?);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| RelayError::Ack(e.to_string()))?;
+        }
+        let mark = format!(
+            "UPDATE {}.outbox SET published_at = now() WHERE seq = ANY($1)",
+            self.schema
+        );
+        sqlx::query(sqlx::AssertSqlSafe(mark)).bind(&seqs).execute(&mut *tx).await?;
+        tx.commit().await?;
+        crate::activity::record();
+        metrics::counter!("messages_out_total", "service" => self.schema).increment(seqs.len() as u64);
+        if let Some(oldest) = oldest {
+            let lag = (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!("outbox_lag_seconds", "service" => self.schema).set(lag);
+        }
+        Ok(seqs.len())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error("jetstream did not acknowledge: {0}")]
+    Ack(String),
+}

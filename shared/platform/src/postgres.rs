@@ -1,0 +1,116 @@
+//! The Postgres pool and per-service schema migrations. Each service owns one schema,
+//! and its migrations table lives inside it (`<schema>._sqlx_migrations`).
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::Backoff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid Postgres URL: {0}")]
+    Url(String),
+    #[error("postgres: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migrating schema {schema}: {source}")]
+    Migrate {
+        schema: &'static str,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("stopped before Postgres answered")]
+    Cancelled,
+}
+
+fn options(url: &SecretString) -> Result<PgConnectOptions, DbError> {
+    let options: PgConnectOptions = url
+        .expose_secret()
+        .parse()
+        .map_err(|e: sqlx::Error| DbError::Url(e.to_string()))?;
+    Ok(options
+        .application_name("renewal")
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
+}
+
+/// A lazy pool: it connects on first use, so a service can start (and report
+/// not-ready) while Postgres is still away.
+pub fn pool(url: &SecretString, max_connections: u32) -> Result<PgPool, DbError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options(url)?))
+}
+
+/// Waits until Postgres answers, logging each failure with its cause, with backoff.
+pub async fn wait_until_reachable(pool: &PgPool, cancel: &CancellationToken) -> Result<(), DbError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match sqlx::query("SELECT 1").execute(pool).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "postgres is not reachable yet");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(DbError::Cancelled),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Creates the database named in `url` if it does not exist (connecting to the
+/// server's `postgres` database to do so). A laptop and the demo need this; a managed
+/// database in production already exists and this is a no-op there.
+pub async fn ensure_database(url: &SecretString) -> Result<(), DbError> {
+    let target = options(url)?;
+    let Some(name) = target.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = target.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it between our check and our create.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Drops a database (tests and the demo's reset use it).
+pub async fn drop_database(url: &SecretString) -> Result<(), DbError> {
+    let target = options(url)?;
+    let Some(name) = target.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = target.database("postgres").connect().await?;
+    let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\""));
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
+    Ok(())
+}
+
+/// Runs a service's migrations into its own schema, tracking them in a table inside
+/// that schema so services never share migration history.
+pub async fn migrate(pool: &PgPool, schema: &'static str, migrator: Migrator) -> Result<(), DbError> {
+    let mut migrator = migrator;
+    let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+    sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await?;
+    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+    migrator
+        .run(pool)
+        .await
+        .map_err(|source| DbError::Migrate { schema, source })
+}

@@ -1,0 +1,191 @@
+//! The life of a service process, shared by every thin binary and the all-in-one:
+//! read the environment, start logging, serve health and readiness at once, connect
+//! to Postgres and NATS with backoff (reporting not-ready meanwhile), migrate, run the
+//! services until SIGTERM, drain within the grace period, flush telemetry last.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::{Bus, Clock, Deps, HttpHost};
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// How a process runs its service(s): migrations first, then the run loop.
+pub struct Program {
+    pub name: &'static str,
+    pub migrate: fn(PgPool) -> BoxFuture<Result<(), crate::postgres::DbError>>,
+    pub run: fn(Deps, CancellationToken) -> BoxFuture<Result<(), String>>,
+}
+
+/// Runs `program` as a process; the exit code says how it ended.
+pub async fn main(program: Program, migrate_only: bool) -> ExitCode {
+    install_crypto_provider_and_metrics();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: configuration error: {e}", program.name);
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = match crate::telemetry::init(program.name, "info,sqlx=warn,async_nats=warn") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: configuration error: {e}", program.name);
+            return ExitCode::from(2);
+        }
+    };
+    let code = run_process(&program, settings, migrate_only).await;
+    telemetry.shutdown();
+    code
+}
+
+fn install_crypto_provider_and_metrics() {
+    crate::install_crypto_provider();
+    let _ = crate::http::metrics_handle();
+}
+
+async fn run_process(program: &Program, settings: Settings, migrate_only: bool) -> ExitCode {
+    let root = CancellationToken::new();
+    crate::shutdown::cancel_on_signal(root.clone());
+
+    let pool = match crate::postgres::pool(&settings.database_url, settings.database_max_connections) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration error");
+            return ExitCode::from(2);
+        }
+    };
+    if migrate_only {
+        if let Err(e) = crate::postgres::ensure_database(&settings.database_url).await {
+            tracing::error!(error = %e, "cannot create the database");
+            return ExitCode::FAILURE;
+        }
+        return match (program.migrate)(pool).await {
+            Ok(()) => {
+                tracing::info!("migrations applied");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "migration failed");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let http = HttpHost::new();
+    http.set_ready("postgres", Err("connecting".into()));
+    http.set_ready("nats", Err("connecting".into()));
+    http.set_ready(program.name, Err("starting".into()));
+    let listener = match crate::http::bind(settings.http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %settings.http_addr, error = %e, "cannot listen (HTTP_ADDR)");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %settings.http_addr, "serving /healthz, /readyz, /metrics");
+    let http_stop = CancellationToken::new();
+    let server = tokio::spawn(http.clone().serve(listener, http_stop.clone()));
+
+    let started = async {
+        crate::postgres::wait_until_reachable(&pool, &root).await.map_err(|e| e.to_string())?;
+        http.set_ready("postgres", Ok(()));
+        (program.migrate)(pool.clone()).await.map_err(|e| e.to_string())?;
+        let subjects = renewal_contract::Subjects::new(&settings.nats_prefix).map_err(|e| e.to_string())?;
+        let bus = Bus::connect(&settings.nats_url, subjects, settings.stream_replicas, program.name, &root)
+            .await
+            .map_err(|e| e.to_string())?;
+        http.set_ready("nats", Ok(()));
+        Ok::<_, String>(bus)
+    };
+    let bus = match started.await {
+        Ok(bus) => bus,
+        Err(e) => {
+            if !root.is_cancelled() {
+                tracing::error!(error = %e, "start-up failed");
+            }
+            http_stop.cancel();
+            let _ = server.await;
+            return if root.is_cancelled() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+    };
+    let watch = tokio::spawn(watch_dependencies(pool.clone(), bus.clone(), http.clone(), root.clone()));
+
+    let deps = Deps {
+        pool,
+        bus,
+        clock: Clock::wall(),
+        http: http.clone(),
+        time_zone: settings.time_zone,
+    };
+    let service_stop = CancellationToken::new();
+    let mut service = tokio::spawn((program.run)(deps, service_stop.clone()));
+    http.set_ready(program.name, Ok(()));
+    tracing::info!(service = program.name, "started");
+
+    let outcome = tokio::select! {
+        _ = root.cancelled() => None,
+        done = &mut service => Some(done),
+    };
+    let code = match outcome {
+        Some(Ok(Ok(()))) => ExitCode::SUCCESS,
+        Some(Ok(Err(e))) => {
+            tracing::error!(error = %e, "service stopped with an error");
+            ExitCode::FAILURE
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "service task failed");
+            ExitCode::FAILURE
+        }
+        None => {
+            // Draining: not ready any more, stop intake, let in-flight work finish.
+            http.set_ready(program.name, Err("shutting down".into()));
+            service_stop.cancel();
+            match tokio::time::timeout(settings.shutdown_grace, &mut service).await {
+                Ok(_) => tracing::info!("drained; stopped"),
+                Err(_) => {
+                    tracing::warn!(grace_s = settings.shutdown_grace.as_secs(), "did not drain within SHUTDOWN_GRACE; stopping anyway");
+                    service.abort();
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    watch.abort();
+    http_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    code
+}
+
+/// Keeps `/readyz` honest after start: Postgres and NATS are re-checked every few seconds.
+async fn watch_dependencies(pool: PgPool, bus: Bus, http: HttpHost, cancel: CancellationToken) {
+    loop {
+        let pg = tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(&pool)).await;
+        let pg_state = match pg {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 3s".to_owned()),
+        };
+        if let Err(reason) = &pg_state {
+            tracing::warn!(%reason, "postgres is not reachable");
+        }
+        http.set_ready("postgres", pg_state);
+        let nats_state = if bus.is_connected() {
+            Ok(())
+        } else {
+            tracing::warn!("nats connection is down; reconnecting");
+            Err("disconnected".to_owned())
+        };
+        http.set_ready("nats", nats_state);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

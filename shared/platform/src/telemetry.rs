@@ -1,0 +1,205 @@
+//! Logs and traces. JSON logs by default (`LOG_FORMAT=text` for people), filtered by
+//! `RUST_LOG`; OpenTelemetry traces exported over OTLP/HTTP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `traceparent` carried in NATS headers.
+//!
+//! A guard layer watches every log event for what looks like a mainland mobile number
+//! or ID number and counts it (`log_pii_suspect_total`): personal data must never be
+//! logged, and this is how we notice if it ever is.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::field::{Field, Visit};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT is set but the exporter cannot be built: {0}")]
+    Exporter(String),
+    #[error("LOG_FORMAT must be json or text (got {0:?})")]
+    Format(String),
+    #[error("RUST_LOG is not a valid filter: {0}")]
+    Filter(String),
+}
+
+/// Keeps the trace pipeline alive; call [`Telemetry::shutdown`] last on exit so
+/// buffered spans are flushed.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("telemetry: flushing traces failed: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
+/// Calling it twice in one process keeps the first subscriber (tests do this).
+pub fn init(service: &'static str, default_filter: &str) -> Result<Telemetry, TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => {
+            EnvFilter::try_new(spec).map_err(|e| TelemetryError::Filter(e.to_string()))?
+        }
+        _ => EnvFilter::new(default_filter),
+    };
+    let format = std::env::var("LOG_FORMAT").unwrap_or_else(|_| "json".into());
+    let fmt_layer = match format.as_str() {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        "text" => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        other => return Err(TelemetryError::Format(other.to_owned())),
+    };
+
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.trim().is_empty()) {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer(service);
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(PiiGuard)
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+/// The W3C `traceparent` of the current span, if it belongs to a trace.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let mut headers = async_nats::HeaderMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut headers));
+    headers
+        .get("traceparent")
+        .map(|v| v.as_str().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Makes the trace in `headers` (if any) the parent of `span`.
+pub fn adopt_parent(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    if let Some(headers) = headers {
+        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let _ = span.set_parent(cx);
+    }
+}
+
+static PII_SUSPECTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many log events in this process looked like they carried a mobile number or
+/// an ID number.
+pub fn pii_suspect_log_events() -> u64 {
+    PII_SUSPECTS.load(Ordering::Relaxed)
+}
+
+struct PiiGuard;
+
+impl<S: tracing::Subscriber> Layer<S> for PiiGuard {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut scan = PiiScan(false);
+        event.record(&mut scan);
+        if scan.0 {
+            PII_SUSPECTS.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("log_pii_suspect_total").increment(1);
+        }
+    }
+}
+
+struct PiiScan(bool);
+
+impl Visit for PiiScan {
+    fn record_str(&mut self, _field: &Field, value: &str) {
+        self.0 |= looks_like_pii(value);
+    }
+
+    fn record_debug(&mut self, _field: &Field, value: &dyn std::fmt::Debug) {
+        self.0 |= looks_like_pii(&format!("{value:?}"));
+    }
+}
+
+/// True if `text` holds an 11-digit run starting 1[3-9] (a mainland mobile) or an
+/// 18-character resident ID (17 digits and a digit or X).
+pub fn looks_like_pii(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let run = &bytes[start..i];
+        let id_tail = i < bytes.len() && (bytes[i] == b'X' || bytes[i] == b'x');
+        if run.len() == 11 && run[0] == b'1' && (b'3'..=b'9').contains(&run[1]) {
+            return true;
+        }
+        if run.len() == 18 || (run.len() == 17 && id_tail) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_pii;
+
+    #[test]
+    fn spots_mobiles_and_id_numbers_but_not_ordinary_numbers() {
+        assert!(looks_like_pii("calling 13812345678 now"));
+        assert!(looks_like_pii("+8613812345678"));
+        assert!(looks_like_pii("id=11010519491231002X"));
+        assert!(looks_like_pii("110105194912310021"));
+        assert!(!looks_like_pii("policy P2026000123 case 42"));
+        assert!(!looks_like_pii("elapsed_ms=12345678901234"));
+        assert!(!looks_like_pii("ts 1764000000000"));
+    }
+}
