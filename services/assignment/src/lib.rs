@@ -1,1 +1,61 @@
+//! The assignment service: every renewal case gets an owner in time, and the credit
+//! stays with the agent who sold the policy. The walking skeleton names the
+//! originating agent as owner; branch claims, the city-wide pool, auto-assignment and
+//! second assignment build on this.
 
+mod cases;
+mod ownership;
+pub mod report;
+
+use renewal_contract::Stream;
+use renewal_platform::{ConsumerSpec, Consuming, Deps, Outbox};
+use tokio_util::sync::CancellationToken;
+
+pub const SCHEMA: &str = "assignment";
+
+/// Renewal cases opened and closed by lists.
+pub const LISTS_CASES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Lists,
+    durable: "assignment",
+    filter: "lists.case.>",
+};
+
+pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES];
+
+pub fn outbox() -> Outbox {
+    Outbox::new(SCHEMA)
+}
+
+pub async fn migrate(pool: sqlx::PgPool) -> Result<(), renewal_platform::postgres::DbError> {
+    renewal_platform::postgres::migrate(&pool, SCHEMA, sqlx::migrate!("./migrations")).await
+}
+
+/// Runs the service until `cancel` fires, then finishes the work in hand.
+pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
+    deps.bus
+        .ensure_stream(Stream::Assignment)
+        .await
+        .map_err(|e| e.to_string())?;
+    let outbox = outbox();
+    deps.http.mount(ownership::routes(deps.pool.clone()));
+    let consuming = Consuming {
+        pool: deps.pool.clone(),
+        bus: deps.bus.clone(),
+        schema: SCHEMA,
+        outbox: outbox.clone(),
+    };
+    let handler = cases::CaseEvents {
+        outbox: outbox.clone(),
+        clock: deps.clock.clone(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(renewal_platform::inbox::consume(consuming, LISTS_CASES, handler, cancel.clone()));
+    tasks.spawn(outbox.relay(deps.pool.clone(), deps.bus.clone(), cancel.clone()));
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            cancel.cancel();
+            return Err(format!("assignment task failed: {e}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Renewal cases as assignment keeps them: opened (and given an owner), closed.
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use renewal_contract::lists::{CaseClosed, CaseOpened};
+use renewal_contract::subject;
+use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::ownership;
+
+pub struct CaseEvents {
+    pub outbox: Outbox,
+    pub clock: Clock,
+}
+
+fn case_id(raw: &str) -> Result<Uuid, HandleError> {
+    Uuid::parse_str(raw).map_err(|_| HandleError::Malformed(format!("case_id {raw:?} is not a UUID")))
+}
+
+fn instant(ms: i64) -> Result<DateTime<Utc>, HandleError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| HandleError::Malformed(format!("{ms} is not a timestamp")))
+}
+
+impl Handler for CaseEvents {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        match delivery.subject.as_str() {
+            subject::LISTS_CASE_OPENED => {
+                let event: CaseOpened = delivery.decode()?;
+                let id = case_id(&event.case_id)?;
+                let expiry = NaiveDate::parse_from_str(&event.expiry_date, "%Y-%m-%d")
+                    .map_err(|_| HandleError::Malformed("expiry_date is not YYYY-MM-DD".into()))?;
+                let opened_at = instant(event.opened_at_ms)?;
+                let inserted = sqlx::query(
+                    "INSERT INTO assignment.cases (case_id, policy_no, city_code, branch_code, credited_agent,
+                         expiry_date, important, group_policy, opened_at, state, closed_at)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
+                            CASE WHEN e.case_id IS NULL THEN 'open' ELSE 'closed' END, e.closed_at
+                     FROM (SELECT 1) one LEFT JOIN assignment.closed_early e ON e.case_id = $1
+                     ON CONFLICT (case_id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(&event.policy_no)
+                .bind(&event.city_code)
+                .bind(&event.branch_code)
+                .bind(&event.agent_code)
+                .bind(expiry)
+                .bind(event.important)
+                .bind(event.group_policy)
+                .bind(opened_at)
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() == 1 && !event.agent_code.is_empty() {
+                    ownership::assign(
+                        tx,
+                        &self.outbox,
+                        id,
+                        &event.agent_code,
+                        "originating_agent",
+                        "system",
+                        self.clock.now(),
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            subject::LISTS_CASE_CLOSED => {
+                let event: CaseClosed = delivery.decode()?;
+                let id = case_id(&event.case_id)?;
+                let closed_at = instant(event.closed_at_ms)?;
+                let updated = sqlx::query(
+                    "UPDATE assignment.cases SET state = 'closed', closed_at = $2 WHERE case_id = $1",
+                )
+                .bind(id)
+                .bind(closed_at)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    sqlx::query("INSERT INTO assignment.closed_early (case_id, closed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(id)
+                        .bind(closed_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Ok(())
+            }
+            other => Err(HandleError::Malformed(format!("unexpected subject {other}"))),
+        }
+    }
+}

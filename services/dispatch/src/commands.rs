@@ -1,0 +1,101 @@
+//! Commands in: `dispatch.cmd.send_sms` queues a message (one per command id); a
+//! closed case withdraws what is still queued for it.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use renewal_contract::lists::CaseClosed;
+use renewal_contract::scheduler::SendSms;
+use renewal_contract::subject;
+use renewal_platform::{Clock, Delivery, HandleError, Handler};
+use sqlx::PgConnection;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::sms::templates;
+
+pub struct Commands {
+    pub clock: Clock,
+    pub queued: Arc<Notify>,
+}
+
+fn uuid(field: &str, raw: &str) -> Result<Uuid, HandleError> {
+    Uuid::parse_str(raw).map_err(|_| HandleError::Malformed(format!("{field} {raw:?} is not a UUID")))
+}
+
+impl Handler for Commands {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        if delivery.subject != subject::DISPATCH_CMD_SEND_SMS {
+            return Err(HandleError::Malformed(format!("unexpected subject {}", delivery.subject)));
+        }
+        let command: SendSms = delivery.decode()?;
+        let id = uuid("command_id", &command.command_id)?;
+        let case_id = uuid("case_id", &command.case_id)?;
+        let tz: chrono_tz::Tz = command
+            .time_zone
+            .parse()
+            .map_err(|_| HandleError::Malformed(format!("unknown time zone {:?}", command.time_zone)))?;
+        let params = templates::params(&command).map_err(HandleError::Malformed)?;
+        let now = self.clock.now();
+        let due = Utc.timestamp_millis_opt(command.due_at_ms).single().unwrap_or(now).max(now);
+        // A command for a closed case is dropped here, and counted.
+        let row = sqlx::query_scalar::<_, String>(
+            "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, mobile, template_params,
+                 time_zone, marketing, state, next_attempt_at, created_at, last_error)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
+                    CASE WHEN closed.case_id IS NULL THEN 'queued' ELSE 'withdrawn' END, $10, $11,
+                    CASE WHEN closed.case_id IS NULL THEN NULL ELSE 'case closed before sending' END
+             FROM (SELECT 1) one LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $2
+             ON CONFLICT (id) DO NOTHING
+             RETURNING state",
+        )
+        .bind(id)
+        .bind(case_id)
+        .bind(&command.policy_no)
+        .bind(&command.stage)
+        .bind(&command.template)
+        .bind(&command.mobile)
+        .bind(params)
+        .bind(tz.name())
+        .bind(command.marketing)
+        .bind(due)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if row.as_deref() == Some("withdrawn") {
+            metrics::counter!("sms_total", "status" => "withdrawn").increment(1);
+        }
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.queued.notify_one();
+    }
+}
+
+pub struct ClosedCases;
+
+impl Handler for ClosedCases {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        let event: CaseClosed = delivery.decode()?;
+        let case_id = uuid("case_id", &event.case_id)?;
+        let closed_at = Utc
+            .timestamp_millis_opt(event.closed_at_ms)
+            .single()
+            .ok_or_else(|| HandleError::Malformed("closed_at_ms is not a timestamp".into()))?;
+        sqlx::query("INSERT INTO dispatch.closed_cases (case_id, closed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(case_id)
+            .bind(closed_at)
+            .execute(&mut *tx)
+            .await?;
+        let withdrawn = sqlx::query(
+            "UPDATE dispatch.sms_messages SET state = 'withdrawn', last_error = 'case closed before sending'
+             WHERE case_id = $1 AND state = 'queued'",
+        )
+        .bind(case_id)
+        .execute(&mut *tx)
+        .await?;
+        metrics::counter!("sms_total", "status" => "withdrawn").increment(withdrawn.rows_affected());
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! Dispatch's own settings, from the environment.
+
+use std::time::Duration;
+
+use chrono::NaiveTime;
+use renewal_platform::config::{ConfigError, Env};
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// The SMS vendor's API base URL (a local mock in tests and the demo).
+    pub vendor_url: String,
+    pub sign_name: String,
+    pub access_key_id: String,
+    pub access_key_secret: SecretString,
+    pub vendor_timeout: Duration,
+    /// The secret path token the vendor's pushes must carry.
+    pub webhook_token: SecretString,
+    /// Local hours SMS may go out in.
+    pub sms_hours: Hours,
+}
+
+/// A daily window of local time, [start, end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hours {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+impl std::str::FromStr for Hours {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not like 09:00-20:00"))?;
+        let t = |v: &str| NaiveTime::parse_from_str(v.trim(), "%H:%M").map_err(|_| format!("{v:?} is not HH:MM"));
+        let (start, end) = (t(a)?, t(b)?);
+        if start >= end {
+            return Err(format!("{s:?}: the window must start before it ends"));
+        }
+        Ok(Hours { start, end })
+    }
+}
+
+impl DispatchConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from(&Env::process())
+    }
+
+    pub fn from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let vendor_url: String = env.or("SMS_VENDOR_URL", "https://dysmsapi.aliyuncs.com".to_owned())?;
+        if !(vendor_url.starts_with("http://") || vendor_url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                var: "SMS_VENDOR_URL".into(),
+                reason: format!("must be an http(s) URL (got {vendor_url:?})"),
+            });
+        }
+        let webhook_token = env.secret("SMS_WEBHOOK_TOKEN").ok_or_else(|| ConfigError::Missing {
+            var: "SMS_WEBHOOK_TOKEN".into(),
+        })?;
+        {
+            use secrecy::ExposeSecret;
+            if webhook_token.expose_secret().len() < 16 {
+                return Err(ConfigError::Invalid {
+                    var: "SMS_WEBHOOK_TOKEN".into(),
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        Ok(DispatchConfig {
+            vendor_url,
+            sign_name: env.or("SMS_SIGN_NAME", "车险续保".to_owned())?,
+            access_key_id: env.or("SMS_ACCESS_KEY_ID", String::new())?,
+            access_key_secret: env.secret_or("SMS_ACCESS_KEY_SECRET", ""),
+            vendor_timeout: env.duration_or("SMS_VENDOR_TIMEOUT", Duration::from_secs(10))?,
+            webhook_token,
+            sms_hours: env.or(
+                "SMS_HOURS",
+                Hours {
+                    start: NaiveTime::from_hms_opt(9, 0, 0).unwrap_or(NaiveTime::MIN),
+                    end: NaiveTime::from_hms_opt(20, 0, 0).unwrap_or(NaiveTime::MIN),
+                },
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_webhook_token_is_required_and_named() {
+        let env = Env::from_fn(|_| None);
+        let err = DispatchConfig::from(&env).unwrap_err();
+        assert!(err.to_string().contains("SMS_WEBHOOK_TOKEN"), "{err}");
+        let env = Env::from_fn(|k| (k == "SMS_WEBHOOK_TOKEN").then(|| "0123456789abcdef".to_owned()));
+        let config = DispatchConfig::from(&env).expect("valid");
+        assert_eq!(config.sms_hours, "09:00-20:00".parse().expect("hours"));
+        let env = Env::from_fn(|k| match k {
+            "SMS_WEBHOOK_TOKEN" => Some("0123456789abcdef".to_owned()),
+            "SMS_HOURS" => Some("21:00-08:00".to_owned()),
+            _ => None,
+        });
+        assert!(DispatchConfig::from(&env).unwrap_err().to_string().contains("SMS_HOURS"));
+    }
+}

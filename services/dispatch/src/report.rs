@@ -1,0 +1,51 @@
+//! Read-only facts for the funnel report and the demo's checks.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+#[derive(Debug, Clone)]
+pub struct SmsFacts {
+    pub id: uuid::Uuid,
+    pub policy_no: String,
+    pub stage: String,
+    pub state: String,
+    pub marketing: bool,
+    pub time_zone: String,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub opted_out_before_send: bool,
+}
+
+pub async fn messages(pool: &PgPool) -> Result<Vec<SmsFacts>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT m.id, m.policy_no, m.stage, m.state, m.marketing, m.time_zone, m.sent_at,
+                (o.opted_out_at IS NOT NULL AND m.sent_at IS NOT NULL AND o.opted_out_at <= m.sent_at) AS opted_out_before_send
+         FROM dispatch.sms_messages m LEFT JOIN dispatch.opt_outs o ON o.mobile = m.mobile
+         ORDER BY m.policy_no, m.stage",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SmsFacts {
+                id: r.try_get("id")?,
+                policy_no: r.try_get("policy_no")?,
+                stage: r.try_get("stage")?,
+                state: r.try_get("state")?,
+                marketing: r.try_get("marketing")?,
+                time_zone: r.try_get("time_zone")?,
+                sent_at: r.try_get("sent_at")?,
+                opted_out_before_send: r.try_get("opted_out_before_send")?,
+            })
+        })
+        .collect()
+}
+
+/// Receipts recorded, and how many matched none of our messages.
+pub async fn receipts(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT count(*) AS total, count(*) FILTER (WHERE message_id IS NULL) AS unmatched FROM dispatch.sms_receipts",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get("total")?, row.try_get("unmatched")?))
+}

@@ -1,0 +1,46 @@
+//! Templates per stage. The vendor holds the approved text under a template code; we
+//! send the code and its parameters. Every marketing text ends with the opt-out line.
+
+use renewal_contract::scheduler::SendSms;
+
+pub const OPT_OUT: &str = "回TD退订";
+
+pub struct Template {
+    pub key: &'static str,
+    /// The code the vendor approved the text under.
+    pub code: &'static str,
+    /// The approved text, for our records and the mock vendor.
+    pub text: &'static str,
+}
+
+pub const TEMPLATES: &[Template] = &[Template {
+    key: "renewal_friendly",
+    code: "SMS_RENEWAL_T60",
+    text: "尊敬的${name}，您的爱车${plate}的车险将于${expiry}到期，请及时续保，如已续保请忽略。回TD退订",
+}];
+
+pub fn find(key: &str) -> Option<&'static Template> {
+    TEMPLATES.iter().find(|t| t.key == key)
+}
+
+/// The template parameters for a command; an unknown template is refused.
+pub fn params(command: &SendSms) -> Result<serde_json::Value, String> {
+    if find(&command.template).is_none() {
+        return Err(format!("unknown SMS template {:?}", command.template));
+    }
+    Ok(serde_json::json!({
+        "name": command.customer_name,
+        "plate": command.plate,
+        "expiry": command.expiry_date,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn marketing_templates_carry_the_opt_out_text() {
+        for t in super::TEMPLATES {
+            assert!(t.text.ends_with(super::OPT_OUT), "{} lacks the opt-out text", t.key);
+        }
+    }
+}

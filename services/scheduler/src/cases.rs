@@ -1,0 +1,169 @@
+//! The scheduler's copy of each case: opened (plan its timers), closed (cancel them at
+//! once), owner named.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use renewal_contract::assignment::OwnerAssigned;
+use renewal_contract::lists::{CaseClosed, CaseOpened, CaseOutcome};
+use renewal_contract::subject;
+use renewal_platform::{Clock, Delivery, HandleError, Handler};
+use sqlx::PgConnection;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::plan::DEFAULT_PLAN;
+
+pub struct CaseEvents {
+    pub clock: Clock,
+    pub timers_changed: Arc<Notify>,
+}
+
+fn case_id(raw: &str) -> Result<Uuid, HandleError> {
+    Uuid::parse_str(raw).map_err(|_| HandleError::Malformed(format!("case_id {raw:?} is not a UUID")))
+}
+
+fn instant(ms: i64) -> Result<DateTime<Utc>, HandleError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| HandleError::Malformed(format!("{ms} is not a timestamp")))
+}
+
+impl Handler for CaseEvents {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        match delivery.subject.as_str() {
+            subject::LISTS_CASE_OPENED => {
+                let event: CaseOpened = delivery.decode()?;
+                opened(tx, &event, self.clock.now()).await
+            }
+            subject::LISTS_CASE_CLOSED => {
+                let event: CaseClosed = delivery.decode()?;
+                closed(tx, &event).await
+            }
+            other => Err(HandleError::Malformed(format!("unexpected subject {other}"))),
+        }
+    }
+
+    fn committed(&self) {
+        self.timers_changed.notify_one();
+    }
+}
+
+async fn opened(tx: &mut PgConnection, event: &CaseOpened, now: DateTime<Utc>) -> Result<(), HandleError> {
+    let id = case_id(&event.case_id)?;
+    let date = |field: &str, v: &str| {
+        NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| HandleError::Malformed(format!("{field} is not YYYY-MM-DD")))
+    };
+    let expiry = date("expiry_date", &event.expiry_date)?;
+    let effective = date("effective_expiry_date", &event.effective_expiry_date)?;
+    let tz: chrono_tz::Tz = event
+        .time_zone
+        .parse()
+        .map_err(|_| HandleError::Malformed(format!("unknown time zone {:?}", event.time_zone)))?;
+    let customer = event.customer.clone().unwrap_or_default();
+    // A case closed before its opening arrived is already here as 'closed'; it keeps
+    // that state and gets no timers.
+    sqlx::query(
+        "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
+             customer_name, mobile, plate)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (case_id) DO UPDATE SET expiry_date = EXCLUDED.expiry_date,
+             effective_expiry_date = EXCLUDED.effective_expiry_date, time_zone = EXCLUDED.time_zone,
+             customer_name = EXCLUDED.customer_name, mobile = EXCLUDED.mobile, plate = EXCLUDED.plate",
+    )
+    .bind(id)
+    .bind(&event.policy_no)
+    .bind(expiry)
+    .bind(effective)
+    .bind(tz.name())
+    .bind(&customer.name)
+    .bind(&customer.mobile)
+    .bind(&customer.plate)
+    .execute(&mut *tx)
+    .await?;
+    for stage in DEFAULT_PLAN {
+        let due_at = stage.due_at(effective, tz);
+        // Stages already behind when the case opens are recorded as skipped, so the
+        // timeline says why they never happened.
+        let (state, note) = if due_at <= now {
+            ("skipped", Some("case opened after this stage was due"))
+        } else {
+            ("pending", None)
+        };
+        sqlx::query(
+            "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, state, note)
+             SELECT $1, $2, $3, 'sms', $4, $5,
+                    CASE WHEN c.state = 'closed' THEN 'cancelled' ELSE $6 END,
+                    CASE WHEN c.state = 'closed' THEN 'case closed' ELSE $7 END
+             FROM scheduler.cases c WHERE c.case_id = $2
+             ON CONFLICT (case_id, stage) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .bind(stage.stage)
+        .bind(stage.template)
+        .bind(due_at)
+        .bind(state)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn closed(tx: &mut PgConnection, event: &CaseClosed) -> Result<(), HandleError> {
+    let id = case_id(&event.case_id)?;
+    let closed_at = instant(event.closed_at_ms)?;
+    let reason = match CaseOutcome::try_from(event.outcome).unwrap_or(CaseOutcome::Unspecified) {
+        CaseOutcome::Renewed => "renewed",
+        CaseOutcome::Lapsed => "lapsed",
+        CaseOutcome::Cancelled => "cancelled",
+        CaseOutcome::Unspecified => "closed",
+    };
+    sqlx::query(
+        "INSERT INTO scheduler.cases (case_id, policy_no, state, closed_reason, closed_at)
+         VALUES ($1, $2, 'closed', $3, $4)
+         ON CONFLICT (case_id) DO UPDATE SET state = 'closed', closed_reason = EXCLUDED.closed_reason,
+             closed_at = EXCLUDED.closed_at",
+    )
+    .bind(id)
+    .bind(&event.policy_no)
+    .bind(reason)
+    .bind(closed_at)
+    .execute(&mut *tx)
+    .await?;
+    let cancelled = sqlx::query(
+        "UPDATE scheduler.timers SET state = 'cancelled', note = 'case ' || $2 WHERE case_id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    metrics::counter!("timers_cancelled_total", "reason" => reason).increment(cancelled.rows_affected());
+    Ok(())
+}
+
+pub struct OwnerEvents;
+
+impl Handler for OwnerEvents {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        if delivery.subject != subject::ASSIGNMENT_OWNER_ASSIGNED {
+            return Err(HandleError::Malformed(format!("unexpected subject {}", delivery.subject)));
+        }
+        let event: OwnerAssigned = delivery.decode()?;
+        let id = case_id(&event.case_id)?;
+        let at = instant(event.assigned_at_ms)?;
+        // Owner changes are applied in the order they happened, whatever order they arrive in.
+        sqlx::query(
+            "INSERT INTO scheduler.owners (case_id, owner_agent, assigned_at) VALUES ($1, $2, $3)
+             ON CONFLICT (case_id) DO UPDATE SET owner_agent = EXCLUDED.owner_agent, assigned_at = EXCLUDED.assigned_at
+             WHERE scheduler.owners.assigned_at <= EXCLUDED.assigned_at",
+        )
+        .bind(id)
+        .bind(&event.owner_agent)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
