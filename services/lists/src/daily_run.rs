@@ -25,7 +25,13 @@ pub async fn run(
     loop {
         let now = clock.now();
         let today = local_date(now, time_zone);
-        match run_day(&pool, &outbox, today, now, time_zone).await {
+        let today_at = local_instant(today, run_time(), time_zone);
+        let outcome = if now >= today_at {
+            run_day(&pool, &outbox, today, now, time_zone).await
+        } else {
+            Ok(None)
+        };
+        match outcome {
             Ok(Some((opened, lapsed))) => {
                 renewal_platform::activity::record();
                 outbox.wake();
@@ -40,7 +46,11 @@ pub async fn run(
                 }
             }
         }
-        let next = local_instant(today + chrono::Days::new(1), run_time(), time_zone);
+        let next = if now >= today_at {
+            local_instant(today + chrono::Days::new(1), run_time(), time_zone)
+        } else {
+            today_at
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = clock.sleep_until(next, Duration::from_secs(30)) => {}
@@ -79,8 +89,8 @@ async fn run_day(
     Ok(Some((opened, lapsed)))
 }
 
-/// When this service next has work of its own: now if today's run is not done,
-/// else tomorrow's run time.
+/// When this service next has work of its own. The run for day D is due at D 00:05
+/// local: today's if it is not done, else tomorrow's.
 pub async fn next_wakeup(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -94,6 +104,6 @@ pub async fn next_wakeup(
     Ok(if done {
         local_instant(today + chrono::Days::new(1), run_time(), time_zone)
     } else {
-        now
+        local_instant(today, run_time(), time_zone)
     })
 }

@@ -1,1 +1,8 @@
+//! All four renewal services in one process: `renewal run` (real clock), `renewal
+//! demo` (a simulated season with a funnel report) and `renewal migrate`. The
+//! simulation harness here is also what the end-to-end tests drive.
 
+pub mod demo;
+pub mod simulation;
+pub mod system;
+pub mod vendor_sim;

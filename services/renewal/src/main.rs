@@ -1,1 +1,149 @@
-fn main() {}
+//! The `renewal` binary: every service in one process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+use renewal_platform::process::{Program, main as run_main};
+
+#[derive(Parser)]
+#[command(name = "renewal", version, about = "Motor insurance renewal: lists, assignment, scheduler and dispatch in one process")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service on the real clock until SIGTERM (configuration from the environment).
+    Run,
+    /// Apply every service's migrations and exit.
+    Migrate,
+    /// Simulate a renewal season on a synthetic portfolio and print the funnel.
+    Demo {
+        /// How many policies the synthetic portfolio has.
+        #[arg(long, default_value_t = 2000)]
+        policies: usize,
+        /// How many days of the season to simulate.
+        #[arg(long, default_value_t = 100)]
+        days: u32,
+        /// Seed for the portfolio and customer behaviour.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// First day of the season (YYYY-MM-DD).
+        #[arg(long, default_value = "2026-12-01")]
+        start: NaiveDate,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Continue a run that was stopped, instead of starting afresh.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+fn program() -> Program {
+    Program {
+        name: "renewal",
+        migrate: |pool| Box::pin(renewal::system::migrate_all(pool)),
+        run: |deps, cancel| {
+            Box::pin(async move {
+                let dispatch = renewal_dispatch::DispatchConfig::from_env().map_err(|e| e.to_string())?;
+                renewal::system::run_all(deps, dispatch, cancel).await
+            })
+        },
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run => {
+            if let Err(e) = renewal_dispatch::DispatchConfig::from_env() {
+                eprintln!("renewal: configuration error: {e}");
+                return ExitCode::from(2);
+            }
+            run_main(program(), false).await
+        }
+        Command::Migrate => run_main(program(), true).await,
+        Command::Demo { policies, days, seed, start, json, resume } => demo(policies, days, seed, start, json, resume).await,
+    }
+}
+
+async fn demo(policies: usize, days: u32, seed: u64, start: NaiveDate, json: Option<PathBuf>, resume: bool) -> ExitCode {
+    use renewal_platform::config::Env;
+    let env = Env::process();
+    let settings = (|| {
+        Ok::<_, renewal_platform::config::ConfigError>((
+            env.secret_or("DEMO_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/renewal_demo"),
+            env.or("NATS_URL", renewal_platform::config::DEFAULT_NATS_URL.to_owned())?,
+            env.or("DEMO_NATS_PREFIX", "demo".to_owned())?,
+            env.or("TIME_ZONE", chrono_tz::Asia::Shanghai)?,
+        ))
+    })();
+    let (database_url, nats_url, prefix, time_zone) = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("renewal demo: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if policies == 0 || days == 0 {
+        eprintln!("renewal demo: --policies and --days must be at least 1");
+        return ExitCode::from(2);
+    }
+    let telemetry = match renewal_platform::telemetry::init("renewal-demo", "warn") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("renewal demo: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = renewal::demo::DemoArgs {
+        policies,
+        days,
+        seed,
+        start,
+        json: json.clone(),
+        resume,
+        database_url,
+        nats_url,
+        prefix,
+        time_zone,
+        progress: true,
+    };
+    eprintln!("renewal demo: {policies} policies, {days} days from {start}, seed {seed}");
+    let began = std::time::Instant::now();
+    let result = renewal::demo::run(args).await;
+    telemetry.shutdown();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("renewal demo failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", report.render());
+    println!("  simulated in {:.1} s", began.elapsed().as_secs_f64());
+    if let Some(path) = json {
+        let body = match serde_json::to_string_pretty(&report) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("renewal demo: cannot encode the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = std::fs::write(&path, body + "\n") {
+            eprintln!("renewal demo: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("  figures written to {}", path.display());
+    }
+    if report.violations.total() > 0 {
+        eprintln!("renewal demo: {} violations of the rules that must never be broken", report.violations.total());
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

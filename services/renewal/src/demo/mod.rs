@@ -1,0 +1,167 @@
+//! `renewal demo`: a synthetic portfolio, every service in one process on a simulated
+//! clock, the mock SMS vendor on loopback, the renewal season day by day, and a funnel
+//! report. Progress is kept in the database, so `--resume` continues a killed run.
+
+pub mod funnel;
+pub mod portfolio;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use secrecy::SecretString;
+use sqlx::Row;
+
+use crate::simulation::{SimError, SimOptions, Simulation};
+
+#[derive(Debug, Clone)]
+pub struct DemoArgs {
+    pub policies: usize,
+    pub days: u32,
+    pub seed: u64,
+    pub start: NaiveDate,
+    pub json: Option<PathBuf>,
+    pub resume: bool,
+    pub database_url: SecretString,
+    pub nats_url: String,
+    pub prefix: String,
+    pub time_zone: chrono_tz::Tz,
+    pub progress: bool,
+}
+
+struct Saved {
+    sim_now: DateTime<Utc>,
+    portfolio_published: bool,
+}
+
+async fn saved(pool: &sqlx::PgPool, args: &DemoArgs) -> Result<Option<Saved>, SimError> {
+    let row = sqlx::query("SELECT seed, policies, days, start_date, sim_now, portfolio_published FROM demo.progress WHERE id = 1")
+        .fetch_optional(pool)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let same = row.try_get::<i64, _>("seed")? == args.seed as i64
+        && row.try_get::<i32, _>("policies")? == args.policies as i32
+        && row.try_get::<i32, _>("days")? == args.days as i32
+        && row.try_get::<NaiveDate, _>("start_date")? == args.start;
+    if !same {
+        return Err(SimError::Other(
+            "--resume needs the same --policies, --days, --seed and --start as the run it continues".into(),
+        ));
+    }
+    Ok(Some(Saved {
+        sim_now: row.try_get("sim_now")?,
+        portfolio_published: row.try_get("portfolio_published")?,
+    }))
+}
+
+/// Where a run saved its progress, without starting anything (for `--resume`).
+async fn resume_point(args: &DemoArgs) -> Result<Option<DateTime<Utc>>, SimError> {
+    let options: sqlx::postgres::PgConnectOptions = secrecy::ExposeSecret::expose_secret(&args.database_url)
+        .parse()
+        .map_err(|e: sqlx::Error| SimError::Other(format!("DATABASE_URL: {e}")))?;
+    let pool = match sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('demo.progress') IS NOT NULL").fetch_one(&pool).await?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(saved(&pool, args).await?.map(|s| s.sim_now))
+}
+
+pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
+    let tz = args.time_zone;
+    let start = renewal_platform::local_instant(args.start, NaiveTime::MIN, tz);
+    let end = renewal_platform::local_instant(args.start + chrono::Days::new(args.days as u64), NaiveTime::MIN, tz);
+    let resume_at = if args.resume { resume_point(&args).await? } else { None };
+    if args.resume && resume_at.is_none() {
+        eprintln!("demo: nothing to resume; starting a new season");
+    }
+    let fresh = resume_at.is_none();
+    let sim = Simulation::start(
+        SimOptions {
+            database_url: args.database_url.clone(),
+            nats_url: args.nats_url.clone(),
+            prefix: args.prefix.clone(),
+            fresh,
+            start,
+            seed: args.seed,
+            time_zone: tz,
+        },
+        resume_at,
+    )
+    .await?;
+    let pool = sim.pool().clone();
+    if fresh {
+        sqlx::query(
+            "INSERT INTO demo.progress (id, seed, policies, days, start_date, sim_now) VALUES (1, $1, $2, $3, $4, $5)",
+        )
+        .bind(args.seed as i64)
+        .bind(args.policies as i32)
+        .bind(args.days as i32)
+        .bind(args.start)
+        .bind(start)
+        .execute(&pool)
+        .await?;
+    }
+    let state = saved(&pool, &args).await?.ok_or_else(|| SimError::Other("demo progress missing".into()))?;
+
+    let customers = portfolio::generate(args.policies, args.seed, args.start, args.days, tz);
+    if !state.portfolio_published {
+        let policies: Vec<_> = customers.iter().map(|c| c.policy.clone()).collect();
+        sim.publish_policies(&policies).await?;
+        sqlx::query("UPDATE demo.progress SET portfolio_published = true WHERE id = 1").execute(&pool).await?;
+    }
+    let mut renewals: Vec<(DateTime<Utc>, &str)> = customers
+        .iter()
+        .filter_map(|c| c.renews_at.map(|t| (t, c.policy.policy_no.as_str())))
+        .filter(|(t, _)| *t < end)
+        .collect();
+    renewals.sort();
+
+    let bar = progress_bar(args.days as u64, args.progress);
+    let day_of = |t: DateTime<Utc>| (renewal_platform::local_date(t, tz) - args.start).num_days().clamp(0, args.days as i64) as u64;
+    bar.set_position(day_of(sim.now()));
+    let mut next_renewal = 0;
+    loop {
+        // Renewals whose moment has come (on resume, those before the saved time are
+        // published again: lists applies each once).
+        while next_renewal < renewals.len() && renewals[next_renewal].0 <= sim.now() {
+            let policy_no = renewals[next_renewal].1;
+            sim.publish_renewal(policy_no, &format!("R{}", &policy_no[1..])).await?;
+            next_renewal += 1;
+        }
+        let now = sim.now();
+        if now >= end {
+            break;
+        }
+        let tomorrow = renewal_platform::local_instant(renewal_platform::local_date(now, tz) + chrono::Days::new(1), NaiveTime::MIN, tz);
+        let mut target = tomorrow.min(end);
+        if let Some((t, _)) = renewals.get(next_renewal) {
+            target = target.min(*t);
+        }
+        sim.advance_to(target).await?;
+        sqlx::query("UPDATE demo.progress SET sim_now = $1 WHERE id = 1")
+            .bind(sim.now())
+            .execute(&pool)
+            .await?;
+        bar.set_position(day_of(sim.now()));
+    }
+    sim.settle().await?;
+    bar.finish_and_clear();
+    sqlx::query("UPDATE demo.progress SET finished = true WHERE id = 1").execute(&pool).await?;
+    let report = funnel::measure(&sim, args.seed, args.days, &args.start.to_string()).await?;
+    sim.stop().await?;
+    Ok(report)
+}
+
+fn progress_bar(days: u64, visible: bool) -> indicatif::ProgressBar {
+    if !visible {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(days);
+    let style = indicatif::ProgressStyle::with_template("renewal season {bar:40.cyan/blue} day {pos}/{len} [{elapsed_precise}]")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}

@@ -1,0 +1,212 @@
+//! A synthetic motor portfolio: realistic Chinese names, +86 mobiles, plates (with
+//! 8-character new-energy plates), valid VINs and resident ID numbers, cities,
+//! branches and agents. Fixed by the seed: the same seed gives the same portfolio and
+//! the same customer behaviour.
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use renewal_contract::core::Policy;
+
+pub struct City {
+    pub code: &'static str,
+    pub name: &'static str,
+    pub plate_prefix: &'static str,
+    pub id_region: &'static str,
+    pub branches: &'static [&'static str],
+}
+
+pub const CITIES: &[City] = &[
+    City { code: "310000", name: "上海", plate_prefix: "沪A", id_region: "310104", branches: &["SH01", "SH02", "SH03", "SH04"] },
+    City { code: "110000", name: "北京", plate_prefix: "京N", id_region: "110105", branches: &["BJ01", "BJ02", "BJ03"] },
+    City { code: "440100", name: "广州", plate_prefix: "粤A", id_region: "440106", branches: &["GZ01", "GZ02", "GZ03"] },
+    City { code: "440300", name: "深圳", plate_prefix: "粤B", id_region: "440305", branches: &["SZ01", "SZ02"] },
+    City { code: "330100", name: "杭州", plate_prefix: "浙A", id_region: "330106", branches: &["HZ01", "HZ02"] },
+    City { code: "510100", name: "成都", plate_prefix: "川A", id_region: "510107", branches: &["CD01", "CD02"] },
+];
+
+const AGENTS_PER_BRANCH: u32 = 6;
+
+const SURNAMES: &[&str] = &[
+    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "高", "林", "罗",
+    "郑", "梁", "谢", "宋", "唐", "许", "韩", "冯", "邓", "曹", "彭", "曾", "肖", "田", "董", "袁", "潘", "蒋", "蔡", "欧阳",
+];
+const GIVEN: &[&str] = &[
+    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀英", "霞", "平",
+    "刚", "桂英", "建华", "志强", "文", "辉", "玉兰", "海燕", "晓东", "婷", "浩然", "子涵", "欣怡", "宇航", "梓萱", "俊杰",
+];
+const MOBILE_PREFIXES: &[&str] = &[
+    "130", "131", "132", "133", "135", "136", "137", "138", "139", "150", "151", "152", "155", "156", "157", "158", "159",
+    "166", "176", "177", "180", "181", "182", "185", "186", "187", "188", "189", "198", "199",
+];
+
+/// The customer categories of DOMAIN.md with their renewal targets (percent).
+pub const CATEGORIES: &[(&str, u32, u32)] = &[
+    // (category, share of the portfolio %, target renewal rate %)
+    ("insured_last_year", 60, 75),
+    ("phone_only", 10, 30),
+    ("local_recent_workshop", 10, 20),
+    ("local_not_back_2y", 10, 20),
+    ("other_city", 10, 10),
+];
+
+/// A policy and what its customer will do.
+pub struct Customer {
+    pub policy: Policy,
+    /// When the customer renews, if they do.
+    pub renews_at: Option<DateTime<Utc>>,
+}
+
+/// ISO 3779 check digit (position 9).
+pub fn vin_check_digit(vin: &[u8; 17]) -> u8 {
+    const WEIGHTS: [u32; 17] = [8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2];
+    let value = |c: u8| -> u32 {
+        match c {
+            b'0'..=b'9' => (c - b'0') as u32,
+            b'A' | b'J' => 1,
+            b'B' | b'K' | b'S' => 2,
+            b'C' | b'L' | b'T' => 3,
+            b'D' | b'M' | b'U' => 4,
+            b'E' | b'N' | b'V' => 5,
+            b'F' | b'W' => 6,
+            b'G' | b'P' | b'X' => 7,
+            b'H' | b'Y' => 8,
+            b'R' | b'Z' => 9,
+            _ => 0,
+        }
+    };
+    let sum: u32 = vin.iter().zip(WEIGHTS).map(|(c, w)| value(*c) * w).sum();
+    match sum % 11 {
+        10 => b'X',
+        n => b'0' + n as u8,
+    }
+}
+
+/// GB 11643 check character of an 18-character resident ID number.
+pub fn id_check_char(first17: &str) -> char {
+    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    const CHECK: &[u8; 11] = b"10X98765432";
+    let sum: u32 = first17.bytes().zip(WEIGHTS).map(|(b, w)| (b - b'0') as u32 * w).sum();
+    CHECK[(sum % 11) as usize] as char
+}
+
+fn vin(rng: &mut SmallRng) -> String {
+    const WMI: &[&str] = &["LSV", "LFV", "LGB", "LHG", "LVS", "LBV", "LSG", "LGW"];
+    const CHARS: &[u8] = b"ABCDEFGHJKLMNPRSTUVWXYZ0123456789";
+    let mut v = [b'0'; 17];
+    v[..3].copy_from_slice(WMI[rng.random_range(0..WMI.len())].as_bytes());
+    for c in v.iter_mut().skip(3) {
+        *c = CHARS[rng.random_range(0..CHARS.len())];
+    }
+    v[9] = b"KLMNPRST"[rng.random_range(0..8)]; // model year 2019-2026
+    v[8] = vin_check_digit(&v);
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+fn plate(rng: &mut SmallRng, prefix: &str) -> String {
+    const LETTERS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ";
+    let digits = |rng: &mut SmallRng, n: usize| (0..n).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect::<String>();
+    if rng.random_ratio(1, 5) {
+        // New-energy plate: D (pure electric) or F (hybrid) and five digits.
+        let kind = if rng.random_bool(0.7) { 'D' } else { 'F' };
+        format!("{prefix}{kind}{}", digits(rng, 5))
+    } else {
+        let letter = char::from(LETTERS[rng.random_range(0..LETTERS.len())]);
+        format!("{prefix}{letter}{}", digits(rng, 4))
+    }
+}
+
+/// Generates `n` policies expiring from `start` + 1 day to `start` + `days` + 60 days,
+/// with each customer's renewal behaviour.
+pub fn generate(n: usize, seed: u64, start: NaiveDate, days: u32, tz: chrono_tz::Tz) -> Vec<Customer> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let city = &CITIES[rng.random_range(0..CITIES.len())];
+        let branch = city.branches[rng.random_range(0..city.branches.len())];
+        let agent = format!("{branch}-A{:02}", rng.random_range(1..=AGENTS_PER_BRANCH));
+        let name = format!(
+            "{}{}",
+            SURNAMES[rng.random_range(0..SURNAMES.len())],
+            GIVEN[rng.random_range(0..GIVEN.len())]
+        );
+        let mobile = format!("+86{}{:08}", MOBILE_PREFIXES[rng.random_range(0..MOBILE_PREFIXES.len())], rng.random_range(0..100_000_000u32));
+        let birth = NaiveDate::from_ymd_opt(rng.random_range(1960..2003), rng.random_range(1..=12), rng.random_range(1..=28))
+            .unwrap_or(NaiveDate::MIN);
+        let id17 = format!("{}{}{:03}", city.id_region, birth.format("%Y%m%d"), rng.random_range(0..1000));
+        let id_number = format!("{id17}{}", id_check_char(&id17));
+        let mut pick = rng.random_range(0..100);
+        let (category, target) = CATEGORIES
+            .iter()
+            .find(|(_, share, _)| {
+                if pick < *share {
+                    true
+                } else {
+                    pick -= share;
+                    false
+                }
+            })
+            .map(|(c, _, t)| (*c, *t))
+            .unwrap_or(("insured_last_year", 75));
+        let end = start + chrono::Days::new(rng.random_range(1..=(days as u64 + 60)));
+        let start_date = end - chrono::Months::new(12);
+        let channel = ["dealer", "direct", "agent"][rng.random_range(0..3)];
+        let policy = Policy {
+            policy_no: format!("P{}{:07}", start.format("%Y"), i + 1),
+            version: 1,
+            customer_name: name,
+            mobile,
+            id_number,
+            plate: plate(&mut rng, city.plate_prefix),
+            vin: vin(&mut rng),
+            city_code: city.code.to_owned(),
+            branch_code: branch.to_owned(),
+            agent_code: agent,
+            channel: channel.to_owned(),
+            category: category.to_owned(),
+            start_date: start_date.to_string(),
+            end_date: end.to_string(),
+            premium_fen: rng.random_range(150_000..900_000),
+            important: rng.random_ratio(1, 20),
+            group_policy: rng.random_ratio(1, 33),
+        };
+        // Customers renew at the target rate of their category, between 45 days and
+        // 1 day before expiry, in one of three daytime slots.
+        let renews = rng.random_range(0..100) < target;
+        let before = rng.random_range(1..=45u64);
+        let slot = [11, 15, 19][rng.random_range(0..3)];
+        let renews_at = renews.then(|| {
+            renewal_platform::local_instant(end - chrono::Days::new(before), NaiveTime::from_hms_opt(slot, 0, 0).unwrap_or(NaiveTime::MIN), tz)
+        });
+        out.push(Customer { policy, renews_at });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_digits_match_published_examples() {
+        // The worked example of the North American VIN check digit: 1M8GDM9AXKP042788.
+        let vin: [u8; 17] = *b"1M8GDM9AXKP042788";
+        assert_eq!(vin_check_digit(&vin), b'X');
+        // GB 11643's worked example: 11010519491231002X.
+        assert_eq!(id_check_char("11010519491231002"), 'X');
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_portfolio() {
+        let start = NaiveDate::from_ymd_opt(2026, 12, 1).expect("date");
+        let a = generate(50, 9, start, 100, chrono_tz::Asia::Shanghai);
+        let b = generate(50, 9, start, 100, chrono_tz::Asia::Shanghai);
+        assert_eq!(a.iter().map(|c| &c.policy).collect::<Vec<_>>(), b.iter().map(|c| &c.policy).collect::<Vec<_>>());
+        for c in &a {
+            let vin: [u8; 17] = c.policy.vin.as_bytes().try_into().expect("17 characters");
+            assert_eq!(vin_check_digit(&vin), vin[8]);
+            assert!(c.policy.mobile.starts_with("+861") && c.policy.mobile.len() == 14);
+            assert!(c.policy.plate.chars().count() == 7 || c.policy.plate.chars().count() == 8);
+        }
+    }
+}

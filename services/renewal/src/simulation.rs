@@ -1,0 +1,259 @@
+//! Every service in one process on a simulated clock, against real Postgres and NATS,
+//! with the mock SMS vendor on loopback: the demo's engine and the end-to-end tests'
+//! harness. It moves business time from one moment of work to the next and, between
+//! moves, waits until the system is quiet: no outbox row unpublished, no message
+//! unacknowledged, no work due, no receipt owed, and nothing committed meanwhile.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use chrono::{DateTime, Utc};
+use renewal_contract::core::{PolicyRenewed, PolicyUpserted};
+use renewal_contract::{Subjects, subject};
+use renewal_dispatch::DispatchConfig;
+use renewal_dispatch::config::Hours;
+use renewal_platform::{Bus, Clock, Deps, HttpHost};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::vendor_sim::VendorSim;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Db(#[from] renewal_platform::postgres::DbError),
+    #[error("postgres: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Bus(#[from] renewal_platform::bus::BusError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct SimOptions {
+    pub database_url: SecretString,
+    pub nats_url: String,
+    pub prefix: String,
+    /// Drop the database and the streams first.
+    pub fresh: bool,
+    /// Where business time starts (ignored by `resume_at` when set).
+    pub start: DateTime<Utc>,
+    pub seed: u64,
+    pub time_zone: chrono_tz::Tz,
+}
+
+pub struct Simulation {
+    pub deps: Deps,
+    pub clock: Clock,
+    pub vendor: VendorSim,
+    pub http_addr: SocketAddr,
+    pub time_zone: chrono_tz::Tz,
+    consumers: Vec<(&'static str, &'static str, PullConsumer)>,
+    cancel: CancellationToken,
+    services: JoinHandle<Result<(), String>>,
+}
+
+pub fn webhook_token() -> SecretString {
+    SecretString::from(format!("{}", uuid::Uuid::new_v4().simple()))
+}
+
+impl Simulation {
+    /// Prepares the database and streams (fresh or as left), then starts everything.
+    pub async fn start(options: SimOptions, resume_at: Option<DateTime<Utc>>) -> Result<Self, SimError> {
+        renewal_platform::install_crypto_provider();
+        let subjects = Subjects::new(&options.prefix).map_err(|e| SimError::Other(e.to_string()))?;
+        let cancel = CancellationToken::new();
+        let bus = Bus::connect(&options.nats_url, subjects, 1, "renewal-sim", &cancel).await?;
+        if options.fresh {
+            renewal_platform::postgres::drop_database(&options.database_url).await?;
+            bus.delete_streams().await;
+        }
+        renewal_platform::postgres::ensure_database(&options.database_url).await?;
+        let pool = renewal_platform::postgres::pool(&options.database_url, 20)?;
+        crate::system::migrate_all(pool.clone()).await?;
+        renewal_platform::postgres::migrate(&pool, "demo", sqlx::migrate!("./migrations")).await?;
+        bus.ensure_all_streams().await?;
+
+        let clock = Clock::simulated(resume_at.unwrap_or(options.start));
+        let http = HttpHost::new();
+        let listener = renewal_platform::http::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
+        let http_addr = listener.local_addr().map_err(|e| SimError::Other(e.to_string()))?;
+        tokio::spawn(http.clone().serve(listener, cancel.clone()));
+
+        let token = webhook_token();
+        let vendor = VendorSim::new(pool.clone(), clock.clone(), options.seed);
+        let vendor_listener = renewal_platform::http::bind(crate::vendor_sim::bind_addr())
+            .await
+            .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
+        let vendor_addr = vendor_listener.local_addr().map_err(|e| SimError::Other(e.to_string()))?;
+        let webhook = format!("http://{http_addr}/v1/webhooks/sms/{}/report", token.expose_secret());
+        vendor.clone().start(vendor_listener, webhook, cancel.clone());
+
+        let dispatch = DispatchConfig {
+            vendor_url: format!("http://{vendor_addr}"),
+            sign_name: "车险续保".into(),
+            access_key_id: "demo".into(),
+            access_key_secret: SecretString::from("demo"),
+            vendor_timeout: Duration::from_secs(5),
+            webhook_token: token,
+            sms_hours: sms_hours(),
+        };
+        let deps = Deps {
+            pool,
+            bus: bus.clone(),
+            clock: clock.clone(),
+            http,
+            time_zone: options.time_zone,
+        };
+        let services = tokio::spawn(crate::system::run_all(deps.clone(), dispatch, cancel.clone()));
+        let mut consumers = Vec::new();
+        for (service, spec) in crate::system::consumers() {
+            consumers.push((service, spec.filter, bus.pull_consumer(spec).await?));
+        }
+        Ok(Simulation {
+            deps,
+            clock,
+            vendor,
+            http_addr,
+            time_zone: options.time_zone,
+            consumers,
+            cancel,
+            services,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.deps.pool
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Publishes policies as the core policy system would (idempotent by number and version).
+    pub async fn publish_policies(&self, policies: &[renewal_contract::core::Policy]) -> Result<(), SimError> {
+        for chunk in policies.chunks(500) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for p in chunk {
+                let id = format!("{}:{}", p.policy_no, p.version);
+                let event = PolicyUpserted { policy: Some(p.clone()) };
+                acks.push(self.deps.bus.send(subject::CORE_POLICY_UPSERTED, &id, None, prost::Message::encode_to_vec(&event)).await?);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| SimError::Other(format!("publish not acknowledged: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a renewal as the core policy system would.
+    pub async fn publish_renewal(&self, policy_no: &str, new_policy_no: &str) -> Result<(), SimError> {
+        let event = PolicyRenewed {
+            policy_no: policy_no.to_owned(),
+            new_policy_no: new_policy_no.to_owned(),
+            renewed_at_ms: self.now().timestamp_millis(),
+        };
+        let id = format!("renewed:{policy_no}");
+        self.deps
+            .bus
+            .publish(subject::CORE_POLICY_RENEWED, &id, None, prost::Message::encode_to_vec(&event))
+            .await?;
+        Ok(())
+    }
+
+    /// What is still moving, or None when quiet.
+    async fn busy(&self) -> Result<Option<String>, SimError> {
+        let now = self.now();
+        for outbox in crate::system::outboxes() {
+            let n = outbox.backlog(self.pool()).await?;
+            if n > 0 {
+                return Ok(Some(format!("{} outbox has {n} unpublished", outbox.schema())));
+            }
+        }
+        for (service, filter, consumer) in &self.consumers {
+            let info = consumer.get_info().await.map_err(|e| SimError::Other(e.to_string()))?;
+            if info.num_pending > 0 || info.num_ack_pending > 0 {
+                return Ok(Some(format!(
+                    "{service} consumer of {filter}: {} pending, {} unacknowledged",
+                    info.num_pending, info.num_ack_pending
+                )));
+            }
+        }
+        let next = crate::system::next_wakeup(self.pool(), now, self.time_zone).await?;
+        if next <= now {
+            return Ok(Some(format!("work due at {next}")));
+        }
+        let owed = self.vendor.owed_receipts().await?;
+        if owed > 0 {
+            return Ok(Some(format!("vendor owes {owed} receipts")));
+        }
+        Ok(None)
+    }
+
+    /// Waits until the system is quiet (two quiet checks in a row with nothing
+    /// committed in between).
+    pub async fn settle(&self) -> Result<(), SimError> {
+        let started = Instant::now();
+        let mut quiet = 0;
+        loop {
+            if self.services.is_finished() {
+                return Err(SimError::Other("the services stopped".into()));
+            }
+            let before = renewal_platform::activity::count();
+            let busy = self.busy().await?;
+            let after = renewal_platform::activity::count();
+            if busy.is_none() && before == after {
+                quiet += 1;
+                if quiet >= 2 {
+                    return Ok(());
+                }
+            } else {
+                quiet = 0;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                return Err(SimError::Other(format!(
+                    "the system did not settle within 120 s: {}",
+                    busy.unwrap_or_else(|| "still committing".into())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(if busy.is_some() { 2 } else { 4 })).await;
+        }
+    }
+
+    /// Moves business time to `until`, stopping at every moment a service has work.
+    pub async fn advance_to(&self, until: DateTime<Utc>) -> Result<(), SimError> {
+        loop {
+            self.settle().await?;
+            let now = self.now();
+            if now >= until {
+                return Ok(());
+            }
+            let next = crate::system::next_wakeup(self.pool(), now, self.time_zone).await?;
+            let to = if next > now && next < until { next } else { until };
+            self.clock.advance_to(to).map_err(|e| SimError::Other(e.to_string()))?;
+        }
+    }
+
+    /// Stops every service gracefully (work in hand is finished).
+    pub async fn stop(self) -> Result<(), SimError> {
+        self.cancel.cancel();
+        match tokio::time::timeout(Duration::from_secs(30), self.services).await {
+            Ok(Ok(result)) => result.map_err(SimError::Other),
+            Ok(Err(e)) => Err(SimError::Other(e.to_string())),
+            Err(_) => Err(SimError::Other("services did not stop within 30 s".into())),
+        }
+    }
+}
+
+/// The SMS window the demo and tests run with (the dispatch default).
+pub fn sms_hours() -> Hours {
+    Hours {
+        start: chrono::NaiveTime::from_hms_opt(9, 0, 0).unwrap_or(chrono::NaiveTime::MIN),
+        end: chrono::NaiveTime::from_hms_opt(20, 0, 0).unwrap_or(chrono::NaiveTime::MIN),
+    }
+}

@@ -1,0 +1,80 @@
+//! All four services in one process: the embedded default for a laptop, the demo and
+//! the end-to-end tests. Each service still owns its schema and talks to the others
+//! only over NATS.
+
+use chrono::{DateTime, Utc};
+use renewal_dispatch::DispatchConfig;
+use renewal_platform::postgres::DbError;
+use renewal_platform::{ConsumerSpec, Deps, Outbox};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub async fn migrate_all(pool: PgPool) -> Result<(), DbError> {
+    renewal_lists::migrate(pool.clone()).await?;
+    renewal_assignment::migrate(pool.clone()).await?;
+    renewal_scheduler::migrate(pool.clone()).await?;
+    renewal_dispatch::migrate(pool).await
+}
+
+/// Runs every service until `cancel` fires; if one fails, the others are stopped.
+pub async fn run_all(deps: Deps, dispatch: DispatchConfig, cancel: CancellationToken) -> Result<(), String> {
+    deps.bus.ensure_all_streams().await.map_err(|e| e.to_string())?;
+    let mut services = tokio::task::JoinSet::new();
+    services.spawn(renewal_lists::run(deps.clone(), cancel.clone()));
+    services.spawn(renewal_assignment::run(deps.clone(), cancel.clone()));
+    services.spawn(renewal_scheduler::run(deps.clone(), cancel.clone()));
+    services.spawn(renewal_dispatch::run_with(deps, dispatch, cancel.clone()));
+    let mut result = Ok(());
+    while let Some(done) = services.join_next().await {
+        let failure = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %failure, "a service stopped; stopping the others");
+        cancel.cancel();
+        if result.is_ok() {
+            result = Err(failure);
+        }
+    }
+    result
+}
+
+/// Every durable consumer of every service, with the service's name.
+pub fn consumers() -> Vec<(&'static str, ConsumerSpec)> {
+    let mut all = Vec::new();
+    for (service, specs) in [
+        ("lists", renewal_lists::CONSUMERS),
+        ("assignment", renewal_assignment::CONSUMERS),
+        ("scheduler", renewal_scheduler::CONSUMERS),
+        ("dispatch", renewal_dispatch::CONSUMERS),
+    ] {
+        all.extend(specs.iter().map(|s| (service, *s)));
+    }
+    all
+}
+
+pub fn outboxes() -> [Outbox; 4] {
+    [
+        renewal_lists::outbox(),
+        renewal_assignment::outbox(),
+        renewal_scheduler::outbox(),
+        renewal_dispatch::outbox(),
+    ]
+}
+
+/// The earliest instant any service has work of its own (a daily run, a timer, a
+/// message to send).
+pub async fn next_wakeup(pool: &PgPool, now: DateTime<Utc>, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, sqlx::Error> {
+    let mut next = renewal_lists::next_wakeup(pool, now, tz).await?;
+    for candidate in [
+        renewal_scheduler::next_wakeup(pool).await?,
+        renewal_dispatch::next_wakeup(pool).await?,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        next = next.min(candidate);
+    }
+    Ok(next)
+}

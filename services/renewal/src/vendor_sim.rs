@@ -1,0 +1,200 @@
+//! A local mock of the SMS vendor (Alibaba Cloud SMS wire format) for the demo and the
+//! tests, on loopback. It accepts `SendSms`, answers with a BizId, and pushes a
+//! delivery receipt for every accepted message to our webhook until the webhook
+//! acknowledges it. Its messages live in the `demo` schema, so a killed process still
+//! owes, and later pushes, every receipt, as a real vendor would.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use renewal_platform::Clock;
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct VendorSim {
+    pool: PgPool,
+    clock: Clock,
+    seed: u64,
+    /// Percentage of messages the handset receives.
+    delivery_rate: u64,
+    accepted: Arc<Notify>,
+}
+
+/// Whether a given phone receives its SMS: fixed by phone and seed, so reruns agree.
+fn delivers(phone: &str, seed: u64, rate: u64) -> bool {
+    let mut h: u64 = 0xcbf29ce484222325 ^ seed;
+    for b in phone.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h % 100 < rate
+}
+
+fn is_mobile(phone: &str) -> bool {
+    let national = phone.strip_prefix("+86").or_else(|| phone.strip_prefix("86")).unwrap_or(phone);
+    national.len() == 11 && national.starts_with('1') && national.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl VendorSim {
+    pub fn new(pool: PgPool, clock: Clock, seed: u64) -> Self {
+        VendorSim {
+            pool,
+            clock,
+            seed,
+            delivery_rate: 96,
+            accepted: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Serves the vendor API on `listener` and pushes receipts to `webhook_url` until
+    /// `cancel` fires.
+    pub fn start(self, listener: tokio::net::TcpListener, webhook_url: String, cancel: CancellationToken) {
+        let app = Router::new().route("/", post(send_sms)).with_state(self.clone());
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        });
+        tokio::spawn(self.push_receipts(webhook_url, cancel));
+    }
+
+    /// Receipts accepted but not yet acknowledged by our webhook.
+    pub async fn owed_receipts(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM demo.vendor_messages WHERE pushed_at IS NULL")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    async fn push_receipts(self, webhook_url: String, cancel: CancellationToken) {
+        let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "mock vendor cannot build its HTTP client");
+                return;
+            }
+        };
+        loop {
+            let pushed = self.push_batch(&http, &webhook_url).await;
+            if let Err(e) = &pushed {
+                tracing::warn!(error = %e, "mock vendor could not push receipts; retrying");
+            }
+            if matches!(pushed, Ok(n) if n > 0) {
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.accepted.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    async fn push_batch(&self, http: &reqwest::Client, url: &str) -> Result<usize, String> {
+        let rows = sqlx::query(
+            "SELECT biz_id, out_id, phone, delivered, accepted_at FROM demo.vendor_messages
+             WHERE pushed_at IS NULL ORDER BY accepted_at LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut reports = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let biz_id: String = row.try_get("biz_id").map_err(|e| e.to_string())?;
+            let delivered: bool = row.try_get("delivered").map_err(|e| e.to_string())?;
+            let at: chrono::DateTime<Utc> = row.try_get("accepted_at").map_err(|e| e.to_string())?;
+            let local = at.with_timezone(&chrono_tz::Asia::Shanghai).format("%Y-%m-%d %H:%M:%S").to_string();
+            let phone: String = row.try_get("phone").map_err(|e| e.to_string())?;
+            reports.push(serde_json::json!({
+                "phone_number": phone.trim_start_matches("+86"),
+                "send_time": local,
+                "report_time": local,
+                "success": delivered,
+                "err_code": if delivered { "DELIVERED" } else { "MOBILE_NOT_ON_SERVICE" },
+                "err_msg": if delivered { "用户接收成功" } else { "停机" },
+                "sms_size": "1",
+                "biz_id": biz_id,
+                "out_id": row.try_get::<String, _>("out_id").map_err(|e| e.to_string())?,
+            }));
+            ids.push(biz_id);
+        }
+        let response = http.post(url).json(&reports).send().await.map_err(|e| e.without_url().to_string())?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() || body.get("code").and_then(|c| c.as_i64()) != Some(0) {
+            return Err(format!("webhook answered HTTP {status}"));
+        }
+        sqlx::query("UPDATE demo.vendor_messages SET pushed_at = now() WHERE biz_id = ANY($1)")
+            .bind(&ids)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        renewal_platform::activity::record();
+        Ok(ids.len())
+    }
+}
+
+async fn send_sms(State(vendor): State<VendorSim>, Query(q): Query<HashMap<String, String>>) -> Json<serde_json::Value> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    if field("Action") != "SendSms" {
+        return Json(serde_json::json!({"Code": "InvalidAction.NotFound", "Message": "unknown action", "RequestId": request_id}));
+    }
+    for required in ["PhoneNumbers", "SignName", "TemplateCode"] {
+        if field(required).is_empty() {
+            return Json(serde_json::json!({"Code": "isv.INVALID_PARAMETERS", "Message": format!("{required} is required"), "RequestId": request_id}));
+        }
+    }
+    let phone = field("PhoneNumbers");
+    if !is_mobile(phone) {
+        return Json(serde_json::json!({"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "invalid mobile", "RequestId": request_id}));
+    }
+    let biz_id = format!("{}^{}", vendor.clock.now().timestamp_millis(), uuid::Uuid::new_v4().simple());
+    let stored = sqlx::query(
+        "INSERT INTO demo.vendor_messages (biz_id, out_id, phone, template_code, delivered, accepted_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&biz_id)
+    .bind(field("OutId"))
+    .bind(phone)
+    .bind(field("TemplateCode"))
+    .bind(delivers(phone, vendor.seed, vendor.delivery_rate))
+    .bind(vendor.clock.now())
+    .execute(&vendor.pool)
+    .await;
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "mock vendor could not store a message");
+        return Json(serde_json::json!({"Code": "isp.SYSTEM_ERROR", "Message": "try again", "RequestId": request_id}));
+    }
+    renewal_platform::activity::record();
+    vendor.accepted.notify_one();
+    Json(serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": request_id}))
+}
+
+/// Duplicate sends the vendor saw (the same OutId accepted more than once).
+pub async fn duplicate_sends(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) - count(DISTINCT out_id) FROM demo.vendor_messages")
+        .fetch_one(pool)
+        .await
+}
+
+/// Out ids whose receipt our webhook acknowledged.
+pub async fn acknowledged_out_ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT out_id FROM demo.vendor_messages WHERE pushed_at IS NOT NULL")
+        .fetch_all(pool)
+        .await
+}
+
+pub fn bind_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
