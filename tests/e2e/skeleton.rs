@@ -1,1 +1,289 @@
+//! The walking skeleton across all four services, against the real Postgres and NATS:
+//! a policy imported into lists becomes a case, gets an owner from assignment and a
+//! T-60 timer in scheduler, whose SMS command dispatch sends to the (mock) vendor over
+//! HTTP; the vendor's receipt comes back through the webhook and is recorded.
 
+use std::time::Duration;
+
+use renewal_contract::{Stream, subject};
+use renewal_e2e::{TestSystem, local, policy};
+
+async fn stream_messages(system: &TestSystem, stream: Stream) -> u64 {
+    let bus = &system.sim.deps.bus;
+    let mut s = bus
+        .js
+        .get_stream(bus.subjects.stream(stream))
+        .await
+        .expect("stream exists");
+    s.info().await.expect("stream info").state.messages
+}
+
+async fn sms_rows(system: &TestSystem, policy_no: &str) -> Vec<(String, String, Option<String>)> {
+    sqlx::query_as("SELECT stage, state, vendor_code FROM dispatch.sms_messages WHERE policy_no = $1 ORDER BY stage")
+        .bind(policy_no)
+        .fetch_all(system.sim.pool())
+        .await
+        .expect("dispatch query")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
+    let system = TestSystem::start("sk", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    // Expires in 76 days: inside the 90-day window at once; T-60 is 17 December 10:00.
+    sim.publish_policies(&[policy("P2026A0001", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+
+    let (status, lists) = system.get_json("/v1/policies/P2026A0001").await;
+    assert_eq!(status, 200, "{lists}");
+    assert_eq!(lists["status"], "active");
+    assert_eq!(lists["case"]["state"], "open");
+    assert_eq!(
+        lists["mobile_masked"], "138****5678",
+        "the API masks the mobile"
+    );
+
+    let (status, case) = system.get_json("/v1/cases/P2026A0001").await;
+    assert_eq!(status, 200, "{case}");
+    assert_eq!(case["owner_agent"], "SH01-A03");
+    assert_eq!(case["credited_agent"], "SH01-A03");
+    assert_eq!(case["history"].as_array().map(Vec::len), Some(1));
+    assert_eq!(case["history"][0]["reason"], "originating_agent");
+
+    let timers: Vec<(String, String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT stage, state, due_at FROM scheduler.timers")
+            .fetch_all(sim.pool())
+            .await
+            .expect("timers");
+    assert_eq!(
+        timers,
+        vec![(
+            "T-60".to_owned(),
+            "pending".to_owned(),
+            local("2026-12-17", 10)
+        )]
+    );
+    assert!(
+        sms_rows(&system, "P2026A0001").await.is_empty(),
+        "nothing is sent before T-60"
+    );
+
+    sim.advance_to(local("2026-12-17", 12))
+        .await
+        .expect("time moves");
+    assert_eq!(
+        sms_rows(&system, "P2026A0001").await,
+        vec![(
+            "T-60".to_owned(),
+            "delivered".to_owned(),
+            Some("DELIVERED".to_owned())
+        )]
+    );
+    let sent_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT sent_at FROM dispatch.sms_messages WHERE policy_no = 'P2026A0001'",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .expect("sent_at");
+    assert_eq!(
+        sent_at,
+        local("2026-12-17", 10),
+        "sent when due, in daytime"
+    );
+    let vendor: Vec<(String, String)> =
+        sqlx::query_as("SELECT out_id, template_code FROM demo.vendor_messages")
+            .fetch_all(sim.pool())
+            .await
+            .expect("vendor");
+    let timer_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM scheduler.timers")
+        .fetch_one(sim.pool())
+        .await
+        .expect("timer");
+    assert_eq!(
+        vendor,
+        vec![(timer_id.to_string(), "SMS_RENEWAL_T60".to_owned())],
+        "one SMS, OutId = the timer"
+    );
+
+    // Every hop was a real JetStream message.
+    assert_eq!(stream_messages(&system, Stream::Core).await, 1);
+    assert_eq!(
+        stream_messages(&system, Stream::Lists).await,
+        1,
+        "case opened"
+    );
+    assert_eq!(
+        stream_messages(&system, Stream::Assignment).await,
+        1,
+        "owner assigned"
+    );
+    assert_eq!(
+        stream_messages(&system, Stream::Dispatch).await,
+        3,
+        "send_sms, sms.sent, sms.delivered"
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_stops_every_reminder_and_an_unrenewed_case_lapses() {
+    let system = TestSystem::start("rn", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    sim.publish_policies(&[
+        policy("P2026B0001", "2027-02-15"),
+        policy("P2026B0002", "2026-12-20"),
+    ])
+    .await
+    .expect("published");
+    sim.advance_to(local("2026-12-10", 11))
+        .await
+        .expect("time moves");
+    sim.publish_renewal("P2026B0001", "R2027B0001")
+        .await
+        .expect("renewal published");
+    sim.advance_to(local("2026-12-22", 1))
+        .await
+        .expect("time moves");
+
+    let (_, renewed) = system.get_json("/v1/policies/P2026B0001").await;
+    assert_eq!(renewed["status"], "renewed");
+    assert_eq!(renewed["case"]["state"], "renewed");
+    assert!(
+        sms_rows(&system, "P2026B0001").await.is_empty(),
+        "no reminder after renewal"
+    );
+    let state: String = sqlx::query_scalar(
+        "SELECT t.state FROM scheduler.timers t JOIN scheduler.cases c USING (case_id) WHERE c.policy_no = 'P2026B0001'",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .expect("timer");
+    assert_eq!(state, "cancelled");
+
+    // Expired on 20 December, never renewed: lapsed by the daily run of the 21st.
+    let (_, lapsed) = system.get_json("/v1/policies/P2026B0002").await;
+    assert_eq!(lapsed["status"], "lapsed");
+    assert_eq!(lapsed["case"]["state"], "lapsed");
+    let skipped: String = sqlx::query_scalar(
+        "SELECT t.state FROM scheduler.timers t JOIN scheduler.cases c USING (case_id) WHERE c.policy_no = 'P2026B0002'",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .expect("timer");
+    assert_eq!(
+        skipped, "skipped",
+        "T-60 was already behind when the case opened"
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_has_no_second_effect() {
+    let system = TestSystem::start("rd", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    let bus = &sim.deps.bus;
+    // Shrink the server's duplicate window, so only our inbox stands between a
+    // redelivery and a second effect.
+    let name = bus.subjects.stream(Stream::Lists);
+    let mut config = bus
+        .js
+        .get_stream(&name)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    config.duplicate_window = Duration::from_millis(200);
+    bus.js.update_stream(config).await.expect("stream updated");
+
+    sim.publish_policies(&[policy("P2026C0001", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let (id, payload): (uuid::Uuid, Vec<u8>) =
+        sqlx::query_as("SELECT id, payload FROM lists.outbox WHERE subject = $1")
+            .bind(subject::LISTS_CASE_OPENED)
+            .fetch_one(sim.pool())
+            .await
+            .expect("the case.opened event");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The relay crashed after publishing but before marking the row: it publishes again.
+    bus.publish(subject::LISTS_CASE_OPENED, &id.to_string(), None, payload)
+        .await
+        .expect("republished");
+    sim.settle().await.expect("settles");
+
+    let stored: u64 = bus
+        .js
+        .get_stream(&name)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert_eq!(
+        stored, 2,
+        "the server kept the copy; only the inbox can stop it"
+    );
+    let owners: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.owner_history")
+        .fetch_one(sim.pool())
+        .await
+        .expect("owners");
+    assert_eq!(owners, 1, "one owner assignment");
+    let timers: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler.timers")
+        .fetch_one(sim.pool())
+        .await
+        .expect("timers");
+    assert_eq!(timers, 1, "one timer");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.outbox")
+        .fetch_one(sim.pool())
+        .await
+        .expect("events");
+    assert_eq!(events, 1, "one owner.assigned event");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_is_kept_with_its_reason_and_the_consumer_goes_on() {
+    let system = TestSystem::start("mf", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    sim.deps
+        .bus
+        .publish(
+            subject::CORE_POLICY_UPSERTED,
+            "garbage-1",
+            None,
+            vec![0xff, 0xff, 0xff],
+        )
+        .await
+        .expect("published");
+    let mut bad = policy("P2026D0001", "2027-02-15");
+    bad.end_date = "2027-15-45".into();
+    sim.publish_policies(&[bad, policy("P2026D0002", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let rejected: Vec<(String, String)> = sqlx::query_as(
+        "SELECT message_id, rejected_reason FROM lists.inbox WHERE rejected_reason IS NOT NULL ORDER BY message_id",
+    )
+    .fetch_all(sim.pool())
+    .await
+    .expect("inbox");
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(rejected[0].1.contains("end_date"), "{rejected:?}");
+    assert_eq!(rejected[1].0, "garbage-1");
+    let (status, _) = system.get_json("/v1/policies/P2026D0002").await;
+    assert_eq!(
+        status, 200,
+        "the good policy behind the bad ones still loaded"
+    );
+    let (status, _) = system.get_json("/v1/policies/P2026D0001").await;
+    assert_eq!(status, 404);
+    system.finish().await;
+}

@@ -1,1 +1,129 @@
+//! Harness for the end-to-end tests: each test gets its own database and its own NATS
+//! subject prefix on the real loopback servers, so tests run in parallel, and drops
+//! both when it finishes. Set `TEST_LOG=1` to see the services' logs.
 
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use renewal::simulation::{SimOptions, Simulation};
+use renewal_contract::core::Policy;
+use secrecy::SecretString;
+
+pub const TZ: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
+
+pub fn postgres_base() -> String {
+    std::env::var("TEST_DATABASE_BASE")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A unique name for this test's database and subject prefix.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "t{}{}",
+        tag,
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+pub fn database_url(name: &str) -> SecretString {
+    SecretString::from(format!("{}/renewal_{name}", postgres_base()))
+}
+
+pub fn local(date: &str, hour: u32) -> DateTime<Utc> {
+    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").expect("YYYY-MM-DD");
+    renewal_platform::local_instant(date, NaiveTime::from_hms_opt(hour, 0, 0).expect("hour"), TZ)
+}
+
+pub fn init_logs() {
+    if std::env::var("TEST_LOG").is_ok() {
+        let _ = renewal_platform::telemetry::init("renewal-test", "info,sqlx=warn");
+    }
+}
+
+/// The whole system on a simulated clock, in a database and subject prefix of its own.
+pub struct TestSystem {
+    pub sim: Simulation,
+    pub name: String,
+}
+
+impl TestSystem {
+    pub async fn start(tag: &str, at: DateTime<Utc>) -> TestSystem {
+        init_logs();
+        let name = unique(tag);
+        let sim = Simulation::start(
+            SimOptions {
+                database_url: database_url(&name),
+                nats_url: nats_url(),
+                prefix: name.clone(),
+                fresh: true,
+                start: at,
+                seed: 7,
+                time_zone: TZ,
+            },
+            None,
+        )
+        .await
+        .expect("the system starts against the loopback Postgres and NATS");
+        TestSystem { sim, name }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.sim.http_addr)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::get(self.url(path)).await.expect("HTTP answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// Stops the services and drops the database and streams.
+    pub async fn finish(self) {
+        let bus = self.sim.deps.bus.clone();
+        self.sim.stop().await.expect("services stop cleanly");
+        bus.delete_streams().await;
+        let _ = renewal_platform::postgres::drop_database(&database_url(&self.name)).await;
+    }
+}
+
+/// A policy with plausible data, expiring on `end`.
+pub fn policy(no: &str, end: &str) -> Policy {
+    let end_date = NaiveDate::parse_from_str(end, "%Y-%m-%d").expect("YYYY-MM-DD");
+    Policy {
+        policy_no: no.to_owned(),
+        version: 1,
+        customer_name: "王芳".into(),
+        mobile: "+8613812345678".into(),
+        id_number: "11010519491231002X".into(),
+        plate: "沪AD12345".into(),
+        vin: "LSVAU2180N2183294".into(),
+        city_code: "310000".into(),
+        branch_code: "SH01".into(),
+        agent_code: "SH01-A03".into(),
+        channel: "dealer".into(),
+        category: "insured_last_year".into(),
+        start_date: (end_date - chrono::Months::new(12)).to_string(),
+        end_date: end.into(),
+        premium_fen: 456_700,
+        important: false,
+        group_policy: false,
+    }
+}
+
+/// Renewal-binary path, next to the test executable (`cargo build` puts it there).
+pub fn renewal_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target/<profile>");
+    let bin = dir.join("renewal");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --bin renewal` (deploy/local/test does)",
+        bin.display()
+    );
+    bin
+}

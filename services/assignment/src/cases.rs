@@ -15,7 +15,8 @@ pub struct CaseEvents {
 }
 
 fn case_id(raw: &str) -> Result<Uuid, HandleError> {
-    Uuid::parse_str(raw).map_err(|_| HandleError::Malformed(format!("case_id {raw:?} is not a UUID")))
+    Uuid::parse_str(raw)
+        .map_err(|_| HandleError::Malformed(format!("case_id {raw:?} is not a UUID")))
 }
 
 fn instant(ms: i64) -> Result<DateTime<Utc>, HandleError> {
@@ -86,7 +87,9 @@ impl Handler for CaseEvents {
                 }
                 Ok(())
             }
-            other => Err(HandleError::Malformed(format!("unexpected subject {other}"))),
+            other => Err(HandleError::Malformed(format!(
+                "unexpected subject {other}"
+            ))),
         }
     }
 }

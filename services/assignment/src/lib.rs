@@ -49,7 +49,12 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         clock: deps.clock.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(renewal_platform::inbox::consume(consuming, LISTS_CASES, handler, cancel.clone()));
+    tasks.spawn(renewal_platform::inbox::consume(
+        consuming,
+        LISTS_CASES,
+        handler,
+        cancel.clone(),
+    ));
     tasks.spawn(outbox.relay(deps.pool.clone(), deps.bus.clone(), cancel.clone()));
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done {

@@ -58,7 +58,9 @@ pub async fn assign(
         assigned_by: by.to_owned(),
         assigned_at_ms: now.timestamp_millis(),
     };
-    outbox.enqueue(tx, subject::ASSIGNMENT_OWNER_ASSIGNED, &event).await?;
+    outbox
+        .enqueue(tx, subject::ASSIGNMENT_OWNER_ASSIGNED, &event)
+        .await?;
     metrics::counter!("owners_assigned_total", "reason" => reason.to_owned()).increment(1);
     Ok(())
 }
@@ -92,10 +94,18 @@ struct OwnerChange {
 async fn show(State(pool): State<PgPool>, Path(policy_no): Path<String>) -> Response {
     match load(&pool, &policy_no).await {
         Ok(Some(view)) => Json(view).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": "unknown_case"}))).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "unknown_case"})),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "reading a case failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"error": "internal"}))).into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"error": "internal"})),
+            )
+                .into_response()
         }
     }
 }

@@ -20,24 +20,31 @@ pub struct Commands {
 }
 
 fn uuid(field: &str, raw: &str) -> Result<Uuid, HandleError> {
-    Uuid::parse_str(raw).map_err(|_| HandleError::Malformed(format!("{field} {raw:?} is not a UUID")))
+    Uuid::parse_str(raw)
+        .map_err(|_| HandleError::Malformed(format!("{field} {raw:?} is not a UUID")))
 }
 
 impl Handler for Commands {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         if delivery.subject != subject::DISPATCH_CMD_SEND_SMS {
-            return Err(HandleError::Malformed(format!("unexpected subject {}", delivery.subject)));
+            return Err(HandleError::Malformed(format!(
+                "unexpected subject {}",
+                delivery.subject
+            )));
         }
         let command: SendSms = delivery.decode()?;
         let id = uuid("command_id", &command.command_id)?;
         let case_id = uuid("case_id", &command.case_id)?;
-        let tz: chrono_tz::Tz = command
-            .time_zone
-            .parse()
-            .map_err(|_| HandleError::Malformed(format!("unknown time zone {:?}", command.time_zone)))?;
+        let tz: chrono_tz::Tz = command.time_zone.parse().map_err(|_| {
+            HandleError::Malformed(format!("unknown time zone {:?}", command.time_zone))
+        })?;
         let params = templates::params(&command).map_err(HandleError::Malformed)?;
         let now = self.clock.now();
-        let due = Utc.timestamp_millis_opt(command.due_at_ms).single().unwrap_or(now).max(now);
+        let due = Utc
+            .timestamp_millis_opt(command.due_at_ms)
+            .single()
+            .unwrap_or(now)
+            .max(now);
         // A command for a closed case is dropped here, and counted.
         let row = sqlx::query_scalar::<_, String>(
             "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, mobile, template_params,
@@ -95,7 +102,8 @@ impl Handler for ClosedCases {
         .bind(case_id)
         .execute(&mut *tx)
         .await?;
-        metrics::counter!("sms_total", "status" => "withdrawn").increment(withdrawn.rows_affected());
+        metrics::counter!("sms_total", "status" => "withdrawn")
+            .increment(withdrawn.rows_affected());
         Ok(())
     }
 }

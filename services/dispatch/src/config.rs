@@ -30,8 +30,12 @@ pub struct Hours {
 impl std::str::FromStr for Hours {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not like 09:00-20:00"))?;
-        let t = |v: &str| NaiveTime::parse_from_str(v.trim(), "%H:%M").map_err(|_| format!("{v:?} is not HH:MM"));
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not like 09:00-20:00"))?;
+        let t = |v: &str| {
+            NaiveTime::parse_from_str(v.trim(), "%H:%M").map_err(|_| format!("{v:?} is not HH:MM"))
+        };
         let (start, end) = (t(a)?, t(b)?);
         if start >= end {
             return Err(format!("{s:?}: the window must start before it ends"));
@@ -46,16 +50,19 @@ impl DispatchConfig {
     }
 
     pub fn from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
-        let vendor_url: String = env.or("SMS_VENDOR_URL", "https://dysmsapi.aliyuncs.com".to_owned())?;
+        let vendor_url: String =
+            env.or("SMS_VENDOR_URL", "https://dysmsapi.aliyuncs.com".to_owned())?;
         if !(vendor_url.starts_with("http://") || vendor_url.starts_with("https://")) {
             return Err(ConfigError::Invalid {
                 var: "SMS_VENDOR_URL".into(),
                 reason: format!("must be an http(s) URL (got {vendor_url:?})"),
             });
         }
-        let webhook_token = env.secret("SMS_WEBHOOK_TOKEN").ok_or_else(|| ConfigError::Missing {
-            var: "SMS_WEBHOOK_TOKEN".into(),
-        })?;
+        let webhook_token =
+            env.secret("SMS_WEBHOOK_TOKEN")
+                .ok_or_else(|| ConfigError::Missing {
+                    var: "SMS_WEBHOOK_TOKEN".into(),
+                })?;
         {
             use secrecy::ExposeSecret;
             if webhook_token.expose_secret().len() < 16 {
@@ -90,9 +97,10 @@ mod tests {
     #[test]
     fn the_webhook_token_is_required_and_named() {
         let env = Env::from_fn(|_| None);
-        let err = DispatchConfig::from(&env).unwrap_err();
+        let err = DispatchConfig::from(&env).expect_err("must be refused");
         assert!(err.to_string().contains("SMS_WEBHOOK_TOKEN"), "{err}");
-        let env = Env::from_fn(|k| (k == "SMS_WEBHOOK_TOKEN").then(|| "0123456789abcdef".to_owned()));
+        let env =
+            Env::from_fn(|k| (k == "SMS_WEBHOOK_TOKEN").then(|| "0123456789abcdef".to_owned()));
         let config = DispatchConfig::from(&env).expect("valid");
         assert_eq!(config.sms_hours, "09:00-20:00".parse().expect("hours"));
         let env = Env::from_fn(|k| match k {
@@ -100,6 +108,11 @@ mod tests {
             "SMS_HOURS" => Some("21:00-08:00".to_owned()),
             _ => None,
         });
-        assert!(DispatchConfig::from(&env).unwrap_err().to_string().contains("SMS_HOURS"));
+        assert!(
+            DispatchConfig::from(&env)
+                .expect_err("must be refused")
+                .to_string()
+                .contains("SMS_HOURS")
+        );
     }
 }

@@ -51,17 +51,25 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
 }
 
 /// Runs the service until `cancel` fires, then finishes the work in hand.
-pub async fn run_with(deps: Deps, config: DispatchConfig, cancel: CancellationToken) -> Result<(), String> {
-    deps.bus.ensure_stream(Stream::Dispatch).await.map_err(|e| e.to_string())?;
+pub async fn run_with(
+    deps: Deps,
+    config: DispatchConfig,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    deps.bus
+        .ensure_stream(Stream::Dispatch)
+        .await
+        .map_err(|e| e.to_string())?;
     let outbox = outbox();
     let queued = Arc::new(Notify::new());
     let vendor = sms::vendor::AliyunSms::new(&config).map_err(|e| e.to_string())?;
-    deps.http.mount(sms::receipts::routes(sms::receipts::Webhook {
-        pool: deps.pool.clone(),
-        outbox: outbox.clone(),
-        clock: deps.clock.clone(),
-        token: config.webhook_token.clone(),
-    }));
+    deps.http
+        .mount(sms::receipts::routes(sms::receipts::Webhook {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            token: config.webhook_token.clone(),
+        }));
     let consuming = Consuming {
         pool: deps.pool.clone(),
         bus: deps.bus.clone(),
@@ -73,8 +81,18 @@ pub async fn run_with(deps: Deps, config: DispatchConfig, cancel: CancellationTo
         queued: queued.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(renewal_platform::inbox::consume(consuming.clone(), COMMANDS, commands, cancel.clone()));
-    tasks.spawn(renewal_platform::inbox::consume(consuming, CLOSED_CASES, commands::ClosedCases, cancel.clone()));
+    tasks.spawn(renewal_platform::inbox::consume(
+        consuming.clone(),
+        COMMANDS,
+        commands,
+        cancel.clone(),
+    ));
+    tasks.spawn(renewal_platform::inbox::consume(
+        consuming,
+        CLOSED_CASES,
+        commands::ClosedCases,
+        cancel.clone(),
+    ));
     tasks.spawn(sms::sending::run(
         sms::sending::Sender {
             pool: deps.pool.clone(),

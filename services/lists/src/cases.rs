@@ -121,7 +121,9 @@ pub async fn close(
         new_policy_no: new_policy_no.to_owned(),
         closed_at_ms: now.timestamp_millis(),
     };
-    outbox.enqueue(tx, subject::LISTS_CASE_CLOSED, &event).await?;
+    outbox
+        .enqueue(tx, subject::LISTS_CASE_CLOSED, &event)
+        .await?;
     metrics::counter!("cases_closed_total", "outcome" => state).increment(1);
     Ok(true)
 }

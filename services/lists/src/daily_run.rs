@@ -79,12 +79,14 @@ async fn run_day(
     }
     let lapsed = cases::lapse_due(&mut tx, outbox, today, now).await?;
     let opened = cases::open_due(&mut tx, outbox, today, now, time_zone, None).await?;
-    sqlx::query("UPDATE lists.daily_runs SET cases_opened = $2, cases_lapsed = $3 WHERE run_date = $1")
-        .bind(today)
-        .bind(opened as i32)
-        .bind(lapsed as i32)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE lists.daily_runs SET cases_opened = $2, cases_lapsed = $3 WHERE run_date = $1",
+    )
+    .bind(today)
+    .bind(opened as i32)
+    .bind(lapsed as i32)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Some((opened, lapsed)))
 }
@@ -97,10 +99,11 @@ pub async fn next_wakeup(
     time_zone: chrono_tz::Tz,
 ) -> Result<DateTime<Utc>, sqlx::Error> {
     let today = local_date(now, time_zone);
-    let done: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lists.daily_runs WHERE run_date = $1)")
-        .bind(today)
-        .fetch_one(pool)
-        .await?;
+    let done: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lists.daily_runs WHERE run_date = $1)")
+            .bind(today)
+            .fetch_one(pool)
+            .await?;
     Ok(if done {
         local_instant(today + chrono::Days::new(1), run_time(), time_zone)
     } else {

@@ -26,13 +26,21 @@ impl Handler for Intake {
         match delivery.subject.as_str() {
             subject::CORE_POLICY_UPSERTED => {
                 let event: PolicyUpserted = delivery.decode()?;
-                let policy = event
-                    .policy
-                    .ok_or_else(|| HandleError::Malformed("policy upserted without a policy".into()))?;
+                let policy = event.policy.ok_or_else(|| {
+                    HandleError::Malformed("policy upserted without a policy".into())
+                })?;
                 let valid = validate(&policy)?;
                 upsert(tx, &policy, &valid, now).await?;
                 let today = local_date(now, self.time_zone);
-                cases::open_due(tx, &self.outbox, today, now, self.time_zone, Some(&policy.policy_no)).await?;
+                cases::open_due(
+                    tx,
+                    &self.outbox,
+                    today,
+                    now,
+                    self.time_zone,
+                    Some(&policy.policy_no),
+                )
+                .await?;
                 Ok(())
             }
             subject::CORE_POLICY_RENEWED => {
@@ -49,7 +57,15 @@ impl Handler for Intake {
                 if known.rows_affected() == 0 {
                     return unknown_policy(delivery);
                 }
-                cases::close(tx, &self.outbox, &event.policy_no, CaseOutcome::Renewed, &event.new_policy_no, now).await?;
+                cases::close(
+                    tx,
+                    &self.outbox,
+                    &event.policy_no,
+                    CaseOutcome::Renewed,
+                    &event.new_policy_no,
+                    now,
+                )
+                .await?;
                 Ok(())
             }
             subject::CORE_POLICY_CANCELLED => {
@@ -64,10 +80,20 @@ impl Handler for Intake {
                 if known.rows_affected() == 0 {
                     return unknown_policy(delivery);
                 }
-                cases::close(tx, &self.outbox, &event.policy_no, CaseOutcome::Cancelled, "", now).await?;
+                cases::close(
+                    tx,
+                    &self.outbox,
+                    &event.policy_no,
+                    CaseOutcome::Cancelled,
+                    "",
+                    now,
+                )
+                .await?;
                 Ok(())
             }
-            other => Err(HandleError::Malformed(format!("unexpected subject {other}"))),
+            other => Err(HandleError::Malformed(format!(
+                "unexpected subject {other}"
+            ))),
         }
     }
 }
@@ -76,7 +102,9 @@ fn unknown_policy(delivery: &Delivery) -> Result<(), HandleError> {
     if delivery.delivered < UNKNOWN_POLICY_RETRIES {
         Err(HandleError::Retry("policy not known yet".into()))
     } else {
-        Err(HandleError::Malformed("policy is not in the portfolio".into()))
+        Err(HandleError::Malformed(
+            "policy is not in the portfolio".into(),
+        ))
     }
 }
 
@@ -88,10 +116,13 @@ struct Valid {
 fn validate(policy: &Policy) -> Result<Valid, HandleError> {
     let bad = |what: &str| HandleError::Malformed(format!("policy {}: {what}", policy.policy_no));
     if policy.policy_no.trim().is_empty() {
-        return Err(HandleError::Malformed("policy without a policy number".into()));
+        return Err(HandleError::Malformed(
+            "policy without a policy number".into(),
+        ));
     }
     let date = |field: &str, value: &str| {
-        NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| bad(&format!("{field} is not a YYYY-MM-DD date")))
+        NaiveDate::parse_from_str(value, "%Y-%m-%d")
+            .map_err(|_| bad(&format!("{field} is not a YYYY-MM-DD date")))
     };
     let start = date("start_date", &policy.start_date)?;
     let end = date("end_date", &policy.end_date)?;

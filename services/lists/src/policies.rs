@@ -39,7 +39,11 @@ struct CaseView {
 /// Keeps the first three and last four digits: 138****5678.
 pub fn mask_mobile(mobile: &str) -> String {
     let digits: Vec<char> = mobile.chars().filter(char::is_ascii_digit).collect();
-    let digits = if digits.len() > 11 { &digits[digits.len() - 11..] } else { &digits[..] };
+    let digits = if digits.len() > 11 {
+        &digits[digits.len() - 11..]
+    } else {
+        &digits[..]
+    };
     if digits.len() < 7 {
         return "*".repeat(digits.len());
     }
@@ -61,7 +65,11 @@ async fn show(State(pool): State<PgPool>, Path(policy_no): Path<String>) -> Resp
     let view = match row {
         Ok(Some(row)) => read(&row),
         Ok(None) => {
-            return (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": "unknown_policy"}))).into_response();
+            return (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error": "unknown_policy"})),
+            )
+                .into_response();
         }
         Err(e) => Err(e),
     };
@@ -69,7 +77,11 @@ async fn show(State(pool): State<PgPool>, Path(policy_no): Path<String>) -> Resp
         Ok(view) => Json(view).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "reading a policy failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"error": "internal"}))).into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"error": "internal"})),
+            )
+                .into_response()
         }
     }
 }

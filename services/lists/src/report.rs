@@ -14,7 +14,9 @@ pub struct CaseFacts {
 }
 
 pub async fn policy_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM lists.policies").fetch_one(pool).await
+    sqlx::query_scalar("SELECT count(*) FROM lists.policies")
+        .fetch_one(pool)
+        .await
 }
 
 pub async fn cases(pool: &PgPool) -> Result<Vec<CaseFacts>, sqlx::Error> {

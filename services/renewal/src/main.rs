@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use renewal_platform::process::{Program, main as run_main};
 
 #[derive(Parser)]
-#[command(name = "renewal", version, about = "Motor insurance renewal: lists, assignment, scheduler and dispatch in one process")]
+#[command(
+    name = "renewal",
+    version,
+    about = "Motor insurance renewal: lists, assignment, scheduler and dispatch in one process"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,8 @@ fn program() -> Program {
         migrate: |pool| Box::pin(renewal::system::migrate_all(pool)),
         run: |deps, cancel| {
             Box::pin(async move {
-                let dispatch = renewal_dispatch::DispatchConfig::from_env().map_err(|e| e.to_string())?;
+                let dispatch =
+                    renewal_dispatch::DispatchConfig::from_env().map_err(|e| e.to_string())?;
                 renewal::system::run_all(deps, dispatch, cancel).await
             })
         },
@@ -68,17 +73,37 @@ async fn main() -> ExitCode {
             run_main(program(), false).await
         }
         Command::Migrate => run_main(program(), true).await,
-        Command::Demo { policies, days, seed, start, json, resume } => demo(policies, days, seed, start, json, resume).await,
+        Command::Demo {
+            policies,
+            days,
+            seed,
+            start,
+            json,
+            resume,
+        } => demo(policies, days, seed, start, json, resume).await,
     }
 }
 
-async fn demo(policies: usize, days: u32, seed: u64, start: NaiveDate, json: Option<PathBuf>, resume: bool) -> ExitCode {
+async fn demo(
+    policies: usize,
+    days: u32,
+    seed: u64,
+    start: NaiveDate,
+    json: Option<PathBuf>,
+    resume: bool,
+) -> ExitCode {
     use renewal_platform::config::Env;
     let env = Env::process();
     let settings = (|| {
         Ok::<_, renewal_platform::config::ConfigError>((
-            env.secret_or("DEMO_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/renewal_demo"),
-            env.or("NATS_URL", renewal_platform::config::DEFAULT_NATS_URL.to_owned())?,
+            env.secret_or(
+                "DEMO_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/renewal_demo",
+            ),
+            env.or(
+                "NATS_URL",
+                renewal_platform::config::DEFAULT_NATS_URL.to_owned(),
+            )?,
             env.or("DEMO_NATS_PREFIX", "demo".to_owned())?,
             env.or("TIME_ZONE", chrono_tz::Asia::Shanghai)?,
         ))
@@ -142,7 +167,10 @@ async fn demo(policies: usize, days: u32, seed: u64, start: NaiveDate, json: Opt
         println!("  figures written to {}", path.display());
     }
     if report.violations.total() > 0 {
-        eprintln!("renewal demo: {} violations of the rules that must never be broken", report.violations.total());
+        eprintln!(
+            "renewal demo: {} violations of the rules that must never be broken",
+            report.violations.total()
+        );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -50,6 +50,8 @@ pub struct Simulation {
     pub clock: Clock,
     pub vendor: VendorSim,
     pub http_addr: SocketAddr,
+    /// Where the vendor pushes receipts (with the secret path token).
+    pub webhook_url: String,
     pub time_zone: chrono_tz::Tz,
     consumers: Vec<(&'static str, &'static str, PullConsumer)>,
     cancel: CancellationToken,
@@ -62,9 +64,13 @@ pub fn webhook_token() -> SecretString {
 
 impl Simulation {
     /// Prepares the database and streams (fresh or as left), then starts everything.
-    pub async fn start(options: SimOptions, resume_at: Option<DateTime<Utc>>) -> Result<Self, SimError> {
+    pub async fn start(
+        options: SimOptions,
+        resume_at: Option<DateTime<Utc>>,
+    ) -> Result<Self, SimError> {
         renewal_platform::install_crypto_provider();
-        let subjects = Subjects::new(&options.prefix).map_err(|e| SimError::Other(e.to_string()))?;
+        let subjects =
+            Subjects::new(&options.prefix).map_err(|e| SimError::Other(e.to_string()))?;
         let cancel = CancellationToken::new();
         let bus = Bus::connect(&options.nats_url, subjects, 1, "renewal-sim", &cancel).await?;
         if options.fresh {
@@ -82,7 +88,9 @@ impl Simulation {
         let listener = renewal_platform::http::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
-        let http_addr = listener.local_addr().map_err(|e| SimError::Other(e.to_string()))?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|e| SimError::Other(e.to_string()))?;
         tokio::spawn(http.clone().serve(listener, cancel.clone()));
 
         let token = webhook_token();
@@ -90,9 +98,16 @@ impl Simulation {
         let vendor_listener = renewal_platform::http::bind(crate::vendor_sim::bind_addr())
             .await
             .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
-        let vendor_addr = vendor_listener.local_addr().map_err(|e| SimError::Other(e.to_string()))?;
-        let webhook = format!("http://{http_addr}/v1/webhooks/sms/{}/report", token.expose_secret());
-        vendor.clone().start(vendor_listener, webhook, cancel.clone());
+        let vendor_addr = vendor_listener
+            .local_addr()
+            .map_err(|e| SimError::Other(e.to_string()))?;
+        let webhook = format!(
+            "http://{http_addr}/v1/webhooks/sms/{}/report",
+            token.expose_secret()
+        );
+        vendor
+            .clone()
+            .start(vendor_listener, webhook.clone(), cancel.clone());
 
         let dispatch = DispatchConfig {
             vendor_url: format!("http://{vendor_addr}"),
@@ -110,7 +125,11 @@ impl Simulation {
             http,
             time_zone: options.time_zone,
         };
-        let services = tokio::spawn(crate::system::run_all(deps.clone(), dispatch, cancel.clone()));
+        let services = tokio::spawn(crate::system::run_all(
+            deps.clone(),
+            dispatch,
+            cancel.clone(),
+        ));
         let mut consumers = Vec::new();
         for (service, spec) in crate::system::consumers() {
             consumers.push((service, spec.filter, bus.pull_consumer(spec).await?));
@@ -120,6 +139,7 @@ impl Simulation {
             clock,
             vendor,
             http_addr,
+            webhook_url: webhook,
             time_zone: options.time_zone,
             consumers,
             cancel,
@@ -136,23 +156,43 @@ impl Simulation {
     }
 
     /// Publishes policies as the core policy system would (idempotent by number and version).
-    pub async fn publish_policies(&self, policies: &[renewal_contract::core::Policy]) -> Result<(), SimError> {
+    pub async fn publish_policies(
+        &self,
+        policies: &[renewal_contract::core::Policy],
+    ) -> Result<(), SimError> {
         for chunk in policies.chunks(500) {
             let mut acks = Vec::with_capacity(chunk.len());
             for p in chunk {
                 let id = format!("{}:{}", p.policy_no, p.version);
-                let event = PolicyUpserted { policy: Some(p.clone()) };
-                acks.push(self.deps.bus.send(subject::CORE_POLICY_UPSERTED, &id, None, prost::Message::encode_to_vec(&event)).await?);
+                let event = PolicyUpserted {
+                    policy: Some(p.clone()),
+                };
+                acks.push(
+                    self.deps
+                        .bus
+                        .send(
+                            subject::CORE_POLICY_UPSERTED,
+                            &id,
+                            None,
+                            prost::Message::encode_to_vec(&event),
+                        )
+                        .await?,
+                );
             }
             for ack in acks {
-                ack.await.map_err(|e| SimError::Other(format!("publish not acknowledged: {e}")))?;
+                ack.await
+                    .map_err(|e| SimError::Other(format!("publish not acknowledged: {e}")))?;
             }
         }
         Ok(())
     }
 
     /// Publishes a renewal as the core policy system would.
-    pub async fn publish_renewal(&self, policy_no: &str, new_policy_no: &str) -> Result<(), SimError> {
+    pub async fn publish_renewal(
+        &self,
+        policy_no: &str,
+        new_policy_no: &str,
+    ) -> Result<(), SimError> {
         let event = PolicyRenewed {
             policy_no: policy_no.to_owned(),
             new_policy_no: new_policy_no.to_owned(),
@@ -161,7 +201,12 @@ impl Simulation {
         let id = format!("renewed:{policy_no}");
         self.deps
             .bus
-            .publish(subject::CORE_POLICY_RENEWED, &id, None, prost::Message::encode_to_vec(&event))
+            .publish(
+                subject::CORE_POLICY_RENEWED,
+                &id,
+                None,
+                prost::Message::encode_to_vec(&event),
+            )
             .await?;
         Ok(())
     }
@@ -172,11 +217,17 @@ impl Simulation {
         for outbox in crate::system::outboxes() {
             let n = outbox.backlog(self.pool()).await?;
             if n > 0 {
-                return Ok(Some(format!("{} outbox has {n} unpublished", outbox.schema())));
+                return Ok(Some(format!(
+                    "{} outbox has {n} unpublished",
+                    outbox.schema()
+                )));
             }
         }
         for (service, filter, consumer) in &self.consumers {
-            let info = consumer.get_info().await.map_err(|e| SimError::Other(e.to_string()))?;
+            let info = consumer
+                .get_info()
+                .await
+                .map_err(|e| SimError::Other(e.to_string()))?;
             if info.num_pending > 0 || info.num_ack_pending > 0 {
                 return Ok(Some(format!(
                     "{service} consumer of {filter}: {} pending, {} unacknowledged",
@@ -234,8 +285,14 @@ impl Simulation {
                 return Ok(());
             }
             let next = crate::system::next_wakeup(self.pool(), now, self.time_zone).await?;
-            let to = if next > now && next < until { next } else { until };
-            self.clock.advance_to(to).map_err(|e| SimError::Other(e.to_string()))?;
+            let to = if next > now && next < until {
+                next
+            } else {
+                until
+            };
+            self.clock
+                .advance_to(to)
+                .map_err(|e| SimError::Other(e.to_string()))?;
         }
     }
 

@@ -17,8 +17,15 @@ pub async fn migrate_all(pool: PgPool) -> Result<(), DbError> {
 }
 
 /// Runs every service until `cancel` fires; if one fails, the others are stopped.
-pub async fn run_all(deps: Deps, dispatch: DispatchConfig, cancel: CancellationToken) -> Result<(), String> {
-    deps.bus.ensure_all_streams().await.map_err(|e| e.to_string())?;
+pub async fn run_all(
+    deps: Deps,
+    dispatch: DispatchConfig,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    deps.bus
+        .ensure_all_streams()
+        .await
+        .map_err(|e| e.to_string())?;
     let mut services = tokio::task::JoinSet::new();
     services.spawn(renewal_lists::run(deps.clone(), cancel.clone()));
     services.spawn(renewal_assignment::run(deps.clone(), cancel.clone()));
@@ -65,7 +72,11 @@ pub fn outboxes() -> [Outbox; 4] {
 
 /// The earliest instant any service has work of its own (a daily run, a timer, a
 /// message to send).
-pub async fn next_wakeup(pool: &PgPool, now: DateTime<Utc>, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, sqlx::Error> {
+pub async fn next_wakeup(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    tz: chrono_tz::Tz,
+) -> Result<DateTime<Utc>, sqlx::Error> {
     let mut next = renewal_lists::next_wakeup(pool, now, tz).await?;
     for candidate in [
         renewal_scheduler::next_wakeup(pool).await?,

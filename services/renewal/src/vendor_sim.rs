@@ -39,8 +39,13 @@ fn delivers(phone: &str, seed: u64, rate: u64) -> bool {
 }
 
 fn is_mobile(phone: &str) -> bool {
-    let national = phone.strip_prefix("+86").or_else(|| phone.strip_prefix("86")).unwrap_or(phone);
-    national.len() == 11 && national.starts_with('1') && national.bytes().all(|b| b.is_ascii_digit())
+    let national = phone
+        .strip_prefix("+86")
+        .or_else(|| phone.strip_prefix("86"))
+        .unwrap_or(phone);
+    national.len() == 11
+        && national.starts_with('1')
+        && national.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl VendorSim {
@@ -56,11 +61,20 @@ impl VendorSim {
 
     /// Serves the vendor API on `listener` and pushes receipts to `webhook_url` until
     /// `cancel` fires.
-    pub fn start(self, listener: tokio::net::TcpListener, webhook_url: String, cancel: CancellationToken) {
-        let app = Router::new().route("/", post(send_sms)).with_state(self.clone());
+    pub fn start(
+        self,
+        listener: tokio::net::TcpListener,
+        webhook_url: String,
+        cancel: CancellationToken,
+    ) {
+        let app = Router::new()
+            .route("/", post(send_sms))
+            .with_state(self.clone());
         let stop = cancel.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
         });
         tokio::spawn(self.push_receipts(webhook_url, cancel));
     }
@@ -73,7 +87,10 @@ impl VendorSim {
     }
 
     async fn push_receipts(self, webhook_url: String, cancel: CancellationToken) {
-        let http = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        let http = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "mock vendor cannot build its HTTP client");
@@ -112,8 +129,12 @@ impl VendorSim {
         for row in &rows {
             let biz_id: String = row.try_get("biz_id").map_err(|e| e.to_string())?;
             let delivered: bool = row.try_get("delivered").map_err(|e| e.to_string())?;
-            let at: chrono::DateTime<Utc> = row.try_get("accepted_at").map_err(|e| e.to_string())?;
-            let local = at.with_timezone(&chrono_tz::Asia::Shanghai).format("%Y-%m-%d %H:%M:%S").to_string();
+            let at: chrono::DateTime<Utc> =
+                row.try_get("accepted_at").map_err(|e| e.to_string())?;
+            let local = at
+                .with_timezone(&chrono_tz::Asia::Shanghai)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string();
             let phone: String = row.try_get("phone").map_err(|e| e.to_string())?;
             reports.push(serde_json::json!({
                 "phone_number": phone.trim_start_matches("+86"),
@@ -128,7 +149,12 @@ impl VendorSim {
             }));
             ids.push(biz_id);
         }
-        let response = http.post(url).json(&reports).send().await.map_err(|e| e.without_url().to_string())?;
+        let response = http
+            .post(url)
+            .json(&reports)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         if !status.is_success() || body.get("code").and_then(|c| c.as_i64()) != Some(0) {
@@ -144,22 +170,35 @@ impl VendorSim {
     }
 }
 
-async fn send_sms(State(vendor): State<VendorSim>, Query(q): Query<HashMap<String, String>>) -> Json<serde_json::Value> {
+async fn send_sms(
+    State(vendor): State<VendorSim>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<serde_json::Value> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
     if field("Action") != "SendSms" {
-        return Json(serde_json::json!({"Code": "InvalidAction.NotFound", "Message": "unknown action", "RequestId": request_id}));
+        return Json(
+            serde_json::json!({"Code": "InvalidAction.NotFound", "Message": "unknown action", "RequestId": request_id}),
+        );
     }
     for required in ["PhoneNumbers", "SignName", "TemplateCode"] {
         if field(required).is_empty() {
-            return Json(serde_json::json!({"Code": "isv.INVALID_PARAMETERS", "Message": format!("{required} is required"), "RequestId": request_id}));
+            return Json(
+                serde_json::json!({"Code": "isv.INVALID_PARAMETERS", "Message": format!("{required} is required"), "RequestId": request_id}),
+            );
         }
     }
     let phone = field("PhoneNumbers");
     if !is_mobile(phone) {
-        return Json(serde_json::json!({"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "invalid mobile", "RequestId": request_id}));
+        return Json(
+            serde_json::json!({"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "invalid mobile", "RequestId": request_id}),
+        );
     }
-    let biz_id = format!("{}^{}", vendor.clock.now().timestamp_millis(), uuid::Uuid::new_v4().simple());
+    let biz_id = format!(
+        "{}^{}",
+        vendor.clock.now().timestamp_millis(),
+        uuid::Uuid::new_v4().simple()
+    );
     let stored = sqlx::query(
         "INSERT INTO demo.vendor_messages (biz_id, out_id, phone, template_code, delivered, accepted_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -174,11 +213,15 @@ async fn send_sms(State(vendor): State<VendorSim>, Query(q): Query<HashMap<Strin
     .await;
     if let Err(e) = stored {
         tracing::warn!(error = %e, "mock vendor could not store a message");
-        return Json(serde_json::json!({"Code": "isp.SYSTEM_ERROR", "Message": "try again", "RequestId": request_id}));
+        return Json(
+            serde_json::json!({"Code": "isp.SYSTEM_ERROR", "Message": "try again", "RequestId": request_id}),
+        );
     }
     renewal_platform::activity::record();
     vendor.accepted.notify_one();
-    Json(serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": request_id}))
+    Json(
+        serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": request_id}),
+    )
 }
 
 /// Duplicate sends the vendor saw (the same OutId accepted more than once).
@@ -190,9 +233,11 @@ pub async fn duplicate_sends(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 /// Out ids whose receipt our webhook acknowledged.
 pub async fn acknowledged_out_ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT DISTINCT out_id FROM demo.vendor_messages WHERE pushed_at IS NOT NULL")
-        .fetch_all(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT DISTINCT out_id FROM demo.vendor_messages WHERE pushed_at IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 pub fn bind_addr() -> SocketAddr {

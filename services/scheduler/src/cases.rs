@@ -20,7 +20,8 @@ pub struct CaseEvents {
 }
 
 fn case_id(raw: &str) -> Result<Uuid, HandleError> {
-    Uuid::parse_str(raw).map_err(|_| HandleError::Malformed(format!("case_id {raw:?} is not a UUID")))
+    Uuid::parse_str(raw)
+        .map_err(|_| HandleError::Malformed(format!("case_id {raw:?} is not a UUID")))
 }
 
 fn instant(ms: i64) -> Result<DateTime<Utc>, HandleError> {
@@ -40,7 +41,9 @@ impl Handler for CaseEvents {
                 let event: CaseClosed = delivery.decode()?;
                 closed(tx, &event).await
             }
-            other => Err(HandleError::Malformed(format!("unexpected subject {other}"))),
+            other => Err(HandleError::Malformed(format!(
+                "unexpected subject {other}"
+            ))),
         }
     }
 
@@ -49,10 +52,15 @@ impl Handler for CaseEvents {
     }
 }
 
-async fn opened(tx: &mut PgConnection, event: &CaseOpened, now: DateTime<Utc>) -> Result<(), HandleError> {
+async fn opened(
+    tx: &mut PgConnection,
+    event: &CaseOpened,
+    now: DateTime<Utc>,
+) -> Result<(), HandleError> {
     let id = case_id(&event.case_id)?;
     let date = |field: &str, v: &str| {
-        NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| HandleError::Malformed(format!("{field} is not YYYY-MM-DD")))
+        NaiveDate::parse_from_str(v, "%Y-%m-%d")
+            .map_err(|_| HandleError::Malformed(format!("{field} is not YYYY-MM-DD")))
     };
     let expiry = date("expiry_date", &event.expiry_date)?;
     let effective = date("effective_expiry_date", &event.effective_expiry_date)?;
@@ -139,7 +147,8 @@ async fn closed(tx: &mut PgConnection, event: &CaseClosed) -> Result<(), HandleE
     .bind(reason)
     .execute(&mut *tx)
     .await?;
-    metrics::counter!("timers_cancelled_total", "reason" => reason).increment(cancelled.rows_affected());
+    metrics::counter!("timers_cancelled_total", "reason" => reason)
+        .increment(cancelled.rows_affected());
     Ok(())
 }
 
@@ -148,7 +157,10 @@ pub struct OwnerEvents;
 impl Handler for OwnerEvents {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         if delivery.subject != subject::ASSIGNMENT_OWNER_ASSIGNED {
-            return Err(HandleError::Malformed(format!("unexpected subject {}", delivery.subject)));
+            return Err(HandleError::Malformed(format!(
+                "unexpected subject {}",
+                delivery.subject
+            )));
         }
         let event: OwnerAssigned = delivery.decode()?;
         let id = case_id(&event.case_id)?;

@@ -46,7 +46,10 @@ pub async fn migrate(pool: sqlx::PgPool) -> Result<(), renewal_platform::postgre
 /// Runs the service until `cancel` fires, then finishes the work in hand.
 pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
     for stream in [Stream::Scheduler, Stream::Dispatch] {
-        deps.bus.ensure_stream(stream).await.map_err(|e| e.to_string())?;
+        deps.bus
+            .ensure_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let outbox = outbox();
     let timers_changed = Arc::new(Notify::new());
@@ -61,8 +64,18 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         timers_changed: timers_changed.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(renewal_platform::inbox::consume(consuming.clone(), LISTS_CASES, case_events, cancel.clone()));
-    tasks.spawn(renewal_platform::inbox::consume(consuming, OWNERS, cases::OwnerEvents, cancel.clone()));
+    tasks.spawn(renewal_platform::inbox::consume(
+        consuming.clone(),
+        LISTS_CASES,
+        case_events,
+        cancel.clone(),
+    ));
+    tasks.spawn(renewal_platform::inbox::consume(
+        consuming,
+        OWNERS,
+        cases::OwnerEvents,
+        cancel.clone(),
+    ));
     tasks.spawn(timers::run(
         deps.pool.clone(),
         outbox.clone(),

@@ -69,7 +69,12 @@ pub async fn next_wakeup(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::E
 }
 
 /// Fires one batch of due timers; returns how many it claimed.
-async fn fire_due(pool: &PgPool, outbox: &Outbox, now: DateTime<Utc>, simulated: bool) -> Result<usize, sqlx::Error> {
+async fn fire_due(
+    pool: &PgPool,
+    outbox: &Outbox,
+    now: DateTime<Utc>,
+    simulated: bool,
+) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let due = sqlx::query(
         "SELECT t.id, t.case_id, t.stage, t.template, t.due_at, c.policy_no, c.state AS case_state,
@@ -101,15 +106,25 @@ async fn fire_due(pool: &PgPool, outbox: &Outbox, now: DateTime<Utc>, simulated:
             policy_no: row.try_get("policy_no")?,
             stage: row.try_get("stage")?,
             template: row.try_get("template")?,
-            mobile: row.try_get::<Option<String>, _>("mobile")?.unwrap_or_default(),
-            customer_name: row.try_get::<Option<String>, _>("customer_name")?.unwrap_or_default(),
-            plate: row.try_get::<Option<String>, _>("plate")?.unwrap_or_default(),
+            mobile: row
+                .try_get::<Option<String>, _>("mobile")?
+                .unwrap_or_default(),
+            customer_name: row
+                .try_get::<Option<String>, _>("customer_name")?
+                .unwrap_or_default(),
+            plate: row
+                .try_get::<Option<String>, _>("plate")?
+                .unwrap_or_default(),
             expiry_date: expiry.map(|d| d.to_string()).unwrap_or_default(),
-            time_zone: row.try_get::<Option<String>, _>("time_zone")?.unwrap_or_default(),
+            time_zone: row
+                .try_get::<Option<String>, _>("time_zone")?
+                .unwrap_or_default(),
             marketing: true,
             due_at_ms: due_at.timestamp_millis(),
         };
-        outbox.enqueue_with_id(&mut tx, id, subject::DISPATCH_CMD_SEND_SMS, &command).await?;
+        outbox
+            .enqueue_with_id(&mut tx, id, subject::DISPATCH_CMD_SEND_SMS, &command)
+            .await?;
         if !simulated {
             let late = (now - due_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::histogram!("timer_lateness_seconds").record(late);
@@ -121,10 +136,12 @@ async fn fire_due(pool: &PgPool, outbox: &Outbox, now: DateTime<Utc>, simulated:
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE scheduler.timers SET state = 'cancelled', note = 'case closed' WHERE id = ANY($1)")
-        .bind(&dropped)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE scheduler.timers SET state = 'cancelled', note = 'case closed' WHERE id = ANY($1)",
+    )
+    .bind(&dropped)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     metrics::counter!("timers_fired_total").increment(fired.len() as u64);
     Ok(due.len())

@@ -100,7 +100,10 @@ impl Subjects {
         if self.prefix.is_empty() {
             base
         } else {
-            format!("{}_{base}", self.prefix.to_ascii_uppercase().replace('-', "_"))
+            format!(
+                "{}_{base}",
+                self.prefix.to_ascii_uppercase().replace('-', "_")
+            )
         }
     }
 
@@ -132,7 +135,10 @@ mod tests {
     #[test]
     fn prefix_applies_to_subjects_and_streams() {
         let s = Subjects::new("t1a").expect("valid prefix");
-        assert_eq!(s.subject(subject::LISTS_CASE_OPENED), "t1a.lists.case.opened");
+        assert_eq!(
+            s.subject(subject::LISTS_CASE_OPENED),
+            "t1a.lists.case.opened"
+        );
         assert_eq!(s.stream(Stream::Lists), "T1A_LISTS");
         assert_eq!(s.stream_filter(Stream::Dispatch), "t1a.dispatch.>");
         assert_eq!(s.strip("t1a.lists.case.opened"), Some("lists.case.opened"));
@@ -142,7 +148,10 @@ mod tests {
     #[test]
     fn empty_prefix_is_production() {
         let s = Subjects::default();
-        assert_eq!(s.subject(subject::DISPATCH_CMD_SEND_SMS), "dispatch.cmd.send_sms");
+        assert_eq!(
+            s.subject(subject::DISPATCH_CMD_SEND_SMS),
+            "dispatch.cmd.send_sms"
+        );
         assert_eq!(s.stream(Stream::Core), "CORE");
     }
 

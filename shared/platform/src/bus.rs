@@ -163,7 +163,9 @@ impl Bus {
         traceparent: Option<&str>,
         payload: Vec<u8>,
     ) -> Result<(), BusError> {
-        let ack = self.send(subject_name, message_id, traceparent, payload).await?;
+        let ack = self
+            .send(subject_name, message_id, traceparent, payload)
+            .await?;
         ack.await.map_err(|e| BusError::Publish {
             subject: subject_name.to_owned(),
             reason: e.to_string(),

@@ -83,7 +83,10 @@ mod tests {
 
     #[tokio::test]
     async fn simulated_sleepers_wake_when_the_clock_passes_their_deadline() {
-        let start = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().expect("valid date");
+        let start = Utc
+            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .single()
+            .expect("valid date");
         let clock = Clock::simulated(start);
         let sleeper = {
             let clock = clock.clone();
@@ -94,10 +97,14 @@ mod tests {
                 clock.now()
             })
         };
-        clock.advance_to(start + chrono::Duration::hours(1)).expect("forward");
+        clock
+            .advance_to(start + chrono::Duration::hours(1))
+            .expect("forward");
         tokio::task::yield_now().await;
         assert!(!sleeper.is_finished());
-        clock.advance_to(start + chrono::Duration::hours(6)).expect("forward");
+        clock
+            .advance_to(start + chrono::Duration::hours(6))
+            .expect("forward");
         let woke_at = sleeper.await.expect("sleeper ran");
         assert_eq!(woke_at, start + chrono::Duration::hours(6));
         assert!(clock.advance_to(start).is_err());

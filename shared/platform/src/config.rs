@@ -47,12 +47,16 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     {
         match self.raw(var) {
             None => Ok(None),
-            Some(value) => value.trim().parse().map(Some).map_err(|e: T::Err| {
-                ConfigError::Invalid {
-                    var: var.to_owned(),
-                    reason: format!("{e} (got {:?})", value),
-                }
-            }),
+            Some(value) => {
+                value
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|e: T::Err| ConfigError::Invalid {
+                        var: var.to_owned(),
+                        reason: format!("{e} (got {:?})", value),
+                    })
+            }
         }
     }
 
@@ -110,7 +114,11 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{value:?} has unknown unit {unit:?}; use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "{value:?} has unknown unit {unit:?}; use ms, s, m or h"
+            ));
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{value:?} is not a non-negative duration"));
@@ -212,15 +220,17 @@ mod tests {
 
     #[test]
     fn a_malformed_value_names_its_variable() {
-        let err = Settings::from(&env(&[("HTTP_ADDR", "not-an-address")])).unwrap_err();
+        let err =
+            Settings::from(&env(&[("HTTP_ADDR", "not-an-address")])).expect_err("must be refused");
         assert!(err.to_string().contains("HTTP_ADDR"), "{err}");
-        let err = Settings::from(&env(&[("SHUTDOWN_GRACE", "ten")])).unwrap_err();
+        let err = Settings::from(&env(&[("SHUTDOWN_GRACE", "ten")])).expect_err("must be refused");
         assert!(err.to_string().contains("SHUTDOWN_GRACE"), "{err}");
-        let err = Settings::from(&env(&[("NATS_URL", "http://x")])).unwrap_err();
+        let err = Settings::from(&env(&[("NATS_URL", "http://x")])).expect_err("must be refused");
         assert!(err.to_string().contains("NATS_URL"), "{err}");
-        let err = Settings::from(&env(&[("TIME_ZONE", "Mars/Olympus")])).unwrap_err();
+        let err =
+            Settings::from(&env(&[("TIME_ZONE", "Mars/Olympus")])).expect_err("must be refused");
         assert!(err.to_string().contains("TIME_ZONE"), "{err}");
-        let err = Settings::from(&env(&[("NATS_PREFIX", "a.b")])).unwrap_err();
+        let err = Settings::from(&env(&[("NATS_PREFIX", "a.b")])).expect_err("must be refused");
         assert!(err.to_string().contains("NATS_PREFIX"), "{err}");
     }
 

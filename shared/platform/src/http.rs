@@ -45,7 +45,11 @@ impl HttpHost {
 
     /// Ready when at least one condition is known and all are met.
     pub fn readiness(&self) -> (bool, BTreeMap<String, Result<(), String>>) {
-        let readiness = self.readiness.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let readiness = self
+            .readiness
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let ready = !readiness.is_empty() && readiness.values().all(Result::is_ok);
         (ready, readiness)
     }
@@ -65,7 +69,11 @@ impl HttpHost {
     }
 
     /// Serves until `cancel` fires, then lets in-flight requests finish.
-    pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
         let app = self.router();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -78,7 +86,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn dispatch(State(host): State<HttpHost>, request: Request) -> Response {
-    let routes = host.routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let routes = host
+        .routes
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     match routes.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -102,7 +114,11 @@ async fn readyz(State(host): State<HttpHost>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(serde_json::json!({ "ready": ready, "checks": body }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": ready, "checks": body })),
+    )
+        .into_response()
 }
 
 /// The process-wide Prometheus recorder (installed on first use).

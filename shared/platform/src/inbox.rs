@@ -103,7 +103,9 @@ async fn reject(
 /// Messages a service refused as malformed (kept for inspection).
 pub async fn rejected_count(pool: &PgPool, schema: &'static str) -> Result<i64, sqlx::Error> {
     let sql = format!("SELECT count(*) FROM {schema}.inbox WHERE rejected_reason IS NOT NULL");
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
 }
 
 /// Everything a consumer loop needs.
@@ -161,14 +163,26 @@ pub async fn consume<H: Handler>(
     }
 }
 
-async fn process<H: Handler>(ctx: &Consuming, handler: &H, message: async_nats::jetstream::Message) {
-    let Some(subject) = ctx.bus.subjects.strip(message.subject.as_str()).map(str::to_owned) else {
+async fn process<H: Handler>(
+    ctx: &Consuming,
+    handler: &H,
+    message: async_nats::jetstream::Message,
+) {
+    let Some(subject) = ctx
+        .bus
+        .subjects
+        .strip(message.subject.as_str())
+        .map(str::to_owned)
+    else {
         // Not ours (cannot happen with a prefixed filter); acknowledge so it does not loop.
         let _ = message.ack().await;
         return;
     };
     let (delivered, fallback_id) = match message.info() {
-        Ok(info) => (info.delivered, format!("{}:{}", info.stream, info.stream_sequence)),
+        Ok(info) => (
+            info.delivered,
+            format!("{}:{}", info.stream, info.stream_sequence),
+        ),
         Err(_) => (1, format!("{subject}:{}", uuid::Uuid::new_v4())),
     };
     let message_id = message
@@ -192,7 +206,9 @@ async fn process<H: Handler>(ctx: &Consuming, handler: &H, message: async_nats::
     );
     crate::telemetry::adopt_parent(&span, message.headers.as_ref());
     let started = Instant::now();
-    let result = apply(ctx, handler, &delivery).instrument(span.clone()).await;
+    let result = apply(ctx, handler, &delivery)
+        .instrument(span.clone())
+        .await;
     let outcome = match &result {
         Ok(true) => "handled",
         Ok(false) => "duplicate",
@@ -224,7 +240,9 @@ async fn process<H: Handler>(ctx: &Consuming, handler: &H, message: async_nats::
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not keep the rejected message; retrying it");
-                    let _ = message.ack_with(AckKind::Nak(Some(redelivery_delay(delivered as u64)))).await;
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(redelivery_delay(delivered as u64))))
+                        .await;
                 }
             }
         }
@@ -236,7 +254,11 @@ async fn process<H: Handler>(ctx: &Consuming, handler: &H, message: async_nats::
     }
 }
 
-async fn apply<H: Handler>(ctx: &Consuming, handler: &H, delivery: &Delivery) -> Result<bool, HandleError> {
+async fn apply<H: Handler>(
+    ctx: &Consuming,
+    handler: &H,
+    delivery: &Delivery,
+) -> Result<bool, HandleError> {
     let mut tx = ctx.pool.begin().await?;
     let fresh = claim(&mut tx, ctx.schema, &delivery.message_id, &delivery.subject).await?;
     if fresh {

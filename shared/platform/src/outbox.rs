@@ -43,7 +43,8 @@ impl Outbox {
         subject: &str,
         message: &impl prost::Message,
     ) -> Result<Uuid, sqlx::Error> {
-        self.enqueue_with_id(tx, Uuid::now_v7(), subject, message).await
+        self.enqueue_with_id(tx, Uuid::now_v7(), subject, message)
+            .await
     }
 
     /// Writes an event with a chosen id (a command id, say), which becomes its
@@ -81,7 +82,9 @@ impl Outbox {
             "SELECT count(*) FROM {}.outbox WHERE published_at IS NULL",
             self.schema
         );
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
     }
 
     /// Publishes until cancelled. Several replicas may run it: each batch is claimed
@@ -122,7 +125,9 @@ impl Outbox {
              WHERE published_at IS NULL ORDER BY seq LIMIT {BATCH} FOR UPDATE SKIP LOCKED",
             self.schema
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch_all(&mut *tx).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(select))
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -136,7 +141,10 @@ impl Outbox {
             let traceparent: Option<String> = row.try_get("traceparent")?;
             let created: chrono::DateTime<chrono::Utc> = row.try_get("created_at")?;
             oldest = Some(oldest.map_or(created, |o| o.min(created)));
-            acks.push(bus.send(&subject, &id.to_string(), traceparent.as_deref(), payload).await?);
+            acks.push(
+                bus.send(&subject, &id.to_string(), traceparent.as_deref(), payload)
+                    .await?,
+            );
             seqs.push(row.try_get::<i64, _>("seq")?);
         }
         for ack in acks {
@@ -146,10 +154,14 @@ impl Outbox {
             "UPDATE {}.outbox SET published_at = now() WHERE seq = ANY($1)",
             self.schema
         );
-        sqlx::query(sqlx::AssertSqlSafe(mark)).bind(&seqs).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(mark))
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         crate::activity::record();
-        metrics::counter!("messages_out_total", "service" => self.schema).increment(seqs.len() as u64);
+        metrics::counter!("messages_out_total", "service" => self.schema)
+            .increment(seqs.len() as u64);
         if let Some(oldest) = oldest {
             let lag = (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::gauge!("outbox_lag_seconds", "service" => self.schema).set(lag);

@@ -47,11 +47,26 @@ pub fn pool(url: &SecretString, max_connections: u32) -> Result<PgPool, DbError>
 }
 
 /// Waits until Postgres answers, logging each failure with its cause, with backoff.
-pub async fn wait_until_reachable(pool: &PgPool, cancel: &CancellationToken) -> Result<(), DbError> {
+/// If the server answers that the database does not exist, it tries to create it.
+pub async fn wait_until_reachable(
+    pool: &PgPool,
+    url: &SecretString,
+    cancel: &CancellationToken,
+) -> Result<(), DbError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match sqlx::query("SELECT 1").execute(pool).await {
             Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+                if let Err(create) = ensure_database(url).await {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %create, retry_in_ms = wait.as_millis() as u64, "the database does not exist and cannot be created");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(DbError::Cancelled),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "postgres is not reachable yet");
@@ -80,7 +95,10 @@ pub async fn ensure_database(url: &SecretString) -> Result<(), DbError> {
             .await?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it between our check and our create.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
@@ -97,17 +115,28 @@ pub async fn drop_database(url: &SecretString) -> Result<(), DbError> {
         return Ok(());
     };
     let mut admin = target.database("postgres").connect().await?;
-    let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\""));
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
+    let sql = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await?;
     Ok(())
 }
 
 /// Runs a service's migrations into its own schema, tracking them in a table inside
 /// that schema so services never share migration history.
-pub async fn migrate(pool: &PgPool, schema: &'static str, migrator: Migrator) -> Result<(), DbError> {
+pub async fn migrate(
+    pool: &PgPool,
+    schema: &'static str,
+    migrator: Migrator,
+) -> Result<(), DbError> {
     let mut migrator = migrator;
     let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-    sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await?;
+    sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(pool)
+        .await?;
     migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
     migrator
         .run(pool)

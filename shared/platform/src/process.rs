@@ -54,13 +54,14 @@ async fn run_process(program: &Program, settings: Settings, migrate_only: bool) 
     let root = CancellationToken::new();
     crate::shutdown::cancel_on_signal(root.clone());
 
-    let pool = match crate::postgres::pool(&settings.database_url, settings.database_max_connections) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "configuration error");
-            return ExitCode::from(2);
-        }
-    };
+    let pool =
+        match crate::postgres::pool(&settings.database_url, settings.database_max_connections) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration error");
+                return ExitCode::from(2);
+            }
+        };
     if migrate_only {
         if let Err(e) = crate::postgres::ensure_database(&settings.database_url).await {
             tracing::error!(error = %e, "cannot create the database");
@@ -94,13 +95,24 @@ async fn run_process(program: &Program, settings: Settings, migrate_only: bool) 
     let server = tokio::spawn(http.clone().serve(listener, http_stop.clone()));
 
     let started = async {
-        crate::postgres::wait_until_reachable(&pool, &root).await.map_err(|e| e.to_string())?;
-        http.set_ready("postgres", Ok(()));
-        (program.migrate)(pool.clone()).await.map_err(|e| e.to_string())?;
-        let subjects = renewal_contract::Subjects::new(&settings.nats_prefix).map_err(|e| e.to_string())?;
-        let bus = Bus::connect(&settings.nats_url, subjects, settings.stream_replicas, program.name, &root)
+        crate::postgres::wait_until_reachable(&pool, &settings.database_url, &root)
             .await
             .map_err(|e| e.to_string())?;
+        http.set_ready("postgres", Ok(()));
+        (program.migrate)(pool.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let subjects =
+            renewal_contract::Subjects::new(&settings.nats_prefix).map_err(|e| e.to_string())?;
+        let bus = Bus::connect(
+            &settings.nats_url,
+            subjects,
+            settings.stream_replicas,
+            program.name,
+            &root,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         http.set_ready("nats", Ok(()));
         Ok::<_, String>(bus)
     };
@@ -112,10 +124,19 @@ async fn run_process(program: &Program, settings: Settings, migrate_only: bool) 
             }
             http_stop.cancel();
             let _ = server.await;
-            return if root.is_cancelled() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+            return if root.is_cancelled() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
-    let watch = tokio::spawn(watch_dependencies(pool.clone(), bus.clone(), http.clone(), root.clone()));
+    let watch = tokio::spawn(watch_dependencies(
+        pool.clone(),
+        bus.clone(),
+        http.clone(),
+        root.clone(),
+    ));
 
     let deps = Deps {
         pool,
@@ -150,7 +171,10 @@ async fn run_process(program: &Program, settings: Settings, migrate_only: bool) 
             match tokio::time::timeout(settings.shutdown_grace, &mut service).await {
                 Ok(_) => tracing::info!("drained; stopped"),
                 Err(_) => {
-                    tracing::warn!(grace_s = settings.shutdown_grace.as_secs(), "did not drain within SHUTDOWN_GRACE; stopping anyway");
+                    tracing::warn!(
+                        grace_s = settings.shutdown_grace.as_secs(),
+                        "did not drain within SHUTDOWN_GRACE; stopping anyway"
+                    );
                     service.abort();
                 }
             }
@@ -166,7 +190,11 @@ async fn run_process(program: &Program, settings: Settings, migrate_only: bool) 
 /// Keeps `/readyz` honest after start: Postgres and NATS are re-checked every few seconds.
 async fn watch_dependencies(pool: PgPool, bus: Bus, http: HttpHost, cancel: CancellationToken) {
     loop {
-        let pg = tokio::time::timeout(Duration::from_secs(3), sqlx::query("SELECT 1").execute(&pool)).await;
+        let pg = tokio::time::timeout(
+            Duration::from_secs(3),
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await;
         let pg_state = match pg {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

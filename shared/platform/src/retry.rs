@@ -15,13 +15,20 @@ impl Backoff {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(7);
-        Backoff { next: first, max, seed }
+        Backoff {
+            next: first,
+            max,
+            seed,
+        }
     }
 
     /// The next delay: doubles each time up to `max`, with up to 20% jitter so that
     /// replicas do not retry in lockstep.
     pub fn next_delay(&mut self) -> Duration {
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let jitter = (self.seed >> 33) % 200; // 0..0.2 in thousandths of the delay
         let current = self.next;
         self.next = (self.next * 2).min(self.max);

@@ -162,8 +162,8 @@ impl Visit for PiiScan {
     }
 }
 
-/// True if `text` holds an 11-digit run starting 1[3-9] (a mainland mobile) or an
-/// 18-character resident ID (17 digits and a digit or X).
+/// True if `text` holds a mainland mobile (11 digits starting 1[3-9], with or without
+/// the 86 country code) or an 18-character resident ID (17 digits and a digit or X).
 pub fn looks_like_pii(text: &str) -> bool {
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -178,7 +178,12 @@ pub fn looks_like_pii(text: &str) -> bool {
         }
         let run = &bytes[start..i];
         let id_tail = i < bytes.len() && (bytes[i] == b'X' || bytes[i] == b'x');
-        if run.len() == 11 && run[0] == b'1' && (b'3'..=b'9').contains(&run[1]) {
+        let mobile = |m: &[u8]| m.len() == 11 && m[0] == b'1' && (b'3'..=b'9').contains(&m[1]);
+        // A national mobile, or one with the country code (+86 / 0086 / 86).
+        if mobile(run) || (run.len() == 13 && run.starts_with(b"86") && mobile(&run[2..])) {
+            return true;
+        }
+        if run.len() == 15 && run.starts_with(b"0086") && mobile(&run[4..]) {
             return true;
         }
         if run.len() == 18 || (run.len() == 17 && id_tail) {
@@ -196,6 +201,7 @@ mod tests {
     fn spots_mobiles_and_id_numbers_but_not_ordinary_numbers() {
         assert!(looks_like_pii("calling 13812345678 now"));
         assert!(looks_like_pii("+8613812345678"));
+        assert!(looks_like_pii("008613812345678"));
         assert!(looks_like_pii("id=11010519491231002X"));
         assert!(looks_like_pii("110105194912310021"));
         assert!(!looks_like_pii("policy P2026000123 case 42"));

@@ -74,12 +74,17 @@ impl IntoResponse for WebhookError {
                 (StatusCode::SERVICE_UNAVAILABLE, 503)
             }
         };
-        metrics::counter!("webhook_rejects_total", "status" => status.as_str().to_owned()).increment(1);
+        metrics::counter!("webhook_rejects_total", "status" => status.as_str().to_owned())
+            .increment(1);
         let msg = match self {
             WebhookError::Db(_) => "temporarily unavailable".to_owned(),
             other => other.to_string(),
         };
-        (status, Json(serde_json::json!({ "code": code, "msg": msg }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "code": code, "msg": msg })),
+        )
+            .into_response()
     }
 }
 
@@ -105,7 +110,9 @@ async fn report(
         serde_json::from_slice(&body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
     for r in &reports {
         if r.biz_id.is_empty() && r.out_id.is_empty() {
-            return Err(WebhookError::Malformed("a receipt has neither biz_id nor out_id".into()));
+            return Err(WebhookError::Malformed(
+                "a receipt has neither biz_id nor out_id".into(),
+            ));
         }
     }
     let changed = record(&hook, &reports).await?;
@@ -160,18 +167,28 @@ async fn record(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sqlx::Er
         .fetch_optional(&mut *tx)
         .await?;
         let Some(m) = moved else { continue };
-        let status = if r.success { SmsStatus::Delivered } else { SmsStatus::Failed };
+        let status = if r.success {
+            SmsStatus::Delivered
+        } else {
+            SmsStatus::Failed
+        };
         let event = SmsStatusChanged {
             message_id: message_id.to_string(),
             case_id: m.try_get::<Uuid, _>("case_id")?.to_string(),
             policy_no: m.try_get("policy_no")?,
             stage: m.try_get("stage")?,
             status: status as i32,
-            vendor_message_id: m.try_get::<Option<String>, _>("vendor_message_id")?.unwrap_or_default(),
+            vendor_message_id: m
+                .try_get::<Option<String>, _>("vendor_message_id")?
+                .unwrap_or_default(),
             vendor_code: r.err_code.clone(),
             at_ms: now.timestamp_millis(),
         };
-        let subject = if r.success { subject::DISPATCH_SMS_DELIVERED } else { subject::DISPATCH_SMS_FAILED };
+        let subject = if r.success {
+            subject::DISPATCH_SMS_DELIVERED
+        } else {
+            subject::DISPATCH_SMS_FAILED
+        };
         hook.outbox.enqueue(&mut tx, subject, &event).await?;
         metrics::counter!("sms_total", "status" => state).increment(1);
         changed += 1;

@@ -48,7 +48,11 @@ pub async fn run<V: SmsVendor>(sender: Sender<V>, queued: Arc<Notify>, cancel: C
             }
         }
         let now = sender.clock.now();
-        let next = next_wakeup(&sender.pool).await.ok().flatten().unwrap_or(now + chrono::Duration::days(1));
+        let next = next_wakeup(&sender.pool)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(now + chrono::Duration::days(1));
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = queued.notified() => {}
@@ -59,9 +63,11 @@ pub async fn run<V: SmsVendor>(sender: Sender<V>, queued: Arc<Notify>, cancel: C
 
 /// When this service next has work of its own: the earliest queued message's attempt.
 pub async fn next_wakeup(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(next_attempt_at) FROM dispatch.sms_messages WHERE state = 'queued'")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT min(next_attempt_at) FROM dispatch.sms_messages WHERE state = 'queued'",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// The next instant SMS may go out in `tz`, or None if now is allowed.
@@ -71,7 +77,11 @@ pub fn next_allowed(now: DateTime<Utc>, tz: chrono_tz::Tz, hours: Hours) -> Opti
         return None;
     }
     let today = local_date(now, tz);
-    let day = if local < hours.start { today } else { today + chrono::Days::new(1) };
+    let day = if local < hours.start {
+        today
+    } else {
+        today + chrono::Days::new(1)
+    };
     Some(local_instant(day, hours.start, tz))
 }
 
@@ -130,7 +140,10 @@ impl<V: SmsVendor> Sender<V> {
                 params: row.try_get("template_params")?,
                 attempts: row.try_get("attempts")?,
             };
-            let tz: chrono_tz::Tz = row.try_get::<String, _>("time_zone")?.parse().unwrap_or(chrono_tz::Asia::Shanghai);
+            let tz: chrono_tz::Tz = row
+                .try_get::<String, _>("time_zone")?
+                .parse()
+                .unwrap_or(chrono_tz::Asia::Shanghai);
             if row.try_get::<bool, _>("case_closed")? {
                 verdicts.push((claimed, Verdict::Suppressed("withdrawn")));
             } else if row.try_get::<bool, _>("marketing")? && row.try_get::<bool, _>("opted_out")? {
@@ -143,7 +156,10 @@ impl<V: SmsVendor> Sender<V> {
         }
         let sends = to_send.iter().map(|m| async move {
             let Some(template) = templates::find(&m.template) else {
-                return Verdict::Failed("unknown_template".into(), format!("no template {:?}", m.template));
+                return Verdict::Failed(
+                    "unknown_template".into(),
+                    format!("no template {:?}", m.template),
+                );
             };
             let out_id = m.id.to_string();
             let request = SmsRequest {
@@ -155,10 +171,16 @@ impl<V: SmsVendor> Sender<V> {
             match self.vendor.send(request).await {
                 Ok(accepted) => Verdict::Sent(accepted.vendor_message_id),
                 Err(VendorError::Permanent { code, message }) => Verdict::Failed(code, message),
-                Err(VendorError::Transient(reason)) if m.attempts + 1 >= MAX_ATTEMPTS => Verdict::Dead(reason),
+                Err(VendorError::Transient(reason)) if m.attempts + 1 >= MAX_ATTEMPTS => {
+                    Verdict::Dead(reason)
+                }
                 Err(VendorError::Transient(reason)) => {
-                    let wait = renewal_platform::retry::redelivery_delay((m.attempts + 1) as u64 * 3);
-                    Verdict::Retry(now + chrono::Duration::from_std(wait).unwrap_or_default(), reason)
+                    let wait =
+                        renewal_platform::retry::redelivery_delay((m.attempts + 1) as u64 * 3);
+                    Verdict::Retry(
+                        now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                        reason,
+                    )
                 }
             }
         });
@@ -288,13 +310,28 @@ mod tests {
         let hours: Hours = "09:00-20:00".parse().expect("hours");
         let tz = chrono_tz::Asia::Shanghai;
         // 21:30 Beijing = 13:30 UTC: next morning 09:00 Beijing = 01:00 UTC.
-        let night = Utc.with_ymd_and_hms(2026, 12, 1, 13, 30, 0).single().expect("date");
-        assert_eq!(next_allowed(night, tz, hours), Utc.with_ymd_and_hms(2026, 12, 2, 1, 0, 0).single());
+        let night = Utc
+            .with_ymd_and_hms(2026, 12, 1, 13, 30, 0)
+            .single()
+            .expect("date");
+        assert_eq!(
+            next_allowed(night, tz, hours),
+            Utc.with_ymd_and_hms(2026, 12, 2, 1, 0, 0).single()
+        );
         // 07:00 Beijing = 23:00 UTC the day before: same morning 09:00.
-        let early = Utc.with_ymd_and_hms(2026, 11, 30, 23, 0, 0).single().expect("date");
-        assert_eq!(next_allowed(early, tz, hours), Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).single());
+        let early = Utc
+            .with_ymd_and_hms(2026, 11, 30, 23, 0, 0)
+            .single()
+            .expect("date");
+        assert_eq!(
+            next_allowed(early, tz, hours),
+            Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).single()
+        );
         // 10:00 Beijing is fine.
-        let day = Utc.with_ymd_and_hms(2026, 12, 1, 2, 0, 0).single().expect("date");
+        let day = Utc
+            .with_ymd_and_hms(2026, 12, 1, 2, 0, 0)
+            .single()
+            .expect("date");
         assert_eq!(next_allowed(day, tz, hours), None);
     }
 }

@@ -40,7 +40,11 @@ mod tests {
     #[test]
     fn marketing_templates_carry_the_opt_out_text() {
         for t in super::TEMPLATES {
-            assert!(t.text.ends_with(super::OPT_OUT), "{} lacks the opt-out text", t.key);
+            assert!(
+                t.text.ends_with(super::OPT_OUT),
+                "{} lacks the opt-out text",
+                t.key
+            );
         }
     }
 }

@@ -33,7 +33,10 @@ pub enum VendorError {
 }
 
 pub trait SmsVendor: Send + Sync + 'static {
-    fn send(&self, request: SmsRequest<'_>) -> impl Future<Output = Result<Accepted, VendorError>> + Send;
+    fn send(
+        &self,
+        request: SmsRequest<'_>,
+    ) -> impl Future<Output = Result<Accepted, VendorError>> + Send;
 }
 
 pub struct AliyunSms {
@@ -58,7 +61,9 @@ struct SendSmsResponse {
 impl AliyunSms {
     pub fn new(config: &DispatchConfig) -> Result<Self, reqwest::Error> {
         renewal_platform::install_crypto_provider();
-        let http = reqwest::Client::builder().timeout(config.vendor_timeout).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(config.vendor_timeout)
+            .build()?;
         Ok(AliyunSms {
             http,
             base_url: config.vendor_url.trim_end_matches('/').to_owned(),
@@ -110,21 +115,28 @@ impl SmsVendor for AliyunSms {
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(VendorError::Transient(format!("HTTP {status}")));
         }
-        let body: SendSmsResponse = response
-            .json()
-            .await
-            .map_err(|e| VendorError::Transient(format!("HTTP {status}, unreadable body: {}", e.without_url())))?;
+        let body: SendSmsResponse = response.json().await.map_err(|e| {
+            VendorError::Transient(format!(
+                "HTTP {status}, unreadable body: {}",
+                e.without_url()
+            ))
+        })?;
         if body.code == "OK" {
             Ok(Accepted {
                 vendor_message_id: body.biz_id,
             })
-        } else if is_permanent(&body.code) || (status.is_client_error() && !body.code.contains("LIMIT")) {
+        } else if is_permanent(&body.code)
+            || (status.is_client_error() && !body.code.contains("LIMIT"))
+        {
             Err(VendorError::Permanent {
                 code: body.code,
                 message: body.message,
             })
         } else {
-            Err(VendorError::Transient(format!("{}: {}", body.code, body.message)))
+            Err(VendorError::Transient(format!(
+                "{}: {}",
+                body.code, body.message
+            )))
         }
     }
 }

@@ -78,7 +78,12 @@ pub struct Details {
     pub vendor_duplicate_sends: i64,
 }
 
-pub async fn measure(sim: &Simulation, seed: u64, days: u32, start: &str) -> Result<Report, SimError> {
+pub async fn measure(
+    sim: &Simulation,
+    seed: u64,
+    days: u32,
+    start: &str,
+) -> Result<Report, SimError> {
     let pool = sim.pool();
     let tz = sim.time_zone;
     let now = sim.now();
@@ -87,7 +92,8 @@ pub async fn measure(sim: &Simulation, seed: u64, days: u32, start: &str) -> Res
     let sms = renewal_dispatch::report::messages(pool).await?;
     let (receipts_recorded, receipts_unmatched) = renewal_dispatch::report::receipts(pool).await?;
 
-    let owner_by_policy: HashMap<&str, _> = owners.iter().map(|o| (o.policy_no.as_str(), o)).collect();
+    let owner_by_policy: HashMap<&str, _> =
+        owners.iter().map(|o| (o.policy_no.as_str(), o)).collect();
     let renewed_at: HashMap<&str, DateTime<Utc>> = cases
         .iter()
         .filter(|c| c.state == "renewed")
@@ -96,10 +102,17 @@ pub async fn measure(sim: &Simulation, seed: u64, days: u32, start: &str) -> Res
 
     let mut v = Violations::default();
     for case in &cases {
-        let t30 = renewal_platform::local_instant(case.expiry_date - chrono::Days::new(30), NaiveTime::MIN, tz);
-        let open_at_t30 = case.opened_at < t30 && case.closed_at.is_none_or(|c| c > t30) && now >= t30;
+        let t30 = renewal_platform::local_instant(
+            case.expiry_date - chrono::Days::new(30),
+            NaiveTime::MIN,
+            tz,
+        );
+        let open_at_t30 =
+            case.opened_at < t30 && case.closed_at.is_none_or(|c| c > t30) && now >= t30;
         if open_at_t30 {
-            let owned = owner_by_policy.get(case.policy_no.as_str()).is_some_and(|o| o.assigned_at <= t30);
+            let owned = owner_by_policy
+                .get(case.policy_no.as_str())
+                .is_some_and(|o| o.assigned_at <= t30);
             if !owned {
                 v.no_owner_at_t30 += 1;
             }
@@ -108,9 +121,14 @@ pub async fn measure(sim: &Simulation, seed: u64, days: u32, start: &str) -> Res
     let hours = crate::simulation::sms_hours();
     let mut per_stage: HashMap<(&str, &str), i64> = HashMap::new();
     for m in &sms {
-        *per_stage.entry((m.policy_no.as_str(), m.stage.as_str())).or_default() += 1;
+        *per_stage
+            .entry((m.policy_no.as_str(), m.stage.as_str()))
+            .or_default() += 1;
         let Some(sent_at) = m.sent_at else { continue };
-        if renewed_at.get(m.policy_no.as_str()).is_some_and(|r| *r < sent_at) {
+        if renewed_at
+            .get(m.policy_no.as_str())
+            .is_some_and(|r| *r < sent_at)
+        {
             v.reminder_after_renewal += 1;
         }
         if m.marketing && m.opted_out_before_send {
@@ -122,13 +140,27 @@ pub async fn measure(sim: &Simulation, seed: u64, days: u32, start: &str) -> Res
             v.sms_at_night += 1;
         }
     }
-    v.duplicate_effects += per_stage.values().filter(|n| **n > 1).map(|n| n - 1).sum::<i64>();
-    v.duplicate_effects += owners.iter().filter(|o| o.changes > 1).map(|o| o.changes - 1).sum::<i64>();
+    v.duplicate_effects += per_stage
+        .values()
+        .filter(|n| **n > 1)
+        .map(|n| n - 1)
+        .sum::<i64>();
+    v.duplicate_effects += owners
+        .iter()
+        .filter(|o| o.changes > 1)
+        .map(|o| o.changes - 1)
+        .sum::<i64>();
 
-    let acknowledged: HashSet<String> = crate::vendor_sim::acknowledged_out_ids(pool).await?.into_iter().collect();
+    let acknowledged: HashSet<String> = crate::vendor_sim::acknowledged_out_ids(pool)
+        .await?
+        .into_iter()
+        .collect();
     v.lost_receipts = sms
         .iter()
-        .filter(|m| acknowledged.contains(&m.id.to_string()) && !matches!(m.state.as_str(), "delivered" | "failed"))
+        .filter(|m| {
+            acknowledged.contains(&m.id.to_string())
+                && !matches!(m.state.as_str(), "delivered" | "failed")
+        })
         .count() as i64;
     for outbox in crate::system::outboxes() {
         v.lost_outbox_events += outbox.backlog(pool).await?;
@@ -150,9 +182,15 @@ pub async fn measure(sim: &Simulation, seed: u64, days: u32, start: &str) -> Res
     };
     let details = Details {
         cases_open: cases.iter().filter(|c| c.state == "open").count() as i64,
-        sms_failed: sms.iter().filter(|m| matches!(m.state.as_str(), "failed" | "dead")).count() as i64,
+        sms_failed: sms
+            .iter()
+            .filter(|m| matches!(m.state.as_str(), "failed" | "dead"))
+            .count() as i64,
         sms_withdrawn: sms.iter().filter(|m| m.state == "withdrawn").count() as i64,
-        timers: renewal_scheduler::report::timers_by_state(pool).await?.into_iter().collect(),
+        timers: renewal_scheduler::report::timers_by_state(pool)
+            .await?
+            .into_iter()
+            .collect(),
         receipts_recorded,
         receipts_unmatched,
         messages_rejected_as_malformed: rejected,
@@ -177,11 +215,20 @@ impl Report {
     /// The report as people read it.
     pub fn render(&self) -> String {
         let f = &self.funnel;
-        let pct = |n: i64, of: i64| if of > 0 { format!("{:5.1}%", n as f64 * 100.0 / of as f64) } else { "     -".into() };
+        let pct = |n: i64, of: i64| {
+            if of > 0 {
+                format!("{:5.1}%", n as f64 * 100.0 / of as f64)
+            } else {
+                "     -".into()
+            }
+        };
         let mut out = String::new();
         out.push_str(&format!(
             "\nRenewal season: {} days from {} (seed {}), business time now {}\n\n",
-            self.days, self.start, self.seed, self.end.format("%Y-%m-%d %H:%M UTC")
+            self.days,
+            self.start,
+            self.seed,
+            self.end.format("%Y-%m-%d %H:%M UTC")
         ));
         out.push_str("  funnel                     count   of previous\n");
         let rows = [
@@ -194,9 +241,15 @@ impl Report {
             ("lapsed", f.lapsed, Some(f.cases_opened)),
         ];
         for (name, n, of) in rows {
-            out.push_str(&format!("  {name:<24} {n:>7}   {}\n", of.map(|o| pct(n, o)).unwrap_or_default()));
+            out.push_str(&format!(
+                "  {name:<24} {n:>7}   {}\n",
+                of.map(|o| pct(n, o)).unwrap_or_default()
+            ));
         }
-        out.push_str(&format!("\n  still open at the end: {} cases\n", self.details.cases_open));
+        out.push_str(&format!(
+            "\n  still open at the end: {} cases\n",
+            self.details.cases_open
+        ));
         out.push_str("\n  must never happen                 count\n");
         let v = &self.violations;
         for (name, n) in [
@@ -209,7 +262,10 @@ impl Report {
             ("effect applied twice", v.duplicate_effects),
             ("personal data in logs", v.pii_in_logs),
         ] {
-            out.push_str(&format!("  {name:<32} {n:>6}{}\n", if n > 0 { "   <-- VIOLATION" } else { "" }));
+            out.push_str(&format!(
+                "  {name:<32} {n:>6}{}\n",
+                if n > 0 { "   <-- VIOLATION" } else { "" }
+            ));
         }
         for note in &self.not_yet_measured {
             out.push_str(&format!("  (not yet measured: {note})\n"));

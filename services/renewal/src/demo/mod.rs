@@ -55,14 +55,21 @@ async fn saved(pool: &sqlx::PgPool, args: &DemoArgs) -> Result<Option<Saved>, Si
 
 /// Where a run saved its progress, without starting anything (for `--resume`).
 async fn resume_point(args: &DemoArgs) -> Result<Option<DateTime<Utc>>, SimError> {
-    let options: sqlx::postgres::PgConnectOptions = secrecy::ExposeSecret::expose_secret(&args.database_url)
-        .parse()
-        .map_err(|e: sqlx::Error| SimError::Other(format!("DATABASE_URL: {e}")))?;
-    let pool = match sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await {
+    let options: sqlx::postgres::PgConnectOptions =
+        secrecy::ExposeSecret::expose_secret(&args.database_url)
+            .parse()
+            .map_err(|e: sqlx::Error| SimError::Other(format!("DATABASE_URL: {e}")))?;
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+    {
         Ok(p) => p,
         Err(_) => return Ok(None),
     };
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('demo.progress') IS NOT NULL").fetch_one(&pool).await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('demo.progress') IS NOT NULL")
+        .fetch_one(&pool)
+        .await?;
     if !exists {
         return Ok(None);
     }
@@ -72,8 +79,16 @@ async fn resume_point(args: &DemoArgs) -> Result<Option<DateTime<Utc>>, SimError
 pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     let tz = args.time_zone;
     let start = renewal_platform::local_instant(args.start, NaiveTime::MIN, tz);
-    let end = renewal_platform::local_instant(args.start + chrono::Days::new(args.days as u64), NaiveTime::MIN, tz);
-    let resume_at = if args.resume { resume_point(&args).await? } else { None };
+    let end = renewal_platform::local_instant(
+        args.start + chrono::Days::new(args.days as u64),
+        NaiveTime::MIN,
+        tz,
+    );
+    let resume_at = if args.resume {
+        resume_point(&args).await?
+    } else {
+        None
+    };
     if args.resume && resume_at.is_none() {
         eprintln!("demo: nothing to resume; starting a new season");
     }
@@ -104,13 +119,17 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         .execute(&pool)
         .await?;
     }
-    let state = saved(&pool, &args).await?.ok_or_else(|| SimError::Other("demo progress missing".into()))?;
+    let state = saved(&pool, &args)
+        .await?
+        .ok_or_else(|| SimError::Other("demo progress missing".into()))?;
 
     let customers = portfolio::generate(args.policies, args.seed, args.start, args.days, tz);
     if !state.portfolio_published {
         let policies: Vec<_> = customers.iter().map(|c| c.policy.clone()).collect();
         sim.publish_policies(&policies).await?;
-        sqlx::query("UPDATE demo.progress SET portfolio_published = true WHERE id = 1").execute(&pool).await?;
+        sqlx::query("UPDATE demo.progress SET portfolio_published = true WHERE id = 1")
+            .execute(&pool)
+            .await?;
     }
     let mut renewals: Vec<(DateTime<Utc>, &str)> = customers
         .iter()
@@ -120,7 +139,11 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     renewals.sort();
 
     let bar = progress_bar(args.days as u64, args.progress);
-    let day_of = |t: DateTime<Utc>| (renewal_platform::local_date(t, tz) - args.start).num_days().clamp(0, args.days as i64) as u64;
+    let day_of = |t: DateTime<Utc>| {
+        (renewal_platform::local_date(t, tz) - args.start)
+            .num_days()
+            .clamp(0, args.days as i64) as u64
+    };
     bar.set_position(day_of(sim.now()));
     let mut next_renewal = 0;
     loop {
@@ -128,14 +151,19 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         // published again: lists applies each once).
         while next_renewal < renewals.len() && renewals[next_renewal].0 <= sim.now() {
             let policy_no = renewals[next_renewal].1;
-            sim.publish_renewal(policy_no, &format!("R{}", &policy_no[1..])).await?;
+            sim.publish_renewal(policy_no, &format!("R{}", &policy_no[1..]))
+                .await?;
             next_renewal += 1;
         }
         let now = sim.now();
         if now >= end {
             break;
         }
-        let tomorrow = renewal_platform::local_instant(renewal_platform::local_date(now, tz) + chrono::Days::new(1), NaiveTime::MIN, tz);
+        let tomorrow = renewal_platform::local_instant(
+            renewal_platform::local_date(now, tz) + chrono::Days::new(1),
+            NaiveTime::MIN,
+            tz,
+        );
         let mut target = tomorrow.min(end);
         if let Some((t, _)) = renewals.get(next_renewal) {
             target = target.min(*t);
@@ -149,7 +177,9 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     }
     sim.settle().await?;
     bar.finish_and_clear();
-    sqlx::query("UPDATE demo.progress SET finished = true WHERE id = 1").execute(&pool).await?;
+    sqlx::query("UPDATE demo.progress SET finished = true WHERE id = 1")
+        .execute(&pool)
+        .await?;
     let report = funnel::measure(&sim, args.seed, args.days, &args.start.to_string()).await?;
     sim.stop().await?;
     Ok(report)
@@ -160,8 +190,10 @@ fn progress_bar(days: u64, visible: bool) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(days);
-    let style = indicatif::ProgressStyle::with_template("renewal season {bar:40.cyan/blue} day {pos}/{len} [{elapsed_precise}]")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template(
+        "renewal season {bar:40.cyan/blue} day {pos}/{len} [{elapsed_precise}]",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar
 }

@@ -17,27 +17,66 @@ pub struct City {
 }
 
 pub const CITIES: &[City] = &[
-    City { code: "310000", name: "上海", plate_prefix: "沪A", id_region: "310104", branches: &["SH01", "SH02", "SH03", "SH04"] },
-    City { code: "110000", name: "北京", plate_prefix: "京N", id_region: "110105", branches: &["BJ01", "BJ02", "BJ03"] },
-    City { code: "440100", name: "广州", plate_prefix: "粤A", id_region: "440106", branches: &["GZ01", "GZ02", "GZ03"] },
-    City { code: "440300", name: "深圳", plate_prefix: "粤B", id_region: "440305", branches: &["SZ01", "SZ02"] },
-    City { code: "330100", name: "杭州", plate_prefix: "浙A", id_region: "330106", branches: &["HZ01", "HZ02"] },
-    City { code: "510100", name: "成都", plate_prefix: "川A", id_region: "510107", branches: &["CD01", "CD02"] },
+    City {
+        code: "310000",
+        name: "上海",
+        plate_prefix: "沪A",
+        id_region: "310104",
+        branches: &["SH01", "SH02", "SH03", "SH04"],
+    },
+    City {
+        code: "110000",
+        name: "北京",
+        plate_prefix: "京N",
+        id_region: "110105",
+        branches: &["BJ01", "BJ02", "BJ03"],
+    },
+    City {
+        code: "440100",
+        name: "广州",
+        plate_prefix: "粤A",
+        id_region: "440106",
+        branches: &["GZ01", "GZ02", "GZ03"],
+    },
+    City {
+        code: "440300",
+        name: "深圳",
+        plate_prefix: "粤B",
+        id_region: "440305",
+        branches: &["SZ01", "SZ02"],
+    },
+    City {
+        code: "330100",
+        name: "杭州",
+        plate_prefix: "浙A",
+        id_region: "330106",
+        branches: &["HZ01", "HZ02"],
+    },
+    City {
+        code: "510100",
+        name: "成都",
+        plate_prefix: "川A",
+        id_region: "510107",
+        branches: &["CD01", "CD02"],
+    },
 ];
 
 const AGENTS_PER_BRANCH: u32 = 6;
 
 const SURNAMES: &[&str] = &[
-    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "高", "林", "罗",
-    "郑", "梁", "谢", "宋", "唐", "许", "韩", "冯", "邓", "曹", "彭", "曾", "肖", "田", "董", "袁", "潘", "蒋", "蔡", "欧阳",
+    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
+    "何", "高", "林", "罗", "郑", "梁", "谢", "宋", "唐", "许", "韩", "冯", "邓", "曹", "彭", "曾",
+    "肖", "田", "董", "袁", "潘", "蒋", "蔡", "欧阳",
 ];
 const GIVEN: &[&str] = &[
-    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀英", "霞", "平",
-    "刚", "桂英", "建华", "志强", "文", "辉", "玉兰", "海燕", "晓东", "婷", "浩然", "子涵", "欣怡", "宇航", "梓萱", "俊杰",
+    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明",
+    "超", "秀英", "霞", "平", "刚", "桂英", "建华", "志强", "文", "辉", "玉兰", "海燕", "晓东",
+    "婷", "浩然", "子涵", "欣怡", "宇航", "梓萱", "俊杰",
 ];
 const MOBILE_PREFIXES: &[&str] = &[
-    "130", "131", "132", "133", "135", "136", "137", "138", "139", "150", "151", "152", "155", "156", "157", "158", "159",
-    "166", "176", "177", "180", "181", "182", "185", "186", "187", "188", "189", "198", "199",
+    "130", "131", "132", "133", "135", "136", "137", "138", "139", "150", "151", "152", "155",
+    "156", "157", "158", "159", "166", "176", "177", "180", "181", "182", "185", "186", "187",
+    "188", "189", "198", "199",
 ];
 
 /// The customer categories of DOMAIN.md with their renewal targets (percent).
@@ -86,7 +125,11 @@ pub fn vin_check_digit(vin: &[u8; 17]) -> u8 {
 pub fn id_check_char(first17: &str) -> char {
     const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     const CHECK: &[u8; 11] = b"10X98765432";
-    let sum: u32 = first17.bytes().zip(WEIGHTS).map(|(b, w)| (b - b'0') as u32 * w).sum();
+    let sum: u32 = first17
+        .bytes()
+        .zip(WEIGHTS)
+        .map(|(b, w)| (b - b'0') as u32 * w)
+        .sum();
     CHECK[(sum % 11) as usize] as char
 }
 
@@ -105,7 +148,11 @@ fn vin(rng: &mut SmallRng) -> String {
 
 fn plate(rng: &mut SmallRng, prefix: &str) -> String {
     const LETTERS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ";
-    let digits = |rng: &mut SmallRng, n: usize| (0..n).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect::<String>();
+    let digits = |rng: &mut SmallRng, n: usize| {
+        (0..n)
+            .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+            .collect::<String>()
+    };
     if rng.random_ratio(1, 5) {
         // New-energy plate: D (pure electric) or F (hybrid) and five digits.
         let kind = if rng.random_bool(0.7) { 'D' } else { 'F' };
@@ -118,7 +165,13 @@ fn plate(rng: &mut SmallRng, prefix: &str) -> String {
 
 /// Generates `n` policies expiring from `start` + 1 day to `start` + `days` + 60 days,
 /// with each customer's renewal behaviour.
-pub fn generate(n: usize, seed: u64, start: NaiveDate, days: u32, tz: chrono_tz::Tz) -> Vec<Customer> {
+pub fn generate(
+    n: usize,
+    seed: u64,
+    start: NaiveDate,
+    days: u32,
+    tz: chrono_tz::Tz,
+) -> Vec<Customer> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -130,10 +183,23 @@ pub fn generate(n: usize, seed: u64, start: NaiveDate, days: u32, tz: chrono_tz:
             SURNAMES[rng.random_range(0..SURNAMES.len())],
             GIVEN[rng.random_range(0..GIVEN.len())]
         );
-        let mobile = format!("+86{}{:08}", MOBILE_PREFIXES[rng.random_range(0..MOBILE_PREFIXES.len())], rng.random_range(0..100_000_000u32));
-        let birth = NaiveDate::from_ymd_opt(rng.random_range(1960..2003), rng.random_range(1..=12), rng.random_range(1..=28))
-            .unwrap_or(NaiveDate::MIN);
-        let id17 = format!("{}{}{:03}", city.id_region, birth.format("%Y%m%d"), rng.random_range(0..1000));
+        let mobile = format!(
+            "+86{}{:08}",
+            MOBILE_PREFIXES[rng.random_range(0..MOBILE_PREFIXES.len())],
+            rng.random_range(0..100_000_000u32)
+        );
+        let birth = NaiveDate::from_ymd_opt(
+            rng.random_range(1960..2003),
+            rng.random_range(1..=12),
+            rng.random_range(1..=28),
+        )
+        .unwrap_or(NaiveDate::MIN);
+        let id17 = format!(
+            "{}{}{:03}",
+            city.id_region,
+            birth.format("%Y%m%d"),
+            rng.random_range(0..1000)
+        );
         let id_number = format!("{id17}{}", id_check_char(&id17));
         let mut pick = rng.random_range(0..100);
         let (category, target) = CATEGORIES
@@ -176,7 +242,11 @@ pub fn generate(n: usize, seed: u64, start: NaiveDate, days: u32, tz: chrono_tz:
         let before = rng.random_range(1..=45u64);
         let slot = [11, 15, 19][rng.random_range(0..3)];
         let renews_at = renews.then(|| {
-            renewal_platform::local_instant(end - chrono::Days::new(before), NaiveTime::from_hms_opt(slot, 0, 0).unwrap_or(NaiveTime::MIN), tz)
+            renewal_platform::local_instant(
+                end - chrono::Days::new(before),
+                NaiveTime::from_hms_opt(slot, 0, 0).unwrap_or(NaiveTime::MIN),
+                tz,
+            )
         });
         out.push(Customer { policy, renews_at });
     }
@@ -201,7 +271,10 @@ mod tests {
         let start = NaiveDate::from_ymd_opt(2026, 12, 1).expect("date");
         let a = generate(50, 9, start, 100, chrono_tz::Asia::Shanghai);
         let b = generate(50, 9, start, 100, chrono_tz::Asia::Shanghai);
-        assert_eq!(a.iter().map(|c| &c.policy).collect::<Vec<_>>(), b.iter().map(|c| &c.policy).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|c| &c.policy).collect::<Vec<_>>(),
+            b.iter().map(|c| &c.policy).collect::<Vec<_>>()
+        );
         for c in &a {
             let vin: [u8; 17] = c.policy.vin.as_bytes().try_into().expect("17 characters");
             assert_eq!(vin_check_digit(&vin), vin[8]);

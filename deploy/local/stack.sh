@@ -1,0 +1,82 @@
+# Sourced by deploy/local/demo and deploy/local/test: makes sure Postgres and NATS with
+# JetStream answer on loopback. Uses them when they are up; otherwise starts the
+# installed servers, installing `postgresql` and `nats-server` with apt-get where they
+# are missing and that is allowed. Says what it did, or what you must do.
+
+say() { printf '%s\n' "local stack: $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else return 1
+  fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || return 1
+  say "installing $* with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+wait_port() {
+  for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 0.5; done
+  return 1
+}
+
+ensure_postgres() {
+  if port_open 5432; then say "Postgres answers on 127.0.0.1:5432; using it"; return 0; fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    apt_install postgresql || {
+      say "Postgres is not running and cannot be installed here."
+      say "Install PostgreSQL 13+ listening on 127.0.0.1:5432 with user postgres (trust on loopback), or set DATABASE_URL."
+      return 1
+    }
+  fi
+  local version
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$version" ]; then say "postgresql is installed but has no cluster; run: pg_createcluster <version> main"; return 1; fi
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if [ -f "$hba" ] && ! grep -q '^# renewal: trust loopback' "$hba"; then
+    # A development machine: the postgres user connects over loopback without a password.
+    as_root sh -c "printf '# renewal: trust loopback\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' | cat - '$hba' > '$hba.new' && mv '$hba.new' '$hba' && chown postgres:postgres '$hba'" &&
+      say "set $hba to trust loopback connections (development only)"
+  fi
+  say "starting Postgres $version"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null ||
+    as_root pg_ctlcluster "$version" main start || true
+  wait_port 5432 && { say "Postgres is up on 127.0.0.1:5432"; return 0; }
+  say "Postgres did not come up on 127.0.0.1:5432; see /var/log/postgresql/"; return 1
+}
+
+ensure_nats() {
+  if port_open 4222; then say "NATS answers on 127.0.0.1:4222; using it (it must have JetStream enabled: -js)"; return 0; fi
+  if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    apt_install nats-server || {
+      say "NATS is not running and cannot be installed here."
+      say "Install nats-server and run: nats-server -a 127.0.0.1 -p 4222 -js -sd <dir>"
+      return 1
+    }
+  fi
+  local bin state
+  bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  state="${RENEWAL_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/renewal}/nats"
+  mkdir -p "$state"
+  say "starting NATS with JetStream (data in $state, log in $state/nats.log)"
+  nohup "$bin" -a 127.0.0.1 -p 4222 -js -sd "$state" -l "$state/nats.log" >/dev/null 2>&1 &
+  wait_port 4222 && { say "NATS is up on 127.0.0.1:4222"; return 0; }
+  say "NATS did not come up; see $state/nats.log"; return 1
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null 2>&1 && return 0
+  [ -x "$HOME/.cargo/bin/cargo" ] && { export PATH="$HOME/.cargo/bin:$PATH"; return 0; }
+  say "cargo is not installed: install Rust 1.95 or later (https://rustup.rs), then run this again."
+  return 1
+}
+
+ensure_stack() {
+  ensure_rust && ensure_postgres && ensure_nats
+}
