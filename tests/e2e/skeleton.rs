@@ -107,6 +107,33 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
         "one SMS, OutId = the timer"
     );
 
+    // One trace follows the policy: case opened, owner assigned, SMS command, sent, delivered.
+    let trace_of = |tp: Option<String>| tp.and_then(|t| t.split('-').nth(1).map(str::to_owned));
+    let mut traces = std::collections::BTreeSet::new();
+    for table in [
+        "lists.outbox",
+        "assignment.outbox",
+        "scheduler.outbox",
+        "dispatch.outbox",
+    ] {
+        let rows: Vec<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT traceparent FROM {table}"
+        )))
+        .fetch_all(sim.pool())
+        .await
+        .expect("outbox");
+        assert!(!rows.is_empty(), "{table} published");
+        for tp in rows {
+            traces
+                .insert(trace_of(tp).unwrap_or_else(|| panic!("{table} row without traceparent")));
+        }
+    }
+    assert_eq!(
+        traces.len(),
+        1,
+        "one trace id across all four services: {traces:?}"
+    );
+
     // Every hop was a real JetStream message.
     assert_eq!(stream_messages(&system, Stream::Core).await, 1);
     assert_eq!(

@@ -72,12 +72,38 @@ fn a_malformed_or_missing_variable_stops_start_up_and_is_named() {
 
 #[tokio::test]
 async fn without_postgres_it_stays_up_not_ready_and_says_why() {
+    stays_up_not_ready(
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere"),
+        "postgres",
+        "postgres is not reachable yet",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn without_nats_it_stays_up_not_ready_and_says_why() {
+    let name = unique("nn");
+    let db = database_url(&name);
+    stays_up_not_ready(
+        ("NATS_URL", "nats://127.0.0.1:1"),
+        "nats",
+        "nats is not reachable yet",
+    )
+    .await;
+    let _ = renewal_platform::postgres::drop_database(&db).await;
+}
+
+async fn stays_up_not_ready(broken: (&str, &str), check: &str, logged: &str) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    let name = unique("nr");
+    let db = database_url(&name);
     let mut child = renewal(&[
         ("HTTP_ADDR", addr.as_str()),
         ("SMS_WEBHOOK_TOKEN", "0123456789abcdef"),
-        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere"),
+        ("DATABASE_URL", db.expose_secret()),
+        ("NATS_PREFIX", name.as_str()),
+        broken,
     ])
     .arg("run")
     .stderr(Stdio::piped())
@@ -92,9 +118,9 @@ async fn without_postgres_it_stays_up_not_ready_and_says_why() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, body) = seen.expect("/readyz answers while Postgres is away");
+    let (status, body) = seen.expect("/readyz answers while a dependency is away");
     assert_eq!(status, 503, "{body}");
-    assert_ne!(body["checks"]["postgres"], "ok", "{body}");
+    assert_ne!(body["checks"][check], "ok", "{body}");
     assert_eq!(
         get(&format!("http://{addr}/healthz")).await.map(|r| r.0),
         Some(200)
@@ -108,7 +134,8 @@ async fn without_postgres_it_stays_up_not_ready_and_says_why() {
     let out = child.wait_with_output().expect("it stops");
     assert!(out.status.success(), "SIGTERM is a clean stop");
     let logs = String::from_utf8_lossy(&out.stderr);
-    assert!(logs.contains("postgres is not reachable yet"), "{logs}");
+    assert!(logs.contains(logged), "{logs}");
+    let _ = renewal_platform::postgres::drop_database(&db).await;
 }
 
 #[tokio::test]

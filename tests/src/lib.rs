@@ -36,10 +36,15 @@ pub fn local(date: &str, hour: u32) -> DateTime<Utc> {
     renewal_platform::local_instant(date, NaiveTime::from_hms_opt(hour, 0, 0).expect("hour"), TZ)
 }
 
+/// Tracing for the test process: traces always (they are asserted on), logs only with
+/// `TEST_LOG`.
 pub fn init_logs() {
-    if std::env::var("TEST_LOG").is_ok() {
-        let _ = renewal_platform::telemetry::init("renewal-test", "info,sqlx=warn");
-    }
+    let filter = if std::env::var("TEST_LOG").is_ok() {
+        "info,sqlx=warn"
+    } else {
+        "off"
+    };
+    let _ = renewal_platform::telemetry::init("renewal-test", filter);
 }
 
 /// The whole system on a simulated clock, in a database and subject prefix of its own.

@@ -19,7 +19,9 @@ CREATE TABLE dispatch.sms_messages (
     last_error         text,
     created_at         timestamptz NOT NULL,
     sent_at            timestamptz,
-    receipt_at         timestamptz
+    receipt_at         timestamptz,
+    -- The trace of the command; sending and receipts continue it.
+    traceparent        text
 );
 CREATE INDEX sms_queued_by_next_attempt ON dispatch.sms_messages (next_attempt_at) WHERE state = 'queued';
 CREATE INDEX sms_by_vendor_id ON dispatch.sms_messages (vendor_message_id);

@@ -48,10 +48,10 @@ impl Handler for Commands {
         // A command for a closed case is dropped here, and counted.
         let row = sqlx::query_scalar::<_, String>(
             "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, mobile, template_params,
-                 time_zone, marketing, state, next_attempt_at, created_at, last_error)
+                 time_zone, marketing, state, next_attempt_at, created_at, last_error, traceparent)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
                     CASE WHEN closed.case_id IS NULL THEN 'queued' ELSE 'withdrawn' END, $10, $11,
-                    CASE WHEN closed.case_id IS NULL THEN NULL ELSE 'case closed before sending' END
+                    CASE WHEN closed.case_id IS NULL THEN NULL ELSE 'case closed before sending' END, $12
              FROM (SELECT 1) one LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $2
              ON CONFLICT (id) DO NOTHING
              RETURNING state",
@@ -67,6 +67,7 @@ impl Handler for Commands {
         .bind(command.marketing)
         .bind(due)
         .bind(now)
+        .bind(renewal_platform::telemetry::current_traceparent())
         .fetch_optional(&mut *tx)
         .await?;
         if row.as_deref() == Some("withdrawn") {

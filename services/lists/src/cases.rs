@@ -6,6 +6,7 @@ use renewal_contract::lists::{CaseClosed, CaseOpened, CaseOutcome, Customer};
 use renewal_contract::subject;
 use renewal_platform::Outbox;
 use sqlx::{PgConnection, Row};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// A case opens when the policy is this many days or fewer from expiry.
@@ -78,8 +79,16 @@ pub async fn open_due(
             category: row.try_get("category")?,
             opened_at_ms: now.timestamp_millis(),
         };
+        // A case opened by the daily run starts a trace of its own; one opened on intake
+        // continues the intake's trace.
+        let span = if only.is_some() {
+            tracing::Span::current()
+        } else {
+            tracing::info_span!(parent: None, "case_opened")
+        };
         outbox
             .enqueue(tx, subject::LISTS_CASE_OPENED, &event)
+            .instrument(span)
             .await?;
     }
     metrics::counter!("cases_opened_total").increment(rows.len() as u64);

@@ -31,6 +31,8 @@ CREATE TABLE scheduler.timers (
                 CHECK (state IN ('pending', 'fired', 'cancelled', 'skipped')),
     fired_at    timestamptz,
     note        text,
+    -- The trace that planned the timer; its command continues it.
+    traceparent text,
     UNIQUE (case_id, stage)
 );
 CREATE INDEX timers_pending_by_due ON scheduler.timers (due_at) WHERE state = 'pending';

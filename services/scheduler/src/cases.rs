@@ -99,10 +99,10 @@ async fn opened(
             ("pending", None)
         };
         sqlx::query(
-            "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, state, note)
+            "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, state, note, traceparent)
              SELECT $1, $2, $3, 'sms', $4, $5,
                     CASE WHEN c.state = 'closed' THEN 'cancelled' ELSE $6 END,
-                    CASE WHEN c.state = 'closed' THEN 'case closed' ELSE $7 END
+                    CASE WHEN c.state = 'closed' THEN 'case closed' ELSE $7 END, $8
              FROM scheduler.cases c WHERE c.case_id = $2
              ON CONFLICT (case_id, stage) DO NOTHING",
         )
@@ -113,6 +113,7 @@ async fn opened(
         .bind(due_at)
         .bind(state)
         .bind(note)
+        .bind(renewal_platform::telemetry::current_traceparent())
         .execute(&mut *tx)
         .await?;
     }

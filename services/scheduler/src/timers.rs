@@ -12,6 +12,7 @@ use renewal_platform::{Clock, Outbox};
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 const BATCH: i64 = 500;
@@ -77,7 +78,7 @@ async fn fire_due(
 ) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let due = sqlx::query(
-        "SELECT t.id, t.case_id, t.stage, t.template, t.due_at, c.policy_no, c.state AS case_state,
+        "SELECT t.id, t.case_id, t.stage, t.template, t.due_at, t.traceparent, c.policy_no, c.state AS case_state,
                 c.customer_name, c.mobile, c.plate, c.expiry_date, c.time_zone
          FROM scheduler.timers t JOIN scheduler.cases c USING (case_id)
          WHERE t.state = 'pending' AND t.due_at <= $1
@@ -122,8 +123,12 @@ async fn fire_due(
             marketing: true,
             due_at_ms: due_at.timestamp_millis(),
         };
+        let traceparent: Option<String> = row.try_get("traceparent")?;
         outbox
             .enqueue_with_id(&mut tx, id, subject::DISPATCH_CMD_SEND_SMS, &command)
+            .instrument(renewal_platform::telemetry::continue_trace(
+                traceparent.as_deref(),
+            ))
             .await?;
         if !simulated {
             let late = (now - due_at).num_milliseconds().max(0) as f64 / 1000.0;

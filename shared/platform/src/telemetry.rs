@@ -81,11 +81,15 @@ pub fn init(service: &'static str, default_filter: &str) -> Result<Telemetry, Te
     let tracer = provider.tracer(service);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
+    // RUST_LOG filters what is logged (and what the PII guard reads); traces are recorded
+    // at INFO whatever the log level, so a quiet process still propagates its traces.
+    let logs = fmt_layer.and_then(PiiGuard).with_filter(filter);
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .with(PiiGuard)
+        .with(logs)
+        .with(traces)
         .try_init();
     Ok(Telemetry { provider })
 }
@@ -127,6 +131,18 @@ pub fn adopt_parent(span: &tracing::Span, headers: Option<&async_nats::HeaderMap
         let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         let _ = span.set_parent(cx);
     }
+}
+
+/// A span that continues the trace in `traceparent` (work picked up later from a table,
+/// such as a timer firing or an SMS being sent, stays in the trace that created it).
+pub fn continue_trace(traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!("continue_trace");
+    if let Some(tp) = traceparent {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("traceparent", tp);
+        adopt_parent(&span, Some(&headers));
+    }
+    span
 }
 
 static PII_SUSPECTS: AtomicU64 = AtomicU64::new(0);

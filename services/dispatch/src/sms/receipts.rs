@@ -17,6 +17,7 @@ use renewal_platform::{Clock, Outbox};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sqlx::{PgPool, Row};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -158,7 +159,7 @@ async fn record(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sqlx::Er
         let moved = sqlx::query(
             "UPDATE dispatch.sms_messages SET state = $2, vendor_code = $3, receipt_at = $4
              WHERE id = $1 AND state IN ('queued', 'sent')
-             RETURNING case_id, policy_no, stage, vendor_message_id",
+             RETURNING case_id, policy_no, stage, vendor_message_id, traceparent",
         )
         .bind(message_id)
         .bind(state)
@@ -189,7 +190,13 @@ async fn record(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sqlx::Er
         } else {
             subject::DISPATCH_SMS_FAILED
         };
-        hook.outbox.enqueue(&mut tx, subject, &event).await?;
+        let traceparent: Option<String> = m.try_get("traceparent")?;
+        hook.outbox
+            .enqueue(&mut tx, subject, &event)
+            .instrument(renewal_platform::telemetry::continue_trace(
+                traceparent.as_deref(),
+            ))
+            .await?;
         metrics::counter!("sms_total", "status" => state).increment(1);
         changed += 1;
     }

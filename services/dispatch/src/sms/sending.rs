@@ -14,6 +14,7 @@ use renewal_platform::{Clock, Outbox, local_date, local_instant};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::Hours;
@@ -94,6 +95,7 @@ struct Claimed {
     mobile: String,
     params: serde_json::Value,
     attempts: i32,
+    traceparent: Option<String>,
 }
 
 enum Verdict {
@@ -112,7 +114,7 @@ impl<V: SmsVendor> Sender<V> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT m.id, m.case_id, m.policy_no, m.stage, m.template, m.mobile, m.template_params, m.time_zone,
-                    m.marketing, m.attempts,
+                    m.marketing, m.attempts, m.traceparent,
                     (c.case_id IS NOT NULL) AS case_closed,
                     (o.mobile IS NOT NULL) AS opted_out
              FROM dispatch.sms_messages m
@@ -139,6 +141,7 @@ impl<V: SmsVendor> Sender<V> {
                 mobile: row.try_get("mobile")?,
                 params: row.try_get("template_params")?,
                 attempts: row.try_get("attempts")?,
+                traceparent: row.try_get("traceparent")?,
             };
             let tz: chrono_tz::Tz = row
                 .try_get::<String, _>("time_zone")?
@@ -188,7 +191,10 @@ impl<V: SmsVendor> Sender<V> {
         verdicts.extend(to_send.into_iter().zip(outcomes));
         let mut events = 0;
         for (message, verdict) in &verdicts {
-            events += record(&mut tx, &self.outbox, message, verdict, now).await?;
+            let span = renewal_platform::telemetry::continue_trace(message.traceparent.as_deref());
+            events += record(&mut tx, &self.outbox, message, verdict, now)
+                .instrument(span)
+                .await?;
         }
         tx.commit().await?;
         if !rows.is_empty() {
