@@ -39,7 +39,7 @@ ensure_postgres() {
   version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
   if [ -z "$version" ]; then say "postgresql is installed but has no cluster; run: pg_createcluster <version> main"; return 1; fi
   local hba="/etc/postgresql/$version/main/pg_hba.conf"
-  if [ -f "$hba" ] && ! grep -q '^# renewal: trust loopback' "$hba"; then
+  if [ -f "$hba" ] && ! grep -qE '^host[[:space:]]+all[[:space:]]+all[[:space:]]+127\.0\.0\.1/32[[:space:]]+trust' "$hba"; then
     # A development machine: the postgres user connects over loopback without a password.
     as_root sh -c "printf '# renewal: trust loopback\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n' | cat - '$hba' > '$hba.new' && mv '$hba.new' '$hba' && chown postgres:postgres '$hba'" &&
       say "set $hba to trust loopback connections (development only)"
