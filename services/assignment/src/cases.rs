@@ -1,11 +1,10 @@
 //! Renewal cases as assignment keeps them: opened (and given an owner), closed.
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use renewal_contract::lists::{CaseClosed, CaseOpened};
 use renewal_contract::subject;
+use renewal_platform::inbox::field;
 use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use crate::ownership;
 
@@ -14,26 +13,14 @@ pub struct CaseEvents {
     pub clock: Clock,
 }
 
-fn case_id(raw: &str) -> Result<Uuid, HandleError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| HandleError::Malformed(format!("case_id {raw:?} is not a UUID")))
-}
-
-fn instant(ms: i64) -> Result<DateTime<Utc>, HandleError> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| HandleError::Malformed(format!("{ms} is not a timestamp")))
-}
-
 impl Handler for CaseEvents {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         match delivery.subject.as_str() {
             subject::LISTS_CASE_OPENED => {
                 let event: CaseOpened = delivery.decode()?;
-                let id = case_id(&event.case_id)?;
-                let expiry = NaiveDate::parse_from_str(&event.expiry_date, "%Y-%m-%d")
-                    .map_err(|_| HandleError::Malformed("expiry_date is not YYYY-MM-DD".into()))?;
-                let opened_at = instant(event.opened_at_ms)?;
+                let id = field::uuid("case_id", &event.case_id)?;
+                let expiry = field::date("expiry_date", &event.expiry_date)?;
+                let opened_at = field::instant_ms("opened_at_ms", event.opened_at_ms)?;
                 let inserted = sqlx::query(
                     "INSERT INTO assignment.cases (case_id, policy_no, city_code, branch_code, credited_agent,
                          expiry_date, important, group_policy, opened_at, state, closed_at)
@@ -69,8 +56,8 @@ impl Handler for CaseEvents {
             }
             subject::LISTS_CASE_CLOSED => {
                 let event: CaseClosed = delivery.decode()?;
-                let id = case_id(&event.case_id)?;
-                let closed_at = instant(event.closed_at_ms)?;
+                let id = field::uuid("case_id", &event.case_id)?;
+                let closed_at = field::instant_ms("closed_at_ms", event.closed_at_ms)?;
                 let updated = sqlx::query(
                     "UPDATE assignment.cases SET state = 'closed', closed_at = $2 WHERE case_id = $1",
                 )

@@ -8,7 +8,7 @@ mod ownership;
 pub mod report;
 
 use renewal_contract::Stream;
-use renewal_platform::{ConsumerSpec, Consuming, Deps, Outbox};
+use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};
 use tokio_util::sync::CancellationToken;
 
 pub const SCHEMA: &str = "assignment";
@@ -38,29 +38,13 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let outbox = outbox();
     deps.http.mount(ownership::routes(deps.pool.clone()));
-    let consuming = Consuming {
-        pool: deps.pool.clone(),
-        bus: deps.bus.clone(),
-        schema: SCHEMA,
-        outbox: outbox.clone(),
-    };
-    let handler = cases::CaseEvents {
-        outbox: outbox.clone(),
-        clock: deps.clock.clone(),
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(renewal_platform::inbox::consume(
-        consuming,
+    let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
+    service.consume(
         LISTS_CASES,
-        handler,
-        cancel.clone(),
-    ));
-    tasks.spawn(outbox.relay(deps.pool.clone(), deps.bus.clone(), cancel.clone()));
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            cancel.cancel();
-            return Err(format!("assignment task failed: {e}"));
-        }
-    }
-    Ok(())
+        cases::CaseEvents {
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+        },
+    );
+    service.run().await
 }

@@ -7,21 +7,16 @@ use chrono::{TimeZone, Utc};
 use renewal_contract::lists::CaseClosed;
 use renewal_contract::scheduler::SendSms;
 use renewal_contract::subject;
+use renewal_platform::inbox::field;
 use renewal_platform::{Clock, Delivery, HandleError, Handler};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::sms::templates;
 
 pub struct Commands {
     pub clock: Clock,
     pub queued: Arc<Notify>,
-}
-
-fn uuid(field: &str, raw: &str) -> Result<Uuid, HandleError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| HandleError::Malformed(format!("{field} {raw:?} is not a UUID")))
 }
 
 impl Handler for Commands {
@@ -33,11 +28,9 @@ impl Handler for Commands {
             )));
         }
         let command: SendSms = delivery.decode()?;
-        let id = uuid("command_id", &command.command_id)?;
-        let case_id = uuid("case_id", &command.case_id)?;
-        let tz: chrono_tz::Tz = command.time_zone.parse().map_err(|_| {
-            HandleError::Malformed(format!("unknown time zone {:?}", command.time_zone))
-        })?;
+        let id = field::uuid("command_id", &command.command_id)?;
+        let case_id = field::uuid("case_id", &command.case_id)?;
+        let tz = field::time_zone("time_zone", &command.time_zone)?;
         let params = templates::params(&command).map_err(HandleError::Malformed)?;
         let now = self.clock.now();
         let due = Utc
@@ -86,11 +79,8 @@ pub struct ClosedCases;
 impl Handler for ClosedCases {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         let event: CaseClosed = delivery.decode()?;
-        let case_id = uuid("case_id", &event.case_id)?;
-        let closed_at = Utc
-            .timestamp_millis_opt(event.closed_at_ms)
-            .single()
-            .ok_or_else(|| HandleError::Malformed("closed_at_ms is not a timestamp".into()))?;
+        let case_id = field::uuid("case_id", &event.case_id)?;
+        let closed_at = field::instant_ms("closed_at_ms", event.closed_at_ms)?;
         sqlx::query("INSERT INTO dispatch.closed_cases (case_id, closed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(case_id)
             .bind(closed_at)

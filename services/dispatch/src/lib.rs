@@ -11,7 +11,7 @@ pub mod sms;
 use std::sync::Arc;
 
 use renewal_contract::Stream;
-use renewal_platform::{ConsumerSpec, Consuming, Deps, Outbox};
+use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -70,46 +70,25 @@ pub async fn run_with(
             clock: deps.clock.clone(),
             token: config.webhook_token.clone(),
         }));
-    let consuming = Consuming {
-        pool: deps.pool.clone(),
-        bus: deps.bus.clone(),
-        schema: SCHEMA,
-        outbox: outbox.clone(),
-    };
-    let commands = commands::Commands {
-        clock: deps.clock.clone(),
-        queued: queued.clone(),
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(renewal_platform::inbox::consume(
-        consuming.clone(),
+    let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
+    service.consume(
         COMMANDS,
-        commands,
-        cancel.clone(),
-    ));
-    tasks.spawn(renewal_platform::inbox::consume(
-        consuming,
-        CLOSED_CASES,
-        commands::ClosedCases,
-        cancel.clone(),
-    ));
-    tasks.spawn(sms::sending::run(
+        commands::Commands {
+            clock: deps.clock.clone(),
+            queued: queued.clone(),
+        },
+    );
+    service.consume(CLOSED_CASES, commands::ClosedCases);
+    service.spawn(sms::sending::run(
         sms::sending::Sender {
             pool: deps.pool.clone(),
-            outbox: outbox.clone(),
+            outbox,
             clock: deps.clock.clone(),
             vendor,
             hours: config.sms_hours,
         },
         queued,
-        cancel.clone(),
+        cancel,
     ));
-    tasks.spawn(outbox.relay(deps.pool.clone(), deps.bus.clone(), cancel.clone()));
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            cancel.cancel();
-            return Err(format!("dispatch task failed: {e}"));
-        }
-    }
-    Ok(())
+    service.run().await
 }

@@ -45,56 +45,61 @@ impl Handler for Intake {
             }
             subject::CORE_POLICY_RENEWED => {
                 let event: PolicyRenewed = delivery.decode()?;
-                let known = sqlx::query(
-                    "UPDATE lists.policies SET status = 'renewed', renewed_to = $2, updated_at = $3
-                     WHERE policy_no = $1 AND status <> 'cancelled'",
-                )
-                .bind(&event.policy_no)
-                .bind(&event.new_policy_no)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if known.rows_affected() == 0 {
-                    return unknown_policy(delivery);
-                }
-                cases::close(
-                    tx,
-                    &self.outbox,
-                    &event.policy_no,
-                    CaseOutcome::Renewed,
-                    &event.new_policy_no,
-                    now,
-                )
-                .await?;
-                Ok(())
+                let ended = (&event.policy_no, CaseOutcome::Renewed, &event.new_policy_no);
+                self.end_policy(tx, delivery, ended, now).await
             }
             subject::CORE_POLICY_CANCELLED => {
                 let event: PolicyCancelled = delivery.decode()?;
-                let known = sqlx::query(
-                    "UPDATE lists.policies SET status = 'cancelled', updated_at = $2 WHERE policy_no = $1",
-                )
-                .bind(&event.policy_no)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if known.rows_affected() == 0 {
-                    return unknown_policy(delivery);
-                }
-                cases::close(
-                    tx,
-                    &self.outbox,
-                    &event.policy_no,
-                    CaseOutcome::Cancelled,
-                    "",
-                    now,
-                )
-                .await?;
-                Ok(())
+                let ended = (&event.policy_no, CaseOutcome::Cancelled, &String::new());
+                self.end_policy(tx, delivery, ended, now).await
             }
             other => Err(HandleError::Malformed(format!(
                 "unexpected subject {other}"
             ))),
         }
+    }
+}
+
+impl Intake {
+    /// A renewal or cancellation: the policy's status changes and its open case closes
+    /// at once (which stops every reminder downstream). A cancelled policy is not renewed.
+    async fn end_policy(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+        (policy_no, outcome, new_policy_no): (&String, CaseOutcome, &String),
+        now: DateTime<Utc>,
+    ) -> Result<(), HandleError> {
+        let status = match outcome {
+            CaseOutcome::Renewed => "renewed",
+            _ => "cancelled",
+        };
+        let known = sqlx::query(
+            "UPDATE lists.policies
+             SET status = $2, renewed_to = COALESCE(NULLIF($3, ''), renewed_to), updated_at = $4
+             WHERE policy_no = $1 AND (status <> 'cancelled' OR $2 = 'cancelled')",
+        )
+        .bind(policy_no)
+        .bind(status)
+        .bind(new_policy_no)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if known.rows_affected() == 0 {
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM lists.policies WHERE policy_no = $1)",
+            )
+            .bind(policy_no)
+            .fetch_one(&mut *tx)
+            .await?;
+            if exists {
+                tracing::info!(%policy_no, "renewal of a cancelled policy ignored");
+                return Ok(());
+            }
+            return unknown_policy(delivery);
+        }
+        cases::close(tx, &self.outbox, policy_no, outcome, new_policy_no, now).await?;
+        Ok(())
     }
 }
 

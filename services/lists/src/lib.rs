@@ -10,7 +10,7 @@ mod policies;
 pub mod report;
 
 use renewal_contract::Stream;
-use renewal_platform::{ConsumerSpec, Consuming, Deps, Outbox};
+use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};
 use tokio_util::sync::CancellationToken;
 
 pub use cases::WINDOW_DAYS;
@@ -45,38 +45,21 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let outbox = outbox();
     deps.http.mount(policies::routes(deps.pool.clone()));
-
-    let consuming = Consuming {
-        pool: deps.pool.clone(),
-        bus: deps.bus.clone(),
-        schema: SCHEMA,
-        outbox: outbox.clone(),
-    };
-    let intake = intake::Intake {
-        outbox: outbox.clone(),
-        clock: deps.clock.clone(),
-        time_zone: deps.time_zone,
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(renewal_platform::inbox::consume(
-        consuming,
+    let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
+    service.consume(
         CORE_POLICIES,
-        intake,
-        cancel.clone(),
-    ));
-    tasks.spawn(daily_run::run(
+        intake::Intake {
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            time_zone: deps.time_zone,
+        },
+    );
+    service.spawn(daily_run::run(
         deps.pool.clone(),
-        outbox.clone(),
+        outbox,
         deps.clock.clone(),
         deps.time_zone,
-        cancel.clone(),
+        cancel,
     ));
-    tasks.spawn(outbox.relay(deps.pool.clone(), deps.bus.clone(), cancel.clone()));
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            cancel.cancel();
-            return Err(format!("lists task failed: {e}"));
-        }
-    }
-    Ok(())
+    service.run().await
 }

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use renewal_contract::assignment::OwnerAssigned;
 use renewal_contract::lists::{CaseClosed, CaseOpened, CaseOutcome};
 use renewal_contract::subject;
+use renewal_platform::inbox::field;
 use renewal_platform::{Clock, Delivery, HandleError, Handler};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
@@ -17,17 +18,6 @@ use crate::plan::DEFAULT_PLAN;
 pub struct CaseEvents {
     pub clock: Clock,
     pub timers_changed: Arc<Notify>,
-}
-
-fn case_id(raw: &str) -> Result<Uuid, HandleError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| HandleError::Malformed(format!("case_id {raw:?} is not a UUID")))
-}
-
-fn instant(ms: i64) -> Result<DateTime<Utc>, HandleError> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| HandleError::Malformed(format!("{ms} is not a timestamp")))
 }
 
 impl Handler for CaseEvents {
@@ -57,17 +47,10 @@ async fn opened(
     event: &CaseOpened,
     now: DateTime<Utc>,
 ) -> Result<(), HandleError> {
-    let id = case_id(&event.case_id)?;
-    let date = |field: &str, v: &str| {
-        NaiveDate::parse_from_str(v, "%Y-%m-%d")
-            .map_err(|_| HandleError::Malformed(format!("{field} is not YYYY-MM-DD")))
-    };
-    let expiry = date("expiry_date", &event.expiry_date)?;
-    let effective = date("effective_expiry_date", &event.effective_expiry_date)?;
-    let tz: chrono_tz::Tz = event
-        .time_zone
-        .parse()
-        .map_err(|_| HandleError::Malformed(format!("unknown time zone {:?}", event.time_zone)))?;
+    let id = field::uuid("case_id", &event.case_id)?;
+    let expiry = field::date("expiry_date", &event.expiry_date)?;
+    let effective = field::date("effective_expiry_date", &event.effective_expiry_date)?;
+    let tz = field::time_zone("time_zone", &event.time_zone)?;
     let customer = event.customer.clone().unwrap_or_default();
     // A case closed before its opening arrived is already here as 'closed'; it keeps
     // that state and gets no timers.
@@ -121,8 +104,8 @@ async fn opened(
 }
 
 async fn closed(tx: &mut PgConnection, event: &CaseClosed) -> Result<(), HandleError> {
-    let id = case_id(&event.case_id)?;
-    let closed_at = instant(event.closed_at_ms)?;
+    let id = field::uuid("case_id", &event.case_id)?;
+    let closed_at = field::instant_ms("closed_at_ms", event.closed_at_ms)?;
     let reason = match CaseOutcome::try_from(event.outcome).unwrap_or(CaseOutcome::Unspecified) {
         CaseOutcome::Renewed => "renewed",
         CaseOutcome::Lapsed => "lapsed",
@@ -164,8 +147,8 @@ impl Handler for OwnerEvents {
             )));
         }
         let event: OwnerAssigned = delivery.decode()?;
-        let id = case_id(&event.case_id)?;
-        let at = instant(event.assigned_at_ms)?;
+        let id = field::uuid("case_id", &event.case_id)?;
+        let at = field::instant_ms("assigned_at_ms", event.assigned_at_ms)?;
         // Owner changes are applied in the order they happened, whatever order they arrive in.
         sqlx::query(
             "INSERT INTO scheduler.owners (case_id, owner_agent, assigned_at) VALUES ($1, $2, $3)

@@ -11,7 +11,7 @@ mod timers;
 use std::sync::Arc;
 
 use renewal_contract::Stream;
-use renewal_platform::{ConsumerSpec, Consuming, Deps, Outbox};
+use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -53,42 +53,21 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
     }
     let outbox = outbox();
     let timers_changed = Arc::new(Notify::new());
-    let consuming = Consuming {
-        pool: deps.pool.clone(),
-        bus: deps.bus.clone(),
-        schema: SCHEMA,
-        outbox: outbox.clone(),
-    };
-    let case_events = cases::CaseEvents {
-        clock: deps.clock.clone(),
-        timers_changed: timers_changed.clone(),
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(renewal_platform::inbox::consume(
-        consuming.clone(),
+    let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
+    service.consume(
         LISTS_CASES,
-        case_events,
-        cancel.clone(),
-    ));
-    tasks.spawn(renewal_platform::inbox::consume(
-        consuming,
-        OWNERS,
-        cases::OwnerEvents,
-        cancel.clone(),
-    ));
-    tasks.spawn(timers::run(
+        cases::CaseEvents {
+            clock: deps.clock.clone(),
+            timers_changed: timers_changed.clone(),
+        },
+    );
+    service.consume(OWNERS, cases::OwnerEvents);
+    service.spawn(timers::run(
         deps.pool.clone(),
-        outbox.clone(),
+        outbox,
         deps.clock.clone(),
         timers_changed,
-        cancel.clone(),
+        cancel,
     ));
-    tasks.spawn(outbox.relay(deps.pool.clone(), deps.bus.clone(), cancel.clone()));
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            cancel.cancel();
-            return Err(format!("scheduler task failed: {e}"));
-        }
-    }
-    Ok(())
+    service.run().await
 }

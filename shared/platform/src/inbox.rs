@@ -38,6 +38,34 @@ impl Delivery {
     }
 }
 
+/// Field decoders for message payloads: a bad value is a malformed message that names
+/// its field.
+pub mod field {
+    use super::HandleError;
+    use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+
+    pub fn uuid(name: &str, raw: &str) -> Result<uuid::Uuid, HandleError> {
+        uuid::Uuid::parse_str(raw)
+            .map_err(|_| HandleError::Malformed(format!("{name} {raw:?} is not a UUID")))
+    }
+
+    pub fn instant_ms(name: &str, ms: i64) -> Result<DateTime<Utc>, HandleError> {
+        Utc.timestamp_millis_opt(ms)
+            .single()
+            .ok_or_else(|| HandleError::Malformed(format!("{name} {ms} is not a timestamp")))
+    }
+
+    pub fn date(name: &str, raw: &str) -> Result<NaiveDate, HandleError> {
+        NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .map_err(|_| HandleError::Malformed(format!("{name} {raw:?} is not a YYYY-MM-DD date")))
+    }
+
+    pub fn time_zone(name: &str, raw: &str) -> Result<chrono_tz::Tz, HandleError> {
+        raw.parse()
+            .map_err(|_| HandleError::Malformed(format!("{name} {raw:?} is not a known time zone")))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
     /// The message can never be handled (bad payload, unknown subject): kept, not retried.

@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod process;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -20,6 +21,7 @@ pub use clock::Clock;
 pub use http::HttpHost;
 pub use inbox::{Consuming, Delivery, HandleError, Handler};
 pub use outbox::Outbox;
+pub use service::Service;
 
 use sqlx::PgPool;
 
