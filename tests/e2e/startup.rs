@@ -177,3 +177,91 @@ async fn with_postgres_and_nats_it_becomes_ready_and_stops_on_sigterm() {
     }
     let _ = renewal_platform::postgres::drop_database(&db).await;
 }
+
+/// A minimal OTLP/HTTP collector: counts the POSTs to `/v1/traces` and their bytes.
+async fn otlp_sink() -> (String, std::sync::Arc<std::sync::Mutex<(usize, usize)>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((0usize, 0usize)));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + length {
+                        continue;
+                    }
+                    if head.starts_with("post /v1/traces") {
+                        let mut c = counter.lock().expect("lock");
+                        c.0 += 1;
+                        c.1 += length;
+                    }
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    buf.drain(..end + 4 + length);
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
+    let (endpoint, seen) = otlp_sink().await;
+    let name = unique("ot");
+    let db = database_url(&name);
+    let (prefix, url) = (name.clone(), db.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        renewal(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("DEMO_DATABASE_URL", url.expose_secret()),
+            ("DEMO_NATS_PREFIX", prefix.as_str()),
+        ])
+        .args(["demo", "--policies", "30", "--days", "20", "--seed", "2"])
+        .output()
+        .expect("demo runs")
+    })
+    .await
+    .expect("joined");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (posts, bytes) = *seen.lock().expect("lock");
+    assert!(
+        posts >= 1 && bytes > 1000,
+        "spans reached the collector: {posts} posts, {bytes} bytes"
+    );
+    let subjects = renewal_contract::Subjects::new(&name).expect("prefix");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    if let Ok(bus) = renewal_platform::Bus::connect(&nats_url(), subjects, 1, "test", &cancel).await
+    {
+        bus.delete_streams().await;
+    }
+    let _ = renewal_platform::postgres::drop_database(&db).await;
+}

@@ -45,6 +45,8 @@ impl Telemetry {
 /// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
 /// Calling it twice in one process keeps the first subscriber (tests do this).
 pub fn init(service: &'static str, default_filter: &str) -> Result<Telemetry, TelemetryError> {
+    // The OTLP exporter's HTTP client needs the process's TLS provider chosen first.
+    crate::install_crypto_provider();
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => {
             EnvFilter::try_new(spec).map_err(|e| TelemetryError::Filter(e.to_string()))?

@@ -53,6 +53,37 @@ async fn saved(pool: &sqlx::PgPool, args: &DemoArgs) -> Result<Option<Saved>, Si
     }))
 }
 
+/// Refuses to start afresh (which drops the database) on a database that holds tables
+/// but is not a demo's: `DEMO_DATABASE_URL` pointed at real data by mistake.
+async fn refuse_foreign_database(args: &DemoArgs) -> Result<(), SimError> {
+    let options: sqlx::postgres::PgConnectOptions =
+        secrecy::ExposeSecret::expose_secret(&args.database_url)
+            .parse()
+            .map_err(|e: sqlx::Error| SimError::Other(format!("DEMO_DATABASE_URL: {e}")))?;
+    let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+    else {
+        return Ok(()); // no such database yet
+    };
+    let (tables, demo): (i64, bool) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')),
+                to_regclass('demo.progress') IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    if tables > 0 && !demo {
+        return Err(SimError::Other(
+            "DEMO_DATABASE_URL names a database with tables that is not a demo database; \
+             the demo starts by dropping its database, so it will not touch this one"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Where a run saved its progress, without starting anything (for `--resume`).
 async fn resume_point(args: &DemoArgs) -> Result<Option<DateTime<Utc>>, SimError> {
     let options: sqlx::postgres::PgConnectOptions =
@@ -93,6 +124,9 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         eprintln!("demo: nothing to resume; starting a new season");
     }
     let fresh = resume_at.is_none();
+    if fresh {
+        refuse_foreign_database(&args).await?;
+    }
     let sim = Simulation::start(
         SimOptions {
             database_url: args.database_url.clone(),
