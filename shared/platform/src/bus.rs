@@ -142,17 +142,6 @@ impl Bus {
             })
     }
 
-    /// Messages waiting for, or held by, a consumer (not yet acknowledged).
-    pub async fn consumer_backlog(&self, spec: ConsumerSpec) -> Result<u64, BusError> {
-        let consumer = self.pull_consumer(spec).await?;
-        let info = consumer.get_info().await.map_err(|e| BusError::Consumer {
-            stream: self.subjects.stream(spec.stream),
-            consumer: spec.durable.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Ok(info.num_pending + info.num_ack_pending as u64)
-    }
-
     /// Publishes and waits for the stream's acknowledgement. `message_id` becomes
     /// `Nats-Msg-Id`, so a republish inside the duplicate window is dropped by the
     /// server (the consumer's inbox is still the guarantee).
