@@ -50,21 +50,4 @@ CREATE TABLE dispatch.closed_cases (
     closed_at   timestamptz NOT NULL
 );
 
-CREATE TABLE dispatch.outbox (
-    seq           bigserial PRIMARY KEY,
-    id            uuid NOT NULL UNIQUE,
-    subject       text NOT NULL,
-    payload       bytea NOT NULL,
-    traceparent   text,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    published_at  timestamptz
-);
-CREATE INDEX outbox_unpublished ON dispatch.outbox (seq) WHERE published_at IS NULL;
-
-CREATE TABLE dispatch.inbox (
-    message_id        text PRIMARY KEY,
-    subject           text NOT NULL,
-    received_at       timestamptz NOT NULL DEFAULT now(),
-    rejected_reason   text,
-    rejected_payload  bytea
-);
+-- outbox and inbox: created by the platform's own migration (shared/platform/migrations).

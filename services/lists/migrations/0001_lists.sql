@@ -46,21 +46,4 @@ CREATE TABLE lists.daily_runs (
     cases_lapsed  integer NOT NULL DEFAULT 0
 );
 
-CREATE TABLE lists.outbox (
-    seq           bigserial PRIMARY KEY,
-    id            uuid NOT NULL UNIQUE,
-    subject       text NOT NULL,
-    payload       bytea NOT NULL,
-    traceparent   text,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    published_at  timestamptz
-);
-CREATE INDEX outbox_unpublished ON lists.outbox (seq) WHERE published_at IS NULL;
-
-CREATE TABLE lists.inbox (
-    message_id        text PRIMARY KEY,
-    subject           text NOT NULL,
-    received_at       timestamptz NOT NULL DEFAULT now(),
-    rejected_reason   text,
-    rejected_payload  bytea
-);
+-- outbox and inbox: created by the platform's own migration (shared/platform/migrations).

@@ -37,21 +37,4 @@ CREATE TABLE scheduler.timers (
 );
 CREATE INDEX timers_pending_by_due ON scheduler.timers (due_at) WHERE state = 'pending';
 
-CREATE TABLE scheduler.outbox (
-    seq           bigserial PRIMARY KEY,
-    id            uuid NOT NULL UNIQUE,
-    subject       text NOT NULL,
-    payload       bytea NOT NULL,
-    traceparent   text,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    published_at  timestamptz
-);
-CREATE INDEX outbox_unpublished ON scheduler.outbox (seq) WHERE published_at IS NULL;
-
-CREATE TABLE scheduler.inbox (
-    message_id        text PRIMARY KEY,
-    subject           text NOT NULL,
-    received_at       timestamptz NOT NULL DEFAULT now(),
-    rejected_reason   text,
-    rejected_payload  bytea
-);
+-- outbox and inbox: created by the platform's own migration (shared/platform/migrations).

@@ -137,6 +137,23 @@ pub async fn migrate(
     sqlx::query(sqlx::AssertSqlSafe(create))
         .execute(pool)
         .await?;
+    {
+        // The platform's own tables (outbox, inbox) go into the same schema first, from
+        // one migration of ours, on a connection of its own with the schema as search
+        // path, closed afterwards so the pool never hands out a changed path.
+        let mut conn = pool.acquire().await?.detach();
+        let path = format!("SET search_path TO {schema}");
+        sqlx::query(sqlx::AssertSqlSafe(path))
+            .execute(&mut conn)
+            .await?;
+        let mut platform = sqlx::migrate!("./migrations");
+        platform.dangerous_set_table_name(format!("{schema}._platform_migrations"));
+        platform
+            .run_direct(None, &mut conn, false)
+            .await
+            .map_err(|source| DbError::Migrate { schema, source })?;
+        let _ = sqlx::Connection::close(conn).await;
+    }
     migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
     migrator
         .run(pool)
