@@ -12,16 +12,23 @@ use uuid::Uuid;
 /// A case opens when the policy is this many days or fewer from expiry.
 pub const WINDOW_DAYS: i32 = 90;
 
+/// Opens the cases and returns, in the same statement, what their events carry.
 const OPEN_DUE: &str = "
-    INSERT INTO lists.cases (case_id, policy_no, expiry_date, effective_expiry_date, opened_at)
-    SELECT gen_random_uuid(), p.policy_no, p.end_date, p.end_date, $2
-    FROM lists.policies p
-    WHERE p.status = 'active'
-      AND p.end_date >= $1 AND p.end_date <= $1 + $3::int
-      AND ($4::text IS NULL OR p.policy_no = $4)
-      AND NOT EXISTS (SELECT 1 FROM lists.cases c WHERE c.policy_no = p.policy_no)
-    ON CONFLICT (policy_no) DO NOTHING
-    RETURNING case_id, policy_no";
+    WITH opened AS (
+        INSERT INTO lists.cases (case_id, policy_no, expiry_date, effective_expiry_date, opened_at)
+        SELECT gen_random_uuid(), p.policy_no, p.end_date, p.end_date, $2
+        FROM lists.policies p
+        WHERE p.status = 'active'
+          AND p.end_date >= $1 AND p.end_date <= $1 + $3::int
+          AND ($4::text IS NULL OR p.policy_no = $4)
+          AND NOT EXISTS (SELECT 1 FROM lists.cases c WHERE c.policy_no = p.policy_no)
+        ON CONFLICT (policy_no) DO NOTHING
+        RETURNING case_id, policy_no, expiry_date, effective_expiry_date
+    )
+    SELECT o.case_id, o.policy_no, o.expiry_date, o.effective_expiry_date, p.city_code,
+           p.branch_code, p.agent_code, p.customer_name, p.mobile, p.plate, p.important,
+           p.group_policy, p.category
+    FROM opened o JOIN lists.policies p USING (policy_no)";
 
 /// Opens a case for every active policy within the window that has none (or for
 /// `only` that policy), and publishes each. Returns how many opened.
@@ -33,30 +40,13 @@ pub async fn open_due(
     time_zone: chrono_tz::Tz,
     only: Option<&str>,
 ) -> Result<usize, sqlx::Error> {
-    let opened = sqlx::query(OPEN_DUE)
+    let rows = sqlx::query(OPEN_DUE)
         .bind(today)
         .bind(now)
         .bind(WINDOW_DAYS)
         .bind(only)
         .fetch_all(&mut *tx)
         .await?;
-    if opened.is_empty() {
-        return Ok(0);
-    }
-    let ids: Vec<Uuid> = opened
-        .iter()
-        .map(|r| r.try_get("case_id"))
-        .collect::<Result<_, _>>()?;
-    let rows = sqlx::query(
-        "SELECT c.case_id, c.policy_no, c.expiry_date, c.effective_expiry_date, p.city_code,
-                p.branch_code, p.agent_code, p.customer_name, p.mobile, p.plate, p.important,
-                p.group_policy, p.category
-         FROM lists.cases c JOIN lists.policies p USING (policy_no)
-         WHERE c.case_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
     for row in &rows {
         let expiry: NaiveDate = row.try_get("expiry_date")?;
         let effective: NaiveDate = row.try_get("effective_expiry_date")?;

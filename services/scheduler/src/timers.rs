@@ -45,7 +45,7 @@ pub async fn run(
                 }
             }
         }
-        let next = match next_due(&pool).await {
+        let next = match next_wakeup(&pool).await {
             Ok(Some(t)) => t,
             Ok(None) => now + chrono::Duration::days(1),
             Err(_) => now + chrono::Duration::seconds(1),
@@ -58,15 +58,11 @@ pub async fn run(
     }
 }
 
-async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+/// When this service next has work of its own: the earliest pending timer.
+pub async fn next_wakeup(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar("SELECT min(due_at) FROM scheduler.timers WHERE state = 'pending'")
         .fetch_one(pool)
         .await
-}
-
-/// When this service next has work of its own: the earliest pending timer.
-pub async fn next_wakeup(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    next_due(pool).await
 }
 
 /// Fires one batch of due timers; returns how many it claimed.
