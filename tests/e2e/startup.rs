@@ -19,6 +19,7 @@ fn renewal(envs: &[(&str, &str)]) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("NATS_URL", nats_url())
         .env("LOG_FORMAT", "json")
+        .env("PII_KEY", renewal::simulation::DEMO_PII_KEY)
         .envs(envs.iter().copied())
         .stdin(Stdio::null());
     cmd
@@ -58,6 +59,22 @@ fn a_malformed_or_missing_variable_stops_start_up_and_is_named() {
     let out = renewal(&[]).args(["run"]).output().expect("renewal runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SMS_WEBHOOK_TOKEN"));
+
+    let out = renewal(&[("SMS_WEBHOOK_TOKEN", "0123456789abcdef"), ("PII_KEY", "")])
+        .args(["run"])
+        .output()
+        .expect("renewal runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PII_KEY"));
+    let out = renewal(&[
+        ("SMS_WEBHOOK_TOKEN", "0123456789abcdef"),
+        ("PII_KEY", "abcd"),
+    ])
+    .args(["run"])
+    .output()
+    .expect("renewal runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PII_KEY"));
 
     let out = renewal(&[
         ("SMS_WEBHOOK_TOKEN", "0123456789abcdef"),

@@ -103,7 +103,7 @@ pub fn policy(no: &str, end: &str) -> Policy {
         mobile: "+8613812345678".into(),
         id_number: "11010519491231002X".into(),
         plate: "沪AD12345".into(),
-        vin: "LSVAU2180N2183294".into(),
+        vin: "LSVAU218XN2183294".into(),
         city_code: "310000".into(),
         branch_code: "SH01".into(),
         agent_code: "SH01-A03".into(),

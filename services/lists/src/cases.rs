@@ -1,88 +1,208 @@
-//! Renewal cases: opened when a policy enters the renewal window, closed renewed,
-//! lapsed or cancelled. Every change is an event written in the same transaction.
+//! Renewal cases: opened when a policy's effective expiry (moved ahead of a long
+//! holiday) is 90 days or fewer away in its city's time zone, moved between buckets as
+//! the days pass, closed renewed, lapsed or cancelled. Every change is an event written
+//! in the same transaction.
 
-use chrono::{DateTime, NaiveDate, Utc};
-use renewal_contract::lists::{CaseClosed, CaseOpened, CaseOutcome, Customer};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use renewal_contract::lists::{
+    Bucket, BucketChanged, CaseClosed, CaseOpened, CaseOutcome, Customer,
+};
 use renewal_contract::subject;
-use renewal_platform::Outbox;
+use renewal_platform::pii::PiiCipher;
+use renewal_platform::{Outbox, local_date};
 use sqlx::{PgConnection, Row};
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// A case opens when the policy is this many days or fewer from expiry.
+use crate::portfolio::Zones;
+
+/// A case opens when the policy is this many days or fewer from its effective expiry.
 pub const WINDOW_DAYS: i32 = 90;
 
-/// Opens the cases and returns, in the same statement, what their events carry.
-const OPEN_DUE: &str = "
-    WITH opened AS (
-        INSERT INTO lists.cases (case_id, policy_no, expiry_date, effective_expiry_date, opened_at)
-        SELECT gen_random_uuid(), p.policy_no, p.end_date, p.end_date, $2
-        FROM lists.policies p
-        WHERE p.status = 'active'
-          AND p.end_date >= $1 AND p.end_date <= $1 + $3::int
-          AND ($4::text IS NULL OR p.policy_no = $4)
-          AND NOT EXISTS (SELECT 1 FROM lists.cases c WHERE c.policy_no = p.policy_no)
-        ON CONFLICT (policy_no) DO NOTHING
-        RETURNING case_id, policy_no, expiry_date, effective_expiry_date
-    )
-    SELECT o.case_id, o.policy_no, o.expiry_date, o.effective_expiry_date, p.city_code,
-           p.branch_code, p.agent_code, p.customer_name, p.mobile, p.plate, p.important,
-           p.group_policy, p.category
-    FROM opened o JOIN lists.policies p USING (policy_no)";
+/// The bucket of a number of days to the effective expiry (past expiries count as 0).
+pub fn bucket_of(days: i32) -> Bucket {
+    match days {
+        ..=30 => Bucket::Bucket030,
+        31..=60 => Bucket::Bucket3160,
+        61..=90 => Bucket::Bucket6190,
+        _ => Bucket::Unspecified,
+    }
+}
 
-/// Opens a case for every active policy within the window that has none (or for
-/// `only` that policy), and publishes each. Returns how many opened.
+/// SQL for the bucket of `days` (an integer expression), as stored in `cases.bucket`.
+const BUCKET_SQL: &str = "CASE WHEN {d} <= 30 THEN 30 WHEN {d} <= 60 THEN 60 ELSE 90 END";
+
+fn bucket_sql(days: &str) -> String {
+    BUCKET_SQL.replace("{d}", days)
+}
+
+/// Opens the due cases and returns, in the same statement, what their events carry.
+/// `$1` now, `$2` only this policy, `$3` only this zone, `$4..$5` the expiry range to
+/// look in (the window with room for holiday moves, over every zone's local today).
+fn open_due_sql() -> String {
+    format!(
+        "WITH due AS (
+            SELECT p.policy_no, p.end_date, p.time_zone, p.city_code, p.branch_code, p.agent_code,
+                   p.category, timezone(p.time_zone, $1::timestamptz)::date AS today,
+                   COALESCE(h.worked_before, p.end_date) AS effective, h.name AS holiday,
+                   EXISTS (SELECT 1 FROM lists.calendar_years y
+                           WHERE y.year = extract(year FROM p.end_date)::int) AS calendar_known
+            FROM lists.policies p
+            LEFT JOIN lists.holiday_periods h ON p.end_date BETWEEN h.first_day AND h.last_day
+            WHERE p.status = 'active'
+              AND p.end_date BETWEEN $4 AND $5
+              AND ($2::text IS NULL OR p.policy_no = $2)
+              AND ($3::text IS NULL OR p.time_zone = $3)
+              AND NOT EXISTS (SELECT 1 FROM lists.cases c WHERE c.policy_no = p.policy_no)
+        ), opened AS (
+            INSERT INTO lists.cases (case_id, policy_no, expiry_date, effective_expiry_date,
+                opened_at, time_zone, city_code, branch_code, agent_code, category, bucket,
+                holiday, calendar_known)
+            SELECT gen_random_uuid(), policy_no, end_date, effective, $1, time_zone, city_code,
+                   branch_code, agent_code, category, {bucket}, holiday, calendar_known
+            FROM due
+            WHERE end_date >= today AND effective - today <= {WINDOW_DAYS}
+            ON CONFLICT (policy_no) DO NOTHING
+            RETURNING case_id, policy_no, expiry_date, effective_expiry_date, time_zone, city_code,
+                      branch_code, agent_code, category, bucket, holiday, calendar_known
+        )
+        SELECT o.*, GREATEST(o.effective_expiry_date - timezone(o.time_zone, $1::timestamptz)::date, 0) AS days,
+               p.name_enc, p.mobile_enc, p.plate, p.important, p.group_policy
+        FROM opened o JOIN lists.policies p USING (policy_no)",
+        bucket = bucket_sql("GREATEST(effective - today, 0)")
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("personal data of policy {policy_no} cannot be opened: {source}")]
+    Pii {
+        policy_no: String,
+        source: renewal_platform::pii::PiiError,
+    },
+}
+
+/// Where to open cases: every due policy, or one.
+pub struct OpenScope<'a> {
+    pub only_policy: Option<&'a str>,
+    pub only_zone: Option<chrono_tz::Tz>,
+}
+
+/// Opens a case for every active policy inside the window that has none, and
+/// publishes each. Returns how many opened.
 pub async fn open_due(
     tx: &mut PgConnection,
     outbox: &Outbox,
-    today: NaiveDate,
+    pii: &PiiCipher,
+    zones: &Zones,
     now: DateTime<Utc>,
-    time_zone: chrono_tz::Tz,
-    only: Option<&str>,
-) -> Result<usize, sqlx::Error> {
-    let rows = sqlx::query(OPEN_DUE)
-        .bind(today)
+    scope: OpenScope<'_>,
+) -> Result<usize, CaseError> {
+    let todays: Vec<NaiveDate> = zones.all().iter().map(|z| local_date(now, *z)).collect();
+    let earliest = todays
+        .iter()
+        .min()
+        .copied()
+        .unwrap_or(local_date(now, chrono_tz::UTC));
+    let latest = todays.iter().max().copied().unwrap_or(earliest);
+    // A holiday moves an expiry at most a couple of weeks ahead.
+    let until = latest + chrono::Days::new(WINDOW_DAYS as u64 + 21);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(open_due_sql()))
         .bind(now)
-        .bind(WINDOW_DAYS)
-        .bind(only)
+        .bind(scope.only_policy)
+        .bind(scope.only_zone.map(|z| z.name()))
+        .bind(earliest)
+        .bind(until)
         .fetch_all(&mut *tx)
         .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut unknown_years: std::collections::BTreeMap<i32, i64> = Default::default();
     for row in &rows {
+        let policy_no: String = row.try_get("policy_no")?;
+        let open = |column: &str| -> Result<String, CaseError> {
+            let sealed: Vec<u8> = row.try_get(column)?;
+            pii.open(&sealed).map_err(|source| CaseError::Pii {
+                policy_no: policy_no.clone(),
+                source,
+            })
+        };
         let expiry: NaiveDate = row.try_get("expiry_date")?;
         let effective: NaiveDate = row.try_get("effective_expiry_date")?;
+        let calendar_known: bool = row.try_get("calendar_known")?;
+        if !calendar_known {
+            *unknown_years.entry(expiry.year()).or_default() += 1;
+        }
+        let days: i32 = row.try_get("days")?;
         let event = CaseOpened {
             case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
-            policy_no: row.try_get("policy_no")?,
             city_code: row.try_get("city_code")?,
             branch_code: row.try_get("branch_code")?,
             agent_code: row.try_get("agent_code")?,
             expiry_date: expiry.to_string(),
             effective_expiry_date: effective.to_string(),
-            time_zone: time_zone.name().to_owned(),
+            time_zone: row.try_get("time_zone")?,
             customer: Some(Customer {
-                name: row.try_get("customer_name")?,
-                mobile: row.try_get("mobile")?,
+                name: open("name_enc")?,
+                mobile: open("mobile_enc")?,
                 plate: row.try_get("plate")?,
             }),
             important: row.try_get("important")?,
             group_policy: row.try_get("group_policy")?,
             category: row.try_get("category")?,
             opened_at_ms: now.timestamp_millis(),
+            days_to_expiry: days,
+            bucket: bucket_of(days) as i32,
+            holiday: row
+                .try_get::<Option<String>, _>("holiday")?
+                .unwrap_or_default(),
+            calendar_known,
+            policy_no,
         };
-        // A case opened by the daily run starts a trace of its own; one opened on intake
-        // continues the intake's trace.
-        let span = if only.is_some() {
-            tracing::Span::current()
-        } else {
-            tracing::info_span!(parent: None, "case_opened")
-        };
+        events.push((subject::LISTS_CASE_OPENED, event));
+    }
+    let opened = events.len();
+    if scope.only_policy.is_some() {
+        // A case opened on intake continues the intake's trace.
+        outbox.enqueue_many(tx, events).await?;
+    } else {
         outbox
-            .enqueue(tx, subject::LISTS_CASE_OPENED, &event)
-            .instrument(span)
+            .enqueue_many(tx, events)
+            .instrument(tracing::info_span!(parent: None, "cases_opened"))
             .await?;
     }
-    metrics::counter!("cases_opened_total").increment(rows.len() as u64);
-    Ok(rows.len())
+    for (year, cases) in unknown_years {
+        alert_unknown_year(tx, year, cases, now).await?;
+    }
+    metrics::counter!("cases_opened_total").increment(opened as u64);
+    Ok(opened)
+}
+
+/// An expiry in a year the holiday calendar does not cover: kept as an alert for ops,
+/// counted in a metric and logged, never taken as a normal day silently.
+async fn alert_unknown_year(
+    tx: &mut PgConnection,
+    year: i32,
+    cases: i64,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO lists.calendar_alerts (year, first_seen, last_seen, cases) VALUES ($1, $2, $2, $3)
+         ON CONFLICT (year) DO UPDATE SET last_seen = $2, cases = lists.calendar_alerts.cases + $3",
+    )
+    .bind(year)
+    .bind(now)
+    .bind(cases)
+    .execute(&mut *tx)
+    .await?;
+    metrics::counter!("lists_calendar_unknown_year_cases_total").increment(cases as u64);
+    tracing::error!(
+        year,
+        cases,
+        "cases expire in a year the holiday calendar does not cover; add the year to the calendar"
+    );
+    Ok(())
 }
 
 /// Closes the policy's open case, if it has one, and publishes it.
@@ -127,26 +247,117 @@ pub async fn close(
     Ok(true)
 }
 
-/// Lapses every open case whose expiry day ended before `today`.
+/// Lapses every open case in the zone whose expiry day ended before `today`, and its
+/// policy, in one statement; publishes each.
 pub async fn lapse_due(
     tx: &mut PgConnection,
     outbox: &Outbox,
+    zone: chrono_tz::Tz,
     today: NaiveDate,
     now: DateTime<Utc>,
 ) -> Result<usize, sqlx::Error> {
-    let due: Vec<String> = sqlx::query_scalar(
-        "SELECT policy_no FROM lists.cases WHERE state = 'open' AND expiry_date < $1 ORDER BY expiry_date",
+    let rows = sqlx::query(
+        "WITH lapsed AS (
+            UPDATE lists.cases SET state = 'lapsed', closed_at = $3
+            WHERE state = 'open' AND time_zone = $1 AND expiry_date < $2
+            RETURNING case_id, policy_no, expiry_date
+         ), policies AS (
+            UPDATE lists.policies p SET status = 'lapsed', lapsed_on = l.expiry_date + 1, updated_at = $3
+            FROM lapsed l WHERE p.policy_no = l.policy_no AND p.status = 'active'
+            RETURNING p.policy_no
+         )
+         SELECT case_id, policy_no FROM lapsed ORDER BY expiry_date, policy_no",
     )
+    .bind(zone.name())
     .bind(today)
+    .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    for policy_no in &due {
-        sqlx::query("UPDATE lists.policies SET status = 'lapsed', updated_at = $2 WHERE policy_no = $1 AND status = 'active'")
-            .bind(policy_no)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        close(tx, outbox, policy_no, CaseOutcome::Lapsed, "", now).await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        events.push((
+            subject::LISTS_CASE_CLOSED,
+            CaseClosed {
+                case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
+                policy_no: row.try_get("policy_no")?,
+                outcome: CaseOutcome::Lapsed as i32,
+                new_policy_no: String::new(),
+                closed_at_ms: now.timestamp_millis(),
+            },
+        ));
     }
-    Ok(due.len())
+    let lapsed = events.len();
+    outbox
+        .enqueue_many(tx, events)
+        .instrument(tracing::info_span!(parent: None, "cases_lapsed"))
+        .await?;
+    metrics::counter!("cases_closed_total", "outcome" => "lapsed").increment(lapsed as u64);
+    Ok(lapsed)
+}
+
+/// Moves the zone's open cases whose days to expiry crossed into a nearer bucket, and
+/// publishes each move.
+pub async fn move_buckets(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    zone: chrono_tz::Tz,
+    today: NaiveDate,
+) -> Result<usize, sqlx::Error> {
+    let sql = format!(
+        "WITH due AS (
+            SELECT case_id, bucket AS old_bucket, GREATEST(effective_expiry_date - $2, 0) AS days
+            FROM lists.cases
+            WHERE state = 'open' AND time_zone = $1 AND effective_expiry_date <= $2 + 60
+         )
+         UPDATE lists.cases c SET bucket = {bucket}
+         FROM due d
+         WHERE c.case_id = d.case_id AND c.bucket IS DISTINCT FROM {bucket}
+         RETURNING c.case_id, c.policy_no, d.old_bucket, c.bucket, d.days",
+        bucket = bucket_sql("d.days")
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(zone.name())
+        .bind(today)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let old: Option<i16> = row.try_get("old_bucket")?;
+        let days: i32 = row.try_get("days")?;
+        events.push((
+            subject::LISTS_CASE_BUCKET_CHANGED,
+            BucketChanged {
+                case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
+                policy_no: row.try_get("policy_no")?,
+                from_bucket: old.map(|b| b as i32).unwrap_or_default(),
+                to_bucket: bucket_of(days) as i32,
+                days_to_expiry: days,
+                as_of: today.to_string(),
+            },
+        ));
+    }
+    let moved = events.len();
+    outbox
+        .enqueue_many(tx, events)
+        .instrument(tracing::info_span!(parent: None, "buckets_moved"))
+        .await?;
+    metrics::counter!("case_bucket_moves_total").increment(moved as u64);
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_fall_into_buckets_at_the_boundaries() {
+        assert_eq!(bucket_of(-3), Bucket::Bucket030);
+        assert_eq!(bucket_of(0), Bucket::Bucket030);
+        assert_eq!(bucket_of(30), Bucket::Bucket030);
+        assert_eq!(bucket_of(31), Bucket::Bucket3160);
+        assert_eq!(bucket_of(60), Bucket::Bucket3160);
+        assert_eq!(bucket_of(61), Bucket::Bucket6190);
+        assert_eq!(bucket_of(90), Bucket::Bucket6190);
+        assert_eq!(bucket_of(91), Bucket::Unspecified);
+    }
 }

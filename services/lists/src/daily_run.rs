@@ -1,112 +1,222 @@
-//! The daily run, shortly after local midnight: open cases for policies entering the
-//! window, lapse cases whose expiry day has ended. One replica does each day's run: the
-//! row in `daily_runs` is written in the run's own transaction.
+//! The daily run, shortly after local midnight in each time zone the portfolio has:
+//! lapse the cases whose expiry day has ended, open cases for policies entering the
+//! window, move cases between buckets, and on the issue day of the month issue every
+//! branch's renewal and lapse lists. One replica does each (zone, day): the row in
+//! `daily_runs` is written in the run's own transaction, with all its events.
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
+use renewal_platform::pii::PiiCipher;
 use renewal_platform::{Clock, Outbox, local_date, local_instant};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::cases;
+use crate::cases::{self, CaseError, OpenScope};
+use crate::issued_lists::{self, Scope};
+use crate::portfolio::Zones;
 
 fn run_time() -> NaiveTime {
     NaiveTime::from_hms_opt(0, 5, 0).unwrap_or(NaiveTime::MIN)
 }
 
-pub async fn run(
-    pool: PgPool,
-    outbox: Outbox,
-    clock: Clock,
-    time_zone: chrono_tz::Tz,
-    cancel: CancellationToken,
-) {
-    loop {
-        let now = clock.now();
-        let today = local_date(now, time_zone);
-        let today_at = local_instant(today, run_time(), time_zone);
-        let outcome = if now >= today_at {
-            run_day(&pool, &outbox, today, now, time_zone).await
-        } else {
-            Ok(None)
-        };
-        match outcome {
-            Ok(Some((opened, lapsed))) => {
-                renewal_platform::activity::record();
-                outbox.wake();
-                tracing::info!(%today, opened, lapsed, "daily run done");
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, %today, "daily run failed; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+/// What the daily run needs.
+#[derive(Clone)]
+pub struct DailyRun {
+    pub pool: PgPool,
+    pub outbox: Outbox,
+    pub clock: Clock,
+    pub zones: Zones,
+    pub pii: std::sync::Arc<PiiCipher>,
+    pub list_issue_day: u32,
+}
+
+/// What one (zone, day) run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DayDone {
+    pub lapsed: usize,
+    pub opened: usize,
+    pub moved: usize,
+    pub lists_issued: usize,
+    pub list_items: usize,
+}
+
+impl DailyRun {
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            let now = self.clock.now();
+            let mut failed = false;
+            for zone in self.zones.all() {
+                let today = local_date(now, zone);
+                if now < local_instant(today, run_time(), zone) {
+                    continue;
+                }
+                match self.run_day(zone, today, now).await {
+                    Ok(Some(done)) => {
+                        renewal_platform::activity::record();
+                        self.outbox.wake();
+                        tracing::info!(zone = zone.name(), %today, opened = done.opened, lapsed = done.lapsed,
+                            moved = done.moved, lists = done.lists_issued, "daily run done");
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed = true;
+                        tracing::warn!(error = %e, zone = zone.name(), %today, "daily run failed; retrying");
+                    }
                 }
             }
+            let next = if failed {
+                now + chrono::Duration::seconds(2)
+            } else {
+                self.next_due(now)
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.clock.sleep_until(next, Duration::from_secs(30)) => {}
+            }
         }
-        let next = if now >= today_at {
-            local_instant(today + chrono::Days::new(1), run_time(), time_zone)
-        } else {
-            today_at
+    }
+
+    /// The next (zone, day) run after `now`.
+    fn next_due(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.zones
+            .all()
+            .into_iter()
+            .map(|zone| {
+                let today = local_date(now, zone);
+                let at = local_instant(today, run_time(), zone);
+                if now >= at {
+                    local_instant(today + chrono::Days::new(1), run_time(), zone)
+                } else {
+                    at
+                }
+            })
+            .min()
+            .unwrap_or(now + chrono::Duration::hours(1))
+    }
+
+    /// Does the zone's run for `today` unless it was done; returns what it did.
+    pub async fn run_day(
+        &self,
+        zone: chrono_tz::Tz,
+        today: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DayDone>, CaseError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO lists.daily_runs (time_zone, run_date, ran_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(zone.name())
+        .bind(today)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let mut done = DayDone {
+            lapsed: cases::lapse_due(&mut tx, &self.outbox, zone, today, now).await?,
+            ..DayDone::default()
         };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = clock.sleep_until(next, Duration::from_secs(30)) => {}
+        let scope = OpenScope {
+            only_policy: None,
+            only_zone: Some(zone),
+        };
+        done.opened =
+            cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope).await?;
+        done.moved = cases::move_buckets(&mut tx, &self.outbox, zone, today).await?;
+        if today.day() == self.list_issue_day {
+            let scope = Scope {
+                zone: Some(zone),
+                city: None,
+                monthly: true,
+            };
+            let renewal =
+                issued_lists::issue_renewal_lists(&mut tx, &self.outbox, &scope, today, now)
+                    .await?;
+            let lapse = issued_lists::issue_lapse_lists(
+                &mut tx,
+                &self.outbox,
+                Some(zone),
+                None,
+                true,
+                today,
+                now,
+            )
+            .await?;
+            done.lists_issued = renewal.lists + lapse.lists;
+            done.list_items = renewal.items + lapse.items;
         }
+        sqlx::query(
+            "UPDATE lists.daily_runs SET cases_opened = $3, cases_lapsed = $4, bucket_moves = $5,
+                 lists_issued = $6
+             WHERE time_zone = $1 AND run_date = $2",
+        )
+        .bind(zone.name())
+        .bind(today)
+        .bind(done.opened as i32)
+        .bind(done.lapsed as i32)
+        .bind(done.moved as i32)
+        .bind(done.lists_issued as i32)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(done))
+    }
+
+    /// Opens the cases a CSV import made due (the import does this itself; this picks
+    /// up an import whose process stopped before it could).
+    pub async fn open_after_imports(&self) -> Result<usize, CaseError> {
+        let mut tx = self.pool.begin().await?;
+        let pending: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT import_id FROM lists.imports WHERE cases_opened_at IS NULL FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let now = self.clock.now();
+        let scope = OpenScope {
+            only_policy: None,
+            only_zone: None,
+        };
+        let opened =
+            cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope).await?;
+        sqlx::query("UPDATE lists.imports SET cases_opened_at = $2 WHERE import_id = ANY($1)")
+            .bind(&pending)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.outbox.wake();
+        Ok(opened)
     }
 }
 
-/// Does `today`'s run unless it was done; returns (opened, lapsed) when it ran.
-async fn run_day(
-    pool: &PgPool,
-    outbox: &Outbox,
-    today: NaiveDate,
-    now: DateTime<Utc>,
-    time_zone: chrono_tz::Tz,
-) -> Result<Option<(usize, usize)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let claimed = sqlx::query(
-        "INSERT INTO lists.daily_runs (run_date, ran_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(today)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    if claimed.rows_affected() == 0 {
-        return Ok(None);
-    }
-    let lapsed = cases::lapse_due(&mut tx, outbox, today, now).await?;
-    let opened = cases::open_due(&mut tx, outbox, today, now, time_zone, None).await?;
-    sqlx::query(
-        "UPDATE lists.daily_runs SET cases_opened = $2, cases_lapsed = $3 WHERE run_date = $1",
-    )
-    .bind(today)
-    .bind(opened as i32)
-    .bind(lapsed as i32)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some((opened, lapsed)))
-}
-
-/// When this service next has work of its own. The run for day D is due at D 00:05
-/// local: today's if it is not done, else tomorrow's.
+/// When this service next has work of its own: the earliest (zone, day) run not done.
 pub async fn next_wakeup(
     pool: &PgPool,
     now: DateTime<Utc>,
-    time_zone: chrono_tz::Tz,
+    zones: &[chrono_tz::Tz],
 ) -> Result<DateTime<Utc>, sqlx::Error> {
-    let today = local_date(now, time_zone);
-    let done: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lists.daily_runs WHERE run_date = $1)")
-            .bind(today)
-            .fetch_one(pool)
-            .await?;
-    Ok(if done {
-        local_instant(today + chrono::Days::new(1), run_time(), time_zone)
-    } else {
-        local_instant(today, run_time(), time_zone)
-    })
+    let mut next: Option<DateTime<Utc>> = None;
+    for zone in zones {
+        let today = local_date(now, *zone);
+        let done: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM lists.daily_runs WHERE time_zone = $1 AND run_date = $2)",
+        )
+        .bind(zone.name())
+        .bind(today)
+        .fetch_one(pool)
+        .await?;
+        let at = if done {
+            local_instant(today + chrono::Days::new(1), run_time(), *zone)
+        } else {
+            local_instant(today, run_time(), *zone)
+        };
+        next = Some(next.map_or(at, |n| n.min(at)));
+    }
+    Ok(next.unwrap_or(now + chrono::Duration::hours(1)))
 }

@@ -1,19 +1,25 @@
 //! Policy intake from the core policy system over NATS: upserted (idempotent by policy
 //! number and version), renewed (closes the case at once), cancelled.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use renewal_contract::core::{Policy, PolicyCancelled, PolicyRenewed, PolicyUpserted};
 use renewal_contract::lists::CaseOutcome;
 use renewal_contract::subject;
-use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox, local_date};
+use renewal_platform::pii::PiiCipher;
+use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
 use sqlx::PgConnection;
 
 use crate::cases;
+use crate::policy_checks::{self, Flag, PolicyFields, Premium};
+use crate::portfolio::{self, Zones};
 
 pub struct Intake {
     pub outbox: Outbox,
     pub clock: Clock,
-    pub time_zone: chrono_tz::Tz,
+    pub pii: Arc<PiiCipher>,
+    pub zones: Zones,
 }
 
 /// How often a renewal or cancellation for a policy we do not know yet is retried
@@ -29,18 +35,30 @@ impl Handler for Intake {
                 let policy = event.policy.ok_or_else(|| {
                     HandleError::Malformed("policy upserted without a policy".into())
                 })?;
-                let valid = validate(&policy)?;
-                upsert(tx, &policy, &valid, now).await?;
-                let today = local_date(now, self.time_zone);
-                cases::open_due(
-                    tx,
-                    &self.outbox,
-                    today,
-                    now,
-                    self.time_zone,
-                    Some(&policy.policy_no),
-                )
-                .await?;
+                let checked = policy_checks::check(&fields_of(&policy)).map_err(|bad| {
+                    let reasons: Vec<String> = bad
+                        .iter()
+                        .map(|r| format!("{} {}", r.column, r.reason))
+                        .collect();
+                    HandleError::Malformed(format!(
+                        "policy {}: {}",
+                        policy.policy_no,
+                        reasons.join("; ")
+                    ))
+                })?;
+                let sealed = portfolio::seal(checked, policy.version, &self.pii, &self.zones)
+                    .map_err(|e| HandleError::Retry(e.to_string()))?;
+                portfolio::upsert_one(tx, &sealed, now).await?;
+                let scope = cases::OpenScope {
+                    only_policy: Some(&policy.policy_no),
+                    only_zone: None,
+                };
+                cases::open_due(tx, &self.outbox, &self.pii, &self.zones, now, scope)
+                    .await
+                    .map_err(|e| match e {
+                        cases::CaseError::Db(e) => HandleError::Db(e),
+                        other => HandleError::Retry(other.to_string()),
+                    })?;
                 Ok(())
             }
             subject::CORE_POLICY_RENEWED => {
@@ -76,7 +94,8 @@ impl Intake {
         };
         let known = sqlx::query(
             "UPDATE lists.policies
-             SET status = $2, renewed_to = COALESCE(NULLIF($3, ''), renewed_to), updated_at = $4
+             SET status = $2, renewed_to = COALESCE(NULLIF($3, ''), renewed_to), updated_at = $4,
+                 renewed_at = CASE WHEN $2 = 'renewed' THEN COALESCE(renewed_at, $4) ELSE renewed_at END
              WHERE policy_no = $1 AND (status <> 'cancelled' OR $2 = 'cancelled')",
         )
         .bind(policy_no)
@@ -113,73 +132,23 @@ fn unknown_policy(delivery: &Delivery) -> Result<(), HandleError> {
     }
 }
 
-struct Valid {
-    start: NaiveDate,
-    end: NaiveDate,
-}
-
-fn validate(policy: &Policy) -> Result<Valid, HandleError> {
-    let bad = |what: &str| HandleError::Malformed(format!("policy {}: {what}", policy.policy_no));
-    if policy.policy_no.trim().is_empty() {
-        return Err(HandleError::Malformed(
-            "policy without a policy number".into(),
-        ));
+fn fields_of(p: &Policy) -> PolicyFields<'_> {
+    PolicyFields {
+        policy_no: &p.policy_no,
+        customer_name: &p.customer_name,
+        mobile: &p.mobile,
+        id_number: &p.id_number,
+        plate: &p.plate,
+        vin: &p.vin,
+        city_code: &p.city_code,
+        branch_code: &p.branch_code,
+        agent_code: &p.agent_code,
+        channel: &p.channel,
+        category: &p.category,
+        start_date: &p.start_date,
+        end_date: &p.end_date,
+        premium: Premium::Fen(p.premium_fen),
+        important: Flag::Bool(p.important),
+        group_policy: Flag::Bool(p.group_policy),
     }
-    let date = |field: &str, value: &str| {
-        NaiveDate::parse_from_str(value, "%Y-%m-%d")
-            .map_err(|_| bad(&format!("{field} is not a YYYY-MM-DD date")))
-    };
-    let start = date("start_date", &policy.start_date)?;
-    let end = date("end_date", &policy.end_date)?;
-    if end < start {
-        return Err(bad("end_date is before start_date"));
-    }
-    if policy.city_code.is_empty() || policy.branch_code.is_empty() {
-        return Err(bad("city_code and branch_code are required"));
-    }
-    Ok(Valid { start, end })
-}
-
-async fn upsert(
-    tx: &mut PgConnection,
-    p: &Policy,
-    valid: &Valid,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO lists.policies (policy_no, version, customer_name, mobile, id_number, plate, vin,
-             city_code, branch_code, agent_code, channel, category, start_date, end_date, premium_fen,
-             important, group_policy, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-         ON CONFLICT (policy_no) DO UPDATE SET
-             version = EXCLUDED.version, customer_name = EXCLUDED.customer_name,
-             mobile = EXCLUDED.mobile, id_number = EXCLUDED.id_number, plate = EXCLUDED.plate,
-             vin = EXCLUDED.vin, city_code = EXCLUDED.city_code, branch_code = EXCLUDED.branch_code,
-             agent_code = EXCLUDED.agent_code, channel = EXCLUDED.channel, category = EXCLUDED.category,
-             start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date,
-             premium_fen = EXCLUDED.premium_fen, important = EXCLUDED.important,
-             group_policy = EXCLUDED.group_policy, updated_at = EXCLUDED.updated_at
-         WHERE lists.policies.version < EXCLUDED.version",
-    )
-    .bind(&p.policy_no)
-    .bind(p.version)
-    .bind(&p.customer_name)
-    .bind(&p.mobile)
-    .bind(&p.id_number)
-    .bind(&p.plate)
-    .bind(&p.vin)
-    .bind(&p.city_code)
-    .bind(&p.branch_code)
-    .bind(&p.agent_code)
-    .bind(&p.channel)
-    .bind(&p.category)
-    .bind(valid.start)
-    .bind(valid.end)
-    .bind(p.premium_fen)
-    .bind(p.important)
-    .bind(p.group_policy)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

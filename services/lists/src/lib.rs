@@ -1,20 +1,32 @@
 //! The lists service: the portfolio as the rest of the system sees it, and *which*
-//! policies need work *when*. It takes policies from the core policy system, opens a
-//! renewal case when a policy enters the 90-day window, lapses cases not renewed by
-//! the end of their expiry day, and closes a case the moment its policy is renewed.
+//! policies need work *when*. It takes policies from the core policy system (NATS and
+//! CSV files), keeps their personal data encrypted, opens a renewal case when a policy
+//! enters the 90-day window (earlier when it expires in a long holiday), moves cases
+//! between buckets, issues each branch's monthly renewal and lapse lists, lapses cases
+//! not renewed by the end of their expiry day, closes a case the moment its policy is
+//! renewed, and reports renewal rates.
 
-mod cases;
-mod daily_run;
+pub mod cases;
+pub mod categories;
+mod config;
+pub mod daily_run;
+pub mod holidays;
+pub mod import;
 mod intake;
+pub mod issued_lists;
+mod kpis;
 mod policies;
+pub mod policy_checks;
+pub mod portfolio;
 pub mod report;
 
 use renewal_contract::Stream;
 use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use cases::WINDOW_DAYS;
-pub use daily_run::next_wakeup;
+pub use config::ListsConfig;
 
 /// The schema this service owns; it touches no other.
 pub const SCHEMA: &str = "lists";
@@ -33,33 +45,148 @@ pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
 }
 
-pub async fn migrate(pool: sqlx::PgPool) -> Result<(), renewal_platform::postgres::DbError> {
+pub async fn migrate(pool: PgPool) -> Result<(), renewal_platform::postgres::DbError> {
     renewal_platform::postgres::migrate(&pool, SCHEMA, sqlx::migrate!("./migrations")).await
 }
 
-/// Runs the service until `cancel` fires, then finishes the work in hand.
+/// Writes the holiday calendar into the service's tables (at every start, so a new
+/// data file takes effect on deploy).
+pub async fn store_calendar(
+    pool: &PgPool,
+    calendar: &holidays::Calendar,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM lists.holiday_periods")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM lists.calendar_years")
+        .execute(&mut *tx)
+        .await?;
+    for period in calendar.periods() {
+        sqlx::query(
+            "INSERT INTO lists.holiday_periods (name, first_day, last_day, worked_before) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&period.name)
+        .bind(period.first_day)
+        .bind(period.last_day)
+        .bind(period.worked_before)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (year, provisional) in calendar.years() {
+        if provisional {
+            tracing::warn!(
+                year,
+                "the holiday calendar for this year is provisional; replace it with the State Council notice"
+            );
+        }
+        sqlx::query("INSERT INTO lists.calendar_years (year, provisional) VALUES ($1, $2)")
+            .bind(year)
+            .bind(provisional)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Everything the service's parts share, built once at start.
+pub struct Lists {
+    pub importer: import::Importer,
+    pub daily_run: daily_run::DailyRun,
+}
+
+impl Lists {
+    pub async fn new(deps: &Deps, config: &ListsConfig) -> Result<Self, String> {
+        let calendar =
+            holidays::Calendar::embedded().map_err(|e| format!("holiday calendar: {e}"))?;
+        store_calendar(&deps.pool, &calendar)
+            .await
+            .map_err(|e| format!("storing the holiday calendar: {e}"))?;
+        let zones = portfolio::Zones::load(&deps.pool, deps.time_zone)
+            .await
+            .map_err(|e| format!("loading city time zones: {e}"))?;
+        let outbox = outbox();
+        Ok(Lists {
+            importer: import::Importer {
+                pool: deps.pool.clone(),
+                pii: config.pii.clone(),
+                zones: zones.clone(),
+                outbox: outbox.clone(),
+            },
+            daily_run: daily_run::DailyRun {
+                pool: deps.pool.clone(),
+                outbox,
+                clock: deps.clock.clone(),
+                zones,
+                pii: config.pii.clone(),
+                list_issue_day: config.list_issue_day,
+            },
+        })
+    }
+}
+
+/// Runs the service with configuration from the environment.
 pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
+    let config = ListsConfig::from_env().map_err(|e| e.to_string())?;
+    run_with(deps, config, cancel).await
+}
+
+/// Runs the service until `cancel` fires, then finishes the work in hand.
+pub async fn run_with(
+    deps: Deps,
+    config: ListsConfig,
+    cancel: CancellationToken,
+) -> Result<(), String> {
     deps.bus
         .ensure_stream(Stream::Lists)
         .await
         .map_err(|e| e.to_string())?;
-    let outbox = outbox();
-    deps.http.mount(policies::routes(deps.pool.clone()));
+    let lists = Lists::new(&deps, &config).await?;
+    let outbox = lists.daily_run.outbox.clone();
+    let zones = lists.daily_run.zones.clone();
+    deps.http.mount(policies::routes(policies::PolicyApi {
+        pool: deps.pool.clone(),
+        pii: config.pii.clone(),
+    }));
+    deps.http.mount(import::routes(import::ImportApi {
+        importer: lists.importer.clone(),
+        clock: deps.clock.clone(),
+    }));
+    deps.http
+        .mount(issued_lists::routes(issued_lists::IssueApi {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            zones: zones.clone(),
+        }));
+    deps.http.mount(kpis::routes(
+        deps.pool.clone(),
+        deps.clock.clone(),
+        deps.time_zone,
+    ));
+    if let Err(e) = lists.daily_run.open_after_imports().await {
+        tracing::warn!(error = %e, "opening the cases of unfinished imports failed; the daily run will");
+    }
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(
         CORE_POLICIES,
         intake::Intake {
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
-            time_zone: deps.time_zone,
+            pii: config.pii.clone(),
+            zones,
         },
     );
-    service.spawn(daily_run::run(
-        deps.pool.clone(),
-        outbox,
-        deps.clock.clone(),
-        deps.time_zone,
-        cancel,
-    ));
+    service.spawn(lists.daily_run.run(cancel.clone()));
     service.run().await
+}
+
+/// When this service next has work of its own (the simulated clock's next stop).
+pub async fn next_wakeup(
+    pool: &PgPool,
+    now: chrono::DateTime<chrono::Utc>,
+    default_zone: chrono_tz::Tz,
+) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+    let zones = portfolio::Zones::load(pool, default_zone).await?;
+    daily_run::next_wakeup(pool, now, &zones.all()).await
 }

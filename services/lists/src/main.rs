@@ -8,6 +8,10 @@ use renewal_platform::process::{Program, main as run_main};
 #[tokio::main]
 async fn main() -> ExitCode {
     let migrate_only = std::env::args().nth(1).as_deref() == Some("migrate");
+    if !migrate_only && let Err(e) = renewal_lists::ListsConfig::from_env() {
+        eprintln!("renewal-lists: configuration error: {e}");
+        return ExitCode::from(2);
+    }
     let program = Program {
         name: "lists",
         migrate: |pool| Box::pin(renewal_lists::migrate(pool)),

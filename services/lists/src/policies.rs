@@ -1,19 +1,104 @@
 //! `GET /v1/policies/{policy_no}`: a policy's status and its renewal case, with the
-//! customer's personal data masked.
+//! customer's personal data masked; `GET /v1/policies?mobile=...`: the policies of a
+//! mobile number, found through its blind index (the table holds no plaintext).
 
-use axum::extract::{Path, State};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, Utc};
+use renewal_platform::pii::PiiCipher;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
-pub fn routes(pool: PgPool) -> Router {
+#[derive(Clone)]
+pub struct PolicyApi {
+    pub pool: PgPool,
+    pub pii: Arc<PiiCipher>,
+}
+
+pub fn routes(api: PolicyApi) -> Router {
     Router::new()
         .route("/v1/policies/{policy_no}", get(show))
-        .with_state(pool)
+        .route("/v1/policies", get(find_by_mobile))
+        .with_state(api)
+}
+
+const SELECT: &str = "SELECT p.policy_no, p.status, p.city_code, p.branch_code, p.agent_code,
+        p.end_date, p.mobile_enc, c.case_id, c.state, c.opened_at, c.closed_at, c.bucket,
+        c.effective_expiry_date, c.holiday, c.list_id
+     FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)";
+
+#[derive(serde::Deserialize)]
+struct MobileQuery {
+    mobile: Option<String>,
+}
+
+async fn find_by_mobile(
+    State(api): State<PolicyApi>,
+    Query(query): Query<MobileQuery>,
+) -> Response {
+    let Some(mobile) = query.mobile else {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "mobile is required",
+        );
+    };
+    let e164 = match crate::policy_checks::mobile_e164(&mobile) {
+        Ok(m) => m,
+        Err(reason) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                &format!("mobile {reason}"),
+            );
+        }
+    };
+    let index = api.pii.blind_index(&e164);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE p.mobile_index = $1 ORDER BY p.end_date, p.policy_no"
+    )))
+    .bind(&index[..])
+    .fetch_all(&api.pool)
+    .await;
+    let views = rows.map_err(ViewError::from).and_then(|rows| {
+        rows.iter()
+            .map(|r| read(r, &api.pii))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    match views {
+        Ok(views) => Json(serde_json::json!({"policies": views})).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+fn failure(status: StatusCode, code: &str, detail: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": code, "detail": detail})),
+    )
+        .into_response()
+}
+
+fn internal(e: ViewError) -> Response {
+    tracing::error!(error = %e, "reading a policy failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(serde_json::json!({"error": "internal"})),
+    )
+        .into_response()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ViewError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("personal data cannot be opened: {0}")]
+    Pii(#[from] renewal_platform::pii::PiiError),
 }
 
 #[derive(Serialize)]
@@ -34,6 +119,10 @@ struct CaseView {
     state: String,
     opened_at: DateTime<Utc>,
     closed_at: Option<DateTime<Utc>>,
+    bucket: Option<&'static str>,
+    effective_expiry_date: NaiveDate,
+    holiday: Option<String>,
+    list_id: Option<uuid::Uuid>,
 }
 
 /// Keeps the first three and last four digits: 138****5678.
@@ -52,41 +141,28 @@ pub fn mask_mobile(mobile: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(digits.len() - 7))
 }
 
-async fn show(State(pool): State<PgPool>, Path(policy_no): Path<String>) -> Response {
-    let row = sqlx::query(
-        "SELECT p.policy_no, p.status, p.city_code, p.branch_code, p.agent_code, p.end_date, p.mobile,
-                c.case_id, c.state, c.opened_at, c.closed_at
-         FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)
-         WHERE p.policy_no = $1",
-    )
+async fn show(State(api): State<PolicyApi>, Path(policy_no): Path<String>) -> Response {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE p.policy_no = $1"
+    )))
     .bind(&policy_no)
-    .fetch_optional(&pool)
+    .fetch_optional(&api.pool)
     .await;
-    let view = match row {
-        Ok(Some(row)) => read(&row),
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(serde_json::json!({"error": "unknown_policy"})),
-            )
-                .into_response();
-        }
-        Err(e) => Err(e),
-    };
-    match view {
-        Ok(view) => Json(view).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "reading a policy failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(serde_json::json!({"error": "internal"})),
-            )
-                .into_response()
-        }
+    match row {
+        Ok(Some(row)) => match read(&row, &api.pii) {
+            Ok(view) => Json(view).into_response(),
+            Err(e) => internal(e),
+        },
+        Ok(None) => failure(
+            StatusCode::NOT_FOUND,
+            "unknown_policy",
+            "no policy with that number",
+        ),
+        Err(e) => internal(e.into()),
     }
 }
 
-fn read(row: &sqlx::postgres::PgRow) -> Result<PolicyView, sqlx::Error> {
+fn read(row: &sqlx::postgres::PgRow, pii: &PiiCipher) -> Result<PolicyView, ViewError> {
     let case_id: Option<uuid::Uuid> = row.try_get("case_id")?;
     let case = match case_id {
         Some(case_id) => Some(CaseView {
@@ -94,9 +170,14 @@ fn read(row: &sqlx::postgres::PgRow) -> Result<PolicyView, sqlx::Error> {
             state: row.try_get("state")?,
             opened_at: row.try_get("opened_at")?,
             closed_at: row.try_get("closed_at")?,
+            bucket: row.try_get::<Option<i16>, _>("bucket")?.map(bucket_label),
+            effective_expiry_date: row.try_get("effective_expiry_date")?,
+            holiday: row.try_get("holiday")?,
+            list_id: row.try_get("list_id")?,
         }),
         None => None,
     };
+    let mobile = pii.open(&row.try_get::<Vec<u8>, _>("mobile_enc")?)?;
     Ok(PolicyView {
         policy_no: row.try_get("policy_no")?,
         status: row.try_get("status")?,
@@ -104,9 +185,17 @@ fn read(row: &sqlx::postgres::PgRow) -> Result<PolicyView, sqlx::Error> {
         branch_code: row.try_get("branch_code")?,
         agent_code: row.try_get("agent_code")?,
         end_date: row.try_get("end_date")?,
-        mobile_masked: mask_mobile(&row.try_get::<String, _>("mobile")?),
+        mobile_masked: mask_mobile(&mobile),
         case,
     })
+}
+
+fn bucket_label(bucket: i16) -> &'static str {
+    match bucket {
+        30 => "0-30",
+        60 => "31-60",
+        _ => "61-90",
+    }
 }
 
 #[cfg(test)]

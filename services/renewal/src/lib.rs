@@ -2,6 +2,8 @@
 //! demo` (a simulated season with a funnel report) and `renewal migrate`. The
 //! simulation harness here is also what the end-to-end tests drive.
 
+pub mod bench;
+pub mod cli_import;
 pub mod demo;
 pub mod simulation;
 pub mod system;

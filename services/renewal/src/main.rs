@@ -45,6 +45,42 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Load data from the core policy system into the database of DATABASE_URL.
+    Import {
+        #[command(subcommand)]
+        what: ImportWhat,
+    },
+    /// Release-mode benchmarks; each prints `name value` lines.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportWhat {
+    /// A CSV file of policies (UTF-8 or GBK, with or without BOM). Good rows load, bad
+    /// rows are reported with line, column and reason; exit status 0 when the file was
+    /// read, 3 when rows were rejected, 1 when nothing could be written.
+    Policies {
+        file: PathBuf,
+        /// utf-8, gbk or auto (detect).
+        #[arg(long, default_value = "auto")]
+        encoding: String,
+        /// Write every rejected row (line, column, reason) to this CSV file.
+        #[arg(long)]
+        rejections: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Lists: CSV import throughput and the daily run with the monthly list issue.
+    Lists {
+        /// Portfolio size.
+        #[arg(long, default_value_t = 1_000_000)]
+        policies: usize,
+    },
 }
 
 fn program() -> Program {
@@ -53,9 +89,8 @@ fn program() -> Program {
         migrate: |pool| Box::pin(renewal::system::migrate_all(pool)),
         run: |deps, cancel| {
             Box::pin(async move {
-                let dispatch =
-                    renewal_dispatch::DispatchConfig::from_env().map_err(|e| e.to_string())?;
-                renewal::system::run_all(deps, dispatch, cancel).await
+                let configs = renewal::system::Configs::from_env().map_err(|e| e.to_string())?;
+                renewal::system::run_all(deps, configs, cancel).await
             })
         },
     }
@@ -66,7 +101,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run => {
-            if let Err(e) = renewal_dispatch::DispatchConfig::from_env() {
+            if let Err(e) = renewal::system::Configs::from_env() {
                 eprintln!("renewal: configuration error: {e}");
                 return ExitCode::from(2);
             }
@@ -81,6 +116,17 @@ async fn main() -> ExitCode {
             json,
             resume,
         } => demo(policies, days, seed, start, json, resume).await,
+        Command::Import {
+            what:
+                ImportWhat::Policies {
+                    file,
+                    encoding,
+                    rejections,
+                },
+        } => renewal::cli_import::policies(file, &encoding, rejections).await,
+        Command::Bench {
+            what: BenchWhat::Lists { policies },
+        } => renewal::bench::lists(policies).await,
     }
 }
 

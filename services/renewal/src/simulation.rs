@@ -58,6 +58,9 @@ pub struct Simulation {
     services: JoinHandle<Result<(), String>>,
 }
 
+/// The key the demo and the tests seal their synthetic customers' personal data with.
+pub const DEMO_PII_KEY: &str = "64656d6f2d6f6e6c792d6b65792d6e6f742d666f722d70726f64756374696f6e";
+
 pub fn webhook_token() -> SecretString {
     SecretString::from(format!("{}", uuid::Uuid::new_v4().simple()))
 }
@@ -125,9 +128,12 @@ impl Simulation {
             http,
             time_zone: options.time_zone,
         };
+        let lists = renewal_lists::ListsConfig::with_key(DEMO_PII_KEY)
+            .map_err(|e| SimError::Other(e.to_string()))?;
+        let configs = crate::system::Configs { lists, dispatch };
         let services = tokio::spawn(crate::system::run_all(
             deps.clone(),
-            dispatch,
+            configs,
             cancel.clone(),
         ));
         let mut consumers = Vec::new();

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use renewal_dispatch::DispatchConfig;
+use renewal_lists::ListsConfig;
 use renewal_platform::postgres::DbError;
 use renewal_platform::{ConsumerSpec, Deps, Outbox};
 use sqlx::PgPool;
@@ -16,10 +17,26 @@ pub async fn migrate_all(pool: PgPool) -> Result<(), DbError> {
     renewal_dispatch::migrate(pool).await
 }
 
+/// The services' own settings (the ones beyond what every process shares).
+#[derive(Debug, Clone)]
+pub struct Configs {
+    pub lists: ListsConfig,
+    pub dispatch: DispatchConfig,
+}
+
+impl Configs {
+    pub fn from_env() -> Result<Self, renewal_platform::config::ConfigError> {
+        Ok(Configs {
+            lists: ListsConfig::from_env()?,
+            dispatch: DispatchConfig::from_env()?,
+        })
+    }
+}
+
 /// Runs every service until `cancel` fires; if one fails, the others are stopped.
 pub async fn run_all(
     deps: Deps,
-    dispatch: DispatchConfig,
+    configs: Configs,
     cancel: CancellationToken,
 ) -> Result<(), String> {
     deps.bus
@@ -27,10 +44,18 @@ pub async fn run_all(
         .await
         .map_err(|e| e.to_string())?;
     let mut services = tokio::task::JoinSet::new();
-    services.spawn(renewal_lists::run(deps.clone(), cancel.clone()));
+    services.spawn(renewal_lists::run_with(
+        deps.clone(),
+        configs.lists,
+        cancel.clone(),
+    ));
     services.spawn(renewal_assignment::run(deps.clone(), cancel.clone()));
     services.spawn(renewal_scheduler::run(deps.clone(), cancel.clone()));
-    services.spawn(renewal_dispatch::run_with(deps, dispatch, cancel.clone()));
+    services.spawn(renewal_dispatch::run_with(
+        deps,
+        configs.dispatch,
+        cancel.clone(),
+    ));
     let mut result = Ok(());
     while let Some(done) = services.join_next().await {
         let failure = match done {

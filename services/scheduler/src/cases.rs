@@ -31,6 +31,8 @@ impl Handler for CaseEvents {
                 let event: CaseClosed = delivery.decode()?;
                 closed(tx, &event).await
             }
+            // Bucket moves are for the services that plan by bucket; nothing to do here.
+            subject::LISTS_CASE_BUCKET_CHANGED => Ok(()),
             other => Err(HandleError::Malformed(format!(
                 "unexpected subject {other}"
             ))),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod inbox;
 pub mod outbox;
+pub mod pii;
 pub mod postgres;
 pub mod process;
 pub mod retry;

@@ -71,6 +71,42 @@ impl Outbox {
         Ok(id)
     }
 
+    /// Writes many events in one statement inside the caller's transaction (a daily
+    /// run's thousands of moves, say), each with a fresh id, in the given order.
+    pub async fn enqueue_many<M: prost::Message>(
+        &self,
+        tx: &mut PgConnection,
+        events: impl IntoIterator<Item = (&str, M)>,
+    ) -> Result<usize, sqlx::Error> {
+        let traceparent = crate::telemetry::current_traceparent();
+        let (mut ids, mut subjects, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
+        for (subject, message) in events {
+            ids.push(Uuid::now_v7());
+            subjects.push(subject.to_owned());
+            payloads.push(message.encode_to_vec());
+        }
+        let sql = format!(
+            "INSERT INTO {}.outbox (id, subject, payload, traceparent) \
+             SELECT id, subject, payload, $4 FROM unnest($1::uuid[], $2::text[], $3::bytea[]) \
+             WITH ORDINALITY AS e(id, subject, payload, n) ORDER BY n",
+            self.schema
+        );
+        for ((ids, subjects), payloads) in ids
+            .chunks(10_000)
+            .zip(subjects.chunks(10_000))
+            .zip(payloads.chunks(10_000))
+        {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(ids)
+                .bind(subjects)
+                .bind(payloads)
+                .bind(traceparent.as_deref())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(ids.len())
+    }
+
     /// Tells the relay there is something to publish (call after the commit).
     pub fn wake(&self) {
         self.wake.notify_one();

@@ -1,0 +1,76 @@
+//! The lists service's own settings, from the environment.
+
+use std::sync::Arc;
+
+use renewal_platform::config::{ConfigError, Env};
+use renewal_platform::pii::PiiCipher;
+
+#[derive(Debug, Clone)]
+pub struct ListsConfig {
+    /// Seals names, mobiles and ID numbers at rest (`PII_KEY`, 64 hex digits).
+    pub pii: Arc<PiiCipher>,
+    /// Day of the month the monthly renewal and lapse lists are issued (1-28).
+    pub list_issue_day: u32,
+}
+
+impl ListsConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from(&Env::process())
+    }
+
+    pub fn from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let key = env.secret("PII_KEY").ok_or_else(|| ConfigError::Missing {
+            var: "PII_KEY".into(),
+        })?;
+        let pii = PiiCipher::from_hex(&key).map_err(|e| ConfigError::Invalid {
+            var: "PII_KEY".into(),
+            reason: e.to_string(),
+        })?;
+        let list_issue_day: u32 = env.or("LIST_ISSUE_DAY", 1)?;
+        if !(1..=28).contains(&list_issue_day) {
+            return Err(ConfigError::Invalid {
+                var: "LIST_ISSUE_DAY".into(),
+                reason: format!("must be a day of the month from 1 to 28 (got {list_issue_day})"),
+            });
+        }
+        Ok(ListsConfig {
+            pii: Arc::new(pii),
+            list_issue_day,
+        })
+    }
+
+    /// A configuration with the given key and the default issue day.
+    pub fn with_key(hex_key: &str) -> Result<Self, ConfigError> {
+        let key = hex_key.to_owned();
+        Self::from(&Env::from_fn(move |var| {
+            (var == "PII_KEY").then(|| key.clone())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<ListsConfig, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ListsConfig::from(&Env::from_fn(move |k| map.get(k).cloned()))
+    }
+
+    #[test]
+    fn the_key_is_required_and_checked() {
+        let key = "11".repeat(32);
+        assert!(matches!(from(&[]), Err(ConfigError::Missing { var }) if var == "PII_KEY"));
+        assert!(
+            matches!(from(&[("PII_KEY", "abc")]), Err(ConfigError::Invalid { var, .. }) if var == "PII_KEY")
+        );
+        assert!(
+            matches!(from(&[("PII_KEY", &key), ("LIST_ISSUE_DAY", "31")]), Err(ConfigError::Invalid { var, .. }) if var == "LIST_ISSUE_DAY")
+        );
+        assert_eq!(from(&[("PII_KEY", &key)]).expect("valid").list_issue_day, 1);
+    }
+}

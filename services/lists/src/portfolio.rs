@@ -1,0 +1,301 @@
+//! The portfolio table: checked policies sealed (personal data encrypted, the mobile
+//! blind-indexed) and written idempotently by policy number and version. One policy
+//! from a NATS message and a million from a CSV file go through the same statement.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use renewal_platform::pii::{PiiCipher, PiiError};
+use sqlx::{PgConnection, PgPool};
+
+use crate::policy_checks::CheckedPolicy;
+
+/// Each city's time zone: the cities table, else the service's default.
+#[derive(Debug, Clone)]
+pub struct Zones {
+    default: chrono_tz::Tz,
+    cities: HashMap<String, chrono_tz::Tz>,
+}
+
+impl Zones {
+    pub async fn load(pool: &PgPool, default: chrono_tz::Tz) -> Result<Self, sqlx::Error> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT city_code, time_zone FROM lists.cities")
+                .fetch_all(pool)
+                .await?;
+        let mut cities = HashMap::new();
+        for (city, zone) in rows {
+            match zone.parse::<chrono_tz::Tz>() {
+                Ok(tz) => {
+                    cities.insert(city, tz);
+                }
+                Err(_) => {
+                    tracing::error!(%city, %zone, "city has an unknown time zone; using the default")
+                }
+            }
+        }
+        Ok(Zones { default, cities })
+    }
+
+    pub fn of(&self, city_code: &str) -> chrono_tz::Tz {
+        self.cities.get(city_code).copied().unwrap_or(self.default)
+    }
+
+    /// Every zone a policy can be in.
+    pub fn all(&self) -> Vec<chrono_tz::Tz> {
+        let mut zones: Vec<chrono_tz::Tz> = self.cities.values().copied().collect();
+        zones.push(self.default);
+        zones.sort_by_key(|z| z.name());
+        zones.dedup();
+        zones
+    }
+}
+
+/// A policy ready for the table.
+pub struct SealedPolicy {
+    pub p: CheckedPolicy,
+    pub version: i64,
+    pub name_enc: Vec<u8>,
+    pub mobile_enc: Vec<u8>,
+    pub id_number_enc: Vec<u8>,
+    pub mobile_index: [u8; 16],
+    pub digest: [u8; 16],
+    pub time_zone: chrono_tz::Tz,
+}
+
+pub fn seal(
+    p: CheckedPolicy,
+    version: i64,
+    pii: &PiiCipher,
+    zones: &Zones,
+) -> Result<SealedPolicy, PiiError> {
+    let start = p.start_date.to_string();
+    let end = p.end_date.to_string();
+    let premium = p.premium_fen.to_string();
+    let digest = pii.digest(&[
+        &p.customer_name,
+        &p.mobile,
+        &p.id_number,
+        &p.plate,
+        &p.vin,
+        &p.city_code,
+        &p.branch_code,
+        &p.agent_code,
+        &p.channel,
+        &p.category,
+        &start,
+        &end,
+        &premium,
+        if p.important { "1" } else { "0" },
+        if p.group_policy { "1" } else { "0" },
+    ]);
+    Ok(SealedPolicy {
+        name_enc: pii.seal(&p.customer_name)?,
+        mobile_enc: pii.seal(&p.mobile)?,
+        id_number_enc: pii.seal(&p.id_number)?,
+        mobile_index: pii.blind_index(&p.mobile),
+        digest,
+        time_zone: zones.of(&p.city_code),
+        version,
+        p,
+    })
+}
+
+/// The columns written, in the order of [`write_copy_row`] and of the staging table.
+const COLUMNS: &str = "policy_no, version, name_enc, mobile_enc, id_number_enc, mobile_index, \
+     content_digest, plate, vin, city_code, branch_code, agent_code, channel, category, \
+     start_date, end_date, premium_fen, important, group_policy, time_zone, source";
+
+/// The staging table a CSV import copies into, per transaction.
+pub const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS policy_staging (
+        policy_no text, version bigint, name_enc bytea, mobile_enc bytea, id_number_enc bytea,
+        mobile_index bytea, content_digest bytea, plate text, vin text, city_code text,
+        branch_code text, agent_code text, channel text, category text, start_date date,
+        end_date date, premium_fen bigint, important boolean, group_policy boolean,
+        time_zone text, source text
+    ) ON COMMIT DROP";
+
+/// Inserts new policies and overwrites a stored one only with a newer version (or the
+/// same version with different content: a correction). Returns (inserted, updated).
+fn merge_sql(from: &str) -> String {
+    format!(
+        "WITH merged AS (
+            INSERT INTO lists.policies AS p ({COLUMNS}, updated_at)
+            SELECT {COLUMNS}, $1 FROM {from}
+            ON CONFLICT (policy_no) DO UPDATE SET
+                version = EXCLUDED.version, name_enc = EXCLUDED.name_enc,
+                mobile_enc = EXCLUDED.mobile_enc, id_number_enc = EXCLUDED.id_number_enc,
+                mobile_index = EXCLUDED.mobile_index, content_digest = EXCLUDED.content_digest,
+                plate = EXCLUDED.plate, vin = EXCLUDED.vin, city_code = EXCLUDED.city_code,
+                branch_code = EXCLUDED.branch_code, agent_code = EXCLUDED.agent_code,
+                channel = EXCLUDED.channel, category = EXCLUDED.category,
+                start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date,
+                premium_fen = EXCLUDED.premium_fen, important = EXCLUDED.important,
+                group_policy = EXCLUDED.group_policy, time_zone = EXCLUDED.time_zone,
+                source = EXCLUDED.source, updated_at = EXCLUDED.updated_at
+            WHERE p.version < EXCLUDED.version
+               OR (p.version = EXCLUDED.version AND p.content_digest <> EXCLUDED.content_digest)
+            RETURNING (xmax = 0) AS inserted
+        )
+        SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"
+    )
+}
+
+/// What a write did to one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Inserted,
+    Updated,
+    /// The same version and content again.
+    Unchanged,
+    /// Older than the version stored.
+    Stale,
+}
+
+/// Writes one policy (from the core system's messages).
+pub async fn upsert_one(
+    tx: &mut PgConnection,
+    s: &SealedPolicy,
+    now: DateTime<Utc>,
+) -> Result<Written, sqlx::Error> {
+    let values = "(SELECT $2::text AS policy_no, $3::bigint AS version, $4::bytea AS name_enc,
+        $5::bytea AS mobile_enc, $6::bytea AS id_number_enc, $7::bytea AS mobile_index,
+        $8::bytea AS content_digest, $9::text AS plate, $10::text AS vin, $11::text AS city_code,
+        $12::text AS branch_code, $13::text AS agent_code, $14::text AS channel,
+        $15::text AS category, $16::date AS start_date, $17::date AS end_date,
+        $18::bigint AS premium_fen, $19::boolean AS important, $20::boolean AS group_policy,
+        $21::text AS time_zone, 'nats'::text AS source) v";
+    let (inserted, updated): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(merge_sql(values)))
+        .bind(now)
+        .bind(&s.p.policy_no)
+        .bind(s.version)
+        .bind(&s.name_enc)
+        .bind(&s.mobile_enc)
+        .bind(&s.id_number_enc)
+        .bind(&s.mobile_index[..])
+        .bind(&s.digest[..])
+        .bind(&s.p.plate)
+        .bind(&s.p.vin)
+        .bind(&s.p.city_code)
+        .bind(&s.p.branch_code)
+        .bind(&s.p.agent_code)
+        .bind(&s.p.channel)
+        .bind(&s.p.category)
+        .bind(s.p.start_date)
+        .bind(s.p.end_date)
+        .bind(s.p.premium_fen)
+        .bind(s.p.important)
+        .bind(s.p.group_policy)
+        .bind(s.time_zone.name())
+        .fetch_one(&mut *tx)
+        .await?;
+    if inserted == 1 {
+        return Ok(Written::Inserted);
+    }
+    if updated == 1 {
+        return Ok(Written::Updated);
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT version FROM lists.policies WHERE policy_no = $1")
+        .bind(&s.p.policy_no)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(if stored > s.version {
+        Written::Stale
+    } else {
+        Written::Unchanged
+    })
+}
+
+/// Counts of a bulk merge.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Merged {
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub stale: i64,
+}
+
+/// Merges what was copied into the staging table, then empties it.
+pub async fn merge_staged(
+    tx: &mut PgConnection,
+    staged: i64,
+    now: DateTime<Utc>,
+) -> Result<Merged, sqlx::Error> {
+    let (inserted, updated): (i64, i64) =
+        sqlx::query_as(sqlx::AssertSqlSafe(merge_sql("pg_temp.policy_staging")))
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+    let skipped = staged - inserted - updated;
+    let stale: i64 = if skipped > 0 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_temp.policy_staging s JOIN lists.policies p USING (policy_no)
+             WHERE p.version > s.version",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+    } else {
+        0
+    };
+    sqlx::query("TRUNCATE pg_temp.policy_staging")
+        .execute(&mut *tx)
+        .await?;
+    Ok(Merged {
+        inserted,
+        updated,
+        unchanged: skipped - stale,
+        stale,
+    })
+}
+
+/// One row of `COPY policy_staging FROM STDIN` (text format).
+pub fn write_copy_row(out: &mut Vec<u8>, s: &SealedPolicy) {
+    fn text(out: &mut Vec<u8>, value: &str) {
+        for b in value.bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                _ => out.push(b),
+            }
+        }
+        out.push(b'\t');
+    }
+    fn bytea(out: &mut Vec<u8>, value: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.extend_from_slice(b"\\\\x");
+        for b in value {
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 15) as usize]);
+        }
+        out.push(b'\t');
+    }
+    let p = &s.p;
+    text(out, &p.policy_no);
+    let _ = write!(out, "{}\t", s.version);
+    bytea(out, &s.name_enc);
+    bytea(out, &s.mobile_enc);
+    bytea(out, &s.id_number_enc);
+    bytea(out, &s.mobile_index);
+    bytea(out, &s.digest);
+    text(out, &p.plate);
+    text(out, &p.vin);
+    text(out, &p.city_code);
+    text(out, &p.branch_code);
+    text(out, &p.agent_code);
+    text(out, &p.channel);
+    text(out, &p.category);
+    let _ = write!(
+        out,
+        "{}\t{}\t{}\t{}\t{}\t",
+        p.start_date,
+        p.end_date,
+        p.premium_fen,
+        if p.important { 't' } else { 'f' },
+        if p.group_policy { 't' } else { 'f' }
+    );
+    text(out, s.time_zone.name());
+    out.extend_from_slice(b"csv\n");
+}

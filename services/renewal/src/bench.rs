@@ -1,0 +1,274 @@
+//! `renewal bench lists`: the lists service's figures on a synthetic portfolio, against
+//! the loopback Postgres and NATS, printed as `name value` lines.
+//!
+//! 1. A CSV file of N policies (expiring over the next year) is imported: the time from
+//!    the first byte to the committed portfolio is `import_seconds`.
+//! 2. The import opens the cases already inside the window and the relay publishes
+//!    them to JetStream (setup, reported, not the figure under test).
+//! 3. November is lived through day by day, so the portfolio is in its steady state.
+//! 4. The daily run of 1 December (the monthly list issue day) is timed in every time
+//!    zone, until JetStream has acknowledged every event it wrote: `daily_run_seconds`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use chrono::{NaiveDate, NaiveTime};
+use renewal_contract::Subjects;
+use renewal_lists::daily_run::{DailyRun, DayDone};
+use renewal_lists::import::{Encoding, Importer};
+use renewal_platform::config::Env;
+use renewal_platform::{Bus, Clock, Outbox};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+fn line(name: &str, value: impl std::fmt::Display) {
+    println!("{name} {value}");
+}
+
+pub async fn lists(policies: usize) -> ExitCode {
+    match run_lists(policies).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("renewal bench lists: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn drain(outbox: &Outbox, pool: &PgPool, bus: &Bus) -> Result<usize, String> {
+    let mut total = 0;
+    loop {
+        let n = outbox
+            .publish_batch(pool, bus)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
+}
+
+async fn run_lists(policies: usize) -> Result<(), String> {
+    renewal_platform::install_crypto_provider();
+    let env = Env::process();
+    let database_url = env.secret_or(
+        "BENCH_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/renewal_bench",
+    );
+    {
+        use secrecy::ExposeSecret;
+        if !database_url.expose_secret().contains("bench") {
+            return Err(
+                "BENCH_DATABASE_URL must name a database with \"bench\" in it (it is dropped)"
+                    .into(),
+            );
+        }
+    }
+    let nats_url: String = env
+        .or(
+            "NATS_URL",
+            renewal_platform::config::DEFAULT_NATS_URL.to_owned(),
+        )
+        .map_err(|e| e.to_string())?;
+    let tz = chrono_tz::Asia::Shanghai;
+    let cancel = CancellationToken::new();
+    let subjects = Subjects::new("bench").map_err(|e| e.to_string())?;
+    let bus = Bus::connect(&nats_url, subjects, 1, "renewal-bench", &cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    bus.delete_streams().await;
+    bus.ensure_all_streams().await.map_err(|e| e.to_string())?;
+    renewal_platform::postgres::drop_database(&database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    renewal_platform::postgres::ensure_database(&database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pool = renewal_platform::postgres::pool(&database_url, 8).map_err(|e| e.to_string())?;
+    crate::system::migrate_all(pool.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let calendar = renewal_lists::holidays::Calendar::embedded().map_err(|e| e.to_string())?;
+    renewal_lists::store_calendar(&pool, &calendar)
+        .await
+        .map_err(|e| e.to_string())?;
+    let zones = renewal_lists::portfolio::Zones::load(&pool, tz)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = renewal_lists::ListsConfig::with_key(crate::simulation::DEMO_PII_KEY)
+        .map_err(|e| e.to_string())?;
+    let outbox = renewal_lists::outbox();
+
+    // The file: N policies expiring from 1 November 2026 over a year.
+    let import_day = NaiveDate::from_ymd_opt(2026, 10, 31).ok_or("date")?;
+    let path = std::env::temp_dir().join(format!("renewal-bench-lists-{policies}.csv"));
+    let generated = Instant::now();
+    write_portfolio(&path, policies, import_day, tz)?;
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    line("policies", policies);
+    line("csv_bytes", bytes);
+    eprintln!(
+        "bench: wrote {} in {:.1} s",
+        path.display(),
+        generated.elapsed().as_secs_f64()
+    );
+
+    let importer = Importer {
+        pool: pool.clone(),
+        pii: config.pii.clone(),
+        zones: zones.clone(),
+        outbox: outbox.clone(),
+    };
+    let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+    let at = |day: NaiveDate, h: u32, m: u32| {
+        renewal_platform::local_instant(
+            day,
+            NaiveTime::from_hms_opt(h, m, 0).unwrap_or_default(),
+            tz,
+        )
+    };
+    let report = importer
+        .import(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            "bench.csv",
+            Encoding::Detect,
+            at(import_day, 12, 0),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if report.rejected > 0 {
+        return Err(format!(
+            "{} rows rejected: {:?}",
+            report.rejected,
+            report.rejections.first()
+        ));
+    }
+    line("import_seconds", format!("{:.2}", report.load_seconds));
+    line(
+        "import_policies_per_s",
+        format!("{:.0}", report.rows as f64 / report.load_seconds.max(1e-9)),
+    );
+    line("import_cases_opened", report.cases_opened);
+    line(
+        "import_open_cases_seconds",
+        format!("{:.2}", report.seconds - report.load_seconds),
+    );
+    let began = Instant::now();
+    let published = drain(&outbox, &pool, &bus).await?;
+    line("catch_up_events_published", published);
+    line(
+        "catch_up_publish_seconds",
+        format!("{:.2}", began.elapsed().as_secs_f64()),
+    );
+
+    let daily = DailyRun {
+        pool: pool.clone(),
+        outbox: outbox.clone(),
+        clock: Clock::simulated(at(import_day, 12, 0)),
+        zones: zones.clone(),
+        pii: config.pii.clone(),
+        list_issue_day: config.list_issue_day,
+    };
+    let run_day = async |day: NaiveDate| -> Result<(DayDone, usize), String> {
+        let mut done = DayDone::default();
+        for zone in zones.all() {
+            let now = renewal_platform::local_instant(
+                day,
+                NaiveTime::from_hms_opt(0, 5, 0).unwrap_or_default(),
+                zone,
+            );
+            if let Some(d) = daily
+                .run_day(zone, day, now)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                done.lapsed += d.lapsed;
+                done.opened += d.opened;
+                done.moved += d.moved;
+                done.lists_issued += d.lists_issued;
+                done.list_items += d.list_items;
+            }
+        }
+        let published = drain(&outbox, &pool, &bus).await?;
+        Ok((done, published))
+    };
+    let warm = Instant::now();
+    let mut day = import_day + chrono::Days::new(1);
+    let first_of_december = NaiveDate::from_ymd_opt(2026, 12, 1).ok_or("date")?;
+    while day < first_of_december {
+        run_day(day).await?;
+        day = day + chrono::Days::new(1);
+    }
+    line("warm_up_days", 30);
+    line(
+        "warm_up_seconds",
+        format!("{:.2}", warm.elapsed().as_secs_f64()),
+    );
+    sqlx::query("VACUUM ANALYZE lists.cases")
+        .execute(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query("VACUUM ANALYZE lists.outbox")
+        .execute(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let timed = Instant::now();
+    let (done, published) = run_day(first_of_december).await?;
+    let seconds = timed.elapsed().as_secs_f64();
+    line("daily_run_seconds", format!("{seconds:.2}"));
+    line("daily_run_cases_opened", done.opened);
+    line("daily_run_cases_lapsed", done.lapsed);
+    line("daily_run_bucket_moves", done.moved);
+    line("daily_run_lists_issued", done.lists_issued);
+    line("daily_run_list_items", done.list_items);
+    line("daily_run_events_published", published);
+    let _ = std::fs::remove_file(&path);
+    cancel.cancel();
+    Ok(())
+}
+
+fn write_portfolio(
+    path: &std::path::Path,
+    n: usize,
+    from: NaiveDate,
+    tz: chrono_tz::Tz,
+) -> Result<(), String> {
+    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let header = renewal_lists::import::COLUMNS.join(",");
+    writeln!(out, "{header}").map_err(|e| e.to_string())?;
+    for chunk_start in (0..n).step_by(100_000) {
+        let count = (n - chunk_start).min(100_000);
+        let customers =
+            crate::demo::portfolio::generate(count, chunk_start as u64 + 1, from, 305, tz);
+        for (i, c) in customers.iter().enumerate() {
+            let p = &c.policy;
+            writeln!(
+                out,
+                "B{:08},{},{},{},{},{},{},{},{},{},{},{},{},{}.{:02},{},{}",
+                chunk_start + i + 1,
+                p.customer_name,
+                p.mobile,
+                p.id_number,
+                p.plate,
+                p.vin,
+                p.city_code,
+                p.branch_code,
+                p.agent_code,
+                p.channel,
+                p.category,
+                p.start_date,
+                p.end_date,
+                p.premium_fen / 100,
+                p.premium_fen % 100,
+                u8::from(p.important),
+                u8::from(p.group_policy),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    out.flush().map_err(|e| e.to_string())
+}
