@@ -108,6 +108,8 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
     );
 
     // One trace follows the policy: case opened, owner assigned, SMS command, sent, delivered.
+    // (Events of the daily run that cover many cases, such as the monthly list issued on
+    // 1 December, start traces of their own.)
     let trace_of = |tp: Option<String>| tp.and_then(|t| t.split('-').nth(1).map(str::to_owned));
     let mut traces = std::collections::BTreeSet::new();
     for table in [
@@ -117,7 +119,8 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
         "dispatch.outbox",
     ] {
         let rows: Vec<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT traceparent FROM {table}"
+            "SELECT traceparent FROM {table}
+             WHERE subject NOT LIKE '%lists.list.issued' AND subject NOT LIKE '%lists.case.bucket_changed'"
         )))
         .fetch_all(sim.pool())
         .await
@@ -136,11 +139,9 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
 
     // Every hop was a real JetStream message.
     assert_eq!(stream_messages(&system, Stream::Core).await, 1);
-    assert_eq!(
-        stream_messages(&system, Stream::Lists).await,
-        1,
-        "case opened"
-    );
+    let opened: Vec<renewal_contract::lists::CaseOpened> =
+        renewal_e2e::events(&system, subject::LISTS_CASE_OPENED).await;
+    assert_eq!(opened.len(), 1, "case opened");
     assert_eq!(
         stream_messages(&system, Stream::Assignment).await,
         1,

@@ -132,3 +132,36 @@ pub fn renewal_binary() -> std::path::PathBuf {
     );
     bin
 }
+
+/// Every message published on `subject` so far (read with an ephemeral consumer).
+pub async fn events<M: prost::Message + Default>(system: &TestSystem, subject: &str) -> Vec<M> {
+    use futures::StreamExt;
+    let bus = &system.sim.deps.bus;
+    let wire = bus.subjects.subject(subject);
+    let stream_name = bus.subjects.stream(
+        renewal_contract::Stream::ALL
+            .into_iter()
+            .find(|s| subject.starts_with(s.namespace()))
+            .expect("a known namespace"),
+    );
+    let stream = bus.js.get_stream(stream_name).await.expect("stream exists");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: wire,
+            ..Default::default()
+        })
+        .await
+        .expect("ephemeral consumer");
+    let mut out = Vec::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10_000)
+        .expires(std::time::Duration::from_millis(500))
+        .messages()
+        .await
+        .expect("fetch");
+    while let Some(Ok(message)) = batch.next().await {
+        out.push(M::decode(message.payload.as_ref()).expect("decodes"));
+    }
+    out
+}

@@ -302,6 +302,8 @@ fn read_file<R: Read>(
         Err(e) => return fail(ImportError::Read(e.to_string())),
     };
     let encoding_name = decoded.name;
+    // The csv crate numbers the lines of a CRLF file from 0; ours count from 1.
+    let line_offset = u64::from(decoded.crlf);
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(true)
@@ -357,7 +359,9 @@ fn read_file<R: Read>(
             }
         }
         rows += 1;
-        let line = record.position().map_or(rows + 1, |p| p.line());
+        let line = record
+            .position()
+            .map_or(rows + 1, |p| p.line() + line_offset);
         if record.len() == 1 && record[0].is_empty() {
             rows -= 1; // a blank line
             continue;
@@ -550,6 +554,8 @@ struct Decoded<R> {
     inner: R,
     decoder: encoding_rs::Decoder,
     name: &'static str,
+    /// Lines end in CRLF (judged by the first line).
+    crlf: bool,
     pending: Vec<u8>,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -587,7 +593,12 @@ impl<R: Read> Decoded<R> {
         } else {
             (encoding_rs::UTF_8, "utf-8")
         };
+        let crlf = head
+            .iter()
+            .position(|b| *b == b'\n')
+            .is_some_and(|at| at > 0 && head[at - 1] == b'\r');
         Ok(Decoded {
+            crlf,
             inner,
             decoder: encoding.new_decoder_with_bom_removal(),
             name,
