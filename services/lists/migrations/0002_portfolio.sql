@@ -27,10 +27,14 @@ ALTER TABLE lists.policies
     ADD COLUMN time_zone       text NOT NULL,
     ADD COLUMN source          text NOT NULL DEFAULT 'nats' CHECK (source IN ('nats', 'csv')),
     ADD COLUMN lapsed_on       date,
-    ADD COLUMN renewed_at      timestamptz;
+    ADD COLUMN renewed_at      timestamptz,
+    -- Set when the policy's case opens (a policy has one case in its life).
+    ADD COLUMN has_case        boolean NOT NULL DEFAULT false;
 CREATE INDEX policies_by_mobile ON lists.policies (mobile_index);
 DROP INDEX lists.policies_active_by_end;
-CREATE INDEX policies_active_by_end ON lists.policies (time_zone, end_date) WHERE status = 'active';
+-- The daily run's search: active policies that have no case yet, by expiry.
+CREATE INDEX policies_awaiting_case ON lists.policies (time_zone, end_date)
+    WHERE status = 'active' AND NOT has_case;
 CREATE INDEX policies_lapsed_by_branch ON lists.policies (city_code, branch_code) WHERE status = 'lapsed';
 
 -- Cities whose time zone is not the service's default (TIME_ZONE). Most of China keeps
@@ -80,13 +84,15 @@ ALTER TABLE lists.cases
     ADD COLUMN branch_code    text NOT NULL,
     ADD COLUMN agent_code     text NOT NULL,
     ADD COLUMN category       text NOT NULL,
+    ADD COLUMN important      boolean NOT NULL DEFAULT false,
+    ADD COLUMN group_policy   boolean NOT NULL DEFAULT false,
     ADD COLUMN bucket         smallint CHECK (bucket IN (30, 60, 90)),
     ADD COLUMN holiday        text,
     ADD COLUMN calendar_known boolean NOT NULL DEFAULT true,
     -- The renewal list the case was issued on: one list only.
     ADD COLUMN list_id        uuid;
 CREATE INDEX cases_open_by_zone ON lists.cases (time_zone, effective_expiry_date) WHERE state = 'open';
-CREATE INDEX cases_unlisted ON lists.cases (city_code, branch_code) WHERE state = 'open' AND list_id IS NULL;
+CREATE INDEX cases_unlisted ON lists.cases (time_zone, effective_expiry_date) WHERE state = 'open' AND list_id IS NULL;
 CREATE INDEX cases_by_expiry ON lists.cases (expiry_date);
 
 ALTER TABLE lists.daily_runs DROP CONSTRAINT daily_runs_pkey;

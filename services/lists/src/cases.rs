@@ -39,32 +39,46 @@ fn bucket_sql(days: &str) -> String {
 /// Opens the due cases and returns, in the same statement, what their events carry.
 /// `$1` now, `$2` only this policy, `$3` only this zone, `$4..$5` the expiry range to
 /// look in (the window with room for holiday moves, over every zone's local today).
-fn open_due_sql() -> String {
+/// The filters are written into the statement (not `$n IS NULL OR ...`) so the plan
+/// can use the index of policies awaiting a case.
+fn open_due_sql(scope: &OpenScope<'_>) -> String {
+    let policy = if scope.only_policy.is_some() {
+        "p.policy_no = $2"
+    } else {
+        "$2::text IS NULL"
+    };
+    let zone = if scope.only_zone.is_some() {
+        "p.time_zone = $3"
+    } else {
+        "$3::text IS NULL"
+    };
     format!(
         "WITH due AS (
             SELECT p.policy_no, p.end_date, p.time_zone, p.city_code, p.branch_code, p.agent_code,
-                   p.category, timezone(p.time_zone, $1::timestamptz)::date AS today,
+                   p.category, p.important, p.group_policy,
+                   timezone(p.time_zone, $1::timestamptz)::date AS today,
                    COALESCE(h.worked_before, p.end_date) AS effective, h.name AS holiday,
                    EXISTS (SELECT 1 FROM lists.calendar_years y
                            WHERE y.year = extract(year FROM p.end_date)::int) AS calendar_known
             FROM lists.policies p
             LEFT JOIN lists.holiday_periods h ON p.end_date BETWEEN h.first_day AND h.last_day
-            WHERE p.status = 'active'
+            WHERE p.status = 'active' AND NOT p.has_case
               AND p.end_date BETWEEN $4 AND $5
-              AND ($2::text IS NULL OR p.policy_no = $2)
-              AND ($3::text IS NULL OR p.time_zone = $3)
-              AND NOT EXISTS (SELECT 1 FROM lists.cases c WHERE c.policy_no = p.policy_no)
+              AND {policy} AND {zone}
         ), opened AS (
             INSERT INTO lists.cases (case_id, policy_no, expiry_date, effective_expiry_date,
-                opened_at, time_zone, city_code, branch_code, agent_code, category, bucket,
-                holiday, calendar_known)
+                opened_at, time_zone, city_code, branch_code, agent_code, category, important,
+                group_policy, bucket, holiday, calendar_known)
             SELECT gen_random_uuid(), policy_no, end_date, effective, $1, time_zone, city_code,
-                   branch_code, agent_code, category, {bucket}, holiday, calendar_known
+                   branch_code, agent_code, category, important, group_policy, {bucket}, holiday,
+                   calendar_known
             FROM due
             WHERE end_date >= today AND effective - today <= {WINDOW_DAYS}
             ON CONFLICT (policy_no) DO NOTHING
             RETURNING case_id, policy_no, expiry_date, effective_expiry_date, time_zone, city_code,
                       branch_code, agent_code, category, bucket, holiday, calendar_known
+        ), marked AS (
+            UPDATE lists.policies p SET has_case = true FROM opened o WHERE p.policy_no = o.policy_no
         )
         SELECT o.*, GREATEST(o.effective_expiry_date - timezone(o.time_zone, $1::timestamptz)::date, 0) AS days,
                p.name_enc, p.mobile_enc, p.plate, p.important, p.group_policy
@@ -107,9 +121,17 @@ pub async fn open_due(
         .copied()
         .unwrap_or(local_date(now, chrono_tz::UTC));
     let latest = todays.iter().max().copied().unwrap_or(earliest);
-    // A holiday moves an expiry at most a couple of weeks ahead.
-    let until = latest + chrono::Days::new(WINDOW_DAYS as u64 + 21);
-    let rows = sqlx::query(sqlx::AssertSqlSafe(open_due_sql()))
+    // The window's far end, moved out to the last day of a holiday whose worked-before
+    // day is inside the window.
+    let window_end = latest + chrono::Days::new(WINDOW_DAYS as u64);
+    let until: Option<NaiveDate> = sqlx::query_scalar(
+        "SELECT max(last_day) FROM lists.holiday_periods WHERE worked_before <= $1 AND last_day > $1",
+    )
+    .bind(window_end)
+    .fetch_one(&mut *tx)
+    .await?;
+    let until = until.unwrap_or(window_end).max(window_end);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(open_due_sql(&scope)))
         .bind(now)
         .bind(scope.only_policy)
         .bind(scope.only_zone.map(|z| z.name()))
@@ -260,6 +282,7 @@ pub async fn lapse_due(
         "WITH lapsed AS (
             UPDATE lists.cases SET state = 'lapsed', closed_at = $3
             WHERE state = 'open' AND time_zone = $1 AND expiry_date < $2
+              AND effective_expiry_date < $2 -- never later than the expiry; lets the index serve
             RETURNING case_id, policy_no, expiry_date
          ), policies AS (
             UPDATE lists.policies p SET status = 'lapsed', lapsed_on = l.expiry_date + 1, updated_at = $3

@@ -89,6 +89,9 @@ pub struct ImportReport {
     pub cases_opened: usize,
     /// From the first byte to the committed portfolio.
     pub load_seconds: f64,
+    /// Of which Postgres spent copying rows in and merging them.
+    pub copy_seconds: f64,
+    pub merge_seconds: f64,
     /// Including opening the cases the import made due.
     pub seconds: f64,
 }
@@ -164,14 +167,17 @@ impl Importer {
         let mut merged = Merged::default();
         let (mut staged, mut rejected, mut rows) = (0i64, 0u64, 0u64);
         let mut rejections = Vec::new();
+        let (mut copy_seconds, mut merge_seconds) = (0.0, 0.0);
         let mut merge = async |tx: &mut sqlx::PgConnection, staged: &mut i64| {
             if *staged > 0 {
+                let began = std::time::Instant::now();
                 let m = portfolio::merge_staged(tx, *staged, now).await?;
                 merged.inserted += m.inserted;
                 merged.updated += m.updated;
                 merged.unchanged += m.unchanged;
                 merged.stale += m.stale;
                 *staged = 0;
+                merge_seconds += began.elapsed().as_secs_f64();
             }
             Ok::<_, sqlx::Error>(())
         };
@@ -184,12 +190,14 @@ impl Importer {
                     rejected: r,
                 } => {
                     if n > 0 {
+                        let began = std::time::Instant::now();
                         let mut copy = tx
                             .copy_in_raw("COPY pg_temp.policy_staging FROM STDIN")
                             .await?;
                         copy.send(data).await?;
                         copy.finish().await?;
                         staged += n;
+                        copy_seconds += began.elapsed().as_secs_f64();
                     }
                     rejected += r;
                     rejections.extend(bad);
@@ -247,6 +255,13 @@ impl Importer {
             .increment((merged.inserted + merged.updated) as u64);
         metrics::counter!("policy_rows_rejected_total").increment(rejected);
 
+        // A bulk load leaves the planner's statistics behind; refresh them before the
+        // portfolio is queried.
+        if merged.inserted + merged.updated > 10_000 {
+            sqlx::query("ANALYZE lists.policies")
+                .execute(&self.pool)
+                .await?;
+        }
         // The portfolio is in; open the cases it made due (the service does it too if
         // this process stops first).
         let mut tx = self.pool.begin().await?;
@@ -280,6 +295,8 @@ impl Importer {
             rejections_truncated: truncated,
             cases_opened,
             load_seconds,
+            copy_seconds,
+            merge_seconds,
             seconds: began.elapsed().as_secs_f64(),
         })
     }

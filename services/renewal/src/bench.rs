@@ -150,6 +150,11 @@ async fn run_lists(policies: usize) -> Result<(), String> {
         "import_policies_per_s",
         format!("{:.0}", report.rows as f64 / report.load_seconds.max(1e-9)),
     );
+    line("import_copy_seconds", format!("{:.2}", report.copy_seconds));
+    line(
+        "import_merge_seconds",
+        format!("{:.2}", report.merge_seconds),
+    );
     line("import_cases_opened", report.cases_opened);
     line(
         "import_open_cases_seconds",
