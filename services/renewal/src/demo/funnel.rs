@@ -36,6 +36,9 @@ pub struct Violations {
     pub duplicate_effects: i64,
     /// Log lines that looked like they carried a mobile or ID number.
     pub pii_in_logs: i64,
+    /// Portfolio rows whose personal data is not sealed, or with a mobile or ID number
+    /// in a clear column (the lists service's tables).
+    pub pii_readable_at_rest: i64,
 }
 
 impl Violations {
@@ -48,6 +51,7 @@ impl Violations {
             + self.lost_outbox_events
             + self.duplicate_effects
             + self.pii_in_logs
+            + self.pii_readable_at_rest
     }
 }
 
@@ -166,6 +170,7 @@ pub async fn measure(
         v.lost_outbox_events += outbox.backlog(pool).await?;
     }
     v.pii_in_logs = renewal_platform::telemetry::pii_suspect_log_events() as i64;
+    v.pii_readable_at_rest = renewal_lists::report::pii_readable_at_rest(pool).await?;
 
     let mut rejected = 0;
     for schema in ["lists", "assignment", "scheduler", "dispatch"] {
@@ -205,7 +210,7 @@ pub async fn measure(
         violations: v,
         not_yet_measured: vec![
             "phone_task_handed_to_two_agents: phone tasks arrive with the dispatch issue (#6)",
-            "pii_readable_at_rest: field encryption arrives with the lists issue (#3)",
+            "pii_readable_at_rest outside lists: the scheduler's and dispatch's contact copies are sealed with their issues (#5, #6)",
         ],
         details,
     })
@@ -261,6 +266,7 @@ impl Report {
             ("lost outbox event", v.lost_outbox_events),
             ("effect applied twice", v.duplicate_effects),
             ("personal data in logs", v.pii_in_logs),
+            ("personal data readable at rest", v.pii_readable_at_rest),
         ] {
             out.push_str(&format!(
                 "  {name:<32} {n:>6}{}\n",
