@@ -16,7 +16,7 @@ use std::time::Instant;
 use chrono::{NaiveDate, NaiveTime};
 use renewal_contract::Subjects;
 use renewal_lists::daily_run::{DailyRun, DayDone};
-use renewal_lists::import::{Encoding, Importer};
+use renewal_lists::import::Encoding;
 use renewal_platform::config::Env;
 use renewal_platform::{Bus, Clock, Outbox};
 use sqlx::PgPool;
@@ -87,19 +87,11 @@ async fn run_lists(policies: usize) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let pool = renewal_platform::postgres::pool(&database_url, 8).map_err(|e| e.to_string())?;
-    crate::system::migrate_all(pool.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let calendar = renewal_lists::holidays::Calendar::embedded().map_err(|e| e.to_string())?;
-    renewal_lists::store_calendar(&pool, &calendar)
-        .await
-        .map_err(|e| e.to_string())?;
-    let zones = renewal_lists::portfolio::Zones::load(&pool, tz)
-        .await
-        .map_err(|e| e.to_string())?;
     let config = renewal_lists::ListsConfig::with_key(crate::simulation::DEMO_PII_KEY)
         .map_err(|e| e.to_string())?;
-    let outbox = renewal_lists::outbox();
+    let importer = crate::cli_import::importer(&pool, tz, &config).await?;
+    let zones = importer.zones.clone();
+    let outbox = importer.outbox.clone();
 
     // The file: N policies expiring from 1 November 2026 over a year.
     let import_day = NaiveDate::from_ymd_opt(2026, 10, 31).ok_or("date")?;
@@ -115,12 +107,6 @@ async fn run_lists(policies: usize) -> Result<(), String> {
         generated.elapsed().as_secs_f64()
     );
 
-    let importer = Importer {
-        pool: pool.clone(),
-        pii: config.pii.clone(),
-        zones: zones.clone(),
-        outbox: outbox.clone(),
-    };
     let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
     let at = |day: NaiveDate, h: u32, m: u32| {
         renewal_platform::local_instant(

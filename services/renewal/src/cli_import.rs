@@ -38,22 +38,7 @@ pub async fn policies(file: PathBuf, encoding: &str, rejections: Option<PathBuf>
     let result = async {
         let pool = renewal_platform::postgres::pool(&settings.database_url, 4)
             .map_err(|e| e.to_string())?;
-        crate::system::migrate_all(pool.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        let calendar = renewal_lists::holidays::Calendar::embedded().map_err(|e| e.to_string())?;
-        renewal_lists::store_calendar(&pool, &calendar)
-            .await
-            .map_err(|e| e.to_string())?;
-        let zones = renewal_lists::portfolio::Zones::load(&pool, settings.time_zone)
-            .await
-            .map_err(|e| e.to_string())?;
-        let importer = Importer {
-            pool: pool.clone(),
-            pii: lists.pii.clone(),
-            zones,
-            outbox: renewal_lists::outbox(),
-        };
+        let importer = importer(&pool, settings.time_zone, &lists).await?;
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -131,4 +116,29 @@ async fn write_rejections(
             .map_err(|e| e.to_string())?;
     }
     out.flush().map_err(|e| e.to_string())
+}
+
+/// Migrates the database and builds the lists importer over it (the holiday calendar
+/// and the cities' time zones loaded).
+pub async fn importer(
+    pool: &sqlx::PgPool,
+    time_zone: chrono_tz::Tz,
+    lists: &ListsConfig,
+) -> Result<Importer, String> {
+    crate::system::migrate_all(pool.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let calendar = renewal_lists::holidays::Calendar::embedded().map_err(|e| e.to_string())?;
+    renewal_lists::store_calendar(pool, &calendar)
+        .await
+        .map_err(|e| e.to_string())?;
+    let zones = renewal_lists::portfolio::Zones::load(pool, time_zone)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Importer {
+        pool: pool.clone(),
+        pii: lists.pii.clone(),
+        zones,
+        outbox: renewal_lists::outbox(),
+    })
 }

@@ -96,29 +96,9 @@ pub struct Customer {
     pub renews_at: Option<DateTime<Utc>>,
 }
 
-/// ISO 3779 check digit (position 9).
+/// ISO 3779 check digit (position 9), as lists checks it.
 pub fn vin_check_digit(vin: &[u8; 17]) -> u8 {
-    const WEIGHTS: [u32; 17] = [8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2];
-    let value = |c: u8| -> u32 {
-        match c {
-            b'0'..=b'9' => (c - b'0') as u32,
-            b'A' | b'J' => 1,
-            b'B' | b'K' | b'S' => 2,
-            b'C' | b'L' | b'T' => 3,
-            b'D' | b'M' | b'U' => 4,
-            b'E' | b'N' | b'V' => 5,
-            b'F' | b'W' => 6,
-            b'G' | b'P' | b'X' => 7,
-            b'H' | b'Y' => 8,
-            b'R' | b'Z' => 9,
-            _ => 0,
-        }
-    };
-    let sum: u32 = vin.iter().zip(WEIGHTS).map(|(c, w)| value(*c) * w).sum();
-    match sum % 11 {
-        10 => b'X',
-        n => b'0' + n as u8,
-    }
+    renewal_lists::policy_checks::vin_check_digit(vin)
 }
 
 /// GB 11643 check character of an 18-character resident ID number.
