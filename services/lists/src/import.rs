@@ -704,7 +704,16 @@ impl axum::response::IntoResponse for ImportError {
                 "the file has no rows",
             ),
             ImportError::Read(d) => error(StatusCode::BAD_REQUEST, "unreadable_file", d),
-            ImportError::Db(_) | ImportError::Cases(_) | ImportError::Pii(_) => {
+            // Cases open after the portfolio is committed; the service opens them later.
+            ImportError::Cases(_) => {
+                tracing::error!(error = %self, "opening the cases of an import failed");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cases_pending",
+                    "the policies were loaded; their cases will be opened by the service",
+                )
+            }
+            ImportError::Db(_) | ImportError::Pii(_) => {
                 tracing::error!(error = %self, "policy import failed");
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -48,6 +48,9 @@ pub async fn policies(file: PathBuf, encoding: &str, rejections: Option<PathBuf>
             .await
             .map_err(|e| match e {
                 ImportError::Header(_) | ImportError::Empty | ImportError::Read(_) => e.to_string(),
+                ImportError::Cases(_) => {
+                    format!("{e}; the policies were loaded and the service opens their cases")
+                }
                 other => format!("{other}; nothing was written"),
             })?;
         if let Some(path) = &rejections {
