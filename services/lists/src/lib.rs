@@ -38,6 +38,9 @@ pub const CORE_POLICIES: ConsumerSpec = ConsumerSpec {
     filter: "core.policy.>",
 };
 
+/// The readiness condition set once the service's routes are mounted.
+pub const API_READY: &str = "lists_api";
+
 /// Every durable consumer this service reads from.
 pub const CONSUMERS: &[ConsumerSpec] = &[CORE_POLICIES];
 
@@ -137,6 +140,7 @@ pub async fn run_with(
     config: ListsConfig,
     cancel: CancellationToken,
 ) -> Result<(), String> {
+    deps.http.set_ready(API_READY, Err("starting".into()));
     deps.bus
         .ensure_stream(Stream::Lists)
         .await
@@ -178,6 +182,7 @@ pub async fn run_with(
         },
     );
     service.spawn(lists.daily_run.run(cancel.clone()));
+    deps.http.set_ready(API_READY, Ok(()));
     service.run().await
 }
 

@@ -136,6 +136,17 @@ impl Simulation {
             configs,
             cancel.clone(),
         ));
+        // Start-up is done when the services' routes answer.
+        let waited = std::time::Instant::now();
+        while !deps.http.readiness().0 {
+            if services.is_finished() || waited.elapsed() > Duration::from_secs(60) {
+                return Err(SimError::Other(format!(
+                    "the services did not become ready: {:?}",
+                    deps.http.readiness().1
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut consumers = Vec::new();
         for (service, spec) in crate::system::consumers() {
             consumers.push((service, spec.filter, bus.pull_consumer(spec).await?));
