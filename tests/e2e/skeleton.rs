@@ -1,12 +1,12 @@
 //! The walking skeleton across all four services, against the real Postgres and NATS:
-//! a policy imported into lists becomes a case, gets an owner from assignment and a
-//! T-60 timer in scheduler, whose SMS command dispatch sends to the (mock) vendor over
+//! a policy imported into lists becomes a case, is listed for its branch, claimed in
+//! assignment, and gets a T-60 timer in scheduler, whose SMS command dispatch sends to the (mock) vendor over
 //! HTTP; the vendor's receipt comes back through the webhook and is recorded.
 
 use std::time::Duration;
 
 use renewal_contract::{Stream, subject};
-use renewal_e2e::{TestSystem, local, policy};
+use renewal_e2e::{ORG_CSV, TestSystem, local, policy};
 
 async fn stream_messages(system: &TestSystem, stream: Stream) -> u64 {
     let bus = &system.sim.deps.bus;
@@ -30,10 +30,25 @@ async fn sms_rows(system: &TestSystem, policy_no: &str) -> Vec<(String, String, 
 async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
     let system = TestSystem::start("sk", local("2026-12-01", 0)).await;
     let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
     // Expires in 76 days: inside the 90-day window at once; T-60 is 17 December 10:00.
     sim.publish_policies(&[policy("P2026A0001", "2027-02-15")])
         .await
         .expect("published");
+    // The daily run at 00:05 issues the monthly lists: the case is SH01's to claim.
+    sim.advance_to(local("2026-12-01", 9))
+        .await
+        .expect("time moves");
+    let (status, claims) = system.get_json("/v1/branches/SH01/claims").await;
+    assert_eq!(status, 200, "{claims}");
+    assert_eq!(claims[0]["policy_no"], "P2026A0001", "{claims}");
+    let (status, claimed) = system
+        .post_json(
+            "/v1/claims/P2026A0001:claim",
+            serde_json::json!({"branch_code": "SH01", "owner_agent": "SH01-A03"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{claimed}");
     sim.settle().await.expect("settles");
 
     let (status, lists) = system.get_json("/v1/policies/P2026A0001").await;
@@ -50,21 +65,35 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
     assert_eq!(case["owner_agent"], "SH01-A03");
     assert_eq!(case["credited_agent"], "SH01-A03");
     assert_eq!(case["history"].as_array().map(Vec::len), Some(1));
-    assert_eq!(case["history"][0]["reason"], "originating_agent");
+    assert_eq!(case["history"][0]["reason"], "branch_claim");
+    assert_eq!(
+        case["routing"][0]["step"], "branch",
+        "listed for the branch first"
+    );
 
     let timers: Vec<(String, String, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT stage, state, due_at FROM scheduler.timers")
+        sqlx::query_as("SELECT stage, state, due_at FROM scheduler.timers ORDER BY due_at, stage")
             .fetch_all(sim.pool())
             .await
             .expect("timers");
+    let stages: Vec<&str> = timers.iter().map(|t| t.0.as_str()).collect();
     assert_eq!(
-        timers,
-        vec![(
-            "T-60".to_owned(),
-            "pending".to_owned(),
-            local("2026-12-17", 10)
-        )]
+        stages,
+        [
+            "T-60",
+            "T-30",
+            "T-15 call",
+            "T-15 SMS",
+            "T-10",
+            "T-7",
+            "T-5",
+            "T+1",
+            "T+15"
+        ],
+        "the default plan"
     );
+    assert!(timers.iter().all(|t| t.1 == "pending"), "{timers:?}");
+    assert_eq!(timers[0].2, local("2026-12-17", 10), "T-60 at 10:00");
     assert!(
         sms_rows(&system, "P2026A0001").await.is_empty(),
         "nothing is sent before T-60"
@@ -97,27 +126,23 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
             .fetch_all(sim.pool())
             .await
             .expect("vendor");
-    let timer_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM scheduler.timers")
-        .fetch_one(sim.pool())
-        .await
-        .expect("timer");
+    let timer_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM scheduler.timers WHERE stage = 'T-60'")
+            .fetch_one(sim.pool())
+            .await
+            .expect("timer");
     assert_eq!(
         vendor,
         vec![(timer_id.to_string(), "SMS_RENEWAL_T60".to_owned())],
         "one SMS, OutId = the timer"
     );
 
-    // One trace follows the policy: case opened, owner assigned, SMS command, sent, delivered.
+    // One trace follows the policy: case opened, SMS command, sent, delivered.
     // (Events of the daily run that cover many cases, such as the monthly list issued on
-    // 1 December, start traces of their own.)
+    // 1 December, start traces of their own, and so does the branch's claim request.)
     let trace_of = |tp: Option<String>| tp.and_then(|t| t.split('-').nth(1).map(str::to_owned));
     let mut traces = std::collections::BTreeSet::new();
-    for table in [
-        "lists.outbox",
-        "assignment.outbox",
-        "scheduler.outbox",
-        "dispatch.outbox",
-    ] {
+    for table in ["lists.outbox", "scheduler.outbox", "dispatch.outbox"] {
         let rows: Vec<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT traceparent FROM {table}
              WHERE subject NOT LIKE '%lists.list.issued' AND subject NOT LIKE '%lists.case.bucket_changed'"
@@ -145,7 +170,7 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
     assert_eq!(
         stream_messages(&system, Stream::Assignment).await,
         1,
-        "owner assigned"
+        "owner assigned (the list issued announced the claim)"
     );
     assert_eq!(
         stream_messages(&system, Stream::Dispatch).await,
@@ -259,21 +284,11 @@ async fn a_redelivered_message_has_no_second_effect() {
         stored, 2,
         "the server kept the copy; only the inbox can stop it"
     );
-    let owners: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.owner_history")
-        .fetch_one(sim.pool())
-        .await
-        .expect("owners");
-    assert_eq!(owners, 1, "one owner assignment");
     let timers: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler.timers")
         .fetch_one(sim.pool())
         .await
         .expect("timers");
-    assert_eq!(timers, 1, "one timer");
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM assignment.outbox")
-        .fetch_one(sim.pool())
-        .await
-        .expect("events");
-    assert_eq!(events, 1, "one owner.assigned event");
+    assert_eq!(timers, 9, "one timer per stage of the default plan");
     system.finish().await;
 }
 

@@ -84,6 +84,31 @@ impl TestSystem {
         (status, response.json().await.unwrap_or_default())
     }
 
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("HTTP answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// Loads an organisation CSV through `POST /v1/org:import`.
+    pub async fn load_org(&self, csv: &str) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .post(self.url("/v1/org:import"))
+            .body(csv.to_owned())
+            .send()
+            .await
+            .expect("HTTP answers");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        assert_eq!(status, 200, "organisation loads: {body}");
+        body
+    }
+
     /// Stops the services and drops the database and streams.
     pub async fn finish(self) {
         let bus = self.sim.deps.bus.clone();
@@ -92,6 +117,19 @@ impl TestSystem {
         let _ = renewal_platform::postgres::drop_database(&database_url(&self.name)).await;
     }
 }
+
+/// The organisation the test policies belong to: Shanghai (310000) branches SH01 and
+/// SH02, Beijing (110000) branch BJ01.
+pub const ORG_CSV: &str =
+    "city_code,branch_code,branch_name,agent_code,agent_name,role,capacity,active
+310000,SH01,上海一支,SH01-A01,张伟,agent,10,true
+310000,SH01,上海一支,SH01-A02,李娜,agent,10,true
+310000,SH01,上海一支,SH01-A03,王强,agent,10,true
+310000,SH01,上海一支,SH01-S01,赵敏,supervisor,0,true
+310000,SH02,上海二支,SH02-A01,陈静,agent,10,true
+310000,SH02,上海二支,SH02-A02,刘洋,agent,10,true
+110000,BJ01,北京一支,BJ01-A01,杨光,agent,10,true
+";
 
 /// A policy with plausible data, expiring on `end`.
 pub fn policy(no: &str, end: &str) -> Policy {

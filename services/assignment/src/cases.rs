@@ -1,17 +1,20 @@
-//! Renewal cases as assignment keeps them: opened (and given an owner), closed.
+//! Renewal cases as assignment keeps them: opened (waiting for a list, with the last
+//! moment they may still have no owner: T-31, local midnight), closed (with the
+//! outcome and who owned the case then, for attribution).
 
-use renewal_contract::lists::{CaseClosed, CaseOpened};
+use renewal_contract::lists::{CaseClosed, CaseOpened, CaseOutcome};
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
-use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
+use renewal_platform::{Delivery, HandleError, Handler};
 use sqlx::PgConnection;
 
-use crate::ownership;
-
 pub struct CaseEvents {
-    pub outbox: Outbox,
-    pub clock: Clock,
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
 }
+
+/// Days before the effective expiry by which every case has an owner (the owner
+/// calls at T-30).
+pub const OWNER_BY_DAYS: u64 = 31;
 
 impl Handler for CaseEvents {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
@@ -20,12 +23,25 @@ impl Handler for CaseEvents {
                 let event: CaseOpened = delivery.decode()?;
                 let id = field::uuid("case_id", &event.case_id)?;
                 let expiry = field::date("expiry_date", &event.expiry_date)?;
+                let effective = if event.effective_expiry_date.is_empty() {
+                    expiry
+                } else {
+                    field::date("effective_expiry_date", &event.effective_expiry_date)?
+                };
+                let tz = field::time_zone("time_zone", &event.time_zone)?;
                 let opened_at = field::instant_ms("opened_at_ms", event.opened_at_ms)?;
-                let inserted = sqlx::query(
+                let owner_by = renewal_platform::local_instant(
+                    effective - chrono::Days::new(OWNER_BY_DAYS),
+                    chrono::NaiveTime::MIN,
+                    tz,
+                );
+                sqlx::query(
                     "INSERT INTO assignment.cases (case_id, policy_no, city_code, branch_code, credited_agent,
-                         expiry_date, important, group_policy, opened_at, state, closed_at)
+                         expiry_date, important, group_policy, opened_at, state, closed_at,
+                         effective_expiry_date, time_zone, owner_by, phase)
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
-                            CASE WHEN e.case_id IS NULL THEN 'open' ELSE 'closed' END, e.closed_at
+                            CASE WHEN e.case_id IS NULL THEN 'open' ELSE 'closed' END, e.closed_at,
+                            $10, $11, $12, 'awaiting_list'
                      FROM (SELECT 1) one LEFT JOIN assignment.closed_early e ON e.case_id = $1
                      ON CONFLICT (case_id) DO NOTHING",
                 )
@@ -38,34 +54,41 @@ impl Handler for CaseEvents {
                 .bind(event.important)
                 .bind(event.group_policy)
                 .bind(opened_at)
+                .bind(effective)
+                .bind(tz.name())
+                .bind(owner_by)
                 .execute(&mut *tx)
                 .await?;
-                if inserted.rows_affected() == 1 && !event.agent_code.is_empty() {
-                    ownership::assign(
-                        tx,
-                        &self.outbox,
-                        id,
-                        &event.agent_code,
-                        "originating_agent",
-                        "system",
-                        self.clock.now(),
-                    )
-                    .await?;
-                }
                 Ok(())
             }
             subject::LISTS_CASE_CLOSED => {
                 let event: CaseClosed = delivery.decode()?;
                 let id = field::uuid("case_id", &event.case_id)?;
                 let closed_at = field::instant_ms("closed_at_ms", event.closed_at_ms)?;
+                let outcome = match CaseOutcome::try_from(event.outcome) {
+                    Ok(CaseOutcome::Renewed) => "renewed",
+                    Ok(CaseOutcome::Lapsed) => "lapsed",
+                    Ok(CaseOutcome::Cancelled) => "cancelled",
+                    _ => "unknown",
+                };
                 let updated = sqlx::query(
-                    "UPDATE assignment.cases SET state = 'closed', closed_at = $2 WHERE case_id = $1",
+                    "UPDATE assignment.cases SET state = 'closed', closed_at = $2, outcome = $3,
+                         renewed_by = CASE WHEN $3 = 'renewed' THEN owner_agent END, phase_due_at = NULL
+                     WHERE case_id = $1 AND state = 'open'",
                 )
                 .bind(id)
                 .bind(closed_at)
+                .bind(outcome)
                 .execute(&mut *tx)
                 .await?;
-                if updated.rows_affected() == 0 {
+                let known: bool = updated.rows_affected() == 1
+                    || sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM assignment.cases WHERE case_id = $1)",
+                    )
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !known {
                     sqlx::query("INSERT INTO assignment.closed_early (case_id, closed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                         .bind(id)
                         .bind(closed_at)
@@ -80,5 +103,9 @@ impl Handler for CaseEvents {
                 "unexpected subject {other}"
             ))),
         }
+    }
+
+    fn committed(&self) {
+        self.wake.notify_one();
     }
 }

@@ -1,15 +1,29 @@
 //! The assignment service: every renewal case gets an owner in time, and the credit
-//! stays with the agent who sold the policy. The walking skeleton names the
-//! originating agent as owner; branch claims, the city-wide pool, auto-assignment and
-//! second assignment build on this.
+//! stays with the agent who sold the policy. Lists issue renewal lists; each item
+//! becomes a claim for its branch (`claims`), unclaimed cases open to the city's pool
+//! and are then assigned automatically (`deadlines`, `auto_assign`), untraceable ones
+//! are researched first, and the scheduler's T-5 command starts the second assignment.
 
+pub mod auto_assign;
+mod case_history;
 mod cases;
+pub mod claims;
+pub mod deadlines;
+pub mod org;
 mod ownership;
+mod refusals;
 pub mod report;
+mod routing;
+mod second_assignment;
+
+use std::sync::Arc;
 
 use renewal_contract::Stream;
 use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};
 use tokio_util::sync::CancellationToken;
+
+pub use case_history::{CaseView, Credit};
+pub use ownership::{HQ_OWNER, city_company_owner};
 
 pub const SCHEMA: &str = "assignment";
 
@@ -18,9 +32,26 @@ pub const LISTS_CASES: ConsumerSpec = ConsumerSpec {
     stream: Stream::Lists,
     durable: "assignment",
     filter: "lists.case.>",
+    parallel: 1,
 };
 
-pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES];
+/// Lists issued by lists (renewal lists become claims).
+pub const LISTS_ISSUED: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Lists,
+    durable: "assignment-lists",
+    filter: "lists.list.issued",
+    parallel: 4,
+};
+
+/// Commands for assignment (the scheduler's T-5 second assignment).
+pub const COMMANDS: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Assignment,
+    durable: "assignment-commands",
+    filter: "assignment.cmd.>",
+    parallel: 1,
+};
+
+pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, LISTS_ISSUED, COMMANDS];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -30,6 +61,13 @@ pub async fn migrate(pool: sqlx::PgPool) -> Result<(), renewal_platform::postgre
     renewal_platform::postgres::migrate(&pool, SCHEMA, sqlx::migrate!("./migrations")).await
 }
 
+/// When this service next has work of its own (a claim, pool or step deadline).
+pub async fn next_wakeup(
+    pool: &sqlx::PgPool,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+    deadlines::next_wakeup(pool).await
+}
+
 /// Runs the service until `cancel` fires, then finishes the work in hand.
 pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
     deps.bus
@@ -37,14 +75,39 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let outbox = outbox();
-    deps.http.mount(ownership::routes(deps.pool.clone()));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let api = claims::ClaimApi {
+        pool: deps.pool.clone(),
+        outbox: outbox.clone(),
+        clock: deps.clock.clone(),
+        wake: wake.clone(),
+    };
+    deps.http.mount(claims::routes(api.clone()));
+    deps.http.mount(case_history::routes(api));
+    deps.http.mount(org::routes(org::OrgApi {
+        pool: deps.pool.clone(),
+        outbox: outbox.clone(),
+        clock: deps.clock.clone(),
+    }));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
+    service.consume(LISTS_CASES, cases::CaseEvents { wake: wake.clone() });
+    service.consume(LISTS_ISSUED, claims::ListEvents { wake: wake.clone() });
     service.consume(
-        LISTS_CASES,
-        cases::CaseEvents {
+        COMMANDS,
+        second_assignment::Commands {
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
+            wake: wake.clone(),
         },
+    );
+    service.spawn(
+        deadlines::Sweeper {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            wake,
+        }
+        .run(cancel.clone()),
     );
     service.run().await
 }

@@ -1,151 +1,100 @@
 //! Owners: every change is a row in the history and an event with who, when and why.
-//! `GET /v1/cases/{policy_no}` shows the current owner, the credited agent and history.
+//! One statement serves a single claim and a sweep of thousands.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use renewal_contract::assignment::OwnerAssigned;
 use renewal_contract::subject;
 use renewal_platform::Outbox;
-use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-/// Makes `owner` the case's owner and publishes the change.
-pub async fn assign(
+/// The owner HQ's centralized outbound team works under.
+pub const HQ_OWNER: &str = "HQ";
+
+/// The owner a city company's own team works under.
+pub fn city_company_owner(city_code: &str) -> String {
+    format!("CITY-{city_code}")
+}
+
+/// One change of owner. `owner` None hands the case back with no owner.
+#[derive(Debug, Clone)]
+pub struct NewOwner {
+    pub case_id: Uuid,
+    pub owner: Option<String>,
+    pub owner_branch: Option<String>,
+    /// The phase the case is in afterwards (`owned`, `hq`, `city_company`, `branch`).
+    pub phase: &'static str,
+    pub reason: String,
+}
+
+/// Applies the changes and publishes one `assignment.owner.assigned` per case changed.
+pub async fn assign_many(
     tx: &mut PgConnection,
     outbox: &Outbox,
-    case_id: Uuid,
-    owner: &str,
-    reason: &str,
+    changes: &[NewOwner],
     by: &str,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let row = sqlx::query(
-        "UPDATE assignment.cases c SET owner_agent = $2
-         FROM (SELECT case_id, owner_agent AS previous FROM assignment.cases WHERE case_id = $1 FOR UPDATE) old
-         WHERE c.case_id = old.case_id
-         RETURNING c.policy_no, c.branch_code, c.credited_agent, old.previous",
+) -> Result<usize, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = changes.iter().map(|c| c.case_id).collect();
+    let owners: Vec<Option<&str>> = changes.iter().map(|c| c.owner.as_deref()).collect();
+    let branches: Vec<Option<&str>> = changes.iter().map(|c| c.owner_branch.as_deref()).collect();
+    let phases: Vec<&str> = changes.iter().map(|c| c.phase).collect();
+    let reasons: Vec<&str> = changes.iter().map(|c| c.reason.as_str()).collect();
+    let rows = sqlx::query(
+        "WITH change AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+                 AS u(case_id, owner, branch, phase, reason)),
+         old AS (
+             SELECT c.case_id, c.owner_agent AS previous FROM assignment.cases c JOIN change USING (case_id)
+             FOR UPDATE OF c),
+         updated AS (
+             UPDATE assignment.cases c
+             SET owner_agent = change.owner, owner_branch = change.branch, phase = change.phase,
+                 phase_due_at = NULL
+             FROM change JOIN old USING (case_id)
+             WHERE c.case_id = change.case_id
+             RETURNING c.case_id, c.policy_no, c.branch_code, c.credited_agent, old.previous,
+                       change.owner, change.reason),
+         history AS (
+             INSERT INTO assignment.owner_history (case_id, owner_agent, previous_owner, reason, assigned_by, assigned_at)
+             SELECT case_id, owner, previous, reason, $6, $7 FROM updated)
+         SELECT * FROM updated",
     )
-    .bind(case_id)
-    .bind(owner)
-    .fetch_one(&mut *tx)
-    .await?;
-    let previous: Option<String> = row.try_get("previous")?;
-    sqlx::query(
-        "INSERT INTO assignment.owner_history (case_id, owner_agent, previous_owner, reason, assigned_by, assigned_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(case_id)
-    .bind(owner)
-    .bind(&previous)
-    .bind(reason)
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&branches)
+    .bind(&phases)
+    .bind(&reasons)
     .bind(by)
     .bind(now)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    let event = OwnerAssigned {
-        case_id: case_id.to_string(),
-        policy_no: row.try_get("policy_no")?,
-        branch_code: row.try_get("branch_code")?,
-        owner_agent: owner.to_owned(),
-        previous_owner: previous.unwrap_or_default(),
-        credited_agent: row.try_get("credited_agent")?,
-        reason: reason.to_owned(),
-        assigned_by: by.to_owned(),
-        assigned_at_ms: now.timestamp_millis(),
-    };
-    outbox
-        .enqueue(tx, subject::ASSIGNMENT_OWNER_ASSIGNED, &event)
-        .await?;
-    metrics::counter!("owners_assigned_total", "reason" => reason.to_owned()).increment(1);
-    Ok(())
-}
-
-pub fn routes(pool: PgPool) -> Router {
-    Router::new()
-        .route("/v1/cases/{policy_no}", get(show))
-        .with_state(pool)
-}
-
-#[derive(Serialize)]
-struct CaseView {
-    case_id: Uuid,
-    policy_no: String,
-    branch_code: String,
-    state: String,
-    owner_agent: Option<String>,
-    credited_agent: String,
-    history: Vec<OwnerChange>,
-}
-
-#[derive(Serialize)]
-struct OwnerChange {
-    owner_agent: String,
-    previous_owner: Option<String>,
-    reason: String,
-    assigned_by: String,
-    assigned_at: DateTime<Utc>,
-}
-
-async fn show(State(pool): State<PgPool>, Path(policy_no): Path<String>) -> Response {
-    match load(&pool, &policy_no).await {
-        Ok(Some(view)) => Json(view).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": "unknown_case"})),
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "reading a case failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(serde_json::json!({"error": "internal"})),
-            )
-                .into_response()
-        }
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let reason: String = row.try_get("reason")?;
+        metrics::counter!("owners_assigned_total", "reason" => reason.clone()).increment(1);
+        events.push((
+            subject::ASSIGNMENT_OWNER_ASSIGNED,
+            OwnerAssigned {
+                case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
+                policy_no: row.try_get("policy_no")?,
+                branch_code: row.try_get("branch_code")?,
+                owner_agent: row
+                    .try_get::<Option<String>, _>("owner")?
+                    .unwrap_or_default(),
+                previous_owner: row
+                    .try_get::<Option<String>, _>("previous")?
+                    .unwrap_or_default(),
+                credited_agent: row.try_get("credited_agent")?,
+                reason,
+                assigned_by: by.to_owned(),
+                assigned_at_ms: now.timestamp_millis(),
+            },
+        ));
     }
-}
-
-async fn load(pool: &PgPool, policy_no: &str) -> Result<Option<CaseView>, sqlx::Error> {
-    let Some(case) = sqlx::query(
-        "SELECT case_id, policy_no, branch_code, state, owner_agent, credited_agent FROM assignment.cases WHERE policy_no = $1",
-    )
-    .bind(policy_no)
-    .fetch_optional(pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let case_id: Uuid = case.try_get("case_id")?;
-    let history = sqlx::query(
-        "SELECT owner_agent, previous_owner, reason, assigned_by, assigned_at FROM assignment.owner_history
-         WHERE case_id = $1 ORDER BY id",
-    )
-    .bind(case_id)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(OwnerChange {
-            owner_agent: r.try_get("owner_agent")?,
-            previous_owner: r.try_get("previous_owner")?,
-            reason: r.try_get("reason")?,
-            assigned_by: r.try_get("assigned_by")?,
-            assigned_at: r.try_get("assigned_at")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Some(CaseView {
-        case_id,
-        policy_no: case.try_get("policy_no")?,
-        branch_code: case.try_get("branch_code")?,
-        state: case.try_get("state")?,
-        owner_agent: case.try_get("owner_agent")?,
-        credited_agent: case.try_get("credited_agent")?,
-        history,
-    }))
+    outbox.enqueue_many(tx, events).await?;
+    Ok(rows.len())
 }

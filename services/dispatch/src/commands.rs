@@ -1,5 +1,6 @@
-//! Commands in: `dispatch.cmd.send_sms` queues a message (one per command id); a
-//! closed case withdraws what is still queued for it.
+//! Commands in: `dispatch.cmd.send_sms` queues a message (one per command id),
+//! `dispatch.cmd.create_phone_task` makes a phone task; a closed case withdraws what
+//! is still queued for it; an owner change moves the case's owner tasks.
 
 use std::sync::Arc;
 
@@ -21,6 +22,9 @@ pub struct Commands {
 
 impl Handler for Commands {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        if delivery.subject == subject::DISPATCH_CMD_CREATE_PHONE_TASK {
+            return crate::phone::intake::create(tx, &self.clock, delivery).await;
+        }
         if delivery.subject != subject::DISPATCH_CMD_SEND_SMS {
             return Err(HandleError::Malformed(format!(
                 "unexpected subject {}",
@@ -95,6 +99,16 @@ impl Handler for ClosedCases {
         .await?;
         metrics::counter!("sms_total", "status" => "withdrawn")
             .increment(withdrawn.rows_affected());
+        crate::phone::intake::withdraw(tx, case_id).await?;
         Ok(())
+    }
+}
+
+/// Owner changes: a case's owner tasks follow it.
+pub struct OwnerChanges;
+
+impl Handler for OwnerChanges {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        crate::phone::intake::owner_assigned(tx, delivery).await
     }
 }

@@ -18,6 +18,10 @@ pub struct DispatchConfig {
     pub webhook_token: SecretString,
     /// Local hours SMS may go out in.
     pub sms_hours: Hours,
+    /// Local hours the customer may be called in (phone tasks are leased only then).
+    pub call_hours: Hours,
+    /// Requests per second the vendor accepts from us (its rate limit for our account).
+    pub vendor_qps: u32,
 }
 
 /// A daily window of local time, [start, end).
@@ -25,6 +29,16 @@ pub struct DispatchConfig {
 pub struct Hours {
     pub start: NaiveTime,
     pub end: NaiveTime,
+}
+
+impl Hours {
+    /// 09:00-20:00, the default for SMS and calls.
+    pub fn daytime() -> Hours {
+        Hours {
+            start: NaiveTime::from_hms_opt(9, 0, 0).unwrap_or(NaiveTime::MIN),
+            end: NaiveTime::from_hms_opt(20, 0, 0).unwrap_or(NaiveTime::MIN),
+        }
+    }
 }
 
 impl std::str::FromStr for Hours {
@@ -79,13 +93,18 @@ impl DispatchConfig {
             access_key_secret: env.secret_or("SMS_ACCESS_KEY_SECRET", ""),
             vendor_timeout: env.duration_or("SMS_VENDOR_TIMEOUT", Duration::from_secs(10))?,
             webhook_token,
-            sms_hours: env.or(
-                "SMS_HOURS",
-                Hours {
-                    start: NaiveTime::from_hms_opt(9, 0, 0).unwrap_or(NaiveTime::MIN),
-                    end: NaiveTime::from_hms_opt(20, 0, 0).unwrap_or(NaiveTime::MIN),
-                },
-            )?,
+            sms_hours: env.or("SMS_HOURS", Hours::daytime())?,
+            call_hours: env.or("CALL_HOURS", Hours::daytime())?,
+            vendor_qps: {
+                let qps: u32 = env.or("SMS_VENDOR_QPS", 500)?;
+                if qps == 0 {
+                    return Err(ConfigError::Invalid {
+                        var: "SMS_VENDOR_QPS".into(),
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                qps
+            },
         })
     }
 }

@@ -1,10 +1,12 @@
 //! The dispatch service: turns commands into contacts and brings back what happened.
-//! The walking skeleton has the SMS gateway: commands queue messages, a sender hands
-//! them to the vendor over HTTP, and the vendor's delivery receipts come back through
-//! the webhook. The phone-task gateway comes with dispatch's own issue.
+//! The SMS gateway: commands queue messages, a sender hands them to the vendor over
+//! HTTP, and the vendor's delivery receipts and replies come back through the webhook.
+//! The phone-task gateway: commands become tasks that agents pull with a lease and
+//! complete with an outcome.
 
 mod commands;
 pub mod config;
+pub mod phone;
 pub mod report;
 pub mod sms;
 
@@ -20,11 +22,27 @@ pub use sms::sending::next_wakeup;
 
 pub const SCHEMA: &str = "dispatch";
 
+/// The OpenAPI document of both HTTP surfaces (pull API and vendor webhook).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn openapi() -> axum::Router {
+    axum::Router::new().route(
+        "/openapi.json",
+        axum::routing::get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                OPENAPI,
+            )
+        }),
+    )
+}
+
 /// Commands for dispatch (produced by the scheduler).
 pub const COMMANDS: ConsumerSpec = ConsumerSpec {
     stream: Stream::Dispatch,
     durable: "dispatch",
     filter: "dispatch.cmd.>",
+    parallel: 1,
 };
 
 /// Closed cases: never send for one.
@@ -32,9 +50,18 @@ pub const CLOSED_CASES: ConsumerSpec = ConsumerSpec {
     stream: Stream::Lists,
     durable: "dispatch",
     filter: "lists.case.closed",
+    parallel: 1,
 };
 
-pub const CONSUMERS: &[ConsumerSpec] = &[COMMANDS, CLOSED_CASES];
+/// Owner changes: a case's owner tasks follow the case.
+pub const OWNER_CHANGES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Assignment,
+    durable: "dispatch",
+    filter: "assignment.owner.assigned",
+    parallel: 1,
+};
+
+pub const CONSUMERS: &[ConsumerSpec] = &[COMMANDS, CLOSED_CASES, OWNER_CHANGES];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -70,6 +97,13 @@ pub async fn run_with(
             clock: deps.clock.clone(),
             token: config.webhook_token.clone(),
         }));
+    deps.http.mount(openapi());
+    deps.http.mount(phone::routes(phone::PhoneTasks {
+        pool: deps.pool.clone(),
+        outbox: outbox.clone(),
+        clock: deps.clock.clone(),
+        call_hours: config.call_hours,
+    }));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(
         COMMANDS,
@@ -79,6 +113,7 @@ pub async fn run_with(
         },
     );
     service.consume(CLOSED_CASES, commands::ClosedCases);
+    service.consume(OWNER_CHANGES, commands::OwnerChanges);
     service.spawn(sms::sending::run(
         sms::sending::Sender {
             pool: deps.pool.clone(),
@@ -91,4 +126,25 @@ pub async fn run_with(
         cancel,
     ));
     service.run().await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        for path in [
+            "/v1/phone-tasks:lease",
+            "/v1/phone-tasks/{id}:heartbeat",
+            "/v1/phone-tasks/{id}:complete",
+            "/v1/phone-tasks/{id}:release",
+            "/v1/webhooks/sms/{token}/report",
+            "/v1/webhooks/sms/{token}/up",
+        ] {
+            assert!(
+                doc["paths"][path]["post"].is_object(),
+                "{path} is documented"
+            );
+        }
+    }
 }

@@ -49,3 +49,22 @@ pub async fn receipts(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     .await?;
     Ok((row.try_get("total")?, row.try_get("unmatched")?))
 }
+
+/// Numbers that opted out of marketing SMS by reply.
+pub async fn opted_out(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(DISTINCT mobile) FROM dispatch.sms_replies WHERE opt_out")
+        .fetch_one(pool)
+        .await
+}
+
+/// Phone tasks by outcome (completed) or by state (the rest), e.g. `completed:renewed`,
+/// `open`, `dead`.
+pub async fn phone_tasks(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT CASE WHEN state = 'completed' THEN 'completed:' || outcome ELSE state END AS label,
+                count(*)
+         FROM dispatch.phone_tasks GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+}

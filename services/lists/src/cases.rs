@@ -40,7 +40,10 @@ fn bucket_sql(days: &str) -> String {
 /// `$1` now, `$2` only this policy, `$3` only this zone, `$4..$5` the expiry range to
 /// look in (the window with room for holiday moves, over every zone's local today).
 /// The filters are written into the statement (not `$n IS NULL OR ...`) so the plan
-/// can use the index of policies awaiting a case.
+/// can use the index of policies awaiting a case. The opened cases reach the policies
+/// only by primary key (an array, never a join the planner could cost as a scan of
+/// the whole portfolio: it cannot tell that few policies in the window lack a case);
+/// their customers are read by [`customers`] the same way.
 fn open_due_sql(scope: &OpenScope<'_>) -> String {
     let policy = if scope.only_policy.is_some() {
         "p.policy_no = $2"
@@ -76,13 +79,14 @@ fn open_due_sql(scope: &OpenScope<'_>) -> String {
             WHERE end_date >= today AND effective - today <= {WINDOW_DAYS}
             ON CONFLICT (policy_no) DO NOTHING
             RETURNING case_id, policy_no, expiry_date, effective_expiry_date, time_zone, city_code,
-                      branch_code, agent_code, category, bucket, holiday, calendar_known
+                      branch_code, agent_code, category, important, group_policy, bucket, holiday,
+                      calendar_known
         ), marked AS (
-            UPDATE lists.policies p SET has_case = true FROM opened o WHERE p.policy_no = o.policy_no
+            UPDATE lists.policies p SET has_case = true
+            WHERE p.policy_no = ANY (ARRAY(SELECT policy_no FROM opened))
         )
-        SELECT o.*, GREATEST(o.effective_expiry_date - timezone(o.time_zone, $1::timestamptz)::date, 0) AS days,
-               p.name_enc, p.mobile_enc, p.plate, p.important, p.group_policy
-        FROM opened o JOIN lists.policies p USING (policy_no)",
+        SELECT o.*, GREATEST(o.effective_expiry_date - timezone(o.time_zone, $1::timestamptz)::date, 0) AS days
+        FROM opened o",
         bucket = bucket_sql("GREATEST(effective - today, 0)")
     )
 }
@@ -139,13 +143,20 @@ pub async fn open_due(
         .bind(until)
         .fetch_all(&mut *tx)
         .await?;
+    let policy_nos = rows
+        .iter()
+        .map(|row| row.try_get("policy_no"))
+        .collect::<Result<Vec<String>, _>>()?;
+    let mut customers = customers(tx, &policy_nos).await?;
     let mut events = Vec::with_capacity(rows.len());
     let mut unknown_years: std::collections::BTreeMap<i32, i64> = Default::default();
-    for row in &rows {
-        let policy_no: String = row.try_get("policy_no")?;
-        let open = |column: &str| -> Result<String, CaseError> {
-            let sealed: Vec<u8> = row.try_get(column)?;
-            pii.open(&sealed).map_err(|source| CaseError::Pii {
+    for (row, policy_no) in rows.iter().zip(policy_nos) {
+        let Some(sealed) = customers.remove(&policy_no) else {
+            // The policy row was read in the same transaction; it cannot be missing.
+            return Err(CaseError::Db(sqlx::Error::RowNotFound));
+        };
+        let open = |sealed: &[u8]| -> Result<String, CaseError> {
+            pii.open(sealed).map_err(|source| CaseError::Pii {
                 policy_no: policy_no.clone(),
                 source,
             })
@@ -166,9 +177,9 @@ pub async fn open_due(
             effective_expiry_date: effective.to_string(),
             time_zone: row.try_get("time_zone")?,
             customer: Some(Customer {
-                name: open("name_enc")?,
-                mobile: open("mobile_enc")?,
-                plate: row.try_get("plate")?,
+                name: open(&sealed.name_enc)?,
+                mobile: open(&sealed.mobile_enc)?,
+                plate: sealed.plate,
             }),
             important: row.try_get("important")?,
             group_policy: row.try_get("group_policy")?,
@@ -199,6 +210,30 @@ pub async fn open_due(
     }
     metrics::counter!("cases_opened_total").increment(opened as u64);
     Ok(opened)
+}
+
+/// The sealed customer of a newly opened case.
+#[derive(sqlx::FromRow)]
+struct SealedCustomer {
+    policy_no: String,
+    name_enc: Vec<u8>,
+    mobile_enc: Vec<u8>,
+    plate: String,
+}
+
+/// The sealed customers of the given policies, by primary key.
+async fn customers(
+    tx: &mut PgConnection,
+    policy_nos: &[String],
+) -> Result<std::collections::HashMap<String, SealedCustomer>, sqlx::Error> {
+    let rows: Vec<SealedCustomer> = sqlx::query_as(
+        "SELECT policy_no, name_enc, mobile_enc, plate FROM lists.policies
+         WHERE policy_no = ANY ($1)",
+    )
+    .bind(policy_nos)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().map(|c| (c.policy_no.clone(), c)).collect())
 }
 
 /// An expiry in a year the holiday calendar does not cover: kept as an alert for ops,
@@ -326,22 +361,35 @@ pub async fn move_buckets(
     zone: chrono_tz::Tz,
     today: NaiveDate,
 ) -> Result<usize, sqlx::Error> {
+    // The cases whose bucket changes, locked, then updated by primary key: never a
+    // join the planner could cost as a scan of every case.
     let sql = format!(
-        "WITH due AS (
-            SELECT case_id, bucket AS old_bucket, GREATEST(effective_expiry_date - $2, 0) AS days
-            FROM lists.cases
-            WHERE state = 'open' AND time_zone = $1 AND effective_expiry_date <= $2 + 60
-         )
-         UPDATE lists.cases c SET bucket = {bucket}
-         FROM due d
-         WHERE c.case_id = d.case_id AND c.bucket IS DISTINCT FROM {bucket}
-         RETURNING c.case_id, c.policy_no, d.old_bucket, c.bucket, d.days",
-        bucket = bucket_sql("d.days")
+        "SELECT case_id, policy_no, bucket AS old_bucket, days
+         FROM (SELECT case_id, policy_no, bucket, GREATEST(effective_expiry_date - $2, 0) AS days
+               FROM lists.cases
+               WHERE state = 'open' AND time_zone = $1 AND effective_expiry_date <= $2 + 60) c
+         WHERE bucket IS DISTINCT FROM {bucket}
+         ORDER BY days, policy_no
+         FOR UPDATE",
+        bucket = bucket_sql("days")
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(zone.name())
         .bind(today)
         .fetch_all(&mut *tx)
+        .await?;
+    let case_ids = rows
+        .iter()
+        .map(|row| row.try_get("case_id"))
+        .collect::<Result<Vec<Uuid>, _>>()?;
+    let sql = format!(
+        "UPDATE lists.cases SET bucket = {bucket} WHERE case_id = ANY ($1)",
+        bucket = bucket_sql("GREATEST(effective_expiry_date - $2, 0)")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&case_ids)
+        .bind(today)
+        .execute(&mut *tx)
         .await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {

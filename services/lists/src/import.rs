@@ -1,7 +1,8 @@
 //! CSV import of policies from the core system: `renewal import policies FILE` and
 //! `POST /v1/policies:import`. The file is streamed (UTF-8 or GBK, with or without a
-//! byte order mark), checked row by row on worker threads, sealed, copied into a
-//! staging table and merged by policy number and version, all in one transaction:
+//! byte order mark), checked row by row on worker threads, sealed, and copied (binary
+//! `COPY`) straight into the portfolio while every row is a new policy, else into a
+//! staging table merged by policy number and version, all in one transaction:
 //! good rows load, every bad row is reported with its line, column and reason, and
 //! nothing is half-written. A repeat of the same file changes nothing.
 
@@ -42,6 +43,9 @@ pub const COLUMNS: [&str; 16] = [
 const BATCH: usize = 8192;
 /// How many staged rows are merged at a time.
 const MERGE_EVERY: i64 = 100_000;
+/// How many rows are copied straight into the portfolio under one savepoint (bounds
+/// the work redone when a chunk meets a stored policy, and the subtransactions).
+const STRAIGHT_CHUNK: i64 = 100_000;
 /// Rejections returned inline; all of them are kept in `lists.import_rejections`.
 pub const INLINE_REJECTIONS: usize = 1000;
 
@@ -89,7 +93,8 @@ pub struct ImportReport {
     pub cases_opened: usize,
     /// From the first byte to the committed portfolio.
     pub load_seconds: f64,
-    /// Of which Postgres spent copying rows in and merging them.
+    /// Of which Postgres spent copying rows in (new policies straight into the
+    /// portfolio, indexes included) and merging staged ones.
     pub copy_seconds: f64,
     pub merge_seconds: f64,
     /// Including opening the cases the import made due.
@@ -151,7 +156,7 @@ impl Importer {
         let zones = self.zones.clone();
         std::thread::Builder::new()
             .name("csv-import".into())
-            .spawn(move || read_file(source, encoding, pii, zones, tx_pieces))
+            .spawn(move || read_file(source, encoding, pii, zones, now, tx_pieces))
             .map_err(|e| ImportError::Read(e.to_string()))?;
 
         let encoding_used = match pieces.recv().await {
@@ -164,53 +169,41 @@ impl Importer {
         sqlx::query(portfolio::CREATE_STAGING)
             .execute(&mut *tx)
             .await?;
-        let mut merged = Merged::default();
-        let (mut staged, mut rejected, mut rows) = (0i64, 0u64, 0u64);
-        let mut rejections = Vec::new();
-        let (mut copy_seconds, mut merge_seconds) = (0.0, 0.0);
-        let mut merge = async |tx: &mut sqlx::PgConnection, staged: &mut i64| {
-            if *staged > 0 {
-                let began = std::time::Instant::now();
-                let m = portfolio::merge_staged(tx, *staged, now).await?;
-                merged.inserted += m.inserted;
-                merged.updated += m.updated;
-                merged.unchanged += m.unchanged;
-                merged.stale += m.stale;
-                *staged = 0;
-                merge_seconds += began.elapsed().as_secs_f64();
-            }
-            Ok::<_, sqlx::Error>(())
-        };
-        while let Some(piece) = pieces.recv().await {
-            match piece {
-                Piece::Copy {
-                    rows: n,
-                    data,
-                    rejections: bad,
-                    rejected: r,
-                } => {
-                    if n > 0 {
-                        let began = std::time::Instant::now();
-                        let mut copy = tx
-                            .copy_in_raw("COPY pg_temp.policy_staging FROM STDIN")
-                            .await?;
-                        copy.send(data).await?;
-                        copy.finish().await?;
-                        staged += n;
-                        copy_seconds += began.elapsed().as_secs_f64();
-                    }
-                    rejected += r;
-                    rejections.extend(bad);
-                    if staged >= MERGE_EVERY {
-                        merge(&mut tx, &mut staged).await?;
+        let mut tally = Tally::default();
+        // New policies are copied straight into the portfolio, a chunk at a time under a
+        // savepoint; once a chunk meets a stored policy, it and the rest of the file go
+        // through the staging table and the merge by version.
+        let mut straight = true;
+        let mut more = true;
+        while more {
+            if straight {
+                let chunk;
+                (chunk, more) = copy_straight(&mut tx, &mut pieces, &mut tally).await?;
+                if let Straight::MeetsStored(kept) = chunk {
+                    straight = false;
+                    for (rows, data) in kept {
+                        tally.stage(&mut tx, rows, &data).await?;
                     }
                 }
-                Piece::Failed(e) => return Err(e),
-                Piece::Header(_) => {}
-                Piece::Done { rows: n } => rows = n,
+            } else {
+                match next_rows(&mut pieces, &mut tally).await? {
+                    Some((rows, data)) => tally.stage(&mut tx, rows, &data).await?,
+                    None => more = false,
+                }
+            }
+            if tally.staged >= MERGE_EVERY || (!more && tally.staged > 0) {
+                tally.merge(&mut tx).await?;
             }
         }
-        merge(&mut tx, &mut staged).await?;
+        let Tally {
+            rows,
+            rejected,
+            mut rejections,
+            merged,
+            copy_seconds,
+            merge_seconds,
+            ..
+        } = tally;
         if rows == 0 {
             return Err(ImportError::Empty);
         }
@@ -302,6 +295,152 @@ impl Importer {
     }
 }
 
+/// What the database side has taken in so far.
+#[derive(Default)]
+struct Tally {
+    rows: u64,
+    rejected: u64,
+    rejections: Vec<RowRejection>,
+    /// Rows in the staging table, not merged yet.
+    staged: i64,
+    merged: Merged,
+    copy_seconds: f64,
+    merge_seconds: f64,
+}
+
+impl Tally {
+    /// Copies checked rows into the staging table.
+    async fn stage(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        rows: i64,
+        data: &[u8],
+    ) -> Result<(), sqlx::Error> {
+        let began = std::time::Instant::now();
+        let mut copy = tx
+            .copy_in_raw("COPY pg_temp.policy_staging FROM STDIN (FORMAT binary)")
+            .await?;
+        copy.send(portfolio::COPY_BINARY_HEADER).await?;
+        copy.send(data).await?;
+        copy.send(portfolio::COPY_BINARY_TRAILER).await?;
+        copy.finish().await?;
+        self.staged += rows;
+        self.copy_seconds += began.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Merges the staged rows into the portfolio.
+    async fn merge(&mut self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        let began = std::time::Instant::now();
+        let m = portfolio::merge_staged(tx, self.staged).await?;
+        self.merged.inserted += m.inserted;
+        self.merged.updated += m.updated;
+        self.merged.unchanged += m.unchanged;
+        self.merged.stale += m.stale;
+        self.staged = 0;
+        self.merge_seconds += began.elapsed().as_secs_f64();
+        Ok(())
+    }
+}
+
+/// The next checked rows from the workers (binary `COPY` rows), keeping the rejections
+/// and the row count on the way; `None` once the file is done.
+async fn next_rows(
+    pieces: &mut tokio::sync::mpsc::Receiver<Piece>,
+    tally: &mut Tally,
+) -> Result<Option<(i64, Vec<u8>)>, ImportError> {
+    while let Some(piece) = pieces.recv().await {
+        match piece {
+            Piece::Copy {
+                rows,
+                data,
+                rejections,
+                rejected,
+            } => {
+                tally.rejected += rejected;
+                tally.rejections.extend(rejections);
+                if rows > 0 {
+                    return Ok(Some((rows, data)));
+                }
+            }
+            Piece::Failed(e) => return Err(e),
+            Piece::Header(_) => {}
+            Piece::Done { rows } => tally.rows = rows,
+        }
+    }
+    Ok(None)
+}
+
+/// How a chunk copied straight into the portfolio went.
+enum Straight {
+    Loaded,
+    /// A row of the chunk is a policy already stored: the chunk was rolled back and its
+    /// rows are handed back, to be merged by version.
+    MeetsStored(Vec<(i64, Vec<u8>)>),
+}
+
+/// Copies up to [`STRAIGHT_CHUNK`] rows straight into `lists.policies` under a
+/// savepoint. Returns how it went and whether the file has more rows.
+async fn copy_straight(
+    tx: &mut sqlx::PgConnection,
+    pieces: &mut tokio::sync::mpsc::Receiver<Piece>,
+    tally: &mut Tally,
+) -> Result<(Straight, bool), ImportError> {
+    sqlx::query("SAVEPOINT straight_copy")
+        .execute(&mut *tx)
+        .await?;
+    let began = std::time::Instant::now();
+    let mut kept = Vec::new();
+    let (mut rows, mut more) = (0i64, true);
+    let mut copy = tx
+        .copy_in_raw(&format!(
+            "COPY lists.policies ({}) FROM STDIN (FORMAT binary)",
+            portfolio::COPY_COLUMNS
+        ))
+        .await?;
+    copy.send(portfolio::COPY_BINARY_HEADER).await?;
+    while rows < STRAIGHT_CHUNK {
+        match next_rows(pieces, tally).await {
+            Ok(Some((n, data))) => {
+                copy.send(&data[..]).await?;
+                rows += n;
+                kept.push((n, data));
+            }
+            Ok(None) => {
+                more = false;
+                break;
+            }
+            Err(e) => {
+                // The transaction is dropped (rolled back) with the error.
+                let _ = copy.abort("the import failed").await;
+                return Err(e);
+            }
+        }
+    }
+    copy.send(portfolio::COPY_BINARY_TRAILER).await?;
+    let copied = copy.finish().await;
+    tally.copy_seconds += began.elapsed().as_secs_f64();
+    match copied {
+        Ok(_) => {
+            sqlx::query("RELEASE SAVEPOINT straight_copy")
+                .execute(&mut *tx)
+                .await?;
+            tally.merged.inserted += rows;
+            Ok((Straight::Loaded, more))
+        }
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("policies_pkey") => {
+            sqlx::query("ROLLBACK TO SAVEPOINT straight_copy")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT straight_copy")
+                .execute(&mut *tx)
+                .await?;
+            Ok((Straight::MeetsStored(kept), more))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The reading thread: decodes, splits into records, finds duplicates, and hands
 /// batches to two checking workers whose output goes to the database side.
 fn read_file<R: Read>(
@@ -309,6 +448,7 @@ fn read_file<R: Read>(
     encoding: Encoding,
     pii: Arc<PiiCipher>,
     zones: Zones,
+    now: DateTime<Utc>,
     out: tokio::sync::mpsc::Sender<Piece>,
 ) {
     let fail = |e: ImportError| {
@@ -353,7 +493,7 @@ fn read_file<R: Read>(
                         Err(_) => return,
                     };
                     let Ok(batch) = batch else { return };
-                    let piece = check_batch(&batch, &columns, &pii, &zones);
+                    let piece = check_batch(&batch, &columns, &pii, &zones, now);
                     if out.blocking_send(piece).is_err() {
                         return;
                     }
@@ -475,6 +615,7 @@ fn check_batch(
     columns: &ColumnOrder,
     pii: &PiiCipher,
     zones: &Zones,
+    now: DateTime<Utc>,
 ) -> Piece {
     let mut data = Vec::with_capacity(batch.len() * 300);
     let mut rejections = Vec::new();
@@ -534,7 +675,7 @@ fn check_batch(
         match (policy_checks::check(&fields), version) {
             (Ok(policy), Ok(version)) => match portfolio::seal(policy, version, pii, zones) {
                 Ok(sealed) => {
-                    portfolio::write_copy_row(&mut data, &sealed);
+                    portfolio::write_binary_row(&mut data, &sealed, now);
                     rows += 1;
                 }
                 Err(e) => return Piece::Failed(e.into()),

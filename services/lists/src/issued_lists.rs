@@ -43,8 +43,8 @@ pub struct Issued {
     pub list_ids: Vec<Uuid>,
 }
 
-/// Issues every branch's renewal list in scope: the unlisted open cases with at most
-/// 90 days to go, one list per branch, in one statement.
+/// Issues every branch's renewal list in scope: the open cases with at most 90 days to
+/// go that are on no list yet, one list per branch, in one statement.
 pub async fn issue_renewal_lists(
     tx: &mut PgConnection,
     outbox: &Outbox,
@@ -52,7 +52,7 @@ pub async fn issue_renewal_lists(
     today: NaiveDate,
     now: DateTime<Utc>,
 ) -> Result<Issued, sqlx::Error> {
-    // Filters written into the statement, so the plan can use the unlisted-cases index.
+    // Filters written into the statement, so the plan can use the open-cases index.
     let zone = if scope.zone.is_some() {
         "time_zone = $2"
     } else {
@@ -63,69 +63,102 @@ pub async fn issue_renewal_lists(
     } else {
         "$3::text IS NULL"
     };
+    // Issuers take turns (the daily run and an on-demand issue could otherwise list a
+    // case twice; the primary key of list_items would refuse the second).
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('lists.issue_renewal_lists'))")
+        .execute(&mut *tx)
+        .await?;
+    // A listed case is a row of list_items, never an update of the wide case row. The
+    // due cases are read, grouped by branch and ordered here, and their items written
+    // from arrays: no plan has to pair the cases with their branch's list.
     let sql = format!(
-        "WITH due AS (
-            SELECT case_id, city_code, branch_code FROM lists.cases
-            WHERE state = 'open' AND list_id IS NULL
-              AND effective_expiry_date <= $1::date + 90
-              AND {zone} AND {city}
-            FOR UPDATE
-         ), branches AS (
-            SELECT city_code, branch_code, gen_random_uuid() AS list_id
-            FROM due GROUP BY city_code, branch_code
-         ), listed AS (
-            UPDATE lists.cases c SET list_id = b.list_id
-            FROM due d JOIN branches b USING (city_code, branch_code)
-            WHERE c.case_id = d.case_id
-            RETURNING c.list_id, c.case_id, c.policy_no, c.city_code, c.branch_code, c.expiry_date,
-                      c.effective_expiry_date, c.agent_code, c.category, c.important, c.group_policy
-         ), lists AS (
-            INSERT INTO lists.issued_lists (list_id, kind, trigger, city_code, branch_code, issued_on, issued_at, items)
-            SELECT list_id, 'renewal', $4, city_code, branch_code, $1, $5, count(*)
-            FROM listed GROUP BY list_id, city_code, branch_code
-            RETURNING list_id
-         )
-         SELECT l.*, GREATEST(l.effective_expiry_date - $1::date, 0) AS days
-         FROM listed l
-         ORDER BY l.city_code, l.branch_code, l.effective_expiry_date, l.policy_no"
+        "SELECT c.case_id, c.policy_no, c.city_code, c.branch_code, c.expiry_date,
+                c.effective_expiry_date, c.agent_code, c.category, c.important, c.group_policy,
+                GREATEST(c.effective_expiry_date - $1::date, 0) AS days
+         FROM lists.cases c
+         WHERE c.state = 'open'
+           AND c.effective_expiry_date <= $1::date + 90
+           AND {zone} AND {city}
+           AND NOT EXISTS (SELECT 1 FROM lists.list_items i WHERE i.case_id = c.case_id)"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(today)
         .bind(scope.zone.map(|z| z.name()))
         .bind(scope.city)
-        .bind(if scope.monthly {
-            "monthly"
-        } else {
-            "on_demand"
-        })
-        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-    let mut lists: BTreeMap<(String, String, Uuid), Vec<ListItem>> = BTreeMap::new();
+    let mut branches: BTreeMap<(String, String), Vec<(Uuid, ListItem)>> = BTreeMap::new();
     for row in &rows {
         let days: i32 = row.try_get("days")?;
         let expiry: NaiveDate = row.try_get("expiry_date")?;
         let effective: NaiveDate = row.try_get("effective_expiry_date")?;
-        lists
-            .entry((
-                row.try_get("city_code")?,
-                row.try_get("branch_code")?,
-                row.try_get("list_id")?,
-            ))
+        let case_id: Uuid = row.try_get("case_id")?;
+        branches
+            .entry((row.try_get("city_code")?, row.try_get("branch_code")?))
             .or_default()
-            .push(ListItem {
-                case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
-                policy_no: row.try_get("policy_no")?,
-                expiry_date: expiry.to_string(),
-                effective_expiry_date: effective.to_string(),
-                days_to_expiry: days,
-                bucket: bucket_of(days) as i32,
-                agent_code: row.try_get("agent_code")?,
-                category: row.try_get("category")?,
-                important: row.try_get("important")?,
-                group_policy: row.try_get("group_policy")?,
-            });
+            .push((
+                case_id,
+                ListItem {
+                    case_id: case_id.to_string(),
+                    policy_no: row.try_get("policy_no")?,
+                    expiry_date: expiry.to_string(),
+                    effective_expiry_date: effective.to_string(),
+                    days_to_expiry: days,
+                    bucket: bucket_of(days) as i32,
+                    agent_code: row.try_get("agent_code")?,
+                    category: row.try_get("category")?,
+                    important: row.try_get("important")?,
+                    group_policy: row.try_get("group_policy")?,
+                },
+            ));
     }
+    let mut lists: BTreeMap<(String, String, Uuid), Vec<ListItem>> = BTreeMap::new();
+    let (mut list_ids, mut cities, mut branch_codes, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut item_cases, mut item_lists) = (Vec::new(), Vec::new());
+    for ((city, branch), mut items) in branches {
+        items.sort_unstable_by(|(_, a), (_, b)| {
+            (&a.effective_expiry_date, &a.policy_no).cmp(&(&b.effective_expiry_date, &b.policy_no))
+        });
+        let list_id = Uuid::now_v7();
+        list_ids.push(list_id);
+        cities.push(city.clone());
+        branch_codes.push(branch.clone());
+        counts.push(items.len() as i32);
+        for (case_id, _) in &items {
+            item_cases.push(*case_id);
+            item_lists.push(list_id);
+        }
+        lists.insert(
+            (city, branch, list_id),
+            items.into_iter().map(|(_, item)| item).collect(),
+        );
+    }
+    sqlx::query(
+        "INSERT INTO lists.issued_lists (list_id, kind, trigger, city_code, branch_code, issued_on, issued_at, items)
+         SELECT list_id, 'renewal', $5, city_code, branch_code, $6, $7, items
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[]) AS l(list_id, city_code, branch_code, items)",
+    )
+    .bind(&list_ids)
+    .bind(&cities)
+    .bind(&branch_codes)
+    .bind(&counts)
+    .bind(if scope.monthly {
+        "monthly"
+    } else {
+        "on_demand"
+    })
+    .bind(today)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO lists.list_items (case_id, list_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])",
+    )
+    .bind(&item_cases)
+    .bind(&item_lists)
+    .execute(&mut *tx)
+    .await?;
     publish(
         outbox,
         tx,
@@ -154,8 +187,7 @@ pub async fn issue_lapse_lists(
          FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)
          WHERE p.status = 'lapsed'
            AND ($1::text IS NULL OR p.time_zone = $1)
-           AND ($2::text IS NULL OR p.city_code = $2)
-         ORDER BY p.city_code, p.branch_code, p.end_date, p.policy_no",
+           AND ($2::text IS NULL OR p.city_code = $2)",
     )
     .bind(zone.map(|z| z.name()))
     .bind(city)
@@ -185,7 +217,11 @@ pub async fn issue_lapse_lists(
             });
     }
     let mut with_ids = BTreeMap::new();
-    for ((city, branch), items) in lists {
+    for ((city, branch), mut items) in lists {
+        // Ordered here rather than by Postgres (a sort of every lapsed customer).
+        items.sort_unstable_by(|a, b| {
+            (&a.expiry_date, &a.policy_no).cmp(&(&b.expiry_date, &b.policy_no))
+        });
         let list_id = Uuid::now_v7();
         sqlx::query(
             "INSERT INTO lists.issued_lists (list_id, kind, trigger, city_code, branch_code, issued_on, issued_at, items)

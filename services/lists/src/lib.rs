@@ -36,6 +36,7 @@ pub const CORE_POLICIES: ConsumerSpec = ConsumerSpec {
     stream: Stream::Core,
     durable: "lists",
     filter: "core.policy.>",
+    parallel: 1,
 };
 
 /// The readiness condition set once the service's routes are mounted.

@@ -29,8 +29,9 @@ pub fn routes(api: PolicyApi) -> Router {
 
 const SELECT: &str = "SELECT p.policy_no, p.status, p.city_code, p.branch_code, p.agent_code,
         p.end_date, p.mobile_enc, c.case_id, c.state, c.opened_at, c.closed_at, c.bucket,
-        c.effective_expiry_date, c.holiday, c.list_id
-     FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)";
+        c.effective_expiry_date, c.holiday, i.list_id
+     FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)
+          LEFT JOIN lists.list_items i ON i.case_id = c.case_id";
 
 #[derive(serde::Deserialize)]
 struct MobileQuery {

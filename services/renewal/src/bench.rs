@@ -19,8 +19,52 @@ use renewal_lists::daily_run::{DailyRun, DayDone};
 use renewal_lists::import::Encoding;
 use renewal_platform::config::Env;
 use renewal_platform::{Bus, Clock, Outbox};
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+/// Where a benchmark runs: its own database (from `var`, else `default`; refused unless
+/// it names a bench database, since it is dropped) and the NATS URL.
+pub(crate) fn bench_target(var: &str, default: &str) -> Result<(SecretString, String), String> {
+    let env = Env::process();
+    let database_url = env.secret_or(var, default);
+    if !database_url.expose_secret().contains("bench") {
+        return Err(format!(
+            "{var} must name a database with \"bench\" in it (it is dropped)"
+        ));
+    }
+    let nats_url: String = env
+        .or(
+            "NATS_URL",
+            renewal_platform::config::DEFAULT_NATS_URL.to_owned(),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok((database_url, nats_url))
+}
+
+/// Fresh streams under `prefix` and a fresh database for a benchmark that runs the
+/// services' parts itself.
+pub(crate) async fn fresh_bench(
+    database_url: &SecretString,
+    nats_url: &str,
+    prefix: &str,
+    cancel: &CancellationToken,
+) -> Result<(Bus, PgPool), String> {
+    let subjects = Subjects::new(prefix).map_err(|e| e.to_string())?;
+    let bus = Bus::connect(nats_url, subjects, 1, "renewal-bench", cancel)
+        .await
+        .map_err(|e| e.to_string())?;
+    bus.delete_streams().await;
+    bus.ensure_all_streams().await.map_err(|e| e.to_string())?;
+    renewal_platform::postgres::drop_database(database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    renewal_platform::postgres::ensure_database(database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pool = renewal_platform::postgres::pool(database_url, 8).map_err(|e| e.to_string())?;
+    Ok((bus, pool))
+}
 
 fn line(name: &str, value: impl std::fmt::Display) {
     println!("{name} {value}");
@@ -52,41 +96,13 @@ async fn drain(outbox: &Outbox, pool: &PgPool, bus: &Bus) -> Result<usize, Strin
 
 async fn run_lists(policies: usize) -> Result<(), String> {
     renewal_platform::install_crypto_provider();
-    let env = Env::process();
-    let database_url = env.secret_or(
+    let (database_url, nats_url) = bench_target(
         "BENCH_DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/renewal_bench",
-    );
-    {
-        use secrecy::ExposeSecret;
-        if !database_url.expose_secret().contains("bench") {
-            return Err(
-                "BENCH_DATABASE_URL must name a database with \"bench\" in it (it is dropped)"
-                    .into(),
-            );
-        }
-    }
-    let nats_url: String = env
-        .or(
-            "NATS_URL",
-            renewal_platform::config::DEFAULT_NATS_URL.to_owned(),
-        )
-        .map_err(|e| e.to_string())?;
+    )?;
     let tz = chrono_tz::Asia::Shanghai;
     let cancel = CancellationToken::new();
-    let subjects = Subjects::new("bench").map_err(|e| e.to_string())?;
-    let bus = Bus::connect(&nats_url, subjects, 1, "renewal-bench", &cancel)
-        .await
-        .map_err(|e| e.to_string())?;
-    bus.delete_streams().await;
-    bus.ensure_all_streams().await.map_err(|e| e.to_string())?;
-    renewal_platform::postgres::drop_database(&database_url)
-        .await
-        .map_err(|e| e.to_string())?;
-    renewal_platform::postgres::ensure_database(&database_url)
-        .await
-        .map_err(|e| e.to_string())?;
-    let pool = renewal_platform::postgres::pool(&database_url, 8).map_err(|e| e.to_string())?;
+    let (bus, pool) = fresh_bench(&database_url, &nats_url, "bench", &cancel).await?;
     let config = renewal_lists::ListsConfig::with_key(crate::simulation::DEMO_PII_KEY)
         .map_err(|e| e.to_string())?;
     let importer = crate::cli_import::importer(&pool, tz, &config).await?;

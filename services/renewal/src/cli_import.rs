@@ -145,3 +145,69 @@ pub async fn importer(
         outbox: renewal_lists::outbox(),
     })
 }
+
+/// `renewal import org FILE`: the organisation (cities, branches, agents, supervisors,
+/// capacity, active) into the database of DATABASE_URL (migrated first). Every row
+/// must be right, or nothing is loaded (exit 3 with each wrong row listed).
+pub async fn org(file: PathBuf) -> ExitCode {
+    let settings = match Settings::from(&Env::process()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("renewal import: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let data = match std::fs::read(&file) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("renewal import: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let rows = match renewal_assignment::org::parse(&data) {
+        Ok(rows) => rows,
+        Err(renewal_assignment::org::OrgError::Rows(problems)) => {
+            eprintln!(
+                "renewal import: {} wrong rows; nothing was loaded",
+                problems.len()
+            );
+            for p in problems.iter().take(50) {
+                eprintln!("  line {}, {}: {}", p.line, p.column, p.reason);
+            }
+            return ExitCode::from(3);
+        }
+        Err(e) => {
+            eprintln!("renewal import: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let result = async {
+        let pool = renewal_platform::postgres::pool(&settings.database_url, 2)
+            .map_err(|e| e.to_string())?;
+        crate::system::migrate_all(pool.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        renewal_assignment::org::load(
+            &pool,
+            &renewal_assignment::outbox(),
+            &rows,
+            chrono::Utc::now(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(report) => {
+            println!(
+                "organisation loaded: {} agents, {} branches written, {} agents deactivated, {} cases handed back to their branch",
+                report.agents, report.branches, report.deactivated, report.cases_handed_back
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("renewal import: {e}; nothing was written");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -3,6 +3,9 @@
 //! simulation harness here is also what the end-to-end tests drive.
 
 pub mod bench;
+pub mod bench_assignment;
+pub mod bench_dispatch;
+pub mod bench_scheduler;
 pub mod cli_import;
 pub mod demo;
 pub mod simulation;

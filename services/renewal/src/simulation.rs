@@ -116,10 +116,13 @@ impl Simulation {
             vendor_url: format!("http://{vendor_addr}"),
             sign_name: "车险续保".into(),
             access_key_id: "demo".into(),
-            access_key_secret: SecretString::from("demo"),
+            access_key_secret: SecretString::from(crate::vendor_sim::ACCESS_KEY_SECRET),
             vendor_timeout: Duration::from_secs(5),
             webhook_token: token,
             sms_hours: sms_hours(),
+            call_hours: sms_hours(),
+            // The mock vendor on loopback has no rate limit of its own.
+            vendor_qps: 50_000,
         };
         let deps = Deps {
             pool,
@@ -130,7 +133,11 @@ impl Simulation {
         };
         let lists = renewal_lists::ListsConfig::with_key(DEMO_PII_KEY)
             .map_err(|e| SimError::Other(e.to_string()))?;
-        let configs = crate::system::Configs { lists, dispatch };
+        let configs = crate::system::Configs {
+            lists,
+            scheduler: renewal_scheduler::config::SchedulerConfig::default(),
+            dispatch,
+        };
         let services = tokio::spawn(crate::system::run_all(
             deps.clone(),
             configs,

@@ -21,6 +21,7 @@ pub async fn migrate_all(pool: PgPool) -> Result<(), DbError> {
 #[derive(Debug, Clone)]
 pub struct Configs {
     pub lists: ListsConfig,
+    pub scheduler: renewal_scheduler::config::SchedulerConfig,
     pub dispatch: DispatchConfig,
 }
 
@@ -28,6 +29,7 @@ impl Configs {
     pub fn from_env() -> Result<Self, renewal_platform::config::ConfigError> {
         Ok(Configs {
             lists: ListsConfig::from_env()?,
+            scheduler: renewal_scheduler::config::SchedulerConfig::from_env()?,
             dispatch: DispatchConfig::from_env()?,
         })
     }
@@ -50,7 +52,11 @@ pub async fn run_all(
         cancel.clone(),
     ));
     services.spawn(renewal_assignment::run(deps.clone(), cancel.clone()));
-    services.spawn(renewal_scheduler::run(deps.clone(), cancel.clone()));
+    services.spawn(renewal_scheduler::run_with(
+        deps.clone(),
+        configs.scheduler,
+        cancel.clone(),
+    ));
     services.spawn(renewal_dispatch::run_with(
         deps,
         configs.dispatch,
@@ -104,6 +110,7 @@ pub async fn next_wakeup(
 ) -> Result<DateTime<Utc>, sqlx::Error> {
     let mut next = renewal_lists::next_wakeup(pool, now, tz).await?;
     for candidate in [
+        renewal_assignment::next_wakeup(pool).await?,
         renewal_scheduler::next_wakeup(pool).await?,
         renewal_dispatch::next_wakeup(pool).await?,
     ]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
@@ -170,27 +171,79 @@ impl VendorSim {
     }
 }
 
+/// The AccessKey secret the demo and the tests sign with.
+pub const ACCESS_KEY_SECRET: &str = "demo";
+
+/// Checks the V3 signature (ACS3-HMAC-SHA256) as the vendor does.
+fn signed_correctly(headers: &HeaderMap, q: &HashMap<String, String>) -> bool {
+    use renewal_dispatch::sms::signing;
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let pairs: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let query = signing::canonical_query(&pairs);
+    let request = signing::Request {
+        method: "POST",
+        host: h("host"),
+        path: "/",
+        query: &query,
+        action: h("x-acs-action"),
+        version: h("x-acs-version"),
+        date: h("x-acs-date"),
+        nonce: h("x-acs-signature-nonce"),
+        body: b"",
+    };
+    let expected = signing::signature(&request, ACCESS_KEY_SECRET);
+    h("authorization")
+        .rsplit_once("Signature=")
+        .is_some_and(|(_, given)| given == expected)
+}
+
 async fn send_sms(
     State(vendor): State<VendorSim>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Json<serde_json::Value> {
+) -> (StatusCode, Json<serde_json::Value>) {
     let request_id = uuid::Uuid::new_v4().to_string();
+    if !signed_correctly(&headers, &q) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                serde_json::json!({"Code": "SignatureDoesNotMatch", "Message": "the request signature does not match", "RequestId": request_id}),
+            ),
+        );
+    }
+    let (status, body) = accept(&vendor, &headers, &q, &request_id).await;
+    (status, Json(body))
+}
+
+async fn accept(
+    vendor: &VendorSim,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    request_id: &str,
+) -> (StatusCode, serde_json::Value) {
     let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
-    if field("Action") != "SendSms" {
-        return Json(
+    let action = headers
+        .get("x-acs-action")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if action != "SendSms" {
+        return (
+            StatusCode::BAD_REQUEST,
             serde_json::json!({"Code": "InvalidAction.NotFound", "Message": "unknown action", "RequestId": request_id}),
         );
     }
     for required in ["PhoneNumbers", "SignName", "TemplateCode"] {
         if field(required).is_empty() {
-            return Json(
+            return (
+                StatusCode::OK,
                 serde_json::json!({"Code": "isv.INVALID_PARAMETERS", "Message": format!("{required} is required"), "RequestId": request_id}),
             );
         }
     }
     let phone = field("PhoneNumbers");
     if !is_mobile(phone) {
-        return Json(
+        return (
+            StatusCode::OK,
             serde_json::json!({"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "invalid mobile", "RequestId": request_id}),
         );
     }
@@ -213,13 +266,15 @@ async fn send_sms(
     .await;
     if let Err(e) = stored {
         tracing::warn!(error = %e, "mock vendor could not store a message");
-        return Json(
+        return (
+            StatusCode::OK,
             serde_json::json!({"Code": "isp.SYSTEM_ERROR", "Message": "try again", "RequestId": request_id}),
         );
     }
     renewal_platform::activity::record();
     vendor.accepted.notify_one();
-    Json(
+    (
+        StatusCode::OK,
         serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": request_id}),
     )
 }

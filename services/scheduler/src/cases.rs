@@ -11,12 +11,10 @@ use renewal_platform::inbox::field;
 use renewal_platform::{Clock, Delivery, HandleError, Handler};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
-use uuid::Uuid;
-
-use crate::plan::DEFAULT_PLAN;
 
 pub struct CaseEvents {
     pub clock: Clock,
+    pub hours: crate::plan::Hours,
     pub timers_changed: Arc<Notify>,
 }
 
@@ -25,7 +23,7 @@ impl Handler for CaseEvents {
         match delivery.subject.as_str() {
             subject::LISTS_CASE_OPENED => {
                 let event: CaseOpened = delivery.decode()?;
-                opened(tx, &event, self.clock.now()).await
+                opened(tx, &event, self.clock.now(), self.hours).await
             }
             subject::LISTS_CASE_CLOSED => {
                 let event: CaseClosed = delivery.decode()?;
@@ -48,21 +46,27 @@ async fn opened(
     tx: &mut PgConnection,
     event: &CaseOpened,
     now: DateTime<Utc>,
+    hours: crate::plan::Hours,
 ) -> Result<(), HandleError> {
     let id = field::uuid("case_id", &event.case_id)?;
     let expiry = field::date("expiry_date", &event.expiry_date)?;
     let effective = field::date("effective_expiry_date", &event.effective_expiry_date)?;
     let tz = field::time_zone("time_zone", &event.time_zone)?;
     let customer = event.customer.clone().unwrap_or_default();
+    let (plan_city, plan_version, plan) = crate::plan_versions::current(tx, &event.city_code)
+        .await?
+        .ok_or_else(|| HandleError::Retry("no reminder plan stored yet".into()))?;
     // A case closed before its opening arrived is already here as 'closed'; it keeps
     // that state and gets no timers.
     sqlx::query(
         "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
-             customer_name, mobile, plate)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             customer_name, mobile, plate, city_code, branch_code, plan_city, plan_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (case_id) DO UPDATE SET expiry_date = EXCLUDED.expiry_date,
              effective_expiry_date = EXCLUDED.effective_expiry_date, time_zone = EXCLUDED.time_zone,
-             customer_name = EXCLUDED.customer_name, mobile = EXCLUDED.mobile, plate = EXCLUDED.plate",
+             customer_name = EXCLUDED.customer_name, mobile = EXCLUDED.mobile, plate = EXCLUDED.plate,
+             city_code = EXCLUDED.city_code, branch_code = EXCLUDED.branch_code,
+             plan_city = EXCLUDED.plan_city, plan_version = EXCLUDED.plan_version",
     )
     .bind(id)
     .bind(&event.policy_no)
@@ -72,36 +76,14 @@ async fn opened(
     .bind(&customer.name)
     .bind(&customer.mobile)
     .bind(&customer.plate)
+    .bind(&event.city_code)
+    .bind(&event.branch_code)
+    .bind(&plan_city)
+    .bind(plan_version)
     .execute(&mut *tx)
     .await?;
-    for stage in DEFAULT_PLAN {
-        let due_at = stage.due_at(effective, tz);
-        // Stages already behind when the case opens are recorded as skipped, so the
-        // timeline says why they never happened.
-        let (state, note) = if due_at <= now {
-            ("skipped", Some("case opened after this stage was due"))
-        } else {
-            ("pending", None)
-        };
-        sqlx::query(
-            "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, state, note, traceparent)
-             SELECT $1, $2, $3, 'sms', $4, $5,
-                    CASE WHEN c.state = 'closed' THEN 'cancelled' ELSE $6 END,
-                    CASE WHEN c.state = 'closed' THEN 'case closed' ELSE $7 END, $8
-             FROM scheduler.cases c WHERE c.case_id = $2
-             ON CONFLICT (case_id, stage) DO NOTHING",
-        )
-        .bind(Uuid::now_v7())
-        .bind(id)
-        .bind(stage.stage)
-        .bind(stage.template)
-        .bind(due_at)
-        .bind(state)
-        .bind(note)
-        .bind(renewal_platform::telemetry::current_traceparent())
-        .execute(&mut *tx)
-        .await?;
-    }
+    let placed = crate::plan::place(&plan, effective, tz, now, &hours);
+    crate::timers::insert(tx, id, &placed).await?;
     Ok(())
 }
 
@@ -126,11 +108,15 @@ async fn closed(tx: &mut PgConnection, event: &CaseClosed) -> Result<(), HandleE
     .bind(closed_at)
     .execute(&mut *tx)
     .await?;
+    // A lapse keeps the lapse-rescue stages after it; anything else stops every timer.
     let cancelled = sqlx::query(
-        "UPDATE scheduler.timers SET state = 'cancelled', note = 'case ' || $2 WHERE case_id = $1 AND state = 'pending'",
+        "UPDATE scheduler.timers SET state = 'cancelled', note = 'case ' || $2
+         WHERE case_id = $1 AND state = 'pending'
+           AND NOT ($2 = 'lapsed' AND nominal_at IS NOT NULL AND nominal_at > $3)",
     )
     .bind(id)
     .bind(reason)
+    .bind(closed_at)
     .execute(&mut *tx)
     .await?;
     metrics::counter!("timers_cancelled_total", "reason" => reason)

@@ -4,9 +4,13 @@
 //! fires it twice. The walking skeleton plans the T-60 renewal SMS.
 
 mod cases;
-mod plan;
+pub mod config;
+mod outcomes;
+pub mod plan;
+mod plan_versions;
 pub mod report;
-mod timers;
+mod timeline;
+pub mod timers;
 
 use std::sync::Arc;
 
@@ -24,6 +28,7 @@ pub const LISTS_CASES: ConsumerSpec = ConsumerSpec {
     stream: Stream::Lists,
     durable: "scheduler",
     filter: "lists.case.>",
+    parallel: 1,
 };
 
 /// Owners named by assignment.
@@ -31,9 +36,18 @@ pub const OWNERS: ConsumerSpec = ConsumerSpec {
     stream: Stream::Assignment,
     durable: "scheduler",
     filter: "assignment.owner.>",
+    parallel: 1,
 };
 
-pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, OWNERS];
+/// Call outcomes from dispatch (they reschedule contacts).
+pub const OUTCOMES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Dispatch,
+    durable: "scheduler-outcomes",
+    filter: "dispatch.task.>",
+    parallel: 1,
+};
+
+pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, OWNERS, OUTCOMES];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -43,8 +57,21 @@ pub async fn migrate(pool: sqlx::PgPool) -> Result<(), renewal_platform::postgre
     renewal_platform::postgres::migrate(&pool, SCHEMA, sqlx::migrate!("./migrations")).await
 }
 
-/// Runs the service until `cancel` fires, then finishes the work in hand.
+/// Runs the service with the settings from the environment.
 pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
+    let config = config::SchedulerConfig::from_env().map_err(|e| e.to_string())?;
+    run_with(deps, config, cancel).await
+}
+
+/// Runs the service until `cancel` fires, then finishes the work in hand.
+pub async fn run_with(
+    deps: Deps,
+    config: config::SchedulerConfig,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    plan_versions::seed_default(&deps.pool).await?;
+    deps.http.mount(plan_versions::routes(deps.pool.clone()));
+    deps.http.mount(timeline::routes(deps.pool.clone()));
     for stream in [Stream::Scheduler, Stream::Dispatch] {
         deps.bus
             .ensure_stream(stream)
@@ -58,6 +85,14 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         LISTS_CASES,
         cases::CaseEvents {
             clock: deps.clock.clone(),
+            hours: config.hours,
+            timers_changed: timers_changed.clone(),
+        },
+    );
+    service.consume(
+        OUTCOMES,
+        outcomes::OutcomeEvents {
+            hours: config.hours,
             timers_changed: timers_changed.clone(),
         },
     );
@@ -66,6 +101,7 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         deps.pool.clone(),
         outbox,
         deps.clock.clone(),
+        config.hours,
         timers_changed,
         cancel,
     ));

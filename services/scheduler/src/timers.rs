@@ -1,26 +1,36 @@
 //! Firing due timers: claimed in batches with `FOR UPDATE SKIP LOCKED` (replicas share
 //! the work without double-firing), each turned into a command in the outbox in the
-//! same transaction that marks it fired. After downtime it catches up in due order.
+//! same transaction that marks it fired (its id is the command's `Nats-Msg-Id`). After
+//! downtime it catches up in due order. Marketing SMS respect the frequency cap: one per
+//! customer per 3 days, four per renewal.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use renewal_contract::scheduler::SendSms;
+use renewal_contract::scheduler::{
+    ConfirmOwner, CreatePhoneTask, SendSms, SupervisorAlert, TaskQueue,
+};
 use renewal_contract::subject;
 use renewal_platform::{Clock, Outbox};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
-const BATCH: i64 = 500;
+use crate::plan::{Hours, Placed};
+
+pub const BATCH: i64 = 5000;
+/// The frequency cap.
+const CAP_GAP: chrono::Duration = chrono::Duration::days(3);
+const CAP_PER_RENEWAL: i64 = 4;
 
 pub async fn run(
     pool: PgPool,
     outbox: Outbox,
     clock: Clock,
+    hours: Hours,
     timers_changed: Arc<Notify>,
     cancel: CancellationToken,
 ) {
@@ -29,8 +39,11 @@ pub async fn run(
             return;
         }
         let now = clock.now();
-        match fire_due(&pool, &outbox, now, clock.is_simulated()).await {
-            Ok(n) if n as i64 == BATCH => continue,
+        match fire_due(&pool, &outbox, now, clock.is_simulated(), &hours).await {
+            Ok(n) if n as i64 == BATCH => {
+                outbox.wake();
+                continue;
+            }
             Ok(n) => {
                 if n > 0 {
                     renewal_platform::activity::record();
@@ -65,18 +78,102 @@ pub async fn next_wakeup(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::E
         .await
 }
 
+/// Writes a case's placed stages (a stage already there is left as it is).
+pub async fn insert(
+    tx: &mut PgConnection,
+    case_id: Uuid,
+    placed: &[Placed],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = placed.iter().map(|_| Uuid::now_v7()).collect();
+    let stages: Vec<&str> = placed.iter().map(|p| p.stage.stage.as_str()).collect();
+    let actions: Vec<&str> = placed.iter().map(|p| p.stage.action.as_str()).collect();
+    let templates: Vec<&str> = placed.iter().map(|p| p.stage.template.as_str()).collect();
+    let dues: Vec<DateTime<Utc>> = placed.iter().map(|p| p.due).collect();
+    let nominals: Vec<DateTime<Utc>> = placed.iter().map(|p| p.nominal).collect();
+    let states: Vec<&str> = placed
+        .iter()
+        .map(|p| {
+            if p.skipped.is_some() {
+                "skipped"
+            } else {
+                "pending"
+            }
+        })
+        .collect();
+    let notes: Vec<Option<String>> = placed
+        .iter()
+        .map(|p| {
+            p.skipped
+                .map(str::to_owned)
+                .or_else(|| (p.due != p.nominal).then(|| "moved into the allowed hours".to_owned()))
+        })
+        .collect();
+    let queues: Vec<Option<&str>> = placed
+        .iter()
+        .map(|p| p.stage.queue.map(|q| q.as_str()))
+        .collect();
+    let marketing: Vec<bool> = placed.iter().map(|p| p.stage.marketing).collect();
+    let promotions: Vec<&str> = placed.iter().map(|p| p.stage.promotion.as_str()).collect();
+    let keep: Vec<bool> = placed.iter().map(|p| p.stage.keep_after_refusal).collect();
+    sqlx::query(
+        "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, nominal_at, state, note,
+             queue, marketing, promotion, keep_after_refusal, traceparent)
+         SELECT u.id, c.case_id, u.stage, u.action, u.template, u.due_at, u.nominal_at,
+                CASE WHEN c.state = 'closed' THEN 'cancelled' ELSE u.state END,
+                CASE WHEN c.state = 'closed' THEN 'case closed' ELSE u.note END,
+                u.queue, u.marketing, u.promotion, u.keep, $14
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+                     $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bool[])
+              AS u(id, stage, action, template, due_at, nominal_at, state, note, queue, marketing, promotion, keep)
+         JOIN scheduler.cases c ON c.case_id = $13
+         ON CONFLICT (case_id, stage) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&stages)
+    .bind(&actions)
+    .bind(&templates)
+    .bind(&dues)
+    .bind(&nominals)
+    .bind(&states)
+    .bind(&notes)
+    .bind(&queues)
+    .bind(&marketing)
+    .bind(&promotions)
+    .bind(&keep)
+    .bind(case_id)
+    .bind(renewal_platform::telemetry::current_traceparent())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn queue_of(raw: Option<&str>, owner: Option<&str>) -> TaskQueue {
+    match raw {
+        Some("owner") if owner.is_some_and(|o| !o.is_empty()) => TaskQueue::Owner,
+        Some("owner") | Some("branch") => TaskQueue::Branch,
+        Some("hq") => TaskQueue::Hq,
+        _ => TaskQueue::Campaign,
+    }
+}
+
 /// Fires one batch of due timers; returns how many it claimed.
-async fn fire_due(
+pub async fn fire_due(
     pool: &PgPool,
     outbox: &Outbox,
     now: DateTime<Utc>,
     simulated: bool,
+    hours: &Hours,
 ) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let due = sqlx::query(
-        "SELECT t.id, t.case_id, t.stage, t.template, t.due_at, t.traceparent, c.policy_no, c.state AS case_state,
-                c.customer_name, c.mobile, c.plate, c.expiry_date, c.time_zone
+        "SELECT t.id, t.case_id, t.stage, t.action, t.template, t.due_at, t.traceparent, t.queue,
+                t.marketing, t.promotion, c.policy_no,
+                CASE WHEN c.state = 'open' OR (c.closed_reason = 'lapsed' AND t.nominal_at > c.closed_at)
+                     THEN 'open' ELSE 'closed' END AS case_state, c.customer_name, c.mobile,
+                c.plate, c.expiry_date, c.effective_expiry_date, c.time_zone, c.city_code, c.branch_code,
+                o.owner_agent
          FROM scheduler.timers t JOIN scheduler.cases c USING (case_id)
+         LEFT JOIN scheduler.owners o USING (case_id)
          WHERE t.state = 'pending' AND t.due_at <= $1
          ORDER BY t.due_at
          LIMIT $2
@@ -86,52 +183,217 @@ async fn fire_due(
     .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    // What the frequency cap needs: each customer's last marketing SMS, each case's count.
+    let mut mobiles = Vec::new();
+    let mut cases = Vec::new();
+    for row in &due {
+        if row.try_get::<bool, _>("marketing")? {
+            mobiles.push(
+                row.try_get::<Option<String>, _>("mobile")?
+                    .unwrap_or_default(),
+            );
+            cases.push(row.try_get::<Uuid, _>("case_id")?);
+        }
+    }
+    let mut last_sms: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let mut per_case: HashMap<Uuid, i64> = HashMap::new();
+    if !mobiles.is_empty() {
+        for r in sqlx::query(
+            "SELECT c.mobile, max(t.fired_at) AS last FROM scheduler.cases c
+             JOIN scheduler.timers t ON t.case_id = c.case_id
+                 AND t.action = 'sms' AND t.marketing AND t.state = 'fired'
+             WHERE c.mobile = ANY($1) GROUP BY c.mobile",
+        )
+        .bind(&mobiles)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            if let Some(last) = r.try_get::<Option<DateTime<Utc>>, _>("last")? {
+                last_sms.insert(r.try_get("mobile")?, last);
+            }
+        }
+        for r in sqlx::query(
+            "SELECT case_id, count(*) AS n FROM scheduler.timers
+             WHERE case_id = ANY($1) AND action = 'sms' AND marketing AND state = 'fired' GROUP BY case_id",
+        )
+        .bind(&cases)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            per_case.insert(r.try_get("case_id")?, r.try_get("n")?);
+        }
+    }
+    let mut commands = Vec::with_capacity(due.len());
     let mut fired = Vec::new();
     let mut dropped = Vec::new();
+    let (mut capped, mut capped_notes) = (Vec::new(), Vec::new());
+    let (mut postponed, mut postponed_to) = (Vec::new(), Vec::new());
     for row in &due {
         let id: Uuid = row.try_get("id")?;
-        let case_state: String = row.try_get("case_state")?;
-        if case_state != "open" {
+        if row.try_get::<String, _>("case_state")? != "open" {
             dropped.push(id);
             continue;
         }
+        let case_id: Uuid = row.try_get("case_id")?;
         let due_at: DateTime<Utc> = row.try_get("due_at")?;
+        let stage: String = row.try_get("stage")?;
         let expiry: Option<NaiveDate> = row.try_get("expiry_date")?;
-        let command = SendSms {
-            command_id: id.to_string(),
-            case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
-            policy_no: row.try_get("policy_no")?,
-            stage: row.try_get("stage")?,
-            template: row.try_get("template")?,
-            mobile: row
-                .try_get::<Option<String>, _>("mobile")?
-                .unwrap_or_default(),
-            customer_name: row
-                .try_get::<Option<String>, _>("customer_name")?
-                .unwrap_or_default(),
-            plate: row
-                .try_get::<Option<String>, _>("plate")?
-                .unwrap_or_default(),
-            expiry_date: expiry.map(|d| d.to_string()).unwrap_or_default(),
-            time_zone: row
-                .try_get::<Option<String>, _>("time_zone")?
-                .unwrap_or_default(),
-            marketing: true,
-            due_at_ms: due_at.timestamp_millis(),
-        };
+        let expiry_text = expiry.map(|d| d.to_string()).unwrap_or_default();
+        let tz_name: String = row
+            .try_get::<Option<String>, _>("time_zone")?
+            .unwrap_or_default();
+        let mobile: String = row
+            .try_get::<Option<String>, _>("mobile")?
+            .unwrap_or_default();
+        let owner: Option<String> = row.try_get("owner_agent")?;
         let traceparent: Option<String> = row.try_get("traceparent")?;
-        outbox
-            .enqueue_with_id(&mut tx, id, subject::DISPATCH_CMD_SEND_SMS, &command)
-            .instrument(renewal_platform::telemetry::continue_trace(
-                traceparent.as_deref(),
-            ))
-            .await?;
+        let marketing: bool = row.try_get("marketing")?;
+        let (subject_name, payload) = match row.try_get::<String, _>("action")?.as_str() {
+            "sms" => {
+                if marketing {
+                    let sent = per_case.get(&case_id).copied().unwrap_or(0);
+                    if sent >= CAP_PER_RENEWAL {
+                        capped.push(id);
+                        capped_notes.push("frequency cap: 4 marketing SMS per renewal".to_owned());
+                        continue;
+                    }
+                    if let Some(last) = last_sms.get(&mobile)
+                        && now - *last < CAP_GAP
+                    {
+                        let tz: chrono_tz::Tz =
+                            tz_name.parse().unwrap_or(chrono_tz::Asia::Shanghai);
+                        let effective: Option<NaiveDate> = row.try_get("effective_expiry_date")?;
+                        let limit = effective.map(|d| {
+                            renewal_platform::local_instant(d, chrono::NaiveTime::MIN, tz)
+                        });
+                        match crate::plan::allowed(*last + CAP_GAP, hours.sms, None, tz) {
+                            Some(at) if limit.is_none_or(|l| at < l) => {
+                                postponed.push(id);
+                                postponed_to.push(at);
+                            }
+                            _ => {
+                                capped.push(id);
+                                capped_notes.push(
+                                    "frequency cap: one marketing SMS per customer per 3 days"
+                                        .to_owned(),
+                                );
+                            }
+                        }
+                        continue;
+                    }
+                    last_sms.insert(mobile.clone(), now);
+                    *per_case.entry(case_id).or_default() += 1;
+                }
+                let command = SendSms {
+                    command_id: id.to_string(),
+                    case_id: case_id.to_string(),
+                    policy_no: row.try_get("policy_no")?,
+                    stage,
+                    template: row.try_get("template")?,
+                    mobile,
+                    customer_name: row
+                        .try_get::<Option<String>, _>("customer_name")?
+                        .unwrap_or_default(),
+                    plate: row
+                        .try_get::<Option<String>, _>("plate")?
+                        .unwrap_or_default(),
+                    expiry_date: expiry_text,
+                    time_zone: tz_name,
+                    marketing,
+                    due_at_ms: due_at.timestamp_millis(),
+                };
+                (
+                    subject::DISPATCH_CMD_SEND_SMS,
+                    prost::Message::encode_to_vec(&command),
+                )
+            }
+            "phone_task" => {
+                let queue_raw: Option<String> = row.try_get("queue")?;
+                let queue = queue_of(queue_raw.as_deref(), owner.as_deref());
+                let days = expiry.map_or(0, |e| {
+                    (e - renewal_platform::local_date(
+                        now,
+                        tz_name.parse().unwrap_or(chrono_tz::Asia::Shanghai),
+                    ))
+                    .num_days() as i32
+                });
+                let command = CreatePhoneTask {
+                    command_id: id.to_string(),
+                    case_id: case_id.to_string(),
+                    policy_no: row.try_get("policy_no")?,
+                    stage,
+                    queue: queue as i32,
+                    owner_agent: owner.unwrap_or_default(),
+                    branch_code: row
+                        .try_get::<Option<String>, _>("branch_code")?
+                        .unwrap_or_default(),
+                    city_code: row
+                        .try_get::<Option<String>, _>("city_code")?
+                        .unwrap_or_default(),
+                    promotion: row.try_get("promotion")?,
+                    customer_name: row
+                        .try_get::<Option<String>, _>("customer_name")?
+                        .unwrap_or_default(),
+                    mobile,
+                    plate: row
+                        .try_get::<Option<String>, _>("plate")?
+                        .unwrap_or_default(),
+                    expiry_date: expiry_text,
+                    time_zone: tz_name,
+                    days_to_expiry: days,
+                    due_at_ms: due_at.timestamp_millis(),
+                };
+                (
+                    subject::DISPATCH_CMD_CREATE_PHONE_TASK,
+                    prost::Message::encode_to_vec(&command),
+                )
+            }
+            "supervisor_alert" => {
+                let alert = SupervisorAlert {
+                    alert_id: id.to_string(),
+                    case_id: case_id.to_string(),
+                    policy_no: row.try_get("policy_no")?,
+                    stage,
+                    owner_agent: owner.unwrap_or_default(),
+                    branch_code: row
+                        .try_get::<Option<String>, _>("branch_code")?
+                        .unwrap_or_default(),
+                    city_code: row
+                        .try_get::<Option<String>, _>("city_code")?
+                        .unwrap_or_default(),
+                    expiry_date: expiry_text,
+                    due_at_ms: due_at.timestamp_millis(),
+                };
+                (
+                    subject::SCHEDULER_CASE_SUPERVISOR_ALERT,
+                    prost::Message::encode_to_vec(&alert),
+                )
+            }
+            _ => {
+                let command = ConfirmOwner {
+                    command_id: id.to_string(),
+                    case_id: case_id.to_string(),
+                    policy_no: row.try_get("policy_no")?,
+                    stage,
+                    due_at_ms: due_at.timestamp_millis(),
+                };
+                (
+                    subject::ASSIGNMENT_CMD_CONFIRM_OWNER,
+                    prost::Message::encode_to_vec(&command),
+                )
+            }
+        };
         if !simulated {
             let late = (now - due_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::histogram!("timer_lateness_seconds").record(late);
         }
+        commands.push((id, subject_name, payload, traceparent));
         fired.push(id);
     }
+    outbox.enqueue_commands(&mut tx, commands).await?;
     sqlx::query("UPDATE scheduler.timers SET state = 'fired', fired_at = $2 WHERE id = ANY($1)")
         .bind(&fired)
         .bind(now)
@@ -143,7 +405,24 @@ async fn fire_due(
     .bind(&dropped)
     .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "UPDATE scheduler.timers t SET state = 'skipped', note = u.note
+         FROM UNNEST($1::uuid[], $2::text[]) AS u(id, note) WHERE t.id = u.id",
+    )
+    .bind(&capped)
+    .bind(&capped_notes)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE scheduler.timers t SET due_at = u.due_at, note = 'postponed by the frequency cap'
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, due_at) WHERE t.id = u.id",
+    )
+    .bind(&postponed)
+    .bind(&postponed_to)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     metrics::counter!("timers_fired_total").increment(fired.len() as u64);
+    metrics::counter!("timers_capped_total").increment(capped.len() as u64);
     Ok(due.len())
 }

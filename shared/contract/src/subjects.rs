@@ -15,11 +15,18 @@ pub mod subject {
     pub const LISTS_LIST_ISSUED: &str = "lists.list.issued";
 
     pub const ASSIGNMENT_OWNER_ASSIGNED: &str = "assignment.owner.assigned";
+    pub const ASSIGNMENT_CASE_ROUTED: &str = "assignment.case.routed";
+    pub const ASSIGNMENT_CMD_CONFIRM_OWNER: &str = "assignment.cmd.confirm_owner";
+
+    pub const SCHEDULER_CASE_SUPERVISOR_ALERT: &str = "scheduler.case.supervisor_alert";
 
     pub const DISPATCH_CMD_SEND_SMS: &str = "dispatch.cmd.send_sms";
+    pub const DISPATCH_CMD_CREATE_PHONE_TASK: &str = "dispatch.cmd.create_phone_task";
+    pub const DISPATCH_TASK_COMPLETED: &str = "dispatch.task.completed";
     pub const DISPATCH_SMS_SENT: &str = "dispatch.sms.sent";
     pub const DISPATCH_SMS_DELIVERED: &str = "dispatch.sms.delivered";
     pub const DISPATCH_SMS_FAILED: &str = "dispatch.sms.failed";
+    pub const DISPATCH_SMS_OPTED_OUT: &str = "dispatch.sms.opted_out";
 }
 
 /// One JetStream stream per subject namespace.

@@ -35,6 +35,9 @@ pub struct ConsumerSpec {
     pub durable: &'static str,
     /// Subject filter without prefix, e.g. `lists.case.>`.
     pub filter: &'static str,
+    /// How many messages are handled at once: 1 keeps the stream's order; more only
+    /// for messages whose order does not matter (each in its own transaction).
+    pub parallel: usize,
 }
 
 #[derive(Clone, Debug)]

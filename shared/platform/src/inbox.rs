@@ -170,22 +170,33 @@ pub async fn consume<H: Handler>(
                 }
             }
         };
+        // Messages in hand (at most `spec.parallel`); on cancel they are finished first.
+        let mut in_hand = futures::stream::FuturesUnordered::new();
+        let parallel = spec.parallel.max(1);
         loop {
             let next = tokio::select! {
-                _ = cancel.cancelled() => return,
-                next = messages.next() => next,
+                _ = cancel.cancelled() => {
+                    while in_hand.next().await.is_some() {}
+                    return;
+                }
+                Some(()) = in_hand.next(), if !in_hand.is_empty() => continue,
+                next = messages.next(), if in_hand.len() < parallel => next,
             };
             match next {
                 Some(Ok(message)) => {
                     backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-                    process(&ctx, &handler, message).await;
+                    in_hand.push(process(&ctx, &handler, message));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(consumer = spec.durable, error = %e, "pull stream failed; re-creating it");
+                    while in_hand.next().await.is_some() {}
                     tokio::time::sleep(backoff.next_delay()).await;
                     break;
                 }
-                None => break,
+                None => {
+                    while in_hand.next().await.is_some() {}
+                    break;
+                }
             }
         }
     }
@@ -246,7 +257,21 @@ async fn process<H: Handler>(
     metrics::counter!("messages_in_total", "service" => ctx.schema, "subject" => delivery.subject.clone(), "outcome" => outcome).increment(1);
     metrics::histogram!("handler_seconds", "service" => ctx.schema, "subject" => delivery.subject.clone())
         .record(started.elapsed().as_secs_f64());
-    let _enter = span.enter();
+    // The span is attached to the future, never entered across an await: with several
+    // deliveries in flight on one task an entered span would outlive its turn.
+    settle_delivery(ctx, handler, &message, &delivery, delivered, result)
+        .instrument(span)
+        .await
+}
+
+async fn settle_delivery<H: Handler>(
+    ctx: &Consuming,
+    handler: &H,
+    message: &async_nats::jetstream::Message,
+    delivery: &Delivery,
+    delivered: i64,
+    result: Result<bool, HandleError>,
+) {
     match result {
         Ok(fresh) => {
             if fresh {
@@ -261,7 +286,7 @@ async fn process<H: Handler>(
         }
         Err(HandleError::Malformed(reason)) => {
             tracing::error!(%reason, "message rejected as malformed; kept in the inbox for inspection");
-            match reject(&ctx.pool, ctx.schema, &delivery, &reason).await {
+            match reject(&ctx.pool, ctx.schema, delivery, &reason).await {
                 Ok(()) => {
                     crate::activity::record();
                     let _ = message.ack_with(AckKind::Term).await;

@@ -107,6 +107,38 @@ impl Outbox {
         Ok(ids.len())
     }
 
+    /// Writes many commands in one statement, each with its own id (its `Nats-Msg-Id`)
+    /// and the trace it continues; an id written before is ignored.
+    pub async fn enqueue_commands(
+        &self,
+        tx: &mut PgConnection,
+        commands: Vec<(Uuid, &'static str, Vec<u8>, Option<String>)>,
+    ) -> Result<u64, sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {}.outbox (id, subject, payload, traceparent) \
+             SELECT id, subject, payload, tp FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[]) \
+             WITH ORDINALITY AS e(id, subject, payload, tp, n) ORDER BY n \
+             ON CONFLICT (id) DO NOTHING",
+            self.schema
+        );
+        let mut written = 0;
+        for chunk in commands.chunks(10_000) {
+            let ids: Vec<Uuid> = chunk.iter().map(|c| c.0).collect();
+            let subjects: Vec<&str> = chunk.iter().map(|c| c.1).collect();
+            let payloads: Vec<&[u8]> = chunk.iter().map(|c| c.2.as_slice()).collect();
+            let traces: Vec<Option<&str>> = chunk.iter().map(|c| c.3.as_deref()).collect();
+            written += sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&ids)
+                .bind(&subjects)
+                .bind(&payloads)
+                .bind(&traces)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        Ok(written)
+    }
+
     /// Tells the relay there is something to publish (call after the commit).
     pub fn wake(&self) {
         self.wake.notify_one();

@@ -1,6 +1,9 @@
 //! The SMS gateway: templates, the vendor client, the sender and the receipts webhook.
 
 pub mod receipts;
+pub mod replies;
 pub mod sending;
+pub mod signing;
 pub mod templates;
+pub mod throttle;
 pub mod vendor;

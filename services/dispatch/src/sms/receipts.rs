@@ -1,4 +1,5 @@
-//! The vendor's webhook for delivery receipts (`SmsReport`): a JSON array, answered
+//! The vendor's webhook for delivery receipts (`SmsReport`; replies, `SmsUp`, are in
+//! `replies.rs` on the same token): a JSON array, answered
 //! with `{"code":0,"msg":"成功"}`. The vendor does not sign its pushes, so the path
 //! carries a secret token (wrong token: 401). Receipts are idempotent (the vendor
 //! repeats them) and monotonic (a delivered message stays delivered); a receipt for a
@@ -33,6 +34,7 @@ pub struct Webhook {
 pub fn routes(webhook: Webhook) -> Router {
     Router::new()
         .route("/v1/webhooks/sms/{token}/report", post(report))
+        .route("/v1/webhooks/sms/{token}/up", post(super::replies::up))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(webhook)
 }
@@ -56,7 +58,7 @@ pub struct SmsReport {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum WebhookError {
+pub(crate) enum WebhookError {
     #[error("unauthorized")]
     Unauthorized,
     #[error("malformed body: {0}")]
@@ -90,7 +92,7 @@ impl IntoResponse for WebhookError {
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte.
-fn same_token(given: &str, expected: &str) -> bool {
+pub(crate) fn same_token(given: &str, expected: &str) -> bool {
     let (a, b) = (given.as_bytes(), expected.as_bytes());
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {

@@ -13,11 +13,28 @@ pub struct Template {
     pub text: &'static str,
 }
 
-pub const TEMPLATES: &[Template] = &[Template {
-    key: "renewal_friendly",
-    code: "SMS_RENEWAL_T60",
-    text: "尊敬的${name}，您的爱车${plate}的车险将于${expiry}到期，请及时续保，如已续保请忽略。回TD退订",
-}];
+pub const TEMPLATES: &[Template] = &[
+    Template {
+        key: "renewal_friendly",
+        code: "SMS_RENEWAL_T60",
+        text: "尊敬的${name}，您的爱车${plate}的车险将于${expiry}到期，请及时续保，如已续保请忽略。回TD退订",
+    },
+    Template {
+        key: "renewal_campaign",
+        code: "SMS_RENEWAL_T15",
+        text: "尊敬的${name}，您的爱车${plate}的车险将于${expiry}到期，现在续保可享本期优惠，我们的客服将与您联系。回TD退订",
+    },
+    Template {
+        key: "renewal_urgent",
+        code: "SMS_RENEWAL_T7",
+        text: "尊敬的${name}，您的爱车${plate}的车险${expiry}即将到期，脱保期间出险将无法理赔，请尽快续保。回TD退订",
+    },
+    Template {
+        key: "lapse_rescue",
+        code: "SMS_LAPSE_RESCUE",
+        text: "尊敬的${name}，您的爱车${plate}的车险已于${expiry}到期，为保障出行安全，请尽快续保。回TD退订",
+    },
+];
 
 pub fn find(key: &str) -> Option<&'static Template> {
     TEMPLATES.iter().find(|t| t.key == key)
@@ -37,6 +54,21 @@ pub fn params(command: &SendSms) -> Result<serde_json::Value, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_sms_template_of_the_default_plan_exists() {
+        let plan: serde_json::Value =
+            serde_json::from_str(include_str!("../../../scheduler/data/default-plan.json"))
+                .expect("the default plan is JSON");
+        let mut checked = 0;
+        for stage in plan["stages"].as_array().expect("stages") {
+            if let Some(key) = stage["template"].as_str() {
+                assert!(super::find(key).is_some(), "no SMS template {key}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "the default plan sends at least three SMS");
+    }
+
     #[test]
     fn marketing_templates_carry_the_opt_out_text() {
         for t in super::TEMPLATES {

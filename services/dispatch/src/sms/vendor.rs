@@ -4,10 +4,15 @@
 
 use std::future::Future;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::config::DispatchConfig;
+use crate::sms::signing;
+use crate::sms::throttle::Throttle;
+
+pub const ACTION: &str = "SendSms";
+pub const VERSION: &str = "2017-05-25";
 
 pub struct SmsRequest<'a> {
     /// Our message id, sent as OutId and echoed in receipts.
@@ -44,8 +49,10 @@ pub struct AliyunSms {
     base_url: String,
     sign_name: String,
     access_key_id: String,
-    #[allow(dead_code)] // used by request signing (ACS3-HMAC-SHA256), dispatch's own issue
     access_key_secret: SecretString,
+    /// `host[:port]` as sent, which the signature covers.
+    host: String,
+    throttle: Throttle,
 }
 
 #[derive(Deserialize)]
@@ -59,12 +66,22 @@ struct SendSmsResponse {
 }
 
 impl AliyunSms {
-    pub fn new(config: &DispatchConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &DispatchConfig) -> Result<Self, String> {
         renewal_platform::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(config.vendor_timeout)
-            .build()?;
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url =
+            reqwest::Url::parse(&config.vendor_url).map_err(|e| format!("SMS_VENDOR_URL: {e}"))?;
+        let host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => return Err("SMS_VENDOR_URL has no host".into()),
+        };
         Ok(AliyunSms {
+            host,
+            throttle: Throttle::per_second(config.vendor_qps),
             http,
             base_url: config.vendor_url.trim_end_matches('/').to_owned(),
             sign_name: config.sign_name.clone(),
@@ -93,21 +110,41 @@ fn is_permanent(code: &str) -> bool {
 impl SmsVendor for AliyunSms {
     async fn send(&self, request: SmsRequest<'_>) -> Result<Accepted, VendorError> {
         let params = request.template_params.to_string();
+        let query = signing::canonical_query(&[
+            ("PhoneNumbers", request.mobile),
+            ("SignName", self.sign_name.as_str()),
+            ("TemplateCode", request.template_code),
+            ("TemplateParam", params.as_str()),
+            ("OutId", request.out_id),
+        ]);
+        let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let signed = signing::Request {
+            method: "POST",
+            host: &self.host,
+            path: "/",
+            query: &query,
+            action: ACTION,
+            version: VERSION,
+            date: &date,
+            nonce: &nonce,
+            body: b"",
+        };
+        let authorization = signing::authorization(
+            &signed,
+            &self.access_key_id,
+            self.access_key_secret.expose_secret(),
+        );
+        self.throttle.wait().await;
         let response = self
             .http
-            .post(format!("{}/", self.base_url))
-            .header("x-acs-action", "SendSms")
-            .header("x-acs-version", "2017-05-25")
-            .query(&[
-                ("Action", "SendSms"),
-                ("Version", "2017-05-25"),
-                ("AccessKeyId", self.access_key_id.as_str()),
-                ("PhoneNumbers", request.mobile),
-                ("SignName", self.sign_name.as_str()),
-                ("TemplateCode", request.template_code),
-                ("TemplateParam", params.as_str()),
-                ("OutId", request.out_id),
-            ])
+            .post(format!("{}/?{query}", self.base_url))
+            .header("x-acs-action", ACTION)
+            .header("x-acs-version", VERSION)
+            .header("x-acs-date", date)
+            .header("x-acs-signature-nonce", nonce)
+            .header("x-acs-content-sha256", signing::sha256_hex(b""))
+            .header("authorization", authorization)
             .send()
             .await
             .map_err(|e| VendorError::Transient(e.without_url().to_string()))?;

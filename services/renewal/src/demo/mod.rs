@@ -2,6 +2,7 @@
 //! clock, the mock SMS vendor on loopback, the renewal season day by day, and a funnel
 //! report. Progress is kept in the database, so `--resume` continues a killed run.
 
+pub mod branch_staff;
 pub mod funnel;
 pub mod portfolio;
 
@@ -159,6 +160,10 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
 
     let customers = portfolio::generate(args.policies, args.seed, args.start, args.days, tz);
     if !state.portfolio_published {
+        let org = portfolio::org(args.policies);
+        renewal_assignment::org::load(&pool, &renewal_assignment::outbox(), &org, sim.now())
+            .await
+            .map_err(|e| SimError::Other(format!("loading the organisation: {e}")))?;
         let policies: Vec<_> = customers.iter().map(|c| c.policy.clone()).collect();
         sim.publish_policies(&policies).await?;
         sqlx::query("UPDATE demo.progress SET portfolio_published = true WHERE id = 1")
@@ -180,7 +185,16 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     };
     bar.set_position(day_of(sim.now()));
     let mut next_renewal = 0;
+    let staff = branch_staff::BranchStaff::new(format!("http://{}", sim.http_addr), args.seed)?;
+    let mut worked_on = None;
     loop {
+        // The branches' working day, once per local day.
+        let today = renewal_platform::local_date(sim.now(), tz);
+        if worked_on != Some(today) {
+            sim.settle().await?;
+            staff.work_day().await?;
+            worked_on = Some(today);
+        }
         // Renewals whose moment has come (on resume, those before the saved time are
         // published again: lists applies each once).
         while next_renewal < renewals.len() && renewals[next_renewal].0 <= sim.now() {

@@ -233,6 +233,51 @@ pub fn generate(
     out
 }
 
+/// The organisation behind the portfolio: every branch, its agents and a supervisor.
+/// One agent code the portfolio uses (`CD02-A06`, left out) is unknown to the
+/// organisation, so its policies go through the research queue.
+pub fn org(policies: usize) -> Vec<renewal_assignment::org::OrgRow> {
+    let branches: usize = CITIES.iter().map(|c| c.branches.len()).sum();
+    let per_agent = policies / (branches * AGENTS_PER_BRANCH as usize).max(1);
+    let capacity = (per_agent as i32 * 2).max(20);
+    let mut rows = Vec::new();
+    for city in CITIES {
+        for branch in city.branches {
+            for n in 1..=AGENTS_PER_BRANCH {
+                let code = format!("{branch}-A{n:02}");
+                if code == "CD02-A06" {
+                    continue;
+                }
+                rows.push(renewal_assignment::org::OrgRow {
+                    city_code: city.code.to_owned(),
+                    branch_code: (*branch).to_owned(),
+                    branch_name: format!("{}{}支公司", city.name, &branch[2..]),
+                    agent_code: code,
+                    agent_name: format!(
+                        "{}{}",
+                        SURNAMES[n as usize % SURNAMES.len()],
+                        GIVEN[n as usize % GIVEN.len()]
+                    ),
+                    role: "agent".into(),
+                    capacity,
+                    active: true,
+                });
+            }
+            rows.push(renewal_assignment::org::OrgRow {
+                city_code: city.code.to_owned(),
+                branch_code: (*branch).to_owned(),
+                branch_name: format!("{}{}支公司", city.name, &branch[2..]),
+                agent_code: format!("{branch}-S01"),
+                agent_name: format!("{}主管", SURNAMES[0]),
+                role: "supervisor".into(),
+                capacity: 0,
+                active: true,
+            });
+        }
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,186 @@
+//! `GET /v1/cases/{policy_no}`: the current owner, the credited (originating) agent,
+//! where the case is worked and its whole history; `GET /v1/reports/attribution`:
+//! renewals credited to the agents who sold the policies, whoever renewed them.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::claims::ClaimApi;
+use crate::refusals::Refusal;
+
+pub fn routes(api: ClaimApi) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/v1/cases/{policy_no}",
+            get(show).post(crate::second_assignment::owner_answers),
+        )
+        .route("/v1/reports/attribution", get(attribution))
+        .with_state(api)
+}
+
+#[derive(Debug, Serialize)]
+pub struct CaseView {
+    pub case_id: Uuid,
+    pub policy_no: String,
+    pub city_code: String,
+    pub branch_code: String,
+    pub state: String,
+    pub phase: String,
+    pub phase_deadline: Option<DateTime<Utc>>,
+    pub owner_agent: Option<String>,
+    pub owner_branch: Option<String>,
+    pub credited_agent: String,
+    pub expiry_date: NaiveDate,
+    pub effective_expiry_date: Option<NaiveDate>,
+    pub outcome: Option<String>,
+    pub renewed_by: Option<String>,
+    pub history: Vec<OwnerChange>,
+    pub routing: Vec<RoutingStep>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OwnerChange {
+    pub owner_agent: Option<String>,
+    pub previous_owner: Option<String>,
+    pub reason: String,
+    pub assigned_by: String,
+    pub assigned_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoutingStep {
+    pub step: String,
+    pub reason: String,
+    pub routed_by: String,
+    pub routed_at: DateTime<Utc>,
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+async fn show(
+    State(api): State<ClaimApi>,
+    Path(policy_no): Path<String>,
+) -> Result<Json<CaseView>, Refusal> {
+    load(&api.pool, &policy_no)
+        .await?
+        .map(Json)
+        .ok_or(Refusal::UnknownCase(policy_no))
+}
+
+pub async fn load(pool: &PgPool, policy_no: &str) -> Result<Option<CaseView>, sqlx::Error> {
+    let Some(case) = sqlx::query("SELECT * FROM assignment.cases WHERE policy_no = $1")
+        .bind(policy_no)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let case_id: Uuid = case.try_get("case_id")?;
+    let history = sqlx::query(
+        "SELECT owner_agent, previous_owner, reason, assigned_by, assigned_at FROM assignment.owner_history
+         WHERE case_id = $1 ORDER BY id",
+    )
+    .bind(case_id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(OwnerChange {
+            owner_agent: r.try_get("owner_agent")?,
+            previous_owner: r.try_get("previous_owner")?,
+            reason: r.try_get("reason")?,
+            assigned_by: r.try_get("assigned_by")?,
+            assigned_at: r.try_get("assigned_at")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let routing = sqlx::query(
+        "SELECT step, reason, routed_by, routed_at, deadline FROM assignment.routing_history
+         WHERE case_id = $1 ORDER BY id",
+    )
+    .bind(case_id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(RoutingStep {
+            step: r.try_get("step")?,
+            reason: r.try_get("reason")?,
+            routed_by: r.try_get("routed_by")?,
+            routed_at: r.try_get("routed_at")?,
+            deadline: r.try_get("deadline")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(CaseView {
+        case_id,
+        policy_no: case.try_get("policy_no")?,
+        city_code: case.try_get("city_code")?,
+        branch_code: case.try_get("branch_code")?,
+        state: case.try_get("state")?,
+        phase: case.try_get("phase")?,
+        phase_deadline: case.try_get("phase_due_at")?,
+        owner_agent: case.try_get("owner_agent")?,
+        owner_branch: case.try_get("owner_branch")?,
+        credited_agent: case.try_get("credited_agent")?,
+        expiry_date: case.try_get("expiry_date")?,
+        effective_expiry_date: case.try_get("effective_expiry_date")?,
+        outcome: case.try_get("outcome")?,
+        renewed_by: case.try_get("renewed_by")?,
+        history,
+        routing,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct AttributionQuery {
+    city: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Credit {
+    pub credited_agent: String,
+    pub cases: i64,
+    pub renewed: i64,
+    /// Renewals of this agent's policies worked by someone else: still credited here.
+    pub renewed_by_others: i64,
+    pub lapsed: i64,
+    pub open: i64,
+}
+
+/// `GET /v1/reports/attribution[?city=]`: per originating agent.
+async fn attribution(
+    State(api): State<ClaimApi>,
+    Query(q): Query<AttributionQuery>,
+) -> Result<Json<Vec<Credit>>, Refusal> {
+    let rows = sqlx::query(
+        "SELECT credited_agent, count(*) AS cases,
+                count(*) FILTER (WHERE outcome = 'renewed') AS renewed,
+                count(*) FILTER (WHERE outcome = 'renewed' AND renewed_by IS DISTINCT FROM credited_agent) AS renewed_by_others,
+                count(*) FILTER (WHERE outcome = 'lapsed') AS lapsed,
+                count(*) FILTER (WHERE state = 'open') AS open
+         FROM assignment.cases WHERE city_code = $1 OR $1 IS NULL
+         GROUP BY credited_agent ORDER BY credited_agent",
+    )
+    .bind(&q.city)
+    .fetch_all(&api.pool)
+    .await?;
+    let credits = rows
+        .iter()
+        .map(|r| {
+            Ok(Credit {
+                credited_agent: r.try_get("credited_agent")?,
+                cases: r.try_get("cases")?,
+                renewed: r.try_get("renewed")?,
+                renewed_by_others: r.try_get("renewed_by_others")?,
+                lapsed: r.try_get("lapsed")?,
+                open: r.try_get("open")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Json(credits))
+}

@@ -1,0 +1,614 @@
+//! Claims: each item of an issued renewal list becomes a claim for its branch, due
+//! within the city's claim days. Branch staff claim it naming an owner, or decline it
+//! with a reason; a claim not taken in time, or declined, opens to every branch of the
+//! city (the pool), first claim wins. A policy whose branch or agent is unknown goes to
+//! the city's research queue instead, to be given a branch by the 15th.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
+use renewal_contract::lists::{ListIssued, ListKind};
+use renewal_platform::inbox::field;
+use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::org::city_deadlines;
+use crate::ownership::{self, NewOwner};
+use crate::refusals::{Refusal, body, required};
+use crate::routing::{self, Step};
+
+/// The phases in which a case has no owner yet.
+pub const OWNERLESS: [&str; 4] = ["awaiting_list", "research", "branch", "pool"];
+
+/// `lists.list.issued`: renewal lists become claims; lapse lists are for the branches'
+/// rescue work and change nothing here.
+pub struct ListEvents {
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Handler for ListEvents {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        let list: ListIssued = delivery.decode()?;
+        if list.kind != ListKind::Renewal as i32 {
+            return Ok(());
+        }
+        let list_id = field::uuid("list_id", &list.list_id)?;
+        let issued_on = field::date("issued_on", &list.issued_on)?;
+        let issued_at = field::instant_ms("issued_at_ms", list.issued_at_ms)?;
+        let ids = list
+            .items
+            .iter()
+            .map(|i| field::uuid("case_id", &i.case_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        open_claims(tx, list_id, &list.city_code, &ids, issued_on, issued_at).await?;
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The research deadline: the end of the 15th (of the issue month, or of the next
+/// month for a list issued after the 15th), local time.
+pub fn research_due(issued_on: NaiveDate, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let month_start = issued_on.with_day(1).unwrap_or(issued_on);
+    let month_start = if issued_on.day() > 15 {
+        month_start + chrono::Months::new(1)
+    } else {
+        month_start
+    };
+    renewal_platform::local_instant(month_start + chrono::Days::new(15), NaiveTime::MIN, tz)
+}
+
+/// Opens a claim for each listed case still waiting for a list (a case is claimed
+/// from one list only; a replayed page finds nothing left to open). The steps go into
+/// the routing history; the list's own event is their announcement, so no
+/// `assignment.case.routed` is published per item.
+pub async fn open_claims(
+    tx: &mut PgConnection,
+    list_id: Uuid,
+    city: &str,
+    ids: &[Uuid],
+    issued_on: NaiveDate,
+    issued_at: DateTime<Utc>,
+) -> Result<usize, HandleError> {
+    let known: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM assignment.cases WHERE case_id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&mut *tx)
+            .await?;
+    if known < ids.len() as i64 {
+        // The list overtook some case.opened messages (they travel on another consumer).
+        return Err(HandleError::Retry(format!(
+            "{} listed cases not opened here yet",
+            ids.len() as i64 - known
+        )));
+    }
+    let deadlines = city_deadlines(tx, city).await?;
+    let tz: Option<String> = sqlx::query_scalar(
+        "SELECT time_zone FROM assignment.cases WHERE case_id = ANY($1) AND time_zone IS NOT NULL LIMIT 1",
+    )
+    .bind(ids)
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    let tz: chrono_tz::Tz = tz
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(chrono_tz::Asia::Shanghai);
+    let claim_due = issued_at + chrono::Duration::days(deadlines.claim_days as i64);
+    let research_by = research_due(issued_on, tz);
+    let rows = sqlx::query(
+        "WITH listed AS (
+             SELECT c.case_id,
+                    (b.branch_code IS NOT NULL AND a.agent_code IS NOT NULL) AS traceable
+             FROM assignment.cases c
+             LEFT JOIN assignment.branches b ON b.branch_code = c.branch_code
+             LEFT JOIN assignment.agents a ON a.agent_code = c.credited_agent
+             WHERE c.case_id = ANY($1) AND c.state = 'open' AND c.phase = 'awaiting_list'
+             FOR UPDATE OF c)
+         UPDATE assignment.cases c
+         SET list_id = $2,
+             phase = CASE WHEN l.traceable THEN 'branch' ELSE 'research' END,
+             phase_due_at = CASE WHEN l.traceable THEN $3 ELSE $4 END
+         FROM listed l WHERE c.case_id = l.case_id
+         RETURNING c.case_id, c.phase, c.phase_due_at",
+    )
+    .bind(ids)
+    .bind(list_id)
+    .bind(claim_due)
+    .bind(research_by)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut steps = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let phase: String = row.try_get("phase")?;
+        steps.push(Step {
+            case_id: row.try_get("case_id")?,
+            step: if phase == "branch" {
+                "branch"
+            } else {
+                "research"
+            },
+            reason: if phase == "branch" {
+                "list_issued".into()
+            } else {
+                "origin_untraceable".into()
+            },
+            deadline: row.try_get("phase_due_at")?,
+        });
+    }
+    routing::record_history(tx, &steps, "system", issued_at).await?;
+    metrics::counter!("claims_opened_total").increment(rows.len() as u64);
+    Ok(rows.len())
+}
+
+#[derive(Clone)]
+pub struct ClaimApi {
+    pub pool: PgPool,
+    pub outbox: Outbox,
+    pub clock: Clock,
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+pub fn routes(api: ClaimApi) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/branches/{branch_code}/claims", get(branch_claims))
+        .route("/v1/cities/{city_code}/pool", get(city_pool))
+        .route("/v1/cities/{city_code}/research", get(city_research))
+        .route("/v1/claims/{action}", post(claim_action))
+        .route("/v1/research/{action}", post(research_action))
+        .with_state(api)
+}
+
+/// One claim as branch staff see it.
+#[derive(Debug, Serialize)]
+pub struct ClaimView {
+    pub case_id: Uuid,
+    pub policy_no: String,
+    pub city_code: String,
+    pub branch_code: String,
+    pub phase: String,
+    pub deadline: Option<DateTime<Utc>>,
+    pub expiry_date: NaiveDate,
+    pub effective_expiry_date: Option<NaiveDate>,
+    pub credited_agent: String,
+    pub owner_agent: Option<String>,
+    pub important: bool,
+    pub group_policy: bool,
+}
+
+const CLAIM_COLUMNS: &str =
+    "c.case_id, c.policy_no, c.city_code, c.branch_code, c.phase, c.phase_due_at, c.expiry_date,
+    c.effective_expiry_date, c.credited_agent, c.owner_agent, c.important, c.group_policy";
+
+fn claim_view(row: &sqlx::postgres::PgRow) -> Result<ClaimView, sqlx::Error> {
+    Ok(ClaimView {
+        case_id: row.try_get("case_id")?,
+        policy_no: row.try_get("policy_no")?,
+        city_code: row.try_get("city_code")?,
+        branch_code: row.try_get("branch_code")?,
+        phase: row.try_get("phase")?,
+        deadline: row.try_get("phase_due_at")?,
+        expiry_date: row.try_get("expiry_date")?,
+        effective_expiry_date: row.try_get("effective_expiry_date")?,
+        credited_agent: row.try_get("credited_agent")?,
+        owner_agent: row.try_get("owner_agent")?,
+        important: row.try_get("important")?,
+        group_policy: row.try_get("group_policy")?,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ClaimsQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/branches/{branch}/claims?state=pending|claimed|declined` (default pending):
+/// pending claims (the branch's list, and second-assignment cases it may take), cases
+/// it claimed that are still open, or cases it declined.
+async fn branch_claims(
+    State(api): State<ClaimApi>,
+    Path(branch): Path<String>,
+    Query(q): Query<ClaimsQuery>,
+) -> Result<Json<Vec<ClaimView>>, Refusal> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let sql = match q.state.as_deref().unwrap_or("pending") {
+        "pending" => format!(
+            "SELECT {CLAIM_COLUMNS} FROM assignment.cases c
+             WHERE c.branch_code = $1 AND c.state = 'open' AND c.phase IN ('branch', 'branch_reassign')
+             ORDER BY c.phase_due_at, c.policy_no LIMIT $2"
+        ),
+        "claimed" => format!(
+            "SELECT {CLAIM_COLUMNS} FROM assignment.cases c
+             WHERE c.owner_branch = $1 AND c.state = 'open' ORDER BY c.policy_no LIMIT $2"
+        ),
+        "declined" => format!(
+            "SELECT {CLAIM_COLUMNS} FROM assignment.cases c
+             WHERE c.case_id IN (SELECT case_id FROM assignment.declines WHERE branch_code = $1)
+             ORDER BY c.policy_no LIMIT $2"
+        ),
+        other => {
+            return Err(Refusal::Invalid(format!(
+                "state {other:?}: use pending, claimed or declined"
+            )));
+        }
+    };
+    let known: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM assignment.branches WHERE branch_code = $1)",
+    )
+    .bind(&branch)
+    .fetch_one(&api.pool)
+    .await?;
+    if !known {
+        return Err(Refusal::UnknownBranch(branch));
+    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&branch)
+        .bind(limit)
+        .fetch_all(&api.pool)
+        .await?;
+    Ok(Json(rows.iter().map(claim_view).collect::<Result<_, _>>()?))
+}
+
+async fn city_queue(pool: &PgPool, city: &str, phases: &[&str]) -> Result<Vec<ClaimView>, Refusal> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CLAIM_COLUMNS} FROM assignment.cases c
+         WHERE c.city_code = $1 AND c.state = 'open' AND c.phase = ANY($2)
+         ORDER BY c.phase_due_at, c.policy_no LIMIT 10000"
+    )))
+    .bind(city)
+    .bind(phases)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(claim_view).collect::<Result<_, _>>()?)
+}
+
+/// `GET /v1/cities/{city}/pool`: cases any branch of the city may claim.
+async fn city_pool(
+    State(api): State<ClaimApi>,
+    Path(city): Path<String>,
+) -> Result<Json<Vec<ClaimView>>, Refusal> {
+    Ok(Json(
+        city_queue(&api.pool, &city, &["pool", "city_reassign"]).await?,
+    ))
+}
+
+/// `GET /v1/cities/{city}/research`: cases whose origin must be traced.
+async fn city_research(
+    State(api): State<ClaimApi>,
+    Path(city): Path<String>,
+) -> Result<Json<Vec<ClaimView>>, Refusal> {
+    Ok(Json(city_queue(&api.pool, &city, &["research"]).await?))
+}
+
+/// `{policy_no}:claim` or `{policy_no}:decline`.
+fn split_action(raw: &str) -> Result<(&str, &str), Refusal> {
+    raw.rsplit_once(':')
+        .filter(|(p, _)| !p.is_empty())
+        .ok_or_else(|| Refusal::Invalid(format!("{raw:?}: use {{policy_no}}:claim or :decline")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub branch_code: String,
+    /// The agent who will own the case (`owner_agent`).
+    pub owner_agent: Option<String>,
+    /// Who acts (an agent code); for a decline, who declines.
+    pub by: Option<String>,
+    /// Why a branch declines.
+    pub reason: Option<String>,
+}
+
+async fn claim_action(
+    State(api): State<ClaimApi>,
+    Path(action): Path<String>,
+    json: Result<Json<ClaimRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    let (policy_no, verb) = split_action(&action)?;
+    let request = body(json)?;
+    let now = api.clock.now();
+    let result = match verb {
+        "claim" => claim(&api.pool, &api.outbox, policy_no, &request, now).await?,
+        "decline" => decline(&api.pool, &api.outbox, policy_no, &request, now).await?,
+        other => {
+            return Err(Refusal::Invalid(format!(
+                "unknown action {other:?}: use claim or decline"
+            )));
+        }
+    };
+    api.outbox.wake();
+    api.wake.notify_one();
+    Ok(Json(result))
+}
+
+/// A case locked for update in the caller's transaction.
+pub(crate) struct LockedCase {
+    pub case_id: Uuid,
+    pub city_code: String,
+    pub branch_code: String,
+    pub phase: String,
+    pub state: String,
+    pub owner_agent: Option<String>,
+    pub important: bool,
+    pub group_policy: bool,
+}
+
+impl LockedCase {
+    /// Important customers and group policies escalate to the city company.
+    pub fn escalates_to_city(&self) -> bool {
+        self.important || self.group_policy
+    }
+}
+
+pub(crate) async fn lock_case(
+    tx: &mut PgConnection,
+    policy_no: &str,
+) -> Result<LockedCase, Refusal> {
+    let row = sqlx::query(
+        "SELECT case_id, city_code, branch_code, phase, state, owner_agent, important, group_policy
+         FROM assignment.cases WHERE policy_no = $1 FOR UPDATE",
+    )
+    .bind(policy_no)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| Refusal::UnknownCase(policy_no.to_owned()))?;
+    let case = LockedCase {
+        case_id: row.try_get("case_id")?,
+        city_code: row.try_get("city_code")?,
+        branch_code: row.try_get("branch_code")?,
+        phase: row.try_get("phase")?,
+        state: row.try_get("state")?,
+        owner_agent: row.try_get("owner_agent")?,
+        important: row.try_get("important")?,
+        group_policy: row.try_get("group_policy")?,
+    };
+    if case.state != "open" {
+        return Err(Refusal::Closed);
+    }
+    Ok(case)
+}
+
+/// The branch's city; refuses an unknown branch.
+async fn branch_city(tx: &mut PgConnection, branch: &str) -> Result<String, Refusal> {
+    sqlx::query_scalar("SELECT city_code FROM assignment.branches WHERE branch_code = $1")
+        .bind(branch)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Refusal::UnknownBranch(branch.to_owned()))
+}
+
+/// A branch claims a case naming its owner. Exactly one of any number of concurrent
+/// claims wins: the case row is locked, and the losers find it owned.
+pub async fn claim(
+    pool: &PgPool,
+    outbox: &Outbox,
+    policy_no: &str,
+    request: &ClaimRequest,
+    now: DateTime<Utc>,
+) -> Result<serde_json::Value, Refusal> {
+    let branch = required("branch_code", &request.branch_code)?;
+    let owner = required("owner_agent", request.owner_agent.as_deref().unwrap_or(""))?;
+    let mut tx = pool.begin().await?;
+    let city = branch_city(&mut tx, branch).await?;
+    let agent =
+        sqlx::query("SELECT branch_code, active FROM assignment.agents WHERE agent_code = $1")
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Refusal::UnknownAgent(owner.to_owned()))?;
+    if !agent.try_get::<bool, _>("active")? {
+        return Err(Refusal::InactiveAgent(owner.to_owned()));
+    }
+    let agent_branch: String = agent.try_get("branch_code")?;
+    if agent_branch != branch {
+        return Err(Refusal::AgentNotInBranch {
+            agent: owner.to_owned(),
+            agent_branch,
+            branch: branch.to_owned(),
+        });
+    }
+    let case = lock_case(&mut tx, policy_no).await?;
+    let reason = match case.phase.as_str() {
+        "branch" | "branch_reassign" => {
+            if case.branch_code != branch {
+                return Err(Refusal::NotYourBranch {
+                    owner: case.branch_code.clone(),
+                    branch: branch.to_owned(),
+                });
+            }
+            if case.phase == "branch" {
+                "branch_claim"
+            } else {
+                "second_assignment_branch"
+            }
+        }
+        "pool" | "city_reassign" => {
+            if case.city_code != city {
+                return Err(Refusal::NotYourCity {
+                    city: case.city_code.clone(),
+                    branch: branch.to_owned(),
+                });
+            }
+            if case.phase == "pool" {
+                "city_pool"
+            } else {
+                "second_assignment_city"
+            }
+        }
+        "owned" | "confirming" | "hq" | "city_company" => {
+            return Err(Refusal::AlreadyClaimed {
+                owner: case.owner_agent.clone().unwrap_or_default(),
+            });
+        }
+        other => {
+            return Err(Refusal::WrongPhase {
+                action: "claimed",
+                phase: other.to_owned(),
+            });
+        }
+    };
+    let by = request.by.as_deref().unwrap_or(owner);
+    ownership::assign_many(
+        &mut tx,
+        outbox,
+        &[NewOwner {
+            case_id: case.case_id,
+            owner: Some(owner.to_owned()),
+            owner_branch: Some(branch.to_owned()),
+            phase: "owned",
+            reason: reason.into(),
+        }],
+        by,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(
+        serde_json::json!({"policy_no": policy_no, "owner_agent": owner, "branch_code": branch, "reason": reason}),
+    )
+}
+
+/// A branch declines a claim on its list: the case opens to the city's pool.
+pub async fn decline(
+    pool: &PgPool,
+    outbox: &Outbox,
+    policy_no: &str,
+    request: &ClaimRequest,
+    now: DateTime<Utc>,
+) -> Result<serde_json::Value, Refusal> {
+    let branch = required("branch_code", &request.branch_code)?;
+    let reason = required("reason", request.reason.as_deref().unwrap_or(""))?;
+    let by = required("by", request.by.as_deref().unwrap_or(""))?;
+    let mut tx = pool.begin().await?;
+    branch_city(&mut tx, branch).await?;
+    let case = lock_case(&mut tx, policy_no).await?;
+    match case.phase.as_str() {
+        "branch" if case.branch_code == branch => {}
+        "branch" => {
+            return Err(Refusal::NotYourBranch {
+                owner: case.branch_code.clone(),
+                branch: branch.to_owned(),
+            });
+        }
+        "owned" | "confirming" | "hq" | "city_company" => {
+            return Err(Refusal::AlreadyClaimed {
+                owner: case.owner_agent.clone().unwrap_or_default(),
+            });
+        }
+        other => {
+            return Err(Refusal::WrongPhase {
+                action: "declined",
+                phase: other.to_owned(),
+            });
+        }
+    }
+    let deadlines = city_deadlines(&mut tx, &case.city_code).await?;
+    let pool_due = now + chrono::Duration::days(deadlines.pool_days as i64);
+    sqlx::query("UPDATE assignment.cases SET phase = 'pool', phase_due_at = $2 WHERE case_id = $1")
+        .bind(case.case_id)
+        .bind(pool_due)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO assignment.declines (case_id, branch_code, reason, declined_by, declined_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(case.case_id)
+    .bind(branch)
+    .bind(reason)
+    .bind(by)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    routing::record_many(
+        &mut tx,
+        outbox,
+        &[Step {
+            case_id: case.case_id,
+            step: "pool",
+            reason: format!("declined: {reason}"),
+            deadline: Some(pool_due),
+        }],
+        by,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(serde_json::json!({"policy_no": policy_no, "phase": "pool", "pool_deadline": pool_due}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResearchRequest {
+    branch_code: String,
+    by: String,
+}
+
+/// `POST /v1/research/{policy_no}:resolve` `{"branch_code": ..., "by": ...}`: the traced
+/// branch gets the claim, due within the city's claim days.
+async fn research_action(
+    State(api): State<ClaimApi>,
+    Path(action): Path<String>,
+    json: Result<Json<ResearchRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    let (policy_no, verb) = split_action(&action)?;
+    if verb != "resolve" {
+        return Err(Refusal::Invalid(format!(
+            "unknown action {verb:?}: use resolve"
+        )));
+    }
+    let request = body(json)?;
+    let branch = required("branch_code", &request.branch_code)?;
+    let by = required("by", &request.by)?;
+    let now = api.clock.now();
+    let mut tx = api.pool.begin().await?;
+    let city = branch_city(&mut tx, branch).await?;
+    let case = lock_case(&mut tx, policy_no).await?;
+    if case.phase != "research" {
+        return Err(Refusal::WrongPhase {
+            action: "researched",
+            phase: case.phase.clone(),
+        });
+    }
+    if case.city_code != city {
+        return Err(Refusal::NotYourCity {
+            city: case.city_code.clone(),
+            branch: branch.to_owned(),
+        });
+    }
+    let deadlines = city_deadlines(&mut tx, &city).await?;
+    let due = now + chrono::Duration::days(deadlines.claim_days as i64);
+    sqlx::query(
+        "UPDATE assignment.cases SET phase = 'branch', branch_code = $2, phase_due_at = $3 WHERE case_id = $1",
+    )
+    .bind(case.case_id)
+    .bind(branch)
+    .bind(due)
+    .execute(&mut *tx)
+    .await?;
+    routing::record_many(
+        &mut tx,
+        &api.outbox,
+        &[Step {
+            case_id: case.case_id,
+            step: "branch",
+            reason: "researched".into(),
+            deadline: Some(due),
+        }],
+        by,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    api.outbox.wake();
+    api.wake.notify_one();
+    Ok(Json(
+        serde_json::json!({"policy_no": policy_no, "branch_code": branch, "claim_deadline": due}),
+    ))
+}

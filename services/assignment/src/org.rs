@@ -1,0 +1,535 @@
+//! The organisation: cities, branches, agents and supervisors, each agent's capacity
+//! and whether they are active; per-city deadlines. Loaded from CSV
+//! (`renewal import org FILE`, `POST /v1/org:import`) and edited over HTTP.
+//! Deactivating an agent hands their open cases back to their branch for claiming.
+
+use std::collections::HashSet;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::routing::{get, post, put};
+use chrono::{DateTime, Utc};
+use renewal_platform::{Clock, Outbox};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::ownership::{self, NewOwner};
+use crate::refusals::{Refusal, body, required};
+use crate::routing::{self, Step};
+
+pub const COLUMNS: [&str; 8] = [
+    "city_code",
+    "branch_code",
+    "branch_name",
+    "agent_code",
+    "agent_name",
+    "role",
+    "capacity",
+    "active",
+];
+
+/// Per-city deadlines (defaults when the city has no row).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CityDeadlines {
+    pub claim_days: i32,
+    pub pool_days: i32,
+    pub step_hours: i32,
+}
+
+impl Default for CityDeadlines {
+    fn default() -> Self {
+        CityDeadlines {
+            claim_days: 5,
+            pool_days: 3,
+            step_hours: 24,
+        }
+    }
+}
+
+pub async fn city_deadlines(
+    conn: &mut PgConnection,
+    city: &str,
+) -> Result<CityDeadlines, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT claim_days, pool_days, step_hours FROM assignment.city_settings WHERE city_code = $1",
+    )
+    .bind(city)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(r) => CityDeadlines {
+            claim_days: r.try_get("claim_days")?,
+            pool_days: r.try_get("pool_days")?,
+            step_hours: r.try_get("step_hours")?,
+        },
+        None => CityDeadlines::default(),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgRow {
+    pub city_code: String,
+    pub branch_code: String,
+    pub branch_name: String,
+    pub agent_code: String,
+    pub agent_name: String,
+    pub role: String,
+    pub capacity: i32,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RowProblem {
+    pub line: u64,
+    pub column: String,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrgError {
+    #[error("the header is wrong: {0}")]
+    Header(String),
+    #[error("{} rows are wrong", .0.len())]
+    Rows(Vec<RowProblem>),
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl axum::response::IntoResponse for OrgError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::StatusCode;
+        match self {
+            OrgError::Header(d) => (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "invalid_header", "detail": d})),
+            )
+                .into_response(),
+            OrgError::Rows(problems) => (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "invalid_rows",
+                    "detail": "nothing was loaded; fix these rows", "rows": problems})),
+            )
+                .into_response(),
+            OrgError::Db(e) => Refusal::Db(e).into_response(),
+        }
+    }
+}
+
+/// Reads an organisation CSV (UTF-8, optional BOM); every row must be right.
+pub fn parse(data: &[u8]) -> Result<Vec<OrgRow>, OrgError> {
+    let data = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(data);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(data);
+    let header = reader
+        .headers()
+        .map_err(|e| OrgError::Header(e.to_string()))?
+        .clone();
+    let mut index = [0usize; 8];
+    for (i, name) in COLUMNS.iter().enumerate() {
+        index[i] = header
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name))
+            .ok_or_else(|| OrgError::Header(format!("missing column {name}")))?;
+    }
+    let mut rows = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, record) in reader.records().enumerate() {
+        let line = n as u64 + 2;
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(RowProblem {
+                    line,
+                    column: String::new(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let field = |i: usize| record.get(index[i]).unwrap_or("").to_owned();
+        let mut row_problems: Vec<RowProblem> = Vec::new();
+        let mut bad = |column: &str, reason: &str| {
+            row_problems.push(RowProblem {
+                line,
+                column: column.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        let row = OrgRow {
+            city_code: field(0),
+            branch_code: field(1),
+            branch_name: field(2),
+            agent_code: field(3),
+            agent_name: field(4),
+            role: field(5).to_ascii_lowercase(),
+            capacity: field(6).parse().unwrap_or(-1),
+            active: matches!(
+                field(7).to_ascii_lowercase().as_str(),
+                "true" | "1" | "yes" | "y"
+            ),
+        };
+        for (i, value) in [&row.city_code, &row.branch_code, &row.agent_code]
+            .into_iter()
+            .enumerate()
+        {
+            if value.is_empty() {
+                bad(COLUMNS[[0, 1, 3][i]], "required");
+            }
+        }
+        if row.role != "agent" && row.role != "supervisor" {
+            bad("role", "must be agent or supervisor");
+        }
+        if !(0..=100_000).contains(&row.capacity) {
+            bad("capacity", "must be a whole number from 0");
+        }
+        if !matches!(
+            field(7).to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "y" | "false" | "0" | "no" | "n"
+        ) {
+            bad("active", "must be true or false");
+        }
+        if !seen.insert(row.agent_code.clone()) {
+            bad("agent_code", "repeated in the file");
+        }
+        if row_problems.is_empty() {
+            rows.push(row);
+        } else {
+            problems.append(&mut row_problems);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(OrgError::Rows(problems));
+    }
+    Ok(rows)
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct OrgReport {
+    pub branches: u64,
+    pub agents: u64,
+    pub deactivated: u64,
+    pub cases_handed_back: u64,
+}
+
+/// Loads the rows (branches and agents are upserted; agents turned inactive hand
+/// their open cases back to their branch).
+pub async fn load(
+    pool: &PgPool,
+    outbox: &Outbox,
+    rows: &[OrgRow],
+    now: DateTime<Utc>,
+) -> Result<OrgReport, OrgError> {
+    let mut tx = pool.begin().await?;
+    let col = |f: fn(&OrgRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+    let branches = sqlx::query(
+        "INSERT INTO assignment.branches (branch_code, city_code, branch_name)
+         SELECT DISTINCT ON (b) b, c, n FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(b, c, n)
+         ON CONFLICT (branch_code) DO UPDATE SET city_code = EXCLUDED.city_code, branch_name = EXCLUDED.branch_name",
+    )
+    .bind(col(|r| &r.branch_code))
+    .bind(col(|r| &r.city_code))
+    .bind(col(|r| &r.branch_name))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let capacities: Vec<i32> = rows.iter().map(|r| r.capacity).collect();
+    let actives: Vec<bool> = rows.iter().map(|r| r.active).collect();
+    let deactivated: Vec<String> = sqlx::query_scalar(
+        "WITH incoming AS (
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bool[])
+                 AS u(agent_code, branch_code, city_code, agent_name, role, capacity, active)),
+         was AS (SELECT a.agent_code, a.active FROM assignment.agents a JOIN incoming USING (agent_code)),
+         written AS (
+             INSERT INTO assignment.agents (agent_code, branch_code, city_code, agent_name, role, capacity, active, updated_at)
+             SELECT agent_code, branch_code, city_code, agent_name, role, capacity, active, $8 FROM incoming
+             ON CONFLICT (agent_code) DO UPDATE SET branch_code = EXCLUDED.branch_code, city_code = EXCLUDED.city_code,
+                 agent_name = EXCLUDED.agent_name, role = EXCLUDED.role, capacity = EXCLUDED.capacity,
+                 active = EXCLUDED.active, updated_at = EXCLUDED.updated_at)
+         SELECT i.agent_code FROM incoming i JOIN was USING (agent_code) WHERE was.active AND NOT i.active",
+    )
+    .bind(col(|r| &r.agent_code))
+    .bind(col(|r| &r.branch_code))
+    .bind(col(|r| &r.city_code))
+    .bind(col(|r| &r.agent_name))
+    .bind(col(|r| &r.role))
+    .bind(&capacities)
+    .bind(&actives)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let handed = hand_back(&mut tx, outbox, &deactivated, now).await?;
+    tx.commit().await?;
+    outbox.wake();
+    Ok(OrgReport {
+        branches,
+        agents: rows.len() as u64,
+        deactivated: deactivated.len() as u64,
+        cases_handed_back: handed as u64,
+    })
+}
+
+/// The open cases of agents no longer active go back to the agent's branch, to be
+/// claimed again within the city's claim deadline.
+pub async fn hand_back(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    agents: &[String],
+    now: DateTime<Utc>,
+) -> Result<usize, sqlx::Error> {
+    if agents.is_empty() {
+        return Ok(0);
+    }
+    let rows = sqlx::query(
+        "SELECT c.case_id, a.branch_code,
+                $2::timestamptz + make_interval(days => COALESCE(s.claim_days, 5)) AS deadline
+         FROM assignment.cases c
+         JOIN assignment.agents a ON a.agent_code = c.owner_agent
+         LEFT JOIN assignment.city_settings s ON s.city_code = a.city_code
+         WHERE c.owner_agent = ANY($1) AND c.state = 'open'
+         FOR UPDATE OF c",
+    )
+    .bind(agents)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut changes = Vec::with_capacity(rows.len());
+    let mut steps = Vec::with_capacity(rows.len());
+    let (mut ids, mut branches, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &rows {
+        let case_id: Uuid = row.try_get("case_id")?;
+        let branch: String = row.try_get("branch_code")?;
+        let deadline: DateTime<Utc> = row.try_get("deadline")?;
+        changes.push(NewOwner {
+            case_id,
+            owner: None,
+            owner_branch: None,
+            phase: "branch",
+            reason: "agent_deactivated".into(),
+        });
+        steps.push(Step {
+            case_id,
+            step: "branch",
+            reason: "agent_deactivated".into(),
+            deadline: Some(deadline),
+        });
+        ids.push(case_id);
+        branches.push(branch);
+        deadlines.push(deadline);
+    }
+    ownership::assign_many(tx, outbox, &changes, "system", now).await?;
+    sqlx::query(
+        "UPDATE assignment.cases c SET branch_code = u.branch, phase_due_at = u.deadline
+         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(case_id, branch, deadline)
+         WHERE c.case_id = u.case_id",
+    )
+    .bind(&ids)
+    .bind(&branches)
+    .bind(&deadlines)
+    .execute(&mut *tx)
+    .await?;
+    routing::record_many(tx, outbox, &steps, "system", now).await?;
+    Ok(rows.len())
+}
+
+#[derive(Clone)]
+pub struct OrgApi {
+    pub pool: PgPool,
+    pub outbox: Outbox,
+    pub clock: Clock,
+}
+
+pub fn routes(api: OrgApi) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/org:import", post(import_csv))
+        .route("/v1/agents/{agent_code}", get(show_agent).patch(edit_agent))
+        .route("/v1/branches/{branch_code}/agents", get(branch_agents))
+        .route(
+            "/v1/cities/{city_code}/settings",
+            put(put_settings).get(get_settings),
+        )
+        .with_state(api)
+}
+
+async fn import_csv(State(api): State<OrgApi>, data: Bytes) -> Result<Json<OrgReport>, OrgError> {
+    let rows = parse(&data)?;
+    let report = load(&api.pool, &api.outbox, &rows, api.clock.now()).await?;
+    tracing::info!(
+        agents = report.agents,
+        deactivated = report.deactivated,
+        "organisation loaded"
+    );
+    Ok(Json(report))
+}
+
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    pub agent_code: String,
+    pub branch_code: String,
+    pub city_code: String,
+    pub agent_name: String,
+    pub role: String,
+    pub capacity: i32,
+    pub active: bool,
+    pub open_cases: i64,
+}
+
+async fn agent(pool: &PgPool, code: &str) -> Result<AgentView, Refusal> {
+    let row = sqlx::query(
+        "SELECT a.*, (SELECT count(*) FROM assignment.cases c WHERE c.owner_agent = a.agent_code AND c.state = 'open') AS open_cases
+         FROM assignment.agents a WHERE a.agent_code = $1",
+    )
+    .bind(code)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| Refusal::UnknownAgent(code.to_owned()))?;
+    agent_view(&row).map_err(Refusal::Db)
+}
+
+fn agent_view(row: &sqlx::postgres::PgRow) -> Result<AgentView, sqlx::Error> {
+    Ok(AgentView {
+        agent_code: row.try_get("agent_code")?,
+        branch_code: row.try_get("branch_code")?,
+        city_code: row.try_get("city_code")?,
+        agent_name: row.try_get("agent_name")?,
+        role: row.try_get("role")?,
+        capacity: row.try_get("capacity")?,
+        active: row.try_get("active")?,
+        open_cases: row.try_get("open_cases")?,
+    })
+}
+
+async fn show_agent(
+    State(api): State<OrgApi>,
+    Path(code): Path<String>,
+) -> Result<Json<AgentView>, Refusal> {
+    Ok(Json(agent(&api.pool, &code).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentEdit {
+    capacity: Option<i32>,
+    active: Option<bool>,
+    role: Option<String>,
+    agent_name: Option<String>,
+}
+
+/// `PATCH /v1/agents/{code}` `{"active": false}`, `{"capacity": 40}`, ...
+async fn edit_agent(
+    State(api): State<OrgApi>,
+    Path(code): Path<String>,
+    json: Result<Json<AgentEdit>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    let edit = body(json)?;
+    if edit.capacity.is_some_and(|c| !(0..=100_000).contains(&c)) {
+        return Err(Refusal::Invalid("capacity must be from 0 to 100000".into()));
+    }
+    if let Some(role) = &edit.role
+        && role != "agent"
+        && role != "supervisor"
+    {
+        return Err(Refusal::Invalid("role must be agent or supervisor".into()));
+    }
+    let now = api.clock.now();
+    let mut tx = api.pool.begin().await?;
+    let was: bool =
+        sqlx::query_scalar("SELECT active FROM assignment.agents WHERE agent_code = $1 FOR UPDATE")
+            .bind(&code)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Refusal::UnknownAgent(code.clone()))?;
+    sqlx::query(
+        "UPDATE assignment.agents SET capacity = COALESCE($2, capacity), active = COALESCE($3, active),
+             role = COALESCE($4, role), agent_name = COALESCE($5, agent_name), updated_at = $6
+         WHERE agent_code = $1",
+    )
+    .bind(&code)
+    .bind(edit.capacity)
+    .bind(edit.active)
+    .bind(&edit.role)
+    .bind(&edit.agent_name)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let handed = if was && edit.active == Some(false) {
+        hand_back(&mut tx, &api.outbox, std::slice::from_ref(&code), now).await?
+    } else {
+        0
+    };
+    tx.commit().await?;
+    api.outbox.wake();
+    let view = agent(&api.pool, &code).await?;
+    Ok(Json(
+        serde_json::json!({"agent": view, "cases_handed_back": handed}),
+    ))
+}
+
+async fn branch_agents(
+    State(api): State<OrgApi>,
+    Path(branch): Path<String>,
+) -> Result<Json<Vec<AgentView>>, Refusal> {
+    let rows = sqlx::query(
+        "SELECT a.*, (SELECT count(*) FROM assignment.cases c WHERE c.owner_agent = a.agent_code AND c.state = 'open') AS open_cases
+         FROM assignment.agents a WHERE a.branch_code = $1 ORDER BY a.agent_code",
+    )
+    .bind(&branch)
+    .fetch_all(&api.pool)
+    .await?;
+    if rows.is_empty() {
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM assignment.branches WHERE branch_code = $1)",
+        )
+        .bind(&branch)
+        .fetch_one(&api.pool)
+        .await?;
+        if !known {
+            return Err(Refusal::UnknownBranch(branch));
+        }
+    }
+    let views = rows.iter().map(agent_view).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(views))
+}
+
+async fn get_settings(
+    State(api): State<OrgApi>,
+    Path(city): Path<String>,
+) -> Result<Json<CityDeadlines>, Refusal> {
+    let mut conn = api.pool.acquire().await?;
+    Ok(Json(city_deadlines(&mut conn, &city).await?))
+}
+
+/// `PUT /v1/cities/{city}/settings` `{"claim_days": 3, "pool_days": 2, "step_hours": 24}`:
+/// applies to claims opened from then on.
+async fn put_settings(
+    State(api): State<OrgApi>,
+    Path(city): Path<String>,
+    json: Result<Json<CityDeadlines>, JsonRejection>,
+) -> Result<Json<CityDeadlines>, Refusal> {
+    let s = body(json)?;
+    required("city_code", &city)?;
+    if !(1..=31).contains(&s.claim_days)
+        || !(1..=31).contains(&s.pool_days)
+        || !(1..=72).contains(&s.step_hours)
+    {
+        return Err(Refusal::Invalid(
+            "claim_days and pool_days must be 1 to 31, step_hours 1 to 72".into(),
+        ));
+    }
+    sqlx::query(
+        "INSERT INTO assignment.city_settings (city_code, claim_days, pool_days, step_hours) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (city_code) DO UPDATE SET claim_days = $2, pool_days = $3, step_hours = $4",
+    )
+    .bind(&city)
+    .bind(s.claim_days)
+    .bind(s.pool_days)
+    .bind(s.step_hours)
+    .execute(&api.pool)
+    .await?;
+    Ok(Json(s))
+}

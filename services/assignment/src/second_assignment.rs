@@ -1,0 +1,311 @@
+//! The second assignment: on the scheduler's T-5 command the owner confirms the case
+//! can still be renewed; if they cannot (or do not answer in time) it is reassigned
+//! within the branch, then city-wide, then to HQ's centralized outbound team. Important
+//! customers and group policies escalate to the city company instead. Each step is an
+//! event; the credit stays with the originating agent throughout.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use renewal_contract::scheduler::ConfirmOwner;
+use renewal_platform::inbox::field;
+use renewal_platform::{Delivery, HandleError, Handler, Outbox};
+use serde::Deserialize;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::claims::{ClaimApi, lock_case};
+use crate::ownership::{self, HQ_OWNER, NewOwner, city_company_owner};
+use crate::refusals::{Refusal, body, required};
+use crate::routing::{self, Step};
+
+/// `assignment.cmd.confirm_owner` (T-5, not renewed).
+pub struct Commands {
+    pub outbox: Outbox,
+    pub clock: renewal_platform::Clock,
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Handler for Commands {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        let command: ConfirmOwner = delivery.decode()?;
+        let case_id = field::uuid("case_id", &command.case_id)?;
+        let now = self.clock.now();
+        let row = sqlx::query(
+            "UPDATE assignment.cases c
+             SET phase = 'confirming',
+                 phase_due_at = $2::timestamptz + make_interval(hours => COALESCE(s.step_hours, 24))
+             FROM assignment.cases old LEFT JOIN assignment.city_settings s ON s.city_code = old.city_code
+             WHERE c.case_id = $1 AND old.case_id = c.case_id AND c.state = 'open' AND c.phase = 'owned'
+             RETURNING c.phase_due_at",
+        )
+        .bind(case_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // A closed case, or one already past this step (a replay), has nothing to confirm.
+        if let Some(row) = row {
+            routing::record_many(
+                tx,
+                &self.outbox,
+                &[Step {
+                    case_id,
+                    step: "confirming",
+                    reason: command.stage,
+                    deadline: row.try_get("phase_due_at")?,
+                }],
+                "system",
+                now,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Where a case goes when its owner cannot renew it: the city company for important
+/// customers and group policies, else the branch.
+async fn owner_gives_up(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    cases: &[(Uuid, String, bool)],
+    reason: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut escalated = Vec::new();
+    let mut to_branch = Vec::new();
+    for (case_id, city, to_city) in cases {
+        if *to_city {
+            escalated.push(NewOwner {
+                case_id: *case_id,
+                owner: Some(city_company_owner(city)),
+                owner_branch: None,
+                phase: "city_company",
+                reason: "city_company".into(),
+            });
+        } else {
+            to_branch.push(*case_id);
+        }
+    }
+    ownership::assign_many(tx, outbox, &escalated, by, now).await?;
+    let steps: Vec<Step> = escalated
+        .iter()
+        .map(|c| Step {
+            case_id: c.case_id,
+            step: "city_company",
+            reason: reason.to_owned(),
+            deadline: None,
+        })
+        .collect();
+    routing::record_many(tx, outbox, &steps, by, now).await?;
+    step_to(tx, outbox, &to_branch, "branch_reassign", reason, by, now).await?;
+    Ok(())
+}
+
+/// Moves cases to a timed phase (the owner stays until someone takes the case).
+async fn step_to(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    ids: &[Uuid],
+    phase: &'static str,
+    reason: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query(
+        "UPDATE assignment.cases c
+         SET phase = $2, phase_due_at = $3::timestamptz + make_interval(hours => COALESCE(s.step_hours, 24))
+         FROM assignment.cases old LEFT JOIN assignment.city_settings s ON s.city_code = old.city_code
+         WHERE c.case_id = ANY($1) AND old.case_id = c.case_id
+         RETURNING c.case_id, c.phase_due_at",
+    )
+    .bind(ids)
+    .bind(phase)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let steps = rows
+        .iter()
+        .map(|r| {
+            Ok(Step {
+                case_id: r.try_get("case_id")?,
+                step: phase,
+                reason: reason.to_owned(),
+                deadline: r.try_get("phase_due_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    routing::record_many(tx, outbox, &steps, by, now).await?;
+    Ok(())
+}
+
+/// The second assignment's deadlines that have passed: an unconfirmed case is treated
+/// as one its owner cannot renew; a case nobody in the branch took opens city-wide;
+/// one nobody in the city took goes to HQ.
+pub async fn step_due(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<usize, sqlx::Error> {
+    let due = sqlx::query(
+        "SELECT case_id, city_code, phase, important OR group_policy AS to_city FROM assignment.cases
+         WHERE state = 'open' AND phase IN ('confirming', 'branch_reassign', 'city_reassign')
+           AND phase_due_at <= $1
+         ORDER BY phase_due_at LIMIT $2
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut unconfirmed, mut to_city, mut to_hq) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &due {
+        let case_id: Uuid = row.try_get("case_id")?;
+        match row.try_get::<String, _>("phase")?.as_str() {
+            "confirming" => {
+                unconfirmed.push((case_id, row.try_get("city_code")?, row.try_get("to_city")?))
+            }
+            "branch_reassign" => to_city.push(case_id),
+            _ => to_hq.push(NewOwner {
+                case_id,
+                owner: Some(HQ_OWNER.into()),
+                owner_branch: None,
+                phase: "hq",
+                reason: "hq_outbound".into(),
+            }),
+        }
+    }
+    owner_gives_up(tx, outbox, &unconfirmed, "confirm_deadline", "system", now).await?;
+    step_to(
+        tx,
+        outbox,
+        &to_city,
+        "city_reassign",
+        "no_branch_taker",
+        "system",
+        now,
+    )
+    .await?;
+    ownership::assign_many(tx, outbox, &to_hq, "system", now).await?;
+    let steps: Vec<Step> = to_hq
+        .iter()
+        .map(|c| Step {
+            case_id: c.case_id,
+            step: "hq",
+            reason: "no_city_taker".into(),
+            deadline: None,
+        })
+        .collect();
+    routing::record_many(tx, outbox, &steps, "system", now).await?;
+    Ok(due.len())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerAnswer {
+    /// The owner answering.
+    pub agent_code: String,
+    /// Why the owner cannot renew it (for `:release`).
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/cases/{policy_no}:confirm` (the owner can still renew it) or
+/// `POST /v1/cases/{policy_no}:release` with a reason (the owner cannot).
+pub async fn owner_answers(
+    State(api): State<ClaimApi>,
+    Path(action): Path<String>,
+    json: Result<Json<OwnerAnswer>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    let (policy_no, verb) = action
+        .rsplit_once(':')
+        .filter(|(p, _)| !p.is_empty())
+        .ok_or_else(|| {
+            Refusal::Invalid(format!("{action:?}: use {{policy_no}}:confirm or :release"))
+        })?;
+    let answer = body(json)?;
+    let agent = required("agent_code", &answer.agent_code)?;
+    if verb != "confirm" && verb != "release" {
+        return Err(Refusal::Invalid(format!(
+            "unknown action {verb:?}: use confirm or release"
+        )));
+    }
+    let reason = if verb == "release" {
+        required("reason", answer.reason.as_deref().unwrap_or(""))?.to_owned()
+    } else {
+        String::new()
+    };
+    let now = api.clock.now();
+    let mut tx = api.pool.begin().await?;
+    let case = lock_case(&mut tx, policy_no).await?;
+    if case.owner_agent.as_deref() != Some(agent) {
+        return Err(Refusal::NotOwner {
+            agent: agent.to_owned(),
+        });
+    }
+    let phase = if verb == "confirm" {
+        if case.phase != "confirming" {
+            return Err(Refusal::WrongPhase {
+                action: "confirmed",
+                phase: case.phase.clone(),
+            });
+        }
+        sqlx::query(
+            "UPDATE assignment.cases SET phase = 'owned', phase_due_at = NULL WHERE case_id = $1",
+        )
+        .bind(case.case_id)
+        .execute(&mut *tx)
+        .await?;
+        routing::record_many(
+            &mut tx,
+            &api.outbox,
+            &[Step {
+                case_id: case.case_id,
+                step: "confirmed",
+                reason: "owner_can_renew".into(),
+                deadline: None,
+            }],
+            agent,
+            now,
+        )
+        .await?;
+        "owned"
+    } else {
+        if case.phase != "owned" && case.phase != "confirming" {
+            return Err(Refusal::WrongPhase {
+                action: "released",
+                phase: case.phase.clone(),
+            });
+        }
+        let to_city = case.escalates_to_city();
+        owner_gives_up(
+            &mut tx,
+            &api.outbox,
+            &[(case.case_id, case.city_code.clone(), to_city)],
+            &format!("owner_cannot_renew: {reason}"),
+            agent,
+            now,
+        )
+        .await?;
+        if to_city {
+            "city_company"
+        } else {
+            "branch_reassign"
+        }
+    };
+    tx.commit().await?;
+    api.outbox.wake();
+    api.wake.notify_one();
+    Ok(Json(
+        serde_json::json!({"policy_no": policy_no, "phase": phase}),
+    ))
+}

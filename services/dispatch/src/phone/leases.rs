@@ -1,0 +1,316 @@
+//! Leases: an agent takes up to `max` tasks of a queue for `lease_seconds`, each with
+//! a fresh token. The pick is one statement with `FOR UPDATE SKIP LOCKED`, so two
+//! agents never hold the same task; a task whose lease ran out is available again
+//! (the old token is stale from the next lease on). Heartbeat extends a lease, release
+//! gives it back (optionally until a retry time); the token must be the current one,
+//! or the answer is 409.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{MAX_LEASES, PhoneTasks, TaskError, refusal};
+
+pub const DEFAULT_LEASE_SECONDS: i64 = 300;
+pub const MAX_LEASE_SECONDS: i64 = 3600;
+pub const MAX_BATCH: i64 = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct LeaseRequest {
+    pub agent_id: String,
+    /// owner, branch, campaign or hq.
+    pub queue: String,
+    #[serde(default)]
+    pub max: Option<i64>,
+    #[serde(default)]
+    pub lease_seconds: Option<i64>,
+    /// Only tasks of this branch / city (a branch's or a city's call team).
+    #[serde(default)]
+    pub branch_code: Option<String>,
+    #[serde(default)]
+    pub city_code: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HeartbeatRequest {
+    pub lease_token: Uuid,
+    #[serde(default)]
+    pub lease_seconds: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReleaseRequest {
+    pub lease_token: Uuid,
+    /// Not before this time (RFC 3339), e.g. the customer asked to be called later.
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// What an agent sees of a leased task. The customer's ID number never leaves the
+/// core systems: the agent gets only what a call needs.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub id: Uuid,
+    pub lease_token: Uuid,
+    pub lease_expires_at: DateTime<Utc>,
+    pub queue: String,
+    /// Days to expiry when the task was made: lower is more urgent.
+    pub priority: i32,
+    pub case_id: Uuid,
+    pub policy_no: String,
+    pub stage: String,
+    pub owner_agent: String,
+    pub branch_code: String,
+    pub city_code: String,
+    pub promotion: String,
+    pub customer: Customer,
+    pub expiry_date: String,
+    pub time_zone: String,
+    /// This lease is the n-th (a task goes to dead letter after 5 without an outcome).
+    pub lease_number: i32,
+    /// Earlier calls on the same case, oldest first.
+    pub history: Vec<EarlierCall>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Customer {
+    pub name: String,
+    pub mobile: String,
+    pub plate: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EarlierCall {
+    pub stage: String,
+    pub outcome: String,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub agent_id: String,
+    pub reason: String,
+}
+
+fn queue_name(raw: &str) -> Result<&'static str, TaskError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "owner" => Ok("owner"),
+        "branch" => Ok("branch"),
+        "campaign" => Ok("campaign"),
+        "hq" => Ok("hq"),
+        _ => Err(TaskError::Invalid(format!(
+            "queue {raw:?} is not one of owner, branch, campaign, hq"
+        ))),
+    }
+}
+
+fn lease_seconds(raw: Option<i64>) -> Result<i64, TaskError> {
+    let secs = raw.unwrap_or(DEFAULT_LEASE_SECONDS);
+    if !(10..=MAX_LEASE_SECONDS).contains(&secs) {
+        return Err(TaskError::Invalid(format!(
+            "lease_seconds must be 10..={MAX_LEASE_SECONDS}"
+        )));
+    }
+    Ok(secs)
+}
+
+pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<TaskView>, TaskError> {
+    let queue = queue_name(&request.queue)?;
+    let agent = request.agent_id.trim();
+    if agent.is_empty() || agent.len() > 64 {
+        return Err(TaskError::Invalid(
+            "agent_id must be 1..=64 characters".into(),
+        ));
+    }
+    let max = request.max.unwrap_or(1);
+    if !(1..=MAX_BATCH).contains(&max) {
+        return Err(TaskError::Invalid(format!("max must be 1..={MAX_BATCH}")));
+    }
+    let secs = lease_seconds(request.lease_seconds)?;
+    let now = tasks.clock.now();
+    let mut tx = tasks.pool.begin().await?;
+    // Leases that ran out for the last time: dead letter.
+    let dead = sqlx::query(
+        "UPDATE dispatch.phone_tasks SET state = 'dead', lease_token = NULL,
+             last_error = 'no outcome after ' || leases || ' leases'
+         WHERE state = 'leased' AND available_at <= $1 AND leases >= $2",
+    )
+    .bind(now)
+    .bind(MAX_LEASES)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if dead > 0 {
+        tracing::warn!(
+            tasks = dead,
+            "phone tasks went to dead letter after {MAX_LEASES} leases without an outcome"
+        );
+        metrics::counter!("phone_tasks_total", "status" => "dead").increment(dead);
+    }
+    // The owner queue holds each owner's own tasks.
+    let owner = if queue == "owner" { agent } else { "" };
+    let rows = sqlx::query(
+        "WITH picked AS (
+             SELECT id FROM dispatch.phone_tasks
+             WHERE queue = $1 AND state IN ('open', 'leased') AND available_at <= $2 AND leases < $3
+               AND ($4 = '' OR owner_agent = $4)
+               AND ($5 = '' OR branch_code = $5)
+               AND ($6 = '' OR city_code = $6)
+               AND ($2 AT TIME ZONE time_zone)::time >= $7
+               AND ($2 AT TIME ZONE time_zone)::time < $8
+             ORDER BY days_to_expiry, available_at
+             LIMIT $9
+             FOR UPDATE SKIP LOCKED)
+         UPDATE dispatch.phone_tasks t
+         SET state = 'leased', lease_token = gen_random_uuid(), leased_by = $10,
+             available_at = $2 + make_interval(secs => $11), leases = t.leases + 1
+         FROM picked WHERE t.id = picked.id
+         RETURNING t.id, t.lease_token, t.available_at, t.queue, t.days_to_expiry, t.case_id, t.policy_no,
+                   t.stage, t.owner_agent, t.branch_code, t.city_code, t.promotion, t.customer_name,
+                   t.mobile, t.plate, t.expiry_date, t.time_zone, t.leases",
+    )
+    .bind(queue)
+    .bind(now)
+    .bind(MAX_LEASES)
+    .bind(owner)
+    .bind(request.branch_code.as_deref().unwrap_or(""))
+    .bind(request.city_code.as_deref().unwrap_or(""))
+    .bind(tasks.call_hours.start)
+    .bind(tasks.call_hours.end)
+    .bind(max)
+    .bind(agent)
+    .bind(secs as f64)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut views = Vec::with_capacity(rows.len());
+    for r in &rows {
+        views.push(TaskView {
+            id: r.try_get("id")?,
+            lease_token: r.try_get("lease_token")?,
+            lease_expires_at: r.try_get("available_at")?,
+            queue: r.try_get("queue")?,
+            priority: r.try_get("days_to_expiry")?,
+            case_id: r.try_get("case_id")?,
+            policy_no: r.try_get("policy_no")?,
+            stage: r.try_get("stage")?,
+            owner_agent: r.try_get("owner_agent")?,
+            branch_code: r.try_get("branch_code")?,
+            city_code: r.try_get("city_code")?,
+            promotion: r.try_get("promotion")?,
+            customer: Customer {
+                name: r.try_get("customer_name")?,
+                mobile: r.try_get("mobile")?,
+                plate: r.try_get("plate")?,
+            },
+            expiry_date: r.try_get("expiry_date")?,
+            time_zone: r.try_get("time_zone")?,
+            lease_number: r.try_get("leases")?,
+            history: Vec::new(),
+        });
+    }
+    if !views.is_empty() {
+        let cases: Vec<Uuid> = views.iter().map(|v| v.case_id).collect();
+        let earlier = sqlx::query(
+            "SELECT case_id, stage, outcome, completed_at, coalesce(leased_by, '') AS agent_id,
+                    coalesce(outcome_detail->>'reason', '') AS reason
+             FROM dispatch.phone_tasks WHERE case_id = ANY($1) AND state = 'completed'
+             ORDER BY completed_at",
+        )
+        .bind(&cases)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut by_case: HashMap<Uuid, Vec<EarlierCall>> = HashMap::new();
+        for r in &earlier {
+            by_case
+                .entry(r.try_get("case_id")?)
+                .or_default()
+                .push(EarlierCall {
+                    stage: r.try_get("stage")?,
+                    outcome: r
+                        .try_get::<Option<String>, _>("outcome")?
+                        .unwrap_or_default(),
+                    completed_at: r.try_get("completed_at")?,
+                    agent_id: r.try_get("agent_id")?,
+                    reason: r.try_get("reason")?,
+                });
+        }
+        for v in &mut views {
+            if let Some(h) = by_case.get(&v.case_id) {
+                v.history = h.clone();
+            }
+        }
+    }
+    tx.commit().await?;
+    if dead > 0 || !views.is_empty() {
+        renewal_platform::activity::record();
+    }
+    metrics::counter!("phone_tasks_total", "status" => "leased").increment(views.len() as u64);
+    Ok(views)
+}
+
+pub async fn heartbeat(
+    tasks: &PhoneTasks,
+    id: Uuid,
+    request: &HeartbeatRequest,
+) -> Result<serde_json::Value, TaskError> {
+    let secs = lease_seconds(request.lease_seconds)?;
+    let now = tasks.clock.now();
+    let until: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE dispatch.phone_tasks SET available_at = $3 + make_interval(secs => $4)
+         WHERE id = $1 AND lease_token = $2 AND state = 'leased'
+         RETURNING available_at",
+    )
+    .bind(id)
+    .bind(request.lease_token)
+    .bind(now)
+    .bind(secs as f64)
+    .fetch_optional(&tasks.pool)
+    .await?;
+    match until {
+        Some(until) => Ok(serde_json::json!({ "id": id, "lease_expires_at": until })),
+        None => Err(refusal(&tasks.pool, id).await),
+    }
+}
+
+pub async fn release(
+    tasks: &PhoneTasks,
+    id: Uuid,
+    request: &ReleaseRequest,
+) -> Result<serde_json::Value, TaskError> {
+    let now = tasks.clock.now();
+    let retry_at = request.retry_at.unwrap_or(now).max(now);
+    let state: Option<String> = sqlx::query_scalar(
+        "UPDATE dispatch.phone_tasks
+         SET state = CASE WHEN leases >= $4 THEN 'dead' ELSE 'open' END,
+             last_error = CASE WHEN leases >= $4 THEN 'released after ' || leases || ' leases without an outcome' END,
+             lease_token = NULL, available_at = $3
+         WHERE id = $1 AND lease_token = $2 AND state = 'leased'
+         RETURNING state",
+    )
+    .bind(id)
+    .bind(request.lease_token)
+    .bind(retry_at)
+    .bind(MAX_LEASES)
+    .fetch_optional(&tasks.pool)
+    .await?;
+    match state {
+        Some(state) => {
+            renewal_platform::activity::record();
+            metrics::counter!("phone_tasks_total", "status" => if state == "dead" { "dead" } else { "released" })
+                .increment(1);
+            Ok(serde_json::json!({ "id": id, "state": state, "available_at": retry_at }))
+        }
+        None => Err(refusal(&tasks.pool, id).await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn queues_and_lease_lengths_are_checked() {
+        assert_eq!(super::queue_name(" Campaign ").ok(), Some("campaign"));
+        assert!(super::queue_name("vip").is_err());
+        assert!(super::lease_seconds(Some(5)).is_err());
+        assert!(super::lease_seconds(Some(3601)).is_err());
+        assert_eq!(super::lease_seconds(None).ok(), Some(300));
+    }
+}

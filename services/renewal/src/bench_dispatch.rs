@@ -1,0 +1,316 @@
+//! `renewal bench dispatch`: the dispatch service's figures, against the loopback
+//! Postgres and NATS and the mock vendor, with every service running (the
+//! simulation, its clock held at 10:00 in Shanghai), printed as `name value` lines.
+//!
+//! 1. Phone tasks: 20,000 campaign tasks; 32 concurrent pullers lease 10 at a time
+//!    over HTTP and complete each: `tasks_per_s`, `double_leases` (tasks leased more
+//!    than once, counted by the database and by the pullers).
+//! 2. Receipts: 50,000 sent messages; 16 concurrent vendor connections push their
+//!    receipts in arrays of 100: `receipts_per_s`, `webhook_p50_ms`, `webhook_p99_ms`.
+//! 3. Sends: 20,000 queued messages; timed until the sender has handed all to the
+//!    mock vendor (signed, paced at the configured QPS): `sms_sends_per_s`.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, NaiveTime};
+use tokio::sync::Mutex;
+
+use crate::simulation::{SimOptions, Simulation};
+
+const TASKS: i64 = 20_000;
+const PULLERS: usize = 32;
+const RECEIPTS: i64 = 50_000;
+const RECEIPT_CLIENTS: usize = 16;
+const SENDS: i64 = 20_000;
+
+fn line(name: &str, value: impl std::fmt::Display) {
+    println!("{name} {value}");
+}
+
+pub async fn dispatch() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("renewal bench dispatch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+async fn run() -> Result<(), String> {
+    let (database_url, nats_url) = crate::bench::bench_target(
+        "BENCH_DISPATCH_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/renewal_bench_dispatch",
+    )?;
+    let tz = chrono_tz::Asia::Shanghai;
+    let start = renewal_platform::local_instant(
+        NaiveDate::from_ymd_opt(2026, 12, 1).unwrap_or_default(),
+        NaiveTime::from_hms_opt(10, 0, 0).unwrap_or_default(),
+        tz,
+    );
+    let sim = Simulation::start(
+        SimOptions {
+            database_url,
+            nats_url,
+            prefix: "benchdispatch".into(),
+            fresh: true,
+            start,
+            seed: 1,
+            time_zone: tz,
+        },
+        None,
+    )
+    .await
+    .map_err(err)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(err)?;
+
+    phone_tasks(&sim, &http).await?;
+    receipts(&sim, &http).await?;
+    sends(&sim).await?;
+
+    let bus = sim.deps.bus.clone();
+    sim.stop().await.map_err(err)?;
+    bus.delete_streams().await;
+    Ok(())
+}
+
+async fn phone_tasks(sim: &Simulation, http: &reqwest::Client) -> Result<(), String> {
+    sqlx::query(
+        "INSERT INTO dispatch.phone_tasks (id, case_id, policy_no, stage, queue, branch_code, city_code,
+             customer_name, mobile, plate, expiry_date, time_zone, days_to_expiry, available_at, created_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'PB' || i, 'T-15', 'campaign', 'SH01', '310000',
+                '王芳', '+86138' || lpad(i::text, 8, '0'), '沪A' || i, '2026-12-16', 'Asia/Shanghai',
+                (i % 30) - 5, $2, $2
+         FROM generate_series(1, $1) i",
+    )
+    .bind(TASKS)
+    .bind(sim.now())
+    .execute(sim.pool())
+    .await
+    .map_err(err)?;
+    let lease_url = format!("http://{}/v1/phone-tasks:lease", sim.http_addr);
+    let base = format!("http://{}/v1/phone-tasks", sim.http_addr);
+    let seen = Arc::new(Mutex::new((HashSet::new(), 0_u64)));
+    let started = Instant::now();
+    let mut pullers = tokio::task::JoinSet::new();
+    for p in 0..PULLERS {
+        let (http, lease_url, base, seen) =
+            (http.clone(), lease_url.clone(), base.clone(), seen.clone());
+        pullers.spawn(async move {
+            let agent = format!("CC-{p:02}");
+            loop {
+                let body: serde_json::Value = http
+                    .post(&lease_url)
+                    .json(&serde_json::json!({"agent_id": agent, "queue": "campaign", "max": 10, "lease_seconds": 300}))
+                    .send()
+                    .await
+                    .map_err(err)?
+                    .json()
+                    .await
+                    .map_err(err)?;
+                let tasks = body["tasks"].as_array().cloned().unwrap_or_default();
+                if tasks.is_empty() {
+                    return Ok::<(), String>(());
+                }
+                {
+                    let mut seen = seen.lock().await;
+                    for t in &tasks {
+                        let id = t["id"].as_str().unwrap_or_default().to_owned();
+                        if !seen.0.insert(id) {
+                            seen.1 += 1;
+                        }
+                    }
+                }
+                for t in &tasks {
+                    let id = t["id"].as_str().unwrap_or_default();
+                    let response = http
+                        .post(format!("{base}/{id}:complete"))
+                        .json(&serde_json::json!({"lease_token": t["lease_token"], "outcome": "unreachable"}))
+                        .send()
+                        .await
+                        .map_err(err)?;
+                    if !response.status().is_success() {
+                        return Err(format!("complete answered {}", response.status()));
+                    }
+                }
+            }
+        });
+    }
+    while let Some(done) = pullers.join_next().await {
+        done.map_err(err)??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (completed, leased_twice): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FILTER (WHERE leases > 1)
+         FROM dispatch.phone_tasks",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .map_err(err)?;
+    let client_dupes = seen.lock().await.1;
+    line("tasks", completed);
+    line("tasks_pullers", PULLERS);
+    line("tasks_per_s", format!("{:.0}", completed as f64 / elapsed));
+    line("double_leases", leased_twice as u64 + client_dupes);
+    Ok(())
+}
+
+async fn receipts(sim: &Simulation, http: &reqwest::Client) -> Result<(), String> {
+    sqlx::query(
+        "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, mobile, template_params,
+             time_zone, marketing, state, next_attempt_at, created_at, vendor_message_id, sent_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'PR' || i, 'T-60', 'renewal_friendly',
+                '+86139' || lpad(i::text, 8, '0'), '{}'::jsonb, 'Asia/Shanghai', true, 'sent', $2, $2,
+                'bench^' || i, $2
+         FROM generate_series(1, $1) i",
+    )
+    .bind(RECEIPTS)
+    .bind(sim.now())
+    .execute(sim.pool())
+    .await
+    .map_err(err)?;
+    let batches: Vec<String> = (0..RECEIPTS / 100)
+        .map(|b| {
+            let reports: Vec<serde_json::Value> = (b * 100 + 1..=b * 100 + 100)
+                .map(|i| {
+                    serde_json::json!({
+                        "phone_number": format!("139{i:08}"), "send_time": "2026-12-01 10:00:00",
+                        "report_time": "2026-12-01 10:00:05", "success": i % 10 != 0,
+                        "err_code": if i % 10 != 0 { "DELIVERED" } else { "MOBILE_NOT_ON_SERVICE" },
+                        "err_msg": "", "sms_size": "1", "biz_id": format!("bench^{i}"), "out_id": ""
+                    })
+                })
+                .collect();
+            serde_json::Value::Array(reports).to_string()
+        })
+        .collect();
+    let queue = Arc::new(Mutex::new(batches));
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..RECEIPT_CLIENTS {
+        let (http, url, queue) = (http.clone(), sim.webhook_url.clone(), queue.clone());
+        clients.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some(body) = queue.lock().await.pop() else {
+                    return Ok::<_, String>(latencies);
+                };
+                let sent = Instant::now();
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(err)?;
+                if !response.status().is_success() {
+                    return Err(format!("webhook answered {}", response.status()));
+                }
+                latencies.push(sent.elapsed());
+            }
+        });
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        latencies.extend(done.map_err(err)??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    let final_states: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('delivered', 'failed')",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .map_err(err)?;
+    line("receipts", final_states);
+    line(
+        "receipts_per_s",
+        format!("{:.0}", RECEIPTS as f64 / elapsed),
+    );
+    line("webhook_p50_ms", format!("{:.1}", pct(0.50)));
+    line("webhook_p99_ms", format!("{:.1}", pct(0.99)));
+    Ok(())
+}
+
+async fn sends(sim: &Simulation) -> Result<(), String> {
+    sqlx::query(
+        "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, mobile, template_params,
+             time_zone, marketing, state, next_attempt_at, created_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'PS' || i, 'T-60', 'renewal_friendly',
+                '+86137' || lpad(i::text, 8, '0'),
+                jsonb_build_object('name', '王芳', 'plate', '沪A' || i, 'expiry', '2027-01-30'),
+                'Asia/Shanghai', true, 'queued', $2, $2
+         FROM generate_series(1, $1) i",
+    )
+    .bind(SENDS)
+    .bind(sim.now())
+    .execute(sim.pool())
+    .await
+    .map_err(err)?;
+    // One real command wakes the sender at once.
+    let wake = renewal_contract::scheduler::SendSms {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        case_id: uuid::Uuid::new_v4().to_string(),
+        policy_no: "PS0".into(),
+        stage: "T-60".into(),
+        template: "renewal_friendly".into(),
+        mobile: "+8613700000000".into(),
+        customer_name: "王芳".into(),
+        plate: "沪A0".into(),
+        expiry_date: "2027-01-30".into(),
+        time_zone: "Asia/Shanghai".into(),
+        marketing: true,
+        due_at_ms: 0,
+    };
+    let started = Instant::now();
+    sim.deps
+        .bus
+        .publish(
+            renewal_contract::subject::DISPATCH_CMD_SEND_SMS,
+            &wake.command_id,
+            None,
+            prost::Message::encode_to_vec(&wake),
+        )
+        .await
+        .map_err(err)?;
+    loop {
+        let queued: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM dispatch.sms_messages WHERE state = 'queued'")
+                .fetch_one(sim.pool())
+                .await
+                .map_err(err)?;
+        if queued == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!("{queued} messages still queued after 600 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dispatch.sms_messages WHERE policy_no LIKE 'PS%' AND state <> 'queued'",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .map_err(err)?;
+    line("sms_sent", sent);
+    line("sms_sends_per_s", format!("{:.0}", sent as f64 / elapsed));
+    Ok(())
+}

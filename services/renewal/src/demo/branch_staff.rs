@@ -1,0 +1,183 @@
+//! The people of the branches and city companies, played over the real HTTP API:
+//! each day they claim most of their list (naming the policy's own agent when they
+//! can), decline a few, leave the rest to the pool; other branches take some pool
+//! cases; research traces some untraceable policies; owners answer the T-5
+//! confirmation (most confirm, some cannot renew, some do not answer). Every choice is
+//! fixed by the seed and the policy number, so a case decides the same way each day.
+
+use std::hash::{Hash, Hasher};
+
+use serde::Deserialize;
+
+use super::portfolio::CITIES;
+use crate::simulation::SimError;
+
+#[derive(Debug, Deserialize)]
+struct Claim {
+    policy_no: String,
+    city_code: String,
+    branch_code: String,
+    phase: String,
+    credited_agent: String,
+    owner_agent: Option<String>,
+}
+
+pub struct BranchStaff {
+    http: reqwest::Client,
+    base: String,
+    seed: u64,
+}
+
+/// How a person decides about one case at one step: a number in 0..100.
+fn roll(seed: u64, policy_no: &str, step: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (seed, policy_no, step).hash(&mut h);
+    h.finish() % 100
+}
+
+impl BranchStaff {
+    pub fn new(base: String, seed: u64) -> Result<Self, SimError> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| SimError::Other(e.to_string()))?;
+        Ok(BranchStaff { http, base, seed })
+    }
+
+    async fn get(&self, path: &str) -> Result<Vec<Claim>, SimError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| SimError::Other(format!("GET {path}: {e}")))?;
+        if !response.status().is_success() {
+            return Err(SimError::Other(format!(
+                "GET {path}: {}",
+                response.status()
+            )));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| SimError::Other(format!("GET {path}: {e}")))
+    }
+
+    /// Posts an action; a refusal (someone else was faster) is part of the day.
+    async fn post(&self, path: &str, body: serde_json::Value) -> Result<bool, SimError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| SimError::Other(format!("POST {path}: {e}")))?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(SimError::Other(format!("POST {path}: {status}")));
+        }
+        Ok(status.is_success())
+    }
+
+    /// One working day of every branch and city company.
+    pub async fn work_day(&self) -> Result<(), SimError> {
+        for city in CITIES {
+            for branch in city.branches {
+                for c in self
+                    .get(&format!(
+                        "/v1/branches/{branch}/claims?state=pending&limit=10000"
+                    ))
+                    .await?
+                {
+                    let r = roll(self.seed, &c.policy_no, &c.phase);
+                    let own_agent =
+                        c.credited_agent.starts_with(*branch) && c.credited_agent != "CD02-A06";
+                    match c.phase.as_str() {
+                        "branch" if r < 75 => {
+                            let owner = if own_agent {
+                                c.credited_agent.clone()
+                            } else {
+                                format!("{branch}-A01")
+                            };
+                            self.claim(&c.policy_no, branch, &owner).await?;
+                        }
+                        "branch" if r < 80 => {
+                            self.post(
+                                &format!("/v1/claims/{}:decline", c.policy_no),
+                                serde_json::json!({"branch_code": branch, "by": format!("{branch}-S01"),
+                                    "reason": "customer moved to another city"}),
+                            )
+                            .await?;
+                        }
+                        "branch_reassign" if r < 50 => {
+                            let owner =
+                                if c.owner_agent.as_deref() == Some(&format!("{branch}-A02")) {
+                                    format!("{branch}-A03")
+                                } else {
+                                    format!("{branch}-A02")
+                                };
+                            self.claim(&c.policy_no, branch, &owner).await?;
+                        }
+                        _ => {}
+                    }
+                }
+                for c in self
+                    .get(&format!(
+                        "/v1/branches/{branch}/claims?state=claimed&limit=10000"
+                    ))
+                    .await?
+                {
+                    if c.phase != "confirming" {
+                        continue;
+                    }
+                    let Some(owner) = c.owner_agent.clone() else {
+                        continue;
+                    };
+                    let r = roll(self.seed, &c.policy_no, "confirming");
+                    if r < 85 {
+                        self.post(
+                            &format!("/v1/cases/{}:confirm", c.policy_no),
+                            serde_json::json!({"agent_code": owner}),
+                        )
+                        .await?;
+                    } else if r < 93 {
+                        self.post(
+                            &format!("/v1/cases/{}:release", c.policy_no),
+                            serde_json::json!({"agent_code": owner, "reason": "customer is shopping around"}),
+                        )
+                        .await?;
+                    }
+                }
+            }
+            for c in self.get(&format!("/v1/cities/{}/pool", city.code)).await? {
+                let r = roll(self.seed, &c.policy_no, &c.phase);
+                let taker = city.branches[(r as usize) % city.branches.len()];
+                if (c.phase == "pool" && r < 40) || (c.phase == "city_reassign" && r < 30) {
+                    self.claim(&c.policy_no, taker, &format!("{taker}-A04"))
+                        .await?;
+                }
+            }
+            for c in self
+                .get(&format!("/v1/cities/{}/research", city.code))
+                .await?
+            {
+                if roll(self.seed, &c.policy_no, "research") < 60 && c.city_code == city.code {
+                    self.post(
+                        &format!("/v1/research/{}:resolve", c.policy_no),
+                        serde_json::json!({"branch_code": c.branch_code, "by": format!("{}-S01", c.branch_code)}),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim(&self, policy_no: &str, branch: &str, owner: &str) -> Result<bool, SimError> {
+        self.post(
+            &format!("/v1/claims/{policy_no}:claim"),
+            serde_json::json!({"branch_code": branch, "owner_agent": owner}),
+        )
+        .await
+    }
+}

@@ -1,0 +1,92 @@
+//! The scheduler's settings: the hours each channel may reach a customer, in the
+//! customer's time zone (`SMS_HOURS`, default 09:00-20:00; `CALL_HOURS`, 09:00-21:00).
+
+use chrono::NaiveTime;
+use renewal_platform::config::{ConfigError, Env};
+
+use crate::plan::Hours;
+
+/// Allowed local hours, `start` included, `end` excluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+impl std::str::FromStr for Window {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not like 09:00-20:00"))?;
+        let t = |v: &str| {
+            NaiveTime::parse_from_str(v.trim(), "%H:%M").map_err(|_| format!("{v:?} is not HH:MM"))
+        };
+        let (start, end) = (t(a)?, t(b)?);
+        if start >= end {
+            return Err(format!("{s:?}: the start must come before the end"));
+        }
+        Ok(Window { start, end })
+    }
+}
+
+fn hm(h: u32) -> NaiveTime {
+    NaiveTime::from_hms_opt(h, 0, 0).unwrap_or(NaiveTime::MIN)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    pub hours: Hours,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            hours: Hours {
+                sms: Window {
+                    start: hm(9),
+                    end: hm(20),
+                },
+                calls: Window {
+                    start: hm(9),
+                    end: hm(21),
+                },
+            },
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from(&Env::process())
+    }
+
+    pub fn from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let d = SchedulerConfig::default();
+        Ok(SchedulerConfig {
+            hours: Hours {
+                sms: env.or("SMS_HOURS", d.hours.sms)?,
+                calls: env.or("CALL_HOURS", d.hours.calls)?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_are_read_and_bad_ones_named() {
+        let env = Env::from_fn(|v: &str| (v == "CALL_HOURS").then(|| "08:30-21:30".to_owned()));
+        let c = SchedulerConfig::from(&env).expect("config");
+        assert_eq!(
+            c.hours.calls.start,
+            NaiveTime::from_hms_opt(8, 30, 0).expect("t")
+        );
+        assert_eq!(c.hours.sms.end, hm(20));
+        let env = Env::from_fn(|v: &str| (v == "SMS_HOURS").then(|| "20:00-09:00".to_owned()));
+        let e = SchedulerConfig::from(&env).expect_err("refused");
+        assert!(e.to_string().contains("SMS_HOURS"), "{e}");
+    }
+}

@@ -1,0 +1,213 @@
+//! Call outcomes reschedule the case's contacts: call back at a time (a call then),
+//! promised by a date (contacts before it are paused; a check call the day after),
+//! unreachable (try again the next day, at most 3 times), refused, insured elsewhere or
+//! sold (every pending contact stops except the lapse rescue the plan keeps), wrong
+//! number (contacts stop until the data is corrected).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
+use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
+use renewal_contract::subject;
+use renewal_platform::inbox::field;
+use renewal_platform::{Delivery, HandleError, Handler};
+use sqlx::{PgConnection, Row};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::plan::{Action, Hours, Placed, Queue, Stage};
+
+/// At most this many "unreachable, try tomorrow" calls per case.
+const UNREACHABLE_RETRIES: i64 = 3;
+
+pub struct OutcomeEvents {
+    pub hours: Hours,
+    pub timers_changed: Arc<Notify>,
+}
+
+fn call(name: String, queue: Queue) -> Stage {
+    Stage {
+        stage: name,
+        days_before: 0,
+        at: NaiveTime::MIN,
+        action: Action::PhoneTask,
+        template: String::new(),
+        queue: Some(queue),
+        marketing: false,
+        promotion: String::new(),
+        keep_after_refusal: false,
+    }
+}
+
+impl Handler for OutcomeEvents {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        if delivery.subject != subject::DISPATCH_TASK_COMPLETED {
+            // Other dispatch facts (SMS statuses) are not the scheduler's business.
+            return Ok(());
+        }
+        let event: PhoneTaskCompleted = delivery.decode()?;
+        let case_id = field::uuid("case_id", &event.case_id)?;
+        let at = field::instant_ms("completed_at_ms", event.completed_at_ms)?;
+        let Some(case) = sqlx::query(
+            "SELECT state, time_zone, effective_expiry_date FROM scheduler.cases WHERE case_id = $1 FOR UPDATE",
+        )
+        .bind(case_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            // Tasks come from this service's own timers, so their case is known; an
+            // outcome for any other case has no contacts here to reschedule.
+            tracing::info!(task_id = %event.task_id, "outcome for a case without timers here; nothing to reschedule");
+            return Ok(());
+        };
+        if case.try_get::<String, _>("state")? != "open" {
+            return Ok(());
+        }
+        let tz: chrono_tz::Tz = case
+            .try_get::<Option<String>, _>("time_zone")?
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(chrono_tz::Asia::Shanghai);
+        let queue = if event.stage == "T-30" {
+            Queue::Owner
+        } else {
+            Queue::Campaign
+        };
+        let outcome = CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified);
+        match outcome {
+            CallOutcome::CallBack => {
+                let when = field::instant_ms("call_back_at_ms", event.call_back_at_ms)?;
+                let due = crate::plan::allowed(when, self.hours.calls, None, tz).unwrap_or(when);
+                add(
+                    tx,
+                    case_id,
+                    call(format!("call back {}", event.task_id), queue),
+                    when,
+                    due,
+                )
+                .await?;
+            }
+            CallOutcome::Promised => {
+                let date =
+                    NaiveDate::parse_from_str(&event.promised_date, "%Y-%m-%d").map_err(|_| {
+                        HandleError::Malformed(format!("promised_date {:?}", event.promised_date))
+                    })?;
+                let until =
+                    renewal_platform::local_instant(date + Days::new(1), NaiveTime::MIN, tz);
+                stop(
+                    tx,
+                    case_id,
+                    "pending contacts due before the promised date",
+                    "paused: the customer promised to renew by then",
+                    Some(until),
+                )
+                .await?;
+                let check = renewal_platform::local_instant(
+                    date + Days::new(1),
+                    NaiveTime::from_hms_opt(10, 0, 0).unwrap_or(NaiveTime::MIN),
+                    tz,
+                );
+                let due = crate::plan::allowed(check, self.hours.calls, None, tz).unwrap_or(check);
+                add(
+                    tx,
+                    case_id,
+                    call(format!("promise check {}", event.task_id), queue),
+                    check,
+                    due,
+                )
+                .await?;
+            }
+            CallOutcome::Unreachable => {
+                let tries: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM scheduler.timers WHERE case_id = $1 AND stage LIKE 'unreachable retry %'",
+                )
+                .bind(case_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if tries < UNREACHABLE_RETRIES {
+                    let tomorrow = renewal_platform::local_date(at, tz) + Days::new(1);
+                    let next = renewal_platform::local_instant(
+                        tomorrow,
+                        NaiveTime::from_hms_opt(10, 0, 0).unwrap_or(NaiveTime::MIN),
+                        tz,
+                    );
+                    let due =
+                        crate::plan::allowed(next, self.hours.calls, None, tz).unwrap_or(next);
+                    add(
+                        tx,
+                        case_id,
+                        call(format!("unreachable retry {}", tries + 1), queue),
+                        next,
+                        due,
+                    )
+                    .await?;
+                }
+            }
+            CallOutcome::Refused | CallOutcome::InsuredElsewhere | CallOutcome::VehicleSold => {
+                stop(tx, case_id, "all", "stopped: the customer declined", None).await?;
+            }
+            CallOutcome::WrongNumber => {
+                stop(
+                    tx,
+                    case_id,
+                    "all",
+                    "stopped: wrong number, contact data to be corrected",
+                    None,
+                )
+                .await?;
+            }
+            CallOutcome::Renewed | CallOutcome::Unspecified => {}
+        }
+        metrics::counter!("outcomes_applied_total", "outcome" => outcome.as_str_name())
+            .increment(1);
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.timers_changed.notify_one();
+    }
+}
+
+async fn add(
+    tx: &mut PgConnection,
+    case_id: Uuid,
+    stage: Stage,
+    nominal: DateTime<Utc>,
+    due: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    crate::timers::insert(
+        tx,
+        case_id,
+        &[Placed {
+            stage,
+            nominal,
+            due,
+            skipped: None,
+        }],
+    )
+    .await
+}
+
+/// Stops pending contacts: all of them (except those the plan keeps after a refusal),
+/// or those due before `before`.
+async fn stop(
+    tx: &mut PgConnection,
+    case_id: Uuid,
+    which: &str,
+    note: &str,
+    before: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    let sql = if which == "all" {
+        "UPDATE scheduler.timers SET state = 'cancelled', note = $2
+         WHERE case_id = $1 AND state = 'pending' AND action IN ('sms', 'phone_task') AND NOT keep_after_refusal"
+    } else {
+        "UPDATE scheduler.timers SET state = 'skipped', note = $2
+         WHERE case_id = $1 AND state = 'pending' AND action IN ('sms', 'phone_task') AND due_at < $3"
+    };
+    sqlx::query(sql)
+        .bind(case_id)
+        .bind(note)
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! Assignment against the real Postgres and NATS, on the simulated clock: the
+//! organisation, branch claims and their refusals, 50 concurrent claims of one case,
+//! the pool and auto-assignment timeline, the research queue, the second assignment
+//! all the way to HQ (and to the city company), and the credit staying with the
+//! originating agent.
+
+use renewal_contract::core::Policy;
+use renewal_e2e::{ORG_CSV, TestSystem, local, policy};
+use serde_json::{Value, json};
+
+fn policy_of(no: &str, end: &str, branch: &str, agent: &str) -> Policy {
+    let mut p = policy(no, end);
+    p.branch_code = branch.into();
+    p.agent_code = agent.into();
+    p
+}
+
+async fn case(system: &TestSystem, policy_no: &str) -> Value {
+    let (status, case) = system.get_json(&format!("/v1/cases/{policy_no}")).await;
+    assert_eq!(status, 200, "{case}");
+    case
+}
+
+fn steps(case: &Value) -> Vec<String> {
+    case["routing"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s["step"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn owners(case: &Value) -> Vec<(String, String)> {
+    case["history"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|h| {
+                    (
+                        h["owner_agent"].as_str().unwrap_or("-").to_owned(),
+                        h["reason"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn claim(system: &TestSystem, policy_no: &str, branch: &str, owner: &str) -> (u16, Value) {
+    system
+        .post_json(
+            &format!("/v1/claims/{policy_no}:claim"),
+            json!({"branch_code": branch, "owner_agent": owner}),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_claim_their_list_and_every_bad_claim_is_refused_without_effect() {
+    let system = TestSystem::start("ac", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[
+        policy("P1", "2027-02-15"),
+        policy("P2", "2027-02-16"),
+        policy("P3", "2027-02-17"),
+    ])
+    .await
+    .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+
+    let (status, pending) = system
+        .get_json("/v1/branches/SH01/claims?state=pending")
+        .await;
+    assert_eq!(status, 200, "{pending}");
+    assert_eq!(pending.as_array().map(Vec::len), Some(3), "{pending}");
+    assert_eq!(
+        pending[0]["deadline"], "2026-12-05T16:05:00Z",
+        "issued at 00:05 on 1 December, due 5 days later"
+    );
+
+    // Refusals, each with its reason.
+    let refusals = [
+        ("P1", "SH02", "SH02-A01", 403, "not_your_branch"),
+        ("P1", "SH01", "SH01-A09", 422, "unknown_agent"),
+        ("P1", "SH01", "SH02-A01", 422, "agent_not_in_branch"),
+        ("P1", "XX01", "SH01-A01", 422, "unknown_branch"),
+        ("P9", "SH01", "SH01-A01", 404, "unknown_case"),
+    ];
+    for (no, branch, owner, want, code) in refusals {
+        let (status, body) = claim(&system, no, branch, owner).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (want, Some(code)),
+            "{body}"
+        );
+    }
+    let (status, body) = system
+        .post_json("/v1/claims/P1:claim", json!({"branch_code": "SH01"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    let (status, body) = system
+        .post_json("/v1/claims/P1:claim", json!({"branch": 1}))
+        .await;
+    assert_eq!(status, 400, "a body of the wrong shape: {body}");
+    let (status, body) = system.post_json("/v1/agents/SH01-A02", json!({})).await;
+    assert_eq!(status, 405, "agents are edited with PATCH: {body}");
+    let case_p1 = case(&system, "P1").await;
+    assert_eq!(case_p1["phase"], "branch", "the refusals changed nothing");
+    assert!(case_p1["history"].as_array().is_some_and(Vec::is_empty));
+
+    // An inactive agent cannot be named.
+    let response = reqwest::Client::new()
+        .patch(system.url("/v1/agents/SH01-A02"))
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(response.status().as_u16(), 200);
+    let (status, body) = claim(&system, "P1", "SH01", "SH01-A02").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("inactive_agent")),
+        "{body}"
+    );
+
+    // The claim, then a second claim, then a claim by someone else after it was won.
+    let (status, body) = claim(&system, "P1", "SH01", "SH01-A01").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = claim(&system, "P1", "SH01", "SH01-A01").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("already_claimed")),
+        "{body}"
+    );
+    let (status, body) = claim(&system, "P1", "SH01", "SH01-A03").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("already_claimed")),
+        "{body}"
+    );
+    sim.settle().await.expect("settles");
+    let case_p1 = case(&system, "P1").await;
+    assert_eq!(case_p1["owner_agent"], "SH01-A01");
+    assert_eq!(
+        case_p1["credited_agent"], "SH01-A03",
+        "the credit stays with the seller"
+    );
+    assert_eq!(
+        owners(&case_p1),
+        vec![("SH01-A01".into(), "branch_claim".into())]
+    );
+
+    // A decline needs a reason, and sends the case to the city's pool.
+    let (status, body) = system
+        .post_json(
+            "/v1/claims/P2:decline",
+            json!({"branch_code": "SH01", "by": "SH01-S01"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    let (status, body) = system
+        .post_json(
+            "/v1/claims/P2:decline",
+            json!({"branch_code": "SH01", "by": "SH01-S01", "reason": "customer moved"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, pool) = system.get_json("/v1/cities/310000/pool").await;
+    assert_eq!(pool[0]["policy_no"], "P2", "{pool}");
+    let (status, body) = claim(&system, "P2", "BJ01", "BJ01-A01").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("not_your_city")),
+        "{body}"
+    );
+    let (status, body) = claim(&system, "P2", "SH02", "SH02-A02").await;
+    assert_eq!(status, 200, "another branch of the city takes it: {body}");
+    let (_, declined) = system
+        .get_json("/v1/branches/SH01/claims?state=declined")
+        .await;
+    assert_eq!(declined[0]["policy_no"], "P2", "{declined}");
+    let (_, claimed) = system
+        .get_json("/v1/branches/SH02/claims?state=claimed")
+        .await;
+    assert_eq!(claimed[0]["owner_agent"], "SH02-A02", "{claimed}");
+
+    // Deactivating an owner hands their open cases back to their branch.
+    let response = reqwest::Client::new()
+        .patch(system.url("/v1/agents/SH01-A01"))
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .expect("patch");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["cases_handed_back"], 1, "{body}");
+    let case_p1 = case(&system, "P1").await;
+    assert_eq!(case_p1["phase"], "branch");
+    assert_eq!(case_p1["owner_agent"], Value::Null);
+    assert_eq!(
+        owners(&case_p1),
+        vec![
+            ("SH01-A01".into(), "branch_claim".into()),
+            ("-".into(), "agent_deactivated".into())
+        ]
+    );
+    let (status, body) = claim(&system, "P1", "SH01", "SH01-A03").await;
+    assert_eq!(status, 200, "claimed again: {body}");
+
+    // A bad organisation file loads nothing and says which rows are wrong.
+    let response = reqwest::Client::new()
+        .post(system.url("/v1/org:import"))
+        .body("city_code,branch_code,branch_name,agent_code,agent_name,role,capacity,active\n310000,SH03,x,SH03-A01,y,boss,-1,maybe\n")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.expect("json");
+    let columns: Vec<&str> = body["rows"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|p| p["column"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(columns, vec!["role", "capacity", "active"], "{body}");
+    let (status, _) = system.get_json("/v1/agents/SH03-A01").await;
+    assert_eq!(status, 422, "nothing was loaded");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_fifty_concurrent_claims_of_one_case_exactly_one_wins() {
+    let system = TestSystem::start("cc", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[policy("P1", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    let owners_to_try = ["SH01-A01", "SH01-A02", "SH01-A03"];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let url = system.url("/v1/claims/P1:claim");
+        let owner = owners_to_try[i % 3];
+        tasks.spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"branch_code": "SH01", "owner_agent": owner}))
+                .send()
+                .await
+                .expect("answers")
+                .status()
+                .as_u16()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.expect("task"));
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        49,
+        "{statuses:?}"
+    );
+    sim.settle().await.expect("settles");
+    let case = case(&system, "P1").await;
+    assert_eq!(
+        case["history"].as_array().map(Vec::len),
+        Some(1),
+        "one owner: {case}"
+    );
+    let events: Vec<renewal_contract::assignment::OwnerAssigned> = renewal_e2e::events(
+        &system,
+        renewal_contract::subject::ASSIGNMENT_OWNER_ASSIGNED,
+    )
+    .await;
+    assert_eq!(events.len(), 1, "one owner event");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_cases_open_to_the_pool_then_go_to_the_agent_with_most_room() {
+    let system = TestSystem::start("ap", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[
+        policy("P1", "2027-02-15"),
+        // Its origin cannot be traced: SH01-A99 is nobody.
+        policy_of("P2", "2027-02-15", "SH01", "SH01-A99"),
+        policy_of("P3", "2027-02-15", "SH01", "SH01-A98"),
+        // Expires in 25 days: past T-31 already, so it gets an owner at once.
+        policy("P4", "2026-12-26"),
+    ])
+    .await
+    .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    let p4 = case(&system, "P4").await;
+    assert_eq!(owners(&p4)[0].1, "auto_assign", "{p4}");
+
+    let (_, research) = system.get_json("/v1/cities/310000/research").await;
+    assert_eq!(research.as_array().map(Vec::len), Some(2), "{research}");
+    assert_eq!(
+        research[0]["deadline"], "2026-12-15T16:00:00Z",
+        "researched by the end of the 15th"
+    );
+    let (status, body) = system
+        .post_json(
+            "/v1/research/P2:resolve",
+            json!({"branch_code": "SH02", "by": "SH01-S01"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, sh02) = system.get_json("/v1/branches/SH02/claims").await;
+    assert_eq!(
+        sh02[0]["policy_no"], "P2",
+        "the traced branch gets the claim: {sh02}"
+    );
+
+    // 6 December 00:05: P1's claim deadline passed: it is in the pool for 3 days.
+    sim.advance_to(local("2026-12-06", 1)).await.expect("time");
+    let p1 = case(&system, "P1").await;
+    assert_eq!(p1["phase"], "pool", "{p1}");
+    assert_eq!(steps(&p1), vec!["branch", "pool"]);
+    assert_eq!(p1["routing"][1]["reason"], "claim_deadline");
+
+    // SH01-A01 gets busier than the others (2 cases of 10) so it has less room.
+    sim.publish_policies(&[policy("P5", "2027-02-20"), policy("P6", "2027-02-21")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let (status, body) = system
+        .post_json("/v1/lists:issue", json!({"city_code": "310000"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sim.settle().await.expect("settles");
+    for p in ["P5", "P6"] {
+        let (status, body) = claim(&system, p, "SH01", "SH01-A01").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let response = reqwest::Client::new()
+        .patch(system.url("/v1/agents/SH02-A01"))
+        .json(&json!({"capacity": 4}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(response.status().as_u16(), 200);
+
+    // 9 December 00:05: still unclaimed after the pool deadline: assigned automatically,
+    // to the agent with the most room; the tie (SH01-A02, SH01-A03, SH02-A02, all 10
+    // free) goes to the originating agent's branch, SH01.
+    sim.advance_to(local("2026-12-09", 1)).await.expect("time");
+    let p1 = case(&system, "P1").await;
+    assert_eq!(p1["phase"], "owned", "{p1}");
+    let (owner, reason) = owners(&p1)[0].clone();
+    assert_eq!(reason, "auto_assign");
+    assert!(owner == "SH01-A02" || owner == "SH01-A03", "{owner}");
+    assert_eq!(p1["credited_agent"], "SH01-A03");
+
+    // P3 was never researched: on 16 December it opens to the pool, then is assigned.
+    sim.advance_to(local("2026-12-16", 1)).await.expect("time");
+    let p3 = case(&system, "P3").await;
+    assert_eq!(steps(&p3), vec!["research", "pool"], "{p3}");
+    assert_eq!(p3["routing"][1]["reason"], "research_deadline");
+    sim.advance_to(local("2026-12-19", 1)).await.expect("time");
+    let p3 = case(&system, "P3").await;
+    assert_eq!(p3["phase"], "owned", "{p3}");
+
+    // Nobody reached T-30 without an owner.
+    let ownerless: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM assignment.cases WHERE owner_agent IS NULL AND state = 'open' AND owner_by <= $1",
+    )
+    .bind(sim.now())
+    .fetch_one(sim.pool())
+    .await
+    .expect("count");
+    assert_eq!(ownerless, 0);
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
+    let system = TestSystem::start("sa", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    let mut important = policy("P3", "2027-01-20");
+    important.important = true;
+    sim.publish_policies(&[
+        policy("P1", "2027-01-20"),
+        policy("P2", "2027-01-20"),
+        important,
+    ])
+    .await
+    .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    for p in ["P1", "P2", "P3"] {
+        let (status, body) = claim(&system, p, "SH01", "SH01-A01").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // T-5 is 15 January 09:00: the scheduler asks the owner to confirm.
+    sim.advance_to(local("2027-01-15", 10)).await.expect("time");
+    let p1 = case(&system, "P1").await;
+    assert_eq!(p1["phase"], "confirming", "{p1}");
+    let (status, body) = system
+        .post_json("/v1/cases/P2:confirm", json!({"agent_code": "SH01-A02"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("not_owner")),
+        "{body}"
+    );
+    let (status, body) = system
+        .post_json("/v1/cases/P2:confirm", json!({"agent_code": "SH01-A01"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = system
+        .post_json(
+            "/v1/cases/P3:release",
+            json!({"agent_code": "SH01-A01", "reason": "customer wants a discount"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let p3 = case(&system, "P3").await;
+    assert_eq!(
+        p3["phase"], "city_company",
+        "an important customer escalates: {p3}"
+    );
+    assert_eq!(p3["owner_agent"], "CITY-310000");
+
+    // P1 gets no answer: branch (16th), city-wide (17th), HQ (18th).
+    sim.advance_to(local("2027-01-16", 10)).await.expect("time");
+    assert_eq!(case(&system, "P1").await["phase"], "branch_reassign");
+    let (_, pending) = system.get_json("/v1/branches/SH01/claims").await;
+    assert_eq!(pending[0]["policy_no"], "P1", "{pending}");
+    sim.advance_to(local("2027-01-17", 10)).await.expect("time");
+    assert_eq!(case(&system, "P1").await["phase"], "city_reassign");
+    let (_, pool) = system.get_json("/v1/cities/310000/pool").await;
+    assert_eq!(pool[0]["policy_no"], "P1", "{pool}");
+    sim.advance_to(local("2027-01-18", 10)).await.expect("time");
+    let p1 = case(&system, "P1").await;
+    assert_eq!(p1["phase"], "hq", "{p1}");
+    assert_eq!(
+        steps(&p1),
+        vec![
+            "branch",
+            "confirming",
+            "branch_reassign",
+            "city_reassign",
+            "hq"
+        ]
+    );
+    assert_eq!(
+        owners(&p1),
+        vec![
+            ("SH01-A01".into(), "branch_claim".into()),
+            ("HQ".into(), "hq_outbound".into())
+        ]
+    );
+    assert_eq!(p1["credited_agent"], "SH01-A03");
+    assert_eq!(case(&system, "P2").await["phase"], "owned", "confirmed");
+
+    // HQ renews P1: the renewal is credited to the agent who sold it.
+    sim.publish_renewal("P1", "R1").await.expect("renewed");
+    sim.settle().await.expect("settles");
+    let p1 = case(&system, "P1").await;
+    assert_eq!(
+        (p1["outcome"].as_str(), p1["renewed_by"].as_str()),
+        (Some("renewed"), Some("HQ"))
+    );
+    let (_, credits) = system.get_json("/v1/reports/attribution?city=310000").await;
+    assert_eq!(credits[0]["credited_agent"], "SH01-A03", "{credits}");
+    assert_eq!(credits[0]["renewed"], 1, "{credits}");
+    assert_eq!(credits[0]["renewed_by_others"], 1, "{credits}");
+    system.finish().await;
+}

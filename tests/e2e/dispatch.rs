@@ -1,0 +1,526 @@
+//! Dispatch's phone-task gateway against the real Postgres and NATS, on the simulated
+//! clock: commands become tasks ordered by urgency; 100 parallel leases never hand a
+//! task out twice; stale and foreign tokens get 409; outcomes come out as events (a
+//! wrong number marks the contact data); an expired lease returns the task and five
+//! leases without an outcome dead-letter it; no calls at night; a renewal withdraws
+//! the case's tasks; an owner change moves the owner's tasks.
+
+use std::collections::HashSet;
+
+use renewal_contract::assignment::OwnerAssigned;
+use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
+use renewal_contract::lists::CaseOpened;
+use renewal_contract::scheduler::{CreatePhoneTask, TaskQueue};
+use renewal_contract::subject;
+use renewal_e2e::{TestSystem, events, local, policy};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn command(case_id: Uuid, queue: TaskQueue, owner: &str, days_to_expiry: i32) -> CreatePhoneTask {
+    CreatePhoneTask {
+        command_id: Uuid::new_v4().to_string(),
+        case_id: case_id.to_string(),
+        policy_no: format!("P{}", &case_id.simple().to_string()[..10]),
+        stage: "T-15".into(),
+        queue: queue as i32,
+        owner_agent: owner.into(),
+        branch_code: "SH01".into(),
+        city_code: "310000".into(),
+        promotion: "续保送洗车".into(),
+        customer_name: "王芳".into(),
+        mobile: "+8613812345678".into(),
+        plate: "沪AD12345".into(),
+        expiry_date: "2027-01-31".into(),
+        time_zone: "Asia/Shanghai".into(),
+        days_to_expiry,
+        due_at_ms: 0,
+    }
+}
+
+async fn create(system: &TestSystem, commands: &[CreatePhoneTask]) {
+    let bus = &system.sim.deps.bus;
+    for c in commands {
+        bus.publish(
+            subject::DISPATCH_CMD_CREATE_PHONE_TASK,
+            &c.command_id,
+            None,
+            prost::Message::encode_to_vec(c),
+        )
+        .await
+        .expect("published");
+    }
+    system.sim.settle().await.expect("settles");
+}
+
+async fn lease(system: &TestSystem, agent: &str, queue: &str, max: i64, secs: i64) -> Vec<Value> {
+    let (status, body) = system
+        .post_json(
+            "/v1/phone-tasks:lease",
+            json!({"agent_id": agent, "queue": queue, "max": max, "lease_seconds": secs}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["tasks"].as_array().cloned().unwrap_or_default()
+}
+
+async fn act(system: &TestSystem, task: &Value, verb: &str, body: Value) -> (u16, Value) {
+    let id = task["id"].as_str().expect("task id");
+    system
+        .post_json(&format!("/v1/phone-tasks/{id}:{verb}"), body)
+        .await
+}
+
+async fn state(system: &TestSystem, id: &str) -> (String, i32) {
+    sqlx::query_as("SELECT state, leases FROM dispatch.phone_tasks WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(system.sim.pool())
+        .await
+        .expect("task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_leases_never_overlap_and_outcomes_are_published_once() {
+    let system = TestSystem::start("pt", local("2026-12-01", 10)).await;
+    let commands: Vec<_> = (0..150)
+        .map(|i| command(Uuid::new_v4(), TaskQueue::Campaign, "", 15 - (i % 30)))
+        .collect();
+    create(&system, &commands).await;
+    // Redelivered commands make no second task.
+    create(&system, &commands[..5]).await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM dispatch.phone_tasks")
+        .fetch_one(system.sim.pool())
+        .await
+        .expect("count");
+    assert_eq!(count, 150);
+
+    // The most urgent first.
+    let first = lease(&system, "CC-000", "campaign", 3, 300).await;
+    let priorities: Vec<i64> = first
+        .iter()
+        .map(|t| t["priority"].as_i64().expect("priority"))
+        .collect();
+    assert_eq!(priorities, vec![-14, -14, -14], "{first:?}");
+    assert_eq!(first[0]["customer"]["plate"], "沪AD12345");
+    assert!(first[0].get("id_number").is_none());
+
+    // 100 agents lease at once: every task goes to exactly one of them.
+    let mut pulls = tokio::task::JoinSet::new();
+    for agent in 0..100 {
+        let url = system.url("/v1/phone-tasks:lease");
+        pulls.spawn(async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"agent_id": format!("CC-{agent:03}"), "queue": "campaign", "max": 2, "lease_seconds": 300}))
+                .send()
+                .await
+                .expect("HTTP answers");
+            assert_eq!(response.status().as_u16(), 200);
+            let body: Value = response.json().await.expect("json");
+            body["tasks"].as_array().cloned().unwrap_or_default()
+        });
+    }
+    let mut leased: Vec<Value> = first.clone();
+    while let Some(tasks) = pulls.join_next().await {
+        leased.extend(tasks.expect("puller"));
+    }
+    let ids: HashSet<&str> = leased.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(leased.len(), 150, "every task leased");
+    assert_eq!(ids.len(), 150, "no task leased twice");
+    assert!(
+        lease(&system, "CC-100", "campaign", 10, 300)
+            .await
+            .is_empty()
+    );
+
+    // A foreign token (another task's) and a made-up one are refused.
+    let (a, b) = (&leased[0], &leased[1]);
+    let (status, body) = act(
+        &system,
+        a,
+        "heartbeat",
+        json!({"lease_token": b["lease_token"]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = act(
+        &system,
+        a,
+        "complete",
+        json!({"lease_token": Uuid::new_v4(), "outcome": "unreachable"}),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = system
+        .post_json(
+            &format!("/v1/phone-tasks/{}:complete", Uuid::new_v4()),
+            json!({"lease_token": Uuid::new_v4(), "outcome": "unreachable"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // An outcome without its fields is refused, nothing recorded.
+    let (status, _) = act(
+        &system,
+        a,
+        "complete",
+        json!({"lease_token": a["lease_token"], "outcome": "renewed"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Outcomes with their fields.
+    let outcomes = [
+        json!({"outcome": "renewed", "new_policy_no": "P2027X0001"}),
+        json!({"outcome": "promised", "promised_date": "2026-12-20"}),
+        json!({"outcome": "call_back", "call_back_at": "2026-12-02T02:00:00Z"}),
+        json!({"outcome": "refused", "reason": "too_expensive"}),
+        json!({"outcome": "wrong_number"}),
+        json!({"outcome": "insured_elsewhere", "reason": "switched insurer"}),
+        json!({"outcome": "vehicle_sold"}),
+        json!({"outcome": "unreachable"}),
+    ];
+    for (task, outcome) in leased.iter().zip(outcomes.iter()) {
+        let mut body = outcome.clone();
+        body["lease_token"] = task["lease_token"].clone();
+        let (status, answer) = act(&system, task, "complete", body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        // The call center retries after a lost answer: same answer, no second event.
+        let (status, _) = act(&system, task, "complete", body).await;
+        assert_eq!(status, 200);
+    }
+    // A completed task's token cannot complete it differently or keep it alive.
+    let (status, _) = act(
+        &system,
+        a,
+        "complete",
+        json!({"lease_token": a["lease_token"], "outcome": "unreachable"}),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = act(
+        &system,
+        a,
+        "heartbeat",
+        json!({"lease_token": a["lease_token"]}),
+    )
+    .await;
+    assert_eq!(status, 409);
+    system.sim.settle().await.expect("settles");
+    let published: Vec<PhoneTaskCompleted> =
+        events(&system, subject::DISPATCH_TASK_COMPLETED).await;
+    assert_eq!(published.len(), 8, "one event per completed task");
+    let renewed = published
+        .iter()
+        .find(|e| e.outcome == CallOutcome::Renewed as i32)
+        .expect("renewed");
+    assert_eq!(renewed.new_policy_no, "P2027X0001");
+    assert_eq!(renewed.task_id, a["id"].as_str().expect("id"));
+    assert_eq!(renewed.agent_id, "CC-000");
+    let promised = published
+        .iter()
+        .find(|e| e.outcome == CallOutcome::Promised as i32)
+        .expect("promised");
+    assert_eq!(promised.promised_date, "2026-12-20");
+    let call_back = published
+        .iter()
+        .find(|e| e.outcome == CallOutcome::CallBack as i32)
+        .expect("call back");
+    assert_eq!(call_back.call_back_at_ms, 1_796_176_800_000);
+    let corrections: i64 = sqlx::query_scalar("SELECT count(*) FROM dispatch.contact_corrections")
+        .fetch_one(system.sim.pool())
+        .await
+        .expect("count");
+    assert_eq!(corrections, 1, "the wrong number is marked for correction");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_leases_return_tasks_and_five_without_an_outcome_go_to_dead_letter() {
+    let system = TestSystem::start("pl", local("2026-12-01", 10)).await;
+    let c = command(Uuid::new_v4(), TaskQueue::Hq, "", 3);
+    create(&system, std::slice::from_ref(&c)).await;
+    let id = c.command_id.as_str();
+
+    let held = lease(&system, "HQ-1", "hq", 1, 60).await;
+    assert_eq!(held.len(), 1);
+    assert!(
+        lease(&system, "HQ-2", "hq", 1, 60).await.is_empty(),
+        "held by HQ-1"
+    );
+    let (status, body) = act(
+        &system,
+        &held[0],
+        "heartbeat",
+        json!({"lease_token": held[0]["lease_token"], "lease_seconds": 120}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The lease runs out: the task is back in the queue, the old token stale.
+    let now = system.sim.now();
+    system
+        .sim
+        .advance_to(now + chrono::Duration::seconds(121))
+        .await
+        .expect("time moves");
+    let second = lease(&system, "HQ-2", "hq", 1, 60).await;
+    assert_eq!(second.len(), 1, "the expired lease returned the task");
+    assert_eq!(second[0]["lease_number"], 2);
+    let (status, _) = act(
+        &system,
+        &held[0],
+        "complete",
+        json!({"lease_token": held[0]["lease_token"], "outcome": "unreachable"}),
+    )
+    .await;
+    assert_eq!(status, 409, "a stale token cannot complete");
+    // Release with a retry time: not before then.
+    let retry_at = system.sim.now() + chrono::Duration::minutes(30);
+    let (status, body) = act(
+        &system,
+        &second[0],
+        "release",
+        json!({"lease_token": second[0]["lease_token"], "retry_at": retry_at}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(lease(&system, "HQ-3", "hq", 1, 60).await.is_empty());
+    system.sim.advance_to(retry_at).await.expect("time moves");
+    // Leases 3, 4 and 5 run out without an outcome.
+    for n in 3..=5 {
+        let got = lease(&system, "HQ-3", "hq", 1, 60).await;
+        assert_eq!(got.len(), 1, "lease {n}");
+        assert_eq!(got[0]["lease_number"], n);
+        let now = system.sim.now();
+        system
+            .sim
+            .advance_to(now + chrono::Duration::seconds(61))
+            .await
+            .expect("time moves");
+    }
+    assert!(lease(&system, "HQ-3", "hq", 1, 60).await.is_empty());
+    assert_eq!(state(&system, id).await, ("dead".to_owned(), 5));
+    let reason: String =
+        sqlx::query_scalar("SELECT last_error FROM dispatch.phone_tasks WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(system.sim.pool())
+            .await
+            .expect("reason");
+    assert!(reason.contains("5 leases"), "{reason}");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_calls_at_night_and_owner_tasks_follow_the_owner() {
+    let system = TestSystem::start("pn", local("2026-12-01", 19)).await;
+    let (status, doc) = system.get_json("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/phone-tasks:lease"].is_object(), "{doc}");
+    let case_id = Uuid::new_v4();
+    let c = command(case_id, TaskQueue::Owner, "SH01-A01", 30);
+    create(&system, std::slice::from_ref(&c)).await;
+    // Only the owner leases from the owner queue.
+    assert!(lease(&system, "SH01-A02", "owner", 5, 60).await.is_empty());
+    system
+        .sim
+        .advance_to(local("2026-12-01", 20))
+        .await
+        .expect("time moves");
+    assert!(
+        lease(&system, "SH01-A01", "owner", 5, 60).await.is_empty(),
+        "no calls at 20:00 in the customer's zone"
+    );
+
+    // The case moves to another owner, then is handed back with no owner.
+    let assigned = |owner: &str, minutes: i64| OwnerAssigned {
+        case_id: case_id.to_string(),
+        policy_no: c.policy_no.clone(),
+        branch_code: "SH01".into(),
+        owner_agent: owner.into(),
+        previous_owner: "SH01-A01".into(),
+        credited_agent: "SH01-A03".into(),
+        reason: "test".into(),
+        assigned_by: "system".into(),
+        assigned_at_ms: (local("2026-12-01", 20) + chrono::Duration::minutes(minutes))
+            .timestamp_millis(),
+    };
+    let bus = &system.sim.deps.bus;
+    for (i, event) in [assigned("SH01-A02", 1)].iter().enumerate() {
+        bus.publish(
+            subject::ASSIGNMENT_OWNER_ASSIGNED,
+            &format!("owner-{i}"),
+            None,
+            prost::Message::encode_to_vec(event),
+        )
+        .await
+        .expect("published");
+    }
+    system
+        .sim
+        .advance_to(local("2026-12-02", 9))
+        .await
+        .expect("time moves");
+    assert!(lease(&system, "SH01-A01", "owner", 5, 60).await.is_empty());
+    let got = lease(&system, "SH01-A02", "owner", 5, 60).await;
+    assert_eq!(got.len(), 1, "the new owner has it in the morning");
+    let (status, _) = act(
+        &system,
+        &got[0],
+        "release",
+        json!({"lease_token": got[0]["lease_token"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Handed back (and an older event arriving late changes nothing).
+    for (i, event) in [assigned("", 3), assigned("SH01-A01", 2)]
+        .iter()
+        .enumerate()
+    {
+        bus.publish(
+            subject::ASSIGNMENT_OWNER_ASSIGNED,
+            &format!("owner-late-{i}"),
+            None,
+            prost::Message::encode_to_vec(event),
+        )
+        .await
+        .expect("published");
+    }
+    system.sim.settle().await.expect("settles");
+    assert!(lease(&system, "SH01-A01", "owner", 5, 60).await.is_empty());
+    let got = lease(&system, "SH01-A03", "branch", 5, 60).await;
+    assert_eq!(got.len(), 1, "the branch works a case with no owner");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_withdraws_the_cases_tasks_without_losing_a_call_in_progress() {
+    let system = TestSystem::start("pw", local("2026-12-01", 10)).await;
+    let sim = &system.sim;
+    sim.publish_policies(&[policy("P2026D0001", "2027-01-31")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let opened: Vec<CaseOpened> = events(&system, subject::LISTS_CASE_OPENED).await;
+    let case_id = Uuid::parse_str(&opened.first().expect("case opened").case_id).expect("uuid");
+    let calling = command(case_id, TaskQueue::Campaign, "", 60);
+    let waiting = command(case_id, TaskQueue::Hq, "", 60);
+    create(&system, &[calling.clone(), waiting.clone()]).await;
+    let held = lease(&system, "CC-1", "campaign", 1, 300).await;
+    assert_eq!(held.len(), 1);
+
+    sim.publish_renewal("P2026D0001", "P2027D0001")
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    assert_eq!(
+        state(&system, &waiting.command_id).await.0,
+        "withdrawn",
+        "a closed case's tasks are withdrawn"
+    );
+    assert!(lease(&system, "HQ-1", "hq", 5, 300).await.is_empty());
+    let (status, _) = act(
+        &system,
+        &held[0],
+        "heartbeat",
+        json!({"lease_token": held[0]["lease_token"]}),
+    )
+    .await;
+    assert_eq!(status, 409, "the holder learns the task was withdrawn");
+    // The call that was in progress still reports its outcome.
+    let (status, body) = act(
+        &system,
+        &held[0],
+        "complete",
+        json!({"lease_token": held[0]["lease_token"], "outcome": "renewed", "new_policy_no": "P2027D0001"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A command for the closed case arriving late makes a withdrawn task.
+    let late = command(case_id, TaskQueue::Campaign, "", 50);
+    create(&system, std::slice::from_ref(&late)).await;
+    assert_eq!(state(&system, &late.command_id).await.0, "withdrawn");
+    assert!(lease(&system, "CC-1", "campaign", 5, 300).await.is_empty());
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_out_replies_in_every_spelling_opt_the_number_out_once_with_an_event() {
+    use renewal_contract::dispatch::SmsOptedOut;
+    let system = TestSystem::start("pr", local("2026-12-01", 10)).await;
+    let url = system.sim.webhook_url.replace("/report", "/up");
+    let reply = |phone: &str, content: &str, seq: u64| {
+        json!({"phone_number": phone, "send_time": "2026-12-01 10:00:00", "content": content,
+               "sign_name": "车险续保", "dest_code": "1234", "sequence_id": seq})
+    };
+    let post = |body: String| {
+        let url = url.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("HTTP answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let variants = [
+        "TD",
+        "td",
+        " Td ",
+        "ＴＤ",
+        "\u{3000}t\u{3000}",
+        "退订",
+        "N",
+        "ｓｔｏｐ",
+        "STOP",
+    ];
+    let batch: Vec<Value> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| reply(&format!("1390000000{i}"), v, i as u64))
+        .chain([reply("13900000099", "好的，谢谢", 99)])
+        .collect();
+    for _ in 0..3 {
+        // The vendor repeats its pushes.
+        let (status, ack) = post(Value::Array(batch.clone()).to_string()).await;
+        assert_eq!((status, ack), (200, json!({"code": 0, "msg": "成功"})));
+    }
+    // The same number opting out again changes nothing.
+    let (status, _) = post(json!([reply("+8613900000000", "T", 1000)]).to_string()).await;
+    assert_eq!(status, 200);
+    // Strangers and bad bodies write nothing.
+    let (status, _) = post_to(&url.replace("/sms/", "/sms/x"), batch[0].to_string()).await;
+    assert_eq!(status, 401);
+    let (status, _) = post("[{\"phone_number\": \"abc\", \"content\": \"TD\"}]".into()).await;
+    assert_eq!(status, 400);
+    system.sim.settle().await.expect("settles");
+    let replies: i64 = sqlx::query_scalar("SELECT count(*) FROM dispatch.sms_replies")
+        .fetch_one(system.sim.pool())
+        .await
+        .expect("count");
+    assert_eq!(replies, variants.len() as i64 + 2, "each reply kept once");
+    let opted: Vec<String> = sqlx::query_scalar(
+        "SELECT mobile FROM dispatch.opt_outs WHERE mobile LIKE '+86%' ORDER BY mobile",
+    )
+    .fetch_all(system.sim.pool())
+    .await
+    .expect("opt-outs");
+    assert_eq!(opted.len(), variants.len(), "{opted:?}");
+    assert!(!opted.contains(&"+8613900000099".to_owned()));
+    let published: Vec<SmsOptedOut> = events(&system, subject::DISPATCH_SMS_OPTED_OUT).await;
+    assert_eq!(published.len(), variants.len(), "one event per number");
+    system.finish().await;
+}
+
+async fn post_to(url: &str, body: String) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("HTTP answers");
+    let status = response.status().as_u16();
+    (status, response.json::<Value>().await.unwrap_or_default())
+}

@@ -1,0 +1,501 @@
+//! The scheduler against the real Postgres and NATS, on the simulated clock: the
+//! default plan end to end, a renewal that stops everything, a case opened late, a
+//! night-time stage and plan versions, a holiday expiry, each call outcome's
+//! reschedule, the frequency cap, and two instances sharing 10,000 timers.
+
+use renewal_contract::core::Policy;
+use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
+use renewal_contract::scheduler::{CreatePhoneTask, SupervisorAlert, TaskQueue};
+use renewal_contract::subject;
+use renewal_e2e::{ORG_CSV, TestSystem, local, policy};
+use serde_json::{Value, json};
+
+fn policy_of(no: &str, end: &str, branch: &str, agent: &str, city: &str) -> Policy {
+    let mut p = policy(no, end);
+    p.branch_code = branch.into();
+    p.agent_code = agent.into();
+    p.city_code = city.into();
+    p
+}
+
+/// (stage, state, due_at, note) in due order.
+async fn timeline(system: &TestSystem, policy_no: &str) -> Vec<(String, String, String, String)> {
+    let (status, body) = system
+        .get_json(&format!("/v1/cases/{policy_no}/timeline"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["stages"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                    (
+                        text(&s["stage"]),
+                        text(&s["state"]),
+                        text(&s["due_at"]),
+                        text(&s["note"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn state_of<'a>(line: &'a [(String, String, String, String)], stage: &str) -> &'a str {
+    line.iter()
+        .find(|t| t.0 == stage)
+        .map_or("absent", |t| t.1.as_str())
+}
+
+fn utc(date: &str, hour: u32, minute: u32) -> String {
+    (local(date, hour) + chrono::Duration::minutes(minute as i64))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn claim(system: &TestSystem, policy_no: &str) {
+    let (status, body) = system
+        .post_json(
+            &format!("/v1/claims/{policy_no}:claim"),
+            json!({"branch_code": "SH01", "owner_agent": "SH01-A03"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_plan_runs_end_to_end_for_a_case_that_never_renews() {
+    let system = TestSystem::start("sd", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[policy("P1", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    claim(&system, "P1").await;
+    sim.advance_to(local("2027-03-03", 12)).await.expect("time");
+
+    let line = timeline(&system, "P1").await;
+    let fired: Vec<&str> = line
+        .iter()
+        .filter(|t| t.1 == "fired")
+        .map(|t| t.0.as_str())
+        .collect();
+    assert_eq!(
+        fired,
+        [
+            "T-60",
+            "T-30",
+            "T-15 call",
+            "T-15 SMS",
+            "T-10",
+            "T-7",
+            "T-5",
+            "T+1",
+            "T+15"
+        ],
+        "every stage, the lapse rescue after the lapse too: {line:?}"
+    );
+    let tasks: Vec<CreatePhoneTask> =
+        renewal_e2e::events(&system, subject::DISPATCH_CMD_CREATE_PHONE_TASK).await;
+    let task_view: Vec<(String, i32, String)> = tasks
+        .iter()
+        .map(|t| (t.stage.clone(), t.queue, t.owner_agent.clone()))
+        .collect();
+    assert_eq!(
+        task_view,
+        vec![
+            ("T-30".into(), TaskQueue::Owner as i32, "SH01-A03".into()),
+            (
+                "T-15 call".into(),
+                TaskQueue::Campaign as i32,
+                "SH01-A03".into()
+            ),
+            // Nobody answered the T-5 confirmation: HQ owns the case by then.
+            ("T+1".into(), TaskQueue::Campaign as i32, "HQ".into()),
+            ("T+15".into(), TaskQueue::Campaign as i32, "HQ".into()),
+        ]
+    );
+    assert!(
+        !tasks[0].promotion.is_empty(),
+        "the T-30 call names the promotion"
+    );
+    assert_eq!(tasks[0].days_to_expiry, 30);
+    let alerts: Vec<SupervisorAlert> =
+        renewal_e2e::events(&system, subject::SCHEDULER_CASE_SUPERVISOR_ALERT).await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        (alerts[0].stage.as_str(), alerts[0].owner_agent.as_str()),
+        ("T-10", "SH01-A03")
+    );
+    let (_, case) = system.get_json("/v1/cases/P1").await;
+    assert!(
+        case["routing"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|s| s["step"] == "confirming")),
+        "the T-5 command reached assignment: {case}"
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_at_t_minus_20_stops_everything_and_a_late_case_gets_what_is_ahead() {
+    let system = TestSystem::start("sr", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[policy("P1", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2027-01-26", 12)).await.expect("time");
+    sim.publish_renewal("P1", "R1").await.expect("renewed");
+    // Opened at T-20 (expires 15 February too).
+    sim.publish_policies(&[policy("P2", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2027-03-03", 12)).await.expect("time");
+
+    let line = timeline(&system, "P1").await;
+    for stage in ["T-60", "T-30"] {
+        assert_eq!(state_of(&line, stage), "fired", "{line:?}");
+    }
+    for t in line.iter().filter(|t| t.0 != "T-60" && t.0 != "T-30") {
+        assert_eq!(
+            (t.1.as_str(), t.3.as_str()),
+            ("cancelled", "case renewed"),
+            "{t:?}"
+        );
+    }
+    let late = timeline(&system, "P2").await;
+    assert_eq!(state_of(&late, "T-60"), "skipped");
+    assert_eq!(state_of(&late, "T-30"), "skipped");
+    let before_expiry = late
+        .iter()
+        .filter(|t| t.1 == "fired" && ["T-15 call", "T-15 SMS", "T-7"].contains(&t.0.as_str()))
+        .count();
+    assert!(
+        before_expiry >= 2,
+        "at least two contacts before expiry: {late:?}"
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn night_stages_move_into_the_day_and_a_new_plan_version_applies_to_new_cases() {
+    let system = TestSystem::start("sn", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    sim.publish_policies(&[policy("P1", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let plan = json!({"note": "night owls", "stages": [
+        {"stage": "T-3 night", "days_before": 3, "at": "22:30", "action": "sms", "template": "renewal_friendly"},
+        {"stage": "T-1 late", "days_before": 1, "at": "23:00", "action": "phone_task", "queue": "campaign"}
+    ]});
+    let response = reqwest::Client::new()
+        .put(system.url("/v1/plans/310000"))
+        .json(&plan)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["version"], 1, "{body}");
+    assert_eq!(body["open_cases_keeping_their_plan"], 1, "{body}");
+    let bad = reqwest::Client::new()
+        .put(system.url("/v1/plans/310000"))
+        .json(
+            &json!({"stages": [{"stage": "x", "days_before": 3, "at": "25:00", "action": "sms"}]}),
+        )
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(bad.status().as_u16(), 400, "a bad plan is refused");
+    let (_, shown) = system.get_json("/v1/plans/310000").await;
+    assert_eq!(shown["version"], 1, "{shown}");
+
+    sim.publish_policies(&[policy("P2", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let old = timeline(&system, "P1").await;
+    assert_eq!(old.len(), 9, "P1 keeps the default plan: {old:?}");
+    let new = timeline(&system, "P2").await;
+    assert_eq!(
+        new,
+        vec![
+            (
+                "T-3 night".into(),
+                "pending".into(),
+                utc("2027-02-13", 9, 0),
+                "moved into the allowed hours".into()
+            ),
+            (
+                "T-1 late".into(),
+                "pending".into(),
+                utc("2027-02-14", 20, 59),
+                "moved into the allowed hours".into()
+            ),
+        ],
+        "22:30 goes to the next morning; 23:00 the day before expiry comes earlier instead"
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holiday_expiry_is_worked_against_the_day_before_the_holiday() {
+    let system = TestSystem::start("sh", local("2027-08-01", 0)).await;
+    let sim = &system.sim;
+    // 4 October 2027 falls in the National Day holiday.
+    sim.publish_policies(&[policy("P1", "2027-10-04")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let (_, body) = system.get_json("/v1/cases/P1/timeline").await;
+    let effective = body["effective_expiry_date"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(effective.as_str() < "2027-10-01", "{body}");
+    let date = chrono::NaiveDate::parse_from_str(&effective, "%Y-%m-%d").expect("date");
+    let t60 = (date - chrono::Days::new(60)).to_string();
+    let line = timeline(&system, "P1").await;
+    assert_eq!(line[0].0, "T-60");
+    assert_eq!(
+        line[0].2,
+        utc(&t60, 10, 0),
+        "T-60 counts from the effective expiry"
+    );
+    system.finish().await;
+}
+
+async fn outcome(
+    system: &TestSystem,
+    n: u32,
+    policy_no: &str,
+    outcome: CallOutcome,
+    edit: impl FnOnce(&mut PhoneTaskCompleted),
+) {
+    let (status, case) = system.get_json(&format!("/v1/cases/{policy_no}")).await;
+    assert_eq!(status, 200, "{case}");
+    let mut event = PhoneTaskCompleted {
+        task_id: format!("task-{n}"),
+        case_id: case["case_id"].as_str().unwrap_or_default().to_owned(),
+        policy_no: policy_no.to_owned(),
+        stage: "T-30".into(),
+        outcome: outcome as i32,
+        agent_id: "SH01-A03".into(),
+        completed_at_ms: system.sim.now().timestamp_millis(),
+        ..Default::default()
+    };
+    edit(&mut event);
+    system
+        .sim
+        .deps
+        .bus
+        .publish(
+            subject::DISPATCH_TASK_COMPLETED,
+            &format!("outcome-{n}"),
+            None,
+            prost::Message::encode_to_vec(&event),
+        )
+        .await
+        .expect("published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_outcome_reschedules_the_contacts() {
+    let system = TestSystem::start("so", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[
+        policy("P1", "2027-02-15"),
+        policy("P2", "2027-02-15"),
+        policy("P3", "2027-02-15"),
+        policy("P4", "2027-02-15"),
+    ])
+    .await
+    .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    let call_back = local("2026-12-10", 15);
+    outcome(&system, 1, "P1", CallOutcome::CallBack, |e| {
+        e.call_back_at_ms = call_back.timestamp_millis();
+    })
+    .await;
+    outcome(&system, 2, "P2", CallOutcome::Promised, |e| {
+        e.promised_date = "2027-01-20".into();
+    })
+    .await;
+    for n in 3..=6 {
+        outcome(&system, n, "P3", CallOutcome::Unreachable, |_| {}).await;
+    }
+    outcome(&system, 7, "P4", CallOutcome::Refused, |e| {
+        e.reason = "too expensive".into()
+    })
+    .await;
+    sim.settle().await.expect("settles");
+
+    let p1 = timeline(&system, "P1").await;
+    let back: Vec<&(String, String, String, String)> =
+        p1.iter().filter(|t| t.0.starts_with("call back")).collect();
+    assert_eq!(back.len(), 1, "{p1:?}");
+    assert_eq!(
+        (back[0].1.as_str(), back[0].2.clone()),
+        ("pending", utc("2026-12-10", 15, 0))
+    );
+
+    let p2 = timeline(&system, "P2").await;
+    assert_eq!(
+        state_of(&p2, "T-30"),
+        "skipped",
+        "paused until the promise: {p2:?}"
+    );
+    assert_eq!(
+        state_of(&p2, "T-15 call"),
+        "pending",
+        "after the promise, as planned"
+    );
+    assert!(
+        p2.iter()
+            .any(|t| t.0.starts_with("promise check") && t.2 == utc("2027-01-21", 10, 0)),
+        "{p2:?}"
+    );
+
+    let p3 = timeline(&system, "P3").await;
+    let retries: Vec<&str> = p3
+        .iter()
+        .filter(|t| t.0.starts_with("unreachable retry"))
+        .map(|t| t.0.as_str())
+        .collect();
+    assert_eq!(
+        retries,
+        [
+            "unreachable retry 1",
+            "unreachable retry 2",
+            "unreachable retry 3"
+        ]
+    );
+
+    let p4 = timeline(&system, "P4").await;
+    for stage in ["T-60", "T-30", "T-15 SMS", "T-7"] {
+        assert_eq!(state_of(&p4, stage), "cancelled", "{p4:?}");
+    }
+    assert_eq!(
+        state_of(&p4, "T+1"),
+        "pending",
+        "the plan keeps the lapse rescue"
+    );
+    assert_eq!(
+        state_of(&p4, "T-5"),
+        "pending",
+        "the second assignment still happens"
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_sms_are_capped_per_customer_and_per_renewal() {
+    let system = TestSystem::start("sc", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    let sms = |name: &str, days: i32| {
+        json!({"stage": name, "days_before": days, "at": "10:00", "action": "sms",
+               "template": "renewal_friendly", "marketing": true})
+    };
+    let response = reqwest::Client::new()
+        .put(system.url("/v1/plans/110000"))
+        .json(&json!({"stages": [sms("S1", 20), sms("S2", 19), sms("S3", 12), sms("S4", 8), sms("S5", 4)]}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status().as_u16(), 200);
+    sim.publish_policies(&[policy_of("B1", "2027-01-30", "BJ01", "BJ01-A01", "110000")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2027-01-31", 12)).await.expect("time");
+    let line = timeline(&system, "B1").await;
+    let view: Vec<(&str, &str, &str)> = line
+        .iter()
+        .map(|t| (t.0.as_str(), t.1.as_str(), t.3.as_str()))
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            ("S1", "fired", ""),
+            ("S2", "fired", "postponed by the frequency cap"),
+            ("S3", "fired", ""),
+            ("S4", "fired", ""),
+            (
+                "S5",
+                "skipped",
+                "frequency cap: 4 marketing SMS per renewal"
+            ),
+        ]
+    );
+    assert_eq!(line[1].2, utc("2027-01-13", 10, 0), "three days after S1");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scheduler_instances_share_ten_thousand_timers_without_double_firing() {
+    let system = TestSystem::start("s2", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    let pool = sim.pool().clone();
+    let due = local("2026-12-20", 10);
+    sqlx::query(
+        "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone, mobile)
+         SELECT gen_random_uuid(), 'Q' || n, '2027-02-15', '2027-02-15', 'Asia/Shanghai', '+861380000' || n
+         FROM generate_series(1, 10000) n",
+    )
+    .execute(&pool)
+    .await
+    .expect("cases");
+    sqlx::query(
+        "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, nominal_at)
+         SELECT gen_random_uuid(), case_id, 'bench', 'sms', 'renewal_friendly', $1, $1 FROM scheduler.cases
+         WHERE policy_no LIKE 'Q%'",
+    )
+    .bind(due)
+    .execute(&pool)
+    .await
+    .expect("timers");
+    let hours = renewal_scheduler::config::SchedulerConfig::default().hours;
+    let mut instances = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let pool = pool.clone();
+        instances.spawn(async move {
+            let outbox = renewal_scheduler::outbox();
+            let mut claimed = 0;
+            loop {
+                let n = renewal_scheduler::timers::fire_due(&pool, &outbox, due, true, &hours)
+                    .await
+                    .expect("fires");
+                if n == 0 {
+                    return claimed;
+                }
+                claimed += n;
+            }
+        });
+    }
+    let mut per_instance = Vec::new();
+    while let Some(n) = instances.join_next().await {
+        per_instance.push(n.expect("instance"));
+    }
+    assert_eq!(
+        per_instance.iter().sum::<usize>(),
+        10_000,
+        "{per_instance:?}"
+    );
+    assert!(
+        per_instance.iter().all(|n| *n > 0),
+        "both took a share: {per_instance:?}"
+    );
+    let (fired, commands): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM scheduler.timers WHERE state = 'fired' AND stage = 'bench'),
+                (SELECT count(*) FROM scheduler.outbox WHERE subject = $1)",
+    )
+    .bind(subject::DISPATCH_CMD_SEND_SMS)
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((fired, commands), (10_000, 10_000));
+    system.finish().await;
+}
