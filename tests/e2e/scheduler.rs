@@ -1,13 +1,14 @@
 //! The scheduler against the real Postgres and NATS, on the simulated clock: the
 //! default plan end to end, a renewal that stops everything, a case opened late, a
 //! night-time stage and plan versions, a holiday expiry, each call outcome's
-//! reschedule, the frequency cap, and two instances sharing 10,000 timers.
+//! reschedule, the frequency cap, two instances sharing 10,000 timers, and a scheduler
+//! process killed in the middle of a batch.
 
 use renewal_contract::core::Policy;
 use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
-use renewal_contract::scheduler::{CreatePhoneTask, SupervisorAlert, TaskQueue};
+use renewal_contract::scheduler::{CreatePhoneTask, SendSms, SupervisorAlert, TaskQueue};
 use renewal_contract::subject;
-use renewal_e2e::{ORG_CSV, TestSystem, local, policy};
+use renewal_e2e::{ORG_CSV, TestSystem, events, local, policy};
 use serde_json::{Value, json};
 
 fn policy_of(no: &str, end: &str, branch: &str, agent: &str, city: &str) -> Policy {
@@ -460,12 +461,11 @@ async fn two_scheduler_instances_share_ten_thousand_timers_without_double_firing
     let hours = renewal_scheduler::config::SchedulerConfig::default().hours;
     let mut instances = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        let pool = pool.clone();
+        let (pool, bus) = (pool.clone(), sim.deps.bus.clone());
         instances.spawn(async move {
-            let outbox = renewal_scheduler::outbox();
             let mut claimed = 0;
             loop {
-                let n = renewal_scheduler::timers::fire_due(&pool, &outbox, due, true, &hours)
+                let n = renewal_scheduler::timers::fire_due(&pool, &bus, due, true, &hours)
                     .await
                     .expect("fires");
                 if n == 0 {
@@ -488,14 +488,171 @@ async fn two_scheduler_instances_share_ten_thousand_timers_without_double_firing
         per_instance.iter().all(|n| *n > 0),
         "both took a share: {per_instance:?}"
     );
-    let (fired, commands): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM scheduler.timers WHERE state = 'fired' AND stage = 'bench'),
-                (SELECT count(*) FROM scheduler.outbox WHERE subject = $1)",
+    let fired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scheduler.timers WHERE state = 'fired' AND stage = 'bench'",
     )
-    .bind(subject::DISPATCH_CMD_SEND_SMS)
     .fetch_one(&pool)
     .await
-    .expect("counts");
-    assert_eq!((fired, commands), (10_000, 10_000));
+    .expect("count");
+    let commands: std::collections::HashSet<String> =
+        events::<SendSms>(&system, subject::DISPATCH_CMD_SEND_SMS)
+            .await
+            .into_iter()
+            .filter(|c| c.stage == "bench")
+            .map(|c| c.command_id)
+            .collect();
+    assert_eq!((fired, commands.len()), (10_000, 10_000));
+    system.finish().await;
+}
+
+/// The scheduler as its own process (the Kubernetes binary) on the wall clock, against
+/// this test's database and subjects.
+fn scheduler_process(system: &TestSystem) -> std::process::Child {
+    use secrecy::ExposeSecret;
+    let binary = renewal_e2e::renewal_binary().with_file_name("renewal-scheduler");
+    std::process::Command::new(binary)
+        .env(
+            "DATABASE_URL",
+            renewal_e2e::database_url(&system.name).expose_secret(),
+        )
+        .env("NATS_URL", renewal_e2e::nats_url())
+        .env("NATS_PREFIX", &system.name)
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("renewal-scheduler starts (deploy/local/test builds it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_killed_between_claiming_and_committing_loses_and_doubles_nothing() {
+    const TIMERS: i64 = 12_000;
+    // The in-process system lives a month behind the wall clock, so these timers are
+    // left to the scheduler process, which fires on the wall clock.
+    // Its night, too, so dispatch only takes the commands in and holds the SMS back.
+    let wall = chrono::Utc::now();
+    let month_ago =
+        renewal_platform::local_date(wall - chrono::Duration::days(30), renewal_e2e::TZ);
+    let system = TestSystem::start(
+        "sk",
+        renewal_platform::local_instant(
+            month_ago,
+            chrono::NaiveTime::from_hms_opt(3, 0, 0).expect("time"),
+            renewal_e2e::TZ,
+        ),
+    )
+    .await;
+    let sim = &system.sim;
+    let pool = sim.pool().clone();
+    sqlx::query(
+        "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone, mobile)
+         SELECT gen_random_uuid(), 'K' || n, '2099-01-01', '2099-01-01', 'Asia/Shanghai', '+86137' || lpad(n::text, 8, '0')
+         FROM generate_series(1, $1::bigint) n",
+    )
+    .bind(TIMERS)
+    .execute(&pool)
+    .await
+    .expect("cases");
+    sqlx::query(
+        "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, nominal_at)
+         SELECT gen_random_uuid(), case_id, 'kill', 'sms', 'renewal_friendly', $1, $1
+         FROM scheduler.cases WHERE policy_no LIKE 'K%'",
+    )
+    .bind(wall - chrono::Duration::minutes(1))
+    .execute(&pool)
+    .await
+    .expect("timers");
+    let stream = sim
+        .deps
+        .bus
+        .subjects
+        .stream(renewal_contract::Stream::Dispatch);
+    let in_stream = || async {
+        sim.deps
+            .bus
+            .js
+            .get_stream(stream.clone())
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages as i64
+    };
+    let fired = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM scheduler.timers WHERE stage = 'kill' AND state = 'fired'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+    };
+
+    // SIGKILL the moment JetStream holds commands whose timers are not yet marked fired:
+    // a batch claimed and (partly) published, its transaction not committed.
+    let mut child = scheduler_process(&system);
+    let started = std::time::Instant::now();
+    let (published, committed) = loop {
+        let (published, committed) = (in_stream().await, fired().await);
+        if published > committed && committed < TIMERS - 5000 {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            break (in_stream().await, fired().await);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the scheduler process did not start firing ({published} published, {committed} fired)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    };
+    assert!(
+        published > committed,
+        "killed with {published} commands published and {committed} timers marked fired"
+    );
+
+    // Started again, it fires the rest, the killed batch included.
+    let mut child = scheduler_process(&system);
+    let started = std::time::Instant::now();
+    while fired().await < TIMERS {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the restarted scheduler did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().expect("stop");
+    let _ = child.wait();
+
+    let commands = events::<SendSms>(&system, subject::DISPATCH_CMD_SEND_SMS).await;
+    let distinct: std::collections::HashSet<&str> = commands
+        .iter()
+        .filter(|c| c.stage == "kill")
+        .map(|c| c.command_id.as_str())
+        .collect();
+    assert_eq!(
+        (commands.len(), distinct.len()),
+        (TIMERS as usize, TIMERS as usize),
+        "every timer's command once in JetStream"
+    );
+    // Dispatch (in the test's process) took every command in.
+    let started = std::time::Instant::now();
+    loop {
+        let taken: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM dispatch.sms_messages WHERE stage = 'kill'")
+                .fetch_one(&pool)
+                .await
+                .expect("dispatch");
+        if taken == TIMERS {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(240),
+            "dispatch took {taken} of {TIMERS} commands"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     system.finish().await;
 }

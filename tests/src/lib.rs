@@ -186,20 +186,27 @@ pub async fn events<M: prost::Message + Default>(system: &TestSystem, subject: &
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             filter_subject: wire,
+            // Read, not consumed: nothing to acknowledge, so no cap on what is in flight.
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
             ..Default::default()
         })
         .await
         .expect("ephemeral consumer");
     let mut out = Vec::new();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(10_000)
-        .expires(std::time::Duration::from_millis(500))
-        .messages()
-        .await
-        .expect("fetch");
-    while let Some(Ok(message)) = batch.next().await {
-        out.push(M::decode(message.payload.as_ref()).expect("decodes"));
+    loop {
+        let before = out.len();
+        let mut batch = consumer
+            .fetch()
+            .max_messages(10_000)
+            .expires(std::time::Duration::from_millis(500))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(Ok(message)) = batch.next().await {
+            out.push(M::decode(message.payload.as_ref()).expect("decodes"));
+        }
+        if out.len() == before {
+            return out;
+        }
     }
-    out
 }

@@ -66,6 +66,24 @@ pub(crate) async fn fresh_bench(
     Ok((bus, pool))
 }
 
+/// How many messages a stream holds (what JetStream acknowledged, duplicates dropped).
+pub(crate) async fn stream_messages(
+    bus: &Bus,
+    stream: renewal_contract::Stream,
+) -> Result<u64, String> {
+    let mut stream = bus
+        .js
+        .get_stream(bus.subjects.stream(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .messages)
+}
+
 fn line(name: &str, value: impl std::fmt::Display) {
     println!("{name} {value}");
 }

@@ -1,6 +1,7 @@
 //! The scheduler: decides *when* each contact happens and never forgets one. Timers
-//! live in Postgres, are claimed in batches with `FOR UPDATE SKIP LOCKED` and fire
-//! through the outbox, so a crash, a restart or a redelivery neither loses a timer nor
+//! live in Postgres, are claimed in batches with `FOR UPDATE SKIP LOCKED` and are their
+//! own outbox (published with the timer id as `Nats-Msg-Id` before the claim commits),
+//! so a crash, a restart or a redelivery neither loses a timer nor
 //! fires it twice. The walking skeleton plans the T-60 renewal SMS.
 
 mod cases;
@@ -99,7 +100,7 @@ pub async fn run_with(
     service.consume(OWNERS, cases::OwnerEvents);
     service.spawn(timers::run(
         deps.pool.clone(),
-        outbox,
+        deps.bus.clone(),
         deps.clock.clone(),
         config.hours,
         timers_changed,

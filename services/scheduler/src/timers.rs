@@ -1,8 +1,12 @@
 //! Firing due timers: claimed in batches with `FOR UPDATE SKIP LOCKED` (replicas share
-//! the work without double-firing), each turned into a command in the outbox in the
-//! same transaction that marks it fired (its id is the command's `Nats-Msg-Id`). After
-//! downtime it catches up in due order. Marketing SMS respect the frequency cap: one per
-//! customer per 3 days, four per renewal.
+//! the work without double-firing) and published straight to JetStream while the claim
+//! is held. The timers table is its own outbox: each command's `Nats-Msg-Id` is its
+//! timer's id, and the timer is marked fired in the claiming transaction only after
+//! JetStream acknowledged every command of the batch. A crash before that commit leaves
+//! the batch pending and it fires again with the same ids: JetStream's duplicate window
+//! and each consumer's inbox drop the copies, so nothing is lost and nothing doubles.
+//! After downtime it catches up in due order. Marketing SMS respect the frequency cap:
+//! one per customer per 3 days, four per renewal.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use renewal_contract::scheduler::{
     ConfirmOwner, CreatePhoneTask, SendSms, SupervisorAlert, TaskQueue,
 };
 use renewal_contract::subject;
-use renewal_platform::{Clock, Outbox};
+use renewal_platform::{Bus, Clock};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -22,13 +26,26 @@ use uuid::Uuid;
 use crate::plan::{Hours, Placed};
 
 pub const BATCH: i64 = 5000;
+/// Commands published and not yet acknowledged, per firing loop.
+const IN_FLIGHT: usize = 1024;
 /// The frequency cap.
 const CAP_GAP: chrono::Duration = chrono::Duration::days(3);
 const CAP_PER_RENEWAL: i64 = 4;
 
+/// Why a batch did not fire; it stays pending and is tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum FireError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Publish(#[from] renewal_platform::bus::BusError),
+    #[error("jetstream did not acknowledge a command: {0}")]
+    Ack(String),
+}
+
 pub async fn run(
     pool: PgPool,
-    outbox: Outbox,
+    bus: Bus,
     clock: Clock,
     hours: Hours,
     timers_changed: Arc<Notify>,
@@ -39,15 +56,11 @@ pub async fn run(
             return;
         }
         let now = clock.now();
-        match fire_due(&pool, &outbox, now, clock.is_simulated(), &hours).await {
-            Ok(n) if n as i64 == BATCH => {
-                outbox.wake();
-                continue;
-            }
+        match fire_due(&pool, &bus, now, clock.is_simulated(), &hours).await {
+            Ok(n) if n as i64 == BATCH => continue,
             Ok(n) => {
                 if n > 0 {
                     renewal_platform::activity::record();
-                    outbox.wake();
                 }
             }
             Err(e) => {
@@ -159,11 +172,11 @@ fn queue_of(raw: Option<&str>, owner: Option<&str>) -> TaskQueue {
 /// Fires one batch of due timers; returns how many it claimed.
 pub async fn fire_due(
     pool: &PgPool,
-    outbox: &Outbox,
+    bus: &Bus,
     now: DateTime<Utc>,
     simulated: bool,
     hours: &Hours,
-) -> Result<usize, sqlx::Error> {
+) -> Result<usize, FireError> {
     let mut tx = pool.begin().await?;
     let due = sqlx::query(
         "SELECT t.id, t.case_id, t.stage, t.action, t.template, t.due_at, t.traceparent, t.queue,
@@ -393,7 +406,29 @@ pub async fn fire_due(
         commands.push((id, subject_name, payload, traceparent));
         fired.push(id);
     }
-    outbox.enqueue_commands(&mut tx, commands).await?;
+    // Publish while the claim is held, a window of acknowledgements in flight (each holds
+    // one of the connection's permits, shared with every other publisher in the process).
+    let mut acks: std::collections::VecDeque<async_nats::jetstream::context::PublishAckFuture> =
+        std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    for (id, subject_name, payload, traceparent) in commands {
+        if acks.len() == IN_FLIGHT
+            && let Some(ack) = acks.pop_front()
+        {
+            ack.await.map_err(|e| FireError::Ack(e.to_string()))?;
+        }
+        acks.push_back(
+            bus.send(
+                subject_name,
+                &id.to_string(),
+                traceparent.as_deref(),
+                payload,
+            )
+            .await?,
+        );
+    }
+    for ack in acks {
+        ack.await.map_err(|e| FireError::Ack(e.to_string()))?;
+    }
     sqlx::query("UPDATE scheduler.timers SET state = 'fired', fired_at = $2 WHERE id = ANY($1)")
         .bind(&fired)
         .bind(now)
@@ -423,6 +458,8 @@ pub async fn fire_due(
     .await?;
     tx.commit().await?;
     metrics::counter!("timers_fired_total").increment(fired.len() as u64);
+    metrics::counter!("messages_out_total", "service" => crate::SCHEMA)
+        .increment(fired.len() as u64);
     metrics::counter!("timers_capped_total").increment(capped.len() as u64);
     Ok(due.len())
 }
