@@ -214,11 +214,18 @@ pub async fn fire_due(
     let mut last_sms: HashMap<String, DateTime<Utc>> = HashMap::new();
     let mut per_case: HashMap<Uuid, i64> = HashMap::new();
     if !mobiles.is_empty() {
+        // One index lookup per customer and per case, whatever the planner thinks of the
+        // (fast-growing) set of fired SMS.
+        mobiles.sort_unstable();
+        mobiles.dedup();
+        cases.sort_unstable();
+        cases.dedup();
         for r in sqlx::query(
-            "SELECT c.mobile, max(t.fired_at) AS last FROM scheduler.cases c
-             JOIN scheduler.timers t ON t.case_id = c.case_id
-                 AND t.action = 'sms' AND t.marketing AND t.state = 'fired'
-             WHERE c.mobile = ANY($1) GROUP BY c.mobile",
+            "SELECT m.mobile,
+                    (SELECT max(t.fired_at) FROM scheduler.timers t
+                     WHERE t.case_id = ANY(ARRAY(SELECT c.case_id FROM scheduler.cases c WHERE c.mobile = m.mobile))
+                       AND t.action = 'sms' AND t.marketing AND t.state = 'fired') AS last
+             FROM unnest($1::text[]) AS m(mobile)",
         )
         .bind(&mobiles)
         .fetch_all(&mut *tx)
@@ -229,8 +236,10 @@ pub async fn fire_due(
             }
         }
         for r in sqlx::query(
-            "SELECT case_id, count(*) AS n FROM scheduler.timers
-             WHERE case_id = ANY($1) AND action = 'sms' AND marketing AND state = 'fired' GROUP BY case_id",
+            "SELECT u.case_id,
+                    (SELECT count(*) FROM scheduler.timers t
+                     WHERE t.case_id = u.case_id AND t.action = 'sms' AND t.marketing AND t.state = 'fired') AS n
+             FROM unnest($1::uuid[]) AS u(case_id)",
         )
         .bind(&cases)
         .fetch_all(&mut *tx)
