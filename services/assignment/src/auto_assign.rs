@@ -168,7 +168,8 @@ pub async fn plan(
 
 /// Writes planned assignments of cases that are still ownerless and due (one statement:
 /// the owner, the history row), and publishes one `assignment.owner.assigned` each.
-/// Returns how many were assigned.
+/// Returns how many were assigned. (`c.case_id = ANY($1)` looks the part's cases up by
+/// key; without it the re-check reads every due case of the sweep for each part.)
 pub async fn apply(
     tx: &mut PgConnection,
     outbox: &Outbox,
@@ -196,7 +197,8 @@ pub async fn apply(
              SET owner_agent = change.owner, owner_branch = change.branch, phase = change.phase,
                  phase_due_at = NULL
              FROM change
-             WHERE c.case_id = change.case_id AND c.state = 'open' AND c.phase = ANY($7)
+             WHERE c.case_id = change.case_id AND c.case_id = ANY($1)
+               AND c.state = 'open' AND c.phase = ANY($7)
                AND ((c.phase = 'pool' AND c.phase_due_at <= $8) OR c.owner_by <= $8)
              RETURNING c.case_id, c.policy_no, c.branch_code, c.credited_agent, change.previous,
                        change.owner, change.reason),
