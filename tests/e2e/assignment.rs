@@ -486,3 +486,80 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
     assert_eq!(credits[0]["renewed_by_others"], 1, "{credits}");
     system.finish().await;
 }
+
+/// A sweep of thousands (written in parts, several transactions side by side) fills
+/// each active agent to capacity and no further, hands the rest to HQ, and records a
+/// history row and an event for every case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_of_thousands_fills_agents_to_capacity_then_hands_the_rest_to_hq() {
+    let system = TestSystem::start("am", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system
+        .load_org(
+            "city_code,branch_code,branch_name,agent_code,agent_name,role,capacity,active
+310000,SH01,上海一支,SH01-A01,张伟,agent,700,true
+310000,SH01,上海一支,SH01-A02,李娜,agent,600,true
+310000,SH01,上海一支,SH01-S01,赵敏,supervisor,900,true
+310000,SH02,上海二支,SH02-A01,陈静,agent,500,true
+310000,SH02,上海二支,SH02-A02,刘洋,agent,900,false
+110000,BJ01,北京一支,BJ01-A01,杨光,agent,100,true
+",
+        )
+        .await;
+    // 2,500 Shanghai and 150 Beijing cases in their cities' pools, due at 2 December.
+    sqlx::query(
+        "INSERT INTO assignment.cases (case_id, policy_no, city_code, branch_code, credited_agent,
+             expiry_date, effective_expiry_date, important, group_policy, opened_at, time_zone,
+             owner_by, phase, phase_due_at)
+         SELECT gen_random_uuid(), 'M' || lpad(i::text, 5, '0'), city, branch, branch || '-A01',
+             DATE '2027-02-15', DATE '2027-02-15', false, false, $1, 'Asia/Shanghai', $2, 'pool', $3
+         FROM generate_series(1, 2650) i,
+              LATERAL (SELECT CASE WHEN i > 2500 THEN '110000' ELSE '310000' END AS city,
+                              CASE WHEN i > 2500 THEN 'BJ01' WHEN i % 2 = 0 THEN 'SH01' ELSE 'SH02' END AS branch) b",
+    )
+    .bind(sim.now())
+    .bind(local("2027-01-15", 0))
+    .bind(local("2026-12-02", 0))
+    .execute(sim.pool())
+    .await
+    .expect("cases inserted");
+
+    sim.advance_to(local("2026-12-02", 1)).await.expect("time");
+    let owned: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT owner_agent, count(*) FROM assignment.cases WHERE state = 'open'
+         GROUP BY owner_agent ORDER BY owner_agent",
+    )
+    .fetch_all(sim.pool())
+    .await
+    .expect("owners");
+    let owned: Vec<(&str, i64)> = owned.iter().map(|(a, n)| (a.as_str(), *n)).collect();
+    assert_eq!(
+        owned,
+        vec![
+            ("BJ01-A01", 100),
+            ("HQ", 700 + 50),
+            ("SH01-A01", 700),
+            ("SH01-A02", 600),
+            ("SH02-A01", 500),
+        ],
+        "supervisors and inactive agents get none; nobody goes over capacity"
+    );
+    let history: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT reason, count(*) FROM assignment.owner_history GROUP BY reason ORDER BY reason",
+    )
+    .fetch_all(sim.pool())
+    .await
+    .expect("history");
+    assert_eq!(
+        history,
+        vec![("auto_assign".into(), 1900), ("auto_assign_hq".into(), 750)]
+    );
+    let events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM assignment.outbox WHERE subject LIKE '%assignment.owner.assigned'",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .expect("events");
+    assert_eq!(events, 2650, "one event per case assigned");
+    system.finish().await;
+}

@@ -4,7 +4,7 @@
 //! with no spare capacity left hands the case to HQ's outbound team.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use renewal_platform::Outbox;
@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 use crate::claims::OWNERLESS;
 use crate::ownership::{self, HQ_OWNER, NewOwner};
+
+/// Who the history and the events name as having made the change.
+const BY: &str = "system";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -66,101 +69,156 @@ pub fn choose(homes: &[&str], candidates: &[Candidate]) -> Vec<Option<usize>> {
     picks
 }
 
-/// The cities with ownerless cases due for automatic assignment (each city's cases
-/// are assigned in a transaction of their own, cities side by side).
-pub async fn due_cities(
-    pool: &sqlx::PgPool,
-    now: DateTime<Utc>,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT DISTINCT city_code FROM assignment.cases
-         WHERE state = 'open' AND phase = ANY($1)
-           AND ((phase = 'pool' AND phase_due_at <= $2) OR owner_by <= $2)",
-    )
-    .bind(&OWNERLESS[..])
-    .bind(now)
-    .fetch_all(pool)
-    .await
+/// One automatic assignment decided by `plan`, for `apply` to write.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub change: NewOwner,
+    /// The owner the case had when planned (none: it is in an ownerless phase).
+    pub previous: Option<String>,
 }
 
-/// Assigns the city's ownerless cases that are due: past their pool deadline, or at
-/// their last moment without an owner. Returns how many were assigned.
-pub async fn assign_due(
-    tx: &mut PgConnection,
-    outbox: &Outbox,
+/// Decides the automatic assignments due at `now`: the ownerless cases past their pool
+/// deadline or at their last moment without an owner (most urgent first, at most
+/// `limit`), city by city, from one reading of the cases and of every candidate's spare
+/// capacity. Nothing is locked: `apply` writes only the cases still due, so a case
+/// claimed in between keeps its claim and its pick's room stays unused. Two planners
+/// must not run side by side (each would spend the same spare capacity): the sweep
+/// holds an advisory lock from planning until every part is written.
+pub async fn plan(
+    conn: &mut PgConnection,
     now: DateTime<Utc>,
-    city: &str,
     limit: i64,
-) -> Result<usize, sqlx::Error> {
+) -> Result<Vec<Planned>, sqlx::Error> {
     let due = sqlx::query(
-        "SELECT c.case_id, c.city_code, COALESCE(a.branch_code, c.branch_code) AS home
+        "SELECT c.case_id, c.city_code, c.owner_agent, COALESCE(a.branch_code, c.branch_code) AS home
          FROM assignment.cases c
          LEFT JOIN assignment.agents a ON a.agent_code = c.credited_agent
-         WHERE c.state = 'open' AND c.phase = ANY($1) AND c.city_code = $4
+         WHERE c.state = 'open' AND c.phase = ANY($1)
            AND ((c.phase = 'pool' AND c.phase_due_at <= $2) OR c.owner_by <= $2)
          ORDER BY c.owner_by, c.policy_no
-         LIMIT $3
-         FOR UPDATE OF c SKIP LOCKED",
+         LIMIT $3",
     )
     .bind(&OWNERLESS[..])
     .bind(now)
     .bind(limit)
-    .bind(city)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     if due.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let mut by_city: HashMap<String, Vec<(Uuid, String)>> = HashMap::new();
+    // Each city's cases, in order.
+    let mut by_city: BTreeMap<String, Vec<(Uuid, Option<String>, String)>> = BTreeMap::new();
     for row in &due {
-        by_city
-            .entry(row.try_get("city_code")?)
-            .or_default()
-            .push((row.try_get("case_id")?, row.try_get("home")?));
+        by_city.entry(row.try_get("city_code")?).or_default().push((
+            row.try_get("case_id")?,
+            row.try_get("owner_agent")?,
+            row.try_get("home")?,
+        ));
     }
-    let mut changes = Vec::with_capacity(due.len());
-    for (city, cases) in &by_city {
-        let candidates: Vec<Candidate> = sqlx::query(
-            "SELECT a.agent_code, a.branch_code,
-                    a.capacity - COALESCE((SELECT count(*) FROM assignment.cases c
-                                           WHERE c.owner_agent = a.agent_code AND c.state = 'open'), 0) AS spare
-             FROM assignment.agents a
-             WHERE a.city_code = $1 AND a.active AND a.role = 'agent'
-             ORDER BY a.agent_code",
-        )
-        .bind(city)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Candidate {
+    let cities: Vec<&str> = by_city.keys().map(String::as_str).collect();
+    let mut candidates: HashMap<String, Vec<Candidate>> = HashMap::new();
+    for r in sqlx::query(
+        "SELECT a.city_code, a.agent_code, a.branch_code,
+                a.capacity - COALESCE((SELECT count(*) FROM assignment.cases c
+                                       WHERE c.owner_agent = a.agent_code AND c.state = 'open'), 0) AS spare
+         FROM assignment.agents a
+         WHERE a.city_code = ANY($1) AND a.active AND a.role = 'agent'
+         ORDER BY a.city_code, a.agent_code",
+    )
+    .bind(&cities)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        candidates
+            .entry(r.try_get("city_code")?)
+            .or_default()
+            .push(Candidate {
                 agent_code: r.try_get("agent_code")?,
                 branch_code: r.try_get("branch_code")?,
                 spare: r.try_get("spare")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-        let homes: Vec<&str> = cases.iter().map(|(_, h)| h.as_str()).collect();
-        for ((case_id, _), pick) in cases.iter().zip(choose(&homes, &candidates)) {
-            changes.push(match pick {
+            });
+    }
+    let mut planned = Vec::with_capacity(due.len());
+    for (city, cases) in by_city {
+        let candidates = candidates.remove(&city).unwrap_or_default();
+        let homes: Vec<&str> = cases.iter().map(|(_, _, h)| h.as_str()).collect();
+        let picks = choose(&homes, &candidates);
+        for ((case_id, previous, _), pick) in cases.into_iter().zip(picks) {
+            let change = match pick {
                 Some(i) => NewOwner {
-                    case_id: *case_id,
+                    case_id,
                     owner: Some(candidates[i].agent_code.clone()),
                     owner_branch: Some(candidates[i].branch_code.clone()),
                     phase: "owned",
                     reason: "auto_assign".into(),
                 },
                 None => NewOwner {
-                    case_id: *case_id,
+                    case_id,
                     owner: Some(HQ_OWNER.into()),
                     owner_branch: None,
                     phase: "hq",
                     reason: "auto_assign_hq".into(),
                 },
-            });
+            };
+            planned.push(Planned { change, previous });
         }
     }
-    ownership::assign_many(tx, outbox, &changes, "system", now).await
+    Ok(planned)
+}
+
+/// Writes planned assignments of cases that are still ownerless and due (one statement:
+/// the owner, the history row), and publishes one `assignment.owner.assigned` each.
+/// Returns how many were assigned. (`c.case_id = ANY($1)` looks the part's cases up by
+/// key; without it the re-check reads every due case of the sweep for each part.)
+pub async fn apply(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    planned: &[Planned],
+    now: DateTime<Utc>,
+) -> Result<usize, sqlx::Error> {
+    if planned.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = planned.iter().map(|p| p.change.case_id).collect();
+    let owners: Vec<Option<&str>> = planned.iter().map(|p| p.change.owner.as_deref()).collect();
+    let branches: Vec<Option<&str>> = planned
+        .iter()
+        .map(|p| p.change.owner_branch.as_deref())
+        .collect();
+    let phases: Vec<&str> = planned.iter().map(|p| p.change.phase).collect();
+    let reasons: Vec<&str> = planned.iter().map(|p| p.change.reason.as_str()).collect();
+    let previous: Vec<Option<&str>> = planned.iter().map(|p| p.previous.as_deref()).collect();
+    let rows = sqlx::query(
+        "WITH change AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                 AS u(case_id, owner, branch, phase, reason, previous)),
+         updated AS (
+             UPDATE assignment.cases c
+             SET owner_agent = change.owner, owner_branch = change.branch, phase = change.phase,
+                 phase_due_at = NULL
+             FROM change
+             WHERE c.case_id = change.case_id AND c.case_id = ANY($1)
+               AND c.state = 'open' AND c.phase = ANY($7)
+               AND ((c.phase = 'pool' AND c.phase_due_at <= $8) OR c.owner_by <= $8)
+             RETURNING c.case_id, c.policy_no, c.branch_code, c.credited_agent, change.previous,
+                       change.owner, change.reason),
+         history AS (
+             INSERT INTO assignment.owner_history (case_id, owner_agent, previous_owner, reason, assigned_by, assigned_at)
+             SELECT case_id, owner, previous, reason, $9, $8 FROM updated)
+         SELECT * FROM updated",
+    )
+    .bind(&ids)
+    .bind(&owners)
+    .bind(&branches)
+    .bind(&phases)
+    .bind(&reasons)
+    .bind(&previous)
+    .bind(&OWNERLESS[..])
+    .bind(now)
+    .bind(BY)
+    .fetch_all(&mut *tx)
+    .await?;
+    ownership::publish(tx, outbox, &rows, BY, now).await
 }
 
 #[cfg(test)]

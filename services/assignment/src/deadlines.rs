@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::routing::{self, Step};
 
 const BATCH: i64 = 50_000;
+/// Automatic assignments written per transaction, and how many such transactions run
+/// side by side.
+const PART: usize = 1_000;
+const PARTS_AT_ONCE: usize = 3;
 
 #[derive(Clone)]
 pub struct Sweeper {
@@ -97,21 +101,32 @@ impl Sweeper {
         }
     }
 
-    /// Automatic assignment, city by city (each city in a transaction of its own), two
-    /// cities at a time.
+    /// Automatic assignment: planned in one go (city by city, under an advisory lock so
+    /// that no other sweeper spends the same spare capacity), then written in parts of
+    /// `PART` cases, `PARTS_AT_ONCE` transactions side by side. A part that fails leaves
+    /// its cases due: the next sweep plans them again from what was committed.
     async fn assign_due(&self, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
-        let cities = crate::auto_assign::due_cities(&self.pool, now).await?;
-        let results: Vec<Result<usize, sqlx::Error>> = futures::stream::iter(cities)
-            .map(|city| async move {
-                let mut tx = self.pool.begin().await?;
-                let n = crate::auto_assign::assign_due(&mut tx, &self.outbox, now, &city, BATCH)
-                    .await?;
-                tx.commit().await?;
-                Ok(n)
-            })
-            .buffer_unordered(2)
-            .collect()
-            .await;
+        let mut planner = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('assignment.auto_assign', 0))")
+            .execute(&mut *planner)
+            .await?;
+        let planned = crate::auto_assign::plan(&mut planner, now, BATCH).await?;
+        let planned = &planned;
+        // Parts by their first index (a stream of slices would not be Send here).
+        let results: Vec<Result<usize, sqlx::Error>> =
+            futures::stream::iter((0..planned.len()).step_by(PART))
+                .map(|start| async move {
+                    let part = &planned[start..planned.len().min(start + PART)];
+                    let mut tx = self.pool.begin().await?;
+                    let n = crate::auto_assign::apply(&mut tx, &self.outbox, part, now).await?;
+                    tx.commit().await?;
+                    Ok(n)
+                })
+                .buffer_unordered(PARTS_AT_ONCE)
+                .collect()
+                .await;
+        // Releases the lock once every part is committed (or failed).
+        planner.commit().await?;
         results.into_iter().sum()
     }
 }

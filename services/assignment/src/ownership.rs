@@ -1,10 +1,14 @@
 //! Owners: every change is a row in the history and an event with who, when and why.
-//! One statement serves a single claim and a sweep of thousands.
+//! One statement serves a single claim and a sweep of thousands (the automatic
+//! assignment writes its own, re-checking each case, and publishes with `publish`).
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use renewal_contract::assignment::OwnerAssigned;
 use renewal_contract::subject;
 use renewal_platform::Outbox;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -72,10 +76,24 @@ pub async fn assign_many(
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
+    publish(tx, outbox, &rows, by, now).await
+}
+
+/// Publishes one `assignment.owner.assigned` per changed case, from rows with the
+/// case's `case_id`, `policy_no`, `branch_code`, `credited_agent` and the change's
+/// `owner`, `previous` and `reason`. Returns how many.
+pub(crate) async fn publish(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    rows: &[PgRow],
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<usize, sqlx::Error> {
     let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
+    let mut by_reason: HashMap<String, u64> = HashMap::new();
+    for row in rows {
         let reason: String = row.try_get("reason")?;
-        metrics::counter!("owners_assigned_total", "reason" => reason.clone()).increment(1);
+        *by_reason.entry(reason.clone()).or_default() += 1;
         events.push((
             subject::ASSIGNMENT_OWNER_ASSIGNED,
             OwnerAssigned {
@@ -96,5 +114,8 @@ pub async fn assign_many(
         ));
     }
     outbox.enqueue_many(tx, events).await?;
+    for (reason, n) in by_reason {
+        metrics::counter!("owners_assigned_total", "reason" => reason).increment(n);
+    }
     Ok(rows.len())
 }
