@@ -599,6 +599,7 @@ async fn a_scheduler_killed_between_claiming_and_committing_loses_and_doubles_no
         let (published, committed) = (in_stream().await, fired().await);
         if (published > committed && committed < TIMERS - 5000)
             || started.elapsed() > std::time::Duration::from_secs(120)
+            || child.try_wait().is_ok_and(|status| status.is_some())
         {
             break;
         }

@@ -178,19 +178,44 @@ pub async fn fire_due(
     hours: &Hours,
 ) -> Result<usize, FireError> {
     let mut tx = pool.begin().await?;
+    // One statement claims the batch and marks it fired (a crash before the commit below
+    // undoes both), and reads what the commands and the frequency cap need. Its
+    // subqueries see the table as it was before this statement, so the counts are of
+    // SMS fired earlier; each is one index lookup per customer and per case, whatever
+    // the planner thinks of the fast-growing set of fired SMS.
     let due = sqlx::query(
-        "SELECT t.id, t.case_id, t.stage, t.action, t.template, t.due_at, t.traceparent, t.queue,
-                t.marketing, t.promotion, c.policy_no,
-                CASE WHEN c.state = 'open' OR (c.closed_reason = 'lapsed' AND t.nominal_at > c.closed_at)
+        "WITH claimed AS (
+             SELECT ctid FROM scheduler.timers
+             WHERE state = 'pending' AND due_at <= $1
+             ORDER BY due_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         ), fired AS (
+             UPDATE scheduler.timers SET state = 'fired', fired_at = $1
+             WHERE ctid = ANY(ARRAY(SELECT ctid FROM claimed))
+             RETURNING ctid::text AS tid, id, case_id, stage, action, template, due_at, nominal_at,
+                       traceparent, queue, marketing, promotion
+         )
+         SELECT f.tid, f.id, f.case_id, f.stage, f.action, f.template, f.due_at, f.traceparent, f.queue,
+                f.marketing, f.promotion, c.policy_no,
+                CASE WHEN c.state = 'open' OR (c.closed_reason = 'lapsed' AND f.nominal_at > c.closed_at)
                      THEN 'open' ELSE 'closed' END AS case_state, c.customer_name, c.mobile,
                 c.plate, c.expiry_date, c.effective_expiry_date, c.time_zone, c.city_code, c.branch_code,
-                o.owner_agent
-         FROM scheduler.timers t JOIN scheduler.cases c USING (case_id)
+                o.owner_agent, l.last_marketing_sms,
+                -- No marketing SMS to this mobile yet means none to this case either.
+                CASE WHEN l.last_marketing_sms IS NOT NULL THEN
+                    (SELECT count(*) FROM scheduler.timers t
+                     WHERE t.case_id = f.case_id AND t.action = 'sms' AND t.marketing AND t.state = 'fired')
+                END AS marketing_sms_sent
+         FROM fired f JOIN scheduler.cases c USING (case_id)
          LEFT JOIN scheduler.owners o USING (case_id)
-         WHERE t.state = 'pending' AND t.due_at <= $1
-         ORDER BY t.due_at
-         LIMIT $2
-         FOR UPDATE OF t SKIP LOCKED",
+         LEFT JOIN LATERAL (
+             SELECT max(t.fired_at) AS last_marketing_sms FROM scheduler.timers t
+             WHERE f.marketing
+               AND t.case_id = ANY(ARRAY(SELECT m.case_id FROM scheduler.cases m WHERE m.mobile = c.mobile))
+               AND t.action = 'sms' AND t.marketing AND t.state = 'fired'
+         ) l ON true
+         ORDER BY f.due_at",
     )
     .bind(now)
     .bind(BATCH)
@@ -199,53 +224,16 @@ pub async fn fire_due(
     if due.is_empty() {
         return Ok(0);
     }
-    // What the frequency cap needs: each customer's last marketing SMS, each case's count.
-    let mut mobiles = Vec::new();
-    let mut cases = Vec::new();
-    for row in &due {
-        if row.try_get::<bool, _>("marketing")? {
-            mobiles.push(
-                row.try_get::<Option<String>, _>("mobile")?
-                    .unwrap_or_default(),
-            );
-            cases.push(row.try_get::<Uuid, _>("case_id")?);
-        }
-    }
+    // The frequency cap: each customer's last marketing SMS, each case's count.
     let mut last_sms: HashMap<String, DateTime<Utc>> = HashMap::new();
     let mut per_case: HashMap<Uuid, i64> = HashMap::new();
-    if !mobiles.is_empty() {
-        // One index lookup per customer and per case, whatever the planner thinks of the
-        // (fast-growing) set of fired SMS.
-        mobiles.sort_unstable();
-        mobiles.dedup();
-        cases.sort_unstable();
-        cases.dedup();
-        for r in sqlx::query(
-            "SELECT m.mobile,
-                    (SELECT max(t.fired_at) FROM scheduler.timers t
-                     WHERE t.case_id = ANY(ARRAY(SELECT c.case_id FROM scheduler.cases c WHERE c.mobile = m.mobile))
-                       AND t.action = 'sms' AND t.marketing AND t.state = 'fired') AS last
-             FROM unnest($1::text[]) AS m(mobile)",
-        )
-        .bind(&mobiles)
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            if let Some(last) = r.try_get::<Option<DateTime<Utc>>, _>("last")? {
-                last_sms.insert(r.try_get("mobile")?, last);
-            }
+    for row in &due {
+        if let Some(last) = row.try_get::<Option<DateTime<Utc>>, _>("last_marketing_sms")? {
+            let mobile: Option<String> = row.try_get("mobile")?;
+            last_sms.insert(mobile.unwrap_or_default(), last);
         }
-        for r in sqlx::query(
-            "SELECT u.case_id,
-                    (SELECT count(*) FROM scheduler.timers t
-                     WHERE t.case_id = u.case_id AND t.action = 'sms' AND t.marketing AND t.state = 'fired') AS n
-             FROM unnest($1::uuid[]) AS u(case_id)",
-        )
-        .bind(&cases)
-        .fetch_all(&mut *tx)
-        .await?
-        {
-            per_case.insert(r.try_get("case_id")?, r.try_get("n")?);
+        if let Some(n) = row.try_get::<Option<i64>, _>("marketing_sms_sent")? {
+            per_case.insert(row.try_get("case_id")?, n);
         }
     }
     let mut commands = Vec::with_capacity(due.len());
@@ -255,8 +243,10 @@ pub async fn fire_due(
     let (mut postponed, mut postponed_to) = (Vec::new(), Vec::new());
     for row in &due {
         let id: Uuid = row.try_get("id")?;
+        // The locked row's address: what the updates below find it by.
+        let tid: String = row.try_get("tid")?;
         if row.try_get::<String, _>("case_state")? != "open" {
-            dropped.push(id);
+            dropped.push(tid);
             continue;
         }
         let case_id: Uuid = row.try_get("case_id")?;
@@ -278,7 +268,7 @@ pub async fn fire_due(
                 if marketing {
                     let sent = per_case.get(&case_id).copied().unwrap_or(0);
                     if sent >= CAP_PER_RENEWAL {
-                        capped.push(id);
+                        capped.push(tid);
                         capped_notes.push("frequency cap: 4 marketing SMS per renewal".to_owned());
                         continue;
                     }
@@ -293,11 +283,11 @@ pub async fn fire_due(
                         });
                         match crate::plan::allowed(*last + CAP_GAP, hours.sms, None, tz) {
                             Some(at) if limit.is_none_or(|l| at < l) => {
-                                postponed.push(id);
+                                postponed.push(tid);
                                 postponed_to.push(at);
                             }
                             _ => {
-                                capped.push(id);
+                                capped.push(tid);
                                 capped_notes.push(
                                     "frequency cap: one marketing SMS per customer per 3 days"
                                         .to_owned(),
@@ -413,7 +403,7 @@ pub async fn fire_due(
             metrics::histogram!("timer_lateness_seconds").record(late);
         }
         commands.push((id, subject_name, payload, traceparent));
-        fired.push(id);
+        fired.push(tid);
     }
     // Publish while the claim is held, a window of acknowledgements in flight (each holds
     // one of the connection's permits, shared with every other publisher in the process).
@@ -438,33 +428,37 @@ pub async fn fire_due(
     for ack in acks {
         ack.await.map_err(|e| FireError::Ack(e.to_string()))?;
     }
-    sqlx::query("UPDATE scheduler.timers SET state = 'fired', fired_at = $2 WHERE id = ANY($1)")
-        .bind(&fired)
-        .bind(now)
+    // The claim marked the whole batch fired; put right what did not fire.
+    if !dropped.is_empty() {
+        sqlx::query(
+            "UPDATE scheduler.timers SET state = 'cancelled', fired_at = NULL, note = 'case closed'
+             WHERE ctid = ANY($1::text[]::tid[])",
+        )
+        .bind(&dropped)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "UPDATE scheduler.timers SET state = 'cancelled', note = 'case closed' WHERE id = ANY($1)",
-    )
-    .bind(&dropped)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE scheduler.timers t SET state = 'skipped', note = u.note
-         FROM UNNEST($1::uuid[], $2::text[]) AS u(id, note) WHERE t.id = u.id",
-    )
-    .bind(&capped)
-    .bind(&capped_notes)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE scheduler.timers t SET due_at = u.due_at, note = 'postponed by the frequency cap'
-         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, due_at) WHERE t.id = u.id",
-    )
-    .bind(&postponed)
-    .bind(&postponed_to)
-    .execute(&mut *tx)
-    .await?;
+    }
+    if !capped.is_empty() {
+        sqlx::query(
+            "UPDATE scheduler.timers t SET state = 'skipped', fired_at = NULL, note = u.note
+             FROM UNNEST($1::text[]::tid[], $2::text[]) AS u(tid, note) WHERE t.ctid = u.tid",
+        )
+        .bind(&capped)
+        .bind(&capped_notes)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !postponed.is_empty() {
+        sqlx::query(
+            "UPDATE scheduler.timers t SET state = 'pending', fired_at = NULL, due_at = u.due_at,
+                 note = 'postponed by the frequency cap'
+             FROM UNNEST($1::text[]::tid[], $2::timestamptz[]) AS u(tid, due_at) WHERE t.ctid = u.tid",
+        )
+        .bind(&postponed)
+        .bind(&postponed_to)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     metrics::counter!("timers_fired_total").increment(fired.len() as u64);
     metrics::counter!("messages_out_total", "service" => crate::SCHEMA)
