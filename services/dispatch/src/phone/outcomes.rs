@@ -1,7 +1,9 @@
 //! Outcomes: the agent holding the lease completes the task with what the call ended
-//! with (DOMAIN.md's list, each with its fields). The task's new state and the
-//! `dispatch.task.completed` event are written in one transaction; a wrong number also
-//! marks the customer's contact data for correction. Completing again with the same
+//! with (DOMAIN.md's list, each with its fields). The task's new state, the
+//! `dispatch.task.completed` event and, for a wrong number, the mark on the customer's
+//! contact data are written by one statement (the event is built from the task as read
+//! just before: the fields it takes from the task never change while the lease token
+//! is the same, and the statement completes the task only under that token). Completing again with the same
 //! token and outcome (a retry after a lost answer) answers the same, with no second
 //! event. A task withdrawn while leased still takes its holder's outcome, so no
 //! outcome of a call that happened is lost.
@@ -11,10 +13,9 @@ use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
 use renewal_contract::subject;
 use serde::Deserialize;
 use sqlx::Row;
-use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{PhoneTasks, TaskError, refusal};
+use super::{PhoneTasks, TaskError};
 
 #[derive(Debug, Deserialize)]
 pub struct CompleteRequest {
@@ -126,68 +127,38 @@ pub async fn complete(
     let now = tasks.clock.now();
     let outcome = request.outcome(now)?;
     let name = outcome_name(outcome.kind);
-    let detail = serde_json::json!({
-        "new_policy_no": outcome.new_policy_no,
-        "promised_date": outcome.promised_date.map(|d| d.to_string()),
-        "call_back_at": outcome.call_back_at,
-        "reason": outcome.reason,
-    });
-    let mut tx = tasks.pool.begin().await?;
-    let row = sqlx::query(
-        "UPDATE dispatch.phone_tasks
-         SET state = 'completed', outcome = $3, outcome_detail = $4, completed_at = $5
-         WHERE id = $1 AND lease_token = $2 AND state IN ('leased', 'withdrawn')
-         RETURNING case_id, policy_no, stage, mobile, coalesce(leased_by, '') AS agent_id, traceparent",
+    let done = serde_json::json!({ "id": id, "state": "completed", "outcome": name });
+    let task = sqlx::query(
+        "SELECT state, lease_token, outcome, case_id, policy_no, stage, coalesce(leased_by, '') AS agent_id,
+                traceparent
+         FROM dispatch.phone_tasks WHERE id = $1",
     )
     .bind(id)
-    .bind(request.lease_token)
-    .bind(name)
-    .bind(&detail)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        drop(tx);
-        // A retry of a completion that went through answers the same.
-        let done: Option<String> = sqlx::query_scalar(
-            "SELECT outcome FROM dispatch.phone_tasks WHERE id = $1 AND lease_token = $2 AND state = 'completed'",
-        )
-        .bind(id)
-        .bind(request.lease_token)
-        .fetch_optional(&tasks.pool)
-        .await?;
-        return match done {
-            Some(recorded) if recorded == name => {
-                Ok(serde_json::json!({ "id": id, "state": "completed", "outcome": name }))
-            }
-            Some(recorded) => Err(TaskError::Conflict(format!(
-                "the task was already completed as {recorded}"
-            ))),
-            None => Err(refusal(&tasks.pool, id).await),
-        };
-    };
-    let case_id: Uuid = row.try_get("case_id")?;
-    let policy_no: String = row.try_get("policy_no")?;
-    let agent_id: String = row.try_get("agent_id")?;
-    if outcome.kind == CallOutcome::WrongNumber {
-        sqlx::query(
-            "INSERT INTO dispatch.contact_corrections (task_id, case_id, policy_no, mobile, reported_by, reported_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(case_id)
-        .bind(&policy_no)
-        .bind(row.try_get::<String, _>("mobile")?)
-        .bind(&agent_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    .fetch_optional(&tasks.pool)
+    .await?
+    .ok_or_else(|| TaskError::NotFound(id.to_string()))?;
+    let state: String = task.try_get("state")?;
+    if task.try_get::<Option<Uuid>, _>("lease_token")? != Some(request.lease_token) {
+        return Err(refused(&state));
     }
+    if state == "completed" {
+        // A retry of a completion that went through answers the same.
+        let recorded: Option<String> = task.try_get("outcome")?;
+        return match recorded {
+            Some(recorded) if recorded == name => Ok(done),
+            recorded => Err(TaskError::Conflict(format!(
+                "the task was already completed as {}",
+                recorded.unwrap_or_default()
+            ))),
+        };
+    }
+    let case_id: Uuid = task.try_get("case_id")?;
+    let agent_id: String = task.try_get("agent_id")?;
     let event = PhoneTaskCompleted {
         task_id: id.to_string(),
         case_id: case_id.to_string(),
-        policy_no,
-        stage: row.try_get("stage")?,
+        policy_no: task.try_get("policy_no")?,
+        stage: task.try_get("stage")?,
         outcome: outcome.kind as i32,
         new_policy_no: outcome.new_policy_no.clone(),
         promised_date: outcome
@@ -199,22 +170,84 @@ pub async fn complete(
             .map(|t| t.timestamp_millis())
             .unwrap_or(0),
         reason: outcome.reason.clone(),
-        agent_id,
+        agent_id: agent_id.clone(),
         completed_at_ms: now.timestamp_millis(),
     };
-    let traceparent: Option<String> = row.try_get("traceparent")?;
-    tasks
-        .outbox
-        .enqueue(&mut tx, subject::DISPATCH_TASK_COMPLETED, &event)
-        .instrument(renewal_platform::telemetry::continue_trace(
-            traceparent.as_deref(),
-        ))
+    let detail = serde_json::json!({
+        "new_policy_no": outcome.new_policy_no,
+        "promised_date": outcome.promised_date.map(|d| d.to_string()),
+        "call_back_at": outcome.call_back_at,
+        "reason": outcome.reason,
+    });
+    // The event continues the trace of the command that made the task.
+    let traceparent = task
+        .try_get::<Option<String>, _>("traceparent")?
+        .or_else(renewal_platform::telemetry::current_traceparent);
+    let sql = format!(
+        "WITH done AS (
+             UPDATE dispatch.phone_tasks
+             SET state = 'completed', outcome = $3, outcome_detail = $4, completed_at = $5
+             WHERE id = $1 AND lease_token = $2 AND state IN ('leased', 'withdrawn')
+                   AND coalesce(leased_by, '') = $6
+             RETURNING id, case_id, policy_no, mobile
+         ),
+         corrected AS (
+             INSERT INTO dispatch.contact_corrections (task_id, case_id, policy_no, mobile, reported_by, reported_at)
+             SELECT id, case_id, policy_no, mobile, $6, $5 FROM done WHERE $3 = 'wrong_number'
+             ON CONFLICT DO NOTHING
+         ),
+         published AS (
+             INSERT INTO {schema}.outbox (id, subject, payload, traceparent)
+             SELECT $7, $8, $9, $10 FROM done
+         )
+         SELECT count(*) FROM done",
+        schema = tasks.outbox.schema()
+    );
+    let completed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(request.lease_token)
+        .bind(name)
+        .bind(&detail)
+        .bind(now)
+        .bind(&agent_id)
+        .bind(Uuid::now_v7())
+        .bind(subject::DISPATCH_TASK_COMPLETED)
+        .bind(prost::Message::encode_to_vec(&event))
+        .bind(traceparent)
+        .fetch_one(&tasks.pool)
         .await?;
-    tx.commit().await?;
+    if completed == 0 {
+        // Something moved the task between the read and the write (the same
+        // completion sent twice at once, a new lease): answer as for what it is now.
+        let now_state: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT state, outcome FROM dispatch.phone_tasks WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(id)
+        .bind(request.lease_token)
+        .fetch_optional(&tasks.pool)
+        .await?;
+        return match now_state {
+            Some((state, Some(recorded))) if state == "completed" && recorded == name => Ok(done),
+            Some((state, _)) => Err(refused(&state)),
+            None => Err(refused("leased")),
+        };
+    }
     tasks.outbox.wake();
     renewal_platform::activity::record();
     metrics::counter!("phone_tasks_total", "status" => "completed", "outcome" => name).increment(1);
-    Ok(serde_json::json!({ "id": id, "state": "completed", "outcome": name }))
+    Ok(done)
+}
+
+/// A token that does not hold the task (stale, foreign, or the task moved on): 409.
+fn refused(state: &str) -> TaskError {
+    match state {
+        "leased" | "open" => {
+            TaskError::Conflict("the lease token is stale or belongs to another task".into())
+        }
+        other => TaskError::Conflict(format!(
+            "the task is {other}; the lease token no longer holds it"
+        )),
+    }
 }
 
 #[cfg(test)]
