@@ -77,9 +77,19 @@ async fn run() -> Result<(), String> {
         .build()
         .map_err(err)?;
 
-    phone_tasks(&sim, &http).await?;
-    receipts(&sim, &http).await?;
-    sends(&sim).await?;
+    // BENCH_DISPATCH_PARTS (e.g. `tasks,sends`) runs some parts only.
+    let parts =
+        std::env::var("BENCH_DISPATCH_PARTS").unwrap_or_else(|_| "tasks,receipts,sends".into());
+    let runs = |part: &str| parts.split(',').any(|p| p.trim() == part);
+    if runs("tasks") {
+        phone_tasks(&sim, &http).await?;
+    }
+    if runs("receipts") {
+        receipts(&sim, &http).await?;
+    }
+    if runs("sends") {
+        sends(&sim).await?;
+    }
 
     let bus = sim.deps.bus.clone();
     sim.stop().await.map_err(err)?;
