@@ -340,9 +340,24 @@ async fn no_calls_at_night_and_owner_tasks_follow_the_owner() {
         .advance_to(local("2026-12-01", 20))
         .await
         .expect("time moves");
+    let evening = lease(&system, "SH01-A01", "owner", 5, 60).await;
+    assert_eq!(evening.len(), 1, "calls until 21:00 (SMS stop at 20:00)");
+    let (status, _) = act(
+        &system,
+        &evening[0],
+        "release",
+        json!({"lease_token": evening[0]["lease_token"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    system
+        .sim
+        .advance_to(local("2026-12-01", 21))
+        .await
+        .expect("time moves");
     assert!(
         lease(&system, "SH01-A01", "owner", 5, 60).await.is_empty(),
-        "no calls at 20:00 in the customer's zone"
+        "no calls at 21:00 in the customer's zone"
     );
 
     // The case moves to another owner, then is handed back with no owner.
