@@ -1,8 +1,8 @@
 //! The sender: claims a batch of queued messages with `FOR UPDATE SKIP LOCKED`,
 //! re-checks what must never happen (closed case, opted-out customer, night time), hands
-//! the rest to the vendor [`IN_FLIGHT`] at a time (paced by the vendor's QPS), and
-//! records every outcome with its event in one transaction: one update and one outbox
-//! insert for the whole batch. [`WORKERS`] senders run at once, so one batch is being
+//! the rest to the vendor [`IN_FLIGHT`] at a time (paced by the vendor's QPS; in any
+//! order, so a slow answer holds back no other request), and records every outcome with
+//! its event in one transaction: one update and one outbox insert for the whole batch. [`WORKERS`] senders run at once, so one batch is being
 //! claimed or recorded while another is with the vendor. Transient failures retry with
 //! backoff; after too many attempts the message is dead with its reason; permanent
 //! refusals fail at once.
@@ -27,7 +27,7 @@ use crate::sms::vendor::{SmsRequest, SmsVendor, VendorError};
 /// Messages claimed by one sender at a time.
 const BATCH: i64 = 500;
 /// Requests one sender has with the vendor at once.
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 128;
 /// Senders running at once.
 pub const WORKERS: usize = 2;
 pub const MAX_ATTEMPTS: i32 = 5;
@@ -137,15 +137,13 @@ impl<V: SmsVendor> Sender<V> {
         let rows = sqlx::query(
             "SELECT m.id, m.case_id, m.policy_no, m.stage, m.template, m.mobile, m.template_params, m.time_zone,
                     m.marketing, m.attempts, m.traceparent,
-                    (c.case_id IS NOT NULL) AS case_closed,
-                    (o.mobile IS NOT NULL) AS opted_out
+                    EXISTS (SELECT 1 FROM dispatch.closed_cases c WHERE c.case_id = m.case_id) AS case_closed,
+                    EXISTS (SELECT 1 FROM dispatch.opt_outs o WHERE o.mobile = m.mobile) AS opted_out
              FROM dispatch.sms_messages m
-             LEFT JOIN dispatch.closed_cases c ON c.case_id = m.case_id
-             LEFT JOIN dispatch.opt_outs o ON o.mobile = m.mobile
              WHERE m.state = 'queued' AND m.next_attempt_at <= $1
              ORDER BY m.next_attempt_at
              LIMIT $2
-             FOR UPDATE OF m SKIP LOCKED",
+             FOR UPDATE SKIP LOCKED",
         )
         .bind(now)
         .bind(BATCH)
@@ -181,42 +179,21 @@ impl<V: SmsVendor> Sender<V> {
         }
         let sends: Vec<_> = to_send
             .iter()
-            .map(|m| async move {
-                let Some(template) = templates::find(&m.template) else {
-                    return Verdict::Failed(
-                        "unknown_template".into(),
-                        format!("no template {:?}", m.template),
-                    );
-                };
-                let out_id = m.id.to_string();
-                let request = SmsRequest {
-                    out_id: &out_id,
-                    mobile: &m.mobile,
-                    template_code: template.code,
-                    template_params: &m.params,
-                };
-                match self.vendor.send(request).await {
-                    Ok(accepted) => Verdict::Sent(accepted.vendor_message_id),
-                    Err(VendorError::Permanent { code, message }) => Verdict::Failed(code, message),
-                    Err(VendorError::Transient(reason)) if m.attempts + 1 >= MAX_ATTEMPTS => {
-                        Verdict::Dead(reason)
-                    }
-                    Err(VendorError::Transient(reason)) => {
-                        let wait =
-                            renewal_platform::retry::redelivery_delay((m.attempts + 1) as u64 * 3);
-                        Verdict::Retry(
-                            now + chrono::Duration::from_std(wait).unwrap_or_default(),
-                            reason,
-                        )
-                    }
-                }
-            })
+            .enumerate()
+            .map(|(i, m)| async move { (i, self.send_one(m, now).await) })
             .collect();
-        let outcomes: Vec<Verdict> = futures::stream::iter(sends)
-            .buffered(IN_FLIGHT)
+        // Unordered, so one slow answer does not hold back the requests behind it.
+        let mut outcomes: Vec<(usize, Verdict)> = futures::stream::iter(sends)
+            .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
-        verdicts.extend(to_send.into_iter().zip(outcomes));
+        outcomes.sort_by_key(|(i, _)| *i);
+        verdicts.extend(
+            to_send
+                .into_iter()
+                .zip(outcomes.into_iter().map(|(_, v)| v)),
+        );
+
         let events = record(&mut tx, &self.outbox, &verdicts, now).await?;
         tx.commit().await?;
         if !rows.is_empty() {
@@ -226,6 +203,39 @@ impl<V: SmsVendor> Sender<V> {
             self.outbox.wake();
         }
         Ok(rows.len())
+    }
+}
+
+impl<V: SmsVendor> Sender<V> {
+    /// Hands one message to the vendor; what its answer means for the message.
+    async fn send_one(&self, m: &Claimed, now: DateTime<Utc>) -> Verdict {
+        let Some(template) = templates::find(&m.template) else {
+            return Verdict::Failed(
+                "unknown_template".into(),
+                format!("no template {:?}", m.template),
+            );
+        };
+        let out_id = m.id.to_string();
+        let request = SmsRequest {
+            out_id: &out_id,
+            mobile: &m.mobile,
+            template_code: template.code,
+            template_params: &m.params,
+        };
+        match self.vendor.send(request).await {
+            Ok(accepted) => Verdict::Sent(accepted.vendor_message_id),
+            Err(VendorError::Permanent { code, message }) => Verdict::Failed(code, message),
+            Err(VendorError::Transient(reason)) if m.attempts + 1 >= MAX_ATTEMPTS => {
+                Verdict::Dead(reason)
+            }
+            Err(VendorError::Transient(reason)) => {
+                let wait = renewal_platform::retry::redelivery_delay((m.attempts + 1) as u64 * 3);
+                Verdict::Retry(
+                    now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    reason,
+                )
+            }
+        }
     }
 }
 
