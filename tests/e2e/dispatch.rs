@@ -3,7 +3,11 @@
 //! task out twice; stale and foreign tokens get 409; outcomes come out as events (a
 //! wrong number marks the contact data); an expired lease returns the task and five
 //! leases without an outcome dead-letter it; no calls at night; a renewal withdraws
-//! the case's tasks; an owner change moves the owner's tasks.
+//! the case's tasks; an owner change moves the owner's tasks. And the SMS sender
+//! against the mock vendor: a send due at night waits for the morning; a vendor outage
+//! (HTTP 503) is retried with a growing wait, a permanent refusal fails at once with its
+//! code, and an outage that outlasts five attempts leaves the message dead with its
+//! reason.
 
 use std::collections::HashSet;
 
@@ -230,6 +234,18 @@ async fn parallel_leases_never_overlap_and_outcomes_are_published_once() {
         .await
         .expect("count");
     assert_eq!(corrections, 1, "the wrong number is marked for correction");
+
+    // The next task of a case carries the calls made on it before.
+    let case_id = Uuid::parse_str(a["case_id"].as_str().expect("case id")).expect("uuid");
+    create(&system, &[command(case_id, TaskQueue::Campaign, "", 3)]).await;
+    let next = lease(&system, "CC-200", "campaign", 1, 300).await;
+    assert_eq!(next.len(), 1);
+    let history = next[0]["history"].as_array().cloned().unwrap_or_default();
+    assert_eq!(history.len(), 1, "{next:?}");
+    assert_eq!(history[0]["outcome"], "renewed");
+    assert_eq!(history[0]["agent_id"], "CC-000");
+    assert_eq!(history[0]["stage"], "T-15");
+    assert!(history[0]["completed_at"].is_string());
     system.finish().await;
 }
 
@@ -324,9 +340,24 @@ async fn no_calls_at_night_and_owner_tasks_follow_the_owner() {
         .advance_to(local("2026-12-01", 20))
         .await
         .expect("time moves");
+    let evening = lease(&system, "SH01-A01", "owner", 5, 60).await;
+    assert_eq!(evening.len(), 1, "calls until 21:00 (SMS stop at 20:00)");
+    let (status, _) = act(
+        &system,
+        &evening[0],
+        "release",
+        json!({"lease_token": evening[0]["lease_token"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    system
+        .sim
+        .advance_to(local("2026-12-01", 21))
+        .await
+        .expect("time moves");
     assert!(
         lease(&system, "SH01-A01", "owner", 5, 60).await.is_empty(),
-        "no calls at 20:00 in the customer's zone"
+        "no calls at 21:00 in the customer's zone"
     );
 
     // The case moves to another owner, then is handed back with no owner.
@@ -523,4 +554,214 @@ async fn post_to(url: &str, body: String) -> (u16, Value) {
         .expect("HTTP answers");
     let status = response.status().as_u16();
     (status, response.json::<Value>().await.unwrap_or_default())
+}
+
+/// A marketing SMS command for `mobile`, due now.
+fn send_sms(mobile: &str) -> renewal_contract::scheduler::SendSms {
+    renewal_contract::scheduler::SendSms {
+        command_id: Uuid::new_v4().to_string(),
+        case_id: Uuid::new_v4().to_string(),
+        policy_no: format!("P{}", &Uuid::new_v4().simple().to_string()[..10]),
+        stage: "T-60".into(),
+        template: "renewal_friendly".into(),
+        mobile: mobile.into(),
+        customer_name: "王芳".into(),
+        plate: "沪AD12345".into(),
+        expiry_date: "2027-01-31".into(),
+        time_zone: "Asia/Shanghai".into(),
+        marketing: true,
+        due_at_ms: 0,
+    }
+}
+
+async fn queue_sms(system: &TestSystem, command: &renewal_contract::scheduler::SendSms) {
+    system
+        .sim
+        .deps
+        .bus
+        .publish(
+            subject::DISPATCH_CMD_SEND_SMS,
+            &command.command_id,
+            None,
+            prost::Message::encode_to_vec(command),
+        )
+        .await
+        .expect("published");
+    system.sim.settle().await.expect("settles");
+}
+
+/// What dispatch holds about one message: state, attempts, next attempt, sent at,
+/// vendor code, last error.
+type MessageRow = (
+    String,
+    i32,
+    chrono::DateTime<chrono::Utc>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<String>,
+    Option<String>,
+);
+
+async fn message(
+    system: &TestSystem,
+    command: &renewal_contract::scheduler::SendSms,
+) -> MessageRow {
+    sqlx::query_as(
+        "SELECT state, attempts, next_attempt_at, sent_at, vendor_code, last_error
+         FROM dispatch.sms_messages WHERE id = $1::uuid",
+    )
+    .bind(&command.command_id)
+    .fetch_one(system.sim.pool())
+    .await
+    .expect("message")
+}
+
+async fn vendor_accepted(system: &TestSystem) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM demo.vendor_messages")
+        .fetch_one(system.sim.pool())
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_due_at_night_is_held_back_until_the_morning() {
+    use renewal_contract::dispatch::SmsStatusChanged;
+    // 21:00 in Shanghai: a command arrives due now (the scheduler would not do that;
+    // dispatch is the last line of defence).
+    let system = TestSystem::start("pq", local("2026-12-01", 21)).await;
+    let command = send_sms("+8613900000011");
+    queue_sms(&system, &command).await;
+    let (state, attempts, next, sent_at, _, _) = message(&system, &command).await;
+    assert_eq!((state.as_str(), attempts, sent_at), ("queued", 0, None));
+    assert_eq!(
+        next,
+        local("2026-12-02", 9),
+        "held until 09:00 next morning"
+    );
+    assert_eq!(
+        vendor_accepted(&system).await,
+        0,
+        "nothing reached the vendor"
+    );
+
+    // Still night at 08:59.
+    system
+        .sim
+        .advance_to(local("2026-12-02", 9) - chrono::Duration::minutes(1))
+        .await
+        .expect("time moves");
+    assert_eq!(message(&system, &command).await.0, "queued");
+    assert_eq!(vendor_accepted(&system).await, 0);
+
+    system
+        .sim
+        .advance_to(local("2026-12-02", 12))
+        .await
+        .expect("time moves");
+    let (state, attempts, _, sent_at, _, _) = message(&system, &command).await;
+    assert_eq!(state, "delivered");
+    assert_eq!(attempts, 1);
+    assert_eq!(sent_at, Some(local("2026-12-02", 9)), "sent at 09:00 sharp");
+    assert_eq!(vendor_accepted(&system).await, 1);
+    let sent: Vec<SmsStatusChanged> = events(&system, subject::DISPATCH_SMS_SENT).await;
+    assert_eq!(sent.len(), 1);
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_outages_are_retried_with_backoff_and_refusals_are_not() {
+    use renewal::vendor_sim::Fault;
+    use renewal_contract::dispatch::SmsStatusChanged;
+    let system = TestSystem::start("pv", local("2026-12-01", 10)).await;
+    let vendor = &system.sim.vendor;
+    // Down twice, then up again.
+    let flaky = send_sms("+8613900000021");
+    vendor.inject(&flaky.mobile, Fault::Unavailable { times: 2 });
+    // Refuses for good (a number on the vendor's blacklist).
+    let refused = send_sms("+8613900000022");
+    vendor.inject(
+        &refused.mobile,
+        Fault::Refuse {
+            code: "isv.BLACK_KEY_CONTROL_LIMIT".into(),
+        },
+    );
+    // Down for longer than we try.
+    let down = send_sms("+8613900000023");
+    vendor.inject(&down.mobile, Fault::Unavailable { times: 100 });
+    let start = system.sim.now();
+    for c in [&flaky, &refused, &down] {
+        queue_sms(&system, c).await;
+    }
+
+    // The first attempt failed with a 5xx: queued again, a little later.
+    let (state, attempts, first_retry, _, _, error) = message(&system, &flaky).await;
+    assert_eq!((state.as_str(), attempts), ("queued", 1));
+    assert!(
+        error.unwrap_or_default().contains("503"),
+        "the reason is kept"
+    );
+    let first_wait = first_retry - start;
+    assert!(first_wait > chrono::Duration::zero());
+    system
+        .sim
+        .advance_to(first_retry)
+        .await
+        .expect("time moves");
+    let (state, attempts, second_retry, _, _, _) = message(&system, &flaky).await;
+    assert_eq!((state.as_str(), attempts), ("queued", 2));
+    assert!(
+        second_retry - first_retry > first_wait,
+        "the wait grows: {first_wait} then {}",
+        second_retry - first_retry
+    );
+    system
+        .sim
+        .advance_to(start + chrono::Duration::minutes(10))
+        .await
+        .expect("time moves");
+    let (state, attempts, _, sent_at, _, error) = message(&system, &flaky).await;
+    assert_eq!(state, "delivered", "the third attempt went through");
+    assert_eq!(attempts, 3);
+    assert_eq!(sent_at, Some(second_retry));
+    assert_eq!(error, None, "no error left on a sent message");
+    assert_eq!(vendor.requests_for(&flaky.mobile), 3);
+
+    // A permanent refusal: failed at once with the vendor's code and message, never retried.
+    let (state, attempts, _, sent_at, code, error) = message(&system, &refused).await;
+    assert_eq!((state.as_str(), attempts, sent_at), ("failed", 1, None));
+    assert_eq!(code.as_deref(), Some("isv.BLACK_KEY_CONTROL_LIMIT"));
+    assert!(error.is_some_and(|e| !e.is_empty()));
+    assert_eq!(vendor.requests_for(&refused.mobile), 1);
+
+    // Down for good: dead after five attempts, with the last reason.
+    let (state, attempts, _, sent_at, _, error) = message(&system, &down).await;
+    assert_eq!((state.as_str(), attempts, sent_at), ("dead", 5, None));
+    assert!(error.unwrap_or_default().contains("503"));
+    assert_eq!(vendor.requests_for(&down.mobile), 5);
+    assert_eq!(
+        vendor_accepted(&system).await,
+        1,
+        "only the flaky one got through"
+    );
+
+    // What the rest of the system hears: one sent, two failed (with the reasons' codes).
+    let sent: Vec<SmsStatusChanged> = events(&system, subject::DISPATCH_SMS_SENT).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].message_id, flaky.command_id);
+    let mut failed: Vec<(String, String)> =
+        events::<SmsStatusChanged>(&system, subject::DISPATCH_SMS_FAILED)
+            .await
+            .into_iter()
+            .map(|e| (e.message_id, e.vendor_code))
+            .collect();
+    failed.sort();
+    let mut expected = vec![
+        (
+            refused.command_id.clone(),
+            "isv.BLACK_KEY_CONTROL_LIMIT".to_owned(),
+        ),
+        (down.command_id.clone(), "dead_letter".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(failed, expected);
+    system.finish().await;
 }

@@ -32,11 +32,19 @@ pub struct Hours {
 }
 
 impl Hours {
-    /// 09:00-20:00, the default for SMS and calls.
+    /// 09:00-20:00, the default for SMS.
     pub fn daytime() -> Hours {
         Hours {
             start: NaiveTime::from_hms_opt(9, 0, 0).unwrap_or(NaiveTime::MIN),
             end: NaiveTime::from_hms_opt(20, 0, 0).unwrap_or(NaiveTime::MIN),
+        }
+    }
+
+    /// 09:00-21:00, the default for calls (the scheduler places calls in the same window).
+    pub fn calls() -> Hours {
+        Hours {
+            start: NaiveTime::from_hms_opt(9, 0, 0).unwrap_or(NaiveTime::MIN),
+            end: NaiveTime::from_hms_opt(21, 0, 0).unwrap_or(NaiveTime::MIN),
         }
     }
 }
@@ -94,7 +102,7 @@ impl DispatchConfig {
             vendor_timeout: env.duration_or("SMS_VENDOR_TIMEOUT", Duration::from_secs(10))?,
             webhook_token,
             sms_hours: env.or("SMS_HOURS", Hours::daytime())?,
-            call_hours: env.or("CALL_HOURS", Hours::daytime())?,
+            call_hours: env.or("CALL_HOURS", Hours::calls())?,
             vendor_qps: {
                 let qps: u32 = env.or("SMS_VENDOR_QPS", 500)?;
                 if qps == 0 {
@@ -122,6 +130,7 @@ mod tests {
             Env::from_fn(|k| (k == "SMS_WEBHOOK_TOKEN").then(|| "0123456789abcdef".to_owned()));
         let config = DispatchConfig::from(&env).expect("valid");
         assert_eq!(config.sms_hours, "09:00-20:00".parse().expect("hours"));
+        assert_eq!(config.call_hours, "09:00-21:00".parse().expect("hours"));
         let env = Env::from_fn(|k| match k {
             "SMS_WEBHOOK_TOKEN" => Some("0123456789abcdef".to_owned()),
             "SMS_HOURS" => Some("21:00-08:00".to_owned()),

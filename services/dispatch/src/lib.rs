@@ -98,12 +98,12 @@ pub async fn run_with(
             token: config.webhook_token.clone(),
         }));
     deps.http.mount(openapi());
-    deps.http.mount(phone::routes(phone::PhoneTasks {
-        pool: deps.pool.clone(),
-        outbox: outbox.clone(),
-        clock: deps.clock.clone(),
-        call_hours: config.call_hours,
-    }));
+    deps.http.mount(phone::routes(phone::PhoneTasks::new(
+        deps.pool.clone(),
+        outbox.clone(),
+        deps.clock.clone(),
+        config.call_hours,
+    )));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(
         COMMANDS,

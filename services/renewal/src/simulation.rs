@@ -120,7 +120,7 @@ impl Simulation {
             vendor_timeout: Duration::from_secs(5),
             webhook_token: token,
             sms_hours: sms_hours(),
-            call_hours: sms_hours(),
+            call_hours: call_hours(),
             // The mock vendor on loopback has no rate limit of its own.
             vendor_qps: 50_000,
         };
@@ -333,8 +333,10 @@ impl Simulation {
 
 /// The SMS window the demo and tests run with (the dispatch default).
 pub fn sms_hours() -> Hours {
-    Hours {
-        start: chrono::NaiveTime::from_hms_opt(9, 0, 0).unwrap_or(chrono::NaiveTime::MIN),
-        end: chrono::NaiveTime::from_hms_opt(20, 0, 0).unwrap_or(chrono::NaiveTime::MIN),
-    }
+    Hours::daytime()
+}
+
+/// The call window the demo and tests run with (the dispatch and scheduler default).
+pub fn call_hours() -> Hours {
+    Hours::calls()
 }

@@ -2,11 +2,15 @@
 //! tests, on loopback. It accepts `SendSms`, answers with a BizId, and pushes a
 //! delivery receipt for every accepted message to our webhook until the webhook
 //! acknowledges it. Its messages live in the `demo` schema, so a killed process still
-//! owes, and later pushes, every receipt, as a real vendor would.
+//! owes, and later pushes, every receipt, as a real vendor would. Accepted messages are
+//! stored by one writer in batches (each request is answered once its row is
+//! committed), so the mock keeps up with a sender at thousands of requests a second.
+//! Tests can make it fail for a phone number: unavailable (HTTP 503) a number of times,
+//! or refusing for good with a vendor error code.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -16,8 +20,35 @@ use axum::{Json, Router};
 use chrono::Utc;
 use renewal_platform::Clock;
 use sqlx::{PgPool, Row};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// A failure the mock vendor plays for one phone number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 503 for the next `times` requests, then normal service.
+    Unavailable { times: u32 },
+    /// Refused every time with this vendor error code (e.g. `isv.BLACK_KEY_CONTROL_LIMIT`).
+    Refuse { code: String },
+}
+
+/// A message accepted, waiting for the writer to store it.
+struct Pending {
+    biz_id: String,
+    out_id: String,
+    phone: String,
+    template_code: String,
+    delivered: bool,
+    accepted_at: chrono::DateTime<Utc>,
+    stored: oneshot::Sender<Result<(), String>>,
+}
+
+#[derive(Default)]
+struct Faults {
+    by_phone: HashMap<String, Fault>,
+    /// Requests seen per phone number (every request, failed or not).
+    requests: HashMap<String, u32>,
+}
 
 #[derive(Clone)]
 pub struct VendorSim {
@@ -27,7 +58,13 @@ pub struct VendorSim {
     /// Percentage of messages the handset receives.
     delivery_rate: u64,
     accepted: Arc<Notify>,
+    faults: Arc<Mutex<Faults>>,
+    writer: mpsc::Sender<Pending>,
+    writes: Arc<Mutex<Option<mpsc::Receiver<Pending>>>>,
 }
+
+/// Messages the writer stores in one statement at most.
+const WRITE_BATCH: usize = 1000;
 
 /// Whether a given phone receives its SMS: fixed by phone and seed, so reruns agree.
 fn delivers(phone: &str, seed: u64, rate: u64) -> bool {
@@ -51,13 +88,92 @@ fn is_mobile(phone: &str) -> bool {
 
 impl VendorSim {
     pub fn new(pool: PgPool, clock: Clock, seed: u64) -> Self {
+        let (writer, writes) = mpsc::channel(4 * WRITE_BATCH);
         VendorSim {
             pool,
             clock,
             seed,
             delivery_rate: 96,
             accepted: Arc::new(Notify::new()),
+            faults: Arc::new(Mutex::new(Faults::default())),
+            writer,
+            writes: Arc::new(Mutex::new(Some(writes))),
         }
+    }
+
+    /// Plays `fault` for requests to `phone` (as sent, e.g. `+8613900000001`).
+    pub fn inject(&self, phone: &str, fault: Fault) {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.by_phone.insert(phone.to_owned(), fault);
+    }
+
+    /// How many requests the vendor got for `phone`, answered or refused.
+    pub fn requests_for(&self, phone: &str) -> u32 {
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.requests.get(phone).copied().unwrap_or(0)
+    }
+
+    /// The fault to play for this request, if any (counting the request).
+    fn fault_for(&self, phone: &str) -> Option<Fault> {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        if faults.by_phone.is_empty() {
+            return None;
+        }
+        *faults.requests.entry(phone.to_owned()).or_default() += 1;
+        match faults.by_phone.get_mut(phone) {
+            Some(Fault::Unavailable { times }) if *times > 0 => {
+                *times -= 1;
+                Some(Fault::Unavailable { times: *times })
+            }
+            Some(Fault::Refuse { code }) => Some(Fault::Refuse { code: code.clone() }),
+            _ => None,
+        }
+    }
+
+    /// Stores accepted messages in batches until every request handler is gone or
+    /// `cancel` fires.
+    async fn write(self, mut writes: mpsc::Receiver<Pending>, cancel: CancellationToken) {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            let got = tokio::select! {
+                _ = cancel.cancelled() => 0,
+                n = writes.recv_many(&mut batch, WRITE_BATCH) => n,
+            };
+            if got == 0 {
+                return;
+            }
+            let stored = self.store(&batch).await.map_err(|e| e.to_string());
+            if stored.is_ok() {
+                renewal_platform::activity::record();
+                self.accepted.notify_one();
+            }
+            for p in batch.drain(..) {
+                let _ = p.stored.send(stored.clone());
+            }
+        }
+    }
+
+    /// Stores a batch. The vendor's storage is not ours to measure: its commits do not
+    /// wait for the disk (a killed process of ours loses nothing by that; only a crash
+    /// of Postgres itself could).
+    async fn store(&self, batch: &[Pending]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+                "INSERT INTO demo.vendor_messages (biz_id, out_id, phone, template_code, delivered, accepted_at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[])",
+            )
+            .bind(batch.iter().map(|p| p.biz_id.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|p| p.out_id.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|p| p.phone.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|p| p.template_code.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|p| p.delivered).collect::<Vec<_>>())
+            .bind(batch.iter().map(|p| p.accepted_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Serves the vendor API on `listener` and pushes receipts to `webhook_url` until
@@ -68,6 +184,10 @@ impl VendorSim {
         webhook_url: String,
         cancel: CancellationToken,
     ) {
+        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writes) = writes {
+            tokio::spawn(self.clone().write(writes, cancel.clone()));
+        }
         let app = Router::new()
             .route("/", post(send_sms))
             .with_state(self.clone());
@@ -247,23 +367,43 @@ async fn accept(
             serde_json::json!({"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "invalid mobile", "RequestId": request_id}),
         );
     }
+    match vendor.fault_for(phone) {
+        Some(Fault::Unavailable { .. }) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"Code": "ServiceUnavailable", "Message": "the service is temporarily unavailable", "RequestId": request_id}),
+            );
+        }
+        Some(Fault::Refuse { code }) => {
+            return (
+                StatusCode::OK,
+                serde_json::json!({"Code": code, "Message": "refused by the mock vendor", "RequestId": request_id}),
+            );
+        }
+        None => {}
+    }
+    let now = vendor.clock.now();
     let biz_id = format!(
         "{}^{}",
-        vendor.clock.now().timestamp_millis(),
+        now.timestamp_millis(),
         uuid::Uuid::new_v4().simple()
     );
-    let stored = sqlx::query(
-        "INSERT INTO demo.vendor_messages (biz_id, out_id, phone, template_code, delivered, accepted_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&biz_id)
-    .bind(field("OutId"))
-    .bind(phone)
-    .bind(field("TemplateCode"))
-    .bind(delivers(phone, vendor.seed, vendor.delivery_rate))
-    .bind(vendor.clock.now())
-    .execute(&vendor.pool)
-    .await;
+    let (stored, answer) = oneshot::channel();
+    let pending = Pending {
+        biz_id: biz_id.clone(),
+        out_id: field("OutId").to_owned(),
+        phone: phone.to_owned(),
+        template_code: field("TemplateCode").to_owned(),
+        delivered: delivers(phone, vendor.seed, vendor.delivery_rate),
+        accepted_at: now,
+        stored,
+    };
+    let stored = match vendor.writer.send(pending).await {
+        Ok(()) => answer
+            .await
+            .unwrap_or_else(|_| Err("the writer stopped".into())),
+        Err(_) => Err("the writer stopped".into()),
+    };
     if let Err(e) = stored {
         tracing::warn!(error = %e, "mock vendor could not store a message");
         return (
@@ -272,7 +412,6 @@ async fn accept(
         );
     }
     renewal_platform::activity::record();
-    vendor.accepted.notify_one();
     (
         StatusCode::OK,
         serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": request_id}),

@@ -5,8 +5,6 @@
 //! gives it back (optionally until a retry time); the token must be the current one,
 //! or the answer is 409.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -82,7 +80,7 @@ pub struct Customer {
     pub plate: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EarlierCall {
     pub stage: String,
     pub outcome: String,
@@ -127,29 +125,19 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
     }
     let secs = lease_seconds(request.lease_seconds)?;
     let now = tasks.clock.now();
-    let mut tx = tasks.pool.begin().await?;
-    // Leases that ran out for the last time: dead letter.
-    let dead = sqlx::query(
-        "UPDATE dispatch.phone_tasks SET state = 'dead', lease_token = NULL,
-             last_error = 'no outcome after ' || leases || ' leases'
-         WHERE state = 'leased' AND available_at <= $1 AND leases >= $2",
-    )
-    .bind(now)
-    .bind(MAX_LEASES)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if dead > 0 {
-        tracing::warn!(
-            tasks = dead,
-            "phone tasks went to dead letter after {MAX_LEASES} leases without an outcome"
-        );
-        metrics::counter!("phone_tasks_total", "status" => "dead").increment(dead);
-    }
     // The owner queue holds each owner's own tasks.
     let owner = if queue == "owner" { agent } else { "" };
+    // One statement: leases that ran out for the last time go to dead letter, and the
+    // most urgent available tasks are leased, each with the calls made on its case
+    // before. The two updates touch disjoint rows (by their lease count).
     let rows = sqlx::query(
-        "WITH picked AS (
+        "WITH dead AS (
+             UPDATE dispatch.phone_tasks SET state = 'dead', lease_token = NULL,
+                 last_error = 'no outcome after ' || leases || ' leases'
+             WHERE state = 'leased' AND available_at <= $2 AND leases >= $3
+             RETURNING id
+         ),
+         picked AS (
              SELECT id FROM dispatch.phone_tasks
              WHERE queue = $1 AND state IN ('open', 'leased') AND available_at <= $2 AND leases < $3
                AND ($4 = '' OR owner_agent = $4)
@@ -159,14 +147,29 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
                AND ($2 AT TIME ZONE time_zone)::time < $8
              ORDER BY days_to_expiry, available_at
              LIMIT $9
-             FOR UPDATE SKIP LOCKED)
-         UPDATE dispatch.phone_tasks t
-         SET state = 'leased', lease_token = gen_random_uuid(), leased_by = $10,
-             available_at = $2 + make_interval(secs => $11), leases = t.leases + 1
-         FROM picked WHERE t.id = picked.id
-         RETURNING t.id, t.lease_token, t.available_at, t.queue, t.days_to_expiry, t.case_id, t.policy_no,
-                   t.stage, t.owner_agent, t.branch_code, t.city_code, t.promotion, t.customer_name,
-                   t.mobile, t.plate, t.expiry_date, t.time_zone, t.leases",
+             FOR UPDATE SKIP LOCKED),
+         leased AS (
+             UPDATE dispatch.phone_tasks t
+             SET state = 'leased', lease_token = gen_random_uuid(), leased_by = $10,
+                 available_at = $2 + make_interval(secs => $11), leases = t.leases + 1
+             FROM picked WHERE t.id = picked.id
+             RETURNING t.id, t.lease_token, t.available_at, t.queue, t.days_to_expiry, t.case_id, t.policy_no,
+                       t.stage, t.owner_agent, t.branch_code, t.city_code, t.promotion, t.customer_name,
+                       t.mobile, t.plate, t.expiry_date, t.time_zone, t.leases,
+                       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                    'stage', h.stage, 'outcome', coalesce(h.outcome, ''),
+                                    'completed_at', h.completed_at, 'agent_id', coalesce(h.leased_by, ''),
+                                    'reason', coalesce(h.outcome_detail->>'reason', ''))
+                                ORDER BY h.completed_at), '[]'::jsonb)
+                        FROM dispatch.phone_tasks h
+                        WHERE h.case_id = t.case_id AND h.state = 'completed') AS history
+         )
+         SELECT *, (SELECT count(*) FROM dead) AS dead FROM leased
+         UNION ALL
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                NULL, NULL, NULL, NULL, (SELECT count(*) FROM dead)
+         WHERE NOT EXISTS (SELECT 1 FROM leased)
+         ORDER BY days_to_expiry, available_at",
     )
     .bind(queue)
     .bind(now)
@@ -179,12 +182,27 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
     .bind(max)
     .bind(agent)
     .bind(secs as f64)
-    .fetch_all(&mut *tx)
+    .fetch_all(&tasks.pool)
     .await?;
+    let dead = match rows.first() {
+        Some(r) => r.try_get::<i64, _>("dead")? as u64,
+        None => 0,
+    };
+    if dead > 0 {
+        tracing::warn!(
+            tasks = dead,
+            "phone tasks went to dead letter after {MAX_LEASES} leases without an outcome"
+        );
+        metrics::counter!("phone_tasks_total", "status" => "dead").increment(dead);
+    }
     let mut views = Vec::with_capacity(rows.len());
     for r in &rows {
+        let Some(id) = r.try_get::<Option<Uuid>, _>("id")? else {
+            continue; // the row that only counts dead letters
+        };
+        let history: sqlx::types::Json<Vec<EarlierCall>> = r.try_get("history")?;
         views.push(TaskView {
-            id: r.try_get("id")?,
+            id,
             lease_token: r.try_get("lease_token")?,
             lease_expires_at: r.try_get("available_at")?,
             queue: r.try_get("queue")?,
@@ -204,42 +222,9 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
             expiry_date: r.try_get("expiry_date")?,
             time_zone: r.try_get("time_zone")?,
             lease_number: r.try_get("leases")?,
-            history: Vec::new(),
+            history: history.0,
         });
     }
-    if !views.is_empty() {
-        let cases: Vec<Uuid> = views.iter().map(|v| v.case_id).collect();
-        let earlier = sqlx::query(
-            "SELECT case_id, stage, outcome, completed_at, coalesce(leased_by, '') AS agent_id,
-                    coalesce(outcome_detail->>'reason', '') AS reason
-             FROM dispatch.phone_tasks WHERE case_id = ANY($1) AND state = 'completed'
-             ORDER BY completed_at",
-        )
-        .bind(&cases)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut by_case: HashMap<Uuid, Vec<EarlierCall>> = HashMap::new();
-        for r in &earlier {
-            by_case
-                .entry(r.try_get("case_id")?)
-                .or_default()
-                .push(EarlierCall {
-                    stage: r.try_get("stage")?,
-                    outcome: r
-                        .try_get::<Option<String>, _>("outcome")?
-                        .unwrap_or_default(),
-                    completed_at: r.try_get("completed_at")?,
-                    agent_id: r.try_get("agent_id")?,
-                    reason: r.try_get("reason")?,
-                });
-        }
-        for v in &mut views {
-            if let Some(h) = by_case.get(&v.case_id) {
-                v.history = h.clone();
-            }
-        }
-    }
-    tx.commit().await?;
     if dead > 0 || !views.is_empty() {
         renewal_platform::activity::record();
     }

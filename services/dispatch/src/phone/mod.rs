@@ -33,6 +33,20 @@ pub struct PhoneTasks {
     pub outbox: Outbox,
     pub clock: Clock,
     pub call_hours: Hours,
+    /// Completions being written together.
+    completions: std::sync::Arc<outcomes::Completions>,
+}
+
+impl PhoneTasks {
+    pub fn new(pool: PgPool, outbox: Outbox, clock: Clock, call_hours: Hours) -> Self {
+        PhoneTasks {
+            pool,
+            outbox,
+            clock,
+            call_hours,
+            completions: Default::default(),
+        }
+    }
 }
 
 /// Everything the pull API can refuse, mapped to HTTP in one place.
@@ -47,6 +61,9 @@ pub enum TaskError {
     Invalid(String),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
+    /// Postgres failed for a batch this request was part of.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl TaskError {
@@ -55,7 +72,7 @@ impl TaskError {
             TaskError::NotFound(_) => "not_found",
             TaskError::Conflict(_) => "lease_conflict",
             TaskError::Invalid(_) => "invalid_request",
-            TaskError::Db(_) => "unavailable",
+            TaskError::Db(_) | TaskError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -70,11 +87,15 @@ impl IntoResponse for TaskError {
                 tracing::error!(error = %e, "phone-task request failed");
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            TaskError::Unavailable(e) => {
+                tracing::error!(error = %e, "phone-task request failed");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         metrics::counter!("phone_task_rejects_total", "status" => status.as_str().to_owned())
             .increment(1);
         let message = match &self {
-            TaskError::Db(_) => "temporarily unavailable".to_owned(),
+            TaskError::Db(_) | TaskError::Unavailable(_) => "temporarily unavailable".to_owned(),
             other => other.to_string(),
         };
         (

@@ -1,7 +1,14 @@
 //! Outcomes: the agent holding the lease completes the task with what the call ended
-//! with (DOMAIN.md's list, each with its fields). The task's new state and the
-//! `dispatch.task.completed` event are written in one transaction; a wrong number also
-//! marks the customer's contact data for correction. Completing again with the same
+//! with (DOMAIN.md's list, each with its fields). The task's new state, the
+//! `dispatch.task.completed` event and, for a wrong number, the mark on the customer's
+//! contact data are written by one statement (the event is built from the task as read
+//! just before: the fields it takes from the task never change while the lease token
+//! is the same, and the statement completes the task only under that token).
+//!
+//! Completions arriving together are written together ([`Completions`], a group
+//! commit): while one batch is being written the next ones queue, and the first of
+//! them writes all that queued in one statement. Each agent is answered only once its
+//! own completion is committed. Completing again with the same
 //! token and outcome (a retry after a lost answer) answers the same, with no second
 //! event. A task withdrawn while leased still takes its holder's outcome, so no
 //! outcome of a call that happened is lost.
@@ -10,11 +17,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
 use renewal_contract::subject;
 use serde::Deserialize;
-use sqlx::Row;
-use tracing::Instrument;
+use sqlx::{PgPool, Row};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{PhoneTasks, TaskError, refusal};
+use super::{PhoneTasks, TaskError};
 
 #[derive(Debug, Deserialize)]
 pub struct CompleteRequest {
@@ -126,68 +133,38 @@ pub async fn complete(
     let now = tasks.clock.now();
     let outcome = request.outcome(now)?;
     let name = outcome_name(outcome.kind);
-    let detail = serde_json::json!({
-        "new_policy_no": outcome.new_policy_no,
-        "promised_date": outcome.promised_date.map(|d| d.to_string()),
-        "call_back_at": outcome.call_back_at,
-        "reason": outcome.reason,
-    });
-    let mut tx = tasks.pool.begin().await?;
-    let row = sqlx::query(
-        "UPDATE dispatch.phone_tasks
-         SET state = 'completed', outcome = $3, outcome_detail = $4, completed_at = $5
-         WHERE id = $1 AND lease_token = $2 AND state IN ('leased', 'withdrawn')
-         RETURNING case_id, policy_no, stage, mobile, coalesce(leased_by, '') AS agent_id, traceparent",
+    let done = serde_json::json!({ "id": id, "state": "completed", "outcome": name });
+    let task = sqlx::query(
+        "SELECT state, lease_token, outcome, case_id, policy_no, stage, coalesce(leased_by, '') AS agent_id,
+                traceparent
+         FROM dispatch.phone_tasks WHERE id = $1",
     )
     .bind(id)
-    .bind(request.lease_token)
-    .bind(name)
-    .bind(&detail)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        drop(tx);
-        // A retry of a completion that went through answers the same.
-        let done: Option<String> = sqlx::query_scalar(
-            "SELECT outcome FROM dispatch.phone_tasks WHERE id = $1 AND lease_token = $2 AND state = 'completed'",
-        )
-        .bind(id)
-        .bind(request.lease_token)
-        .fetch_optional(&tasks.pool)
-        .await?;
-        return match done {
-            Some(recorded) if recorded == name => {
-                Ok(serde_json::json!({ "id": id, "state": "completed", "outcome": name }))
-            }
-            Some(recorded) => Err(TaskError::Conflict(format!(
-                "the task was already completed as {recorded}"
-            ))),
-            None => Err(refusal(&tasks.pool, id).await),
-        };
-    };
-    let case_id: Uuid = row.try_get("case_id")?;
-    let policy_no: String = row.try_get("policy_no")?;
-    let agent_id: String = row.try_get("agent_id")?;
-    if outcome.kind == CallOutcome::WrongNumber {
-        sqlx::query(
-            "INSERT INTO dispatch.contact_corrections (task_id, case_id, policy_no, mobile, reported_by, reported_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(case_id)
-        .bind(&policy_no)
-        .bind(row.try_get::<String, _>("mobile")?)
-        .bind(&agent_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    .fetch_optional(&tasks.pool)
+    .await?
+    .ok_or_else(|| TaskError::NotFound(id.to_string()))?;
+    let state: String = task.try_get("state")?;
+    if task.try_get::<Option<Uuid>, _>("lease_token")? != Some(request.lease_token) {
+        return Err(refused(&state));
     }
+    if state == "completed" {
+        // A retry of a completion that went through answers the same.
+        let recorded: Option<String> = task.try_get("outcome")?;
+        return match recorded {
+            Some(recorded) if recorded == name => Ok(done),
+            recorded => Err(TaskError::Conflict(format!(
+                "the task was already completed as {}",
+                recorded.unwrap_or_default()
+            ))),
+        };
+    }
+    let case_id: Uuid = task.try_get("case_id")?;
+    let agent_id: String = task.try_get("agent_id")?;
     let event = PhoneTaskCompleted {
         task_id: id.to_string(),
         case_id: case_id.to_string(),
-        policy_no,
-        stage: row.try_get("stage")?,
+        policy_no: task.try_get("policy_no")?,
+        stage: task.try_get("stage")?,
         outcome: outcome.kind as i32,
         new_policy_no: outcome.new_policy_no.clone(),
         promised_date: outcome
@@ -199,22 +176,259 @@ pub async fn complete(
             .map(|t| t.timestamp_millis())
             .unwrap_or(0),
         reason: outcome.reason.clone(),
-        agent_id,
+        agent_id: agent_id.clone(),
         completed_at_ms: now.timestamp_millis(),
     };
-    let traceparent: Option<String> = row.try_get("traceparent")?;
-    tasks
-        .outbox
-        .enqueue(&mut tx, subject::DISPATCH_TASK_COMPLETED, &event)
-        .instrument(renewal_platform::telemetry::continue_trace(
-            traceparent.as_deref(),
-        ))
+    let detail = serde_json::json!({
+        "new_policy_no": outcome.new_policy_no,
+        "promised_date": outcome.promised_date.map(|d| d.to_string()),
+        "call_back_at": outcome.call_back_at,
+        "reason": outcome.reason,
+    });
+    // The event continues the trace of the command that made the task.
+    let traceparent = task
+        .try_get::<Option<String>, _>("traceparent")?
+        .or_else(renewal_platform::telemetry::current_traceparent);
+    let completion = Completion {
+        task_id: id,
+        lease_token: request.lease_token,
+        outcome: name,
+        detail,
+        agent_id,
+        completed_at: now,
+        event_id: Uuid::now_v7(),
+        payload: prost::Message::encode_to_vec(&event),
+        traceparent,
+    };
+    let completed = tasks
+        .completions
+        .write(&tasks.pool, tasks.outbox.schema(), completion)
         .await?;
-    tx.commit().await?;
+    if !completed {
+        // Something moved the task between the read and the write (the same
+        // completion sent twice at once, a new lease): answer as for what it is now.
+        let now_state: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT state, outcome FROM dispatch.phone_tasks WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(id)
+        .bind(request.lease_token)
+        .fetch_optional(&tasks.pool)
+        .await?;
+        return match now_state {
+            Some((state, Some(recorded))) if state == "completed" && recorded == name => Ok(done),
+            Some((state, _)) => Err(refused(&state)),
+            None => Err(refused("leased")),
+        };
+    }
     tasks.outbox.wake();
     renewal_platform::activity::record();
     metrics::counter!("phone_tasks_total", "status" => "completed", "outcome" => name).increment(1);
-    Ok(serde_json::json!({ "id": id, "state": "completed", "outcome": name }))
+    Ok(done)
+}
+
+/// One completion, checked and with its event, waiting to be written.
+struct Completion {
+    task_id: Uuid,
+    lease_token: Uuid,
+    outcome: &'static str,
+    detail: serde_json::Value,
+    agent_id: String,
+    completed_at: DateTime<Utc>,
+    event_id: Uuid,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+}
+
+/// Whether each completion of a batch took (false: the token no longer held the task).
+type Written = Result<bool, String>;
+
+/// The group commit of completions: a queue, and a lock held by whoever is writing.
+#[derive(Default)]
+pub struct Completions {
+    queue: std::sync::Mutex<Vec<(Completion, oneshot::Sender<Written>)>>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+/// Completions written in one statement at most.
+const COMPLETIONS_PER_STATEMENT: usize = 500;
+
+impl Completions {
+    /// Queues a completion and returns once it is committed (or refused).
+    async fn write(
+        &self,
+        pool: &PgPool,
+        schema: &'static str,
+        completion: Completion,
+    ) -> Result<bool, TaskError> {
+        let (answer, mut answered) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((completion, answer));
+        let answer = |written: Written| written.map_err(TaskError::Unavailable);
+        loop {
+            // Waits while a batch is being written (the lock is fair: first come, first
+            // served). A batch written meanwhile may have held this completion.
+            let _writer = self.writing.lock().await;
+            match answered.try_recv() {
+                Ok(written) => return answer(written),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(TaskError::Unavailable(
+                        "the completion was not written".into(),
+                    ));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch: Vec<_> = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let n = queue.len().min(COMPLETIONS_PER_STATEMENT);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                // Taken by a write still running for an agent who hung up.
+                break;
+            }
+            // Written by a task of its own, so an agent hanging up mid-write cannot
+            // cut the batch short for the others.
+            let writing = tokio::spawn(write_batch(pool.clone(), schema, batch));
+            if let Err(e) = writing.await {
+                tracing::error!(error = %e, "writing completions failed");
+            }
+            if let Ok(written) = answered.try_recv() {
+                return answer(written);
+            }
+        }
+        match answered.await {
+            Ok(written) => answer(written),
+            Err(_) => Err(TaskError::Unavailable(
+                "the completion was not written".into(),
+            )),
+        }
+    }
+}
+
+async fn write_batch(
+    pool: PgPool,
+    schema: &'static str,
+    batch: Vec<(Completion, oneshot::Sender<Written>)>,
+) {
+    // A task twice in one batch (a completion sent twice at once) is written once; the
+    // other copy learns the outcome from the task afterwards.
+    let mut seen = std::collections::HashSet::new();
+    let (first, repeats): (Vec<_>, Vec<_>) =
+        batch.into_iter().partition(|(c, _)| seen.insert(c.task_id));
+    let written = write_statement(&pool, schema, &first).await;
+    for (c, answer) in first {
+        let _ = answer.send(match &written {
+            Ok(done) => Ok(done.contains(&c.task_id)),
+            Err(e) => Err(e.clone()),
+        });
+    }
+    for (_, answer) in repeats {
+        let _ = answer.send(Ok(false));
+    }
+}
+
+async fn write_statement(
+    pool: &PgPool,
+    schema: &'static str,
+    batch: &[(Completion, oneshot::Sender<Written>)],
+) -> Result<std::collections::HashSet<Uuid>, String> {
+    let sql = format!(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[],
+                                  $6::timestamptz[], $7::uuid[], $8::bytea[], $9::text[])
+                 AS v(id, token, outcome, detail, agent_id, completed_at, event_id, payload, traceparent)
+         ),
+         done AS (
+             UPDATE dispatch.phone_tasks t
+             SET state = 'completed', outcome = v.outcome, outcome_detail = v.detail,
+                 completed_at = v.completed_at
+             FROM input v
+             WHERE t.id = v.id AND t.lease_token = v.token AND t.state IN ('leased', 'withdrawn')
+                   AND coalesce(t.leased_by, '') = v.agent_id
+             RETURNING t.id, t.case_id, t.policy_no, t.mobile, v.outcome, v.agent_id, v.completed_at,
+                       v.event_id, v.payload, v.traceparent
+         ),
+         corrected AS (
+             INSERT INTO dispatch.contact_corrections (task_id, case_id, policy_no, mobile, reported_by, reported_at)
+             SELECT id, case_id, policy_no, mobile, agent_id, completed_at FROM done
+             WHERE outcome = 'wrong_number'
+             ON CONFLICT DO NOTHING
+         ),
+         published AS (
+             INSERT INTO {schema}.outbox (id, subject, payload, traceparent)
+             SELECT event_id, $10, payload, traceparent FROM done ORDER BY event_id
+         )
+         SELECT id FROM done"
+    );
+    let mut attempt = 0;
+    loop {
+        let done: Result<Vec<Uuid>, sqlx::Error> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(batch.iter().map(|(c, _)| c.task_id).collect::<Vec<_>>())
+                .bind(batch.iter().map(|(c, _)| c.lease_token).collect::<Vec<_>>())
+                .bind(batch.iter().map(|(c, _)| c.outcome).collect::<Vec<_>>())
+                .bind(
+                    batch
+                        .iter()
+                        .map(|(c, _)| c.detail.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    batch
+                        .iter()
+                        .map(|(c, _)| c.agent_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    batch
+                        .iter()
+                        .map(|(c, _)| c.completed_at)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(batch.iter().map(|(c, _)| c.event_id).collect::<Vec<_>>())
+                .bind(
+                    batch
+                        .iter()
+                        .map(|(c, _)| c.payload.as_slice())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    batch
+                        .iter()
+                        .map(|(c, _)| c.traceparent.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(subject::DISPATCH_TASK_COMPLETED)
+                .fetch_all(pool)
+                .await;
+        match done {
+            Ok(ids) => return Ok(ids.into_iter().collect()),
+            // A dead-letter sweep or another batch locking the same rows the other way round.
+            Err(sqlx::Error::Database(e))
+                if attempt < 3 && e.code().as_deref() == Some("40P01") =>
+            {
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recording completions failed");
+                return Err(e.to_string());
+            }
+        }
+    }
+}
+
+/// A token that does not hold the task (stale, foreign, or the task moved on): 409.
+fn refused(state: &str) -> TaskError {
+    match state {
+        "leased" | "open" => {
+            TaskError::Conflict("the lease token is stale or belongs to another task".into())
+        }
+        other => TaskError::Conflict(format!(
+            "the task is {other}; the lease token no longer holds it"
+        )),
+    }
 }
 
 #[cfg(test)]

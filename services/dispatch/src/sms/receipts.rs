@@ -18,7 +18,6 @@ use renewal_platform::{Clock, Outbox};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sqlx::{PgPool, Row};
-use tracing::Instrument;
 use uuid::Uuid;
 
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -127,83 +126,163 @@ async fn report(
     Ok(Json(serde_json::json!({ "code": 0, "msg": "成功" })))
 }
 
-/// Records a batch in one transaction; returns how many messages changed state.
+/// Records a batch in one transaction of two statements, whatever its size: every
+/// receipt is kept once (a repeat is ignored by its natural key; one for a message we do
+/// not know is kept with no message, for reconciliation), and each message the batch
+/// moves out of `queued`/`sent` takes the first final receipt it got; a message already
+/// delivered or failed stays so (monotonic). The events of the messages that moved are
+/// written to the outbox with one insert. Returns how many messages changed state.
 async fn record(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        match record_once(hook, reports).await {
+            // Two vendor connections repeating overlapping receipts can lock the same
+            // rows; the loser is rolled back and tried again.
+            Err(sqlx::Error::Database(e))
+                if attempt < 3 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn record_once(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sqlx::Error> {
     let now = hook.clock.now();
-    let mut tx = hook.pool.begin().await?;
-    let mut changed = 0;
+    let n = reports.len();
+    let (mut out_ids, mut out_uuids, mut biz_ids, mut successes, mut codes, mut times) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for r in reports {
-        let out_id = Uuid::parse_str(&r.out_id).ok();
-        let fresh = sqlx::query(
-            "INSERT INTO dispatch.sms_receipts (out_id, biz_id, success, err_code, report_time, received_at, message_id)
-             VALUES ($1, $2, $3, $4, $5, $6,
-                     (SELECT id FROM dispatch.sms_messages WHERE id = $7 OR vendor_message_id = $2 LIMIT 1))
+        out_ids.push(r.out_id.as_str());
+        out_uuids.push(Uuid::parse_str(&r.out_id).ok());
+        biz_ids.push(r.biz_id.as_str());
+        successes.push(r.success);
+        codes.push(r.err_code.as_str());
+        times.push(r.report_time.as_str());
+    }
+    let mut tx = hook.pool.begin().await?;
+    // Rows are written and locked in key order, so concurrent batches queue rather
+    // than deadlock.
+    let rows = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::text[], $6::text[])
+                 WITH ORDINALITY AS r(out_id, out_uuid, biz_id, success, err_code, report_time, n)
+         ),
+         matched AS (
+             SELECT i.*, coalesce(
+                        (SELECT m.id FROM dispatch.sms_messages m WHERE m.id = i.out_uuid),
+                        (SELECT m.id FROM dispatch.sms_messages m
+                         WHERE i.biz_id <> '' AND m.vendor_message_id = i.biz_id LIMIT 1)) AS message_id
+             FROM input i
+         ),
+         fresh AS (
+             INSERT INTO dispatch.sms_receipts (out_id, biz_id, success, err_code, report_time, received_at, message_id)
+             SELECT out_id, biz_id, success, err_code, report_time, $7, message_id FROM matched
+             ORDER BY out_id, biz_id, err_code, report_time
              ON CONFLICT (out_id, biz_id, err_code, report_time) DO NOTHING
-             RETURNING message_id",
-        )
-        .bind(&r.out_id)
-        .bind(&r.biz_id)
-        .bind(r.success)
-        .bind(&r.err_code)
-        .bind(&r.report_time)
-        .bind(now)
-        .bind(out_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = fresh else { continue }; // a repeat
-        let Some(message_id) = row.try_get::<Option<Uuid>, _>("message_id")? else {
-            tracing::warn!(biz_id = %r.biz_id, "receipt for an unknown message kept for reconciliation");
-            metrics::counter!("sms_receipts_unmatched_total").increment(1);
+             RETURNING id, message_id, success, err_code, report_time
+         ),
+         first_final AS (
+             SELECT DISTINCT ON (message_id) message_id, success, err_code
+             FROM fresh WHERE message_id IS NOT NULL
+             ORDER BY message_id, report_time, id
+         ),
+         locked AS MATERIALIZED (
+             SELECT m.id, f.success, f.err_code
+             FROM dispatch.sms_messages m JOIN first_final f ON f.message_id = m.id
+             WHERE m.state IN ('queued', 'sent')
+             ORDER BY m.id
+             FOR UPDATE OF m
+         ),
+         moved AS (
+             UPDATE dispatch.sms_messages m
+             SET state = CASE WHEN l.success THEN 'delivered' ELSE 'failed' END,
+                 vendor_code = l.err_code, receipt_at = $7
+             FROM locked l
+             WHERE m.id = l.id AND m.state IN ('queued', 'sent')
+             RETURNING m.id, m.case_id, m.policy_no, m.stage, m.vendor_message_id, m.traceparent,
+                       l.success, l.err_code
+         )
+         SELECT 'moved' AS kind, id, case_id, policy_no, stage, vendor_message_id, traceparent, success, err_code
+         FROM moved
+         UNION ALL
+         SELECT 'unmatched', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+         FROM fresh WHERE message_id IS NULL",
+    )
+    .bind(&out_ids)
+    .bind(&out_uuids)
+    .bind(&biz_ids)
+    .bind(&successes)
+    .bind(&codes)
+    .bind(&times)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let fallback_trace = renewal_platform::telemetry::current_traceparent();
+    let mut events = Vec::with_capacity(rows.len());
+    let (mut unmatched, mut delivered, mut failed) = (0_u64, 0_u64, 0_u64);
+    for row in &rows {
+        if row.try_get::<&str, _>("kind")? == "unmatched" {
+            unmatched += 1;
             continue;
-        };
-        let state = if r.success { "delivered" } else { "failed" };
-        // Monotonic: only a message not yet final moves; a late receipt changes nothing.
-        let moved = sqlx::query(
-            "UPDATE dispatch.sms_messages SET state = $2, vendor_code = $3, receipt_at = $4
-             WHERE id = $1 AND state IN ('queued', 'sent')
-             RETURNING case_id, policy_no, stage, vendor_message_id, traceparent",
-        )
-        .bind(message_id)
-        .bind(state)
-        .bind(&r.err_code)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(m) = moved else { continue };
-        let status = if r.success {
-            SmsStatus::Delivered
-        } else {
-            SmsStatus::Failed
-        };
+        }
+        let message_id: Uuid = row.try_get("id")?;
+        let success: bool = row.try_get("success")?;
         let event = SmsStatusChanged {
             message_id: message_id.to_string(),
-            case_id: m.try_get::<Uuid, _>("case_id")?.to_string(),
-            policy_no: m.try_get("policy_no")?,
-            stage: m.try_get("stage")?,
-            status: status as i32,
-            vendor_message_id: m
+            case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
+            policy_no: row.try_get("policy_no")?,
+            stage: row.try_get("stage")?,
+            status: if success {
+                SmsStatus::Delivered
+            } else {
+                SmsStatus::Failed
+            } as i32,
+            vendor_message_id: row
                 .try_get::<Option<String>, _>("vendor_message_id")?
                 .unwrap_or_default(),
-            vendor_code: r.err_code.clone(),
+            vendor_code: row.try_get("err_code")?,
             at_ms: now.timestamp_millis(),
         };
-        let subject = if r.success {
+        let subject = if success {
+            delivered += 1;
             subject::DISPATCH_SMS_DELIVERED
         } else {
+            failed += 1;
             subject::DISPATCH_SMS_FAILED
         };
-        let traceparent: Option<String> = m.try_get("traceparent")?;
-        hook.outbox
-            .enqueue(&mut tx, subject, &event)
-            .instrument(renewal_platform::telemetry::continue_trace(
-                traceparent.as_deref(),
-            ))
-            .await?;
-        metrics::counter!("sms_total", "status" => state).increment(1);
-        changed += 1;
+        // The event stays in the trace of the message it reports on.
+        let traceparent = row
+            .try_get::<Option<String>, _>("traceparent")?
+            .or_else(|| fallback_trace.clone());
+        events.push((
+            Uuid::now_v7(),
+            subject,
+            prost::Message::encode_to_vec(&event),
+            traceparent,
+        ));
+    }
+    if !events.is_empty() {
+        hook.outbox.enqueue_commands(&mut tx, events).await?;
     }
     tx.commit().await?;
-    Ok(changed)
+    if unmatched > 0 {
+        tracing::warn!(
+            receipts = unmatched,
+            "receipts for unknown messages kept for reconciliation"
+        );
+        metrics::counter!("sms_receipts_unmatched_total").increment(unmatched);
+    }
+    metrics::counter!("sms_total", "status" => "delivered").increment(delivered);
+    metrics::counter!("sms_total", "status" => "failed").increment(failed);
+    Ok((delivered + failed) as usize)
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ pub struct Funnel {
     pub sms_delivered: i64,
     pub renewed: i64,
     pub lapsed: i64,
+    /// Phone tasks completed, by the call's outcome.
+    pub calls_completed: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -35,6 +37,8 @@ pub struct Violations {
     /// An effect applied twice: two SMS for one case and stage, or a case given the
     /// owner it already had.
     pub duplicate_effects: i64,
+    /// Phone tasks the call center got while another lease of them still held.
+    pub phone_task_handed_to_two_agents: i64,
     /// Log lines that looked like they carried a mobile or ID number.
     pub pii_in_logs: i64,
     /// Portfolio rows whose personal data is not sealed, or with a mobile or ID number
@@ -51,6 +55,7 @@ impl Violations {
             + self.lost_receipts
             + self.lost_outbox_events
             + self.duplicate_effects
+            + self.phone_task_handed_to_two_agents
             + self.pii_in_logs
             + self.pii_readable_at_rest
     }
@@ -172,6 +177,8 @@ pub async fn measure(
     for outbox in crate::system::outboxes() {
         v.lost_outbox_events += outbox.backlog(pool).await?;
     }
+    v.phone_task_handed_to_two_agents =
+        crate::demo::call_center::handed_to_two_agents(pool).await?;
     v.pii_in_logs = renewal_platform::telemetry::pii_suspect_log_events() as i64;
     v.pii_readable_at_rest = renewal_lists::report::pii_readable_at_rest(pool).await?;
 
@@ -179,6 +186,7 @@ pub async fn measure(
     for schema in ["lists", "assignment", "scheduler", "dispatch"] {
         rejected += renewal_platform::inbox::rejected_count(pool, schema).await?;
     }
+    let phone_tasks = renewal_dispatch::report::phone_tasks(pool).await?;
     let funnel = Funnel {
         policies: renewal_lists::report::policy_count(pool).await?,
         cases_opened: cases.len() as i64,
@@ -187,6 +195,14 @@ pub async fn measure(
         sms_delivered: sms.iter().filter(|m| m.state == "delivered").count() as i64,
         renewed: cases.iter().filter(|c| c.state == "renewed").count() as i64,
         lapsed: cases.iter().filter(|c| c.state == "lapsed").count() as i64,
+        calls_completed: phone_tasks
+            .iter()
+            .filter_map(|(label, n)| {
+                label
+                    .strip_prefix("completed:")
+                    .map(|outcome| (outcome.to_owned(), *n))
+            })
+            .collect(),
     };
     let details = Details {
         cases_open: cases.iter().filter(|c| c.state == "open").count() as i64,
@@ -196,10 +212,7 @@ pub async fn measure(
             .count() as i64,
         sms_withdrawn: sms.iter().filter(|m| m.state == "withdrawn").count() as i64,
         sms_opted_out: renewal_dispatch::report::opted_out(pool).await?,
-        phone_tasks: renewal_dispatch::report::phone_tasks(pool)
-            .await?
-            .into_iter()
-            .collect(),
+        phone_tasks: phone_tasks.into_iter().collect(),
         timers: renewal_scheduler::report::timers_by_state(pool)
             .await?
             .into_iter()
@@ -218,7 +231,6 @@ pub async fn measure(
         funnel,
         violations: v,
         not_yet_measured: vec![
-            "phone_task_handed_to_two_agents: the demo has no call center pulling tasks yet (the bench counts double leases)",
             "pii_readable_at_rest outside lists: the scheduler's and dispatch's contact copies are sealed with their issues (#5, #6)",
         ],
         details,
@@ -274,12 +286,24 @@ impl Report {
         ] {
             out.push_str(&format!("  {name:<32} {n:>6}\n"));
         }
-        if d.phone_tasks.is_empty() {
-            out.push_str("  phone tasks                           0\n");
-        }
-        for (label, n) in &d.phone_tasks {
-            let name = format!("phone tasks {}", label.replace(':', " as "));
+        for (label, n) in d
+            .phone_tasks
+            .iter()
+            .filter(|(l, _)| !l.starts_with("completed:"))
+        {
+            let name = format!("phone tasks {label}");
             out.push_str(&format!("  {name:<32} {n:>6}\n"));
+        }
+        let calls: i64 = f.calls_completed.values().sum();
+        out.push_str(&format!(
+            "\n  phone tasks completed by outcome  {calls:>5}\n"
+        ));
+        for (outcome, n) in &f.calls_completed {
+            out.push_str(&format!(
+                "  {:<24} {n:>7}   {}\n",
+                outcome.replace('_', " "),
+                pct(*n, calls)
+            ));
         }
         let o = &self.ownership;
         out.push_str("\n  how cases got an owner          count\n");
@@ -303,6 +327,10 @@ impl Report {
             ("lost delivery receipt", v.lost_receipts),
             ("lost outbox event", v.lost_outbox_events),
             ("effect applied twice", v.duplicate_effects),
+            (
+                "phone task to two agents",
+                v.phone_task_handed_to_two_agents,
+            ),
             ("personal data in logs", v.pii_in_logs),
             ("personal data readable at rest", v.pii_readable_at_rest),
         ] {

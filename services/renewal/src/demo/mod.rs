@@ -3,6 +3,7 @@
 //! report. Progress is kept in the database, so `--resume` continues a killed run.
 
 pub mod branch_staff;
+pub mod call_center;
 pub mod funnel;
 pub mod portfolio;
 
@@ -32,10 +33,13 @@ pub struct DemoArgs {
 struct Saved {
     sim_now: DateTime<Utc>,
     portfolio_published: bool,
+    /// The last local day the branch staff and the call center did their day's work.
+    staff_worked_on: Option<NaiveDate>,
+    calls_made_on: Option<NaiveDate>,
 }
 
 async fn saved(pool: &sqlx::PgPool, args: &DemoArgs) -> Result<Option<Saved>, SimError> {
-    let row = sqlx::query("SELECT seed, policies, days, start_date, sim_now, portfolio_published FROM demo.progress WHERE id = 1")
+    let row = sqlx::query("SELECT seed, policies, days, start_date, sim_now, portfolio_published, staff_worked_on, calls_made_on FROM demo.progress WHERE id = 1")
         .fetch_optional(pool)
         .await?;
     let Some(row) = row else { return Ok(None) };
@@ -51,6 +55,8 @@ async fn saved(pool: &sqlx::PgPool, args: &DemoArgs) -> Result<Option<Saved>, Si
     Ok(Some(Saved {
         sim_now: row.try_get("sim_now")?,
         portfolio_published: row.try_get("portfolio_published")?,
+        staff_worked_on: row.try_get("staff_worked_on")?,
+        calls_made_on: row.try_get("calls_made_on")?,
     }))
 }
 
@@ -186,14 +192,36 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     bar.set_position(day_of(sim.now()));
     let mut next_renewal = 0;
     let staff = branch_staff::BranchStaff::new(format!("http://{}", sim.http_addr), args.seed)?;
-    let mut worked_on = None;
+    let calls = call_center::CallCenter::new(
+        format!("http://{}", sim.http_addr),
+        args.seed,
+        pool.clone(),
+        &customers,
+    )?;
+    let (mut worked_on, mut called_on) = (state.staff_worked_on, state.calls_made_on);
     loop {
-        // The branches' working day, once per local day.
+        // The branches' working day, once per local day (a day's work done before a
+        // kill is not done again on resume; one cut short is).
         let today = renewal_platform::local_date(sim.now(), tz);
         if worked_on != Some(today) {
             sim.settle().await?;
             staff.work_day().await?;
             worked_on = Some(today);
+            sqlx::query("UPDATE demo.progress SET staff_worked_on = $1 WHERE id = 1")
+                .bind(today)
+                .execute(&pool)
+                .await?;
+        }
+        // The calls of the day, from the time the call center opens.
+        let opens = renewal_platform::local_instant(today, call_center::OPENS, tz);
+        if called_on != Some(today) && sim.now() >= opens && sim.now() < end {
+            sim.settle().await?;
+            calls.work_day(sim.now()).await?;
+            called_on = Some(today);
+            sqlx::query("UPDATE demo.progress SET calls_made_on = $1 WHERE id = 1")
+                .bind(today)
+                .execute(&pool)
+                .await?;
         }
         // Renewals whose moment has come (on resume, those before the saved time are
         // published again: lists applies each once).
@@ -213,6 +241,9 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
             tz,
         );
         let mut target = tomorrow.min(end);
+        if now < opens {
+            target = target.min(opens);
+        }
         if let Some((t, _)) = renewals.get(next_renewal) {
             target = target.min(*t);
         }

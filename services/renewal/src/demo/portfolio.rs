@@ -61,7 +61,7 @@ pub const CITIES: &[City] = &[
     },
 ];
 
-const AGENTS_PER_BRANCH: u32 = 6;
+pub const AGENTS_PER_BRANCH: u32 = 6;
 
 const SURNAMES: &[&str] = &[
     "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
