@@ -266,7 +266,8 @@ async fn a_policy_expiring_in_a_long_holiday_is_worked_before_it() {
     assert!(n1["case"].is_null(), "99 days away: {n1}");
     // Its T-60 SMS moves with it: 60 days before 30 September, not 3 October.
     let due: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-        "SELECT t.due_at FROM scheduler.timers t JOIN scheduler.cases c USING (case_id) WHERE c.policy_no = 'H1'",
+        "SELECT t.due_at FROM scheduler.timers t JOIN scheduler.cases c USING (case_id)
+         WHERE c.policy_no = 'H1' AND t.stage = 'T-60'",
     )
     .fetch_one(sim.pool())
     .await
