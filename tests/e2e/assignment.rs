@@ -445,6 +445,12 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
     assert_eq!(case(&system, "P1").await["phase"], "branch_reassign");
     let (_, pending) = system.get_json("/v1/branches/SH01/claims").await;
     assert_eq!(pending[0]["policy_no"], "P1", "{pending}");
+    let (status, body) = claim(&system, "P1", "SH01", "SH01-A01").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("owner_being_replaced")),
+        "the owner who did not confirm cannot take it back: {body}"
+    );
     sim.advance_to(local("2027-01-17", 10)).await.expect("time");
     assert_eq!(case(&system, "P1").await["phase"], "city_reassign");
     let (_, pool) = system.get_json("/v1/cities/310000/pool").await;

@@ -415,6 +415,14 @@ pub async fn claim(
         });
     }
     let case = lock_case(&mut tx, policy_no).await?;
+    // Second assignment takes the case away from its owner: they cannot take it back.
+    if matches!(case.phase.as_str(), "branch_reassign" | "city_reassign")
+        && case.owner_agent.as_deref() == Some(owner)
+    {
+        return Err(Refusal::OwnerBeingReplaced {
+            owner: owner.to_owned(),
+        });
+    }
     let reason = match case.phase.as_str() {
         "branch" | "branch_reassign" => {
             if case.branch_code != branch {

@@ -30,6 +30,10 @@ pub enum Refusal {
     NotYourCity { city: String, branch: String },
     #[error("the case was already claimed (owner {owner})")]
     AlreadyClaimed { owner: String },
+    #[error(
+        "the case is being reassigned away from {owner}, who did not confirm it; another agent must take it"
+    )]
+    OwnerBeingReplaced { owner: String },
     #[error("the case cannot be {action} now: it is {phase}")]
     WrongPhase { action: &'static str, phase: String },
     #[error("the case is closed")]
@@ -54,6 +58,7 @@ impl Refusal {
             Refusal::NotYourBranch { .. } => (StatusCode::FORBIDDEN, "not_your_branch"),
             Refusal::NotYourCity { .. } => (StatusCode::FORBIDDEN, "not_your_city"),
             Refusal::AlreadyClaimed { .. } => (StatusCode::CONFLICT, "already_claimed"),
+            Refusal::OwnerBeingReplaced { .. } => (StatusCode::CONFLICT, "owner_being_replaced"),
             Refusal::WrongPhase { .. } => (StatusCode::CONFLICT, "wrong_phase"),
             Refusal::Closed => (StatusCode::CONFLICT, "case_closed"),
             Refusal::NotOwner { .. } => (StatusCode::FORBIDDEN, "not_owner"),
