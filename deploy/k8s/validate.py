@@ -1,0 +1,561 @@
+"""The checks deploy/k8s/validate runs in Python (inside its virtualenv).
+
+    validate.py split OUT_DIR NAME=FILE...   sort rendered documents: built-in kinds go to
+                                             OUT_DIR/NAME.builtin.yaml for kubernetes-validate,
+                                             custom resources are listed for the next steps
+    validate.py custom NAME=FILE...          custom resources: the Prometheus operator's kinds
+                                             against its published models, CloudNativePG's
+                                             listed as skipped (no offline schema)
+    validate.py wiring REPO DEV PROD OBS     the manifests against what the Rust code reads,
+                                             serves and exports
+
+Each check prints `ok` or `FAIL` with the reason; the exit status is 1 if any failed.
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+SERVICES = ["lists", "assignment", "scheduler", "dispatch"]
+
+# Custom resources and what validates them. Anything else must be a kind that
+# kubernetes-validate knows, or it is an error (a typo such as apps/v2 would otherwise
+# pass with a mere warning).
+PROMETHEUS_OPERATOR = "monitoring.coreos.com"
+CLOUDNATIVE_PG = "postgresql.cnpg.io"
+CUSTOM_GROUPS = {PROMETHEUS_OPERATOR, CLOUDNATIVE_PG}
+
+failures = 0
+passes = 0
+
+
+def ok(what):
+    global passes
+    passes += 1
+    print(f"  ok    {what}")
+
+
+def fail(what, why):
+    global failures
+    failures += 1
+    print(f"  FAIL  {what}: {why}")
+
+
+def check(cond, what, why=""):
+    if cond:
+        ok(what)
+    else:
+        fail(what, why or "not so")
+    return cond
+
+
+def load_all(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def group_of(doc):
+    api = doc.get("apiVersion", "")
+    return api.split("/")[0] if "/" in api else ""
+
+
+def kn(doc):
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+# ---------------------------------------------------------------- split
+
+
+def split(out_dir, sources):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in sources:
+        name, path = spec.split("=", 1)
+        docs = load_all(path)
+        builtin = [d for d in docs if group_of(d) not in CUSTOM_GROUPS]
+        custom = [d for d in docs if group_of(d) in CUSTOM_GROUPS]
+        for d in docs:
+            if not isinstance(d, dict) or "apiVersion" not in d or "kind" not in d:
+                fail(f"{name}: document", f"has no apiVersion/kind: {str(d)[:80]}")
+        target = out / f"{name}.builtin.yaml"
+        target.write_text(yaml.safe_dump_all(builtin, sort_keys=False), encoding="utf-8")
+        print(f"{name}: {len(docs)} documents, {len(builtin)} of built-in kinds, "
+              f"{len(custom)} custom resources ({', '.join(kn(d) for d in custom) or 'none'})")
+    return 0 if failures == 0 else 1
+
+
+# ---------------------------------------------------------------- custom resources
+
+
+def unknown_fields(given, kept, path=""):
+    """Keys present in the input but dropped by the model: fields the schema lacks."""
+    found = []
+    if isinstance(given, dict) and isinstance(kept, dict):
+        for k, v in given.items():
+            p = f"{path}.{k}" if path else k
+            if k not in kept:
+                found.append(p)
+            else:
+                found += unknown_fields(v, kept[k], p)
+    elif isinstance(given, list) and isinstance(kept, list):
+        for i, (a, b) in enumerate(zip(given, kept)):
+            found += unknown_fields(a, b, f"{path}[{i}]")
+    return found
+
+
+def custom(sources):
+    from importlib.metadata import version
+
+    from cloudcoil.models.prometheus_operator import v1 as prom
+
+    models = f"cloudcoil-models-prometheus-operator {version('cloudcoil-models-prometheus-operator')}"
+    skipped = []
+    for spec in sources:
+        name, path = spec.split("=", 1)
+        for doc in load_all(path):
+            g = group_of(doc)
+            if g == PROMETHEUS_OPERATOR:
+                model = getattr(prom, doc["kind"], None)
+                what = f"{name}: {kn(doc)} against the prometheus-operator schema ({models}, strict)"
+                if model is None or doc["apiVersion"] != "monitoring.coreos.com/v1":
+                    fail(what, f"no model for {doc['apiVersion']} {doc['kind']}")
+                    continue
+                try:
+                    parsed = model.model_validate_json(json.dumps(doc), strict=True)
+                except Exception as e:  # pydantic.ValidationError
+                    fail(what, " ".join(str(e).split())[:400])
+                    continue
+                extra = unknown_fields(doc, parsed.model_dump(mode="json", by_alias=True, exclude_unset=True))
+                check(not extra, what, f"unknown fields {extra}")
+            elif g == CLOUDNATIVE_PG:
+                skipped.append(f"{name}: {kn(doc)} ({doc['apiVersion']})")
+    for s in skipped:
+        print(f"  SKIP  {s}: no schema for CloudNativePG's CRDs is available offline "
+              "(none ships in a PyPI, npm or Debian package; crates.io has only Rust types "
+              "generated from it); its roles, schemas and Secrets are checked against the "
+              "services by the wiring step instead")
+    return 0 if failures == 0 else 1
+
+
+# ---------------------------------------------------------------- what the code says
+
+
+class Code:
+    """Facts read from the Rust sources, so the manifests are checked against them."""
+
+    def __init__(self, repo):
+        self.repo = Path(repo)
+        self.platform = self.repo / "shared/platform/src"
+        self.schema, self.binary, self.env, self.required, self.routes = {}, {}, {}, {}, {}
+        platform_env = self.env_reads(self.platform)
+        platform_routes = self.route_paths(self.platform)
+        self.platform_routes = platform_routes
+        for s in SERVICES:
+            src = self.repo / f"services/{s}/src"
+            m = re.search(r'pub const SCHEMA: &str = "(\w+)";', (src / "lib.rs").read_text())
+            self.schema[s] = m.group(1) if m else None
+            cargo = (self.repo / f"services/{s}/Cargo.toml").read_text()
+            m = re.search(r'\[\[bin\]\]\s*name = "([^"]+)"', cargo)
+            self.binary[s] = m.group(1) if m else None
+            self.env[s] = platform_env | self.env_reads(src)
+            self.required[s] = set(re.findall(r'ConfigError::Missing\s*\{\s*var:\s*"([A-Z0-9_]+)"', self.text(src)))
+            self.routes[s] = platform_routes | self.route_paths(src)
+        self.migrate_arg = {s: '== Some("migrate")' in (self.repo / f"services/{s}/src/main.rs").read_text()
+                            for s in SERVICES}
+        self.metrics = self.metric_calls()
+        self.default_plan = (self.repo / "services/scheduler/data/default-plan.json").read_text(encoding="utf-8")
+
+    @staticmethod
+    def text(directory):
+        return "\n".join(p.read_text(encoding="utf-8") for p in sorted(Path(directory).rglob("*.rs")))
+
+    def env_reads(self, directory):
+        t = self.text(directory)
+        names = set(re.findall(r'\.(?:or|required|optional|secret|secret_or|duration_or)\(\s*"([A-Z][A-Z0-9_]*)"', t))
+        names |= set(re.findall(r'env::var\(\s*"([A-Z][A-Z0-9_]*)"', t))
+        return names
+
+    def route_paths(self, directory):
+        return set(re.findall(r'\.route\(\s*"([^"]+)"', self.text(directory)))
+
+    def metric_calls(self):
+        """name -> (kind, set of label names), from every counter!/histogram!/gauge! call."""
+        found = {}
+        for root in [self.platform] + [self.repo / f"services/{s}/src" for s in SERVICES]:
+            t = self.text(root)
+            for m in re.finditer(r"\b(counter|histogram|gauge)!\(", t):
+                depth, i = 1, m.end()
+                while depth and i < len(t):
+                    depth += {"(": 1, ")": -1}.get(t[i], 0)
+                    i += 1
+                args = t[m.end():i - 1]
+                name = re.match(r'\s*"([a-z_:][a-z0-9_:]*)"', args)
+                if not name:
+                    continue
+                labels = set(re.findall(r'"([a-z_]+)"\s*=>', args))
+                kind, entry = m.group(1), found.setdefault(name.group(1), [m.group(1), set()])
+                entry[1] |= labels
+        return {k: (v[0], v[1]) for k, v in found.items()}
+
+
+# Environment read outside our sources: sqlx's Postgres driver takes the password from
+# PGPASSWORD when DATABASE_URL carries none (sqlx-postgres PgConnectOptions).
+THIRD_PARTY_ENV = {"PGPASSWORD"}
+
+# Series the dashboard and alerts read that Kubernetes, not the services, provides.
+EXTERNAL_SERIES = {
+    "up": set(),
+    "container_memory_working_set_bytes": {"container"},
+    "container_cpu_usage_seconds_total": {"container"},
+}
+TARGET_LABELS = {"namespace", "pod", "service", "job", "instance", "container", "endpoint"}
+
+
+# ---------------------------------------------------------------- the manifests
+
+
+class Render:
+    def __init__(self, name, path):
+        self.name = name
+        self.docs = load_all(path)
+
+    def all(self, kind):
+        return [d for d in self.docs if d.get("kind") == kind]
+
+    def one(self, kind, name):
+        for d in self.all(kind):
+            if d["metadata"]["name"] == name:
+                return d
+        return None
+
+    def configmap(self, name):
+        return self.one("ConfigMap", name)
+
+    def env_of(self, container):
+        """Every variable a container gets: name -> value (None for Secrets)."""
+        env = {}
+        for src in container.get("envFrom", []):
+            if "configMapRef" in src:
+                cm = self.configmap(src["configMapRef"]["name"])
+                if cm is None:
+                    fail(f"{self.name}: envFrom {src['configMapRef']['name']}", "no such ConfigMap in the render")
+                    continue
+                env.update(cm.get("data", {}))
+            if "secretRef" in src:
+                fail(f"{self.name}: envFrom secretRef {src['secretRef']['name']}",
+                     "whole Secrets as env cannot be checked; reference keys one by one")
+        for e in container.get("env", []):
+            env[e["name"]] = e.get("value") if "value" in e else None
+        return env
+
+
+def labels_match(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def duration_seconds(text):
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
+    if not m:
+        return None
+    n = float(m.group(1))
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def memory_bytes(q):
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", str(q))
+    return int(m.group(1)) * {"Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3, None: 1}[m.group(2)] if m else None
+
+
+def secrets_created(example):
+    """Secret name -> keys, as deploy/k8s/secrets.example creates them."""
+    text = example.read_text(encoding="utf-8")
+    loops = dict(re.findall(r"for (\w+) in ([a-z ]+); do", text))
+    created = {}
+    statements = re.split(r"(?<!\\)\n", text)
+    for st in statements:
+        m = re.search(r'create secret (?:generic|tls) "?([\w$-]+)"?', st)
+        if not m:
+            continue
+        names = [m.group(1)]
+        for var, values in loops.items():
+            if f"${var}" in m.group(1):
+                names = [m.group(1).replace(f"${var}", v) for v in values.split()]
+        keys = set(re.findall(r"--from-literal=([A-Za-z0-9_]+)=", st))
+        for n in names:
+            created[n] = keys
+    return created
+
+
+def ingress_matches(path_spec, request_path):
+    path, kind = path_spec["path"], path_spec["pathType"]
+    if kind == "Exact":
+        return request_path == path
+    elements = [e for e in path.split("/") if e]
+    return [e for e in request_path.split("/") if e][: len(elements)] == elements
+
+
+def promql_selectors(expr):
+    """(metric, set of label names used) for every `metric{...}` selector, plus the
+    labels of every `by (...)` clause (attributed to every metric in the expression)."""
+    found = []
+    for m in re.finditer(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}", expr):
+        labels = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", m.group(2)))
+        found.append((m.group(1), labels))
+    by = set()
+    for m in re.finditer(r"\bby\s*\(([^)]*)\)", expr):
+        by |= {x.strip() for x in m.group(1).split(",") if x.strip()}
+    return found, by
+
+
+def check_promql(code, where, expr):
+    selectors, by = promql_selectors(expr)
+    if not selectors:
+        fail(where, f"no metric selector with braces in {expr!r}")
+        return
+    for metric, labels in selectors:
+        base = re.sub(r"_(bucket|sum|count)$", "", metric)
+        if metric in code.metrics:
+            known = code.metrics[metric][1]
+        elif base in code.metrics and code.metrics[base][0] == "histogram":
+            known = code.metrics[base][1] | ({"le"} if metric.endswith("_bucket") else set())
+        elif metric in EXTERNAL_SERIES:
+            known = EXTERNAL_SERIES[metric]
+        else:
+            fail(where, f"{metric} is exported by no service (no counter!/histogram!/gauge! of that name)")
+            continue
+        unknown = (labels | by) - known - TARGET_LABELS - ({"le"} if metric.endswith("_bucket") else set())
+        if unknown and metric not in EXTERNAL_SERIES:
+            fail(where, f"{metric} has no label {sorted(unknown)} (it has {sorted(known)})")
+            continue
+        ok(f"{where}: {metric}")
+
+
+def wiring(repo, dev_path, prod_path, obs_path):
+    repo = Path(repo)
+    k8s = repo / "deploy/k8s"
+    code = Code(repo)
+    renders = [Render("dev", dev_path), Render("prod", prod_path)]
+    obs = Render("observability", obs_path)
+    cluster = load_all(k8s / "postgres/cluster.yaml")[0]
+    secrets = secrets_created(k8s / "secrets.example")
+    nats = yaml.safe_load((k8s / "nats/values.yaml").read_text(encoding="utf-8"))
+
+    print("code:")
+    for s in SERVICES:
+        check(code.schema[s] == s, f"{s}: owns the schema `{s}` (SCHEMA in services/{s}/src/lib.rs)",
+              f"SCHEMA is {code.schema[s]!r}; roles and DATABASE_URL users assume the service's name")
+        check(code.binary[s] == f"renewal-{s}", f"{s}: binary renewal-{s}", f"[[bin]] is {code.binary[s]!r}")
+        check(code.migrate_arg[s], f"{s}: main.rs takes `migrate`")
+    for path in ("/healthz", "/readyz", "/metrics"):
+        check(path in code.platform_routes, f"platform serves {path} (shared/platform/src/http.rs)")
+
+    roles = {r["name"]: r for r in cluster["spec"]["managed"]["roles"]}
+    database = cluster["spec"]["bootstrap"]["initdb"]["database"]
+    post_init = " ; ".join(cluster["spec"]["bootstrap"]["initdb"].get("postInitApplicationSQL", []))
+    pg_host = f"{cluster['metadata']['name']}-rw"
+
+    for r in renders:
+        print(f"{r.name} overlay:")
+        deployments = {d["metadata"]["name"]: d for d in r.all("Deployment")}
+        check(set(deployments) == set(SERVICES), f"{r.name}: one Deployment per service", f"found {sorted(deployments)}")
+        hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in r.all("HorizontalPodAutoscaler")}
+        for s, d in sorted(deployments.items()):
+            pod = d["spec"]["template"]["spec"]
+            pod_labels = d["spec"]["template"]["metadata"]["labels"]
+            main = next((c for c in pod["containers"] if c["name"] == s), None)
+            init = next((c for c in pod.get("initContainers", []) if c["name"] == "migrate"), None)
+            if not check(main is not None, f"{r.name}/{s}: container named {s}"):
+                continue
+            check(main.get("command") == [code.binary[s]], f"{r.name}/{s}: runs {code.binary[s]}", f"command {main.get('command')}")
+            if check(init is not None, f"{r.name}/{s}: migration initContainer"):
+                check(init.get("command") == [code.binary[s], "migrate"], f"{r.name}/{s}: initContainer runs `{code.binary[s]} migrate`",
+                      f"command {init.get('command')}")
+                check(init.get("image") == main.get("image"), f"{r.name}/{s}: initContainer uses the service's image")
+            # Environment: only what the code reads, and what it requires.
+            for c in [main] + ([init] if init else []):
+                env = r.env_of(c)
+                unknown = set(env) - code.env[s] - THIRD_PARTY_ENV
+                check(not unknown, f"{r.name}/{s}/{c['name']}: every variable is one the {s} binary reads",
+                      f"{sorted(unknown)} are read by nothing in shared/platform or services/{s}")
+            env = r.env_of(main)
+            missing = code.required[s] - set(env)
+            check(not missing, f"{r.name}/{s}: required variables set ({', '.join(sorted(code.required[s])) or 'none'})", f"missing {sorted(missing)}")
+            # Port, probes, drain.
+            ports = {p.get("name"): p["containerPort"] for p in main.get("ports", [])}
+            http_addr = env.get("HTTP_ADDR") or "0.0.0.0:8080"
+            check(ports.get("http") == int(http_addr.rsplit(":", 1)[1]), f"{r.name}/{s}: containerPort http = HTTP_ADDR port ({http_addr})",
+                  f"ports {ports}")
+            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                get = main.get(probe, {}).get("httpGet", {})
+                check(get.get("path") == path and get.get("port") in ("http", ports.get("http")),
+                      f"{r.name}/{s}: {probe} GET {path} on the http port", f"{get}")
+            grace = duration_seconds(env.get("SHUTDOWN_GRACE") or "20s")
+            sleep = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+            sleep_s = float(sleep[1]) if len(sleep) == 2 and sleep[0] == "sleep" else 0
+            tgps = pod.get("terminationGracePeriodSeconds", 30)
+            check(sleep_s > 0, f"{r.name}/{s}: preStop sleeps before SIGTERM", f"preStop {sleep}")
+            check(tgps > sleep_s + grace + 5, f"{r.name}/{s}: terminationGracePeriodSeconds {tgps} > preStop {sleep_s:g}s + SHUTDOWN_GRACE {grace:g}s + 5s HTTP drain",
+                  "SIGKILL would cut the drain short")
+            # Security context.
+            psc = pod.get("securityContext", {})
+            for c in [main] + ([init] if init else []):
+                sc = c.get("securityContext", {})
+                check((sc.get("runAsNonRoot") or psc.get("runAsNonRoot")) is True and sc.get("readOnlyRootFilesystem") is True
+                      and sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == ["ALL"]
+                      and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+                      f"{r.name}/{s}/{c['name']}: non-root, read-only root, no privilege escalation, capabilities dropped, RuntimeDefault seccomp", f"{sc} {psc}")
+                res = c.get("resources", {})
+                req, lim = res.get("requests", {}), res.get("limits", {})
+                check(all(k in req for k in ("cpu", "memory")) and all(k in lim for k in ("cpu", "memory"))
+                      and memory_bytes(req["memory"]) <= memory_bytes(lim["memory"]),
+                      f"{r.name}/{s}/{c['name']}: requests and limits ({req.get('memory')}/{lim.get('memory')})", f"{res}")
+            # Secrets: every reference is created by secrets.example.
+            refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+                    for c in [main] + ([init] if init else []) for e in c.get("env", [])
+                    if "secretKeyRef" in e.get("valueFrom", {})}
+            for name, key in sorted(refs):
+                check(key in secrets.get(name, set()), f"{r.name}/{s}: Secret {name}/{key} is created by secrets.example",
+                      f"secrets.example creates {secrets.get(name)}")
+            # Postgres: the service's own role, schema and database.
+            url = urlparse(env.get("DATABASE_URL", ""))
+            check(url.username == code.schema[s] and url.password is None and url.hostname == pg_host and url.path == f"/{database}",
+                  f"{r.name}/{s}: DATABASE_URL is role {s} at {pg_host}/{database}, no password in it", f"{url.geturl()}")
+            pgpass = next((e["valueFrom"]["secretKeyRef"] for e in main.get("env", []) if e["name"] == "PGPASSWORD"), {})
+            role = roles.get(code.schema[s], {})
+            check(pgpass.get("name") == role.get("passwordSecret", {}).get("name") and pgpass.get("key") == "password",
+                  f"{r.name}/{s}: PGPASSWORD is the Postgres role's own Secret ({role.get('passwordSecret', {}).get('name')})", f"{pgpass}")
+            # Service, disruption budget, autoscaler.
+            svc = r.one("Service", s)
+            if check(svc is not None, f"{r.name}/{s}: Service"):
+                check(labels_match(svc["spec"]["selector"], pod_labels) and any(p.get("targetPort") == "http" and p.get("name") == "http" for p in svc["spec"]["ports"]),
+                      f"{r.name}/{s}: Service selects the pods, port http -> http")
+            pdb = r.one("PodDisruptionBudget", s)
+            check(pdb is not None and labels_match(pdb["spec"]["selector"]["matchLabels"], pod_labels),
+                  f"{r.name}/{s}: PodDisruptionBudget selects the pods")
+            if s in hpas:
+                check("replicas" not in d["spec"], f"{r.name}/{s}: the autoscaler alone sets replicas",
+                      "spec.replicas would be reset on every apply")
+        # NetworkPolicies: default deny, and who may reach whom.
+        policies = r.all("NetworkPolicy")
+        for s, d in sorted(deployments.items()):
+            pod_labels = d["spec"]["template"]["metadata"]["labels"]
+            mine = [p for p in policies if labels_match(p["spec"]["podSelector"].get("matchLabels"), pod_labels)]
+            check(any(set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"} and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in mine),
+                  f"{r.name}/{s}: a default-deny NetworkPolicy selects the pods")
+            sources = {peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name", "(same namespace)")
+                       for p in mine for rule in p["spec"].get("ingress", []) for peer in rule.get("from", [])}
+            allowed = {"monitoring", "ingress-nginx"} if s == "dispatch" else {"monitoring"}
+            check(sources <= allowed and "monitoring" in sources and (s != "dispatch" or "ingress-nginx" in sources),
+                  f"{r.name}/{s}: ingress only from {sorted(allowed)}", f"from {sorted(sources)}")
+            public = any("ipBlock" in peer for p in mine for rule in p["spec"].get("egress", []) for peer in rule.get("to", []))
+            check(public == (s == "dispatch"), f"{r.name}/{s}: {'reaches' if s == 'dispatch' else 'no egress to'} the internet (SMS vendor)")
+        # Ingress: dispatch's public paths, and nothing else.
+        ingress_paths = [(ing["metadata"]["name"], p) for ing in r.all("Ingress")
+                         for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
+        for name, p in ingress_paths:
+            backend = p["backend"]["service"]
+            check(backend["name"] == "dispatch" and backend["port"].get("name") == "http", f"{r.name}: Ingress {name} {p['path']} goes to dispatch:http", f"{backend}")
+            concrete = [re.sub(r"\{[^}]+\}", "x1", route) for route in code.routes["dispatch"]]
+            check(any(ingress_matches(p, c) for c in concrete), f"{r.name}: Ingress path {p['path']} ({p['pathType']}) reaches a dispatch route")
+        for route in ("/v1/webhooks/sms/{token}/report", "/v1/webhooks/sms/{token}/up", "/v1/phone-tasks:lease",
+                      "/v1/phone-tasks/{id}:complete", "/openapi.json"):
+            concrete = re.sub(r"\{[^}]+\}", "x1", route)
+            served = any(re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(c)), concrete) for c in code.routes["dispatch"])
+            check(served and any(ingress_matches(p, concrete) for _, p in ingress_paths), f"{r.name}: {route} is served by dispatch and routed by the Ingress")
+        # Plans and settings.
+        plans = r.configmap("scheduler-plans")
+        check(plans is not None and plans["data"].get("default-plan.json") == code.default_plan,
+              f"{r.name}: scheduler-plans holds services/scheduler/data/default-plan.json unchanged")
+        shared = r.env_of({"envFrom": [{"configMapRef": {"name": c["metadata"]["name"]}} for c in r.all("ConfigMap")
+                                      if c["metadata"]["name"].startswith("renewal-settings")]})
+        want = 3 if r.name == "prod" else 1
+        check(shared.get("NATS_STREAM_REPLICAS") == str(want), f"{r.name}: NATS_STREAM_REPLICAS={want}", f"is {shared.get('NATS_STREAM_REPLICAS')}")
+        if r.name == "prod":
+            images = {c["image"] for d in deployments.values() for c in d["spec"]["template"]["spec"]["containers"] + d["spec"]["template"]["spec"].get("initContainers", [])}
+            check(all("@sha256:" in i or (":" in i.rsplit("/", 1)[-1] and i.rsplit(":", 1)[1] not in ("latest", "main")) for i in images),
+                  f"prod: image pinned ({', '.join(sorted(images))})")
+            check(int(shared["NATS_STREAM_REPLICAS"]) <= nats["config"]["cluster"]["replicas"], "prod: stream replicas fit the NATS cluster")
+            # Postgres connections: every pod's pool at the most pods (one surge each).
+            pool = int(shared.get("DATABASE_MAX_CONNECTIONS", 10))
+            total = 0
+            for s, d in deployments.items():
+                most = hpas[s]["spec"]["maxReplicas"] if s in hpas else d["spec"].get("replicas", 1)
+                need = (most + 1) * pool
+                total += need
+                limit = roles.get(s, {}).get("connectionLimit", -1)
+                check(limit == -1 or limit >= need, f"prod/{s}: role connectionLimit {limit} >= ({most} pods + 1 surge) x {pool}")
+            max_conn = int(cluster["spec"]["postgresql"]["parameters"]["max_connections"])
+            check(max_conn > total, f"prod: Postgres max_connections {max_conn} > {total} (all pools at the most pods)")
+
+    print("postgres/cluster.yaml:")
+    check(cluster["spec"].get("instances") == 3, "postgres: 3 instances")
+    check(set(roles) == {code.schema[s] for s in SERVICES}, "postgres: one managed role per service schema", f"roles {sorted(roles)}")
+    for s in SERVICES:
+        role = roles.get(s, {})
+        secret = role.get("passwordSecret", {}).get("name")
+        check(role.get("login") is True and role.get("ensure", "present") == "present" and secret in secrets and {"username", "password"} <= secrets[secret],
+              f"postgres: role {s} logs in with the password in Secret {secret} (username, password)")
+        check(re.search(rf"CREATE ROLE {s}\b", post_init) and re.search(rf"CREATE SCHEMA {code.schema[s]} AUTHORIZATION {s}\b", post_init),
+              f"postgres: schema {code.schema[s]} created, owned by role {s}")
+        check(re.search(rf"GRANT CONNECT, CREATE ON DATABASE {database} TO [^;]*\b{s}\b", post_init),
+              f"postgres: role {s} may CREATE in database {database} (the services' CREATE SCHEMA IF NOT EXISTS needs it)")
+
+    print("nats/values.yaml:")
+    tag = nats["container"]["image"]["tag"]
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", tag)
+    check(m and tuple(map(int, m.groups())) >= (2, 12, 3), f"nats: image tag {tag} is 2.12.3 or later")
+    check(nats["config"]["cluster"]["enabled"] and nats["config"]["cluster"]["replicas"] == 3, "nats: three-node cluster")
+    js = nats["config"]["jetstream"]
+    check(js["enabled"] and js["fileStore"]["enabled"] and js["fileStore"]["pvc"]["enabled"], "nats: JetStream on file storage PVCs")
+    check(js.get("merge", {}).get("sync_interval") == "always", "nats: sync_interval always")
+
+    print("observability:")
+    monitors = obs.all("ServiceMonitor")
+    for r in renders:
+        for s in SERVICES:
+            svc = r.one("Service", s)
+            sm = [m for m in monitors if svc and labels_match(m["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+                  and svc["metadata"]["namespace"] in m["spec"]["namespaceSelector"]["matchNames"]]
+            check(sm and all(any(e["port"] in [p["name"] for p in svc["spec"]["ports"]] and e["path"] in code.platform_routes
+                                 for e in m["spec"]["endpoints"]) for m in sm),
+                  f"{r.name}/{s}: a ServiceMonitor scrapes /metrics on a port the Service has")
+    dash_cm = obs.configmap("renewal-dashboard")
+    dash = json.loads(next(iter(dash_cm["data"].values())))
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            check_promql(code, f"dashboard '{p['title']}'", t["expr"])
+    for rule_group in obs.all("PrometheusRule")[0]["spec"]["groups"]:
+        for rule in rule_group["rules"]:
+            check_promql(code, f"alert {rule['alert']}", rule["expr"])
+    exported = set(code.metrics)
+    shown = {re.sub(r"_(bucket|sum|count)$", "", m) for p in dash["panels"] for t in p.get("targets", [])
+             for m, _ in promql_selectors(t["expr"])[0]}
+    if exported <= shown:
+        ok("dashboard: shows every metric the services export")
+    else:
+        # A new metric is no error; a panel for it is still wanted.
+        print(f"  NOTE  dashboard: no panel yet for {sorted(exported - shown)}")
+    return 0 if failures == 0 else 1
+
+
+def main(argv):
+    cmd, args = argv[1], argv[2:]
+    if cmd == "split":
+        rc = split(args[0], args[1:])
+    elif cmd == "custom":
+        rc = custom(args)
+    elif cmd == "wiring":
+        rc = wiring(*args)
+    else:
+        raise SystemExit(f"unknown command {cmd}")
+    if cmd != "split":
+        print(f"{cmd}: {passes} passed, {failures} failed")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
