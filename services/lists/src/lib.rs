@@ -60,6 +60,10 @@ pub async fn store_calendar(
     calendar: &holidays::Calendar,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Replicas starting together write it one after the other.
+    sqlx::query("LOCK TABLE lists.holiday_periods, lists.calendar_years IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM lists.holiday_periods")
         .execute(&mut *tx)
         .await?;

@@ -135,30 +135,49 @@ pub async fn migrate(
     migrator: Migrator,
 ) -> Result<(), DbError> {
     let mut migrator = migrator;
-    let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-    sqlx::query(sqlx::AssertSqlSafe(create))
-        .execute(pool)
+    // Replicas starting together migrate one at a time: the first holds a lock named
+    // after the schema on a connection of its own, the others wait and then find
+    // nothing left to do. That connection's search path is the schema, for the
+    // platform's own tables (outbox, inbox), and it is closed afterwards so the pool
+    // never hands out a changed path.
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('renewal migrate ' || $1))")
+        .bind(schema)
+        .execute(&mut conn)
         .await?;
-    {
-        // The platform's own tables (outbox, inbox) go into the same schema first, from
-        // one migration of ours, on a connection of its own with the schema as search
-        // path, closed afterwards so the pool never hands out a changed path.
-        let mut conn = pool.acquire().await?.detach();
-        let path = format!("SET search_path TO {schema}");
-        sqlx::query(sqlx::AssertSqlSafe(path))
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await?;
+    // Only a missing schema needs the right to create one in the database.
+    if !exists {
+        let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+        sqlx::query(sqlx::AssertSqlSafe(create))
             .execute(&mut conn)
             .await?;
-        let mut platform = sqlx::migrate!("./migrations");
-        platform.dangerous_set_table_name(format!("{schema}._platform_migrations"));
-        platform
-            .run_direct(None, &mut conn, false)
-            .await
-            .map_err(|source| DbError::Migrate { schema, source })?;
-        let _ = sqlx::Connection::close(conn).await;
     }
-    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
-    migrator
-        .run(pool)
+    let path = format!("SET search_path TO {schema}");
+    sqlx::query(sqlx::AssertSqlSafe(path))
+        .execute(&mut conn)
+        .await?;
+    let mut platform = sqlx::migrate!("./migrations");
+    platform.dangerous_set_table_name(format!("{schema}._platform_migrations"));
+    let applied = platform
+        .run_direct(None, &mut conn, false)
         .await
-        .map_err(|source| DbError::Migrate { schema, source })
+        .map_err(|source| DbError::Migrate { schema, source });
+    let applied = match applied {
+        Ok(()) => {
+            migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+            migrator
+                .run(pool)
+                .await
+                .map_err(|source| DbError::Migrate { schema, source })
+        }
+        Err(e) => Err(e),
+    };
+    // Closing the connection releases the lock.
+    let _ = sqlx::Connection::close(conn).await;
+    applied
 }

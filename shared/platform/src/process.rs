@@ -90,7 +90,9 @@ async fn run_process(program: &Program, settings: Settings, migrate_only: bool) 
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(addr = %settings.http_addr, "serving /healthz, /readyz, /metrics");
+    // The address as bound (HTTP_ADDR may name port 0: the system picks one).
+    let bound = listener.local_addr().unwrap_or(settings.http_addr);
+    tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics");
     let http_stop = CancellationToken::new();
     let server = tokio::spawn(http.clone().serve(listener, http_stop.clone()));
 

@@ -139,12 +139,17 @@ pub fn adopt_parent(span: &tracing::Span, headers: Option<&async_nats::HeaderMap
 /// such as a timer firing or an SMS being sent, stays in the trace that created it).
 pub fn continue_trace(traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!("continue_trace");
+    adopt_traceparent(&span, traceparent);
+    span
+}
+
+/// Makes the trace in `traceparent` (if any) the parent of `span`.
+pub fn adopt_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(tp) = traceparent {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("traceparent", tp);
-        adopt_parent(&span, Some(&headers));
+        adopt_parent(span, Some(&headers));
     }
-    span
 }
 
 static PII_SUSPECTS: AtomicU64 = AtomicU64::new(0);

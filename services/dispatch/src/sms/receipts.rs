@@ -258,10 +258,18 @@ async fn record_once(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sql
             failed += 1;
             subject::DISPATCH_SMS_FAILED
         };
-        // The event stays in the trace of the message it reports on.
+        // The receipt and its event stay in the trace of the message they report on: the
+        // trace that began with the policy ends here.
         let traceparent = row
             .try_get::<Option<String>, _>("traceparent")?
             .or_else(|| fallback_trace.clone());
+        let span = tracing::info_span!(
+            "sms_receipt",
+            stage = %event.stage,
+            status = if success { "delivered" } else { "failed" }
+        );
+        renewal_platform::telemetry::adopt_traceparent(&span, traceparent.as_deref());
+        drop(span);
         events.push((
             Uuid::now_v7(),
             subject,
