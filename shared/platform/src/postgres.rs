@@ -89,6 +89,15 @@ pub async fn ensure_database(url: &SecretString) -> Result<(), DbError> {
     let Some(name) = target.get_database().map(str::to_owned) else {
         return Ok(());
     };
+    // Most often it exists: a role allowed only its own database needs nothing more.
+    match target.connect().await {
+        Ok(conn) => {
+            let _ = sqlx::Connection::close(conn).await;
+            return Ok(());
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(e) => return Err(e.into()),
+    }
     let mut admin = target.clone().database("postgres").connect().await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
