@@ -249,6 +249,11 @@ impl Deployment {
 
     /// Messages this replica took in, from its own `/metrics`.
     async fn messages_in(&self, replica: &Replica) -> f64 {
+        self.metric(replica, "messages_in_total").await
+    }
+
+    /// A metric of this replica's `/metrics`, summed over its labels.
+    async fn metric(&self, replica: &Replica, name: &str) -> f64 {
         let text = self
             .http
             .get(format!("{}/metrics", replica.base))
@@ -259,7 +264,10 @@ impl Deployment {
             .await
             .expect("metrics text");
         text.lines()
-            .filter(|l| l.starts_with("messages_in_total{"))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -341,7 +349,7 @@ fn expiring(no: &str, n: usize, days: i64) -> Policy {
 async fn two_replicas_of_every_service_share_the_work_with_no_duplicate_effect() {
     const LISTED: usize = 60;
     const LATE: usize = 120;
-    let mut system = Deployment::start("so", 2, None).await;
+    let system = Deployment::start("so", 2, None).await;
     let lists = system.of("lists");
     let assignment = system.of("assignment");
     let dispatch = system.of("dispatch");
@@ -550,7 +558,17 @@ async fn two_replicas_of_every_service_share_the_work_with_no_duplicate_effect()
             replica.base
         );
     }
-    system.stop().await;
+    // Each timer counted once between the two schedulers, and none left due.
+    let mut fired = 0.0;
+    for replica in system.of("scheduler") {
+        fired += system.metric(replica, "timers_fired_total").await;
+        assert_eq!(system.metric(replica, "timers_due").await, 0.0);
+    }
+    assert_eq!(
+        fired,
+        (2 * LATE) as f64,
+        "timers fired, by the schedulers' metrics"
+    );
     system.finish().await;
 }
 

@@ -51,14 +51,26 @@ pub async fn run(
     timers_changed: Arc<Notify>,
     cancel: CancellationToken,
 ) {
+    let mut backlog_counted = std::time::Instant::now();
     loop {
         if cancel.is_cancelled() {
             return;
         }
         let now = clock.now();
         match fire_due(&pool, &bus, now, clock.is_simulated(), &hours).await {
-            Ok(n) if n as i64 == BATCH => continue,
+            Ok(n) if n as i64 == BATCH => {
+                // Catching up: how many are due and not yet fired, every few seconds.
+                if backlog_counted.elapsed() >= Duration::from_secs(5) {
+                    backlog_counted = std::time::Instant::now();
+                    if let Ok(due) = due_count(&pool, now).await {
+                        metrics::gauge!("timers_due").set(due as f64);
+                    }
+                }
+                continue;
+            }
             Ok(n) => {
+                // Caught up: whatever was due has fired.
+                metrics::gauge!("timers_due").set(0.0);
                 if n > 0 {
                     renewal_platform::activity::record();
                 }
@@ -82,6 +94,17 @@ pub async fn run(
             _ = clock.sleep_until(next, Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// Pending timers already due (counted up to a million: the gauge is for alerting).
+async fn due_count(pool: &PgPool, now: DateTime<Utc>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM scheduler.timers
+                               WHERE state = 'pending' AND due_at <= $1 LIMIT 1000000) due",
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await
 }
 
 /// When this service next has work of its own: the earliest pending timer.
