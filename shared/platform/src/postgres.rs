@@ -172,20 +172,18 @@ pub async fn migrate(
         .await?;
     let mut platform = sqlx::migrate!("./migrations");
     platform.dangerous_set_table_name(format!("{schema}._platform_migrations"));
-    let applied = platform
-        .run_direct(None, &mut conn, false)
-        .await
-        .map_err(|source| DbError::Migrate { schema, source });
-    let applied = match applied {
-        Ok(()) => {
-            migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
-            migrator
-                .run(pool)
-                .await
-                .map_err(|source| DbError::Migrate { schema, source })
-        }
-        Err(e) => Err(e),
-    };
+    let applied = async {
+        platform
+            .run_direct(None, &mut conn, false)
+            .await
+            .map_err(|source| DbError::Migrate { schema, source })?;
+        migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+        migrator
+            .run(pool)
+            .await
+            .map_err(|source| DbError::Migrate { schema, source })
+    }
+    .await;
     // Closing the connection releases the lock.
     let _ = sqlx::Connection::close(conn).await;
     applied
