@@ -31,6 +31,9 @@ const IN_FLIGHT: usize = 1024;
 /// The frequency cap.
 const CAP_GAP: chrono::Duration = chrono::Duration::days(3);
 const CAP_PER_RENEWAL: i64 = 4;
+/// After a wake-up from a message, the loop waits this long before it looks: messages
+/// come in floods (every outcome and case event wakes it), and one look serves them all.
+const COALESCE: Duration = Duration::from_millis(20);
 
 /// Why a batch did not fire; it stays pending and is tried again.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +93,12 @@ pub async fn run(
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = timers_changed.notified() => {}
+            _ = timers_changed.notified() => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(COALESCE) => {}
+                }
+            }
             _ = clock.sleep_until(next, Duration::from_secs(1)) => {}
         }
     }

@@ -26,6 +26,13 @@ pub use service::Service;
 
 use sqlx::PgPool;
 
+/// Every renewal process (the services' binaries, the all-in-one binary and the tests)
+/// allocates with mimalloc rather than glibc's malloc: under load glibc spent about a
+/// quarter of a busy process's CPU in its own locking and free-list consolidation, and
+/// mimalloc gave the dispatch benchmark 16-19% more tasks and sends per second.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What a service's `run` is given: connections, the clock and the HTTP host it
 /// mounts its routes on. The all-in-one binary and the tests build one and hand it to
 /// all four services; a service's own binary builds it for that service alone.

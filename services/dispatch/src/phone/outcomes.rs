@@ -5,12 +5,12 @@
 //! just before: the fields it takes from the task never change while the lease token
 //! is the same, and the statement completes the task only under that token).
 //!
-//! Completions arriving together are written together ([`Completions`], a group
-//! commit): while one batch is being written the next ones queue, and the first of
-//! them writes all that queued in one statement. Each agent is answered only once its
-//! own completion is committed. Completing again with the same
-//! token and outcome (a retry after a lost answer) answers the same, with no second
-//! event. A task withdrawn while leased still takes its holder's outcome, so no
+//! Completions arriving together are read and written together ([`Completions`], a
+//! group commit): while one batch is being written the next ones queue, and the first
+//! of them reads all that queued in one statement and writes them in one more. Each
+//! agent is answered only once its own completion is committed. Completing again with
+//! the same token and outcome (a retry after a lost answer) answers the same, with no
+//! second event. A task withdrawn while leased still takes its holder's outcome, so no
 //! outcome of a call that happened is lost.
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -134,91 +134,50 @@ pub async fn complete(
     let outcome = request.outcome(now)?;
     let name = outcome_name(outcome.kind);
     let done = serde_json::json!({ "id": id, "state": "completed", "outcome": name });
-    let task = sqlx::query(
-        "SELECT state, lease_token, outcome, case_id, policy_no, stage, coalesce(leased_by, '') AS agent_id,
-                traceparent
-         FROM dispatch.phone_tasks WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&tasks.pool)
-    .await?
-    .ok_or_else(|| TaskError::NotFound(id.to_string()))?;
-    let state: String = task.try_get("state")?;
-    if task.try_get::<Option<Uuid>, _>("lease_token")? != Some(request.lease_token) {
-        return Err(refused(&state));
-    }
-    if state == "completed" {
-        // A retry of a completion that went through answers the same.
-        let recorded: Option<String> = task.try_get("outcome")?;
-        return match recorded {
-            Some(recorded) if recorded == name => Ok(done),
-            recorded => Err(TaskError::Conflict(format!(
-                "the task was already completed as {}",
-                recorded.unwrap_or_default()
-            ))),
-        };
-    }
-    let case_id: Uuid = task.try_get("case_id")?;
-    let agent_id: String = task.try_get("agent_id")?;
-    let event = PhoneTaskCompleted {
-        task_id: id.to_string(),
-        case_id: case_id.to_string(),
-        policy_no: task.try_get("policy_no")?,
-        stage: task.try_get("stage")?,
-        outcome: outcome.kind as i32,
-        new_policy_no: outcome.new_policy_no.clone(),
-        promised_date: outcome
-            .promised_date
-            .map(|d| d.to_string())
-            .unwrap_or_default(),
-        call_back_at_ms: outcome
-            .call_back_at
-            .map(|t| t.timestamp_millis())
-            .unwrap_or(0),
-        reason: outcome.reason.clone(),
-        agent_id: agent_id.clone(),
-        completed_at_ms: now.timestamp_millis(),
-    };
-    let detail = serde_json::json!({
-        "new_policy_no": outcome.new_policy_no,
-        "promised_date": outcome.promised_date.map(|d| d.to_string()),
-        "call_back_at": outcome.call_back_at,
-        "reason": outcome.reason,
-    });
-    // The event continues the trace of the command that made the task.
-    let traceparent = task
-        .try_get::<Option<String>, _>("traceparent")?
-        .or_else(renewal_platform::telemetry::current_traceparent);
     let completion = Completion {
         task_id: id,
         lease_token: request.lease_token,
-        outcome: name,
-        detail,
-        agent_id,
+        name,
+        outcome,
         completed_at: now,
-        event_id: Uuid::now_v7(),
-        payload: prost::Message::encode_to_vec(&event),
-        traceparent,
+        // The event continues the trace of the command that made the task, or else
+        // this request's.
+        fallback_traceparent: renewal_platform::telemetry::current_traceparent(),
     };
-    let completed = tasks
+    match tasks
         .completions
         .write(&tasks.pool, tasks.outbox.schema(), completion)
-        .await?;
-    if !completed {
-        // Something moved the task between the read and the write (the same
-        // completion sent twice at once, a new lease): answer as for what it is now.
-        let now_state: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT state, outcome FROM dispatch.phone_tasks WHERE id = $1 AND lease_token = $2",
-        )
-        .bind(id)
-        .bind(request.lease_token)
-        .fetch_optional(&tasks.pool)
-        .await?;
-        return match now_state {
-            Some((state, Some(recorded))) if state == "completed" && recorded == name => Ok(done),
-            Some((state, _)) => Err(refused(&state)),
-            None => Err(refused("leased")),
-        };
+        .await?
+    {
+        Answer::Written => {}
+        Answer::NotFound => return Err(TaskError::NotFound(id.to_string())),
+        Answer::NotHeld(state) => return Err(refused(&state)),
+        // A retry of a completion that went through answers the same.
+        Answer::Completed(recorded) if recorded.as_deref() == Some(name) => return Ok(done),
+        Answer::Completed(recorded) => {
+            return Err(TaskError::Conflict(format!(
+                "the task was already completed as {}",
+                recorded.unwrap_or_default()
+            )));
+        }
+        Answer::Moved => {
+            // Something moved the task between the read and the write (the same
+            // completion sent twice at once, a new lease): answer as for what it is now.
+            let now_state: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT state, outcome FROM dispatch.phone_tasks WHERE id = $1 AND lease_token = $2",
+            )
+            .bind(id)
+            .bind(request.lease_token)
+            .fetch_optional(&tasks.pool)
+            .await?;
+            return match now_state {
+                Some((state, Some(recorded))) if state == "completed" && recorded == name => {
+                    Ok(done)
+                }
+                Some((state, _)) => Err(refused(&state)),
+                None => Err(refused("leased")),
+            };
+        }
     }
     tasks.outbox.wake();
     renewal_platform::activity::record();
@@ -226,8 +185,18 @@ pub async fn complete(
     Ok(done)
 }
 
-/// One completion, checked and with its event, waiting to be written.
+/// One completion as the agent sent it, checked, waiting to be written.
 struct Completion {
+    task_id: Uuid,
+    lease_token: Uuid,
+    name: &'static str,
+    outcome: Outcome,
+    completed_at: DateTime<Utc>,
+    fallback_traceparent: Option<String>,
+}
+
+/// A completion whose token holds its task, with its event, ready for the statement.
+struct Ready {
     task_id: Uuid,
     lease_token: Uuid,
     outcome: &'static str,
@@ -239,14 +208,40 @@ struct Completion {
     traceparent: Option<String>,
 }
 
-/// Whether each completion of a batch took (false: the token no longer held the task).
-type Written = Result<bool, String>;
+/// What became of one completion of a batch.
+#[derive(Debug)]
+enum Answer {
+    /// Committed, with its event.
+    Written,
+    /// No such task.
+    NotFound,
+    /// The token does not hold the task, which is in this state.
+    NotHeld(String),
+    /// The task was completed before, with this outcome.
+    Completed(Option<String>),
+    /// The token held the task when read but not when written.
+    Moved,
+}
 
-/// The group commit of completions: a queue, and a lock held by whoever is writing.
-#[derive(Default)]
+type Written = Result<Answer, String>;
+
+/// The group commit of completions: a queue, and [`WRITERS`] permits held by whoever
+/// is writing, so one batch is read and written while the next is committed.
 pub struct Completions {
     queue: std::sync::Mutex<Vec<(Completion, oneshot::Sender<Written>)>>,
-    writing: tokio::sync::Mutex<()>,
+    writing: tokio::sync::Semaphore,
+}
+
+/// Batches being written at once.
+const WRITERS: usize = 2;
+
+impl Default for Completions {
+    fn default() -> Self {
+        Completions {
+            queue: Default::default(),
+            writing: tokio::sync::Semaphore::new(WRITERS),
+        }
+    }
 }
 
 /// Completions written in one statement at most.
@@ -259,7 +254,7 @@ impl Completions {
         pool: &PgPool,
         schema: &'static str,
         completion: Completion,
-    ) -> Result<bool, TaskError> {
+    ) -> Result<Answer, TaskError> {
         let (answer, mut answered) = oneshot::channel();
         self.queue
             .lock()
@@ -267,9 +262,11 @@ impl Completions {
             .push((completion, answer));
         let answer = |written: Written| written.map_err(TaskError::Unavailable);
         loop {
-            // Waits while a batch is being written (the lock is fair: first come, first
-            // served). A batch written meanwhile may have held this completion.
-            let _writer = self.writing.lock().await;
+            // Waits while enough batches are being written (the semaphore is fair: first
+            // come, first served). A batch written meanwhile may have held this one.
+            let Ok(_writer) = self.writing.acquire().await else {
+                break;
+            };
             match answered.try_recv() {
                 Ok(written) => return answer(written),
                 Err(oneshot::error::TryRecvError::Closed) => {
@@ -307,6 +304,8 @@ impl Completions {
     }
 }
 
+/// Writes a batch: one read of all its tasks (which tokens hold their task, and what
+/// each event says), then one statement for those that do.
 async fn write_batch(
     pool: PgPool,
     schema: &'static str,
@@ -317,22 +316,146 @@ async fn write_batch(
     let mut seen = std::collections::HashSet::new();
     let (first, repeats): (Vec<_>, Vec<_>) =
         batch.into_iter().partition(|(c, _)| seen.insert(c.task_id));
-    let written = write_statement(&pool, schema, &first).await;
+    for (_, answer) in repeats {
+        let _ = answer.send(Ok(Answer::Moved));
+    }
+    let ids: Vec<Uuid> = first.iter().map(|(c, _)| c.task_id).collect();
+    let read = read_tasks(&pool, &ids).await;
+    let tasks = match read {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            tracing::error!(error = %e, "reading tasks to complete failed");
+            for (_, answer) in first {
+                let _ = answer.send(Err(e.to_string()));
+            }
+            return;
+        }
+    };
+    let mut ready = Vec::with_capacity(first.len());
+    let mut waiting = Vec::with_capacity(first.len());
     for (c, answer) in first {
+        let task = tasks.get(&c.task_id);
+        match prepare(c, task) {
+            Ok(r) => {
+                waiting.push((r.task_id, answer));
+                ready.push(r);
+            }
+            Err(refusal) => {
+                let _ = answer.send(Ok(refusal));
+            }
+        }
+    }
+    if ready.is_empty() {
+        return;
+    }
+    let written = write_statement(&pool, schema, &ready).await;
+    for (id, answer) in waiting {
         let _ = answer.send(match &written {
-            Ok(done) => Ok(done.contains(&c.task_id)),
+            Ok(done) if done.contains(&id) => Ok(Answer::Written),
+            Ok(_) => Ok(Answer::Moved),
             Err(e) => Err(e.clone()),
         });
     }
-    for (_, answer) in repeats {
-        let _ = answer.send(Ok(false));
+}
+
+/// A task as a completion needs it.
+struct TaskRow {
+    state: String,
+    lease_token: Option<Uuid>,
+    outcome: Option<String>,
+    case_id: Uuid,
+    policy_no: String,
+    stage: String,
+    agent_id: String,
+    traceparent: Option<String>,
+}
+
+async fn read_tasks(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, TaskRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, state, lease_token, outcome, case_id, policy_no, stage,
+                coalesce(leased_by, '') AS agent_id, traceparent
+         FROM dispatch.phone_tasks WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let mut tasks = std::collections::HashMap::with_capacity(rows.len());
+    for r in rows {
+        tasks.insert(
+            r.try_get("id")?,
+            TaskRow {
+                state: r.try_get("state")?,
+                lease_token: r.try_get("lease_token")?,
+                outcome: r.try_get("outcome")?,
+                case_id: r.try_get("case_id")?,
+                policy_no: r.try_get("policy_no")?,
+                stage: r.try_get("stage")?,
+                agent_id: r.try_get("agent_id")?,
+                traceparent: r.try_get("traceparent")?,
+            },
+        );
     }
+    Ok(tasks)
+}
+
+/// The completion with its event if its token holds the task (the statement checks
+/// again under the row lock), or the answer it gets without a write.
+fn prepare(c: Completion, task: Option<&TaskRow>) -> Result<Ready, Answer> {
+    let Some(task) = task else {
+        return Err(Answer::NotFound);
+    };
+    if task.lease_token != Some(c.lease_token) {
+        return Err(Answer::NotHeld(task.state.clone()));
+    }
+    if task.state == "completed" {
+        return Err(Answer::Completed(task.outcome.clone()));
+    }
+    let outcome = &c.outcome;
+    let event = PhoneTaskCompleted {
+        task_id: c.task_id.to_string(),
+        case_id: task.case_id.to_string(),
+        policy_no: task.policy_no.clone(),
+        stage: task.stage.clone(),
+        outcome: outcome.kind as i32,
+        new_policy_no: outcome.new_policy_no.clone(),
+        promised_date: outcome
+            .promised_date
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        call_back_at_ms: outcome
+            .call_back_at
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0),
+        reason: outcome.reason.clone(),
+        agent_id: task.agent_id.clone(),
+        completed_at_ms: c.completed_at.timestamp_millis(),
+    };
+    let detail = serde_json::json!({
+        "new_policy_no": outcome.new_policy_no,
+        "promised_date": outcome.promised_date.map(|d| d.to_string()),
+        "call_back_at": outcome.call_back_at,
+        "reason": outcome.reason,
+    });
+    Ok(Ready {
+        task_id: c.task_id,
+        lease_token: c.lease_token,
+        outcome: c.name,
+        detail,
+        agent_id: task.agent_id.clone(),
+        completed_at: c.completed_at,
+        event_id: Uuid::now_v7(),
+        payload: prost::Message::encode_to_vec(&event),
+        traceparent: task.traceparent.clone().or(c.fallback_traceparent),
+    })
 }
 
 async fn write_statement(
     pool: &PgPool,
     schema: &'static str,
-    batch: &[(Completion, oneshot::Sender<Written>)],
+    batch: &[Ready],
 ) -> Result<std::collections::HashSet<Uuid>, String> {
     let sql = format!(
         "WITH input AS (
@@ -366,38 +489,28 @@ async fn write_statement(
     loop {
         let done: Result<Vec<Uuid>, sqlx::Error> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(batch.iter().map(|(c, _)| c.task_id).collect::<Vec<_>>())
-                .bind(batch.iter().map(|(c, _)| c.lease_token).collect::<Vec<_>>())
-                .bind(batch.iter().map(|(c, _)| c.outcome).collect::<Vec<_>>())
+                .bind(batch.iter().map(|c| c.task_id).collect::<Vec<_>>())
+                .bind(batch.iter().map(|c| c.lease_token).collect::<Vec<_>>())
+                .bind(batch.iter().map(|c| c.outcome).collect::<Vec<_>>())
+                .bind(batch.iter().map(|c| c.detail.clone()).collect::<Vec<_>>())
                 .bind(
                     batch
                         .iter()
-                        .map(|(c, _)| c.detail.clone())
+                        .map(|c| c.agent_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(batch.iter().map(|c| c.completed_at).collect::<Vec<_>>())
+                .bind(batch.iter().map(|c| c.event_id).collect::<Vec<_>>())
+                .bind(
+                    batch
+                        .iter()
+                        .map(|c| c.payload.as_slice())
                         .collect::<Vec<_>>(),
                 )
                 .bind(
                     batch
                         .iter()
-                        .map(|(c, _)| c.agent_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    batch
-                        .iter()
-                        .map(|(c, _)| c.completed_at)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(batch.iter().map(|(c, _)| c.event_id).collect::<Vec<_>>())
-                .bind(
-                    batch
-                        .iter()
-                        .map(|(c, _)| c.payload.as_slice())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    batch
-                        .iter()
-                        .map(|(c, _)| c.traceparent.as_deref())
+                        .map(|c| c.traceparent.as_deref())
                         .collect::<Vec<_>>(),
                 )
                 .bind(subject::DISPATCH_TASK_COMPLETED)
