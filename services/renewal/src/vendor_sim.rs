@@ -6,7 +6,8 @@
 //! stored by one writer in batches (each request is answered once its row is
 //! committed), so the mock keeps up with a sender at thousands of requests a second.
 //! Tests can make it fail for a phone number: unavailable (HTTP 503) a number of times,
-//! or refusing for good with a vendor error code.
+//! or refusing for good with a vendor error code. Receipts can be held back for a while
+//! (as handsets report seconds later), then pushed as they are owed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,6 +59,8 @@ pub struct VendorSim {
     /// Percentage of messages the handset receives.
     delivery_rate: u64,
     accepted: Arc<Notify>,
+    /// Receipts wait while this is set.
+    held: Arc<std::sync::atomic::AtomicBool>,
     faults: Arc<Mutex<Faults>>,
     writer: mpsc::Sender<Pending>,
     writes: Arc<Mutex<Option<mpsc::Receiver<Pending>>>>,
@@ -95,6 +98,7 @@ impl VendorSim {
             seed,
             delivery_rate: 96,
             accepted: Arc::new(Notify::new()),
+            held: Default::default(),
             faults: Arc::new(Mutex::new(Faults::default())),
             writer,
             writes: Arc::new(Mutex::new(Some(writes))),
@@ -105,6 +109,14 @@ impl VendorSim {
     pub fn inject(&self, phone: &str, fault: Fault) {
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         faults.by_phone.insert(phone.to_owned(), fault);
+    }
+
+    /// Holds every receipt back (true) or pushes those owed and the ones to come (false).
+    pub fn hold_receipts(&self, held: bool) {
+        self.held.store(held, std::sync::atomic::Ordering::SeqCst);
+        if !held {
+            self.accepted.notify_one();
+        }
     }
 
     /// How many requests the vendor got for `phone`, answered or refused.
@@ -219,6 +231,14 @@ impl VendorSim {
             }
         };
         loop {
+            if self.held.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.accepted.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
             let pushed = self.push_batch(&http, &webhook_url).await;
             if let Err(e) = &pushed {
                 tracing::warn!(error = %e, "mock vendor could not push receipts; retrying");

@@ -48,6 +48,20 @@ pub fn pool(url: &SecretString, max_connections: u32) -> Result<PgPool, DbError>
         .connect_lazy_with(options(url)?.options([("jit", "off")])))
 }
 
+/// Begins a transaction that claims from a queue table (the outbox, queued SMS):
+/// its claim reads the queue's partial index by index scan, never by bitmap scan.
+/// Rows leaving a queue leave dead entries in its index until autovacuum comes, and
+/// after a bulk insert the planner's estimate is stale; a bitmap scan then reads every
+/// queued row and sorts them all (on disk past `work_mem`) to take the first 500, on
+/// every poll: 14 ms a claim with 20,000 SMS queued, where an index scan reads 500
+/// entries in order and marks the dead ones it passes, so the next poll skips them.
+pub async fn begin_claim(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN; SET LOCAL enable_bitmapscan = off")
+        .await
+}
+
 /// Waits until Postgres answers, logging each failure with its cause, with backoff.
 /// If the server answers that the database does not exist, it tries to create it.
 pub async fn wait_until_reachable(

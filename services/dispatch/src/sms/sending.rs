@@ -29,7 +29,7 @@ const BATCH: i64 = 500;
 /// Requests one sender has with the vendor at once.
 const IN_FLIGHT: usize = 128;
 /// Senders running at once.
-pub const WORKERS: usize = 2;
+pub const WORKERS: usize = 4;
 pub const MAX_ATTEMPTS: i32 = 5;
 
 pub struct Sender<V> {
@@ -133,7 +133,7 @@ impl<V: SmsVendor> Sender<V> {
     /// Sends one batch; returns how many messages it claimed.
     pub async fn send_batch(&self) -> Result<usize, sqlx::Error> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = renewal_platform::postgres::begin_claim(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT m.id, m.case_id, m.policy_no, m.stage, m.template, m.mobile, m.template_params, m.time_zone,
                     m.marketing, m.attempts, m.traceparent,
