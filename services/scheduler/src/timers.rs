@@ -31,9 +31,9 @@ const IN_FLIGHT: usize = 1024;
 /// The frequency cap.
 const CAP_GAP: chrono::Duration = chrono::Duration::days(3);
 const CAP_PER_RENEWAL: i64 = 4;
-/// After a wake-up from a message, the loop waits this long before it looks: messages
-/// come in floods (every outcome and case event wakes it), and one look serves them all.
-const COALESCE: Duration = Duration::from_millis(20);
+/// Woken by messages, the loop looks at most this often: messages come in floods
+/// (every outcome and case event wakes it), and one look serves them all.
+const WAKE_GAP: Duration = Duration::from_millis(20);
 
 /// Why a batch did not fire; it stays pending and is tried again.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut backlog_counted = std::time::Instant::now();
+    let mut pace = renewal_platform::wakeups::Pace::new(WAKE_GAP);
     loop {
         if cancel.is_cancelled() {
             return;
@@ -96,7 +97,7 @@ pub async fn run(
             _ = timers_changed.notified() => {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(COALESCE) => {}
+                    _ = pace.look() => {}
                 }
             }
             _ = clock.sleep_until(next, Duration::from_secs(1)) => {}

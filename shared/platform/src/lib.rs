@@ -16,6 +16,7 @@ pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wakeups;
 
 pub use bus::{Bus, ConsumerSpec};
 pub use clock::Clock;

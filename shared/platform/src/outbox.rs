@@ -23,6 +23,8 @@ pub struct Outbox {
 
 const BATCH: i64 = 500;
 const POLL: Duration = Duration::from_millis(500);
+/// Polls woken by commits come at most this often.
+const WAKE_GAP: Duration = Duration::from_millis(5);
 
 impl Outbox {
     pub fn new(schema: &'static str) -> Self {
@@ -159,6 +161,9 @@ impl Outbox {
     /// with `FOR UPDATE SKIP LOCKED`.
     pub async fn relay(self, pool: PgPool, bus: Bus, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // Every commit with an event wakes the relay; under a flood one poll per gap
+        // serves them all.
+        let mut pace = crate::wakeups::Pace::new(WAKE_GAP);
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -169,7 +174,12 @@ impl Outbox {
                     backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = self.wake.notified() => {}
+                        _ = self.wake.notified() => {
+                            tokio::select! {
+                                _ = cancel.cancelled() => return,
+                                _ = pace.look() => {}
+                            }
+                        }
                         _ = tokio::time::sleep(POLL) => {}
                     }
                 }
