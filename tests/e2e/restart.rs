@@ -122,6 +122,10 @@ async fn a_killed_demo_resumes_with_nothing_lost_and_nothing_doubled() {
             .unwrap_or(0)
             > 0
     );
+    // Some customers answered with an opt-out, in both seasons the same ones.
+    let opted_out = |r: &serde_json::Value| r["details"]["sms_opted_out"].as_i64().unwrap_or(0);
+    assert!(opted_out(&whole_report) > 0, "customers opted out by reply");
+    assert_eq!(opted_out(&cut_report), opted_out(&whole_report));
     for (name, count) in cut_report["violations"].as_object().expect("violations") {
         assert_eq!(count, 0, "violation {name} after the restart");
     }

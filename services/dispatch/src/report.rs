@@ -15,10 +15,15 @@ pub struct SmsFacts {
     pub opted_out_before_send: bool,
 }
 
+/// Every message with what the funnel checks. A message counts as sent to an opted-out
+/// number if it was sent after the opt-out; one sent at the very instant of the opt-out
+/// is the message the customer answered (a simulated clock stands still while the
+/// reply comes back), since no two marketing SMS to one customer are ever due at the
+/// same instant (the frequency cap keeps them three days apart).
 pub async fn messages(pool: &PgPool) -> Result<Vec<SmsFacts>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT m.id, m.policy_no, m.stage, m.state, m.marketing, m.time_zone, m.sent_at,
-                (o.opted_out_at IS NOT NULL AND m.sent_at IS NOT NULL AND o.opted_out_at <= m.sent_at) AS opted_out_before_send
+                (o.opted_out_at IS NOT NULL AND m.sent_at IS NOT NULL AND o.opted_out_at < m.sent_at) AS opted_out_before_send
          FROM dispatch.sms_messages m LEFT JOIN dispatch.opt_outs o ON o.mobile = m.mobile
          ORDER BY m.policy_no, m.stage",
     )

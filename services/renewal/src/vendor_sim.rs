@@ -7,7 +7,9 @@
 //! committed), so the mock keeps up with a sender at thousands of requests a second.
 //! Tests can make it fail for a phone number: unavailable (HTTP 503) a number of times,
 //! or refusing for good with a vendor error code. Receipts can be held back for a while
-//! (as handsets report seconds later), then pushed as they are owed.
+//! (as handsets report seconds later), then pushed as they are owed. The demo has some
+//! customers answer their first delivered SMS with an opt-out (`TD`, `退订`, ...), pushed
+//! as the vendor pushes replies (`SmsUp`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,6 +63,10 @@ pub struct VendorSim {
     accepted: Arc<Notify>,
     /// Receipts wait while this is set.
     held: Arc<std::sync::atomic::AtomicBool>,
+    /// Percentage of customers who reply with an opt-out to their first delivered SMS.
+    opt_out_rate: Arc<std::sync::atomic::AtomicU64>,
+    /// Numbers that replied already (each replies once).
+    replied: Arc<Mutex<std::collections::HashSet<String>>>,
     faults: Arc<Mutex<Faults>>,
     writer: mpsc::Sender<Pending>,
     writes: Arc<Mutex<Option<mpsc::Receiver<Pending>>>>,
@@ -99,6 +105,8 @@ impl VendorSim {
             delivery_rate: 96,
             accepted: Arc::new(Notify::new()),
             held: Default::default(),
+            opt_out_rate: Default::default(),
+            replied: Default::default(),
             faults: Arc::new(Mutex::new(Faults::default())),
             writer,
             writes: Arc::new(Mutex::new(Some(writes))),
@@ -117,6 +125,13 @@ impl VendorSim {
         if !held {
             self.accepted.notify_one();
         }
+    }
+
+    /// Has `pct` percent of customers (fixed by phone and seed) reply to their first
+    /// delivered SMS with an opt-out; 0 (the default) for none.
+    pub fn reply_opt_out(&self, pct: u64) {
+        self.opt_out_rate
+            .store(pct.min(100), std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How many requests the vendor got for `phone`, answered or refused.
@@ -267,6 +282,8 @@ impl VendorSim {
         }
         let mut reports = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
+        let mut replies = Vec::new();
+        let opt_out_rate = self.opt_out_rate.load(std::sync::atomic::Ordering::SeqCst);
         for row in &rows {
             let biz_id: String = row.try_get("biz_id").map_err(|e| e.to_string())?;
             let delivered: bool = row.try_get("delivered").map_err(|e| e.to_string())?;
@@ -288,6 +305,12 @@ impl VendorSim {
                 "biz_id": biz_id,
                 "out_id": row.try_get::<String, _>("out_id").map_err(|e| e.to_string())?,
             }));
+            if delivered
+                && opt_out_rate > 0
+                && delivers(&phone, self.seed ^ OPT_OUT_SALT, opt_out_rate)
+            {
+                replies.push((phone.trim_start_matches("+86").to_owned(), local));
+            }
             ids.push(biz_id);
         }
         let response = http
@@ -301,6 +324,9 @@ impl VendorSim {
         if !status.is_success() || body.get("code").and_then(|c| c.as_i64()) != Some(0) {
             return Err(format!("webhook answered HTTP {status}"));
         }
+        // The replies go before the receipts count as pushed: if they fail (or the
+        // process dies), receipts and replies are pushed again, and both are kept once.
+        self.push_replies(http, url, replies).await?;
         sqlx::query("UPDATE demo.vendor_messages SET pushed_at = now() WHERE biz_id = ANY($1)")
             .bind(&ids)
             .execute(&self.pool)
@@ -308,6 +334,71 @@ impl VendorSim {
             .map_err(|e| e.to_string())?;
         renewal_platform::activity::record();
         Ok(ids.len())
+    }
+}
+
+/// Mixed into the seed to pick who opts out, so it is not who is unreachable.
+const OPT_OUT_SALT: u64 = 0x7d;
+
+/// How customers write their opt-out: the variants the webhook must understand.
+const OPT_OUT_WORDS: &[&str] = &["TD", "td", "退订", "ＴＤ", " T ", "STOP", "n"];
+
+impl VendorSim {
+    /// Pushes the opt-out replies of customers who have not replied yet, to the
+    /// webhook's `up` path beside `report_url`.
+    async fn push_replies(
+        &self,
+        http: &reqwest::Client,
+        report_url: &str,
+        replies: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        let fresh: Vec<(String, String)> = {
+            let mut replied = self.replied.lock().unwrap_or_else(|e| e.into_inner());
+            replies
+                .into_iter()
+                .filter(|(phone, _)| replied.insert(phone.clone()))
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        // A repeat is the same reply (same time and sequence number), kept once.
+        let body: Vec<serde_json::Value> = fresh
+            .iter()
+            .map(|(phone, at)| {
+                let sequence = phone.bytes().map(u64::from).sum::<u64>();
+                let word = OPT_OUT_WORDS[sequence as usize % OPT_OUT_WORDS.len()];
+                serde_json::json!({
+                    "phone_number": phone, "send_time": at, "content": word,
+                    "sign_name": "", "dest_code": "", "sequence_id": sequence,
+                })
+            })
+            .collect();
+        let url = format!("{}/up", report_url.trim_end_matches("/report"));
+        let pushed = async {
+            let response = http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.without_url().to_string())?;
+            if !response.status().is_success() {
+                return Err(format!(
+                    "webhook answered HTTP {} to replies",
+                    response.status()
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        if pushed.is_err() {
+            // Owed again with the receipts they came with.
+            let mut replied = self.replied.lock().unwrap_or_else(|e| e.into_inner());
+            for (phone, _) in &fresh {
+                replied.remove(phone);
+            }
+        }
+        pushed
     }
 }
 

@@ -83,6 +83,8 @@ pub struct Details {
     pub sms_withdrawn: i64,
     /// Numbers opted out of marketing SMS by replying TD (or a variant).
     pub sms_opted_out: i64,
+    /// Marketing SMS not sent because the customer had opted out.
+    pub sms_suppressed: i64,
     /// Phone tasks by outcome (`completed:<outcome>`) or state.
     pub phone_tasks: std::collections::BTreeMap<String, i64>,
     pub timers: HashMap<String, i64>,
@@ -212,6 +214,7 @@ pub async fn measure(
             .count() as i64,
         sms_withdrawn: sms.iter().filter(|m| m.state == "withdrawn").count() as i64,
         sms_opted_out: renewal_dispatch::report::opted_out(pool).await?,
+        sms_suppressed: sms.iter().filter(|m| m.state == "suppressed").count() as i64,
         phone_tasks: phone_tasks.into_iter().collect(),
         timers: renewal_scheduler::report::timers_by_state(pool)
             .await?
@@ -283,6 +286,7 @@ impl Report {
             ("SMS failed or dead", d.sms_failed),
             ("SMS withdrawn (case closed)", d.sms_withdrawn),
             ("numbers opted out by reply", d.sms_opted_out),
+            ("SMS held back (opted out)", d.sms_suppressed),
         ] {
             out.push_str(&format!("  {name:<32} {n:>6}\n"));
         }

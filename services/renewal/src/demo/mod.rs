@@ -15,6 +15,9 @@ use sqlx::Row;
 
 use crate::simulation::{SimError, SimOptions, Simulation};
 
+/// Customers (in percent) who reply to their first delivered SMS with an opt-out.
+const OPT_OUT_PCT: u64 = 3;
+
 #[derive(Debug, Clone)]
 pub struct DemoArgs {
     pub policies: usize,
@@ -148,6 +151,9 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     )
     .await?;
     let pool = sim.pool().clone();
+    // Some customers answer their first SMS with TD (or a variant): they get no more
+    // marketing SMS, which the funnel checks.
+    sim.vendor.reply_opt_out(OPT_OUT_PCT);
     if fresh {
         sqlx::query(
             "INSERT INTO demo.progress (id, seed, policies, days, start_date, sim_now) VALUES (1, $1, $2, $3, $4, $5)",
