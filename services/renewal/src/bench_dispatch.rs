@@ -109,6 +109,17 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
+#[derive(serde::Deserialize)]
+struct Leased {
+    tasks: Vec<LeasedTask>,
+}
+
+#[derive(serde::Deserialize)]
+struct LeasedTask {
+    id: uuid::Uuid,
+    lease_token: uuid::Uuid,
+}
+
 async fn phone_tasks(sim: &Simulation, http: &reqwest::Client) -> Result<(), String> {
     sim.settle().await.map_err(err)?;
     sqlx::query(
@@ -135,7 +146,9 @@ async fn phone_tasks(sim: &Simulation, http: &reqwest::Client) -> Result<(), Str
         pullers.spawn(async move {
             let agent = format!("CC-{p:02}");
             loop {
-                let body: serde_json::Value = http
+                // The puller reads what it needs of each task (the rest of the answer
+                // is parsed over and not kept).
+                let body: Leased = http
                     .post(&lease_url)
                     .json(&serde_json::json!({"agent_id": agent, "queue": "campaign", "max": 10, "lease_seconds": 300}))
                     .send()
@@ -144,24 +157,22 @@ async fn phone_tasks(sim: &Simulation, http: &reqwest::Client) -> Result<(), Str
                     .json()
                     .await
                     .map_err(err)?;
-                let tasks = body["tasks"].as_array().cloned().unwrap_or_default();
+                let tasks = body.tasks;
                 if tasks.is_empty() {
                     return Ok::<(), String>(());
                 }
                 {
                     let mut seen = seen.lock().await;
                     for t in &tasks {
-                        let id = t["id"].as_str().unwrap_or_default().to_owned();
-                        if !seen.0.insert(id) {
+                        if !seen.0.insert(t.id) {
                             seen.1 += 1;
                         }
                     }
                 }
                 for t in &tasks {
-                    let id = t["id"].as_str().unwrap_or_default();
                     let response = http
-                        .post(format!("{base}/{id}:complete"))
-                        .json(&serde_json::json!({"lease_token": t["lease_token"], "outcome": "unreachable"}))
+                        .post(format!("{base}/{}:complete", t.id))
+                        .json(&serde_json::json!({"lease_token": t.lease_token, "outcome": "unreachable"}))
                         .send()
                         .await
                         .map_err(err)?;
