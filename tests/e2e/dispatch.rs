@@ -301,10 +301,11 @@ async fn expired_leases_return_tasks_and_five_without_an_outcome_go_to_dead_lett
     assert!(lease(&system, "HQ-3", "hq", 1, 60).await.is_empty());
     system.sim.advance_to(retry_at).await.expect("time moves");
     // Leases 3, 4 and 5 run out without an outcome.
+    let mut last = Vec::new();
     for n in 3..=5 {
-        let got = lease(&system, "HQ-3", "hq", 1, 60).await;
-        assert_eq!(got.len(), 1, "lease {n}");
-        assert_eq!(got[0]["lease_number"], n);
+        last = lease(&system, "HQ-3", "hq", 1, 60).await;
+        assert_eq!(last.len(), 1, "lease {n}");
+        assert_eq!(last[0]["lease_number"], n);
         let now = system.sim.now();
         system
             .sim
@@ -313,6 +314,17 @@ async fn expired_leases_return_tasks_and_five_without_an_outcome_go_to_dead_lett
             .expect("time moves");
     }
     assert!(lease(&system, "HQ-3", "hq", 1, 60).await.is_empty());
+    assert_eq!(state(&system, id).await, ("dead".to_owned(), 5));
+    // The last holder's token (still remembered by the process that leased it) no
+    // longer completes the task.
+    let (status, _) = act(
+        &system,
+        &last[0],
+        "complete",
+        json!({"lease_token": last[0]["lease_token"], "outcome": "unreachable"}),
+    )
+    .await;
+    assert_eq!(status, 409, "a dead task takes no outcome");
     assert_eq!(state(&system, id).await, ("dead".to_owned(), 5));
     let reason: String =
         sqlx::query_scalar("SELECT last_error FROM dispatch.phone_tasks WHERE id = $1::uuid")

@@ -155,7 +155,7 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
              FROM picked WHERE t.id = picked.id
              RETURNING t.id, t.lease_token, t.available_at, t.queue, t.days_to_expiry, t.case_id, t.policy_no,
                        t.stage, t.owner_agent, t.branch_code, t.city_code, t.promotion, t.customer_name,
-                       t.mobile, t.plate, t.expiry_date, t.time_zone, t.leases,
+                       t.mobile, t.plate, t.expiry_date, t.time_zone, t.leases, t.traceparent,
                        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                                     'stage', h.stage, 'outcome', coalesce(h.outcome, ''),
                                     'completed_at', h.completed_at, 'agent_id', coalesce(h.leased_by, ''),
@@ -167,7 +167,7 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
          SELECT *, (SELECT count(*) FROM dead) AS dead FROM leased
          UNION ALL
          SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                NULL, NULL, NULL, NULL, (SELECT count(*) FROM dead)
+                NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM dead)
          WHERE NOT EXISTS (SELECT 1 FROM leased)
          ORDER BY days_to_expiry, available_at",
     )
@@ -224,6 +224,17 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
             lease_number: r.try_get("leases")?,
             history: history.0,
         });
+        tasks.leased.remember(
+            id,
+            super::outcomes::HeldTask {
+                lease_token: r.try_get("lease_token")?,
+                case_id: r.try_get("case_id")?,
+                policy_no: r.try_get("policy_no")?,
+                stage: r.try_get("stage")?,
+                agent_id: agent.to_owned(),
+                traceparent: r.try_get("traceparent")?,
+            },
+        );
     }
     if dead > 0 || !views.is_empty() {
         renewal_platform::activity::record();
@@ -279,6 +290,7 @@ pub async fn release(
     .await?;
     match state {
         Some(state) => {
+            tasks.leased.forget(id);
             renewal_platform::activity::record();
             metrics::counter!("phone_tasks_total", "status" => if state == "dead" { "dead" } else { "released" })
                 .increment(1);

@@ -35,6 +35,8 @@ pub struct PhoneTasks {
     pub call_hours: Hours,
     /// Completions being written together.
     completions: std::sync::Arc<outcomes::Completions>,
+    /// What a completion needs of the tasks this process leased.
+    leased: std::sync::Arc<outcomes::HeldTasks>,
 }
 
 impl PhoneTasks {
@@ -45,6 +47,7 @@ impl PhoneTasks {
             clock,
             call_hours,
             completions: Default::default(),
+            leased: Default::default(),
         }
     }
 }

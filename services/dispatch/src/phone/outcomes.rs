@@ -6,8 +6,10 @@
 //! is the same, and the statement completes the task only under that token).
 //!
 //! Completions arriving together are read and written together ([`Completions`], a
-//! group commit): while one batch is being written the next ones queue, and the first
-//! of them reads all that queued in one statement and writes them in one more. Each
+//! group commit): while a batch is being written the next ones queue, and the first of
+//! them writes all that queued in one statement, after one read of the tasks this
+//! process did not lease itself ([`HeldTasks`] remembers what a completion needs of
+//! the tasks it leased). Each
 //! agent is answered only once its own completion is committed. Completing again with
 //! the same token and outcome (a retry after a lost answer) answers the same, with no
 //! second event. A task withdrawn while leased still takes its holder's outcome, so no
@@ -146,7 +148,12 @@ pub async fn complete(
     };
     match tasks
         .completions
-        .write(&tasks.pool, tasks.outbox.schema(), completion)
+        .write(
+            &tasks.pool,
+            tasks.outbox.schema(),
+            &tasks.leased,
+            completion,
+        )
         .await?
     {
         Answer::Written => {}
@@ -253,6 +260,7 @@ impl Completions {
         &self,
         pool: &PgPool,
         schema: &'static str,
+        held: &std::sync::Arc<HeldTasks>,
         completion: Completion,
     ) -> Result<Answer, TaskError> {
         let (answer, mut answered) = oneshot::channel();
@@ -287,7 +295,7 @@ impl Completions {
             }
             // Written by a task of its own, so an agent hanging up mid-write cannot
             // cut the batch short for the others.
-            let writing = tokio::spawn(write_batch(pool.clone(), schema, batch));
+            let writing = tokio::spawn(write_batch(pool.clone(), schema, held.clone(), batch));
             if let Err(e) = writing.await {
                 tracing::error!(error = %e, "writing completions failed");
             }
@@ -309,6 +317,7 @@ impl Completions {
 async fn write_batch(
     pool: PgPool,
     schema: &'static str,
+    held: std::sync::Arc<HeldTasks>,
     batch: Vec<(Completion, oneshot::Sender<Written>)>,
 ) {
     // A task twice in one batch (a completion sent twice at once) is written once; the
@@ -319,8 +328,26 @@ async fn write_batch(
     for (_, answer) in repeats {
         let _ = answer.send(Ok(Answer::Moved));
     }
-    let ids: Vec<Uuid> = first.iter().map(|(c, _)| c.task_id).collect();
-    let read = read_tasks(&pool, &ids).await;
+    // Tasks this process leased under the same token need no read.
+    let mut tasks = std::collections::HashMap::with_capacity(first.len());
+    let mut unknown = Vec::new();
+    for (c, _) in &first {
+        match held.take(c.task_id, c.lease_token) {
+            Some(task) => {
+                tasks.insert(c.task_id, task.row());
+            }
+            None => unknown.push(c.task_id),
+        }
+    }
+    let read = if unknown.is_empty() {
+        Ok(Default::default())
+    } else {
+        read_tasks(&pool, &unknown).await
+    };
+    let read = read.map(|mut rows| {
+        rows.extend(tasks);
+        rows
+    });
     let tasks = match read {
         Ok(tasks) => tasks,
         Err(e) => {
@@ -355,6 +382,72 @@ async fn write_batch(
             Ok(_) => Ok(Answer::Moved),
             Err(e) => Err(e.clone()),
         });
+    }
+}
+
+/// What a completion needs of a task this process leased, as the lease left it: the
+/// fields the event takes never change while the token is the same, and the statement
+/// completes the task only under that token (a task withdrawn, released or leased
+/// again meanwhile is answered from what it is then).
+pub struct HeldTask {
+    pub lease_token: Uuid,
+    pub case_id: Uuid,
+    pub policy_no: String,
+    pub stage: String,
+    pub agent_id: String,
+    pub traceparent: Option<String>,
+}
+
+impl HeldTask {
+    fn row(self) -> TaskRow {
+        TaskRow {
+            state: "leased".into(),
+            lease_token: Some(self.lease_token),
+            outcome: None,
+            case_id: self.case_id,
+            policy_no: self.policy_no,
+            stage: self.stage,
+            agent_id: self.agent_id,
+            traceparent: self.traceparent,
+        }
+    }
+}
+
+/// The tasks this process leased and not yet completed, so a completion here needs no
+/// read of its task (one statement per batch rather than two). A completion sent to
+/// another replica, or after a restart, reads its task as before.
+#[derive(Default)]
+pub struct HeldTasks {
+    tasks: std::sync::Mutex<std::collections::HashMap<Uuid, HeldTask>>,
+}
+
+/// Leases remembered at most; past it the memory starts again (leases that run out
+/// without an outcome would otherwise stay).
+const HELD_AT_MOST: usize = 100_000;
+
+impl HeldTasks {
+    pub fn remember(&self, id: Uuid, task: HeldTask) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if tasks.len() >= HELD_AT_MOST {
+            tasks.clear();
+        }
+        tasks.insert(id, task);
+    }
+
+    pub fn forget(&self, id: Uuid) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// The task if it was leased here under `token` (and forgets it).
+    fn take(&self, id: Uuid, token: Uuid) -> Option<HeldTask> {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        match tasks.get(&id) {
+            Some(t) if t.lease_token == token => tasks.remove(&id),
+            _ => None,
+        }
     }
 }
 
