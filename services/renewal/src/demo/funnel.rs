@@ -234,7 +234,7 @@ pub async fn measure(
         funnel,
         violations: v,
         not_yet_measured: vec![
-            "pii_readable_at_rest outside lists: the scheduler's and dispatch's contact copies are sealed with their issues (#5, #6)",
+            "pii_readable_at_rest outside lists: the scheduler's and dispatch's copies of the customer's name, mobile and plate are plain text at rest (not counted here); sealing them is not built yet",
         ],
         details,
     })
