@@ -237,14 +237,7 @@ async fn receipts(sim: &Simulation, http: &reqwest::Client) -> Result<(), String
         "receipts_per_s",
         format!("{:.0}", RECEIPTS as f64 / elapsed),
     );
-    line(
-        "webhook_saturated_p50_ms",
-        format!("{:.1}", percentile(&mut latencies, 0.50)),
-    );
-    line(
-        "webhook_saturated_p99_ms",
-        format!("{:.1}", percentile(&mut latencies, 0.99)),
-    );
+    latency_lines("webhook_saturated", &mut latencies);
 
     // The latency at the rate: an array due every 5 ms, whatever the answers.
     sim.settle().await.map_err(err)?;
@@ -269,14 +262,7 @@ async fn receipts(sim: &Simulation, http: &reqwest::Client) -> Result<(), String
         "receipts_paced_per_s",
         format!("{:.0}", PACED_RECEIPTS as f64 / elapsed),
     );
-    line(
-        "webhook_p50_ms",
-        format!("{:.1}", percentile(&mut latencies, 0.50)),
-    );
-    line(
-        "webhook_p99_ms",
-        format!("{:.1}", percentile(&mut latencies, 0.99)),
-    );
+    latency_lines("webhook", &mut latencies);
     Ok(())
 }
 
@@ -338,12 +324,17 @@ async fn push(
     Ok(since.elapsed())
 }
 
-fn percentile(latencies: &mut [Duration], p: f64) -> f64 {
+/// `<name>_p50_ms` and `<name>_p99_ms`.
+fn latency_lines(name: &str, latencies: &mut [Duration]) {
     latencies.sort();
-    latencies
-        .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    line(&format!("{name}_p50_ms"), format!("{:.1}", pct(0.50)));
+    line(&format!("{name}_p99_ms"), format!("{:.1}", pct(0.99)));
 }
 
 async fn sends(sim: &Simulation) -> Result<(), String> {
