@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use renewal_contract::core::{Policy, PolicyUpserted};
 use renewal_contract::{Subjects, subject};
-use renewal_e2e::{ORG_CSV, TZ, database_url, nats_url, policy, unique};
+use renewal_e2e::{ORG_CSV, TZ, database_url, nats_url, policy, post_json_to, unique};
 use renewal_platform::{Bus, Clock};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -205,15 +205,7 @@ impl Deployment {
     }
 
     async fn post(&self, base: &str, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{base}{path}"))
-            .json(&body)
-            .send()
-            .await
-            .expect("HTTP answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or_default())
+        post_json_to(&self.http, &format!("{base}{path}"), body).await
     }
 
     /// Publishes policies as the core policy system does, with its trace.

@@ -85,14 +85,7 @@ impl TestSystem {
     }
 
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let response = reqwest::Client::new()
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .expect("HTTP answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or_default())
+        post_json_to(&reqwest::Client::new(), &self.url(path), body).await
     }
 
     /// Loads an organisation CSV through `POST /v1/org:import`.
@@ -209,4 +202,20 @@ pub async fn events<M: prost::Message + Default>(system: &TestSystem, subject: &
             return out;
         }
     }
+}
+
+/// POSTs `body` as JSON to `url`: the status and the JSON answer (null if none).
+pub async fn post_json_to(
+    http: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = http
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .expect("HTTP answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
 }
