@@ -111,8 +111,9 @@ async fn parallel_leases_never_overlap_and_outcomes_are_published_once() {
     let mut pulls = tokio::task::JoinSet::new();
     for agent in 0..100 {
         let url = system.url("/v1/phone-tasks:lease");
+        let http = system.http.clone();
         pulls.spawn(async move {
-            let response = reqwest::Client::new()
+            let response = http
                 .post(url)
                 .json(&json!({"agent_id": format!("CC-{agent:03}"), "queue": "campaign", "max": 2, "lease_seconds": 300}))
                 .send()
@@ -496,6 +497,7 @@ async fn opt_out_replies_in_every_spelling_opt_the_number_out_once_with_an_event
     let post = |body: String| {
         let url = url.clone();
         async move {
+            // The vendor carries no bearer token: the path token is its credential.
             let response = reqwest::Client::new()
                 .post(url)
                 .header("content-type", "application/json")

@@ -21,7 +21,9 @@ fn row(no: &str, mobile: &str, vin: &str, start: &str, end: &str) -> String {
 const VIN: &str = "LSVAU218XN2183294";
 
 async fn post_csv(system: &TestSystem, body: Vec<u8>, query: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = system
+        .http
+        .clone()
         .post(system.url(&format!("/v1/policies:import{query}")))
         .header("content-type", "text/csv")
         .body(body)
@@ -156,7 +158,10 @@ async fn a_csv_import_loads_the_good_rows_and_reports_every_bad_one() {
         1
     );
     let id = again["import_id"].as_str().expect("id");
-    let csv = reqwest::get(system.url(&format!("/v1/imports/{id}/rejections")))
+    let csv = system
+        .http
+        .get(system.url(&format!("/v1/imports/{id}/rejections")))
+        .send()
         .await
         .expect("answers")
         .text()
@@ -183,7 +188,7 @@ async fn a_csv_import_loads_the_good_rows_and_reports_every_bad_one() {
     let imports = scalar_i64(&system, "SELECT count(*) FROM lists.imports").await;
     let (status, bad) = post_csv(&system, b"policy_no,mobile\nX1,13812345678\n".to_vec(), "").await;
     assert_eq!(status, 400, "{bad}");
-    assert_eq!(bad["error"], "invalid_header");
+    assert_eq!(bad["code"], "invalid_header");
     assert_eq!(
         scalar_i64(&system, "SELECT count(*) FROM lists.imports").await,
         imports
@@ -350,7 +355,9 @@ async fn lists_buckets_lapses_and_renewals_over_a_month() {
     assert_eq!(m2["case"]["bucket"], "61-90", "{m2}");
 
     // Nanjing issues its lists now, ahead of the month.
-    let response = reqwest::Client::new()
+    let response = system
+        .http
+        .clone()
         .post(system.url("/v1/lists:issue"))
         .json(&serde_json::json!({"city_code": "320100"}))
         .send()
@@ -360,7 +367,9 @@ async fn lists_buckets_lapses_and_renewals_over_a_month() {
     let issued: serde_json::Value = response.json().await.expect("json");
     assert_eq!(issued["renewal"]["lists"], 1, "{issued}");
     assert_eq!(issued["renewal"]["items"], 1, "{issued}");
-    let bad = reqwest::Client::new()
+    let bad = system
+        .http
+        .clone()
         .post(system.url("/v1/lists:issue"))
         .json(&serde_json::json!({"city": "320100"}))
         .send()
@@ -495,10 +504,12 @@ async fn lists_buckets_lapses_and_renewals_over_a_month() {
         )
         .await;
     assert_eq!(sh01["total"]["due"], 3, "{sh01}");
-    let csv =
-        reqwest::get(system.url(
+    let csv = system
+        .http
+        .get(system.url(
             "/v1/reports/renewal-rate?from=2026-11-01&to=2027-03-31&group_by=branch&format=csv",
         ))
+        .send()
         .await
         .expect("answers")
         .text()

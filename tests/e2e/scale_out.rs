@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use renewal_contract::core::{Policy, PolicyUpserted};
 use renewal_contract::{Subjects, subject};
-use renewal_e2e::{ORG_CSV, TZ, database_url, nats_url, policy, post_json_to, unique};
+use renewal_e2e::{Grant, ORG_CSV, Role, TZ, database_url, nats_url, policy, post_json_to, unique};
 use renewal_platform::{Bus, Clock};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -25,32 +25,35 @@ use tokio_util::sync::CancellationToken;
 const SERVICES: [&str; 4] = ["lists", "assignment", "scheduler", "dispatch"];
 const WEBHOOK_TOKEN: &str = "scale0ut0token0123456789";
 
-/// Reads the process's log until it says where it serves HTTP, then keeps draining the
-/// log in the background (shown with `TEST_LOG`).
-fn serving_address(child: &mut Child, service: &str, show: bool) -> String {
+/// Reads the process's log until it says where it serves its admin routes and its API
+/// (in that order), then keeps draining the log in the background (shown with
+/// `TEST_LOG`).
+fn serving_addresses(child: &mut Child, service: &str, show: bool) -> (String, String) {
     use std::io::BufRead;
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = std::io::BufReader::new(stderr).lines();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let service = service.to_owned();
     std::thread::spawn(move || {
-        let mut tx = Some(tx);
         for line in lines.by_ref().map_while(Result::ok) {
             if show {
                 eprintln!("[{service}] {line}");
             }
-            if let Some(sender) = &tx
-                && let Ok(event) = serde_json::from_str::<Value>(&line)
-                && event["message"] == "serving /healthz, /readyz, /metrics"
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && (event["message"] == "serving /healthz, /readyz, /metrics"
+                    || event["message"] == "serving the API")
                 && let Some(addr) = event["addr"].as_str()
             {
-                let _ = sender.send(format!("http://{addr}"));
-                tx = None;
+                let _ = tx.send(format!("http://{addr}"));
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("the process logs the address it serves on")
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the process logs the addresses it serves on")
+    };
+    let admin = next();
+    (admin, next())
 }
 
 /// One running service process.
@@ -58,6 +61,8 @@ struct Replica {
     service: &'static str,
     child: Child,
     base: String,
+    /// Health, readiness, metrics.
+    admin: String,
 }
 
 /// Every replica of every service, against one database and subject prefix, with the
@@ -70,6 +75,8 @@ struct Deployment {
     replicas: Vec<Replica>,
     vendor_stop: CancellationToken,
     http: reqwest::Client,
+    /// The processes' local state folder (the development issuer's key).
+    state: std::path::PathBuf,
 }
 
 impl Deployment {
@@ -97,6 +104,13 @@ impl Deployment {
 
         // Dispatch first: the mock vendor pushes its receipts to the first replica.
         let log = std::env::var("TEST_LOG").is_ok();
+        let state = std::env::temp_dir().join(format!("renewal-{name}"));
+        let issuer =
+            renewal_platform::dev_issuer::DevIssuer::load_or_create(&state.join("dev-issuer"))
+                .expect("the development issuer's key");
+        let hq = issuer
+            .token(&Grant::role(Role::HqAdmin), Duration::from_secs(3600))
+            .expect("signs");
         let mut running: Vec<Replica> = Vec::new();
         let vendor_stop = CancellationToken::new();
         let vendor_listener = renewal_platform::http::bind(renewal::vendor_sim::bind_addr())
@@ -119,6 +133,10 @@ impl Deployment {
                     .env("NATS_PREFIX", &name)
                     // Port 0: each process tells the port it got in its first log lines.
                     .env("HTTP_ADDR", "127.0.0.1:0")
+                    .env("ADMIN_ADDR", "127.0.0.1:0")
+                    // The development issuer, its key shared through the state folder.
+                    .env("AUTH_DEV", "on")
+                    .env("RENEWAL_STATE_DIR", &state)
                     .env("SHUTDOWN_GRACE", "10s")
                     .env(
                         "RUST_LOG",
@@ -151,11 +169,12 @@ impl Deployment {
                 let mut child = cmd
                     .spawn()
                     .expect("the service binary starts (deploy/local/test builds it)");
-                let base = serving_address(&mut child, service, log);
+                let (admin, base) = serving_addresses(&mut child, service, log);
                 running.push(Replica {
                     service,
                     child,
                     base,
+                    admin,
                 });
             }
         }
@@ -171,10 +190,11 @@ impl Deployment {
             bus,
             replicas: running,
             vendor_stop,
-            http: reqwest::Client::new(),
+            http: renewal_e2e::client_with(&hq),
+            state,
         };
         for replica in &deployment.replicas {
-            let ready = format!("{}/readyz", replica.base);
+            let ready = format!("{}/readyz", replica.admin);
             let last = Arc::new(Mutex::new(String::new()));
             let started = Instant::now();
             loop {
@@ -248,7 +268,7 @@ impl Deployment {
     async fn metric(&self, replica: &Replica, name: &str) -> f64 {
         let text = self
             .http
-            .get(format!("{}/metrics", replica.base))
+            .get(format!("{}/metrics", replica.admin))
             .send()
             .await
             .expect("metrics answer")
@@ -299,6 +319,7 @@ impl Deployment {
         self.bus.delete_streams().await;
         self.pool.close().await;
         let _ = renewal_platform::postgres::drop_database(&self.db).await;
+        let _ = std::fs::remove_dir_all(&self.state);
         let _ = &self.name;
     }
 }

@@ -192,7 +192,9 @@ async fn night_stages_move_into_the_day_and_a_new_plan_version_applies_to_new_ca
         {"stage": "T-3 night", "days_before": 3, "at": "22:30", "action": "sms", "template": "renewal_friendly"},
         {"stage": "T-1 late", "days_before": 1, "at": "23:00", "action": "phone_task", "queue": "campaign"}
     ]});
-    let response = reqwest::Client::new()
+    let response = system
+        .http
+        .clone()
         .put(system.url("/v1/plans/310000"))
         .json(&plan)
         .send()
@@ -202,7 +204,9 @@ async fn night_stages_move_into_the_day_and_a_new_plan_version_applies_to_new_ca
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["version"], 1, "{body}");
     assert_eq!(body["open_cases_keeping_their_plan"], 1, "{body}");
-    let bad = reqwest::Client::new()
+    let bad = system
+        .http
+        .clone()
         .put(system.url("/v1/plans/310000"))
         .json(
             &json!({"stages": [{"stage": "x", "days_before": 3, "at": "25:00", "action": "sms"}]}),
@@ -401,7 +405,7 @@ async fn marketing_sms_are_capped_per_customer_and_per_renewal() {
         json!({"stage": name, "days_before": days, "at": "10:00", "action": "sms",
                "template": "renewal_friendly", "marketing": true})
     };
-    let response = reqwest::Client::new()
+    let response = system.http.clone()
         .put(system.url("/v1/plans/110000"))
         .json(&json!({"stages": [sms("S1", 20), sms("S2", 19), sms("S3", 12), sms("S4", 8), sms("S5", 4)]}))
         .send()
@@ -518,6 +522,12 @@ fn scheduler_process(system: &TestSystem) -> std::process::Child {
         .env("NATS_URL", renewal_e2e::nats_url())
         .env("NATS_PREFIX", &system.name)
         .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("ADMIN_ADDR", "127.0.0.1:0")
+        .env("AUTH_DEV", "on")
+        .env(
+            "RENEWAL_STATE_DIR",
+            std::env::temp_dir().join(format!("renewal-{}", system.name)),
+        )
         .env("RUST_LOG", "off")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -20,9 +20,18 @@ fn renewal(envs: &[(&str, &str)]) -> Command {
         .env("NATS_URL", nats_url())
         .env("LOG_FORMAT", "json")
         .env("PII_KEY", renewal::simulation::DEMO_PII_KEY)
+        .env("AUTH_DEV", "on")
+        .env("RENEWAL_STATE_DIR", state_dir())
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("ADMIN_ADDR", "127.0.0.1:0")
         .envs(envs.iter().copied())
         .stdin(Stdio::null());
     cmd
+}
+
+/// The local state folder these processes share (the development issuer's key).
+fn state_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("renewal-startup-tests")
 }
 
 fn terminate(pid: u32) {
@@ -81,6 +90,33 @@ fn a_malformed_or_missing_variable_stops_start_up_and_is_named() {
     .expect("renewal runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
+
+    // No identity provider and no development issuer: refused, saying what to set.
+    let out = renewal(&[("SMS_WEBHOOK_TOKEN", "0123456789abcdef"), ("AUTH_DEV", "")])
+        .args(["run"])
+        .output()
+        .expect("renewal runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AUTH_ISSUER"));
+    // The development issuer under a production setting: refused.
+    let out = renewal(&[
+        ("SMS_WEBHOOK_TOKEN", "0123456789abcdef"),
+        ("RENEWAL_ENV", "production"),
+    ])
+    .args(["run"])
+    .output()
+    .expect("renewal runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AUTH_DEV"));
+    let out = renewal(&[("RENEWAL_ENV", "production")])
+        .args(["token", "--role", "hq_admin"])
+        .output()
+        .expect("renewal runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no development tokens in production"
+    );
 }
 
 #[tokio::test]
@@ -109,7 +145,7 @@ async fn stays_up_not_ready(broken: (&str, &str), check: &str, logged: &str) {
     let name = unique("nr");
     let db = database_url(&name);
     let mut child = renewal(&[
-        ("HTTP_ADDR", addr.as_str()),
+        ("ADMIN_ADDR", addr.as_str()),
         ("SMS_WEBHOOK_TOKEN", "0123456789abcdef"),
         ("DATABASE_URL", db.expose_secret()),
         ("NATS_PREFIX", name.as_str()),
@@ -152,10 +188,12 @@ async fn stays_up_not_ready(broken: (&str, &str), check: &str, logged: &str) {
 async fn with_postgres_and_nats_it_becomes_ready_and_stops_on_sigterm() {
     let name = unique("up");
     let db = database_url(&name);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    let (admin, api) = (free_port(), free_port());
+    let addr = format!("127.0.0.1:{admin}");
+    let api = format!("127.0.0.1:{api}");
     let mut child = renewal(&[
-        ("HTTP_ADDR", addr.as_str()),
+        ("ADMIN_ADDR", addr.as_str()),
+        ("HTTP_ADDR", api.as_str()),
         ("SMS_WEBHOOK_TOKEN", "0123456789abcdef"),
         ("DATABASE_URL", db.expose_secret()),
         ("NATS_PREFIX", name.as_str()),
@@ -178,6 +216,45 @@ async fn with_postgres_and_nats_it_becomes_ready_and_stops_on_sigterm() {
     assert_eq!(
         get(&format!("http://{addr}/metrics")).await.map(|r| r.0),
         Some(200)
+    );
+    // The API port serves no health or metrics, and answers no one without a token.
+    assert_eq!(
+        get(&format!("http://{api}/metrics")).await.map(|r| r.0),
+        Some(404)
+    );
+    let (status, body) = get(&format!("http://{api}/v1/policies/P404"))
+        .await
+        .expect("the API answers");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{body}"
+    );
+    // `renewal token` prints a token of the same development issuer, and it is taken.
+    let out = renewal(&[])
+        .args(["token", "--role", "hq_admin"])
+        .output()
+        .expect("renewal token runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let response = reqwest::Client::new()
+        .get(format!("http://{api}/v1/policies/P404"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(
+        response.status().as_u16(),
+        404,
+        "a known caller learns the policy is unknown"
+    );
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
     );
     terminate(child.id());
     let status = child.wait().expect("it stops");

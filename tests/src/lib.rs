@@ -5,6 +5,8 @@
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use renewal::simulation::{SimOptions, Simulation};
 use renewal_contract::core::Policy;
+pub use renewal_platform::Role;
+pub use renewal_platform::dev_issuer::Grant;
 use secrecy::SecretString;
 
 pub const TZ: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
@@ -51,6 +53,9 @@ pub fn init_logs() {
 pub struct TestSystem {
     pub sim: Simulation,
     pub name: String,
+    /// A client carrying HQ's token (every route admits `hq_admin`); tests of who may
+    /// call what use [`TestSystem::client`] with the role they need.
+    pub http: reqwest::Client,
 }
 
 impl TestSystem {
@@ -71,7 +76,14 @@ impl TestSystem {
         )
         .await
         .expect("the system starts against the loopback Postgres and NATS");
-        TestSystem { sim, name }
+        let hq = Grant::role(Role::HqAdmin);
+        let http = client_with(&sim.token(&hq).expect("the development issuer signs"));
+        TestSystem { sim, name, http }
+    }
+
+    /// A client whose requests carry a token for `grant`.
+    pub fn client(&self, grant: &Grant) -> reqwest::Client {
+        client_with(&self.sim.token(grant).expect("the development issuer signs"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -79,18 +91,24 @@ impl TestSystem {
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let response = reqwest::get(self.url(path)).await.expect("HTTP answers");
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("HTTP answers");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or_default())
     }
 
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        post_json_to(&reqwest::Client::new(), &self.url(path), body).await
+        post_json_to(&self.http, &self.url(path), body).await
     }
 
     /// Loads an organisation CSV through `POST /v1/org:import`.
     pub async fn load_org(&self, csv: &str) -> serde_json::Value {
-        let response = reqwest::Client::new()
+        let response = self
+            .http
             .post(self.url("/v1/org:import"))
             .body(csv.to_owned())
             .send()
@@ -216,6 +234,25 @@ pub async fn post_json_to(
         .send()
         .await
         .expect("HTTP answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// A client that sends `token` as its bearer token with every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .expect("a token is a header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// GETs `url` with `http`: the status and the JSON answer (null if none).
+pub async fn get_json_with(http: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let response = http.get(url).send().await.expect("HTTP answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or_default())
 }

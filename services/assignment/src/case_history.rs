@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use renewal_platform::Caller;
+
+use crate::access::{self, CaseScope};
 use crate::claims::ClaimApi;
 use crate::refusals::Refusal;
 
@@ -63,8 +66,16 @@ pub struct RoutingStep {
 
 async fn show(
     State(api): State<ClaimApi>,
+    caller: Caller,
     Path(policy_no): Path<String>,
 ) -> Result<Json<CaseView>, Refusal> {
+    let mut conn = api.pool.acquire().await?;
+    let scope = CaseScope::of(&mut conn, &policy_no).await?;
+    drop(conn);
+    match scope {
+        Some(scope) => scope.authorize(&caller, access::READ_CASE)?,
+        None => caller.require(access::READ_CASE)?,
+    };
     load(&api.pool, &policy_no)
         .await?
         .map(Json)
@@ -155,8 +166,17 @@ pub struct Credit {
 /// `GET /v1/reports/attribution[?city=]`: per originating agent.
 async fn attribution(
     State(api): State<ClaimApi>,
-    Query(q): Query<AttributionQuery>,
+    caller: Caller,
+    Query(mut q): Query<AttributionQuery>,
 ) -> Result<Json<Vec<Credit>>, Refusal> {
+    // A city admin sees their own city; naming another is refused.
+    if !caller.has(renewal_platform::Role::Analyst) && !caller.has(renewal_platform::Role::HqAdmin)
+    {
+        let own = caller.city_code.clone().unwrap_or_default();
+        let city = q.city.get_or_insert(own).clone();
+        access::for_city(&caller, access::REPORTS, &city)?;
+    }
+    caller.require(access::REPORTS)?;
     let rows = sqlx::query(
         "SELECT credited_agent, count(*) AS cases,
                 count(*) FILTER (WHERE outcome = 'renewed') AS renewed,

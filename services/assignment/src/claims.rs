@@ -11,11 +11,12 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
 use renewal_contract::lists::{ListIssued, ListKind};
 use renewal_platform::inbox::field;
-use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
+use renewal_platform::{Caller, Clock, Delivery, HandleError, Handler, Outbox};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::access;
 use crate::org::city_deadlines;
 use crate::ownership::{self, NewOwner};
 use crate::refusals::{Refusal, body, required};
@@ -214,9 +215,14 @@ struct ClaimsQuery {
 /// it claimed that are still open, or cases it declined.
 async fn branch_claims(
     State(api): State<ClaimApi>,
+    caller: Caller,
     Path(branch): Path<String>,
     Query(q): Query<ClaimsQuery>,
 ) -> Result<Json<Vec<ClaimView>>, Refusal> {
+    let mut conn = api.pool.acquire().await?;
+    let city = access::branch_city(&mut conn, &branch).await?;
+    drop(conn);
+    access::for_branch(&caller, access::READ_BRANCH, &branch, city.as_deref())?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let sql = match q.state.as_deref().unwrap_or("pending") {
         "pending" => format!(
@@ -239,13 +245,7 @@ async fn branch_claims(
             )));
         }
     };
-    let known: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM assignment.branches WHERE branch_code = $1)",
-    )
-    .bind(&branch)
-    .fetch_one(&api.pool)
-    .await?;
-    if !known {
+    if city.is_none() {
         return Err(Refusal::UnknownBranch(branch));
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -272,8 +272,10 @@ async fn city_queue(pool: &PgPool, city: &str, phases: &[&str]) -> Result<Vec<Cl
 /// `GET /v1/cities/{city}/pool`: cases any branch of the city may claim.
 async fn city_pool(
     State(api): State<ClaimApi>,
+    caller: Caller,
     Path(city): Path<String>,
 ) -> Result<Json<Vec<ClaimView>>, Refusal> {
+    access::for_city(&caller, access::READ_POOL, &city)?;
     Ok(Json(
         city_queue(&api.pool, &city, &["pool", "city_reassign"]).await?,
     ))
@@ -282,8 +284,10 @@ async fn city_pool(
 /// `GET /v1/cities/{city}/research`: cases whose origin must be traced.
 async fn city_research(
     State(api): State<ClaimApi>,
+    caller: Caller,
     Path(city): Path<String>,
 ) -> Result<Json<Vec<ClaimView>>, Refusal> {
+    access::for_city(&caller, access::CITY, &city)?;
     Ok(Json(city_queue(&api.pool, &city, &["research"]).await?))
 }
 
@@ -300,7 +304,8 @@ pub struct ClaimRequest {
     pub branch_code: String,
     /// The agent who will own the case (`owner_agent`).
     pub owner_agent: Option<String>,
-    /// Who acts (an agent code); for a decline, who declines.
+    /// Who acts: if given, it must be the caller's own agent code (the token says who
+    /// acts; this field only confirms it).
     pub by: Option<String>,
     /// Why a branch declines.
     pub reason: Option<String>,
@@ -308,15 +313,17 @@ pub struct ClaimRequest {
 
 async fn claim_action(
     State(api): State<ClaimApi>,
+    caller: Caller,
     Path(action): Path<String>,
     json: Result<Json<ClaimRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, Refusal> {
     let (policy_no, verb) = split_action(&action)?;
+    caller.require(access::ACT_FOR_BRANCH)?;
     let request = body(json)?;
     let now = api.clock.now();
     let result = match verb {
-        "claim" => claim(&api.pool, &api.outbox, policy_no, &request, now).await?,
-        "decline" => decline(&api.pool, &api.outbox, policy_no, &request, now).await?,
+        "claim" => claim(&api.pool, &api.outbox, policy_no, &request, &caller, now).await?,
+        "decline" => decline(&api.pool, &api.outbox, policy_no, &request, &caller, now).await?,
         other => {
             return Err(Refusal::Invalid(format!(
                 "unknown action {other:?}: use claim or decline"
@@ -333,6 +340,7 @@ pub(crate) struct LockedCase {
     pub case_id: Uuid,
     pub city_code: String,
     pub branch_code: String,
+    pub owner_branch: Option<String>,
     pub phase: String,
     pub state: String,
     pub owner_agent: Option<String>,
@@ -352,7 +360,7 @@ pub(crate) async fn lock_case(
     policy_no: &str,
 ) -> Result<LockedCase, Refusal> {
     let row = sqlx::query(
-        "SELECT case_id, city_code, branch_code, phase, state, owner_agent, important, group_policy
+        "SELECT case_id, city_code, branch_code, owner_branch, phase, state, owner_agent, important, group_policy
          FROM assignment.cases WHERE policy_no = $1 FOR UPDATE",
     )
     .bind(policy_no)
@@ -363,6 +371,7 @@ pub(crate) async fn lock_case(
         case_id: row.try_get("case_id")?,
         city_code: row.try_get("city_code")?,
         branch_code: row.try_get("branch_code")?,
+        owner_branch: row.try_get("owner_branch")?,
         phase: row.try_get("phase")?,
         state: row.try_get("state")?,
         owner_agent: row.try_get("owner_agent")?,
@@ -391,12 +400,16 @@ pub async fn claim(
     outbox: &Outbox,
     policy_no: &str,
     request: &ClaimRequest,
+    caller: &Caller,
     now: DateTime<Utc>,
 ) -> Result<serde_json::Value, Refusal> {
     let branch = required("branch_code", &request.branch_code)?;
     let owner = required("owner_agent", request.owner_agent.as_deref().unwrap_or(""))?;
+    let by = access::acting_as(caller, request.by.as_deref())?;
     let mut tx = pool.begin().await?;
-    let city = branch_city(&mut tx, branch).await?;
+    let city = access::branch_city(&mut tx, branch).await?;
+    access::for_branch(caller, access::ACT_FOR_BRANCH, branch, city.as_deref())?;
+    let city = city.ok_or_else(|| Refusal::UnknownBranch(branch.to_owned()))?;
     let agent =
         sqlx::query("SELECT branch_code, active FROM assignment.agents WHERE agent_code = $1")
             .bind(owner)
@@ -415,6 +428,13 @@ pub async fn claim(
         });
     }
     let case = lock_case(&mut tx, policy_no).await?;
+    if case.phase == "owned"
+        && case.owner_agent.as_deref() == Some(owner)
+        && case.owner_branch.as_deref() == Some(branch)
+    {
+        // The winner retrying: answered as it was.
+        return Ok(claimed(&mut tx, &case, policy_no, owner, branch).await?);
+    }
     // Second assignment takes the case away from its owner: they cannot take it back.
     if matches!(case.phase.as_str(), "branch_reassign" | "city_reassign")
         && case.owner_agent.as_deref() == Some(owner)
@@ -427,7 +447,6 @@ pub async fn claim(
         "branch" | "branch_reassign" => {
             if case.branch_code != branch {
                 return Err(Refusal::NotYourBranch {
-                    owner: case.branch_code.clone(),
                     branch: branch.to_owned(),
                 });
             }
@@ -440,7 +459,6 @@ pub async fn claim(
         "pool" | "city_reassign" => {
             if case.city_code != city {
                 return Err(Refusal::NotYourCity {
-                    city: case.city_code.clone(),
                     branch: branch.to_owned(),
                 });
             }
@@ -451,9 +469,7 @@ pub async fn claim(
             }
         }
         "owned" | "confirming" | "hq" | "city_company" => {
-            return Err(Refusal::AlreadyClaimed {
-                owner: case.owner_agent.clone().unwrap_or_default(),
-            });
+            return Err(Refusal::AlreadyClaimed);
         }
         other => {
             return Err(Refusal::WrongPhase {
@@ -462,7 +478,6 @@ pub async fn claim(
             });
         }
     };
-    let by = request.by.as_deref().unwrap_or(owner);
     ownership::assign_many(
         &mut tx,
         outbox,
@@ -473,11 +488,32 @@ pub async fn claim(
             phase: "owned",
             reason: reason.into(),
         }],
-        by,
+        &by,
         now,
     )
     .await?;
     tx.commit().await?;
+    Ok(
+        serde_json::json!({"policy_no": policy_no, "owner_agent": owner, "branch_code": branch, "reason": reason}),
+    )
+}
+
+/// The answer the winning claim got, for its retry: the reason its owner was named.
+async fn claimed(
+    tx: &mut PgConnection,
+    case: &LockedCase,
+    policy_no: &str,
+    owner: &str,
+    branch: &str,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT reason FROM assignment.owner_history WHERE case_id = $1 AND owner_agent = $2
+         ORDER BY assigned_at DESC LIMIT 1",
+    )
+    .bind(case.case_id)
+    .bind(owner)
+    .fetch_optional(&mut *tx)
+    .await?;
     Ok(
         serde_json::json!({"policy_no": policy_no, "owner_agent": owner, "branch_code": branch, "reason": reason}),
     )
@@ -489,26 +525,28 @@ pub async fn decline(
     outbox: &Outbox,
     policy_no: &str,
     request: &ClaimRequest,
+    caller: &Caller,
     now: DateTime<Utc>,
 ) -> Result<serde_json::Value, Refusal> {
     let branch = required("branch_code", &request.branch_code)?;
     let reason = required("reason", request.reason.as_deref().unwrap_or(""))?;
-    let by = required("by", request.by.as_deref().unwrap_or(""))?;
+    let by = access::acting_as(caller, request.by.as_deref())?;
     let mut tx = pool.begin().await?;
-    branch_city(&mut tx, branch).await?;
+    let city = access::branch_city(&mut tx, branch).await?;
+    access::for_branch(caller, access::ACT_FOR_BRANCH, branch, city.as_deref())?;
+    if city.is_none() {
+        return Err(Refusal::UnknownBranch(branch.to_owned()));
+    }
     let case = lock_case(&mut tx, policy_no).await?;
     match case.phase.as_str() {
         "branch" if case.branch_code == branch => {}
         "branch" => {
             return Err(Refusal::NotYourBranch {
-                owner: case.branch_code.clone(),
                 branch: branch.to_owned(),
             });
         }
         "owned" | "confirming" | "hq" | "city_company" => {
-            return Err(Refusal::AlreadyClaimed {
-                owner: case.owner_agent.clone().unwrap_or_default(),
-            });
+            return Err(Refusal::AlreadyClaimed);
         }
         other => {
             return Err(Refusal::WrongPhase {
@@ -530,7 +568,7 @@ pub async fn decline(
     .bind(case.case_id)
     .bind(branch)
     .bind(reason)
-    .bind(by)
+    .bind(&by)
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -543,7 +581,7 @@ pub async fn decline(
             reason: format!("declined: {reason}"),
             deadline: Some(pool_due),
         }],
-        by,
+        &by,
         now,
     )
     .await?;
@@ -555,17 +593,20 @@ pub async fn decline(
 #[serde(deny_unknown_fields)]
 struct ResearchRequest {
     branch_code: String,
-    by: String,
+    /// If given, the caller's own agent code.
+    by: Option<String>,
 }
 
 /// `POST /v1/research/{policy_no}:resolve` `{"branch_code": ..., "by": ...}`: the traced
 /// branch gets the claim, due within the city's claim days.
 async fn research_action(
     State(api): State<ClaimApi>,
+    caller: Caller,
     Path(action): Path<String>,
     json: Result<Json<ResearchRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, Refusal> {
     let (policy_no, verb) = split_action(&action)?;
+    caller.require(access::CITY)?;
     if verb != "resolve" {
         return Err(Refusal::Invalid(format!(
             "unknown action {verb:?}: use resolve"
@@ -573,11 +614,12 @@ async fn research_action(
     }
     let request = body(json)?;
     let branch = required("branch_code", &request.branch_code)?;
-    let by = required("by", &request.by)?;
+    let by = access::acting_as(&caller, request.by.as_deref())?;
     let now = api.clock.now();
     let mut tx = api.pool.begin().await?;
     let city = branch_city(&mut tx, branch).await?;
     let case = lock_case(&mut tx, policy_no).await?;
+    access::for_city(&caller, access::CITY, &case.city_code)?;
     if case.phase != "research" {
         return Err(Refusal::WrongPhase {
             action: "researched",
@@ -586,7 +628,6 @@ async fn research_action(
     }
     if case.city_code != city {
         return Err(Refusal::NotYourCity {
-            city: case.city_code.clone(),
             branch: branch.to_owned(),
         });
     }
@@ -609,7 +650,7 @@ async fn research_action(
             reason: "researched".into(),
             deadline: Some(due),
         }],
-        by,
+        &by,
         now,
     )
     .await?;

@@ -4,6 +4,7 @@
 //! and are then assigned automatically (`deadlines`, `auto_assign`), untraceable ones
 //! are researched first, and the scheduler's T-5 command starts the second assignment.
 
+mod access;
 pub mod auto_assign;
 mod case_history;
 mod cases;
@@ -82,13 +83,15 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         clock: deps.clock.clone(),
         wake: wake.clone(),
     };
-    deps.http.mount(claims::routes(api.clone()));
-    deps.http.mount(case_history::routes(api));
-    deps.http.mount(org::routes(org::OrgApi {
+    let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
+    deps.http.mount(audit.around(claims::routes(api.clone())));
+    deps.http.mount(audit.around(case_history::routes(api)));
+    deps.http.mount(audit.around(org::routes(org::OrgApi {
         pool: deps.pool.clone(),
         outbox: outbox.clone(),
         clock: deps.clock.clone(),
-    }));
+    })));
+    deps.http.mount(audit.around(audit.routes()));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(LISTS_CASES, cases::CaseEvents { wake: wake.clone() });
     service.consume(LISTS_ISSUED, claims::ListEvents { wake: wake.clone() });

@@ -11,11 +11,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
-use renewal_platform::{Clock, Outbox};
+use renewal_platform::{Caller, Clock, Outbox, Problem, Scope};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::access;
 use crate::ownership::{self, NewOwner};
 use crate::refusals::{Refusal, body, required};
 use crate::routing::{self, Step};
@@ -94,6 +95,8 @@ pub enum OrgError {
     Header(String),
     #[error("{} rows are wrong", .0.len())]
     Rows(Vec<RowProblem>),
+    #[error("{0}")]
+    Denied(#[from] Problem),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -102,19 +105,17 @@ impl axum::response::IntoResponse for OrgError {
     fn into_response(self) -> axum::response::Response {
         use axum::http::StatusCode;
         match self {
-            OrgError::Header(d) => (
+            OrgError::Header(d) => Problem::new(StatusCode::BAD_REQUEST, "invalid_header", d),
+            OrgError::Rows(problems) => Problem::new(
                 StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": "invalid_header", "detail": d})),
+                "invalid_rows",
+                "nothing was loaded; fix these rows",
             )
-                .into_response(),
-            OrgError::Rows(problems) => (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": "invalid_rows",
-                    "detail": "nothing was loaded; fix these rows", "rows": problems})),
-            )
-                .into_response(),
-            OrgError::Db(e) => Refusal::Db(e).into_response(),
+            .with("rows", problems),
+            OrgError::Denied(problem) => problem,
+            OrgError::Db(e) => Problem::internal(&e),
         }
+        .into_response()
     }
 }
 
@@ -356,7 +357,12 @@ pub fn routes(api: OrgApi) -> axum::Router {
         .with_state(api)
 }
 
-async fn import_csv(State(api): State<OrgApi>, data: Bytes) -> Result<Json<OrgReport>, OrgError> {
+async fn import_csv(
+    State(api): State<OrgApi>,
+    caller: Caller,
+    data: Bytes,
+) -> Result<Json<OrgReport>, OrgError> {
+    caller.require(access::ORG)?;
     let rows = parse(&data)?;
     let report = load(&api.pool, &api.outbox, &rows, api.clock.now()).await?;
     tracing::info!(
@@ -404,11 +410,34 @@ fn agent_view(row: &sqlx::postgres::PgRow) -> Result<AgentView, sqlx::Error> {
     })
 }
 
+/// An agent is reached by themselves, their branch and their city.
+fn agent_scope<'a>(code: &'a str, branch: &'a str, city: &'a str) -> Scope<'a> {
+    Scope {
+        agent: Some(code),
+        branch: Some(branch),
+        city: Some(city),
+    }
+}
+
 async fn show_agent(
     State(api): State<OrgApi>,
+    caller: Caller,
     Path(code): Path<String>,
 ) -> Result<Json<AgentView>, Refusal> {
-    Ok(Json(agent(&api.pool, &code).await?))
+    let roles = &[
+        renewal_platform::Role::Agent,
+        renewal_platform::Role::Supervisor,
+        renewal_platform::Role::BranchAdmin,
+        renewal_platform::Role::CityAdmin,
+        renewal_platform::Role::HqAdmin,
+    ];
+    caller.require(roles)?;
+    let view = agent(&api.pool, &code).await?;
+    caller.authorize(
+        roles,
+        agent_scope(&code, &view.branch_code, &view.city_code),
+    )?;
+    Ok(Json(view))
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,9 +452,11 @@ struct AgentEdit {
 /// `PATCH /v1/agents/{code}` `{"active": false}`, `{"capacity": 40}`, ...
 async fn edit_agent(
     State(api): State<OrgApi>,
+    caller: Caller,
     Path(code): Path<String>,
     json: Result<Json<AgentEdit>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, Refusal> {
+    caller.require(access::ACT_FOR_BRANCH)?;
     let edit = body(json)?;
     if edit.capacity.is_some_and(|c| !(0..=100_000).contains(&c)) {
         return Err(Refusal::Invalid("capacity must be from 0 to 100000".into()));
@@ -438,12 +469,14 @@ async fn edit_agent(
     }
     let now = api.clock.now();
     let mut tx = api.pool.begin().await?;
-    let was: bool =
-        sqlx::query_scalar("SELECT active FROM assignment.agents WHERE agent_code = $1 FOR UPDATE")
-            .bind(&code)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Refusal::UnknownAgent(code.clone()))?;
+    let (was, branch, city): (bool, String, String) = sqlx::query_as(
+        "SELECT active, branch_code, city_code FROM assignment.agents WHERE agent_code = $1 FOR UPDATE",
+    )
+    .bind(&code)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| Refusal::UnknownAgent(code.clone()))?;
+    access::for_branch(&caller, access::ACT_FOR_BRANCH, &branch, Some(&city))?;
     sqlx::query(
         "UPDATE assignment.agents SET capacity = COALESCE($2, capacity), active = COALESCE($3, active),
              role = COALESCE($4, role), agent_name = COALESCE($5, agent_name), updated_at = $6
@@ -472,8 +505,13 @@ async fn edit_agent(
 
 async fn branch_agents(
     State(api): State<OrgApi>,
+    caller: Caller,
     Path(branch): Path<String>,
 ) -> Result<Json<Vec<AgentView>>, Refusal> {
+    let mut conn = api.pool.acquire().await?;
+    let city = access::branch_city(&mut conn, &branch).await?;
+    drop(conn);
+    access::for_branch(&caller, access::READ_BRANCH, &branch, city.as_deref())?;
     let rows = sqlx::query(
         "SELECT a.*, (SELECT count(*) FROM assignment.cases c WHERE c.owner_agent = a.agent_code AND c.state = 'open') AS open_cases
          FROM assignment.agents a WHERE a.branch_code = $1 ORDER BY a.agent_code",
@@ -498,8 +536,10 @@ async fn branch_agents(
 
 async fn get_settings(
     State(api): State<OrgApi>,
+    caller: Caller,
     Path(city): Path<String>,
 ) -> Result<Json<CityDeadlines>, Refusal> {
+    access::for_city(&caller, access::READ_POOL, &city)?;
     let mut conn = api.pool.acquire().await?;
     Ok(Json(city_deadlines(&mut conn, &city).await?))
 }
@@ -508,9 +548,11 @@ async fn get_settings(
 /// applies to claims opened from then on.
 async fn put_settings(
     State(api): State<OrgApi>,
+    caller: Caller,
     Path(city): Path<String>,
     json: Result<Json<CityDeadlines>, JsonRejection>,
 ) -> Result<Json<CityDeadlines>, Refusal> {
+    access::for_city(&caller, access::CITY, &city)?;
     let s = body(json)?;
     required("city_code", &city)?;
     if !(1..=31).contains(&s.claim_days)

@@ -1,10 +1,12 @@
 //! Why a request is refused, mapped to HTTP in this one place: a clear 4xx with a
-//! reason, and nothing changed.
+//! reason (RFC 9457 problem+json), and nothing changed. A refusal never names
+//! another branch's owner or another city.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use renewal_platform::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -24,12 +26,12 @@ pub enum Refusal {
         agent_branch: String,
         branch: String,
     },
-    #[error("the case is on branch {owner}'s list, not {branch}'s")]
-    NotYourBranch { owner: String, branch: String },
-    #[error("the case is in city {city}'s pool; branch {branch} is not in that city")]
-    NotYourCity { city: String, branch: String },
-    #[error("the case was already claimed (owner {owner})")]
-    AlreadyClaimed { owner: String },
+    #[error("the case is on another branch's list, not {branch}'s")]
+    NotYourBranch { branch: String },
+    #[error("the case is in another city's pool; branch {branch} is not in that city")]
+    NotYourCity { branch: String },
+    #[error("the case was already claimed")]
+    AlreadyClaimed,
     #[error(
         "the case is being reassigned away from {owner}, who did not confirm it; another agent must take it"
     )]
@@ -40,6 +42,9 @@ pub enum Refusal {
     Closed,
     #[error("{agent} does not own the case")]
     NotOwner { agent: String },
+    /// Who is calling may not do this (401, 403).
+    #[error("{0}")]
+    Denied(#[from] Problem),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -57,11 +62,12 @@ impl Refusal {
             }
             Refusal::NotYourBranch { .. } => (StatusCode::FORBIDDEN, "not_your_branch"),
             Refusal::NotYourCity { .. } => (StatusCode::FORBIDDEN, "not_your_city"),
-            Refusal::AlreadyClaimed { .. } => (StatusCode::CONFLICT, "already_claimed"),
+            Refusal::AlreadyClaimed => (StatusCode::CONFLICT, "already_claimed"),
             Refusal::OwnerBeingReplaced { .. } => (StatusCode::CONFLICT, "owner_being_replaced"),
             Refusal::WrongPhase { .. } => (StatusCode::CONFLICT, "wrong_phase"),
             Refusal::Closed => (StatusCode::CONFLICT, "case_closed"),
             Refusal::NotOwner { .. } => (StatusCode::FORBIDDEN, "not_owner"),
+            Refusal::Denied(p) => (p.status_code(), "denied"),
             Refusal::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -70,17 +76,11 @@ impl Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let detail = if let Refusal::Db(e) = &self {
-            tracing::error!(error = %e, "assignment request failed");
-            "the request failed; nothing was changed".to_owned()
-        } else {
-            self.to_string()
-        };
-        (
-            status,
-            Json(serde_json::json!({"error": code, "detail": detail})),
-        )
-            .into_response()
+        match self {
+            Refusal::Denied(problem) => problem.into_response(),
+            Refusal::Db(e) => Problem::internal(&e).into_response(),
+            other => Problem::new(status, code, other.to_string()).into_response(),
+        }
     }
 }
 

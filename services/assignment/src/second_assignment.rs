@@ -223,6 +223,7 @@ pub struct OwnerAnswer {
 /// `POST /v1/cases/{policy_no}:release` with a reason (the owner cannot).
 pub async fn owner_answers(
     State(api): State<ClaimApi>,
+    caller: renewal_platform::Caller,
     Path(action): Path<String>,
     json: Result<Json<OwnerAnswer>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, Refusal> {
@@ -232,6 +233,7 @@ pub async fn owner_answers(
         .ok_or_else(|| {
             Refusal::Invalid(format!("{action:?}: use {{policy_no}}:confirm or :release"))
         })?;
+    caller.require(crate::access::OWNER_ANSWERS)?;
     let answer = body(json)?;
     let agent = required("agent_code", &answer.agent_code)?;
     if verb != "confirm" && verb != "release" {
@@ -247,6 +249,14 @@ pub async fn owner_answers(
     let now = api.clock.now();
     let mut tx = api.pool.begin().await?;
     let case = lock_case(&mut tx, policy_no).await?;
+    let scope = renewal_platform::Scope {
+        agent: case.owner_agent.as_deref(),
+        branch: case.owner_branch.as_deref().or(Some(&case.branch_code)),
+        city: Some(&case.city_code),
+    };
+    if caller.authorize(crate::access::OWNER_ANSWERS, scope)? == renewal_platform::Role::Agent {
+        caller.must_match("agent_code", agent, &caller.agent_code)?;
+    }
     if case.owner_agent.as_deref() != Some(agent) {
         return Err(Refusal::NotOwner {
             agent: agent.to_owned(),

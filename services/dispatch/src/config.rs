@@ -16,6 +16,12 @@ pub struct DispatchConfig {
     pub vendor_timeout: Duration,
     /// The secret path token the vendor's pushes must carry.
     pub webhook_token: SecretString,
+    /// The token being rotated out (`SMS_WEBHOOK_TOKEN_PREVIOUS`): pushes carrying
+    /// either are accepted while the vendor's console is switched over.
+    pub webhook_previous_token: Option<SecretString>,
+    /// Where the vendor's pushes may come from (`SMS_WEBHOOK_ALLOW`, CIDRs); empty:
+    /// anywhere.
+    pub webhook_allow: Vec<ipnet::IpNet>,
     /// Local hours SMS may go out in.
     pub sms_hours: Hours,
     /// Local hours the customer may be called in (phone tasks are leased only then).
@@ -80,27 +86,34 @@ impl DispatchConfig {
                 reason: format!("must be an http(s) URL (got {vendor_url:?})"),
             });
         }
-        let webhook_token =
-            env.secret("SMS_WEBHOOK_TOKEN")
-                .ok_or_else(|| ConfigError::Missing {
-                    var: "SMS_WEBHOOK_TOKEN".into(),
-                })?;
-        {
-            use secrecy::ExposeSecret;
-            if webhook_token.expose_secret().len() < 16 {
-                return Err(ConfigError::Invalid {
-                    var: "SMS_WEBHOOK_TOKEN".into(),
-                    reason: "must be at least 16 characters".into(),
-                });
-            }
-        }
+        let current =
+            webhook_token(env, "SMS_WEBHOOK_TOKEN")?.ok_or_else(|| ConfigError::Missing {
+                var: "SMS_WEBHOOK_TOKEN".into(),
+            })?;
+        let webhook_previous_token = webhook_token(env, "SMS_WEBHOOK_TOKEN_PREVIOUS")?;
+        let webhook_allow = env
+            .or("SMS_WEBHOOK_ALLOW", String::new())?
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse::<ipnet::IpNet>()
+                    .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| ConfigError::Invalid {
+                        var: "SMS_WEBHOOK_ALLOW".into(),
+                        reason: format!("{c:?} is not a CIDR such as 106.11.0.0/16"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(DispatchConfig {
             vendor_url,
             sign_name: env.or("SMS_SIGN_NAME", "车险续保".to_owned())?,
             access_key_id: env.or("SMS_ACCESS_KEY_ID", String::new())?,
             access_key_secret: env.secret_or("SMS_ACCESS_KEY_SECRET", ""),
             vendor_timeout: env.duration_or("SMS_VENDOR_TIMEOUT", Duration::from_secs(10))?,
-            webhook_token,
+            webhook_token: current,
+            webhook_previous_token,
+            webhook_allow,
             sms_hours: env.or("SMS_HOURS", Hours::daytime())?,
             call_hours: env.or("CALL_HOURS", Hours::calls())?,
             vendor_qps: {
@@ -114,6 +127,21 @@ impl DispatchConfig {
                 qps
             },
         })
+    }
+}
+
+/// A webhook path token: 16 characters or more.
+fn webhook_token<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    var: &str,
+) -> Result<Option<SecretString>, ConfigError> {
+    use secrecy::ExposeSecret;
+    match env.secret(var) {
+        Some(t) if t.expose_secret().len() < 16 => Err(ConfigError::Invalid {
+            var: var.into(),
+            reason: "must be at least 16 characters".into(),
+        }),
+        other => Ok(other),
     }
 }
 

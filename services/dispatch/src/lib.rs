@@ -95,15 +95,21 @@ pub async fn run_with(
             pool: deps.pool.clone(),
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
-            token: config.webhook_token.clone(),
+            tokens: std::iter::once(config.webhook_token.clone())
+                .chain(config.webhook_previous_token.clone())
+                .collect(),
+            allow: config.webhook_allow.clone(),
         }));
     deps.http.mount(openapi());
-    deps.http.mount(phone::routes(phone::PhoneTasks::new(
-        deps.pool.clone(),
-        outbox.clone(),
-        deps.clock.clone(),
-        config.call_hours,
-    )));
+    let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
+    deps.http
+        .mount(audit.around(phone::routes(phone::PhoneTasks::new(
+            deps.pool.clone(),
+            outbox.clone(),
+            deps.clock.clone(),
+            config.call_hours,
+        ))));
+    deps.http.mount(audit.around(audit.routes()));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(
         COMMANDS,

@@ -827,12 +827,14 @@ pub fn routes(api: ImportApi) -> axum::Router {
 
 fn error(status: axum::http::StatusCode, code: &str, detail: &str) -> axum::response::Response {
     use axum::response::IntoResponse;
-    (
-        status,
-        axum::Json(serde_json::json!({"error": code, "detail": detail})),
-    )
-        .into_response()
+    renewal_platform::Problem::new(status, code, detail).into_response()
 }
+
+/// Loading policies is for the core system's importer and HQ.
+const IMPORTERS: &[renewal_platform::Role] = &[
+    renewal_platform::Role::Importer,
+    renewal_platform::Role::HqAdmin,
+];
 
 impl axum::response::IntoResponse for ImportError {
     fn into_response(self) -> axum::response::Response {
@@ -870,12 +872,16 @@ impl axum::response::IntoResponse for ImportError {
 /// the body (streamed, any size); answers with the import report.
 async fn import_upload(
     axum::extract::State(api): axum::extract::State<ImportApi>,
+    caller: renewal_platform::Caller,
     axum::extract::Query(query): axum::extract::Query<ImportQuery>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use futures::TryStreamExt;
+    if let Err(refused) = caller.require(IMPORTERS) {
+        return refused.into_response();
+    }
     let charset = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -907,9 +913,13 @@ async fn import_upload(
 /// `GET /v1/imports/{id}/rejections`: every rejected row of an import, as CSV.
 async fn rejections_csv(
     axum::extract::State(api): axum::extract::State<ImportApi>,
+    caller: renewal_platform::Caller,
     axum::extract::Path(import_id): axum::extract::Path<String>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if let Err(refused) = caller.require(IMPORTERS) {
+        return refused.into_response();
+    }
     let Ok(import_id) = import_id.parse::<Uuid>() else {
         return error(
             axum::http::StatusCode::BAD_REQUEST,

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Json, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -333,14 +332,23 @@ pub fn routes(api: IssueApi) -> axum::Router {
 /// renewal lists now (and its lapse lists when asked).
 async fn issue_on_demand(
     State(api): State<IssueApi>,
+    caller: renewal_platform::Caller,
     body: Result<Json<IssueRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    use renewal_platform::Role;
+    if let Err(refused) = caller.require(&[Role::CityAdmin, Role::HqAdmin]) {
+        return refused.into_response();
+    }
     let request = match body {
         Ok(Json(r)) if !r.city_code.trim().is_empty() => r,
         Ok(_) => return bad_request("city_code is required"),
         Err(e) => return bad_request(&e.body_text()),
     };
     let city = request.city_code.trim().to_owned();
+    let target = renewal_platform::Scope::city(&city);
+    if let Err(refused) = caller.authorize(&[Role::CityAdmin, Role::HqAdmin], target) {
+        return refused.into_response();
+    }
     let now = api.clock.now();
     let today = local_date(now, api.zones.of(&city));
     let result = async {
@@ -375,21 +383,10 @@ async fn issue_on_demand(
             })
             .into_response()
         }
-        Err(e) => {
-            tracing::error!(error = %e, "issuing lists on demand failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(serde_json::json!({"error": "internal"})),
-            )
-                .into_response()
-        }
+        Err(e) => renewal_platform::Problem::internal(&e).into_response(),
     }
 }
 
 fn bad_request(detail: &str) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({"error": "invalid_request", "detail": detail})),
-    )
-        .into_response()
+    renewal_platform::Problem::bad_request(detail).into_response()
 }

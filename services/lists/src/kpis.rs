@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
+use renewal_platform::{Caller, Problem, Role};
+
 use crate::categories;
 
 #[derive(Clone)]
@@ -39,27 +41,23 @@ pub fn routes(pool: PgPool, clock: renewal_platform::Clock, time_zone: chrono_tz
 enum KpiError {
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("{0}")]
+    Refused(#[from] Problem),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
 
 impl IntoResponse for KpiError {
     fn into_response(self) -> Response {
-        let (status, body) = match self {
-            KpiError::InvalidQuery(detail) => (
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "invalid_query", "detail": detail}),
-            ),
-            KpiError::Database(e) => {
-                // The error names the failing statement, never a customer's data.
-                tracing::error!(error = %e, "renewal-rate report failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    serde_json::json!({"error": "internal"}),
-                )
+        match self {
+            KpiError::InvalidQuery(detail) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
             }
-        };
-        (status, Json(body)).into_response()
+            KpiError::Refused(p) => p,
+            // The error names the failing statement, never a customer's data.
+            KpiError::Database(e) => Problem::internal(&e),
+        }
+        .into_response()
     }
 }
 
@@ -337,12 +335,44 @@ struct Report<'a> {
     total: &'a Tally,
 }
 
+/// Analysts and HQ see every figure; a city admin their city, a branch's supervisor
+/// or admin their branch (the filter is set for them; naming another is refused).
+fn scoped(caller: &Caller, raw: &mut RawQuery) -> Result<(), Problem> {
+    const READERS: &[Role] = &[
+        Role::Analyst,
+        Role::HqAdmin,
+        Role::CityAdmin,
+        Role::Supervisor,
+        Role::BranchAdmin,
+    ];
+    let role = caller.require(READERS)?;
+    let (filter, mine) = match role {
+        Role::CityAdmin => (&mut raw.city, &caller.city_code),
+        Role::Supervisor | Role::BranchAdmin => (&mut raw.branch, &caller.branch_code),
+        _ => return Ok(()),
+    };
+    let mine = mine.clone().unwrap_or_default();
+    match filter {
+        Some(given) if *given != mine => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "out_of_scope",
+            "this is outside your branch or city",
+        )),
+        _ => {
+            *filter = Some(mine);
+            Ok(())
+        }
+    }
+}
+
 async fn renewal_rate(
     State(state): State<KpiState>,
+    caller: Caller,
     headers: HeaderMap,
     raw: Result<Query<RawQuery>, QueryRejection>,
 ) -> Result<Response, KpiError> {
-    let Query(raw) = raw.map_err(|e| invalid(e.body_text()))?;
+    let Query(mut raw) = raw.map_err(|e| invalid(e.body_text()))?;
+    scoped(&caller, &mut raw)?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let today = renewal_platform::local_date(state.clock.now(), state.time_zone);
     let q = parse_query(raw, accept, today)?;

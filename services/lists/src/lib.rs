@@ -153,26 +153,30 @@ pub async fn run_with(
     let lists = Lists::new(&deps, &config).await?;
     let outbox = lists.daily_run.outbox.clone();
     let zones = lists.daily_run.zones.clone();
-    deps.http.mount(policies::routes(policies::PolicyApi {
-        pool: deps.pool.clone(),
-        pii: config.pii.clone(),
-    }));
-    deps.http.mount(import::routes(import::ImportApi {
-        importer: lists.importer.clone(),
-        clock: deps.clock.clone(),
-    }));
+    let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
     deps.http
-        .mount(issued_lists::routes(issued_lists::IssueApi {
+        .mount(audit.around(policies::routes(policies::PolicyApi {
+            pool: deps.pool.clone(),
+            pii: config.pii.clone(),
+        })));
+    deps.http
+        .mount(audit.around(import::routes(import::ImportApi {
+            importer: lists.importer.clone(),
+            clock: deps.clock.clone(),
+        })));
+    deps.http
+        .mount(audit.around(issued_lists::routes(issued_lists::IssueApi {
             pool: deps.pool.clone(),
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
             zones: zones.clone(),
-        }));
-    deps.http.mount(kpis::routes(
+        })));
+    deps.http.mount(audit.around(kpis::routes(
         deps.pool.clone(),
         deps.clock.clone(),
         deps.time_zone,
-    ));
+    )));
+    deps.http.mount(audit.around(audit.routes()));
     if let Err(e) = lists.daily_run.open_after_imports().await {
         tracing::warn!(error = %e, "opening the cases of unfinished imports failed; the daily run will");
     }

@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, Utc};
 use renewal_platform::pii::PiiCipher;
+use renewal_platform::{Caller, Problem, Role, Scope};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
@@ -38,68 +39,65 @@ struct MobileQuery {
     mobile: Option<String>,
 }
 
+/// Who may look a policy up (its mobile masked): its originating agent, its branch,
+/// its city, HQ, and the call center.
+const READERS: &[Role] = &[
+    Role::Agent,
+    Role::Supervisor,
+    Role::BranchAdmin,
+    Role::CityAdmin,
+    Role::HqAdmin,
+    Role::CallCenter,
+];
+
+/// `GET /v1/policies?mobile=`: the caller's policies of that mobile (others are left
+/// out, not refused: the answer says nothing of policies out of scope).
 async fn find_by_mobile(
     State(api): State<PolicyApi>,
+    caller: Caller,
     Query(query): Query<MobileQuery>,
-) -> Response {
-    let Some(mobile) = query.mobile else {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "mobile is required",
-        );
-    };
-    let e164 = match crate::policy_checks::mobile_e164(&mobile) {
-        Ok(m) => m,
-        Err(reason) => {
-            return failure(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                &format!("mobile {reason}"),
-            );
-        }
-    };
+) -> Result<Json<serde_json::Value>, ViewError> {
+    caller.require(READERS)?;
+    let mobile = query
+        .mobile
+        .ok_or_else(|| Problem::bad_request("mobile is required"))?;
+    let e164 = crate::policy_checks::mobile_e164(&mobile)
+        .map_err(|reason| Problem::bad_request(format!("mobile {reason}")))?;
     let index = api.pii.blind_index(&e164);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{SELECT} WHERE p.mobile_index = $1 ORDER BY p.end_date, p.policy_no"
     )))
     .bind(&index[..])
     .fetch_all(&api.pool)
-    .await;
-    let views = rows.map_err(ViewError::from).and_then(|rows| {
-        rows.iter()
-            .map(|r| read(r, &api.pii))
-            .collect::<Result<Vec<_>, _>>()
-    });
-    match views {
-        Ok(views) => Json(serde_json::json!({"policies": views})).into_response(),
-        Err(e) => internal(e),
+    .await?;
+    let mut views = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let view = read(row, &api.pii)?;
+        if caller.authorize(READERS, view.scope()).is_ok() {
+            views.push(view);
+        }
     }
-}
-
-fn failure(status: StatusCode, code: &str, detail: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": code, "detail": detail})),
-    )
-        .into_response()
-}
-
-fn internal(e: ViewError) -> Response {
-    tracing::error!(error = %e, "reading a policy failed");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(serde_json::json!({"error": "internal"})),
-    )
-        .into_response()
+    Ok(Json(serde_json::json!({"policies": views})))
 }
 
 #[derive(Debug, thiserror::Error)]
 enum ViewError {
+    #[error("{0}")]
+    Refused(#[from] Problem),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
     #[error("personal data cannot be opened: {0}")]
     Pii(#[from] renewal_platform::pii::PiiError),
+}
+
+impl IntoResponse for ViewError {
+    fn into_response(self) -> Response {
+        match self {
+            ViewError::Refused(p) => p,
+            other => Problem::internal(&other),
+        }
+        .into_response()
+    }
 }
 
 #[derive(Serialize)]
@@ -142,24 +140,37 @@ pub fn mask_mobile(mobile: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(digits.len() - 7))
 }
 
-async fn show(State(api): State<PolicyApi>, Path(policy_no): Path<String>) -> Response {
+async fn show(
+    State(api): State<PolicyApi>,
+    caller: Caller,
+    Path(policy_no): Path<String>,
+) -> Result<Json<PolicyView>, ViewError> {
+    caller.require(READERS)?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{SELECT} WHERE p.policy_no = $1"
     )))
     .bind(&policy_no)
     .fetch_optional(&api.pool)
-    .await;
-    match row {
-        Ok(Some(row)) => match read(&row, &api.pii) {
-            Ok(view) => Json(view).into_response(),
-            Err(e) => internal(e),
-        },
-        Ok(None) => failure(
+    .await?
+    .ok_or_else(|| {
+        Problem::new(
             StatusCode::NOT_FOUND,
             "unknown_policy",
             "no policy with that number",
-        ),
-        Err(e) => internal(e.into()),
+        )
+    })?;
+    let view = read(&row, &api.pii)?;
+    caller.authorize(READERS, view.scope())?;
+    Ok(Json(view))
+}
+
+impl PolicyView {
+    fn scope(&self) -> Scope<'_> {
+        Scope {
+            agent: Some(&self.agent_code),
+            branch: Some(&self.branch_code),
+            city: Some(&self.city_code),
+        }
     }
 }
 

@@ -253,6 +253,12 @@ async fn run() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let base = format!("http://{}", sim.http_addr);
+    // HQ's token: the claims span every branch (verified on every request).
+    let token = sim
+        .token(&renewal_platform::dev_issuer::Grant::role(
+            renewal_platform::Role::HqAdmin,
+        ))
+        .map_err(|e| e.to_string())?;
     let targets: Vec<usize> = (0..LISTED)
         .step_by(LISTED / API_CLAIMS)
         .take(API_CLAIMS)
@@ -261,7 +267,7 @@ async fn run() -> Result<(), String> {
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
-        let (http, base, queue) = (http.clone(), base.clone(), queue.clone());
+        let (http, base, queue, token) = (http.clone(), base.clone(), queue.clone(), token.clone());
         let (numbers, branches) = (numbers.clone(), branches.clone());
         clients.spawn(async move {
             let mut latencies = Vec::new();
@@ -272,6 +278,7 @@ async fn run() -> Result<(), String> {
                 let t = Instant::now();
                 let ok = http
                     .post(format!("{base}/v1/claims/{}:claim", numbers[i]))
+                    .bearer_auth(&token)
                     .json(&serde_json::json!({"branch_code": branches[i],
                         "owner_agent": format!("{}-A{:02}", branches[i], 1 + i % (AGENTS_PER_BRANCH - 1))}))
                     .send()

@@ -137,12 +137,23 @@ async fn phone_tasks(sim: &Simulation, http: &reqwest::Client) -> Result<(), Str
     .map_err(err)?;
     let lease_url = format!("http://{}/v1/phone-tasks:lease", sim.http_addr);
     let base = format!("http://{}/v1/phone-tasks", sim.http_addr);
+    // The call center's machine client, verified on every request as in production.
+    let token = sim
+        .token(&renewal_platform::dev_issuer::Grant::role(
+            renewal_platform::Role::CallCenter,
+        ))
+        .map_err(err)?;
     let seen = Arc::new(Mutex::new((HashSet::new(), 0_u64)));
     let started = Instant::now();
     let mut pullers = tokio::task::JoinSet::new();
     for p in 0..PULLERS {
-        let (http, lease_url, base, seen) =
-            (http.clone(), lease_url.clone(), base.clone(), seen.clone());
+        let (http, lease_url, base, seen, token) = (
+            http.clone(),
+            lease_url.clone(),
+            base.clone(),
+            seen.clone(),
+            token.clone(),
+        );
         pullers.spawn(async move {
             let agent = format!("CC-{p:02}");
             loop {
@@ -150,6 +161,7 @@ async fn phone_tasks(sim: &Simulation, http: &reqwest::Client) -> Result<(), Str
                 // is parsed over and not kept).
                 let body: Leased = http
                     .post(&lease_url)
+                    .bearer_auth(&token)
                     .json(&serde_json::json!({"agent_id": agent, "queue": "campaign", "max": 10, "lease_seconds": 300}))
                     .send()
                     .await
@@ -172,6 +184,7 @@ async fn phone_tasks(sim: &Simulation, http: &reqwest::Client) -> Result<(), Str
                 for t in &tasks {
                     let response = http
                         .post(format!("{base}/{}:complete", t.id))
+                        .bearer_auth(&token)
                         .json(&serde_json::json!({"lease_token": t.lease_token, "outcome": "unreachable"}))
                         .send()
                         .await

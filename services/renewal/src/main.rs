@@ -50,6 +50,23 @@ enum Command {
         #[command(subcommand)]
         what: ImportWhat,
     },
+    /// Print a token of the development issuer (AUTH_DEV=on; the key in the local
+    /// state folder) for a role and scope, for curl on a laptop.
+    Token {
+        /// agent, supervisor, branch_admin, city_admin, hq_admin, importer, analyst,
+        /// call_center or auditor (repeat for several).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        city: Option<String>,
+        /// How long it is valid (30m, 8h, ...).
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+    },
     /// Release-mode benchmarks; each prints `name value` lines.
     Bench {
         #[command(subcommand)]
@@ -141,6 +158,13 @@ async fn main() -> ExitCode {
         Command::Import {
             what: ImportWhat::Org { file },
         } => renewal::cli_import::org(file).await,
+        Command::Token {
+            roles,
+            agent,
+            branch,
+            city,
+            ttl,
+        } => token(&roles, agent, branch, city, &ttl),
         Command::Bench {
             what: BenchWhat::Lists { policies },
         } => renewal::bench::lists(policies).await,
@@ -153,6 +177,78 @@ async fn main() -> ExitCode {
         Command::Bench {
             what: BenchWhat::Dispatch,
         } => renewal::bench_dispatch::dispatch().await,
+    }
+}
+
+/// `renewal token --role branch_admin --branch SH01`: prints a development token.
+fn token(
+    roles: &[String],
+    agent: Option<String>,
+    branch: Option<String>,
+    city: Option<String>,
+    ttl: &str,
+) -> ExitCode {
+    use renewal_platform::config::Env;
+    use renewal_platform::dev_issuer::{DevIssuer, Grant};
+    use renewal_platform::identity::AuthConfig;
+    let env = Env::process();
+    if env.or("RENEWAL_ENV", String::new()).unwrap_or_default() == "production" {
+        eprintln!("renewal token: the development issuer is off under RENEWAL_ENV=production");
+        return ExitCode::from(2);
+    }
+    let mut parsed = Vec::new();
+    for r in roles {
+        match renewal_platform::Role::parse(r) {
+            Some(role) => parsed.push(role),
+            None => {
+                eprintln!("renewal token: unknown role {r:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let ttl = match renewal_platform::config::parse_duration(ttl) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("renewal token: --ttl {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = match AuthConfig::from_env(&Env::from_fn(|v| {
+        if v == "AUTH_DEV" {
+            Some("on".into())
+        } else {
+            std::env::var(v).ok()
+        }
+    })) {
+        Ok(AuthConfig::Development { dir }) => dir,
+        Ok(_) | Err(_) => {
+            eprintln!("renewal token: the development issuer cannot be used with AUTH_ISSUER set");
+            return ExitCode::from(2);
+        }
+    };
+    let issuer = match DevIssuer::load_or_create(&dir) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("renewal token: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut grant = Grant::role(parsed[0]);
+    grant.roles = parsed;
+    if let Some(a) = &agent {
+        grant = grant.agent(a);
+    }
+    grant.branch_code = branch;
+    grant.city_code = city;
+    match issuer.token(&grant, ttl) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("renewal token: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! unacknowledged, no work due, no receipt owed, and nothing committed meanwhile.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -13,6 +14,8 @@ use renewal_contract::core::{PolicyRenewed, PolicyUpserted};
 use renewal_contract::{Subjects, subject};
 use renewal_dispatch::DispatchConfig;
 use renewal_dispatch::config::Hours;
+use renewal_platform::dev_issuer::Grant;
+use renewal_platform::identity::{Authenticator, DevIssuer};
 use renewal_platform::{Bus, Clock, Deps, HttpHost};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -50,6 +53,10 @@ pub struct Simulation {
     pub clock: Clock,
     pub vendor: VendorSim,
     pub http_addr: SocketAddr,
+    /// Health, readiness and metrics.
+    pub admin_addr: SocketAddr,
+    /// The development issuer the simulation's people get their tokens from.
+    pub issuer: Arc<DevIssuer>,
     /// Where the vendor pushes receipts (with the secret path token).
     pub webhook_url: String,
     pub time_zone: chrono_tz::Tz,
@@ -95,6 +102,18 @@ impl Simulation {
             .local_addr()
             .map_err(|e| SimError::Other(e.to_string()))?;
         tokio::spawn(http.clone().serve(listener, cancel.clone()));
+        let admin = renewal_platform::http::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|e| SimError::Other(e.to_string()))?;
+        tokio::spawn(http.clone().serve_admin(admin, cancel.clone()));
+        let issuer = Arc::new(
+            DevIssuer::ephemeral(renewal_platform::dev_issuer::ISSUER)
+                .map_err(|e| SimError::Other(e.to_string()))?,
+        );
+        http.set_identity(Authenticator::development(&issuer), Some(issuer.clone()));
 
         let token = webhook_token();
         let vendor = VendorSim::new(pool.clone(), clock.clone(), options.seed);
@@ -119,6 +138,8 @@ impl Simulation {
             access_key_secret: SecretString::from(crate::vendor_sim::ACCESS_KEY_SECRET),
             vendor_timeout: Duration::from_secs(5),
             webhook_token: token,
+            webhook_previous_token: None,
+            webhook_allow: Vec::new(),
             sms_hours: sms_hours(),
             call_hours: call_hours(),
             // The mock vendor on loopback has no rate limit of its own.
@@ -163,12 +184,21 @@ impl Simulation {
             clock,
             vendor,
             http_addr,
+            admin_addr,
+            issuer,
             webhook_url: webhook,
             time_zone: options.time_zone,
             consumers,
             cancel,
             services,
         })
+    }
+
+    /// A token for `grant`, valid for a working day.
+    pub fn token(&self, grant: &Grant) -> Result<String, SimError> {
+        self.issuer
+            .token(grant, Duration::from_secs(12 * 3600))
+            .map_err(|e| SimError::Other(e.to_string()))
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -71,8 +71,12 @@ pub async fn run_with(
     cancel: CancellationToken,
 ) -> Result<(), String> {
     plan_versions::seed_default(&deps.pool).await?;
-    deps.http.mount(plan_versions::routes(deps.pool.clone()));
-    deps.http.mount(timeline::routes(deps.pool.clone()));
+    let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
+    deps.http
+        .mount(audit.around(plan_versions::routes(deps.pool.clone())));
+    deps.http
+        .mount(audit.around(timeline::routes(deps.pool.clone())));
+    deps.http.mount(audit.around(audit.routes()));
     for stream in [Stream::Scheduler, Stream::Dispatch] {
         deps.bus
             .ensure_stream(stream)

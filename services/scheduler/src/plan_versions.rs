@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use renewal_platform::{Caller, Problem, Role, Scope};
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::plan::{Plan, PlanError};
@@ -63,8 +64,13 @@ pub fn routes(pool: PgPool) -> axum::Router {
         .with_state(pool)
 }
 
+/// Plans are changed by HQ (for every city, `*`) and by a city's admin (their own).
+const PLANNERS: &[Role] = &[Role::CityAdmin, Role::HqAdmin];
+
 #[derive(Debug, thiserror::Error)]
 enum PlanApiError {
+    #[error("{0}")]
+    Refused(#[from] Problem),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("postgres: {0}")]
@@ -73,28 +79,23 @@ enum PlanApiError {
 
 impl IntoResponse for PlanApiError {
     fn into_response(self) -> Response {
-        match &self {
-            PlanApiError::Plan(e) => (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": "invalid_plan", "detail": e.to_string()})),
-            )
-                .into_response(),
-            PlanApiError::Db(e) => {
-                tracing::error!(error = %e, "plan request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(serde_json::json!({"error": "internal", "detail": "nothing was changed"})),
-                )
-                    .into_response()
+        match self {
+            PlanApiError::Refused(p) => p,
+            PlanApiError::Plan(e) => {
+                Problem::new(StatusCode::BAD_REQUEST, "invalid_plan", e.to_string())
             }
+            PlanApiError::Db(e) => Problem::internal(&e),
         }
+        .into_response()
     }
 }
 
 async fn show(
     State(pool): State<PgPool>,
+    caller: Caller,
     Path(city): Path<String>,
 ) -> Result<Json<serde_json::Value>, PlanApiError> {
+    caller.authorize(PLANNERS, Scope::city(&city))?;
     let mut conn = pool.acquire().await?;
     let Some((plan_city, version, plan)) = current(&mut conn, &city).await? else {
         return Err(PlanApiError::Plan(PlanError::Empty));
@@ -109,9 +110,11 @@ async fn show(
 /// cases keep the timers their version gave them.
 async fn replace(
     State(pool): State<PgPool>,
+    caller: Caller,
     Path(city): Path<String>,
     json: Result<Json<Plan>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, PlanApiError> {
+    caller.authorize(PLANNERS, Scope::city(&city))?;
     let plan = json
         .map(|Json(p)| p)
         .map_err(|e| PlanError::Json(e.body_text()))?;

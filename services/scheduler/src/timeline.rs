@@ -4,9 +4,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use renewal_platform::{Caller, Problem, Role, Scope};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
@@ -27,22 +27,49 @@ pub fn routes(pool: PgPool) -> axum::Router {
         .with_state(pool)
 }
 
-async fn timeline(State(pool): State<PgPool>, Path(policy_no): Path<String>) -> Response {
-    match load(&pool, &policy_no).await {
-        Ok(Some(body)) => Json(body).into_response(),
-        Ok(None) => (
+/// The case's owner, its branch's staff, its city and HQ.
+const READERS: &[Role] = &[
+    Role::Agent,
+    Role::Supervisor,
+    Role::BranchAdmin,
+    Role::CityAdmin,
+    Role::HqAdmin,
+];
+
+async fn timeline(
+    State(pool): State<PgPool>,
+    caller: Caller,
+    Path(policy_no): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    caller.require(READERS)?;
+    let scope: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT c.city_code, c.branch_code, o.owner_agent
+         FROM scheduler.cases c LEFT JOIN scheduler.owners o USING (case_id) WHERE c.policy_no = $1",
+    )
+    .bind(&policy_no)
+    .fetch_optional(&pool)
+    .await
+    .map_err(|e| Problem::internal(&e))?;
+    let unknown = || {
+        Problem::new(
             StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": "unknown_case", "detail": format!("no case for policy {policy_no}")})),
+            "unknown_case",
+            format!("no case for policy {policy_no}"),
         )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "reading a timeline failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(serde_json::json!({"error": "internal"})),
-            )
-                .into_response()
-        }
+    };
+    let (city, branch, owner) = scope.ok_or_else(unknown)?;
+    caller.authorize(
+        READERS,
+        Scope {
+            agent: owner.as_deref(),
+            branch: branch.as_deref(),
+            city: city.as_deref(),
+        },
+    )?;
+    match load(&pool, &policy_no).await {
+        Ok(Some(body)) => Ok(Json(body)),
+        Ok(None) => Err(unknown()),
+        Err(e) => Err(Problem::internal(&e)),
     }
 }
 

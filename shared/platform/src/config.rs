@@ -137,6 +137,8 @@ pub struct Settings {
     /// JetStream stream replicas (3 in a production cluster).
     pub stream_replicas: usize,
     pub http_addr: SocketAddr,
+    /// Health, readiness and metrics (kept off the API port).
+    pub admin_addr: SocketAddr,
     /// How long a stopping process may take to drain in-flight work.
     pub shutdown_grace: Duration,
     /// The default business time zone (cities without their own).
@@ -189,6 +191,7 @@ impl Settings {
             nats_prefix,
             stream_replicas,
             http_addr: env.or("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            admin_addr: env.or("ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(20))?,
             time_zone: env.or("TIME_ZONE", chrono_tz::Asia::Shanghai)?,
         })

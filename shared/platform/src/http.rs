@@ -1,7 +1,13 @@
-//! The HTTP scaffold every service process serves: `/healthz` (the process is alive),
-//! `/readyz` (Postgres and NATS answer and the services started), `/metrics`
-//! (Prometheus), plus whatever routes the services mount. Graceful shutdown: stop
-//! accepting, finish in-flight requests.
+//! The HTTP scaffold every service process serves. Two listeners: the admin one
+//! (`ADMIN_ADDR`) with `/healthz` (the process is alive), `/readyz` (Postgres and NATS
+//! answer and the services started) and `/metrics` (Prometheus), for the kubelet and
+//! the monitoring only; the API one (`HTTP_ADDR`) with whatever routes the services
+//! mount. Every API request passes the edge first: a request id (taken from
+//! `x-request-id` or made, echoed on the response and on every log line of the
+//! request), the incoming `traceparent` continued, the bearer token verified (the
+//! caller handed to the routes, see [`crate::identity`]), and per-route metrics
+//! (`http_requests_total`, `http_request_duration_seconds` by route, method and
+//! status). Graceful shutdown: stop accepting, finish in-flight requests.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,14 +15,22 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use tracing::Instrument;
+
+use crate::identity::{AuthError, Authenticator, DevIssuer, Identified};
+
+/// The request id of a request (an extension set by the edge).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
 
 /// What the process serves. Services mount their routers into it; readiness is a set
 /// of named conditions, each either met or failing with a reason.
@@ -24,17 +38,38 @@ use tower::ServiceExt;
 pub struct HttpHost {
     routes: Arc<RwLock<Router>>,
     readiness: Arc<RwLock<BTreeMap<String, Result<(), String>>>>,
+    identity: Arc<RwLock<Option<Authenticator>>>,
+    dev_issuer: Arc<RwLock<Option<Arc<DevIssuer>>>>,
 }
 
 impl HttpHost {
     pub fn new() -> Self {
-        Self::default()
+        let host = Self::default();
+        *host.routes.write().unwrap_or_else(|e| e.into_inner()) =
+            Router::new().fallback(unknown_route);
+        host
     }
 
-    /// Adds a service's routes.
+    /// Adds a service's routes (each measured by route).
     pub fn mount(&self, router: Router) {
+        let router = router.route_layer(axum::middleware::from_fn(measured));
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         *routes = std::mem::take(&mut *routes).merge(router);
+    }
+
+    /// Sets how callers are identified; without it every route that needs a caller
+    /// answers 401. The development issuer's keys are then served at
+    /// `/.well-known/jwks.json`.
+    pub fn set_identity(&self, auth: Authenticator, dev: Option<Arc<DevIssuer>>) {
+        *self.identity.write().unwrap_or_else(|e| e.into_inner()) = Some(auth);
+        *self.dev_issuer.write().unwrap_or_else(|e| e.into_inner()) = dev;
+    }
+
+    fn authenticator(&self) -> Option<Authenticator> {
+        self.identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sets one readiness condition (e.g. `postgres`, `nats`, `lists`).
@@ -54,13 +89,22 @@ impl HttpHost {
         (ready, readiness)
     }
 
-    pub fn router(&self) -> Router {
+    /// The admin listener's routes: health, readiness, metrics.
+    pub fn admin_router(&self) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(|| async { metrics_handle().render() }))
+            .with_state(self.clone())
+    }
+
+    /// The API listener's routes: what the services mounted, behind the edge.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/.well-known/jwks.json", get(jwks))
             .fallback(dispatch)
             .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(self.clone(), edge))
             .layer(tower_http::catch_panic::CatchPanicLayer::new())
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
@@ -68,16 +112,128 @@ impl HttpHost {
             ))
     }
 
-    /// Serves until `cancel` fires, then lets in-flight requests finish.
+    /// Serves the API until `cancel` fires, then lets in-flight requests finish.
     pub async fn serve(
         self,
         listener: TcpListener,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let app = self.router();
+        // The peer's address, for allow-lists (the SMS vendor's webhook).
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await
+    }
+
+    /// Serves health, readiness and metrics until `cancel` fires.
+    pub async fn serve_admin(
+        self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let app = self.admin_router();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await
+    }
+}
+
+/// The edge every API request passes: request id, trace, caller.
+async fn edge(State(host): State<HttpHost>, mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let span = tracing::info_span!("http", request_id = %request_id, method = %request.method());
+    crate::telemetry::adopt_traceparent(&span, traceparent.as_deref());
+    async move {
+        let authorization = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .cloned();
+        let identified = identify(&host, authorization).await;
+        request.extensions_mut().insert(Identified(identified));
+        request
+            .extensions_mut()
+            .insert(RequestId(request_id.clone()));
+        let mut response = next.run(request).await;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Who the bearer token says is calling (checked only when a route asks).
+async fn identify(
+    host: &HttpHost,
+    authorization: Option<HeaderValue>,
+) -> Result<Arc<crate::identity::Caller>, AuthError> {
+    let header = authorization.ok_or(AuthError::Missing)?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| AuthError::Malformed("use Authorization: Bearer <token>".into()))?;
+    let auth = host
+        .authenticator()
+        .ok_or_else(|| AuthError::Jwks("no identity provider configured".into()))?;
+    auth.verify(token.trim()).await
+}
+
+/// Counts and times each request by its route.
+async fn measured(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn unknown_route(request: Request) -> Response {
+    crate::problem::Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
+    .into_response()
+}
+
+async fn jwks(State(host): State<HttpHost>) -> Response {
+    let dev = host
+        .dev_issuer
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match dev {
+        Some(dev) => axum::Json(dev.jwks_json()).into_response(),
+        None => crate::problem::Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no development issuer here: keys come from the identity provider",
+        )
+        .into_response(),
     }
 }
 

@@ -3,14 +3,18 @@
 //! outbox and its relay, the inbox, the HTTP scaffold, the clock and shutdown.
 
 pub mod activity;
+pub mod audit;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod dev_issuer;
 pub mod http;
+pub mod identity;
 pub mod inbox;
 pub mod outbox;
 pub mod pii;
 pub mod postgres;
+pub mod problem;
 pub mod process;
 pub mod retry;
 pub mod service;
@@ -21,8 +25,10 @@ pub mod wakeups;
 pub use bus::{Bus, ConsumerSpec};
 pub use clock::Clock;
 pub use http::HttpHost;
+pub use identity::{Caller, Role, Scope};
 pub use inbox::{Consuming, Delivery, HandleError, Handler};
 pub use outbox::Outbox;
+pub use problem::Problem;
 pub use service::Service;
 
 use sqlx::PgPool;

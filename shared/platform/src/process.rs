@@ -40,7 +40,21 @@ pub async fn main(program: Program, migrate_only: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = run_process(&program, settings, migrate_only).await;
+    let auth = match crate::identity::AuthConfig::from_env(&crate::config::Env::process()) {
+        Ok(a) => a,
+        Err(e) if migrate_only => {
+            tracing::debug!(error = %e, "no identity configuration (not needed to migrate)");
+            crate::identity::AuthConfig::Development {
+                dir: std::path::PathBuf::new(),
+            }
+        }
+        Err(e) => {
+            eprintln!("{}: configuration error: {e}", program.name);
+            telemetry.shutdown();
+            return ExitCode::from(2);
+        }
+    };
+    let code = run_process(&program, settings, auth, migrate_only).await;
     telemetry.shutdown();
     code
 }
@@ -50,7 +64,12 @@ fn install_crypto_provider_and_metrics() {
     let _ = crate::http::metrics_handle();
 }
 
-async fn run_process(program: &Program, settings: Settings, migrate_only: bool) -> ExitCode {
+async fn run_process(
+    program: &Program,
+    settings: Settings,
+    auth: crate::identity::AuthConfig,
+    migrate_only: bool,
+) -> ExitCode {
     let root = CancellationToken::new();
     crate::shutdown::cancel_on_signal(root.clone());
 
@@ -83,18 +102,23 @@ async fn run_process(program: &Program, settings: Settings, migrate_only: bool) 
     http.set_ready("postgres", Err("connecting".into()));
     http.set_ready("nats", Err("connecting".into()));
     http.set_ready(program.name, Err("starting".into()));
-    let listener = match crate::http::bind(settings.http_addr).await {
-        Ok(l) => l,
+    match crate::identity::Authenticator::from_config(&auth).await {
+        Ok((authenticator, dev)) => http.set_identity(authenticator, dev.map(std::sync::Arc::new)),
         Err(e) => {
-            tracing::error!(addr = %settings.http_addr, error = %e, "cannot listen (HTTP_ADDR)");
-            return ExitCode::FAILURE;
+            tracing::error!(error = %e, "identity configuration cannot be used");
+            return ExitCode::from(2);
         }
+    }
+    let Some((admin, api)) = listen(&settings).await else {
+        return ExitCode::FAILURE;
     };
-    // The address as bound (HTTP_ADDR may name port 0: the system picks one).
-    let bound = listener.local_addr().unwrap_or(settings.http_addr);
-    tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics");
     let http_stop = CancellationToken::new();
-    let server = tokio::spawn(http.clone().serve(listener, http_stop.clone()));
+    let admin_server = tokio::spawn(http.clone().serve_admin(admin, http_stop.clone()));
+    let api_server = tokio::spawn(http.clone().serve(api, http_stop.clone()));
+    let server = async move {
+        let _ = api_server.await;
+        let _ = admin_server.await;
+    };
 
     let started = async {
         crate::postgres::wait_until_reachable(&pool, &settings.database_url, &root)
@@ -187,6 +211,31 @@ async fn run_process(program: &Program, settings: Settings, migrate_only: bool) 
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     code
+}
+
+/// Binds the admin and API listeners, logging the addresses as bound (either may name
+/// port 0: the system picks one).
+async fn listen(settings: &Settings) -> Option<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    let mut bound = Vec::with_capacity(2);
+    for (addr, var) in [
+        (settings.admin_addr, "ADMIN_ADDR"),
+        (settings.http_addr, "HTTP_ADDR"),
+    ] {
+        match crate::http::bind(addr).await {
+            Ok(l) => bound.push(l),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen ({var})");
+                return None;
+            }
+        }
+    }
+    let api = bound.pop()?;
+    let admin = bound.pop()?;
+    let admin_at = admin.local_addr().unwrap_or(settings.admin_addr);
+    let api_at = api.local_addr().unwrap_or(settings.http_addr);
+    tracing::info!(addr = %admin_at, "serving /healthz, /readyz, /metrics");
+    tracing::info!(addr = %api_at, "serving the API");
+    Some((admin, api))
 }
 
 /// Keeps `/readyz` honest after start: Postgres and NATS are re-checked every few seconds.

@@ -89,7 +89,7 @@ pub struct EarlierCall {
     pub reason: String,
 }
 
-fn queue_name(raw: &str) -> Result<&'static str, TaskError> {
+pub(crate) fn queue_name(raw: &str) -> Result<&'static str, TaskError> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "owner" => Ok("owner"),
         "branch" => Ok("branch"),

@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use renewal_platform::{Clock, Outbox};
+use renewal_platform::{Caller, Clock, Outbox, Problem, Role};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -67,47 +67,64 @@ pub enum TaskError {
     /// Postgres failed for a batch this request was part of.
     #[error("{0}")]
     Unavailable(String),
-}
-
-impl TaskError {
-    fn code(&self) -> &'static str {
-        match self {
-            TaskError::NotFound(_) => "not_found",
-            TaskError::Conflict(_) => "lease_conflict",
-            TaskError::Invalid(_) => "invalid_request",
-            TaskError::Db(_) | TaskError::Unavailable(_) => "unavailable",
-        }
-    }
+    /// The caller may not do this (401, 403).
+    #[error("{0}")]
+    Refused(#[from] Problem),
 }
 
 impl IntoResponse for TaskError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            TaskError::NotFound(_) => StatusCode::NOT_FOUND,
-            TaskError::Conflict(_) => StatusCode::CONFLICT,
-            TaskError::Invalid(_) => StatusCode::BAD_REQUEST,
-            TaskError::Db(e) => {
-                tracing::error!(error = %e, "phone-task request failed");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            TaskError::Unavailable(e) => {
-                tracing::error!(error = %e, "phone-task request failed");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+        let problem = match self {
+            TaskError::NotFound(d) => Problem::new(StatusCode::NOT_FOUND, "not_found", d),
+            TaskError::Conflict(d) => Problem::new(StatusCode::CONFLICT, "lease_conflict", d),
+            TaskError::Invalid(d) => Problem::new(StatusCode::BAD_REQUEST, "invalid_request", d),
+            TaskError::Db(e) => Problem::unavailable(&e),
+            TaskError::Unavailable(e) => Problem::unavailable(&e),
+            TaskError::Refused(p) => p,
         };
-        metrics::counter!("phone_task_rejects_total", "status" => status.as_str().to_owned())
+        metrics::counter!("phone_task_rejects_total", "status" => problem.status.to_string())
             .increment(1);
-        let message = match &self {
-            TaskError::Db(_) | TaskError::Unavailable(_) => "temporarily unavailable".to_owned(),
-            other => other.to_string(),
-        };
-        (
-            status,
-            Json(serde_json::json!({ "error": self.code(), "message": message })),
-        )
-            .into_response()
+        problem.into_response()
     }
 }
+
+/// Who works which queue: an owner their own tasks, a branch's people its branch
+/// queue, the call center (naming its human agent per request) the campaign and HQ
+/// queues; HQ any. A body `agent_id` or `branch_code` must agree with the token.
+fn authorize_lease(caller: &Caller, request: &mut leases::LeaseRequest) -> Result<(), TaskError> {
+    let role = match leases::queue_name(&request.queue)? {
+        "owner" => caller.require(&[Role::HqAdmin, Role::Agent])?,
+        "branch" => {
+            let role = caller.require(&[
+                Role::HqAdmin,
+                Role::BranchAdmin,
+                Role::Supervisor,
+                Role::Agent,
+            ])?;
+            if role != Role::HqAdmin {
+                let mine = caller.branch_code.clone().unwrap_or_default();
+                let given = request.branch_code.get_or_insert_with(|| mine.clone());
+                caller.must_match("branch_code", given, &Some(mine))?;
+            }
+            role
+        }
+        _ => caller.require(&[Role::HqAdmin, Role::CallCenter])?,
+    };
+    if matches!(role, Role::Agent | Role::BranchAdmin | Role::Supervisor) {
+        caller.must_match("agent_id", request.agent_id.trim(), &caller.agent_code)?;
+    }
+    Ok(())
+}
+
+/// Heartbeat, complete and release: the lease token names the task and proves the
+/// lease; the caller must be one who may lease.
+const WORKERS: &[Role] = &[
+    Role::Agent,
+    Role::Supervisor,
+    Role::BranchAdmin,
+    Role::CallCenter,
+    Role::HqAdmin,
+];
 
 pub fn routes(tasks: PhoneTasks) -> Router {
     Router::new()
@@ -123,9 +140,11 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, TaskError> {
 
 async fn lease(
     State(tasks): State<PhoneTasks>,
+    caller: Caller,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, TaskError> {
-    let request: leases::LeaseRequest = parse(&body)?;
+    let mut request: leases::LeaseRequest = parse(&body)?;
+    authorize_lease(&caller, &mut request)?;
     let leased = leases::lease(&tasks, &request).await?;
     Ok(Json(serde_json::json!({ "tasks": leased })))
 }
@@ -134,9 +153,11 @@ async fn lease(
 /// Google's custom methods).
 async fn act(
     State(tasks): State<PhoneTasks>,
+    caller: Caller,
     Path(action): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, TaskError> {
+    caller.require(WORKERS)?;
     let (id, verb) = action
         .split_once(':')
         .ok_or_else(|| TaskError::NotFound(action.clone()))?;

@@ -1,13 +1,16 @@
 //! The vendor's webhook for delivery receipts (`SmsReport`; replies, `SmsUp`, are in
 //! `replies.rs` on the same token): a JSON array, answered
 //! with `{"code":0,"msg":"成功"}`. The vendor does not sign its pushes, so the path
-//! carries a secret token (wrong token: 401). Receipts are idempotent (the vendor
+//! carries a secret token, checked before the body is read, in constant time
+//! (`subtle`), against the current token and the one being rotated out (wrong token:
+//! 401); an optional allow-list of source networks refuses others (403). Receipts
+//! are idempotent (the vendor
 //! repeats them) and monotonic (a delivered message stays delivered); a receipt for a
 //! message we do not know is kept for reconciliation. Bodies over 1 MiB or malformed:
 //! 4xx, nothing written.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -27,15 +30,60 @@ pub struct Webhook {
     pub pool: PgPool,
     pub outbox: Outbox,
     pub clock: Clock,
-    pub token: SecretString,
+    /// The tokens a push may carry: the current one and, while rotating, the last.
+    pub tokens: Vec<SecretString>,
+    /// Source networks allowed to push (empty: any).
+    pub allow: Vec<ipnet::IpNet>,
 }
 
 pub fn routes(webhook: Webhook) -> Router {
     Router::new()
         .route("/v1/webhooks/sms/{token}/report", post(report))
         .route("/v1/webhooks/sms/{token}/up", post(super::replies::up))
+        .route_layer(axum::middleware::from_fn_with_state(webhook.clone(), guard))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(webhook)
+}
+
+/// Runs before the body is read: the source must be allowed and the path token one
+/// of ours.
+async fn guard(
+    State(hook): State<Webhook>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !hook.allow.is_empty() {
+        let source = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if !source.is_some_and(|ip| hook.allow.iter().any(|net| net.contains(&ip))) {
+            return WebhookError::Forbidden.into_response();
+        }
+    }
+    // /v1/webhooks/sms/{token}/...
+    let token = request.uri().path().split('/').nth(4).unwrap_or_default();
+    if !hook.accepts(token) {
+        return WebhookError::Unauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+impl Webhook {
+    pub(crate) fn accepts(&self, given: &str) -> bool {
+        accepts(&self.tokens, given)
+    }
+}
+
+/// Whether `given` is one of `tokens`, compared in constant time with each (every
+/// token is compared, so the time says nothing of which matched).
+fn accepts(tokens: &[SecretString], given: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut ok = subtle::Choice::from(0);
+    for token in tokens {
+        ok |= given.as_bytes().ct_eq(token.expose_secret().as_bytes());
+    }
+    bool::from(ok)
 }
 
 /// One delivery receipt as the vendor pushes it.
@@ -60,6 +108,8 @@ pub struct SmsReport {
 pub(crate) enum WebhookError {
     #[error("unauthorized")]
     Unauthorized,
+    #[error("this source may not push")]
+    Forbidden,
     #[error("malformed body: {0}")]
     Malformed(String),
     #[error("postgres: {0}")]
@@ -70,6 +120,7 @@ impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             WebhookError::Unauthorized => (StatusCode::UNAUTHORIZED, 401),
+            WebhookError::Forbidden => (StatusCode::FORBIDDEN, 403),
             WebhookError::Malformed(_) => (StatusCode::BAD_REQUEST, 400),
             WebhookError::Db(e) => {
                 tracing::error!(error = %e, "recording receipts failed; the vendor will retry");
@@ -90,24 +141,10 @@ impl IntoResponse for WebhookError {
     }
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte.
-pub(crate) fn same_token(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
-    }
-    diff == 0
-}
-
 async fn report(
     State(hook): State<Webhook>,
-    Path(token): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, WebhookError> {
-    if !same_token(&token, hook.token.expose_secret()) {
-        return Err(WebhookError::Unauthorized);
-    }
     let reports: Vec<SmsReport> =
         serde_json::from_slice(&body).map_err(|e| WebhookError::Malformed(e.to_string()))?;
     for r in &reports {
@@ -295,11 +332,25 @@ async fn record_once(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sql
 
 #[cfg(test)]
 mod tests {
+    use secrecy::SecretString;
+
     #[test]
     fn token_comparison_needs_every_byte() {
-        assert!(super::same_token("abcdef0123456789", "abcdef0123456789"));
-        assert!(!super::same_token("abcdef0123456788", "abcdef0123456789"));
-        assert!(!super::same_token("abcdef012345678", "abcdef0123456789"));
-        assert!(!super::same_token("", "abcdef0123456789"));
+        let tokens = [
+            SecretString::from("abcdef0123456789"),
+            SecretString::from("previous-token-0001"),
+        ];
+        assert!(super::accepts(&tokens, "abcdef0123456789"));
+        assert!(
+            super::accepts(&tokens, "previous-token-0001"),
+            "the old one while rotating"
+        );
+        assert!(!super::accepts(&tokens, "abcdef0123456788"));
+        assert!(!super::accepts(&tokens, "abcdef012345678"));
+        assert!(!super::accepts(&tokens, ""));
+        assert!(
+            !super::accepts(&tokens[..1], "previous-token-0001"),
+            "rotated out"
+        );
     }
 }

@@ -6,9 +6,11 @@
 //! fixed by the seed and the policy number, so a case decides the same way each day.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::badges::Badges;
 use super::portfolio::CITIES;
 use crate::simulation::SimError;
 
@@ -26,6 +28,8 @@ pub struct BranchStaff {
     http: reqwest::Client,
     base: String,
     seed: u64,
+    /// Each person signs in as themselves: branch staff, city admins, owners.
+    badges: Arc<Badges>,
 }
 
 /// How a person decides about one case at one step: a number in 0..100.
@@ -36,18 +40,24 @@ fn roll(seed: u64, policy_no: &str, step: &str) -> u64 {
 }
 
 impl BranchStaff {
-    pub fn new(base: String, seed: u64) -> Result<Self, SimError> {
+    pub fn new(base: String, seed: u64, badges: Arc<Badges>) -> Result<Self, SimError> {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|e| SimError::Other(e.to_string()))?;
-        Ok(BranchStaff { http, base, seed })
+        Ok(BranchStaff {
+            http,
+            base,
+            seed,
+            badges,
+        })
     }
 
-    async fn get(&self, path: &str) -> Result<Vec<Claim>, SimError> {
+    async fn get(&self, path: &str, token: &str) -> Result<Vec<Claim>, SimError> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
             .send()
             .await
             .map_err(|e| SimError::Other(format!("GET {path}: {e}")))?;
@@ -64,16 +74,22 @@ impl BranchStaff {
     }
 
     /// Posts an action; a refusal (someone else was faster) is part of the day.
-    async fn post(&self, path: &str, body: serde_json::Value) -> Result<bool, SimError> {
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> Result<bool, SimError> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
             .json(&body)
             .send()
             .await
             .map_err(|e| SimError::Other(format!("POST {path}: {e}")))?;
         let status = response.status();
-        if status.is_server_error() {
+        if status.is_server_error() || status.as_u16() == 401 {
             return Err(SimError::Other(format!("POST {path}: {status}")));
         }
         Ok(status.is_success())
@@ -83,10 +99,12 @@ impl BranchStaff {
     pub async fn work_day(&self) -> Result<(), SimError> {
         for city in CITIES {
             for branch in city.branches {
+                let staff = self.badges.branch_admin(branch, city.code)?;
                 for c in self
-                    .get(&format!(
-                        "/v1/branches/{branch}/claims?state=pending&limit=10000"
-                    ))
+                    .get(
+                        &format!("/v1/branches/{branch}/claims?state=pending&limit=10000"),
+                        &staff,
+                    )
                     .await?
                 {
                     let r = roll(self.seed, &c.policy_no, &c.phase);
@@ -99,11 +117,12 @@ impl BranchStaff {
                             } else {
                                 format!("{branch}-A01")
                             };
-                            self.claim(&c.policy_no, branch, &owner).await?;
+                            self.claim(&c.policy_no, branch, &owner, &staff).await?;
                         }
                         "branch" if r < 80 => {
                             self.post(
                                 &format!("/v1/claims/{}:decline", c.policy_no),
+                                &staff,
                                 serde_json::json!({"branch_code": branch, "by": format!("{branch}-S01"),
                                     "reason": "customer moved to another city"}),
                             )
@@ -116,15 +135,16 @@ impl BranchStaff {
                                 } else {
                                     format!("{branch}-A02")
                                 };
-                            self.claim(&c.policy_no, branch, &owner).await?;
+                            self.claim(&c.policy_no, branch, &owner, &staff).await?;
                         }
                         _ => {}
                     }
                 }
                 for c in self
-                    .get(&format!(
-                        "/v1/branches/{branch}/claims?state=claimed&limit=10000"
-                    ))
+                    .get(
+                        &format!("/v1/branches/{branch}/claims?state=claimed&limit=10000"),
+                        &staff,
+                    )
                     .await?
                 {
                     if c.phase != "confirming" {
@@ -134,37 +154,46 @@ impl BranchStaff {
                         continue;
                     };
                     let r = roll(self.seed, &c.policy_no, "confirming");
+                    let me = self.badges.agent(&owner, branch, city.code)?;
                     if r < 85 {
                         self.post(
                             &format!("/v1/cases/{}:confirm", c.policy_no),
+                            &me,
                             serde_json::json!({"agent_code": owner}),
                         )
                         .await?;
                     } else if r < 93 {
                         self.post(
                             &format!("/v1/cases/{}:release", c.policy_no),
+                            &me,
                             serde_json::json!({"agent_code": owner, "reason": "customer is shopping around"}),
                         )
                         .await?;
                     }
                 }
             }
-            for c in self.get(&format!("/v1/cities/{}/pool", city.code)).await? {
+            let city_admin = self.badges.city_admin(city.code)?;
+            for c in self
+                .get(&format!("/v1/cities/{}/pool", city.code), &city_admin)
+                .await?
+            {
                 let r = roll(self.seed, &c.policy_no, &c.phase);
                 let taker = city.branches[(r as usize) % city.branches.len()];
                 if (c.phase == "pool" && r < 40) || (c.phase == "city_reassign" && r < 30) {
-                    self.claim(&c.policy_no, taker, &format!("{taker}-A04"))
+                    let staff = self.badges.branch_admin(taker, city.code)?;
+                    self.claim(&c.policy_no, taker, &format!("{taker}-A04"), &staff)
                         .await?;
                 }
             }
             for c in self
-                .get(&format!("/v1/cities/{}/research", city.code))
+                .get(&format!("/v1/cities/{}/research", city.code), &city_admin)
                 .await?
             {
                 if roll(self.seed, &c.policy_no, "research") < 60 && c.city_code == city.code {
                     self.post(
                         &format!("/v1/research/{}:resolve", c.policy_no),
-                        serde_json::json!({"branch_code": c.branch_code, "by": format!("{}-S01", c.branch_code)}),
+                        &city_admin,
+                        serde_json::json!({"branch_code": c.branch_code}),
                     )
                     .await?;
                 }
@@ -173,9 +202,16 @@ impl BranchStaff {
         Ok(())
     }
 
-    async fn claim(&self, policy_no: &str, branch: &str, owner: &str) -> Result<bool, SimError> {
+    async fn claim(
+        &self,
+        policy_no: &str,
+        branch: &str,
+        owner: &str,
+        staff: &str,
+    ) -> Result<bool, SimError> {
         self.post(
             &format!("/v1/claims/{policy_no}:claim"),
+            staff,
             serde_json::json!({"branch_code": branch, "owner_agent": owner}),
         )
         .await

@@ -63,6 +63,9 @@ struct Held {
 pub struct CallCenter {
     http: reqwest::Client,
     base: String,
+    /// Each desk's token: the call center's machine client for its agents, each
+    /// owner's and branch agent's own.
+    tokens: HashMap<String, String>,
     seed: u64,
     pool: PgPool,
     /// When each customer renews, if they do (what the customer will say).
@@ -92,7 +95,21 @@ impl CallCenter {
         seed: u64,
         pool: PgPool,
         customers: &[Customer],
+        badges: &super::badges::Badges,
     ) -> Result<Self, SimError> {
+        let mut tokens = HashMap::new();
+        for n in 1..=AGENTS {
+            tokens.insert(format!("CC-{n:02}"), badges.call_center()?);
+        }
+        for city in CITIES {
+            for branch in city.branches {
+                for n in 1..=super::portfolio::AGENTS_PER_BRANCH {
+                    let agent = format!("{branch}-A{n:02}");
+                    let token = badges.agent(&agent, branch, city.code)?;
+                    tokens.insert(agent, token);
+                }
+            }
+        }
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
@@ -104,6 +121,7 @@ impl CallCenter {
         Ok(CallCenter {
             http,
             base,
+            tokens,
             seed,
             pool,
             renews_at,
@@ -170,10 +188,18 @@ impl CallCenter {
         Ok(())
     }
 
+    fn token(&self, agent: &str) -> Result<&str, SimError> {
+        self.tokens
+            .get(agent)
+            .map(String::as_str)
+            .ok_or_else(|| SimError::Other(format!("no desk for {agent}")))
+    }
+
     async fn lease(&self, agent: &str, queue: &str) -> Result<Vec<Task>, SimError> {
         let response = self
             .http
             .post(format!("{}/v1/phone-tasks:lease", self.base))
+            .bearer_auth(self.token(agent)?)
             .json(&serde_json::json!({"agent_id": agent, "queue": queue,
                 "max": LEASE_MAX, "lease_seconds": LEASE_SECONDS}))
             .send()
@@ -219,12 +245,13 @@ impl CallCenter {
         let response = self
             .http
             .post(format!("{}/v1/phone-tasks/{}:complete", self.base, task.id))
+            .bearer_auth(self.token(agent)?)
             .json(&body)
             .send()
             .await
             .map_err(|e| SimError::Other(format!("complete: {e}")))?;
         let status = response.status();
-        if status.is_server_error() || status.as_u16() == 400 {
+        if status.is_server_error() || matches!(status.as_u16(), 400 | 401 | 403) {
             return Err(SimError::Other(format!("complete {agent}: {status}")));
         }
         // 409: the lease no longer held the task; the call center notes it and goes on.

@@ -2,6 +2,7 @@
 //! clock, the mock SMS vendor on loopback, the renewal season day by day, and a funnel
 //! report. Progress is kept in the database, so `--resume` continues a killed run.
 
+pub mod badges;
 pub mod branch_staff;
 pub mod call_center;
 pub mod funnel;
@@ -197,12 +198,19 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     };
     bar.set_position(day_of(sim.now()));
     let mut next_renewal = 0;
-    let staff = branch_staff::BranchStaff::new(format!("http://{}", sim.http_addr), args.seed)?;
+    // Everyone works through the API with a token of their own.
+    let badges = std::sync::Arc::new(badges::Badges::new(sim.issuer.clone()));
+    let staff = branch_staff::BranchStaff::new(
+        format!("http://{}", sim.http_addr),
+        args.seed,
+        badges.clone(),
+    )?;
     let calls = call_center::CallCenter::new(
         format!("http://{}", sim.http_addr),
         args.seed,
         pool.clone(),
         &customers,
+        &badges,
     )?;
     let (mut worked_on, mut called_on) = (state.staff_worked_on, state.calls_made_on);
     loop {
