@@ -779,3 +779,37 @@ async fn vendor_outages_are_retried_with_backoff_and_refusals_are_not() {
     assert_eq!(failed, expected);
     system.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opt_out_stops_every_reminder_whatever_the_command_calls_it_and_no_notice() {
+    let system = TestSystem::start("pm", local("2026-12-01", 10)).await;
+    let mobile = "+8613900000031";
+    sqlx::query("INSERT INTO dispatch.opt_outs (mobile, opted_out_at) VALUES ($1, now())")
+        .bind(mobile)
+        .execute(system.sim.pool())
+        .await
+        .expect("opted out");
+    // A reminder whose command claims it is not marketing (a plan or a forged
+    // command trying to get past the opt-out): the template decides, it is held back.
+    let mut reminder = send_sms(mobile);
+    reminder.marketing = false;
+    queue_sms(&system, &reminder).await;
+    // A transactional notice (the renewal went through) still reaches the customer.
+    let mut notice = send_sms(mobile);
+    notice.template = "renewal_confirmed".into();
+    notice.marketing = false;
+    queue_sms(&system, &notice).await;
+    system
+        .sim
+        .advance_to(local("2026-12-01", 11))
+        .await
+        .expect("time moves");
+    assert_eq!(message(&system, &reminder).await.0, "suppressed");
+    assert_eq!(message(&system, &notice).await.0, "delivered");
+    assert_eq!(
+        vendor_accepted(&system).await,
+        1,
+        "only the notice was sent"
+    );
+    system.finish().await;
+}

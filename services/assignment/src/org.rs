@@ -183,6 +183,23 @@ pub fn parse(data: &[u8]) -> Result<Vec<OrgRow>, OrgError> {
                 bad(COLUMNS[[0, 1, 3][i]], "required");
             }
         }
+        for (column, value) in [
+            ("city_code", &row.city_code),
+            ("branch_code", &row.branch_code),
+            ("agent_code", &row.agent_code),
+        ] {
+            if !value.is_empty()
+                && let Err(reason) = renewal_platform::names::code(value)
+            {
+                bad(column, reason);
+            }
+        }
+        if let Err(reason) = renewal_platform::names::person_name(&row.agent_name) {
+            bad("agent_name", reason);
+        }
+        if let Err(reason) = renewal_platform::names::organisation_name(&row.branch_name) {
+            bad("branch_name", reason);
+        }
         if row.role != "agent" && row.role != "supervisor" {
             bad("role", "must be agent or supervisor");
         }
@@ -460,6 +477,11 @@ async fn edit_agent(
     let edit = body(json)?;
     if edit.capacity.is_some_and(|c| !(0..=100_000).contains(&c)) {
         return Err(Refusal::Invalid("capacity must be from 0 to 100000".into()));
+    }
+    if let Some(name) = &edit.agent_name
+        && let Err(reason) = renewal_platform::names::person_name(name)
+    {
+        return Err(Refusal::Invalid(format!("agent_name {reason}")));
     }
     if let Some(role) = &edit.role
         && role != "agent"

@@ -61,7 +61,8 @@ impl Handler for Commands {
         .bind(&command.mobile)
         .bind(params)
         .bind(tz.name())
-        .bind(command.marketing)
+        // The template says whether it is marketing, whatever the command claims.
+        .bind(renewal_contract::sms_templates::is_marketing(&command.template))
         .bind(due)
         .bind(now)
         .bind(renewal_platform::telemetry::current_traceparent())

@@ -22,6 +22,10 @@ pub struct DispatchConfig {
     /// Where the vendor's pushes may come from (`SMS_WEBHOOK_ALLOW`, CIDRs); empty:
     /// anywhere.
     pub webhook_allow: Vec<ipnet::IpNet>,
+    /// Proxies in front of the webhook (`TRUSTED_PROXIES`, CIDRs, e.g. the ingress
+    /// controller's pods): for a push through one of them, the source checked against
+    /// the allow-list is the last address in `X-Forwarded-For` it did not add itself.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Local hours SMS may go out in.
     pub sms_hours: Hours,
     /// Local hours the customer may be called in (phone tasks are leased only then).
@@ -91,20 +95,8 @@ impl DispatchConfig {
                 var: "SMS_WEBHOOK_TOKEN".into(),
             })?;
         let webhook_previous_token = webhook_token(env, "SMS_WEBHOOK_TOKEN_PREVIOUS")?;
-        let webhook_allow = env
-            .or("SMS_WEBHOOK_ALLOW", String::new())?
-            .split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(|c| {
-                c.parse::<ipnet::IpNet>()
-                    .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| ConfigError::Invalid {
-                        var: "SMS_WEBHOOK_ALLOW".into(),
-                        reason: format!("{c:?} is not a CIDR such as 106.11.0.0/16"),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let webhook_allow = networks(env, "SMS_WEBHOOK_ALLOW")?;
+        let trusted_proxies = networks(env, "TRUSTED_PROXIES")?;
         Ok(DispatchConfig {
             vendor_url,
             sign_name: env.or("SMS_SIGN_NAME", "车险续保".to_owned())?,
@@ -114,6 +106,7 @@ impl DispatchConfig {
             webhook_token: current,
             webhook_previous_token,
             webhook_allow,
+            trusted_proxies,
             sms_hours: env.or("SMS_HOURS", Hours::daytime())?,
             call_hours: env.or("CALL_HOURS", Hours::calls())?,
             vendor_qps: {
@@ -128,6 +121,26 @@ impl DispatchConfig {
             },
         })
     }
+}
+
+/// A comma-separated list of networks (CIDRs or single addresses).
+fn networks<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    var: &str,
+) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    env.or(var, String::new())?
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    var: var.into(),
+                    reason: format!("{c:?} is not a CIDR such as 106.11.0.0/16"),
+                })
+        })
+        .collect()
 }
 
 /// A webhook path token: 16 characters or more.

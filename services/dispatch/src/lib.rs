@@ -99,6 +99,7 @@ pub async fn run_with(
                 .chain(config.webhook_previous_token.clone())
                 .collect(),
             allow: config.webhook_allow.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
         }));
     deps.http.mount(openapi());
     let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);

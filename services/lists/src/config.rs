@@ -11,6 +11,8 @@ pub struct ListsConfig {
     pub pii: Arc<PiiCipher>,
     /// Day of the month the monthly renewal and lapse lists are issued (1-28).
     pub list_issue_day: u32,
+    /// The largest policy CSV taken over HTTP (`IMPORT_MAX_BYTES`, default 2 GiB).
+    pub import_max_bytes: usize,
 }
 
 impl ListsConfig {
@@ -33,9 +35,17 @@ impl ListsConfig {
                 reason: format!("must be a day of the month from 1 to 28 (got {list_issue_day})"),
             });
         }
+        let import_max_bytes: usize = env.or("IMPORT_MAX_BYTES", 2 << 30)?;
+        if import_max_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                var: "IMPORT_MAX_BYTES".into(),
+                reason: "must be at least 1024".into(),
+            });
+        }
         Ok(ListsConfig {
             pii: Arc::new(pii),
             list_issue_day,
+            import_max_bytes,
         })
     }
 

@@ -46,6 +46,11 @@ const MERGE_EVERY: i64 = 100_000;
 /// How many rows are copied straight into the portfolio under one savepoint (bounds
 /// the work redone when a chunk meets a stored policy, and the subtransactions).
 const STRAIGHT_CHUNK: i64 = 100_000;
+/// Rows one file may hold (a whole portfolio export is a few million).
+pub const MAX_ROWS: u64 = 10_000_000;
+/// Bytes one row may take (a policy row is a few hundred).
+pub const MAX_ROW_BYTES: usize = 16 * 1024;
+
 /// Rejections returned inline; all of them are kept in `lists.import_rejections`.
 pub const INLINE_REJECTIONS: usize = 1000;
 
@@ -516,9 +521,23 @@ fn read_file<R: Read>(
             }
         }
         rows += 1;
+        if rows > MAX_ROWS {
+            drop(to_workers);
+            return fail(ImportError::Read(format!(
+                "more than {MAX_ROWS} rows: split the file"
+            )));
+        }
         let line = record
             .position()
             .map_or(rows + 1, |p| p.line() + line_offset);
+        if record.as_slice().len() > MAX_ROW_BYTES {
+            early.push(RowRejection {
+                row: line,
+                column: "*".into(),
+                reason: format!("is longer than {MAX_ROW_BYTES} bytes"),
+            });
+            continue;
+        }
         if record.len() == 1 && record[0].is_empty() {
             rows -= 1; // a blank line
             continue;
@@ -806,6 +825,11 @@ impl<R: Read> Read for Decoded<R> {
 pub struct ImportApi {
     pub importer: Importer,
     pub clock: renewal_platform::Clock,
+    /// Largest upload taken (`IMPORT_MAX_BYTES`); past it the upload is cut off (413).
+    pub max_bytes: usize,
+    /// Imports running at once over HTTP (each takes a reading thread, two checking
+    /// workers and a database connection).
+    pub running: renewal_platform::quotas::Gate,
 }
 
 #[derive(serde::Deserialize)]
@@ -818,10 +842,13 @@ struct ImportQuery {
 
 pub fn routes(api: ImportApi) -> axum::Router {
     use axum::routing::{get, post};
+    let max = api.max_bytes;
     axum::Router::new()
         .route("/v1/policies:import", post(import_upload))
         .route("/v1/imports/{import_id}/rejections", get(rejections_csv))
+        // Streamed, so no buffered limit; the stream itself stops at the maximum.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max))
         .with_state(api)
 }
 
@@ -882,6 +909,10 @@ async fn import_upload(
     if let Err(refused) = caller.require(IMPORTERS) {
         return refused.into_response();
     }
+    let _running = match api.running.enter() {
+        Ok(place) => place,
+        Err(busy) => return busy.into_response(),
+    };
     let charset = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -155,14 +155,16 @@ pub async fn run_with(
     let zones = lists.daily_run.zones.clone();
     let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
     deps.http
-        .mount(audit.around(policies::routes(policies::PolicyApi {
-            pool: deps.pool.clone(),
-            pii: config.pii.clone(),
-        })));
+        .mount(audit.around(policies::routes(policies::PolicyApi::new(
+            deps.pool.clone(),
+            config.pii.clone(),
+        ))));
     deps.http
         .mount(audit.around(import::routes(import::ImportApi {
             importer: lists.importer.clone(),
             clock: deps.clock.clone(),
+            max_bytes: config.import_max_bytes,
+            running: renewal_platform::quotas::Gate::new("imports", 2),
         })));
     deps.http
         .mount(audit.around(issued_lists::routes(issued_lists::IssueApi {

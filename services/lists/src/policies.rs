@@ -19,6 +19,18 @@ use sqlx::{PgPool, Row};
 pub struct PolicyApi {
     pub pool: PgPool,
     pub pii: Arc<PiiCipher>,
+    /// Lookups per caller: a person looks up a customer at a time, not the portfolio.
+    pub lookups: renewal_platform::quotas::Quota,
+}
+
+impl PolicyApi {
+    pub fn new(pool: PgPool, pii: Arc<PiiCipher>) -> PolicyApi {
+        PolicyApi {
+            pool,
+            pii,
+            lookups: renewal_platform::quotas::Quota::per_second("policy lookup", 10, 50),
+        }
+    }
 }
 
 pub fn routes(api: PolicyApi) -> Router {
@@ -58,6 +70,7 @@ async fn find_by_mobile(
     Query(query): Query<MobileQuery>,
 ) -> Result<Json<serde_json::Value>, ViewError> {
     caller.require(READERS)?;
+    api.lookups.take(&caller.subject)?;
     let mobile = query
         .mobile
         .ok_or_else(|| Problem::bad_request("mobile is required"))?;
@@ -146,6 +159,7 @@ async fn show(
     Path(policy_no): Path<String>,
 ) -> Result<Json<PolicyView>, ViewError> {
     caller.require(READERS)?;
+    api.lookups.take(&caller.subject)?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{SELECT} WHERE p.policy_no = $1"
     )))

@@ -2,6 +2,7 @@
 //! the same for a CSV row and a NATS message. Each failure names its column.
 
 use chrono::NaiveDate;
+use renewal_platform::names;
 
 /// A policy's fields as text, as they arrive.
 #[derive(Debug, Default, Clone)]
@@ -106,6 +107,11 @@ pub fn check(f: &PolicyFields<'_>) -> Result<CheckedPolicy, Vec<Rejection>> {
         ));
     }
     let customer_name = required("customer_name", f.customer_name, &mut bad);
+    if !customer_name.is_empty()
+        && let Err(reason) = names::person_name(&customer_name)
+    {
+        bad.push(reject("customer_name", reason));
+    }
     let mobile = match mobile_e164(f.mobile) {
         Ok(m) => m,
         Err(reason) => {
@@ -126,9 +132,26 @@ pub fn check(f: &PolicyFields<'_>) -> Result<CheckedPolicy, Vec<Rejection>> {
     {
         bad.push(reject("vin", reason));
     }
+    let plate = f.plate.trim().to_owned();
+    if !plate.is_empty()
+        && let Err(reason) = names::plate(&plate)
+    {
+        bad.push(reject("plate", reason));
+    }
     let city_code = required("city_code", f.city_code, &mut bad);
     let branch_code = required("branch_code", f.branch_code, &mut bad);
     let agent_code = required("agent_code", f.agent_code, &mut bad);
+    for (column, value) in [
+        ("city_code", &city_code),
+        ("branch_code", &branch_code),
+        ("agent_code", &agent_code),
+    ] {
+        if !value.is_empty()
+            && let Err(reason) = names::code(value)
+        {
+            bad.push(reject(column, reason));
+        }
+    }
     let channel = f.channel.trim().to_ascii_lowercase();
     if !CHANNELS.contains(&channel.as_str()) {
         bad.push(reject("channel", "must be dealer, direct or agent"));
@@ -163,7 +186,7 @@ pub fn check(f: &PolicyFields<'_>) -> Result<CheckedPolicy, Vec<Rejection>> {
                 customer_name,
                 mobile,
                 id_number,
-                plate: f.plate.trim().to_owned(),
+                plate,
                 vin,
                 city_code,
                 branch_code,

@@ -140,6 +140,7 @@ impl Simulation {
             webhook_token: token,
             webhook_previous_token: None,
             webhook_allow: Vec::new(),
+            trusted_proxies: Vec::new(),
             sms_hours: sms_hours(),
             call_hours: call_hours(),
             // The mock vendor on loopback has no rate limit of its own.

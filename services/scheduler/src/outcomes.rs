@@ -33,7 +33,7 @@ fn call(name: String, queue: Queue) -> Stage {
         action: Action::PhoneTask,
         template: String::new(),
         queue: Some(queue),
-        marketing: false,
+        marketing: None,
         promotion: String::new(),
         keep_after_refusal: false,
     }

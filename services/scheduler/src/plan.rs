@@ -6,6 +6,7 @@
 //! contacts before expiry.
 
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
+use renewal_contract::sms_templates;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Window;
@@ -72,15 +73,24 @@ pub struct Stage {
     /// Phone-task queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<Queue>,
-    /// A marketing SMS (counts against the frequency cap, never to an opted-out customer).
-    #[serde(default)]
-    pub marketing: bool,
+    /// Whether the SMS is marketing (counts against the frequency cap, never to an
+    /// opted-out customer) follows from its template; a plan may state it, but only
+    /// as its template has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marketing: Option<bool>,
     /// The promotion a phone task names.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub promotion: String,
     /// Kept when the customer refuses or sold the car (lapse rescue).
     #[serde(default)]
     pub keep_after_refusal: bool,
+}
+
+impl Stage {
+    /// A marketing SMS: an SMS whose template is marketing.
+    pub fn is_marketing(&self) -> bool {
+        self.action == Action::Sms && sms_templates::is_marketing(&self.template)
+    }
 }
 
 mod hhmm {
@@ -149,11 +159,19 @@ impl Plan {
             }
             match s.action {
                 Action::Sms if s.template.is_empty() => return Err(bad("an SMS needs a template")),
+                Action::Sms if sms_templates::kind(&s.template).is_none() => {
+                    return Err(bad("the SMS template is not one the vendor approved"));
+                }
+                Action::Sms if s.marketing.is_some_and(|m| m != s.is_marketing()) => {
+                    return Err(bad(
+                        "whether an SMS is marketing comes from its template, not from the plan",
+                    ));
+                }
                 Action::PhoneTask if s.queue.is_none() => {
                     return Err(bad("a phone task needs a queue"));
                 }
                 Action::Sms | Action::PhoneTask => {}
-                Action::SupervisorAlert | Action::ConfirmOwner if s.marketing => {
+                Action::SupervisorAlert | Action::ConfirmOwner if s.marketing == Some(true) => {
                     return Err(bad("only an SMS can be marketing"));
                 }
                 Action::SupervisorAlert | Action::ConfirmOwner => {}
@@ -287,7 +305,7 @@ pub fn place(
             action: Action::PhoneTask,
             template: String::new(),
             queue: Some(Queue::Owner),
-            marketing: false,
+            marketing: None,
             promotion: String::new(),
             keep_after_refusal: false,
         },
@@ -298,7 +316,7 @@ pub fn place(
             action: Action::Sms,
             template: "renewal_urgent".into(),
             queue: None,
-            marketing: true,
+            marketing: Some(true),
             promotion: String::new(),
             keep_after_refusal: false,
         },
@@ -368,6 +386,30 @@ mod tests {
                 "T+15"
             ]
         );
+    }
+
+    #[test]
+    fn whether_an_sms_is_marketing_comes_from_its_template_not_the_plan() {
+        let mut plan = Plan::default_plan().expect("default plan");
+        let t60 = plan
+            .stages
+            .iter_mut()
+            .find(|s| s.stage == "T-60")
+            .expect("T-60");
+        assert!(t60.is_marketing());
+        // A plan calling a reminder "not marketing" (to get past opt-outs) is refused.
+        t60.marketing = Some(false);
+        let refused = plan.check().expect_err("refused");
+        assert!(
+            refused.to_string().contains("from its template"),
+            "{refused}"
+        );
+        // Saying nothing is fine: the template decides.
+        plan.stages[0].marketing = None;
+        assert!(plan.check().is_ok());
+        assert!(plan.stages[0].is_marketing());
+        plan.stages[0].template = "free_text".into();
+        assert!(plan.check().is_err(), "an unknown template is refused");
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub async fn insert(
         .iter()
         .map(|p| p.stage.queue.map(|q| q.as_str()))
         .collect();
-    let marketing: Vec<bool> = placed.iter().map(|p| p.stage.marketing).collect();
+    let marketing: Vec<bool> = placed.iter().map(|p| p.stage.is_marketing()).collect();
     let promotions: Vec<&str> = placed.iter().map(|p| p.stage.promotion.as_str()).collect();
     let keep: Vec<bool> = placed.iter().map(|p| p.stage.keep_after_refusal).collect();
     sqlx::query(

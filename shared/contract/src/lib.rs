@@ -25,5 +25,6 @@ pub mod dispatch {
     include!(concat!(env!("OUT_DIR"), "/renewal.dispatch.v1.rs"));
 }
 
+pub mod sms_templates;
 mod subjects;
 pub use subjects::{Stream, Subjects, subject};

@@ -28,6 +28,9 @@ use tracing::Instrument;
 
 use crate::identity::{AuthError, Authenticator, DevIssuer, Identified};
 
+/// The largest body a route reads whole, unless it says otherwise.
+pub const MAX_BODY: usize = 1024 * 1024;
+
 /// The request id of a request (an extension set by the edge).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -105,6 +108,8 @@ impl HttpHost {
             .fallback(dispatch)
             .with_state(self.clone())
             .layer(axum::middleware::from_fn_with_state(self.clone(), edge))
+            // Bodies a route reads whole stop here (routes may set their own).
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .layer(tower_http::catch_panic::CatchPanicLayer::new())
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,

@@ -20,6 +20,8 @@ pub struct Problem {
     pub detail: String,
     /// Extension members (RFC 9457 §3.2), such as the rows a CSV was refused for.
     pub extensions: Option<Box<serde_json::Map<String, serde_json::Value>>>,
+    /// Seconds to wait before trying again (`Retry-After`, with 429 and 503).
+    pub retry_after: Option<u32>,
 }
 
 /// The document as written.
@@ -56,7 +58,14 @@ impl Problem {
             detail: detail.into(),
             code: code.to_owned(),
             extensions: None,
+            retry_after: None,
         }
+    }
+
+    /// Tells the caller when to try again.
+    pub fn retry_after(mut self, seconds: u32) -> Problem {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     /// Adds an extension member.
@@ -90,6 +99,7 @@ impl Problem {
             "unavailable",
             "temporarily unavailable; nothing was changed",
         )
+        .retry_after(1)
     }
 
     pub fn status_code(&self) -> StatusCode {
@@ -114,6 +124,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

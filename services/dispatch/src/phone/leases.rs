@@ -125,6 +125,10 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
     }
     let secs = lease_seconds(request.lease_seconds)?;
     let now = tasks.clock.now();
+    let held = held_by(tasks, agent, now).await?;
+    if held + max > super::MAX_OPEN_LEASES {
+        return Err(too_many_leases(held));
+    }
     // The owner queue holds each owner's own tasks.
     let owner = if queue == "owner" { agent } else { "" };
     // One statement: leases that ran out for the last time go to dead letter, and the
@@ -243,6 +247,30 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
     Ok(views)
 }
 
+/// The leases `agent` holds that have not run out.
+async fn held_by(tasks: &PhoneTasks, agent: &str, now: DateTime<Utc>) -> Result<i64, TaskError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM dispatch.phone_tasks
+         WHERE state = 'leased' AND leased_by = $1 AND available_at > $2",
+    )
+    .bind(agent)
+    .bind(now)
+    .fetch_one(&tasks.pool)
+    .await?)
+}
+
+fn too_many_leases(held: i64) -> TaskError {
+    renewal_platform::Problem::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "too_many_leases",
+        format!(
+            "the agent holds {held} leases; complete or release some first (at most {} at once)",
+            super::MAX_OPEN_LEASES
+        ),
+    )
+    .into()
+}
+
 pub async fn heartbeat(
     tasks: &PhoneTasks,
     id: Uuid,
@@ -274,6 +302,12 @@ pub async fn release(
 ) -> Result<serde_json::Value, TaskError> {
     let now = tasks.clock.now();
     let retry_at = request.retry_at.unwrap_or(now).max(now);
+    if retry_at > now + super::FARTHEST_AHEAD {
+        return Err(TaskError::Invalid(format!(
+            "retry_at is more than {} days ahead",
+            super::FARTHEST_AHEAD.num_days()
+        )));
+    }
     let state: Option<String> = sqlx::query_scalar(
         "UPDATE dispatch.phone_tasks
          SET state = CASE WHEN leases >= $4 THEN 'dead' ELSE 'open' END,

@@ -26,6 +26,14 @@ use crate::config::Hours;
 pub const MAX_LEASES: i32 = 5;
 /// Requests from the call center are small.
 const MAX_BODY: usize = 64 * 1024;
+/// Lease requests one agent's desk may make per second (a person takes one call at
+/// a time; a desk leasing in batches needs a few).
+pub const LEASES_PER_SECOND: u32 = 50;
+/// How far ahead a call back, a retry or a promise may be set.
+pub const FARTHEST_AHEAD: chrono::Duration = chrono::Duration::days(60);
+/// Tasks one agent may hold at once: a puller that leases without completing cannot
+/// empty a queue.
+pub const MAX_OPEN_LEASES: i64 = 200;
 
 #[derive(Clone)]
 pub struct PhoneTasks {
@@ -37,6 +45,8 @@ pub struct PhoneTasks {
     completions: std::sync::Arc<outcomes::Completions>,
     /// What a completion needs of the tasks this process leased.
     leased: std::sync::Arc<outcomes::HeldTasks>,
+    /// Leases per caller and the agent it names.
+    lease_quota: renewal_platform::quotas::Quota,
 }
 
 impl PhoneTasks {
@@ -48,6 +58,11 @@ impl PhoneTasks {
             call_hours,
             completions: Default::default(),
             leased: Default::default(),
+            lease_quota: renewal_platform::quotas::Quota::per_second(
+                "lease",
+                LEASES_PER_SECOND,
+                2 * LEASES_PER_SECOND,
+            ),
         }
     }
 }
@@ -67,7 +82,7 @@ pub enum TaskError {
     /// Postgres failed for a batch this request was part of.
     #[error("{0}")]
     Unavailable(String),
-    /// The caller may not do this (401, 403).
+    /// The caller may not do this (401, 403, 429).
     #[error("{0}")]
     Refused(#[from] Problem),
 }
@@ -145,6 +160,9 @@ async fn lease(
 ) -> Result<Json<serde_json::Value>, TaskError> {
     let mut request: leases::LeaseRequest = parse(&body)?;
     authorize_lease(&caller, &mut request)?;
+    tasks
+        .lease_quota
+        .take(&format!("{}/{}", caller.subject, request.agent_id.trim()))?;
     let leased = leases::lease(&tasks, &request).await?;
     Ok(Json(serde_json::json!({ "tasks": leased })))
 }

@@ -113,10 +113,25 @@ impl CompleteRequest {
                 outcome_name(kind)
             )));
         }
-        if let Some(at) = outcome.call_back_at
-            && at < now
+        if let Some(at) = outcome.call_back_at {
+            if at < now {
+                return Err(TaskError::Invalid("call_back_at is in the past".into()));
+            }
+            if at > now + super::FARTHEST_AHEAD {
+                return Err(TaskError::Invalid(format!(
+                    "call_back_at is more than {} days ahead",
+                    super::FARTHEST_AHEAD.num_days()
+                )));
+            }
+        }
+        if let Some(date) = outcome.promised_date
+            && (date < now.date_naive() - chrono::Days::new(1)
+                || date > (now + super::FARTHEST_AHEAD).date_naive())
         {
-            return Err(TaskError::Invalid("call_back_at is in the past".into()));
+            return Err(TaskError::Invalid(format!(
+                "promised_date must be from today to {} days ahead",
+                super::FARTHEST_AHEAD.num_days()
+            )));
         }
         if outcome.reason.chars().count() > 500 || outcome.new_policy_no.len() > 64 {
             return Err(TaskError::Invalid(

@@ -34,6 +34,8 @@ pub struct Webhook {
     pub tokens: Vec<SecretString>,
     /// Source networks allowed to push (empty: any).
     pub allow: Vec<ipnet::IpNet>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 pub fn routes(webhook: Webhook) -> Router {
@@ -53,10 +55,15 @@ async fn guard(
     next: axum::middleware::Next,
 ) -> Response {
     if !hook.allow.is_empty() {
-        let source = request
+        let peer = request
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
+        let forwarded = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let source = peer.and_then(|p| source(p, forwarded, &hook.trusted_proxies));
         if !source.is_some_and(|ip| hook.allow.iter().any(|net| net.contains(&ip))) {
             return WebhookError::Forbidden.into_response();
         }
@@ -67,6 +74,27 @@ async fn guard(
         return WebhookError::Unauthorized.into_response();
     }
     next.run(request).await
+}
+
+/// Who sent a push: the peer, or, when the peer is a trusted proxy, the last address
+/// in `X-Forwarded-For` that is not a trusted proxy (the one the first proxy saw;
+/// anything left of it the sender could have written). `None` if it cannot be told.
+fn source(
+    peer: std::net::IpAddr,
+    forwarded: Option<&str>,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    for hop in forwarded?.rsplit(',') {
+        let ip: std::net::IpAddr = hop.trim().parse().ok()?;
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+    }
+    None
 }
 
 impl Webhook {
@@ -333,6 +361,24 @@ async fn record_once(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sql
 #[cfg(test)]
 mod tests {
     use secrecy::SecretString;
+
+    #[test]
+    fn the_source_behind_a_trusted_proxy_is_the_last_address_it_did_not_add() {
+        let proxies: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        // Straight from the internet: the peer, whatever the header says.
+        assert_eq!(
+            super::source(ip("106.11.1.1"), Some("1.2.3.4"), &proxies),
+            Some(ip("106.11.1.1"))
+        );
+        // Through the ingress: the address the ingress saw, not what the sender wrote.
+        assert_eq!(
+            super::source(ip("10.1.2.3"), Some("6.6.6.6, 106.11.1.1"), &proxies),
+            Some(ip("106.11.1.1"))
+        );
+        assert_eq!(super::source(ip("10.1.2.3"), None, &proxies), None);
+        assert_eq!(super::source(ip("10.1.2.3"), Some("junk"), &proxies), None);
+    }
 
     #[test]
     fn token_comparison_needs_every_byte() {

@@ -1,5 +1,6 @@
 //! Templates per stage. The vendor holds the approved text under a template code; we
-//! send the code and its parameters. Every marketing text ends with the opt-out line.
+//! send the code and its parameters. Every marketing text ends with the opt-out line;
+//! whether a template is marketing is the contract's (`renewal_contract::sms_templates`).
 
 use renewal_contract::scheduler::SendSms;
 
@@ -30,6 +31,11 @@ pub const TEMPLATES: &[Template] = &[
         text: "尊敬的${name}，您的爱车${plate}的车险${expiry}即将到期，脱保期间出险将无法理赔，请尽快续保。回TD退订",
     },
     Template {
+        key: "renewal_confirmed",
+        code: "SMS_RENEWAL_DONE",
+        text: "尊敬的${name}，您的爱车${plate}的车险已续保成功，新保单将于${expiry}起生效。",
+    },
+    Template {
         key: "lapse_rescue",
         code: "SMS_LAPSE_RESCUE",
         text: "尊敬的${name}，您的爱车${plate}的车险已于${expiry}到期，为保障出行安全，请尽快续保。回TD退订",
@@ -54,6 +60,23 @@ pub fn params(command: &SendSms) -> Result<serde_json::Value, String> {
 
 #[cfg(test)]
 mod tests {
+    use renewal_contract::sms_templates::{self, Kind};
+
+    #[test]
+    fn every_template_is_in_the_catalog_and_only_marketing_offers_the_opt_out() {
+        for t in super::TEMPLATES {
+            let kind = sms_templates::kind(t.key);
+            assert!(kind.is_some(), "{} is not in the contract's catalog", t.key);
+            assert_eq!(
+                kind == Some(Kind::Marketing),
+                t.text.ends_with(super::OPT_OUT),
+                "{}: a marketing text ends with the opt-out line, a notice does not",
+                t.key
+            );
+        }
+        assert_eq!(super::TEMPLATES.len(), sms_templates::CATALOG.len());
+    }
+
     #[test]
     fn every_sms_template_of_the_default_plan_exists() {
         let plan: serde_json::Value =
@@ -67,16 +90,5 @@ mod tests {
             }
         }
         assert!(checked >= 3, "the default plan sends at least three SMS");
-    }
-
-    #[test]
-    fn marketing_templates_carry_the_opt_out_text() {
-        for t in super::TEMPLATES {
-            assert!(
-                t.text.ends_with(super::OPT_OUT),
-                "{} lacks the opt-out text",
-                t.key
-            );
-        }
     }
 }
