@@ -12,6 +12,7 @@
 Each check prints `ok` or `FAIL` with the reason; the exit status is 1 if any failed.
 """
 
+import ipaddress
 import json
 import re
 import sys
@@ -151,9 +152,22 @@ class Code:
         self.repo = Path(repo)
         self.platform = self.repo / "shared/platform/src"
         self.schema, self.binary, self.env, self.required, self.routes = {}, {}, {}, {}, {}
+        self.own_routes = {}
         platform_env = self.env_reads(self.platform)
         platform_routes = self.route_paths(self.platform)
         self.platform_routes = platform_routes
+        # The admin listener's routes (ADMIN_ADDR: health, readiness, metrics) and the
+        # API listener's (HTTP_ADDR), told apart by the function that builds each router.
+        http_rs = (self.platform / "http.rs").read_text(encoding="utf-8")
+        self.admin_routes = set(re.findall(r'\.route\(\s*"([^"]+)"', self.fn_body(http_rs, "admin_router")))
+        self.api_router_routes = set(re.findall(r'\.route\(\s*"([^"]+)"', self.fn_body(http_rs, "router")))
+        self.api_platform_routes = platform_routes - self.admin_routes
+        config_rs = (self.platform / "config.rs").read_text(encoding="utf-8")
+        self.default_port = {var: int(m.group(1)) if m else None for var in ("HTTP_ADDR", "ADMIN_ADDR")
+                             for m in [re.search(rf'"{var}",\s*SocketAddr::from\(\(\[[\d,\s]+\],\s*(\d+)\)\)', config_rs)]}
+        identity_rs = (self.platform / "identity.rs").read_text(encoding="utf-8")
+        self.identity_required = set(re.findall(r'\.required\(\s*"(AUTH_[A-Z0-9_]+)"', identity_rs))
+        self.identity_text = identity_rs
         for s in SERVICES:
             src = self.repo / f"services/{s}/src"
             m = re.search(r'pub const SCHEMA: &str = "(\w+)";', (src / "lib.rs").read_text())
@@ -163,7 +177,8 @@ class Code:
             self.binary[s] = m.group(1) if m else None
             self.env[s] = platform_env | self.env_reads(src)
             self.required[s] = set(re.findall(r'ConfigError::Missing\s*\{\s*var:\s*"([A-Z0-9_]+)"', self.text(src)))
-            self.routes[s] = platform_routes | self.route_paths(src)
+            self.own_routes[s] = self.route_paths(src)
+            self.routes[s] = self.api_platform_routes | self.own_routes[s]
         self.migrate_arg = {s: '== Some("migrate")' in (self.repo / f"services/{s}/src/main.rs").read_text()
                             for s in SERVICES}
         self.metrics = self.metric_calls()
@@ -173,10 +188,19 @@ class Code:
     def text(directory):
         return "\n".join(p.read_text(encoding="utf-8") for p in sorted(Path(directory).rglob("*.rs")))
 
+    @staticmethod
+    def fn_body(text, name):
+        """The text of `fn name` up to the next fn (enough to read a router's routes)."""
+        m = re.search(rf"\bfn {name}\b(.*?)(?=\n\s*(?:pub(?:\([^)]*\))? )?(?:async )?fn |\Z)", text, re.S)
+        return m.group(1) if m else ""
+
     def env_reads(self, directory):
         t = self.text(directory)
-        names = set(re.findall(r'\.(?:or|required|optional|secret|secret_or|duration_or)\(\s*"([A-Z][A-Z0-9_]*)"', t))
+        names = set(re.findall(r'\.(?:or|required|optional|secret|secret_or|duration_or)(?:::<[^>]*>)?\(\s*"([A-Z][A-Z0-9_]*)"', t))
         names |= set(re.findall(r'env::var\(\s*"([A-Z][A-Z0-9_]*)"', t))
+        # Helpers that take the environment and a name, e.g. dispatch's
+        # webhook_token(env, "SMS_WEBHOOK_TOKEN_PREVIOUS") and networks(env, "TRUSTED_PROXIES").
+        names |= set(re.findall(r'\(\s*&?env\s*,\s*"([A-Z][A-Z0-9_]*)"', t))
         return names
 
     def route_paths(self, directory):
@@ -197,6 +221,12 @@ class Code:
                 if not name:
                     continue
                 labels = set(re.findall(r'"([a-z_]+)"\s*=>', args))
+                # Labels passed as a slice of pairs, e.g. `let labels = [("route", route), ...];`
+                # then `counter!("http_requests_total", &labels)` (shared/platform/src/http.rs).
+                for ident in re.findall(r"&\s*([a-z_][a-z0-9_]*)\b", args):
+                    defs = list(re.finditer(rf"let {ident}\s*=\s*&?\[(.*?)\];", t[:m.start()], re.S))
+                    if defs:
+                        labels |= set(re.findall(r'\(\s*"([a-z_]+)"\s*,', defs[-1].group(1)))
                 kind, entry = m.group(1), found.setdefault(name.group(1), [m.group(1), set()])
                 entry[1] |= labels
         return {k: (v[0], v[1]) for k, v in found.items()}
@@ -205,6 +235,33 @@ class Code:
 # Environment read outside our sources: sqlx's Postgres driver takes the password from
 # PGPASSWORD when DATABASE_URL carries none (sqlx-postgres PgConnectOptions).
 THIRD_PARTY_ENV = {"PGPASSWORD"}
+
+# What a service process needs to know its callers unless AUTH_DEV=on (which no cluster
+# may use): shared/platform/src/identity.rs, AuthConfig::from_env. AUTH_ISSUER's absence
+# is its "no identity provider" error; the other two are env.required.
+AUTH_REQUIRED = ("AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL")
+
+# Ranges that are never the internet: a 0.0.0.0/0 egress rule must except them, so it
+# does not open the rest of the cluster (pods, Services, nodes) or the cloud metadata.
+PRIVATE_RANGES = [ipaddress.ip_network(n) for n in
+                  ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16")]
+
+# Address space that is not the internet: the private ranges above, loopback, and IPv6
+# unique-local, link-local and loopback. A proxy dispatch believes (TRUSTED_PROXIES) must be
+# in it; a range reaching beyond it is public. Membership is decided by containment, not
+# ipaddress's is_global/is_private, whose answers for wide networks (0.0.0.0/0) differ
+# between Python versions.
+INTERNAL_RANGES = PRIVATE_RANGES + [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128")]
+
+
+def internal(net):
+    """Whether every address of `net` is outside the internet (INTERNAL_RANGES)."""
+    return any(net.version == r.version and net.subnet_of(r) for r in INTERNAL_RANGES)
+
+
+# ingress-nginx's source allow-list annotations (older and newer name).
+SOURCE_RANGE_ANNOTATIONS = ("nginx.ingress.kubernetes.io/whitelist-source-range",
+                            "nginx.ingress.kubernetes.io/allowlist-source-range")
 
 # Series the dashboard and alerts read that Kubernetes, not the services, provides.
 EXTERNAL_SERIES = {
@@ -251,6 +308,40 @@ class Render:
         for e in container.get("env", []):
             env[e["name"]] = e.get("value") if "value" in e else None
         return env
+
+
+def addr_port(addr):
+    return int(str(addr).rsplit(":", 1)[1])
+
+
+def cidrs(text):
+    """Networks in a comma-separated list (as dispatch parses SMS_WEBHOOK_ALLOW and
+    TRUSTED_PROXIES, services/dispatch/src/config.rs `networks`: a CIDR or a bare
+    address), and the items that are neither."""
+    nets, bad = [], []
+    for item in (x.strip() for x in (text or "").split(",")):
+        if not item:
+            continue
+        # Python also takes a netmask (10.0.0.0/255.0.0.0) and an IPv6 zone (fe80::1%eth0);
+        # the services' parser (the ipnet crate) takes neither.
+        address, _, prefix = item.partition("/")
+        if "%" in address or ("/" in item and not re.fullmatch(r"\d{1,3}", prefix)):
+            bad.append(item)
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            bad.append(item)
+    return nets, bad
+
+
+def peer_name(peer):
+    """Who a NetworkPolicy peer is, by namespace (what the checks compare)."""
+    if "ipBlock" in peer:
+        return f"ipBlock {peer['ipBlock'].get('cidr')}"
+    if "namespaceSelector" in peer:
+        return peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name", "(some namespaces)")
+    return "(same namespace)"
 
 
 def labels_match(selector, labels):
@@ -342,6 +433,7 @@ def wiring(repo, dev_path, prod_path, obs_path):
     obs = Render("observability", obs_path)
     cluster = load_all(k8s / "postgres/cluster.yaml")[0]
     secrets = secrets_created(k8s / "secrets.example")
+    secrets_text = (k8s / "secrets.example").read_text(encoding="utf-8")
     nats = yaml.safe_load((k8s / "nats/values.yaml").read_text(encoding="utf-8"))
 
     print("code:")
@@ -351,7 +443,21 @@ def wiring(repo, dev_path, prod_path, obs_path):
         check(code.binary[s] == f"renewal-{s}", f"{s}: binary renewal-{s}", f"[[bin]] is {code.binary[s]!r}")
         check(code.migrate_arg[s], f"{s}: main.rs takes `migrate`")
     for path in ("/healthz", "/readyz", "/metrics"):
-        check(path in code.platform_routes, f"platform serves {path} (shared/platform/src/http.rs)")
+        check(path in code.admin_routes, f"platform serves {path} on the admin listener (shared/platform/src/http.rs, admin_router)",
+              f"admin_router serves {sorted(code.admin_routes)}")
+        on_api = [w for w, routes in [("http.rs router", code.api_router_routes)] + [(f"services/{s}", code.own_routes[s]) for s in SERVICES]
+                  if path in routes]
+        check(not on_api, f"{path} is not served on the API listener (HTTP_ADDR)", f"routed by {on_api}")
+    for var in ("HTTP_ADDR", "ADMIN_ADDR"):
+        check(code.default_port[var] is not None and all(var in code.env[s] for s in SERVICES),
+              f"platform reads {var} (default port {code.default_port[var]}, shared/platform/src/config.rs)")
+    check(code.default_port["HTTP_ADDR"] != code.default_port["ADMIN_ADDR"], "API and admin listeners default to different ports")
+    for var in ("SMS_WEBHOOK_ALLOW", "TRUSTED_PROXIES"):
+        check(var in code.env["dispatch"], f"dispatch reads {var} (services/dispatch/src/config.rs)")
+    for var in AUTH_REQUIRED + ("AUTH_LEEWAY", "AUTH_DEV", "RENEWAL_ENV"):
+        check(all(var in code.env[s] for s in SERVICES), f"platform reads {var} (every service; shared/platform/src/identity.rs)")
+    check({"AUTH_AUDIENCE", "AUTH_JWKS_URL"} <= code.identity_required and re.search(r'var:\s*"AUTH_ISSUER"', code.identity_text),
+          f"identity.rs requires {', '.join(AUTH_REQUIRED)} without AUTH_DEV=on", f"env.required of {sorted(code.identity_required)}")
 
     roles = {r["name"]: r for r in cluster["spec"]["managed"]["roles"]}
     database = cluster["spec"]["bootstrap"]["initdb"]["database"]
@@ -382,17 +488,49 @@ def wiring(repo, dev_path, prod_path, obs_path):
                 check(not unknown, f"{r.name}/{s}/{c['name']}: every variable is one the {s} binary reads",
                       f"{sorted(unknown)} are read by nothing in shared/platform or services/{s}")
             env = r.env_of(main)
-            missing = code.required[s] - set(env)
-            check(not missing, f"{r.name}/{s}: required variables set ({', '.join(sorted(code.required[s])) or 'none'})", f"missing {sorted(missing)}")
+            # An empty value is no value: the code reads it as unset (config.rs Env::raw).
+            missing = {v for v in code.required[s] if v not in env or env[v] == ""}
+            check(not missing, f"{r.name}/{s}: required variables set ({', '.join(sorted(code.required[s])) or 'none'})", f"missing or empty {sorted(missing)}")
+            # Identity: the insurer's provider, never the development issuer.
+            missing = [v for v in AUTH_REQUIRED if v not in env or env[v] == ""]
+            check(not missing, f"{r.name}/{s}: {', '.join(AUTH_REQUIRED)} set (the identity provider; the service refuses to start without them)",
+                  f"missing or empty {missing}")
+            for var in ("AUTH_ISSUER", "AUTH_JWKS_URL"):
+                u = urlparse(env.get(var) or "")
+                check(u.scheme == "https" and bool(u.hostname), f"{r.name}/{s}: {var} is an https URL ({env.get(var)})")
+            issuer, jwks = urlparse(env.get("AUTH_ISSUER") or ""), urlparse(env.get("AUTH_JWKS_URL") or "")
+            if issuer.hostname and jwks.hostname and issuer.hostname != jwks.hostname:
+                print(f"  NOTE  {r.name}/{s}: AUTH_JWKS_URL's host {jwks.hostname} is not the issuer's ({issuer.hostname}); "
+                      "the egress NetworkPolicy must admit it")
+            for c in [main] + ([init] if init else []):
+                dev = r.env_of(c).get("AUTH_DEV")
+                if r.name == "prod":
+                    check("AUTH_DEV" not in r.env_of(c), f"prod/{s}/{c['name']}: AUTH_DEV not set", f"AUTH_DEV={dev!r}")
+                else:
+                    check(dev in (None, "", "off"), f"{r.name}/{s}/{c['name']}: AUTH_DEV off (the development issuer is for a laptop)", f"AUTH_DEV={dev!r}")
+            if r.name == "prod":
+                check(env.get("RENEWAL_ENV") == "production", f"prod/{s}: RENEWAL_ENV=production (refuses development settings)",
+                      f"RENEWAL_ENV={env.get('RENEWAL_ENV')!r}")
+            if env.get("AUTH_LEEWAY"):
+                leeway = duration_seconds(env["AUTH_LEEWAY"])
+                check(leeway is not None and leeway <= 300, f"{r.name}/{s}: AUTH_LEEWAY {env['AUTH_LEEWAY']} is a duration of 5 minutes or less")
             # Port, probes, drain.
             ports = {p.get("name"): p["containerPort"] for p in main.get("ports", [])}
-            http_addr = env.get("HTTP_ADDR") or "0.0.0.0:8080"
-            check(ports.get("http") == int(http_addr.rsplit(":", 1)[1]), f"{r.name}/{s}: containerPort http = HTTP_ADDR port ({http_addr})",
+            http_addr = env.get("HTTP_ADDR") or f"0.0.0.0:{code.default_port['HTTP_ADDR']}"
+            admin_addr = env.get("ADMIN_ADDR") or f"0.0.0.0:{code.default_port['ADMIN_ADDR']}"
+            check(ports.get("http") == addr_port(http_addr), f"{r.name}/{s}: containerPort http = HTTP_ADDR port ({http_addr})",
                   f"ports {ports}")
-            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            check(ports.get("admin") == addr_port(admin_addr), f"{r.name}/{s}: containerPort admin = ADMIN_ADDR port ({admin_addr})",
+                  f"ports {ports}")
+            check(addr_port(http_addr) != addr_port(admin_addr), f"{r.name}/{s}: HTTP_ADDR and ADMIN_ADDR on different ports")
+            # Probes: on the admin listener, the only one serving /healthz and /readyz.
+            for probe, path, needed in (("readinessProbe", "/readyz", True), ("livenessProbe", "/healthz", True),
+                                        ("startupProbe", "/healthz", False)):
+                if probe not in main and not needed:
+                    continue
                 get = main.get(probe, {}).get("httpGet", {})
-                check(get.get("path") == path and get.get("port") in ("http", ports.get("http")),
-                      f"{r.name}/{s}: {probe} GET {path} on the http port", f"{get}")
+                check(get.get("path") == path and path in code.admin_routes and get.get("port") in ("admin", ports.get("admin")),
+                      f"{r.name}/{s}: {probe} GET {path} on the admin port (ADMIN_ADDR)", f"{get}")
             grace = duration_seconds(env.get("SHUTDOWN_GRACE") or "20s")
             sleep = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
             sleep_s = float(sleep[1]) if len(sleep) == 2 and sleep[0] == "sleep" else 0
@@ -414,12 +552,19 @@ def wiring(repo, dev_path, prod_path, obs_path):
                       and memory_bytes(req["memory"]) <= memory_bytes(lim["memory"]),
                       f"{r.name}/{s}/{c['name']}: requests and limits ({req.get('memory')}/{lim.get('memory')})", f"{res}")
             # Secrets: every reference is created by secrets.example.
-            refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"],
+                     e["valueFrom"]["secretKeyRef"].get("optional") is True)
                     for c in [main] + ([init] if init else []) for e in c.get("env", [])
                     if "secretKeyRef" in e.get("valueFrom", {})}
-            for name, key in sorted(refs):
-                check(key in secrets.get(name, set()), f"{r.name}/{s}: Secret {name}/{key} is created by secrets.example",
-                      f"secrets.example creates {secrets.get(name)}")
+            for name, key, optional in sorted(refs):
+                if optional:
+                    # A key that exists only for a while (a token being rotated out).
+                    check(name in secrets and re.search(rf"\b{key}\b", secrets_text),
+                          f"{r.name}/{s}: optional Secret key {name}/{key}: the Secret is created and the key documented by secrets.example",
+                          f"secrets.example creates {secrets.get(name)}")
+                else:
+                    check(key in secrets.get(name, set()), f"{r.name}/{s}: Secret {name}/{key} is created by secrets.example",
+                          f"secrets.example creates {secrets.get(name)}")
             # Postgres: the service's own role, schema and database.
             url = urlparse(env.get("DATABASE_URL", ""))
             check(url.username == code.schema[s] and url.password is None and url.hostname == pg_host and url.path == f"/{database}",
@@ -433,26 +578,69 @@ def wiring(repo, dev_path, prod_path, obs_path):
             if check(svc is not None, f"{r.name}/{s}: Service"):
                 check(labels_match(svc["spec"]["selector"], pod_labels) and any(p.get("targetPort") == "http" and p.get("name") == "http" for p in svc["spec"]["ports"]),
                       f"{r.name}/{s}: Service selects the pods, port http -> http")
+                check(any(p.get("name") == "admin" and p.get("targetPort") in ("admin", ports.get("admin")) for p in svc["spec"]["ports"]),
+                      f"{r.name}/{s}: Service port admin -> the container's admin port (ADMIN_ADDR)", f"ports {svc['spec']['ports']}")
             pdb = r.one("PodDisruptionBudget", s)
             check(pdb is not None and labels_match(pdb["spec"]["selector"]["matchLabels"], pod_labels),
                   f"{r.name}/{s}: PodDisruptionBudget selects the pods")
             if s in hpas:
                 check("replicas" not in d["spec"], f"{r.name}/{s}: the autoscaler alone sets replicas",
                       "spec.replicas would be reset on every apply")
-        # NetworkPolicies: default deny, and who may reach whom.
+        # NetworkPolicies: default deny, and who may reach whom on which port.
         policies = r.all("NetworkPolicy")
         for s, d in sorted(deployments.items()):
             pod_labels = d["spec"]["template"]["metadata"]["labels"]
+            main = next((c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == s), {})
+            ports = {p.get("name"): p["containerPort"] for p in main.get("ports", [])}
+            env = r.env_of(main)
             mine = [p for p in policies if labels_match(p["spec"]["podSelector"].get("matchLabels"), pod_labels)]
             check(any(set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"} and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in mine),
                   f"{r.name}/{s}: a default-deny NetworkPolicy selects the pods")
-            sources = {peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name", "(same namespace)")
-                       for p in mine for rule in p["spec"].get("ingress", []) for peer in rule.get("from", [])}
-            allowed = {"monitoring", "ingress-nginx"} if s == "dispatch" else {"monitoring"}
-            check(sources <= allowed and "monitoring" in sources and (s != "dispatch" or "ingress-nginx" in sources),
-                  f"{r.name}/{s}: ingress only from {sorted(allowed)}", f"from {sorted(sources)}")
-            public = any("ipBlock" in peer for p in mine for rule in p["spec"].get("egress", []) for peer in rule.get("to", []))
-            check(public == (s == "dispatch"), f"{r.name}/{s}: {'reaches' if s == 'dispatch' else 'no egress to'} the internet (SMS vendor)")
+            # Ingress: (peer, container port) for every rule; a rule without ports opens all.
+            admitted, portless = set(), []
+            for p in mine:
+                for rule in p["spec"].get("ingress", []):
+                    peers = {peer_name(peer) for peer in rule.get("from", [])} or {"(anywhere)"}
+                    if not rule.get("ports"):
+                        portless.append(p["metadata"]["name"])
+                    for port in rule.get("ports", []):
+                        number = ports.get(port["port"]) if isinstance(port["port"], str) else port["port"]
+                        admitted |= {(peer, number) for peer in peers}
+            check(not portless, f"{r.name}/{s}: every ingress rule names its ports", f"rules of {portless} open every port")
+            api_from = {peer for peer, port in admitted if port == ports.get("http")}
+            want_api = {"ingress-nginx"} if s == "dispatch" else set()
+            check(api_from == want_api, f"{r.name}/{s}: the API port ({ports.get('http')}) is reached by "
+                  + ("the ingress controller (ingress-nginx) only" if want_api else "nothing in the cluster"), f"reached by {sorted(api_from)}")
+            admin_from = {peer for peer, port in admitted if port == ports.get("admin")}
+            check(admin_from == {"monitoring"}, f"{r.name}/{s}: the admin port ({ports.get('admin')}) is reached by Prometheus (monitoring) only",
+                  f"reached by {sorted(admin_from)}")
+            others = sorted(f"{peer}:{port}" for peer, port in admitted if port not in (ports.get("http"), ports.get("admin")))
+            check(not others, f"{r.name}/{s}: no other port admitted", f"{others}")
+            # Egress beyond the cluster: the identity provider (every service) and the SMS
+            # vendor (dispatch), each on its URL's port, and never the private ranges.
+            outside = {urlparse(env.get("AUTH_JWKS_URL") or "https://x").port or 443}
+            if s == "dispatch":
+                outside.add(urlparse(env.get("SMS_VENDOR_URL") or "https://x").port or 443)
+            egress = [rule for p in mine for rule in p["spec"].get("egress", [])]
+            public = [(p["metadata"]["name"], rule) for p in mine for rule in p["spec"].get("egress", [])
+                      if any("ipBlock" in peer for peer in rule.get("to", []))]
+            public_ports = {(pt.get("protocol", "TCP"), pt.get("port")) for _, rule in public for pt in rule.get("ports", [])}
+            check(public and all(rule.get("ports") for _, rule in public) and public_ports <= {("TCP", n) for n in outside},
+                  f"{r.name}/{s}: egress outside the cluster only on TCP {', '.join(map(str, sorted(outside)))} "
+                  f"(the identity provider{' and the SMS vendor' if s == 'dispatch' else ''})", f"ipBlock rules on {sorted(public_ports)}")
+            jwks_port = urlparse(env.get("AUTH_JWKS_URL") or "https://x").port or 443
+            check(any(any(pt.get("port") == jwks_port and pt.get("protocol", "TCP") == "TCP" for pt in rule.get("ports", []))
+                      and rule.get("to") for rule in egress),
+                  f"{r.name}/{s}: egress to TCP {jwks_port} for the identity provider's keys (AUTH_JWKS_URL)")
+            for policy, rule in public:
+                for peer in rule["to"]:
+                    block = peer.get("ipBlock")
+                    if not block:
+                        continue
+                    net = ipaddress.ip_network(block["cidr"], strict=False)
+                    excepted = [ipaddress.ip_network(e, strict=False) for e in block.get("except", [])]
+                    leaks = [str(pr) for pr in PRIVATE_RANGES if pr.version == net.version and pr.overlaps(net) and not any(pr.subnet_of(e) for e in excepted if e.version == pr.version)]
+                    check(not leaks, f"{r.name}/{s}: {policy}: ipBlock {block['cidr']} excepts the private ranges", f"opens {leaks}")
         # Ingress: dispatch's public paths, and nothing else.
         ingress_paths = [(ing["metadata"]["name"], p) for ing in r.all("Ingress")
                          for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
@@ -461,6 +649,50 @@ def wiring(repo, dev_path, prod_path, obs_path):
             check(backend["name"] == "dispatch" and backend["port"].get("name") == "http", f"{r.name}: Ingress {name} {p['path']} goes to dispatch:http", f"{backend}")
             concrete = [re.sub(r"\{[^}]+\}", "x1", route) for route in code.routes["dispatch"]]
             check(any(ingress_matches(p, c) for c in concrete), f"{r.name}: Ingress path {p['path']} ({p['pathType']}) reaches a dispatch route")
+        for route in sorted(code.admin_routes | {"/.well-known/jwks.json"}):
+            check(not any(ingress_matches(p, route) for _, p in ingress_paths), f"{r.name}: no Ingress path reaches {route}")
+        # The webhook's source allow-list (services/dispatch/src/sms/receipts.rs, guard and
+        # source): SMS_WEBHOOK_ALLOW is matched against the TCP peer, or, when the peer is
+        # in TRUSTED_PROXIES, against the right-most X-Forwarded-For address that is not.
+        # Behind the Ingress the peer is the ingress controller's pod: without
+        # TRUSTED_PROXIES a public range there refuses every push.
+        dispatch = next((c for c in deployments["dispatch"]["spec"]["template"]["spec"]["containers"] if c["name"] == "dispatch"), None) \
+            if "dispatch" in deployments else None
+        if dispatch is not None:
+            denv = r.env_of(dispatch)
+            allow, bad = cidrs(denv.get("SMS_WEBHOOK_ALLOW"))
+            check(not bad, f"{r.name}: SMS_WEBHOOK_ALLOW is a list of CIDRs", f"not CIDRs: {bad}")
+            proxies, bad = cidrs(denv.get("TRUSTED_PROXIES"))
+            check(not bad, f"{r.name}: TRUSTED_PROXIES is a list of CIDRs", f"not CIDRs: {bad}")
+            public_proxies = [str(n) for n in proxies if not internal(n)]
+            check(not public_proxies, f"{r.name}: TRUSTED_PROXIES names private ranges only ({', '.join(map(str, proxies)) or 'empty'})",
+                  f"{public_proxies}: dispatch believes the X-Forwarded-For of any peer in TRUSTED_PROXIES, so a public range "
+                  "there lets anyone on the internet forge the source SMS_WEBHOOK_ALLOW checks; name the ingress controller's pod network")
+            trusted = bool(proxies) and not bad and not public_proxies
+            if any(ingress_matches(p, "/v1/webhooks/sms/x1/report") for _, p in ingress_paths):
+                public = [str(n) for n in allow if not internal(n)]
+                if not allow:
+                    ok(f"{r.name}: SMS_WEBHOOK_ALLOW empty: pushes through the Ingress are taken from any source (the path token decides)")
+                elif trusted:
+                    ok(f"{r.name}: SMS_WEBHOOK_ALLOW behind the Ingress is checked against the X-Forwarded-For address "
+                       f"the ingress controller adds (TRUSTED_PROXIES {', '.join(map(str, proxies))})")
+                else:
+                    state = "empty" if not (proxies or bad) else "unusable (above)"
+                    check(not public, f"{r.name}: SMS_WEBHOOK_ALLOW names no public range while the Ingress carries the webhook "
+                          f"and TRUSTED_PROXIES is {state}",
+                          f"{public}: without TRUSTED_PROXIES dispatch compares the TCP peer, which behind the Ingress is the "
+                          "ingress controller's pod, so every push would be refused (403); set TRUSTED_PROXIES to the controller's "
+                          "pod network (base/settings/dispatch.env), or put the vendor's ranges on the webhook Ingress "
+                          "(whitelist-source-range) instead")
+            if proxies and not allow:
+                print(f"  NOTE  {r.name}: TRUSTED_PROXIES is set but SMS_WEBHOOK_ALLOW is empty: dispatch checks no source, "
+                      "so TRUSTED_PROXIES changes nothing")
+        for ing in r.all("Ingress"):
+            for key in SOURCE_RANGE_ANNOTATIONS:
+                value = ing["metadata"].get("annotations", {}).get(key)
+                if value is not None:
+                    nets, bad = cidrs(value)
+                    check(nets and not bad, f"{r.name}: Ingress {ing['metadata']['name']} {key.rsplit('/', 1)[1]} is a list of CIDRs", f"{value!r}")
         for route in ("/v1/webhooks/sms/{token}/report", "/v1/webhooks/sms/{token}/up", "/v1/phone-tasks:lease",
                       "/v1/phone-tasks/{id}:complete", "/openapi.json"):
             concrete = re.sub(r"\{[^}]+\}", "x1", route)
@@ -518,11 +750,19 @@ def wiring(repo, dev_path, prod_path, obs_path):
     for r in renders:
         for s in SERVICES:
             svc = r.one("Service", s)
+            d = r.one("Deployment", s)
+            main = next((c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == s), {}) if d else {}
+            ports = {p.get("name"): p["containerPort"] for p in main.get("ports", [])}
+            admin_addr = r.env_of(main).get("ADMIN_ADDR") or f"0.0.0.0:{code.default_port['ADMIN_ADDR']}"
+            # The Service's ports that lead to the container's admin port (= ADMIN_ADDR's).
+            admin_ports = {p["name"] for p in (svc["spec"]["ports"] if svc else [])
+                           if (ports.get(p.get("targetPort")) if isinstance(p.get("targetPort"), str) else p.get("targetPort")) == addr_port(admin_addr)}
             sm = [m for m in monitors if svc and labels_match(m["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
                   and svc["metadata"]["namespace"] in m["spec"]["namespaceSelector"]["matchNames"]]
-            check(sm and all(any(e["port"] in [p["name"] for p in svc["spec"]["ports"]] and e["path"] in code.platform_routes
-                                 for e in m["spec"]["endpoints"]) for m in sm),
-                  f"{r.name}/{s}: a ServiceMonitor scrapes /metrics on a port the Service has")
+            check(sm and all(e["port"] in admin_ports and e["path"] == "/metrics" and e["path"] in code.admin_routes
+                             for m in sm for e in m["spec"]["endpoints"]),
+                  f"{r.name}/{s}: the ServiceMonitor scrapes /metrics on the Service's admin port (-> ADMIN_ADDR {admin_addr})",
+                  f"endpoints {[(e['port'], e['path']) for m in sm for e in m['spec']['endpoints']]}, admin ports {sorted(admin_ports)}")
     dash_cm = obs.configmap("renewal-dashboard")
     dash = json.loads(next(iter(dash_cm["data"].values())))
     for p in dash["panels"]:

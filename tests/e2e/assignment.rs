@@ -71,10 +71,10 @@ async fn branches_claim_their_list_and_every_bad_claim_is_refused_without_effect
     .expect("published");
     sim.advance_to(local("2026-12-01", 9)).await.expect("time");
 
-    let (status, pending) = system
-        .get_json("/v1/branches/SH01/claims?state=pending")
+    // Read two at a time: the pages follow one another in deadline order.
+    let pending = system
+        .get_items("/v1/branches/SH01/claims?state=pending")
         .await;
-    assert_eq!(status, 200, "{pending}");
     assert_eq!(pending.as_array().map(Vec::len), Some(3), "{pending}");
     assert_eq!(
         pending[0]["deadline"], "2026-12-05T16:05:00Z",
@@ -183,7 +183,7 @@ async fn branches_claim_their_list_and_every_bad_claim_is_refused_without_effect
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (_, pool) = system.get_json("/v1/cities/310000/pool").await;
+    let pool = system.get_items("/v1/cities/310000/pool").await;
     assert_eq!(pool[0]["policy_no"], "P2", "{pool}");
     let (status, body) = claim(&system, "P2", "BJ01", "BJ01-A01").await;
     assert_eq!(
@@ -193,12 +193,12 @@ async fn branches_claim_their_list_and_every_bad_claim_is_refused_without_effect
     );
     let (status, body) = claim(&system, "P2", "SH02", "SH02-A02").await;
     assert_eq!(status, 200, "another branch of the city takes it: {body}");
-    let (_, declined) = system
-        .get_json("/v1/branches/SH01/claims?state=declined")
+    let declined = system
+        .get_items("/v1/branches/SH01/claims?state=declined")
         .await;
     assert_eq!(declined[0]["policy_no"], "P2", "{declined}");
-    let (_, claimed) = system
-        .get_json("/v1/branches/SH02/claims?state=claimed")
+    let claimed = system
+        .get_items("/v1/branches/SH02/claims?state=claimed")
         .await;
     assert_eq!(claimed[0]["owner_agent"], "SH02-A02", "{claimed}");
 
@@ -324,7 +324,7 @@ async fn unclaimed_cases_open_to_the_pool_then_go_to_the_agent_with_most_room() 
     let p4 = case(&system, "P4").await;
     assert_eq!(owners(&p4)[0].1, "auto_assign", "{p4}");
 
-    let (_, research) = system.get_json("/v1/cities/310000/research").await;
+    let research = system.get_items("/v1/cities/310000/research").await;
     assert_eq!(research.as_array().map(Vec::len), Some(2), "{research}");
     assert_eq!(
         research[0]["deadline"], "2026-12-15T16:00:00Z",
@@ -334,7 +334,7 @@ async fn unclaimed_cases_open_to_the_pool_then_go_to_the_agent_with_most_room() 
         .post_json("/v1/research/P2:resolve", json!({"branch_code": "SH02"}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let (_, sh02) = system.get_json("/v1/branches/SH02/claims").await;
+    let sh02 = system.get_items("/v1/branches/SH02/claims").await;
     assert_eq!(
         sh02[0]["policy_no"], "P2",
         "the traced branch gets the claim: {sh02}"
@@ -455,7 +455,7 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
     // P1 gets no answer: branch (16th), city-wide (17th), HQ (18th).
     sim.advance_to(local("2027-01-16", 10)).await.expect("time");
     assert_eq!(case(&system, "P1").await["phase"], "branch_reassign");
-    let (_, pending) = system.get_json("/v1/branches/SH01/claims").await;
+    let pending = system.get_items("/v1/branches/SH01/claims").await;
     assert_eq!(pending[0]["policy_no"], "P1", "{pending}");
     let (status, body) = claim(&system, "P1", "SH01", "SH01-A01").await;
     assert_eq!(
@@ -465,7 +465,7 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
     );
     sim.advance_to(local("2027-01-17", 10)).await.expect("time");
     assert_eq!(case(&system, "P1").await["phase"], "city_reassign");
-    let (_, pool) = system.get_json("/v1/cities/310000/pool").await;
+    let pool = system.get_items("/v1/cities/310000/pool").await;
     assert_eq!(pool[0]["policy_no"], "P1", "{pool}");
     sim.advance_to(local("2027-01-18", 10)).await.expect("time");
     let p1 = case(&system, "P1").await;
@@ -498,7 +498,9 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
         (p1["outcome"].as_str(), p1["renewed_by"].as_str()),
         (Some("renewed"), Some("HQ"))
     );
-    let (_, credits) = system.get_json("/v1/reports/attribution?city=310000").await;
+    let credits = system
+        .get_items("/v1/reports/attribution?city=310000")
+        .await;
     assert_eq!(credits[0]["credited_agent"], "SH01-A03", "{credits}");
     assert_eq!(credits[0]["renewed"], 1, "{credits}");
     assert_eq!(credits[0]["renewed_by_others"], 1, "{credits}");

@@ -101,6 +101,26 @@ impl TestSystem {
         (status, response.json().await.unwrap_or_default())
     }
 
+    /// The items of a paged list (every page of it), as a JSON array.
+    pub async fn get_items(&self, path: &str) -> serde_json::Value {
+        let mut items = Vec::new();
+        let mut next: Option<String> = None;
+        let sep = if path.contains('?') { '&' } else { '?' };
+        loop {
+            let url = match &next {
+                Some(token) => format!("{path}{sep}page_size=2&page_token={token}"),
+                None => format!("{path}{sep}page_size=2"),
+            };
+            let (status, page) = self.get_json(&url).await;
+            assert_eq!(status, 200, "{url}: {page}");
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_page_token"].as_str() {
+                Some(token) => next = Some(token.to_owned()),
+                None => return serde_json::Value::Array(items),
+            }
+        }
+    }
+
     pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         post_json_to(&self.http, &self.url(path), body).await
     }

@@ -11,6 +11,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use renewal_platform::Caller;
+use renewal_platform::paging::{Page, PageQuery};
 
 use crate::access::{self, CaseScope};
 use crate::claims::ClaimApi;
@@ -150,6 +151,8 @@ pub async fn load(pool: &PgPool, policy_no: &str) -> Result<Option<CaseView>, sq
 #[derive(Debug, Deserialize)]
 struct AttributionQuery {
     city: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -168,7 +171,7 @@ async fn attribution(
     State(api): State<ClaimApi>,
     caller: Caller,
     Query(mut q): Query<AttributionQuery>,
-) -> Result<Json<Vec<Credit>>, Refusal> {
+) -> Result<Json<Page<Credit>>, Refusal> {
     // A city admin sees their own city; naming another is refused.
     if !caller.has(renewal_platform::Role::Analyst) && !caller.has(renewal_platform::Role::HqAdmin)
     {
@@ -183,10 +186,12 @@ async fn attribution(
                 count(*) FILTER (WHERE outcome = 'renewed' AND renewed_by IS DISTINCT FROM credited_agent) AS renewed_by_others,
                 count(*) FILTER (WHERE outcome = 'lapsed') AS lapsed,
                 count(*) FILTER (WHERE state = 'open') AS open
-         FROM assignment.cases WHERE city_code = $1 OR $1 IS NULL
-         GROUP BY credited_agent ORDER BY credited_agent",
+         FROM assignment.cases WHERE (city_code = $1 OR $1 IS NULL) AND credited_agent > $2
+         GROUP BY credited_agent ORDER BY credited_agent LIMIT $3",
     )
     .bind(&q.city)
+    .bind(q.page.after::<String>()?.unwrap_or_default())
+    .bind(q.page.size() + 1)
     .fetch_all(&api.pool)
     .await?;
     let credits = rows
@@ -202,5 +207,7 @@ async fn attribution(
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Json(credits))
+    Ok(Json(Page::of(credits, q.page.size(), |c| {
+        c.credited_agent.clone()
+    })))
 }

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
 use renewal_contract::lists::{ListIssued, ListKind};
 use renewal_platform::inbox::field;
+use renewal_platform::paging::{Page, PageQuery};
 use renewal_platform::{Caller, Clock, Delivery, HandleError, Handler, Outbox};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
@@ -207,38 +208,44 @@ fn claim_view(row: &sqlx::postgres::PgRow) -> Result<ClaimView, sqlx::Error> {
 #[derive(Debug, Deserialize)]
 struct ClaimsQuery {
     state: Option<String>,
-    limit: Option<i64>,
+    #[serde(flatten)]
+    page: PageQuery,
 }
+
+/// Where a page of claims continues: after this deadline (most urgent first) and
+/// policy number.
+type ClaimKey = (Option<DateTime<Utc>>, String);
+
+fn claim_key(c: &ClaimView) -> ClaimKey {
+    (c.deadline, c.policy_no.clone())
+}
+
+/// Orders by deadline (none last), then policy number, from `$2`/`$3` on.
+const BY_DEADLINE: &str = "AND (coalesce(c.phase_due_at, 'infinity'), c.policy_no)
+         > (coalesce($2::timestamptz, '-infinity'), $3)
+     ORDER BY coalesce(c.phase_due_at, 'infinity'), c.policy_no LIMIT $4";
 
 /// `GET /v1/branches/{branch}/claims?state=pending|claimed|declined` (default pending):
 /// pending claims (the branch's list, and second-assignment cases it may take), cases
-/// it claimed that are still open, or cases it declined.
+/// it claimed that are still open, or cases it declined; paged, most urgent first.
 async fn branch_claims(
     State(api): State<ClaimApi>,
     caller: Caller,
     Path(branch): Path<String>,
     Query(q): Query<ClaimsQuery>,
-) -> Result<Json<Vec<ClaimView>>, Refusal> {
+) -> Result<Json<Page<ClaimView>>, Refusal> {
     let mut conn = api.pool.acquire().await?;
     let city = access::branch_city(&mut conn, &branch).await?;
     drop(conn);
     access::for_branch(&caller, access::READ_BRANCH, &branch, city.as_deref())?;
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let sql = match q.state.as_deref().unwrap_or("pending") {
-        "pending" => format!(
-            "SELECT {CLAIM_COLUMNS} FROM assignment.cases c
-             WHERE c.branch_code = $1 AND c.state = 'open' AND c.phase IN ('branch', 'branch_reassign')
-             ORDER BY c.phase_due_at, c.policy_no LIMIT $2"
-        ),
-        "claimed" => format!(
-            "SELECT {CLAIM_COLUMNS} FROM assignment.cases c
-             WHERE c.owner_branch = $1 AND c.state = 'open' ORDER BY c.policy_no LIMIT $2"
-        ),
-        "declined" => format!(
-            "SELECT {CLAIM_COLUMNS} FROM assignment.cases c
-             WHERE c.case_id IN (SELECT case_id FROM assignment.declines WHERE branch_code = $1)
-             ORDER BY c.policy_no LIMIT $2"
-        ),
+    let which = match q.state.as_deref().unwrap_or("pending") {
+        "pending" => {
+            "c.branch_code = $1 AND c.state = 'open' AND c.phase IN ('branch', 'branch_reassign')"
+        }
+        "claimed" => "c.owner_branch = $1 AND c.state = 'open'",
+        "declined" => {
+            "c.case_id IN (SELECT case_id FROM assignment.declines WHERE branch_code = $1)"
+        }
         other => {
             return Err(Refusal::Invalid(format!(
                 "state {other:?}: use pending, claimed or declined"
@@ -248,25 +255,46 @@ async fn branch_claims(
     if city.is_none() {
         return Err(Refusal::UnknownBranch(branch));
     }
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&branch)
-        .bind(limit)
-        .fetch_all(&api.pool)
-        .await?;
-    Ok(Json(rows.iter().map(claim_view).collect::<Result<_, _>>()?))
+    let sql = format!("SELECT {CLAIM_COLUMNS} FROM assignment.cases c WHERE {which} {BY_DEADLINE}");
+    Ok(Json(
+        claims_page(&api.pool, &sql, &branch, None, &q.page).await?,
+    ))
 }
 
-async fn city_queue(pool: &PgPool, city: &str, phases: &[&str]) -> Result<Vec<ClaimView>, Refusal> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+/// One page of claims from `sql` (`$1` the branch or city, `$5` the phases if any).
+async fn claims_page(
+    pool: &PgPool,
+    sql: &str,
+    key: &str,
+    phases: Option<&[&str]>,
+    page: &PageQuery,
+) -> Result<Page<ClaimView>, Refusal> {
+    let (after_deadline, after_policy): ClaimKey = page.after()?.unwrap_or_default();
+    let size = page.size();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key)
+        .bind(after_deadline)
+        .bind(after_policy)
+        .bind(size + 1);
+    if let Some(phases) = phases {
+        query = query.bind(phases);
+    }
+    let rows = query.fetch_all(pool).await?;
+    let claims = rows.iter().map(claim_view).collect::<Result<_, _>>()?;
+    Ok(Page::of(claims, size, claim_key))
+}
+
+async fn city_queue(
+    pool: &PgPool,
+    city: &str,
+    phases: &[&str],
+    page: &PageQuery,
+) -> Result<Page<ClaimView>, Refusal> {
+    let sql = format!(
         "SELECT {CLAIM_COLUMNS} FROM assignment.cases c
-         WHERE c.city_code = $1 AND c.state = 'open' AND c.phase = ANY($2)
-         ORDER BY c.phase_due_at, c.policy_no LIMIT 10000"
-    )))
-    .bind(city)
-    .bind(phases)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.iter().map(claim_view).collect::<Result<_, _>>()?)
+         WHERE c.city_code = $1 AND c.state = 'open' AND c.phase = ANY($5) {BY_DEADLINE}"
+    );
+    claims_page(pool, &sql, city, Some(phases), page).await
 }
 
 /// `GET /v1/cities/{city}/pool`: cases any branch of the city may claim.
@@ -274,10 +302,11 @@ async fn city_pool(
     State(api): State<ClaimApi>,
     caller: Caller,
     Path(city): Path<String>,
-) -> Result<Json<Vec<ClaimView>>, Refusal> {
+    Query(page): Query<PageQuery>,
+) -> Result<Json<Page<ClaimView>>, Refusal> {
     access::for_city(&caller, access::READ_POOL, &city)?;
     Ok(Json(
-        city_queue(&api.pool, &city, &["pool", "city_reassign"]).await?,
+        city_queue(&api.pool, &city, &["pool", "city_reassign"], &page).await?,
     ))
 }
 
@@ -286,9 +315,12 @@ async fn city_research(
     State(api): State<ClaimApi>,
     caller: Caller,
     Path(city): Path<String>,
-) -> Result<Json<Vec<ClaimView>>, Refusal> {
+    Query(page): Query<PageQuery>,
+) -> Result<Json<Page<ClaimView>>, Refusal> {
     access::for_city(&caller, access::CITY, &city)?;
-    Ok(Json(city_queue(&api.pool, &city, &["research"]).await?))
+    Ok(Json(
+        city_queue(&api.pool, &city, &["research"], &page).await?,
+    ))
 }
 
 /// `{policy_no}:claim` or `{policy_no}:decline`.

@@ -8,9 +8,10 @@ use std::collections::HashSet;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
+use renewal_platform::paging::{Page, PageQuery};
 use renewal_platform::{Caller, Clock, Outbox, Problem, Scope};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
@@ -525,35 +526,33 @@ async fn edit_agent(
     ))
 }
 
+/// `GET /v1/branches/{branch}/agents`: the branch's agents, paged by agent code.
 async fn branch_agents(
     State(api): State<OrgApi>,
     caller: Caller,
     Path(branch): Path<String>,
-) -> Result<Json<Vec<AgentView>>, Refusal> {
+    Query(page): Query<PageQuery>,
+) -> Result<Json<Page<AgentView>>, Refusal> {
     let mut conn = api.pool.acquire().await?;
     let city = access::branch_city(&mut conn, &branch).await?;
     drop(conn);
     access::for_branch(&caller, access::READ_BRANCH, &branch, city.as_deref())?;
+    if city.is_none() {
+        return Err(Refusal::UnknownBranch(branch));
+    }
+    let after: String = page.after()?.unwrap_or_default();
     let rows = sqlx::query(
         "SELECT a.*, (SELECT count(*) FROM assignment.cases c WHERE c.owner_agent = a.agent_code AND c.state = 'open') AS open_cases
-         FROM assignment.agents a WHERE a.branch_code = $1 ORDER BY a.agent_code",
+         FROM assignment.agents a WHERE a.branch_code = $1 AND a.agent_code > $2
+         ORDER BY a.agent_code LIMIT $3",
     )
     .bind(&branch)
+    .bind(after)
+    .bind(page.size() + 1)
     .fetch_all(&api.pool)
     .await?;
-    if rows.is_empty() {
-        let known: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM assignment.branches WHERE branch_code = $1)",
-        )
-        .bind(&branch)
-        .fetch_one(&api.pool)
-        .await?;
-        if !known {
-            return Err(Refusal::UnknownBranch(branch));
-        }
-    }
     let views = rows.iter().map(agent_view).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(views))
+    Ok(Json(Page::of(views, page.size(), |a| a.agent_code.clone())))
 }
 
 async fn get_settings(

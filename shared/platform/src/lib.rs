@@ -13,6 +13,7 @@ pub mod identity;
 pub mod inbox;
 pub mod names;
 pub mod outbox;
+pub mod paging;
 pub mod pii;
 pub mod postgres;
 pub mod problem;

@@ -53,24 +53,39 @@ impl BranchStaff {
         })
     }
 
+    /// Every claim of a list, page by page.
     async fn get(&self, path: &str, token: &str) -> Result<Vec<Claim>, SimError> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| SimError::Other(format!("GET {path}: {e}")))?;
-        if !response.status().is_success() {
-            return Err(SimError::Other(format!(
-                "GET {path}: {}",
-                response.status()
-            )));
+        #[derive(Deserialize)]
+        struct Page {
+            items: Vec<Claim>,
+            next_page_token: Option<String>,
         }
-        response
-            .json()
-            .await
-            .map_err(|e| SimError::Other(format!("GET {path}: {e}")))
+        let fail = |e: &dyn std::fmt::Display| SimError::Other(format!("GET {path}: {e}"));
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut all = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut url = format!("{}{path}{sep}page_size=1000", self.base);
+            if let Some(token) = &next {
+                url.push_str(&format!("&page_token={token}"));
+            }
+            let response = self
+                .http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| fail(&e))?;
+            if !response.status().is_success() {
+                return Err(fail(&response.status()));
+            }
+            let page: Page = response.json().await.map_err(|e| fail(&e))?;
+            all.extend(page.items);
+            next = page.next_page_token;
+            if next.is_none() {
+                return Ok(all);
+            }
+        }
     }
 
     /// Posts an action; a refusal (someone else was faster) is part of the day.
@@ -102,7 +117,7 @@ impl BranchStaff {
                 let staff = self.badges.branch_admin(branch, city.code)?;
                 for c in self
                     .get(
-                        &format!("/v1/branches/{branch}/claims?state=pending&limit=10000"),
+                        &format!("/v1/branches/{branch}/claims?state=pending"),
                         &staff,
                     )
                     .await?
@@ -142,7 +157,7 @@ impl BranchStaff {
                 }
                 for c in self
                     .get(
-                        &format!("/v1/branches/{branch}/claims?state=claimed&limit=10000"),
+                        &format!("/v1/branches/{branch}/claims?state=claimed"),
                         &staff,
                     )
                     .await?
