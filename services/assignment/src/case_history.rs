@@ -17,17 +17,18 @@ use crate::access::{self, CaseScope};
 use crate::claims::ClaimApi;
 use crate::refusals::Refusal;
 
-pub fn routes(api: ClaimApi) -> axum::Router {
-    axum::Router::new()
+pub fn routes(api: ClaimApi) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route(
             "/v1/cases/{policy_no}",
             get(show).post(crate::second_assignment::owner_answers),
         )
         .route("/v1/reports/attribution", get(attribution))
-        .with_state(api)
+        .finish(|router| router.with_state(api))
 }
 
-#[derive(Debug, Serialize)]
+/// A case's owner, credit, routing and history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CaseView {
     pub case_id: Uuid,
     pub policy_no: String,
@@ -47,7 +48,7 @@ pub struct CaseView {
     pub routing: Vec<RoutingStep>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OwnerChange {
     pub owner_agent: Option<String>,
     pub previous_owner: Option<String>,
@@ -56,7 +57,7 @@ pub struct OwnerChange {
     pub assigned_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RoutingStep {
     pub step: String,
     pub reason: String,
@@ -65,6 +66,9 @@ pub struct RoutingStep {
     pub deadline: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(get, path = "/v1/cases/{policy_no}", tag = "cases",
+    params(("policy_no" = String, Path)),
+    responses((status = 200, body = CaseView), (status = 404, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn show(
     State(api): State<ClaimApi>,
     caller: Caller,
@@ -155,7 +159,7 @@ struct AttributionQuery {
     page: PageQuery,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Credit {
     pub credited_agent: String,
     pub cases: i64,
@@ -167,6 +171,9 @@ pub struct Credit {
 }
 
 /// `GET /v1/reports/attribution[?city=]`: per originating agent.
+#[utoipa::path(get, path = "/v1/reports/attribution", tag = "reports",
+    params(("city" = Option<String>, Query), PageQuery),
+    responses((status = 200, body = Page<Credit>), renewal_platform::openapi::Refusals))]
 async fn attribution(
     State(api): State<ClaimApi>,
     caller: Caller,

@@ -157,18 +157,18 @@ pub struct ClaimApi {
     pub wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
-pub fn routes(api: ClaimApi) -> axum::Router {
-    axum::Router::new()
+pub fn routes(api: ClaimApi) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route("/v1/branches/{branch_code}/claims", get(branch_claims))
         .route("/v1/cities/{city_code}/pool", get(city_pool))
         .route("/v1/cities/{city_code}/research", get(city_research))
         .route("/v1/claims/{action}", post(claim_action))
         .route("/v1/research/{action}", post(research_action))
-        .with_state(api)
+        .finish(|router| router.with_state(api))
 }
 
 /// One claim as branch staff see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClaimView {
     pub case_id: Uuid,
     pub policy_no: String,
@@ -228,6 +228,12 @@ const BY_DEADLINE: &str = "AND (coalesce(c.phase_due_at, 'infinity'), c.policy_n
 /// `GET /v1/branches/{branch}/claims?state=pending|claimed|declined` (default pending):
 /// pending claims (the branch's list, and second-assignment cases it may take), cases
 /// it claimed that are still open, or cases it declined; paged, most urgent first.
+#[utoipa::path(get, path = "/v1/branches/{branch_code}/claims", tag = "claims",
+    params(("branch_code" = String, Path),
+           ("state" = Option<String>, Query, description = "pending (default), claimed or declined"),
+           PageQuery),
+    responses((status = 200, body = Page<ClaimView>), (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals,
+              (status = 422, description = "No such branch", content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument)))]
 async fn branch_claims(
     State(api): State<ClaimApi>,
     caller: Caller,
@@ -298,6 +304,9 @@ async fn city_queue(
 }
 
 /// `GET /v1/cities/{city}/pool`: cases any branch of the city may claim.
+#[utoipa::path(get, path = "/v1/cities/{city_code}/pool", tag = "claims",
+    params(("city_code" = String, Path), PageQuery),
+    responses((status = 200, body = Page<ClaimView>), renewal_platform::openapi::Refusals))]
 async fn city_pool(
     State(api): State<ClaimApi>,
     caller: Caller,
@@ -311,6 +320,9 @@ async fn city_pool(
 }
 
 /// `GET /v1/cities/{city}/research`: cases whose origin must be traced.
+#[utoipa::path(get, path = "/v1/cities/{city_code}/research", tag = "claims",
+    params(("city_code" = String, Path), PageQuery),
+    responses((status = 200, body = Page<ClaimView>), renewal_platform::openapi::Refusals))]
 async fn city_research(
     State(api): State<ClaimApi>,
     caller: Caller,
@@ -330,7 +342,7 @@ fn split_action(raw: &str) -> Result<(&str, &str), Refusal> {
         .ok_or_else(|| Refusal::Invalid(format!("{raw:?}: use {{policy_no}}:claim or :decline")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     pub branch_code: String,
@@ -621,9 +633,9 @@ pub async fn decline(
     Ok(serde_json::json!({"policy_no": policy_no, "phase": "pool", "pool_deadline": pool_due}))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ResearchRequest {
+pub(crate) struct ResearchRequest {
     branch_code: String,
     /// If given, the caller's own agent code.
     by: Option<String>,

@@ -10,6 +10,7 @@ mod case_history;
 mod cases;
 pub mod claims;
 pub mod deadlines;
+pub mod openapi;
 pub mod org;
 mod ownership;
 mod refusals;
@@ -92,6 +93,7 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         clock: deps.clock.clone(),
     })));
     deps.http.mount(audit.around(audit.routes()));
+    deps.http.document(SCHEMA, openapi::document());
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(LISTS_CASES, cases::CaseEvents { wake: wake.clone() });
     service.consume(LISTS_ISSUED, claims::ListEvents { wake: wake.clone() });

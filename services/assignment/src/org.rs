@@ -34,7 +34,7 @@ pub const COLUMNS: [&str; 8] = [
 ];
 
 /// Per-city deadlines (defaults when the city has no row).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CityDeadlines {
     pub claim_days: i32,
     pub pool_days: i32,
@@ -228,7 +228,7 @@ pub fn parse(data: &[u8]) -> Result<Vec<OrgRow>, OrgError> {
     Ok(rows)
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OrgReport {
     pub branches: u64,
     pub agents: u64,
@@ -363,8 +363,8 @@ pub struct OrgApi {
     pub clock: Clock,
 }
 
-pub fn routes(api: OrgApi) -> axum::Router {
-    axum::Router::new()
+pub fn routes(api: OrgApi) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route("/v1/org:import", post(import_csv))
         .route("/v1/agents/{agent_code}", get(show_agent).patch(edit_agent))
         .route("/v1/branches/{branch_code}/agents", get(branch_agents))
@@ -372,9 +372,14 @@ pub fn routes(api: OrgApi) -> axum::Router {
             "/v1/cities/{city_code}/settings",
             put(put_settings).get(get_settings),
         )
-        .with_state(api)
+        .finish(|router| router.with_state(api))
 }
 
+#[utoipa::path(post, path = "/v1/org:import", tag = "organisation",
+    request_body(content = String, content_type = "text/csv",
+        description = "city_code, branch_code, branch_name, agent_code, agent_name, role, capacity, active"),
+    responses((status = 200, body = OrgReport),
+              (status = 400, description = "Nothing loaded: the header or rows are wrong", content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn import_csv(
     State(api): State<OrgApi>,
     caller: Caller,
@@ -391,7 +396,7 @@ async fn import_csv(
     Ok(Json(report))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AgentView {
     pub agent_code: String,
     pub branch_code: String,
@@ -437,6 +442,9 @@ fn agent_scope<'a>(code: &'a str, branch: &'a str, city: &'a str) -> Scope<'a> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/agents/{agent_code}", tag = "organisation",
+    params(("agent_code" = String, Path)),
+    responses((status = 200, body = AgentView), (status = 422, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn show_agent(
     State(api): State<OrgApi>,
     caller: Caller,
@@ -458,7 +466,7 @@ async fn show_agent(
     Ok(Json(view))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AgentEdit {
     capacity: Option<i32>,
@@ -468,6 +476,10 @@ struct AgentEdit {
 }
 
 /// `PATCH /v1/agents/{code}` `{"active": false}`, `{"capacity": 40}`, ...
+#[utoipa::path(patch, path = "/v1/agents/{agent_code}", tag = "organisation",
+    params(("agent_code" = String, Path)), request_body = AgentEdit,
+    responses((status = 200, body = serde_json::Value, description = "The agent, and the cases handed back if made inactive"),
+              (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), (status = 422, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn edit_agent(
     State(api): State<OrgApi>,
     caller: Caller,
@@ -527,6 +539,9 @@ async fn edit_agent(
 }
 
 /// `GET /v1/branches/{branch}/agents`: the branch's agents, paged by agent code.
+#[utoipa::path(get, path = "/v1/branches/{branch_code}/agents", tag = "organisation",
+    params(("branch_code" = String, Path), PageQuery),
+    responses((status = 200, body = Page<AgentView>), (status = 422, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn branch_agents(
     State(api): State<OrgApi>,
     caller: Caller,
@@ -555,6 +570,9 @@ async fn branch_agents(
     Ok(Json(Page::of(views, page.size(), |a| a.agent_code.clone())))
 }
 
+#[utoipa::path(get, path = "/v1/cities/{city_code}/settings", tag = "organisation",
+    params(("city_code" = String, Path)),
+    responses((status = 200, body = CityDeadlines), renewal_platform::openapi::Refusals))]
 async fn get_settings(
     State(api): State<OrgApi>,
     caller: Caller,
@@ -567,6 +585,9 @@ async fn get_settings(
 
 /// `PUT /v1/cities/{city}/settings` `{"claim_days": 3, "pool_days": 2, "step_hours": 24}`:
 /// applies to claims opened from then on.
+#[utoipa::path(put, path = "/v1/cities/{city_code}/settings", tag = "organisation",
+    params(("city_code" = String, Path)), request_body = CityDeadlines,
+    responses((status = 200, body = CityDeadlines), (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn put_settings(
     State(api): State<OrgApi>,
     caller: Caller,

@@ -210,7 +210,7 @@ pub async fn step_due(
     Ok(due.len())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerAnswer {
     /// The owner answering.

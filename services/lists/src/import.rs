@@ -840,16 +840,19 @@ struct ImportQuery {
     file_name: Option<String>,
 }
 
-pub fn routes(api: ImportApi) -> axum::Router {
+pub fn routes(api: ImportApi) -> renewal_platform::http::Routes {
     use axum::routing::{get, post};
     let max = api.max_bytes;
-    axum::Router::new()
+    renewal_platform::http::Routes::new()
         .route("/v1/policies:import", post(import_upload))
         .route("/v1/imports/{import_id}/rejections", get(rejections_csv))
-        // Streamed, so no buffered limit; the stream itself stops at the maximum.
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(max))
-        .with_state(api)
+        .finish(|router| {
+            router
+                // Streamed, so no buffered limit; the stream itself stops at the maximum.
+                .layer(axum::extract::DefaultBodyLimit::disable())
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(max))
+                .with_state(api)
+        })
 }
 
 fn error(status: axum::http::StatusCode, code: &str, detail: &str) -> axum::response::Response {
@@ -897,6 +900,15 @@ impl axum::response::IntoResponse for ImportError {
 
 /// `POST /v1/policies:import?encoding=gbk&file_name=portfolio.csv` with the CSV file as
 /// the body (streamed, any size); answers with the import report.
+#[utoipa::path(post, path = "/v1/policies:import", tag = "policies",
+    params(("encoding" = Option<String>, Query, description = "utf-8, gbk or auto"),
+           ("file_name" = Option<String>, Query)),
+    request_body(content = String, content_type = "text/csv",
+        description = "policy_no, customer_name, mobile, id_number, plate, vin, city_code, branch_code, agent_code, channel, category, start_date, end_date, premium, important, group_policy[, version]"),
+    responses((status = 200, body = serde_json::Value, description = "The import report: rows, merged, rejected, the first rejections"),
+              (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals,
+              (status = 413, description = "Larger than IMPORT_MAX_BYTES"),
+              (status = 503, description = "Two imports are running", content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument)))]
 async fn import_upload(
     axum::extract::State(api): axum::extract::State<ImportApi>,
     caller: renewal_platform::Caller,
@@ -942,6 +954,10 @@ async fn import_upload(
 }
 
 /// `GET /v1/imports/{id}/rejections`: every rejected row of an import, as CSV.
+#[utoipa::path(get, path = "/v1/imports/{import_id}/rejections", tag = "policies",
+    params(("import_id" = uuid::Uuid, Path)),
+    responses((status = 200, content_type = "text/csv", body = String, description = "row, column, reason"),
+              (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn rejections_csv(
     axum::extract::State(api): axum::extract::State<ImportApi>,
     caller: renewal_platform::Caller,

@@ -35,7 +35,7 @@ pub struct Scope<'a> {
 }
 
 /// What an issue produced, per kind.
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Issued {
     pub lists: usize,
     pub items: usize,
@@ -305,7 +305,7 @@ pub struct IssueApi {
     pub zones: Zones,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueRequest {
     city_code: String,
@@ -313,7 +313,7 @@ struct IssueRequest {
     lapse: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct IssueResponse {
     city_code: String,
     issued_on: NaiveDate,
@@ -322,14 +322,17 @@ struct IssueResponse {
     lapse: Option<Issued>,
 }
 
-pub fn routes(api: IssueApi) -> axum::Router {
-    axum::Router::new()
+pub fn routes(api: IssueApi) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route("/v1/lists:issue", post(issue_on_demand))
-        .with_state(api)
+        .finish(|router| router.with_state(api))
 }
 
 /// `POST /v1/lists:issue {"city_code": "310100", "lapse": false}`: issues the city's
 /// renewal lists now (and its lapse lists when asked).
+#[utoipa::path(post, path = "/v1/lists:issue", tag = "lists", request_body = IssueRequest,
+    responses((status = 200, body = IssueResponse), (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument),
+              renewal_platform::openapi::Refusals))]
 async fn issue_on_demand(
     State(api): State<IssueApi>,
     caller: renewal_platform::Caller,

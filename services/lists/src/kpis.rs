@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{Days, NaiveDate};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
@@ -26,15 +26,19 @@ struct KpiState {
     time_zone: chrono_tz::Tz,
 }
 
-pub fn routes(pool: PgPool, clock: renewal_platform::Clock, time_zone: chrono_tz::Tz) -> Router {
+pub fn routes(
+    pool: PgPool,
+    clock: renewal_platform::Clock,
+    time_zone: chrono_tz::Tz,
+) -> renewal_platform::http::Routes {
     let state = KpiState {
         pool,
         clock,
         time_zone,
     };
-    Router::new()
+    renewal_platform::http::Routes::new()
         .route("/v1/reports/renewal-rate", get(renewal_rate))
-        .with_state(state)
+        .finish(|router| router.with_state(state))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -365,6 +369,15 @@ fn scoped(caller: &Caller, raw: &mut RawQuery) -> Result<(), Problem> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/reports/renewal-rate", tag = "reports",
+    params(("city" = Option<String>, Query), ("branch" = Option<String>, Query),
+           ("agent" = Option<String>, Query), ("category" = Option<String>, Query),
+           ("from" = Option<String>, Query, description = "YYYY-MM-DD"),
+           ("to" = Option<String>, Query, description = "YYYY-MM-DD"),
+           ("group_by" = Option<String>, Query, description = "category, city, branch or agent"),
+           ("format" = Option<String>, Query, description = "json or csv")),
+    responses((status = 200, body = serde_json::Value, description = "Renewal rates by group against the category targets (or CSV)"),
+              (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn renewal_rate(
     State(state): State<KpiState>,
     caller: Caller,

@@ -15,6 +15,7 @@ pub mod import;
 mod intake;
 pub mod issued_lists;
 mod kpis;
+pub mod openapi;
 mod policies;
 pub mod policy_checks;
 pub mod portfolio;
@@ -179,6 +180,7 @@ pub async fn run_with(
         deps.time_zone,
     )));
     deps.http.mount(audit.around(audit.routes()));
+    deps.http.document(SCHEMA, openapi::document());
     if let Err(e) = lists.daily_run.open_after_imports().await {
         tracing::warn!(error = %e, "opening the cases of unfinished imports failed; the daily run will");
     }

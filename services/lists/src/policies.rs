@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, Utc};
 use renewal_platform::pii::PiiCipher;
 use renewal_platform::{Caller, Problem, Role, Scope};
@@ -33,11 +33,11 @@ impl PolicyApi {
     }
 }
 
-pub fn routes(api: PolicyApi) -> Router {
-    Router::new()
+pub fn routes(api: PolicyApi) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route("/v1/policies/{policy_no}", get(show))
         .route("/v1/policies", get(find_by_mobile))
-        .with_state(api)
+        .finish(|router| router.with_state(api))
 }
 
 const SELECT: &str = "SELECT p.policy_no, p.status, p.city_code, p.branch_code, p.agent_code,
@@ -46,8 +46,10 @@ const SELECT: &str = "SELECT p.policy_no, p.status, p.city_code, p.branch_code, 
      FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)
           LEFT JOIN lists.list_items i ON i.case_id = c.case_id";
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct MobileQuery {
+    /// A mainland mobile, any common spelling (`13812345678`, `+86 138 1234 5678`).
     mobile: Option<String>,
 }
 
@@ -64,11 +66,15 @@ const READERS: &[Role] = &[
 
 /// `GET /v1/policies?mobile=`: the caller's policies of that mobile (others are left
 /// out, not refused: the answer says nothing of policies out of scope).
+#[utoipa::path(get, path = "/v1/policies", tag = "policies", params(MobileQuery),
+    responses((status = 200, body = Found, description = "The caller's policies of that mobile"),
+              (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals,
+              (status = 429, description = "Too many lookups", content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument)))]
 async fn find_by_mobile(
     State(api): State<PolicyApi>,
     caller: Caller,
     Query(query): Query<MobileQuery>,
-) -> Result<Json<serde_json::Value>, ViewError> {
+) -> Result<Json<Found>, ViewError> {
     caller.require(READERS)?;
     api.lookups.take(&caller.subject)?;
     let mobile = query
@@ -90,7 +96,13 @@ async fn find_by_mobile(
             views.push(view);
         }
     }
-    Ok(Json(serde_json::json!({"policies": views})))
+    Ok(Json(Found { policies: views }))
+}
+
+/// The policies of a mobile.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Found {
+    policies: Vec<PolicyView>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +125,8 @@ impl IntoResponse for ViewError {
     }
 }
 
-#[derive(Serialize)]
+/// A policy as staff see it: the mobile masked, no name or ID number.
+#[derive(Serialize, utoipa::ToSchema)]
 struct PolicyView {
     policy_no: String,
     status: String,
@@ -125,7 +138,8 @@ struct PolicyView {
     case: Option<CaseView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = PolicyCase)]
 struct CaseView {
     case_id: uuid::Uuid,
     state: String,
@@ -153,6 +167,10 @@ pub fn mask_mobile(mobile: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(digits.len() - 7))
 }
 
+#[utoipa::path(get, path = "/v1/policies/{policy_no}", tag = "policies",
+    params(("policy_no" = String, Path)),
+    responses((status = 200, body = PolicyView), (status = 404, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument),
+              renewal_platform::openapi::Refusals, (status = 429, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument)))]
 async fn show(
     State(api): State<PolicyApi>,
     caller: Caller,

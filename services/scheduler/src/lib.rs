@@ -6,6 +6,7 @@
 
 mod cases;
 pub mod config;
+pub mod openapi;
 mod outcomes;
 pub mod plan;
 mod plan_versions;
@@ -77,6 +78,7 @@ pub async fn run_with(
     deps.http
         .mount(audit.around(timeline::routes(deps.pool.clone())));
     deps.http.mount(audit.around(audit.routes()));
+    deps.http.document(SCHEMA, openapi::document());
     for stream in [Stream::Scheduler, Stream::Dispatch] {
         deps.bus
             .ensure_stream(stream)

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Window;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Sms,
@@ -36,7 +36,7 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Queue {
     Owner,
@@ -56,7 +56,7 @@ impl Queue {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     /// Unique within the plan, e.g. "T-60", "T-15 call", "T+1".
@@ -65,6 +65,7 @@ pub struct Stage {
     pub days_before: i32,
     /// Local time of day the stage is wanted.
     #[serde(with = "hhmm")]
+    #[schema(value_type = String, example = "10:00")]
     pub at: NaiveTime,
     pub action: Action,
     /// SMS template key.
@@ -108,7 +109,7 @@ mod hhmm {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     #[serde(default)]

@@ -58,10 +58,10 @@ pub async fn current(
     )))
 }
 
-pub fn routes(pool: PgPool) -> axum::Router {
-    axum::Router::new()
+pub fn routes(pool: PgPool) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route("/v1/plans/{city_code}", get(show).put(replace))
-        .with_state(pool)
+        .finish(|router| router.with_state(pool))
 }
 
 /// Plans are changed by HQ (for every city, `*`) and by a city's admin (their own).
@@ -90,6 +90,10 @@ impl IntoResponse for PlanApiError {
     }
 }
 
+#[utoipa::path(get, path = "/v1/plans/{city_code}", tag = "plans",
+    params(("city_code" = String, Path, description = "A city, or * for the plan of every city without its own")),
+    responses((status = 200, body = serde_json::Value, description = "The city's current plan: city_code, plan_city, version, note, stages"),
+              (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn show(
     State(pool): State<PgPool>,
     caller: Caller,
@@ -108,6 +112,10 @@ async fn show(
 
 /// A new version for the city (or `*`): cases opened from now on follow it; open
 /// cases keep the timers their version gave them.
+#[utoipa::path(put, path = "/v1/plans/{city_code}", tag = "plans",
+    params(("city_code" = String, Path)), request_body = crate::plan::Plan,
+    responses((status = 200, body = serde_json::Value, description = "The new version; open cases keep theirs"),
+              (status = 400, description = "The plan is refused, with the reason", content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn replace(
     State(pool): State<PgPool>,
     caller: Caller,

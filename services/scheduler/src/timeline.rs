@@ -21,10 +21,10 @@ struct Entry {
     note: Option<String>,
 }
 
-pub fn routes(pool: PgPool) -> axum::Router {
-    axum::Router::new()
+pub fn routes(pool: PgPool) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route("/v1/cases/{policy_no}/timeline", get(timeline))
-        .with_state(pool)
+        .finish(|router| router.with_state(pool))
 }
 
 /// The case's owner, its branch's staff, its city and HQ.
@@ -36,6 +36,10 @@ const READERS: &[Role] = &[
     Role::HqAdmin,
 ];
 
+#[utoipa::path(get, path = "/v1/cases/{policy_no}/timeline", tag = "cases",
+    params(("policy_no" = String, Path)),
+    responses((status = 200, body = serde_json::Value, description = "Every stage of the case: planned, fired, skipped or cancelled, and why"),
+              (status = 404, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
 async fn timeline(
     State(pool): State<PgPool>,
     caller: Caller,

@@ -43,6 +43,56 @@ pub struct HttpHost {
     readiness: Arc<RwLock<BTreeMap<String, Result<(), String>>>>,
     identity: Arc<RwLock<Option<Authenticator>>>,
     dev_issuer: Arc<RwLock<Option<Arc<DevIssuer>>>>,
+    /// Every path mounted, as axum has it.
+    paths: Arc<RwLock<Vec<String>>>,
+    /// Each service's OpenAPI document, by service.
+    documents: Arc<RwLock<BTreeMap<String, utoipa::openapi::OpenApi>>>,
+}
+
+/// A service's routes, with the paths they are mounted at, so that what is served
+/// can be held against the service's OpenAPI document.
+pub struct Routes<S = ()> {
+    router: Router<S>,
+    paths: Vec<String>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Routes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn route(mut self, path: &str, method_router: axum::routing::MethodRouter<S>) -> Self {
+        self.paths.push(path.to_owned());
+        self.router = self.router.route(path, method_router);
+        self
+    }
+
+    /// Layers and state, once every route is in.
+    pub fn finish(self, f: impl FnOnce(Router<S>) -> Router) -> Routes {
+        Routes {
+            router: f(self.router),
+            paths: self.paths,
+        }
+    }
+}
+
+impl Routes {
+    /// Wraps every route in `f` (a layer that needs the matched route).
+    pub fn map(self, f: impl FnOnce(Router) -> Router) -> Routes {
+        Routes {
+            router: f(self.router),
+            paths: self.paths,
+        }
+    }
 }
 
 impl HttpHost {
@@ -54,10 +104,44 @@ impl HttpHost {
     }
 
     /// Adds a service's routes (each measured by route).
-    pub fn mount(&self, router: Router) {
-        let router = router.route_layer(axum::middleware::from_fn(measured));
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        *routes = std::mem::take(&mut *routes).merge(router);
+    pub fn mount(&self, routes: Routes) {
+        let router = routes
+            .router
+            .route_layer(axum::middleware::from_fn(measured));
+        self.paths
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(routes.paths);
+        let mut mounted = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        *mounted = std::mem::take(&mut *mounted).merge(router);
+    }
+
+    /// Every path mounted so far, as axum has it.
+    pub fn mounted_paths(&self) -> Vec<String> {
+        self.paths.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes a service's OpenAPI document: at `/openapi/{service}.json`, and merged
+    /// with the others the process serves at `/openapi.json`.
+    pub fn document(&self, service: &str, document: utoipa::openapi::OpenApi) {
+        self.documents
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(service.to_owned(), document);
+    }
+
+    /// The document of every service this process serves, merged.
+    pub fn openapi(&self) -> Option<utoipa::openapi::OpenApi> {
+        let documents = self.documents.read().unwrap_or_else(|e| e.into_inner());
+        let mut all = documents.values().cloned();
+        let mut merged = all.next()?;
+        for document in all {
+            merged.merge(document);
+        }
+        if documents.len() > 1 {
+            merged.info.title = "renewal (every service)".into();
+        }
+        Some(merged)
     }
 
     /// Sets how callers are identified; without it every route that needs a caller
@@ -105,6 +189,8 @@ impl HttpHost {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/.well-known/jwks.json", get(jwks))
+            .route("/openapi.json", get(openapi_document))
+            .route("/openapi/{service}", get(service_document))
             .fallback(dispatch)
             .with_state(self.clone())
             .layer(axum::middleware::from_fn_with_state(self.clone(), edge))
@@ -214,6 +300,31 @@ async fn measured(request: Request, next: Next) -> Response {
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+async fn openapi_document(State(host): State<HttpHost>) -> Response {
+    match host.openapi() {
+        Some(document) => axum::Json(document).into_response(),
+        None => crate::problem::Problem::new(StatusCode::NOT_FOUND, "not_found", "no API here")
+            .into_response(),
+    }
+}
+
+async fn service_document(
+    State(host): State<HttpHost>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let service = file.strip_suffix(".json").unwrap_or(&file);
+    let documents = host.documents.read().unwrap_or_else(|e| e.into_inner());
+    match documents.get(service) {
+        Some(document) => axum::Json(document.clone()).into_response(),
+        None => crate::problem::Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no service {service:?} here"),
+        )
+        .into_response(),
+    }
 }
 
 async fn unknown_route(request: Request) -> Response {

@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod inbox;
 pub mod names;
+pub mod openapi;
 pub mod outbox;
 pub mod paging;
 pub mod pii;

@@ -16,8 +16,10 @@ pub const DEFAULT_LEASE_SECONDS: i64 = 300;
 pub const MAX_LEASE_SECONDS: i64 = 3600;
 pub const MAX_BATCH: i64 = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LeaseRequest {
+    /// The human agent who will make the calls (the caller's own agent code, except
+    /// for the call center, which names its agent).
     pub agent_id: String,
     /// owner, branch, campaign or hq.
     pub queue: String,
@@ -32,14 +34,14 @@ pub struct LeaseRequest {
     pub city_code: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatRequest {
     pub lease_token: Uuid,
     #[serde(default)]
     pub lease_seconds: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ReleaseRequest {
     pub lease_token: Uuid,
     /// Not before this time (RFC 3339), e.g. the customer asked to be called later.
@@ -49,7 +51,7 @@ pub struct ReleaseRequest {
 
 /// What an agent sees of a leased task. The customer's ID number never leaves the
 /// core systems: the agent gets only what a call needs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     pub id: Uuid,
     pub lease_token: Uuid,
@@ -73,14 +75,14 @@ pub struct TaskView {
     pub history: Vec<EarlierCall>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Customer {
     pub name: String,
     pub mobile: String,
     pub plate: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EarlierCall {
     pub stage: String,
     pub outcome: String,

@@ -10,7 +10,6 @@ pub mod leases;
 pub mod outcomes;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
@@ -141,12 +140,15 @@ const WORKERS: &[Role] = &[
     Role::HqAdmin,
 ];
 
-pub fn routes(tasks: PhoneTasks) -> Router {
-    Router::new()
+pub fn routes(tasks: PhoneTasks) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route("/v1/phone-tasks:lease", post(lease))
         .route("/v1/phone-tasks/{action}", post(act))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(tasks)
+        .finish(|router| {
+            router
+                .layer(DefaultBodyLimit::max(MAX_BODY))
+                .with_state(tasks)
+        })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, TaskError> {

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::{PhoneTasks, TaskError};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CompleteRequest {
     pub lease_token: Uuid,
     /// renewed, promised, call_back, refused, unreachable, wrong_number,

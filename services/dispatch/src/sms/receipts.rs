@@ -9,12 +9,12 @@
 //! message we do not know is kept for reconciliation. Bodies over 1 MiB or malformed:
 //! 4xx, nothing written.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
 use renewal_contract::dispatch::{SmsStatus, SmsStatusChanged};
 use renewal_contract::subject;
 use renewal_platform::{Clock, Outbox};
@@ -38,13 +38,16 @@ pub struct Webhook {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-pub fn routes(webhook: Webhook) -> Router {
-    Router::new()
+pub fn routes(webhook: Webhook) -> renewal_platform::http::Routes {
+    renewal_platform::http::Routes::new()
         .route("/v1/webhooks/sms/{token}/report", post(report))
         .route("/v1/webhooks/sms/{token}/up", post(super::replies::up))
-        .route_layer(axum::middleware::from_fn_with_state(webhook.clone(), guard))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(webhook)
+        .finish(|router| {
+            router
+                .route_layer(axum::middleware::from_fn_with_state(webhook.clone(), guard))
+                .layer(DefaultBodyLimit::max(MAX_BODY))
+                .with_state(webhook)
+        })
 }
 
 /// Runs before the body is read: the source must be allowed and the path token one
@@ -115,7 +118,7 @@ fn accepts(tokens: &[SecretString], given: &str) -> bool {
 }
 
 /// One delivery receipt as the vendor pushes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SmsReport {
     pub phone_number: String,
     #[serde(default)]

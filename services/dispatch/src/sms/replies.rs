@@ -19,7 +19,7 @@ use super::receipts::{Webhook, WebhookError};
 const OPT_OUT_WORDS: &[&str] = &["TD", "T", "退订", "N", "STOP"];
 
 /// One reply as the vendor pushes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SmsUp {
     pub phone_number: String,
     #[serde(default)]

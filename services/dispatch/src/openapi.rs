@@ -1,0 +1,144 @@
+//! Dispatch's OpenAPI document, generated from its types: the phone-task pull API the
+//! call center and the owners use (bearer tokens), and the SMS vendor's webhook (the
+//! secret path token; answers in the vendor's own format). The task methods
+//! (`{id}:heartbeat`, `:complete`, `:release`) are served by one handler and
+//! documented here, one operation each.
+
+use renewal_platform::openapi::BearerTokens;
+use renewal_platform::openapi::{ProblemDocument, Refusals};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::phone::leases::{HeartbeatRequest, LeaseRequest, ReleaseRequest, TaskView};
+use crate::phone::outcomes::CompleteRequest;
+use crate::sms::receipts::SmsReport;
+use crate::sms::replies::SmsUp;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "renewal dispatch",
+        description = "The phone-task pull API (call center and owners) and the SMS vendor's webhook (delivery receipts and replies)."
+    ),
+    paths(lease, heartbeat, complete, release, receipts, replies, audit),
+    components(schemas(ProblemDocument)),
+    modifiers(&BearerTokens),
+    tags((name = "phone tasks"), (name = "sms vendor"), (name = "audit"))
+)]
+pub struct ApiDoc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Leased {
+    /// Most urgent first; possibly none.
+    tasks: Vec<TaskView>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TaskState {
+    id: uuid::Uuid,
+    /// completed, open or dead.
+    state: Option<String>,
+    lease_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    available_at: Option<chrono::DateTime<chrono::Utc>>,
+    outcome: Option<String>,
+}
+
+/// The vendor's answer format.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct VendorAnswer {
+    /// 0: taken.
+    code: i32,
+    msg: String,
+}
+
+/// Lease up to `max` tasks of a queue, most urgent first, each with a fresh token.
+#[utoipa::path(post, path = "/v1/phone-tasks:lease", tag = "phone tasks",
+    operation_id = "lease_tasks", request_body = LeaseRequest,
+    responses(
+        (status = 200, body = Leased),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals,
+        (status = 429, description = "Too many leases held or asked for", content_type = "application/problem+json", body = ProblemDocument),
+        (status = 503, content_type = "application/problem+json", body = ProblemDocument)))]
+#[allow(dead_code)]
+fn lease() {}
+
+/// Extend a lease.
+#[utoipa::path(post, path = "/v1/phone-tasks/{id}:heartbeat", tag = "phone tasks",
+    operation_id = "heartbeat_task", params(("id" = uuid::Uuid, Path)),
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, body = TaskState),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals,
+        (status = 404, content_type = "application/problem+json", body = ProblemDocument),
+        (status = 409, description = "The token is stale or foreign", content_type = "application/problem+json", body = ProblemDocument)))]
+#[allow(dead_code)]
+fn heartbeat() {}
+
+/// Complete a task with the call's outcome (published as `dispatch.task.completed`).
+#[utoipa::path(post, path = "/v1/phone-tasks/{id}:complete", tag = "phone tasks",
+    operation_id = "complete_task", params(("id" = uuid::Uuid, Path)),
+    request_body = CompleteRequest,
+    responses(
+        (status = 200, body = TaskState),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals,
+        (status = 404, content_type = "application/problem+json", body = ProblemDocument),
+        (status = 409, content_type = "application/problem+json", body = ProblemDocument)))]
+#[allow(dead_code)]
+fn complete() {}
+
+/// Give a task back without an outcome, optionally until `retry_at`.
+#[utoipa::path(post, path = "/v1/phone-tasks/{id}:release", tag = "phone tasks",
+    operation_id = "release_task", params(("id" = uuid::Uuid, Path)),
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, body = TaskState),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals,
+        (status = 404, content_type = "application/problem+json", body = ProblemDocument),
+        (status = 409, content_type = "application/problem+json", body = ProblemDocument)))]
+#[allow(dead_code)]
+fn release() {}
+
+/// The vendor's delivery receipts (`SmsReport`), an array per push.
+#[utoipa::path(post, path = "/v1/webhooks/sms/{token}/report", tag = "sms vendor",
+    operation_id = "sms_receipts", security(()),
+    params(("token" = String, Path, description = "The secret path token")),
+    request_body = Vec<SmsReport>,
+    responses(
+        (status = 200, body = VendorAnswer),
+        (status = 400, body = VendorAnswer),
+        (status = 401, description = "Not one of our tokens", body = VendorAnswer),
+        (status = 403, description = "A source the allow-list does not admit", body = VendorAnswer),
+        (status = 503, body = VendorAnswer)))]
+#[allow(dead_code)]
+fn receipts() {}
+
+/// The customers' replies (`SmsUp`); `TD`, `退订`, `STOP`, ... opt the number out.
+#[utoipa::path(post, path = "/v1/webhooks/sms/{token}/up", tag = "sms vendor",
+    operation_id = "sms_replies", security(()),
+    params(("token" = String, Path, description = "The secret path token")),
+    request_body = Vec<SmsUp>,
+    responses(
+        (status = 200, body = VendorAnswer),
+        (status = 400, body = VendorAnswer),
+        (status = 401, body = VendorAnswer),
+        (status = 403, body = VendorAnswer),
+        (status = 503, body = VendorAnswer)))]
+#[allow(dead_code)]
+fn replies() {}
+
+/// Who called dispatch's API (`auditor`, `hq_admin`).
+#[utoipa::path(get, path = "/v1/audit/dispatch", tag = "audit",
+    params(renewal_platform::audit::AuditQuery),
+    responses((status = 200, body = renewal_platform::openapi::AuditPage), Refusals))]
+#[allow(dead_code)]
+fn audit() {}
