@@ -569,3 +569,103 @@ async fn a_body_that_disagrees_with_the_token_is_refused_and_lookups_keep_to_the
     assert_eq!(response.headers()["x-request-id"], "req-abc-123");
     system.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_is_held_to_its_limits_and_told_when_to_come_back() {
+    let system = TestSystem::start("acl2", local("2026-12-01", 10)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    // A name made to carry a link into a signed SMS is refused with its row.
+    let csv = "policy_no,customer_name,mobile,id_number,plate,vin,city_code,branch_code,agent_code,channel,category,start_date,end_date,premium,important,group_policy
+P1,王芳,13812345678,11010519491231002X,沪AD12345,LSVAU218XN2183294,310000,SH01,SH01-A03,dealer,insured_last_year,2026-02-15,2027-02-14,4567.00,false,false
+P2,点击 bit.ly/x 领奖,13812345679,11010519491231002X,沪AD12346,LSVAU218XN2183294,310000,SH01,SH01-A03,dealer,insured_last_year,2026-02-15,2027-02-14,4567.00,false,false
+";
+    let response = system
+        .http
+        .post(system.url("/v1/policies:import"))
+        .body(csv)
+        .send()
+        .await
+        .expect("answers");
+    let report: Value = response.json().await.expect("a report");
+    assert_eq!(report["rejected"], 1, "{report}");
+    assert_eq!(
+        report["rejections"][0]["column"], "customer_name",
+        "{report}"
+    );
+    // Policy lookups: a burst, then 429 with Retry-After.
+    let analyst_of_sorts = system.client(&Grant::role(CallCenter));
+    let mut limited = None;
+    for _ in 0..60 {
+        let r = analyst_of_sorts
+            .get(system.url("/v1/policies/P1"))
+            .send()
+            .await
+            .expect("answers");
+        if r.status().as_u16() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("a caller looking policies up without pause is slowed down");
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    // A release can put a task off at most 60 days.
+    sqlx::query(
+        "INSERT INTO dispatch.phone_tasks (id, case_id, policy_no, stage, queue, branch_code, city_code,
+             customer_name, mobile, plate, expiry_date, time_zone, days_to_expiry, available_at, created_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'PL' || i, 'T-15', 'campaign', 'SH01', '310000',
+                '王芳', '+8613812345678', '沪AD12345', '2027-02-15', 'Asia/Shanghai', 15, $1, $1
+         FROM generate_series(1, 250) i",
+    )
+    .bind(sim.now())
+    .execute(sim.pool())
+    .await
+    .expect("tasks");
+    let desk = system.client(&Grant::role(CallCenter));
+    let lease_url = system.url("/v1/phone-tasks:lease");
+    let lease = |max: i64| {
+        renewal_e2e::post_json_to(
+            &desk,
+            &lease_url,
+            json!({"agent_id": "CC-07", "queue": "campaign", "max": max}),
+        )
+    };
+    let (status, first) = lease(100).await;
+    assert_eq!(status, 200, "{first}");
+    let task = &first["tasks"][0];
+    let (status, body) = renewal_e2e::post_json_to(
+        &desk,
+        &system.url(&format!(
+            "/v1/phone-tasks/{}:release",
+            task["id"].as_str().expect("id")
+        )),
+        json!({"lease_token": task["lease_token"], "retry_at": "2027-12-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    // One desk holds at most 200 leases: the third hundred is refused, nothing leased.
+    assert_eq!(lease(100).await.0, 200);
+    let (status, body) = lease(100).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("too_many_leases")),
+        "{body}"
+    );
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dispatch.phone_tasks WHERE state = 'leased' AND leased_by = 'CC-07'",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .expect("count");
+    assert_eq!(held, 200);
+    system.finish().await;
+}

@@ -454,23 +454,7 @@ pub async fn claim(
     let city = access::branch_city(&mut tx, branch).await?;
     access::for_branch(caller, access::ACT_FOR_BRANCH, branch, city.as_deref())?;
     let city = city.ok_or_else(|| Refusal::UnknownBranch(branch.to_owned()))?;
-    let agent =
-        sqlx::query("SELECT branch_code, active FROM assignment.agents WHERE agent_code = $1")
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Refusal::UnknownAgent(owner.to_owned()))?;
-    if !agent.try_get::<bool, _>("active")? {
-        return Err(Refusal::InactiveAgent(owner.to_owned()));
-    }
-    let agent_branch: String = agent.try_get("branch_code")?;
-    if agent_branch != branch {
-        return Err(Refusal::AgentNotInBranch {
-            agent: owner.to_owned(),
-            agent_branch,
-            branch: branch.to_owned(),
-        });
-    }
+    check_new_owner(&mut tx, owner, branch).await?;
     let case = lock_case(&mut tx, policy_no).await?;
     if case.phase == "owned"
         && case.owner_agent.as_deref() == Some(owner)
@@ -479,49 +463,7 @@ pub async fn claim(
         // The winner retrying: answered as it was.
         return Ok(claimed(&mut tx, &case, policy_no, owner, branch).await?);
     }
-    // Second assignment takes the case away from its owner: they cannot take it back.
-    if matches!(case.phase.as_str(), "branch_reassign" | "city_reassign")
-        && case.owner_agent.as_deref() == Some(owner)
-    {
-        return Err(Refusal::OwnerBeingReplaced {
-            owner: owner.to_owned(),
-        });
-    }
-    let reason = match case.phase.as_str() {
-        "branch" | "branch_reassign" => {
-            if case.branch_code != branch {
-                return Err(Refusal::NotYourBranch {
-                    branch: branch.to_owned(),
-                });
-            }
-            if case.phase == "branch" {
-                "branch_claim"
-            } else {
-                "second_assignment_branch"
-            }
-        }
-        "pool" | "city_reassign" => {
-            if case.city_code != city {
-                return Err(Refusal::NotYourCity {
-                    branch: branch.to_owned(),
-                });
-            }
-            if case.phase == "pool" {
-                "city_pool"
-            } else {
-                "second_assignment_city"
-            }
-        }
-        "owned" | "confirming" | "hq" | "city_company" => {
-            return Err(Refusal::AlreadyClaimed);
-        }
-        other => {
-            return Err(Refusal::WrongPhase {
-                action: "claimed",
-                phase: other.to_owned(),
-            });
-        }
-    };
+    let reason = claim_reason(&case, owner, branch, &city)?;
     ownership::assign_many(
         &mut tx,
         outbox,
@@ -540,6 +482,63 @@ pub async fn claim(
     Ok(
         serde_json::json!({"policy_no": policy_no, "owner_agent": owner, "branch_code": branch, "reason": reason}),
     )
+}
+
+/// The owner named must be an active agent of the claiming branch.
+async fn check_new_owner(tx: &mut PgConnection, owner: &str, branch: &str) -> Result<(), Refusal> {
+    let agent =
+        sqlx::query("SELECT branch_code, active FROM assignment.agents WHERE agent_code = $1")
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Refusal::UnknownAgent(owner.to_owned()))?;
+    if !agent.try_get::<bool, _>("active")? {
+        return Err(Refusal::InactiveAgent(owner.to_owned()));
+    }
+    let agent_branch: String = agent.try_get("branch_code")?;
+    if agent_branch != branch {
+        return Err(Refusal::AgentNotInBranch {
+            agent: owner.to_owned(),
+            agent_branch,
+            branch: branch.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Why `branch` (in `city`) may claim the case for `owner` now, for the history; or
+/// why it may not.
+fn claim_reason(
+    case: &LockedCase,
+    owner: &str,
+    branch: &str,
+    city: &str,
+) -> Result<&'static str, Refusal> {
+    // Second assignment takes the case away from its owner: they cannot take it back.
+    if matches!(case.phase.as_str(), "branch_reassign" | "city_reassign")
+        && case.owner_agent.as_deref() == Some(owner)
+    {
+        return Err(Refusal::OwnerBeingReplaced {
+            owner: owner.to_owned(),
+        });
+    }
+    match case.phase.as_str() {
+        "branch" | "branch_reassign" if case.branch_code != branch => Err(Refusal::NotYourBranch {
+            branch: branch.to_owned(),
+        }),
+        "branch" => Ok("branch_claim"),
+        "branch_reassign" => Ok("second_assignment_branch"),
+        "pool" | "city_reassign" if case.city_code != city => Err(Refusal::NotYourCity {
+            branch: branch.to_owned(),
+        }),
+        "pool" => Ok("city_pool"),
+        "city_reassign" => Ok("second_assignment_city"),
+        "owned" | "confirming" | "hq" | "city_company" => Err(Refusal::AlreadyClaimed),
+        other => Err(Refusal::WrongPhase {
+            action: "claimed",
+            phase: other.to_owned(),
+        }),
+    }
 }
 
 /// The answer the winning claim got, for its retry: the reason its owner was named.

@@ -154,67 +154,17 @@ pub fn parse(data: &[u8]) -> Result<Vec<OrgRow>, OrgError> {
                 continue;
             }
         };
-        let field = |i: usize| record.get(index[i]).unwrap_or("").to_owned();
-        let mut row_problems: Vec<RowProblem> = Vec::new();
-        let mut bad = |column: &str, reason: &str| {
+        let fields: Vec<String> = index
+            .iter()
+            .map(|i| record.get(*i).unwrap_or("").to_owned())
+            .collect();
+        let (row, mut row_problems) = read_row(line, &fields);
+        if !seen.insert(row.agent_code.clone()) {
             row_problems.push(RowProblem {
                 line,
-                column: column.to_owned(),
-                reason: reason.to_owned(),
-            })
-        };
-        let row = OrgRow {
-            city_code: field(0),
-            branch_code: field(1),
-            branch_name: field(2),
-            agent_code: field(3),
-            agent_name: field(4),
-            role: field(5).to_ascii_lowercase(),
-            capacity: field(6).parse().unwrap_or(-1),
-            active: matches!(
-                field(7).to_ascii_lowercase().as_str(),
-                "true" | "1" | "yes" | "y"
-            ),
-        };
-        for (i, value) in [&row.city_code, &row.branch_code, &row.agent_code]
-            .into_iter()
-            .enumerate()
-        {
-            if value.is_empty() {
-                bad(COLUMNS[[0, 1, 3][i]], "required");
-            }
-        }
-        for (column, value) in [
-            ("city_code", &row.city_code),
-            ("branch_code", &row.branch_code),
-            ("agent_code", &row.agent_code),
-        ] {
-            if !value.is_empty()
-                && let Err(reason) = renewal_platform::names::code(value)
-            {
-                bad(column, reason);
-            }
-        }
-        if let Err(reason) = renewal_platform::names::person_name(&row.agent_name) {
-            bad("agent_name", reason);
-        }
-        if let Err(reason) = renewal_platform::names::organisation_name(&row.branch_name) {
-            bad("branch_name", reason);
-        }
-        if row.role != "agent" && row.role != "supervisor" {
-            bad("role", "must be agent or supervisor");
-        }
-        if !(0..=100_000).contains(&row.capacity) {
-            bad("capacity", "must be a whole number from 0");
-        }
-        if !matches!(
-            field(7).to_ascii_lowercase().as_str(),
-            "true" | "1" | "yes" | "y" | "false" | "0" | "no" | "n"
-        ) {
-            bad("active", "must be true or false");
-        }
-        if !seen.insert(row.agent_code.clone()) {
-            bad("agent_code", "repeated in the file");
+                column: "agent_code".into(),
+                reason: "repeated in the file".into(),
+            });
         }
         if row_problems.is_empty() {
             rows.push(row);
@@ -226,6 +176,60 @@ pub fn parse(data: &[u8]) -> Result<Vec<OrgRow>, OrgError> {
         return Err(OrgError::Rows(problems));
     }
     Ok(rows)
+}
+
+/// One row's fields (in [`COLUMNS`] order) as a row, and what is wrong with them.
+fn read_row(line: u64, fields: &[String]) -> (OrgRow, Vec<RowProblem>) {
+    let field = |i: usize| fields.get(i).cloned().unwrap_or_default();
+    let mut problems: Vec<RowProblem> = Vec::new();
+    let mut bad = |column: &str, reason: &str| {
+        problems.push(RowProblem {
+            line,
+            column: column.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    let active = field(7).to_ascii_lowercase();
+    let row = OrgRow {
+        city_code: field(0),
+        branch_code: field(1),
+        branch_name: field(2),
+        agent_code: field(3),
+        agent_name: field(4),
+        role: field(5).to_ascii_lowercase(),
+        capacity: field(6).parse().unwrap_or(-1),
+        active: matches!(active.as_str(), "true" | "1" | "yes" | "y"),
+    };
+    for (column, value) in [
+        ("city_code", &row.city_code),
+        ("branch_code", &row.branch_code),
+        ("agent_code", &row.agent_code),
+    ] {
+        if value.is_empty() {
+            bad(column, "required");
+        } else if let Err(reason) = renewal_platform::names::code(value) {
+            bad(column, reason);
+        }
+    }
+    if let Err(reason) = renewal_platform::names::person_name(&row.agent_name) {
+        bad("agent_name", reason);
+    }
+    if let Err(reason) = renewal_platform::names::organisation_name(&row.branch_name) {
+        bad("branch_name", reason);
+    }
+    if row.role != "agent" && row.role != "supervisor" {
+        bad("role", "must be agent or supervisor");
+    }
+    if !(0..=100_000).contains(&row.capacity) {
+        bad("capacity", "must be a whole number from 0");
+    }
+    if !matches!(
+        active.as_str(),
+        "true" | "1" | "yes" | "y" | "false" | "0" | "no" | "n"
+    ) {
+        bad("active", "must be true or false");
+    }
+    (row, problems)
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]

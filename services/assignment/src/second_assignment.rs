@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::claims::{ClaimApi, lock_case};
+use crate::claims::{ClaimApi, LockedCase, lock_case};
 use crate::ownership::{self, HQ_OWNER, NewOwner, city_company_owner};
 use crate::refusals::{Refusal, body, required};
 use crate::routing::{self, Step};
@@ -263,54 +263,9 @@ pub async fn owner_answers(
         });
     }
     let phase = if verb == "confirm" {
-        if case.phase != "confirming" {
-            return Err(Refusal::WrongPhase {
-                action: "confirmed",
-                phase: case.phase.clone(),
-            });
-        }
-        sqlx::query(
-            "UPDATE assignment.cases SET phase = 'owned', phase_due_at = NULL WHERE case_id = $1",
-        )
-        .bind(case.case_id)
-        .execute(&mut *tx)
-        .await?;
-        routing::record_many(
-            &mut tx,
-            &api.outbox,
-            &[Step {
-                case_id: case.case_id,
-                step: "confirmed",
-                reason: "owner_can_renew".into(),
-                deadline: None,
-            }],
-            agent,
-            now,
-        )
-        .await?;
-        "owned"
+        confirm(&mut tx, &api.outbox, &case, agent, now).await?
     } else {
-        if case.phase != "owned" && case.phase != "confirming" {
-            return Err(Refusal::WrongPhase {
-                action: "released",
-                phase: case.phase.clone(),
-            });
-        }
-        let to_city = case.escalates_to_city();
-        owner_gives_up(
-            &mut tx,
-            &api.outbox,
-            &[(case.case_id, case.city_code.clone(), to_city)],
-            &format!("owner_cannot_renew: {reason}"),
-            agent,
-            now,
-        )
-        .await?;
-        if to_city {
-            "city_company"
-        } else {
-            "branch_reassign"
-        }
+        release(&mut tx, &api.outbox, &case, agent, &reason, now).await?
     };
     tx.commit().await?;
     api.outbox.wake();
@@ -318,4 +273,73 @@ pub async fn owner_answers(
     Ok(Json(
         serde_json::json!({"policy_no": policy_no, "phase": phase}),
     ))
+}
+
+/// The owner can still renew the case: it stays theirs.
+async fn confirm(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    case: &LockedCase,
+    agent: &str,
+    now: DateTime<Utc>,
+) -> Result<&'static str, Refusal> {
+    if case.phase != "confirming" {
+        return Err(Refusal::WrongPhase {
+            action: "confirmed",
+            phase: case.phase.clone(),
+        });
+    }
+    sqlx::query(
+        "UPDATE assignment.cases SET phase = 'owned', phase_due_at = NULL WHERE case_id = $1",
+    )
+    .bind(case.case_id)
+    .execute(&mut *tx)
+    .await?;
+    routing::record_many(
+        tx,
+        outbox,
+        &[Step {
+            case_id: case.case_id,
+            step: "confirmed",
+            reason: "owner_can_renew".into(),
+            deadline: None,
+        }],
+        agent,
+        now,
+    )
+    .await?;
+    Ok("owned")
+}
+
+/// The owner cannot renew the case in time: second assignment takes it to the branch,
+/// or to the city company for important and group policies.
+async fn release(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    case: &LockedCase,
+    agent: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<&'static str, Refusal> {
+    if case.phase != "owned" && case.phase != "confirming" {
+        return Err(Refusal::WrongPhase {
+            action: "released",
+            phase: case.phase.clone(),
+        });
+    }
+    let to_city = case.escalates_to_city();
+    owner_gives_up(
+        tx,
+        outbox,
+        &[(case.case_id, case.city_code.clone(), to_city)],
+        &format!("owner_cannot_renew: {reason}"),
+        agent,
+        now,
+    )
+    .await?;
+    Ok(if to_city {
+        "city_company"
+    } else {
+        "branch_reassign"
+    })
 }

@@ -107,11 +107,12 @@ pub fn check(f: &PolicyFields<'_>) -> Result<CheckedPolicy, Vec<Rejection>> {
         ));
     }
     let customer_name = required("customer_name", f.customer_name, &mut bad);
-    if !customer_name.is_empty()
-        && let Err(reason) = names::person_name(&customer_name)
-    {
-        bad.push(reject("customer_name", reason));
-    }
+    shaped(
+        &mut bad,
+        "customer_name",
+        &customer_name,
+        names::person_name,
+    );
     let mobile = match mobile_e164(f.mobile) {
         Ok(m) => m,
         Err(reason) => {
@@ -133,25 +134,13 @@ pub fn check(f: &PolicyFields<'_>) -> Result<CheckedPolicy, Vec<Rejection>> {
         bad.push(reject("vin", reason));
     }
     let plate = f.plate.trim().to_owned();
-    if !plate.is_empty()
-        && let Err(reason) = names::plate(&plate)
-    {
-        bad.push(reject("plate", reason));
-    }
+    shaped(&mut bad, "plate", &plate, names::plate);
     let city_code = required("city_code", f.city_code, &mut bad);
+    shaped(&mut bad, "city_code", &city_code, names::code);
     let branch_code = required("branch_code", f.branch_code, &mut bad);
+    shaped(&mut bad, "branch_code", &branch_code, names::code);
     let agent_code = required("agent_code", f.agent_code, &mut bad);
-    for (column, value) in [
-        ("city_code", &city_code),
-        ("branch_code", &branch_code),
-        ("agent_code", &agent_code),
-    ] {
-        if !value.is_empty()
-            && let Err(reason) = names::code(value)
-        {
-            bad.push(reject(column, reason));
-        }
-    }
+    shaped(&mut bad, "agent_code", &agent_code, names::code);
     let channel = f.channel.trim().to_ascii_lowercase();
     if !CHANNELS.contains(&channel.as_str()) {
         bad.push(reject("channel", "must be dealer, direct or agent"));
@@ -201,6 +190,20 @@ pub fn check(f: &PolicyFields<'_>) -> Result<CheckedPolicy, Vec<Rejection>> {
             })
         }
         _ => Err(bad),
+    }
+}
+
+/// A value given must have the shape `rule` wants (an empty one is `required`'s).
+fn shaped(
+    bad: &mut Vec<Rejection>,
+    column: &'static str,
+    value: &str,
+    rule: fn(&str) -> Result<(), &'static str>,
+) {
+    if !value.is_empty()
+        && let Err(reason) = rule(value)
+    {
+        bad.push(reject(column, reason));
     }
 }
 

@@ -68,6 +68,45 @@ pub struct Simulation {
 /// The key the demo and the tests seal their synthetic customers' personal data with.
 pub const DEMO_PII_KEY: &str = "64656d6f2d6f6e6c792d6b65792d6e6f742d666f722d70726f64756374696f6e";
 
+/// Dispatch as the simulation runs it: the mock vendor on loopback, the demo's hours.
+fn dispatch_config(vendor_addr: SocketAddr, token: SecretString) -> DispatchConfig {
+    DispatchConfig {
+        vendor_url: format!("http://{vendor_addr}"),
+        sign_name: "车险续保".into(),
+        access_key_id: "demo".into(),
+        access_key_secret: SecretString::from(crate::vendor_sim::ACCESS_KEY_SECRET),
+        vendor_timeout: Duration::from_secs(5),
+        webhook_token: token,
+        webhook_previous_token: None,
+        webhook_allow: Vec::new(),
+        trusted_proxies: Vec::new(),
+        sms_hours: sms_hours(),
+        call_hours: call_hours(),
+        // The mock vendor on loopback has no rate limit of its own.
+        vendor_qps: 50_000,
+    }
+}
+
+/// Serves the API (or the admin routes) on a loopback port of the system's choosing.
+async fn serve_on_loopback(
+    http: &HttpHost,
+    admin: bool,
+    cancel: &CancellationToken,
+) -> Result<SocketAddr, SimError> {
+    let listener = renewal_platform::http::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SimError::Other(e.to_string()))?;
+    if admin {
+        tokio::spawn(http.clone().serve_admin(listener, cancel.clone()));
+    } else {
+        tokio::spawn(http.clone().serve(listener, cancel.clone()));
+    }
+    Ok(addr)
+}
+
 pub fn webhook_token() -> SecretString {
     SecretString::from(format!("{}", uuid::Uuid::new_v4().simple()))
 }
@@ -95,20 +134,8 @@ impl Simulation {
 
         let clock = Clock::simulated(resume_at.unwrap_or(options.start));
         let http = HttpHost::new();
-        let listener = renewal_platform::http::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|e| SimError::Other(e.to_string()))?;
-        tokio::spawn(http.clone().serve(listener, cancel.clone()));
-        let admin = renewal_platform::http::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
-        let admin_addr = admin
-            .local_addr()
-            .map_err(|e| SimError::Other(e.to_string()))?;
-        tokio::spawn(http.clone().serve_admin(admin, cancel.clone()));
+        let http_addr = serve_on_loopback(&http, false, &cancel).await?;
+        let admin_addr = serve_on_loopback(&http, true, &cancel).await?;
         let issuer = Arc::new(
             DevIssuer::ephemeral(renewal_platform::dev_issuer::ISSUER)
                 .map_err(|e| SimError::Other(e.to_string()))?,
@@ -131,21 +158,7 @@ impl Simulation {
             .clone()
             .start(vendor_listener, webhook.clone(), cancel.clone());
 
-        let dispatch = DispatchConfig {
-            vendor_url: format!("http://{vendor_addr}"),
-            sign_name: "车险续保".into(),
-            access_key_id: "demo".into(),
-            access_key_secret: SecretString::from(crate::vendor_sim::ACCESS_KEY_SECRET),
-            vendor_timeout: Duration::from_secs(5),
-            webhook_token: token,
-            webhook_previous_token: None,
-            webhook_allow: Vec::new(),
-            trusted_proxies: Vec::new(),
-            sms_hours: sms_hours(),
-            call_hours: call_hours(),
-            // The mock vendor on loopback has no rate limit of its own.
-            vendor_qps: 50_000,
-        };
+        let dispatch = dispatch_config(vendor_addr, token);
         let deps = Deps {
             pool,
             bus: bus.clone(),

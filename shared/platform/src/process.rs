@@ -82,20 +82,7 @@ async fn run_process(
             }
         };
     if migrate_only {
-        if let Err(e) = crate::postgres::ensure_database(&settings.database_url).await {
-            tracing::error!(error = %e, "cannot create the database");
-            return ExitCode::FAILURE;
-        }
-        return match (program.migrate)(pool).await {
-            Ok(()) => {
-                tracing::info!("migrations applied");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "migration failed");
-                ExitCode::FAILURE
-            }
-        };
+        return migrate_only_run(program, &settings, pool).await;
     }
 
     let http = HttpHost::new();
@@ -120,28 +107,7 @@ async fn run_process(
         let _ = admin_server.await;
     };
 
-    let started = async {
-        crate::postgres::wait_until_reachable(&pool, &settings.database_url, &root)
-            .await
-            .map_err(|e| e.to_string())?;
-        http.set_ready("postgres", Ok(()));
-        (program.migrate)(pool.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        let subjects =
-            renewal_contract::Subjects::new(&settings.nats_prefix).map_err(|e| e.to_string())?;
-        let bus = Bus::connect(
-            &settings.nats_url,
-            subjects,
-            settings.stream_replicas,
-            program.name,
-            &root,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        http.set_ready("nats", Ok(()));
-        Ok::<_, String>(bus)
-    };
+    let started = connect(program, &settings, &pool, &http, &root);
     let bus = match started.await {
         Ok(bus) => bus,
         Err(e) => {
@@ -172,15 +138,80 @@ async fn run_process(
         time_zone: settings.time_zone,
     };
     let service_stop = CancellationToken::new();
-    let mut service = tokio::spawn((program.run)(deps, service_stop.clone()));
+    let service = tokio::spawn((program.run)(deps, service_stop.clone()));
     http.set_ready(program.name, Ok(()));
     tracing::info!(service = program.name, "started");
 
+    let code = run_until_stopped(program, &settings, &http, &root, service, service_stop).await;
+    watch.abort();
+    http_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    code
+}
+
+/// `migrate`: the database (created if missing and allowed), then the migrations.
+async fn migrate_only_run(program: &Program, settings: &Settings, pool: PgPool) -> ExitCode {
+    if let Err(e) = crate::postgres::ensure_database(&settings.database_url).await {
+        tracing::error!(error = %e, "cannot create the database");
+        return ExitCode::FAILURE;
+    }
+    match (program.migrate)(pool).await {
+        Ok(()) => {
+            tracing::info!("migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "migration failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for Postgres (then migrates) and NATS, reporting each on `/readyz`.
+async fn connect(
+    program: &Program,
+    settings: &Settings,
+    pool: &PgPool,
+    http: &HttpHost,
+    root: &CancellationToken,
+) -> Result<Bus, String> {
+    crate::postgres::wait_until_reachable(pool, &settings.database_url, root)
+        .await
+        .map_err(|e| e.to_string())?;
+    http.set_ready("postgres", Ok(()));
+    (program.migrate)(pool.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let subjects =
+        renewal_contract::Subjects::new(&settings.nats_prefix).map_err(|e| e.to_string())?;
+    let bus = Bus::connect(
+        &settings.nats_url,
+        subjects,
+        settings.stream_replicas,
+        program.name,
+        root,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    http.set_ready("nats", Ok(()));
+    Ok(bus)
+}
+
+/// Runs the service until it ends or the process is told to stop; then drains it
+/// within `SHUTDOWN_GRACE`.
+async fn run_until_stopped(
+    program: &Program,
+    settings: &Settings,
+    http: &HttpHost,
+    root: &CancellationToken,
+    mut service: tokio::task::JoinHandle<Result<(), String>>,
+    service_stop: CancellationToken,
+) -> ExitCode {
     let outcome = tokio::select! {
         _ = root.cancelled() => None,
         done = &mut service => Some(done),
     };
-    let code = match outcome {
+    match outcome {
         Some(Ok(Ok(()))) => ExitCode::SUCCESS,
         Some(Ok(Err(e))) => {
             tracing::error!(error = %e, "service stopped with an error");
@@ -206,11 +237,7 @@ async fn run_process(
             }
             ExitCode::SUCCESS
         }
-    };
-    watch.abort();
-    http_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    code
+    }
 }
 
 /// Binds the admin and API listeners, logging the addresses as bound (either may name

@@ -58,7 +58,9 @@ pub fn init(service: &'static str, default_filter: &str) -> Result<Telemetry, Te
         "json" => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The current span's fields: an HTTP request's `request_id` on every line
+            // it logs.
+            .with_current_span(true)
             .with_span_list(false)
             .with_writer(std::io::stderr)
             .boxed(),

@@ -203,44 +203,10 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
     }
     let mut views = Vec::with_capacity(rows.len());
     for r in &rows {
-        let Some(id) = r.try_get::<Option<Uuid>, _>("id")? else {
-            continue; // the row that only counts dead letters
-        };
-        let history: sqlx::types::Json<Vec<EarlierCall>> = r.try_get("history")?;
-        views.push(TaskView {
-            id,
-            lease_token: r.try_get("lease_token")?,
-            lease_expires_at: r.try_get("available_at")?,
-            queue: r.try_get("queue")?,
-            priority: r.try_get("days_to_expiry")?,
-            case_id: r.try_get("case_id")?,
-            policy_no: r.try_get("policy_no")?,
-            stage: r.try_get("stage")?,
-            owner_agent: r.try_get("owner_agent")?,
-            branch_code: r.try_get("branch_code")?,
-            city_code: r.try_get("city_code")?,
-            promotion: r.try_get("promotion")?,
-            customer: Customer {
-                name: r.try_get("customer_name")?,
-                mobile: r.try_get("mobile")?,
-                plate: r.try_get("plate")?,
-            },
-            expiry_date: r.try_get("expiry_date")?,
-            time_zone: r.try_get("time_zone")?,
-            lease_number: r.try_get("leases")?,
-            history: history.0,
-        });
-        tasks.leased.remember(
-            id,
-            super::outcomes::HeldTask {
-                lease_token: r.try_get("lease_token")?,
-                case_id: r.try_get("case_id")?,
-                policy_no: r.try_get("policy_no")?,
-                stage: r.try_get("stage")?,
-                agent_id: agent.to_owned(),
-                traceparent: r.try_get("traceparent")?,
-            },
-        );
+        // The row that only counts dead letters has no task.
+        if let Some(view) = leased_task(tasks, r, agent)? {
+            views.push(view);
+        }
     }
     if dead > 0 || !views.is_empty() {
         renewal_platform::activity::record();
@@ -249,7 +215,56 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
     Ok(views)
 }
 
-/// The leases `agent` holds that have not run out.
+/// A leased row as the agent sees it; the process remembers what completing it
+/// will need.
+fn leased_task(
+    tasks: &PhoneTasks,
+    r: &sqlx::postgres::PgRow,
+    agent: &str,
+) -> Result<Option<TaskView>, TaskError> {
+    let Some(id) = r.try_get::<Option<Uuid>, _>("id")? else {
+        return Ok(None);
+    };
+    let history: sqlx::types::Json<Vec<EarlierCall>> = r.try_get("history")?;
+    let view = TaskView {
+        id,
+        lease_token: r.try_get("lease_token")?,
+        lease_expires_at: r.try_get("available_at")?,
+        queue: r.try_get("queue")?,
+        priority: r.try_get("days_to_expiry")?,
+        case_id: r.try_get("case_id")?,
+        policy_no: r.try_get("policy_no")?,
+        stage: r.try_get("stage")?,
+        owner_agent: r.try_get("owner_agent")?,
+        branch_code: r.try_get("branch_code")?,
+        city_code: r.try_get("city_code")?,
+        promotion: r.try_get("promotion")?,
+        customer: Customer {
+            name: r.try_get("customer_name")?,
+            mobile: r.try_get("mobile")?,
+            plate: r.try_get("plate")?,
+        },
+        expiry_date: r.try_get("expiry_date")?,
+        time_zone: r.try_get("time_zone")?,
+        lease_number: r.try_get("leases")?,
+        history: history.0,
+    };
+    tasks.leased.remember(
+        id,
+        super::outcomes::HeldTask {
+            lease_token: r.try_get("lease_token")?,
+            case_id: r.try_get("case_id")?,
+            policy_no: r.try_get("policy_no")?,
+            stage: r.try_get("stage")?,
+            agent_id: agent.to_owned(),
+            traceparent: r.try_get("traceparent")?,
+        },
+    );
+    Ok(Some(view))
+}
+
+/// The leases `agent` holds that have not run out (read through the index of leased
+/// tasks; an index of their own would cost every lease and completion a write).
 async fn held_by(tasks: &PhoneTasks, agent: &str, now: DateTime<Utc>) -> Result<i64, TaskError> {
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM dispatch.phone_tasks

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::badges::Badges;
-use super::portfolio::CITIES;
+use super::portfolio::{CITIES, City};
 use crate::simulation::SimError;
 
 #[derive(Debug, Deserialize)]
@@ -114,104 +114,115 @@ impl BranchStaff {
     pub async fn work_day(&self) -> Result<(), SimError> {
         for city in CITIES {
             for branch in city.branches {
-                let staff = self.badges.branch_admin(branch, city.code)?;
-                for c in self
-                    .get(
-                        &format!("/v1/branches/{branch}/claims?state=pending"),
-                        &staff,
-                    )
-                    .await?
-                {
-                    let r = roll(self.seed, &c.policy_no, &c.phase);
-                    let own_agent =
-                        c.credited_agent.starts_with(*branch) && c.credited_agent != "CD02-A06";
-                    match c.phase.as_str() {
-                        "branch" if r < 75 => {
-                            let owner = if own_agent {
-                                c.credited_agent.clone()
-                            } else {
-                                format!("{branch}-A01")
-                            };
-                            self.claim(&c.policy_no, branch, &owner, &staff).await?;
-                        }
-                        "branch" if r < 80 => {
-                            self.post(
-                                &format!("/v1/claims/{}:decline", c.policy_no),
-                                &staff,
-                                serde_json::json!({"branch_code": branch, "by": format!("{branch}-S01"),
-                                    "reason": "customer moved to another city"}),
-                            )
-                            .await?;
-                        }
-                        "branch_reassign" if r < 50 => {
-                            let owner =
-                                if c.owner_agent.as_deref() == Some(&format!("{branch}-A02")) {
-                                    format!("{branch}-A03")
-                                } else {
-                                    format!("{branch}-A02")
-                                };
-                            self.claim(&c.policy_no, branch, &owner, &staff).await?;
-                        }
-                        _ => {}
-                    }
-                }
-                for c in self
-                    .get(
-                        &format!("/v1/branches/{branch}/claims?state=claimed"),
-                        &staff,
-                    )
-                    .await?
-                {
-                    if c.phase != "confirming" {
-                        continue;
-                    }
-                    let Some(owner) = c.owner_agent.clone() else {
-                        continue;
+                self.work_branch(city, branch).await?;
+            }
+            self.work_city(city).await?;
+        }
+        Ok(())
+    }
+
+    /// A branch's day: its list claimed, declined or left, second-assignment cases
+    /// taken, and its owners answering the T-5 confirmation.
+    async fn work_branch(&self, city: &City, branch: &str) -> Result<(), SimError> {
+        let staff = self.badges.branch_admin(branch, city.code)?;
+        for c in self
+            .get(
+                &format!("/v1/branches/{branch}/claims?state=pending"),
+                &staff,
+            )
+            .await?
+        {
+            let r = roll(self.seed, &c.policy_no, &c.phase);
+            let own_agent = c.credited_agent.starts_with(branch) && c.credited_agent != "CD02-A06";
+            match c.phase.as_str() {
+                "branch" if r < 75 => {
+                    let owner = if own_agent {
+                        c.credited_agent.clone()
+                    } else {
+                        format!("{branch}-A01")
                     };
-                    let r = roll(self.seed, &c.policy_no, "confirming");
-                    let me = self.badges.agent(&owner, branch, city.code)?;
-                    if r < 85 {
-                        self.post(
-                            &format!("/v1/cases/{}:confirm", c.policy_no),
-                            &me,
-                            serde_json::json!({"agent_code": owner}),
-                        )
-                        .await?;
-                    } else if r < 93 {
-                        self.post(
-                            &format!("/v1/cases/{}:release", c.policy_no),
-                            &me,
-                            serde_json::json!({"agent_code": owner, "reason": "customer is shopping around"}),
-                        )
-                        .await?;
-                    }
+                    self.claim(&c.policy_no, branch, &owner, &staff).await?;
                 }
-            }
-            let city_admin = self.badges.city_admin(city.code)?;
-            for c in self
-                .get(&format!("/v1/cities/{}/pool", city.code), &city_admin)
-                .await?
-            {
-                let r = roll(self.seed, &c.policy_no, &c.phase);
-                let taker = city.branches[(r as usize) % city.branches.len()];
-                if (c.phase == "pool" && r < 40) || (c.phase == "city_reassign" && r < 30) {
-                    let staff = self.badges.branch_admin(taker, city.code)?;
-                    self.claim(&c.policy_no, taker, &format!("{taker}-A04"), &staff)
-                        .await?;
-                }
-            }
-            for c in self
-                .get(&format!("/v1/cities/{}/research", city.code), &city_admin)
-                .await?
-            {
-                if roll(self.seed, &c.policy_no, "research") < 60 && c.city_code == city.code {
+                "branch" if r < 80 => {
                     self.post(
-                        &format!("/v1/research/{}:resolve", c.policy_no),
-                        &city_admin,
-                        serde_json::json!({"branch_code": c.branch_code}),
+                        &format!("/v1/claims/{}:decline", c.policy_no),
+                        &staff,
+                        serde_json::json!({"branch_code": branch, "by": format!("{branch}-S01"),
+                            "reason": "customer moved to another city"}),
                     )
                     .await?;
                 }
+                "branch_reassign" if r < 50 => {
+                    let owner = if c.owner_agent.as_deref() == Some(&format!("{branch}-A02")) {
+                        format!("{branch}-A03")
+                    } else {
+                        format!("{branch}-A02")
+                    };
+                    self.claim(&c.policy_no, branch, &owner, &staff).await?;
+                }
+                _ => {}
+            }
+        }
+        for c in self
+            .get(
+                &format!("/v1/branches/{branch}/claims?state=claimed"),
+                &staff,
+            )
+            .await?
+        {
+            if c.phase != "confirming" {
+                continue;
+            }
+            let Some(owner) = c.owner_agent.clone() else {
+                continue;
+            };
+            let r = roll(self.seed, &c.policy_no, "confirming");
+            let me = self.badges.agent(&owner, branch, city.code)?;
+            if r < 85 {
+                self.post(
+                    &format!("/v1/cases/{}:confirm", c.policy_no),
+                    &me,
+                    serde_json::json!({"agent_code": owner}),
+                )
+                .await?;
+            } else if r < 93 {
+                self.post(
+                    &format!("/v1/cases/{}:release", c.policy_no),
+                    &me,
+                    serde_json::json!({"agent_code": owner, "reason": "customer is shopping around"}),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A city company's day: branches take pool cases, research traces origins.
+    async fn work_city(&self, city: &City) -> Result<(), SimError> {
+        let city_admin = self.badges.city_admin(city.code)?;
+        for c in self
+            .get(&format!("/v1/cities/{}/pool", city.code), &city_admin)
+            .await?
+        {
+            let r = roll(self.seed, &c.policy_no, &c.phase);
+            let taker = city.branches[(r as usize) % city.branches.len()];
+            if (c.phase == "pool" && r < 40) || (c.phase == "city_reassign" && r < 30) {
+                let staff = self.badges.branch_admin(taker, city.code)?;
+                self.claim(&c.policy_no, taker, &format!("{taker}-A04"), &staff)
+                    .await?;
+            }
+        }
+        for c in self
+            .get(&format!("/v1/cities/{}/research", city.code), &city_admin)
+            .await?
+        {
+            if roll(self.seed, &c.policy_no, "research") < 60 && c.city_code == city.code {
+                self.post(
+                    &format!("/v1/research/{}:resolve", c.policy_no),
+                    &city_admin,
+                    serde_json::json!({"branch_code": c.branch_code}),
+                )
+                .await?;
             }
         }
         Ok(())
