@@ -433,7 +433,27 @@ impl HeldTask {
 /// another replica, or after a restart, reads its task as before.
 #[derive(Default)]
 pub struct HeldTasks {
-    tasks: std::sync::Mutex<std::collections::HashMap<Uuid, HeldTask>>,
+    held: std::sync::Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    tasks: std::collections::HashMap<Uuid, HeldTask>,
+    /// Leases handed out here and not yet completed or released here, per agent.
+    by_agent: std::collections::HashMap<String, i64>,
+}
+
+impl Held {
+    fn remove(&mut self, id: &Uuid) -> Option<HeldTask> {
+        let task = self.tasks.remove(id)?;
+        if let Some(n) = self.by_agent.get_mut(&task.agent_id) {
+            *n -= 1;
+            if *n <= 0 {
+                self.by_agent.remove(&task.agent_id);
+            }
+        }
+        Some(task)
+    }
 }
 
 /// Leases remembered at most; past it the memory starts again (leases that run out
@@ -442,25 +462,37 @@ const HELD_AT_MOST: usize = 100_000;
 
 impl HeldTasks {
     pub fn remember(&self, id: Uuid, task: HeldTask) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        if tasks.len() >= HELD_AT_MOST {
-            tasks.clear();
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.tasks.len() >= HELD_AT_MOST {
+            *held = Held::default();
         }
-        tasks.insert(id, task);
+        *held.by_agent.entry(task.agent_id.clone()).or_default() += 1;
+        if let Some(earlier) = held.tasks.insert(id, task)
+            && let Some(n) = held.by_agent.get_mut(&earlier.agent_id)
+        {
+            *n -= 1;
+        }
     }
 
     pub fn forget(&self, id: Uuid) {
-        self.tasks
+        self.held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
     }
 
+    /// Leases this process handed `agent` and has not seen completed or released (an
+    /// upper bound on those still held here: some may have run out).
+    pub fn held_here(&self, agent: &str) -> i64 {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.by_agent.get(agent).copied().unwrap_or(0)
+    }
+
     /// The task if it was leased here under `token` (and forgets it).
     fn take(&self, id: Uuid, token: Uuid) -> Option<HeldTask> {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        match tasks.get(&id) {
-            Some(t) if t.lease_token == token => tasks.remove(&id),
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.tasks.get(&id) {
+            Some(t) if t.lease_token == token => held.remove(&id),
             _ => None,
         }
     }
