@@ -3,7 +3,7 @@
 //! token decides; a body field naming a branch or an agent must agree with it.
 
 use renewal_platform::{Caller, Problem, Role, Scope};
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::refusals::Refusal;
 
@@ -49,6 +49,26 @@ pub async fn branch_city(
         .bind(branch)
         .fetch_optional(conn)
         .await
+}
+
+/// The caller may read `branch`'s claims and agents; whether the branch is known.
+pub async fn read_branch(pool: &PgPool, caller: &Caller, branch: &str) -> Result<bool, Refusal> {
+    let mut conn = pool.acquire().await?;
+    let city = branch_city(&mut conn, branch).await?;
+    for_branch(caller, READ_BRANCH, branch, city.as_deref())?;
+    Ok(city.is_some())
+}
+
+/// The caller may act for `branch` (claims, declines): its city, or why not (403
+/// before 422, so an unknown branch is not told apart from another's).
+pub async fn act_for_branch(
+    tx: &mut PgConnection,
+    caller: &Caller,
+    branch: &str,
+) -> Result<String, Refusal> {
+    let city = branch_city(tx, branch).await?;
+    for_branch(caller, ACT_FOR_BRANCH, branch, city.as_deref())?;
+    city.ok_or_else(|| Refusal::UnknownBranch(branch.to_owned()))
 }
 
 /// The caller may act for `branch` (in `city`) with one of `roles`.

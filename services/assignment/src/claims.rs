@@ -240,10 +240,7 @@ async fn branch_claims(
     Path(branch): Path<String>,
     Query(q): Query<ClaimsQuery>,
 ) -> Result<Json<Page<ClaimView>>, Refusal> {
-    let mut conn = api.pool.acquire().await?;
-    let city = access::branch_city(&mut conn, &branch).await?;
-    drop(conn);
-    access::for_branch(&caller, access::READ_BRANCH, &branch, city.as_deref())?;
+    let known = access::read_branch(&api.pool, &caller, &branch).await?;
     let which = match q.state.as_deref().unwrap_or("pending") {
         "pending" => {
             "c.branch_code = $1 AND c.state = 'open' AND c.phase IN ('branch', 'branch_reassign')"
@@ -258,7 +255,7 @@ async fn branch_claims(
             )));
         }
     };
-    if city.is_none() {
+    if !known {
         return Err(Refusal::UnknownBranch(branch));
     }
     let sql = format!("SELECT {CLAIM_COLUMNS} FROM assignment.cases c WHERE {which} {BY_DEADLINE}");
@@ -428,15 +425,6 @@ pub(crate) async fn lock_case(
     Ok(case)
 }
 
-/// The branch's city; refuses an unknown branch.
-async fn branch_city(tx: &mut PgConnection, branch: &str) -> Result<String, Refusal> {
-    sqlx::query_scalar("SELECT city_code FROM assignment.branches WHERE branch_code = $1")
-        .bind(branch)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Refusal::UnknownBranch(branch.to_owned()))
-}
-
 /// A branch claims a case naming its owner. Exactly one of any number of concurrent
 /// claims wins: the case row is locked, and the losers find it owned.
 pub async fn claim(
@@ -451,9 +439,7 @@ pub async fn claim(
     let owner = required("owner_agent", request.owner_agent.as_deref().unwrap_or(""))?;
     let by = access::acting_as(caller, request.by.as_deref())?;
     let mut tx = pool.begin().await?;
-    let city = access::branch_city(&mut tx, branch).await?;
-    access::for_branch(caller, access::ACT_FOR_BRANCH, branch, city.as_deref())?;
-    let city = city.ok_or_else(|| Refusal::UnknownBranch(branch.to_owned()))?;
+    let city = access::act_for_branch(&mut tx, caller, branch).await?;
     check_new_owner(&mut tx, owner, branch).await?;
     let case = lock_case(&mut tx, policy_no).await?;
     if case.phase == "owned"
@@ -575,11 +561,7 @@ pub async fn decline(
     let reason = required("reason", request.reason.as_deref().unwrap_or(""))?;
     let by = access::acting_as(caller, request.by.as_deref())?;
     let mut tx = pool.begin().await?;
-    let city = access::branch_city(&mut tx, branch).await?;
-    access::for_branch(caller, access::ACT_FOR_BRANCH, branch, city.as_deref())?;
-    if city.is_none() {
-        return Err(Refusal::UnknownBranch(branch.to_owned()));
-    }
+    access::act_for_branch(&mut tx, caller, branch).await?;
     let case = lock_case(&mut tx, policy_no).await?;
     match case.phase.as_str() {
         "branch" if case.branch_code == branch => {}
@@ -660,7 +642,9 @@ async fn research_action(
     let by = access::acting_as(&caller, request.by.as_deref())?;
     let now = api.clock.now();
     let mut tx = api.pool.begin().await?;
-    let city = branch_city(&mut tx, branch).await?;
+    let city = access::branch_city(&mut tx, branch)
+        .await?
+        .ok_or_else(|| Refusal::UnknownBranch(branch.to_owned()))?;
     let case = lock_case(&mut tx, policy_no).await?;
     access::for_city(&caller, access::CITY, &case.city_code)?;
     if case.phase != "research" {

@@ -552,11 +552,7 @@ async fn branch_agents(
     Path(branch): Path<String>,
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Page<AgentView>>, Refusal> {
-    let mut conn = api.pool.acquire().await?;
-    let city = access::branch_city(&mut conn, &branch).await?;
-    drop(conn);
-    access::for_branch(&caller, access::READ_BRANCH, &branch, city.as_deref())?;
-    if city.is_none() {
+    if !access::read_branch(&api.pool, &caller, &branch).await? {
         return Err(Refusal::UnknownBranch(branch));
     }
     let after: String = page.after()?.unwrap_or_default();
