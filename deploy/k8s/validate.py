@@ -712,10 +712,18 @@ def wiring(repo, dev_path, prod_path, obs_path):
                   f"prod: image pinned ({', '.join(sorted(images))})")
             check(int(shared["NATS_STREAM_REPLICAS"]) <= nats["config"]["cluster"]["replicas"], "prod: stream replicas fit the NATS cluster")
             # Postgres connections: every pod's pool at the most pods (one surge each).
-            pool = int(shared.get("DATABASE_MAX_CONNECTIONS", 10))
+            # Dispatch keeps DATABASE_RESERVED_CONNECTIONS more for its webhook and sender.
+            shared_pool = int(shared.get("DATABASE_MAX_CONNECTIONS", 10))
             total = 0
             for s, d in deployments.items():
                 most = hpas[s]["spec"]["maxReplicas"] if s in hpas else d["spec"].get("replicas", 1)
+                pool = shared_pool
+                if s == "dispatch":
+                    own = r.env_of(d["spec"]["template"]["spec"]["containers"][0])
+                    reserved = own.get("DATABASE_RESERVED_CONNECTIONS")
+                    check(reserved is not None and reserved.isdigit() and int(reserved) >= 2,
+                          "prod/dispatch: DATABASE_RESERVED_CONNECTIONS set (connections for the webhook and sender)", f"is {reserved!r}")
+                    pool += int(reserved) if reserved and reserved.isdigit() else 0
                 need = (most + 1) * pool
                 total += need
                 limit = roles.get(s, {}).get("connectionLimit", -1)

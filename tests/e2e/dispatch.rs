@@ -813,3 +813,89 @@ async fn an_opt_out_stops_every_reminder_whatever_the_command_calls_it_and_no_no
     );
     system.finish().await;
 }
+
+/// The vendor's webhook and the sender have connections of their own: while API
+/// callers hold every connection of the services' pool (leases waiting on a lock), a
+/// message whose retry falls due is still sent, and the vendor's receipt for it is
+/// still recorded. When the lock goes, the waiting callers are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_callers_holding_every_connection_do_not_stop_the_sender_or_the_webhook() {
+    use renewal::vendor_sim::Fault;
+    let system = TestSystem::start("rsv", local("2026-12-01", 10)).await;
+    let sim = &system.sim;
+    let sms = send_sms("+8613900000021");
+    sim.vendor
+        .inject(&sms.mobile, Fault::Unavailable { times: 1 });
+    queue_sms(&system, &sms).await;
+    let (state, attempts, retry_at, ..) = message(&system, &sms).await;
+    assert_eq!((state.as_str(), attempts), ("queued", 1));
+
+    // Another session locks the phone tasks; more leases than the pool has
+    // connections each take one and wait for the lock.
+    let mut blocker = sim.pool().begin().await.expect("begin");
+    sqlx::query("LOCK TABLE dispatch.phone_tasks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("locked");
+    let services = &sim.deps.pool;
+    let size = services.options().get_max_connections();
+    let mut callers = tokio::task::JoinSet::new();
+    for agent in 0..size + 10 {
+        let (http, url) = (system.http.clone(), system.url("/v1/phone-tasks:lease"));
+        callers.spawn(async move {
+            http.post(url)
+                .json(&json!({"agent_id": format!("CC-{agent:03}"), "queue": "campaign", "max": 1}))
+                .send()
+                .await
+                .expect("HTTP answers")
+                .status()
+                .as_u16()
+        });
+    }
+    let exhausted = || services.size() == size && services.num_idle() == 0;
+    let waited = std::time::Instant::now();
+    while !exhausted() {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(10),
+            "the callers hold every connection ({} of {size} open, {} idle)",
+            services.size(),
+            services.num_idle()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The retry falls due: sent, and the vendor's receipt recorded, on the reserve.
+    sim.clock.advance_to(retry_at).expect("the clock moves");
+    let receipts = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM dispatch.sms_receipts WHERE message_id = $1::uuid",
+        )
+        .bind(&sms.command_id)
+        .fetch_one(sim.pool())
+        .await
+        .expect("count")
+    };
+    let waited = std::time::Instant::now();
+    while receipts().await == 0 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(15),
+            "the receipt was recorded while the API held the pool (message {:?})",
+            message(&system, &sms).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (state, attempts, _, sent_at, ..) = message(&system, &sms).await;
+    assert_eq!((state.as_str(), attempts), ("delivered", 2));
+    assert_eq!(sent_at, Some(retry_at));
+    assert!(exhausted(), "the API's callers still held the pool");
+
+    // The lock goes: the waiting callers get their answer, the rest a 503 to retry.
+    blocker.rollback().await.expect("rollback");
+    while let Some(status) = callers.join_next().await {
+        let status = status.expect("caller");
+        assert!(matches!(status, 200 | 503), "answered {status}");
+    }
+    assert_eq!(receipts().await, 1, "one receipt, recorded once");
+    assert_eq!(sim.vendor.requests_for(&sms.mobile), 2);
+    system.finish().await;
+}

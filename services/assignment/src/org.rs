@@ -114,7 +114,7 @@ impl axum::response::IntoResponse for OrgError {
             )
             .with("rows", problems),
             OrgError::Denied(problem) => problem,
-            OrgError::Db(e) => Problem::internal(&e),
+            OrgError::Db(e) => Problem::database(&e),
         }
         .into_response()
     }

@@ -78,7 +78,7 @@ impl IntoResponse for Refusal {
         let (status, code) = self.status_and_code();
         match self {
             Refusal::Denied(problem) => problem.into_response(),
-            Refusal::Db(e) => Problem::internal(&e).into_response(),
+            Refusal::Db(e) => Problem::database(&e).into_response(),
             other => Problem::new(status, code, other.to_string()).into_response(),
         }
     }

@@ -6,6 +6,10 @@ use chrono::NaiveTime;
 use renewal_platform::config::{ConfigError, Env};
 use secrecy::SecretString;
 
+/// The default reserve: one connection per sender (each holds its claimed batch's
+/// transaction while the vendor answers) and as many again for the webhook.
+pub const RESERVED_CONNECTIONS: u32 = 2 * crate::sms::sending::WORKERS as u32;
+
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
     /// The SMS vendor's API base URL (a local mock in tests and the demo).
@@ -32,6 +36,10 @@ pub struct DispatchConfig {
     pub call_hours: Hours,
     /// Requests per second the vendor accepts from us (its rate limit for our account).
     pub vendor_qps: u32,
+    /// Connections kept apart for the vendor's webhook and the SMS sender
+    /// (`DATABASE_RESERVED_CONNECTIONS`), beside the main pool the API and the
+    /// consumers share, so no caller of the API can starve them.
+    pub reserved_connections: u32,
 }
 
 /// A daily window of local time, [start, end).
@@ -118,6 +126,16 @@ impl DispatchConfig {
                     });
                 }
                 qps
+            },
+            reserved_connections: {
+                let n: u32 = env.or("DATABASE_RESERVED_CONNECTIONS", RESERVED_CONNECTIONS)?;
+                if !(2..=100).contains(&n) {
+                    return Err(ConfigError::Invalid {
+                        var: "DATABASE_RESERVED_CONNECTIONS".into(),
+                        reason: format!("must be 2 to 100 (got {n})"),
+                    });
+                }
+                n
             },
         })
     }

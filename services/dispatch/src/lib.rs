@@ -76,9 +76,11 @@ pub async fn run_with(
     let outbox = outbox();
     let queued = Arc::new(Notify::new());
     let vendor = sms::vendor::AliyunSms::new(&config).map_err(|e| e.to_string())?;
+    // The vendor's pushes and the sender work on connections of their own.
+    let reserved = renewal_platform::postgres::pool_beside(&deps.pool, config.reserved_connections);
     deps.http
         .mount(sms::receipts::routes(sms::receipts::Webhook {
-            pool: deps.pool.clone(),
+            pool: reserved.clone(),
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
             tokens: std::iter::once(config.webhook_token.clone())
@@ -109,7 +111,7 @@ pub async fn run_with(
     service.consume(OWNER_CHANGES, commands::OwnerChanges);
     service.spawn(sms::sending::run(
         sms::sending::Sender {
-            pool: deps.pool.clone(),
+            pool: reserved,
             outbox,
             clock: deps.clock.clone(),
             vendor,

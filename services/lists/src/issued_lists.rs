@@ -386,7 +386,7 @@ async fn issue_on_demand(
             })
             .into_response()
         }
-        Err(e) => renewal_platform::Problem::internal(&e).into_response(),
+        Err(e) => renewal_platform::Problem::database(&e).into_response(),
     }
 }
 

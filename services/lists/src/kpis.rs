@@ -59,7 +59,7 @@ impl IntoResponse for KpiError {
             }
             KpiError::Refused(p) => p,
             // The error names the failing statement, never a customer's data.
-            KpiError::Database(e) => Problem::internal(&e),
+            KpiError::Database(e) => Problem::database(&e),
         }
         .into_response()
     }
@@ -548,7 +548,10 @@ mod tests {
     fn errors_map_to_their_statuses() {
         let bad = KpiError::InvalidQuery("to: nope".into()).into_response();
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-        let db = KpiError::Database(sqlx::Error::PoolTimedOut).into_response();
-        assert_eq!(db.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let busy = KpiError::Database(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(busy.headers().contains_key("retry-after"));
+        let ours = KpiError::Database(sqlx::Error::RowNotFound).into_response();
+        assert_eq!(ours.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -119,6 +119,7 @@ impl IntoResponse for ViewError {
     fn into_response(self) -> Response {
         match self {
             ViewError::Refused(p) => p,
+            ViewError::Db(e) => Problem::database(&e),
             other => Problem::internal(&other),
         }
         .into_response()

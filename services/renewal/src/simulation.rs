@@ -60,6 +60,8 @@ pub struct Simulation {
     /// Where the vendor pushes receipts (with the secret path token).
     pub webhook_url: String,
     pub time_zone: chrono_tz::Tz,
+    /// Connections of the simulation's own (`pool()`); the services use `deps.pool`.
+    outside: PgPool,
     consumers: Vec<(&'static str, &'static str, PullConsumer)>,
     cancel: CancellationToken,
     services: JoinHandle<Result<(), String>>,
@@ -84,6 +86,7 @@ fn dispatch_config(vendor_addr: SocketAddr, token: SecretString) -> DispatchConf
         call_hours: call_hours(),
         // The mock vendor on loopback has no rate limit of its own.
         vendor_qps: 50_000,
+        reserved_connections: renewal_dispatch::config::RESERVED_CONNECTIONS,
     }
 }
 
@@ -142,8 +145,12 @@ impl Simulation {
         );
         http.set_identity(Authenticator::development(&issuer), Some(issuer.clone()));
 
+        // The world outside the services (the mock vendor, the simulation's own
+        // bookkeeping, the tests' checks) has connections of its own, so it is not
+        // slowed or stopped by the services' use of theirs.
+        let outside = renewal_platform::postgres::pool_beside(&pool, 8);
         let token = webhook_token();
-        let vendor = VendorSim::new(pool.clone(), clock.clone(), options.seed);
+        let vendor = VendorSim::new(outside.clone(), clock.clone(), options.seed);
         let vendor_listener = renewal_platform::http::bind(crate::vendor_sim::bind_addr())
             .await
             .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
@@ -202,6 +209,7 @@ impl Simulation {
             issuer,
             webhook_url: webhook,
             time_zone: options.time_zone,
+            outside,
             consumers,
             cancel,
             services,
@@ -215,8 +223,10 @@ impl Simulation {
             .map_err(|e| SimError::Other(e.to_string()))
     }
 
+    /// Connections to the services' database for the simulation, its people and the
+    /// tests (apart from the services' own, `deps.pool`).
     pub fn pool(&self) -> &PgPool {
-        &self.deps.pool
+        &self.outside
     }
 
     pub fn now(&self) -> DateTime<Utc> {

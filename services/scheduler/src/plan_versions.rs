@@ -84,7 +84,7 @@ impl IntoResponse for PlanApiError {
             PlanApiError::Plan(e) => {
                 Problem::new(StatusCode::BAD_REQUEST, "invalid_plan", e.to_string())
             }
-            PlanApiError::Db(e) => Problem::internal(&e),
+            PlanApiError::Db(e) => Problem::database(&e),
         }
         .into_response()
     }

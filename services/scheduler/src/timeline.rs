@@ -53,7 +53,7 @@ async fn timeline(
     .bind(&policy_no)
     .fetch_optional(&pool)
     .await
-    .map_err(|e| Problem::internal(&e))?;
+    .map_err(|e| Problem::database(&e))?;
     let unknown = || {
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -73,7 +73,7 @@ async fn timeline(
     match load(&pool, &policy_no).await {
         Ok(Some(body)) => Ok(Json(body)),
         Ok(None) => Err(unknown()),
-        Err(e) => Err(Problem::internal(&e)),
+        Err(e) => Err(Problem::database(&e)),
     }
 }
 

@@ -290,7 +290,7 @@ async fn list(
         .bind(page_size)
         .fetch_all(&log.pool)
         .await
-        .map_err(|e| Problem::internal(&e))?;
+        .map_err(|e| Problem::database(&e))?;
     let mut entries = Vec::with_capacity(rows.len());
     let mut last = None;
     for row in &rows {

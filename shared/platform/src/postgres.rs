@@ -48,6 +48,17 @@ pub fn pool(url: &SecretString, max_connections: u32) -> Result<PgPool, DbError>
         .connect_lazy_with(options(url)?.options([("jit", "off")])))
 }
 
+/// A second pool to the same database with its own connections, for work that must
+/// not wait behind the API's callers (dispatch's vendor webhook and SMS sender): a
+/// burst of requests can hold every connection of the main pool, never these.
+pub fn pool_beside(pool: &PgPool, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// Begins a transaction that claims from a queue table (the outbox, queued SMS):
 /// its claim reads the queue's partial index by index scan, never by bitmap scan.
 /// Rows leaving a queue leave dead entries in its index until autovacuum comes, and

@@ -102,6 +102,22 @@ impl Problem {
         .retry_after(1)
     }
 
+    /// A Postgres failure: when every connection is busy, the database is out of
+    /// reach or the transaction lost a race and was rolled back, 503 with `Retry-After` (the same request will do once it answers);
+    /// anything else is ours, 500.
+    pub fn database(e: &sqlx::Error) -> Problem {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Problem::unavailable(e)
+            }
+            // Serialization failures and deadlocks: the transaction was rolled back.
+            sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01")) => {
+                Problem::unavailable(e)
+            }
+            other => Problem::internal(other),
+        }
+    }
+
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }

@@ -92,7 +92,7 @@ impl IntoResponse for TaskError {
             TaskError::NotFound(d) => Problem::new(StatusCode::NOT_FOUND, "not_found", d),
             TaskError::Conflict(d) => Problem::new(StatusCode::CONFLICT, "lease_conflict", d),
             TaskError::Invalid(d) => Problem::new(StatusCode::BAD_REQUEST, "invalid_request", d),
-            TaskError::Db(e) => Problem::unavailable(&e),
+            TaskError::Db(e) => Problem::database(&e),
             TaskError::Unavailable(e) => Problem::unavailable(&e),
             TaskError::Refused(p) => p,
         };
