@@ -138,6 +138,7 @@ impl Deployment {
                     .env("AUTH_DEV", "on")
                     .env("RENEWAL_STATE_DIR", &state)
                     .env("SHUTDOWN_GRACE", "10s")
+                    .env("SMS_VENDOR_TIMEOUT", "5s")
                     .env(
                         "RUST_LOG",
                         if log {

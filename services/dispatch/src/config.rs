@@ -40,6 +40,9 @@ pub struct DispatchConfig {
     /// (`DATABASE_RESERVED_CONNECTIONS`), beside the main pool the API and the
     /// consumers share, so no caller of the API can starve them.
     pub reserved_connections: u32,
+    /// How long after a lost answer (or a sender's death) the vendor is asked whether
+    /// it took the message (`SMS_RECONCILE_AFTER`): its records lag behind its answers.
+    pub reconcile_after: Duration,
 }
 
 /// A daily window of local time, [start, end).
@@ -105,12 +108,24 @@ impl DispatchConfig {
         let webhook_previous_token = webhook_token(env, "SMS_WEBHOOK_TOKEN_PREVIOUS")?;
         let webhook_allow = networks(env, "SMS_WEBHOOK_ALLOW")?;
         let trusted_proxies = networks(env, "TRUSTED_PROXIES")?;
+        let vendor_timeout = env.duration_or("SMS_VENDOR_TIMEOUT", Duration::from_secs(10))?;
+        // A stopping process lets its calls in flight finish and records their answers:
+        // its grace must outlast a call (else they are left for the vendor to be asked).
+        let grace = env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(20))?;
+        if grace <= vendor_timeout {
+            return Err(ConfigError::Invalid {
+                var: "SMS_VENDOR_TIMEOUT".into(),
+                reason: format!(
+                    "must be shorter than SHUTDOWN_GRACE ({grace:?}), so calls in flight end before the process does"
+                ),
+            });
+        }
         Ok(DispatchConfig {
             vendor_url,
             sign_name: env.or("SMS_SIGN_NAME", "车险续保".to_owned())?,
             access_key_id: env.or("SMS_ACCESS_KEY_ID", String::new())?,
             access_key_secret: env.secret_or("SMS_ACCESS_KEY_SECRET", ""),
-            vendor_timeout: env.duration_or("SMS_VENDOR_TIMEOUT", Duration::from_secs(10))?,
+            vendor_timeout,
             webhook_token: current,
             webhook_previous_token,
             webhook_allow,
@@ -127,6 +142,7 @@ impl DispatchConfig {
                 }
                 qps
             },
+            reconcile_after: env.duration_or("SMS_RECONCILE_AFTER", Duration::from_secs(60))?,
             reserved_connections: {
                 let n: u32 = env.or("DATABASE_RESERVED_CONNECTIONS", RESERVED_CONNECTIONS)?;
                 if !(2..=100).contains(&n) {

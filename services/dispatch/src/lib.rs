@@ -109,6 +109,8 @@ pub async fn run_with(
     );
     service.consume(CLOSED_CASES, commands::ClosedCases);
     service.consume(OWNER_CHANGES, commands::OwnerChanges);
+    let stops = sms::stops::Stops::default();
+    service.spawn(stops.clone().watch(reserved.clone(), cancel.clone()));
     service.spawn(sms::sending::run(
         sms::sending::Sender {
             pool: reserved,
@@ -116,6 +118,10 @@ pub async fn run_with(
             clock: deps.clock.clone(),
             vendor,
             hours: config.sms_hours,
+            stops,
+            vendor_timeout: config.vendor_timeout,
+            ask_after: config.reconcile_after,
+            in_flight: Default::default(),
         },
         queued,
         cancel,

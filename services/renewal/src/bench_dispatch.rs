@@ -413,7 +413,8 @@ async fn send_burst(sim: &Simulation, prefix: &str) -> Result<(i64, f64), String
         .map_err(err)?;
     loop {
         let queued: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM dispatch.sms_messages WHERE state = 'queued'")
+            // Done when none is waiting or with the vendor.
+            sqlx::query_scalar("SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('queued', 'sending', 'unknown')")
                 .fetch_one(sim.pool())
                 .await
                 .map_err(err)?;
@@ -421,13 +422,15 @@ async fn send_burst(sim: &Simulation, prefix: &str) -> Result<(i64, f64), String
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
-            return Err(format!("{queued} messages still queued after 600 s"));
+            return Err(format!(
+                "{queued} messages still queued or sending after 600 s"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let sent: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM dispatch.sms_messages WHERE policy_no LIKE $1 || '%' AND state <> 'queued'",
+        "SELECT count(*) FROM dispatch.sms_messages WHERE policy_no LIKE $1 || '%' AND state IN ('sent', 'delivered')",
     )
     .bind(prefix)
     .fetch_one(sim.pool())

@@ -9,7 +9,9 @@
 //! or refusing for good with a vendor error code. Receipts can be held back for a while
 //! (as handsets report seconds later), then pushed as they are owed. The demo has some
 //! customers answer their first delivered SMS with an opt-out (`TD`, `退订`, ...), pushed
-//! as the vendor pushes replies (`SmsUp`).
+//! as the vendor pushes replies (`SmsUp`). It answers `QuerySendDetails` from the
+//! messages it took, and can play a slow vendor (answers 2-5 s after taking a message)
+//! or one that takes a message and never answers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +35,11 @@ pub enum Fault {
     Unavailable { times: u32 },
     /// Refused every time with this vendor error code (e.g. `isv.BLACK_KEY_CONTROL_LIMIT`).
     Refuse { code: String },
+    /// Takes the next `times` messages (they reach the customer) and never answers, so
+    /// the caller times out not knowing.
+    AcceptThenHang { times: u32 },
+    /// Neither takes nor answers the next `times` messages (a request lost on the way).
+    Hang { times: u32 },
 }
 
 /// A message accepted, waiting for the writer to store it.
@@ -43,6 +50,8 @@ struct Pending {
     template_code: String,
     delivered: bool,
     accepted_at: chrono::DateTime<Utc>,
+    /// When the request arrived, on the wall clock (the business clock may be simulated).
+    received_at: chrono::DateTime<Utc>,
     stored: oneshot::Sender<Result<(), String>>,
 }
 
@@ -68,6 +77,9 @@ pub struct VendorSim {
     /// Numbers that replied already (each replies once).
     replied: Arc<Mutex<std::collections::HashSet<String>>>,
     faults: Arc<Mutex<Faults>>,
+    /// Every answer to `SendSms` waits this long after the message is taken (a slow
+    /// vendor: between the two bounds, fixed per message).
+    answer_delay: Arc<Mutex<Option<(Duration, Duration)>>>,
     writer: mpsc::Sender<Pending>,
     writes: Arc<Mutex<Option<mpsc::Receiver<Pending>>>>,
 }
@@ -75,14 +87,20 @@ pub struct VendorSim {
 /// Messages the writer stores in one statement at most.
 const WRITE_BATCH: usize = 1000;
 
-/// Whether a given phone receives its SMS: fixed by phone and seed, so reruns agree.
-fn delivers(phone: &str, seed: u64, rate: u64) -> bool {
+/// FNV-1a of `bytes`, seeded: the mock's picks are fixed by input and seed, so reruns
+/// agree.
+fn fnv(bytes: &[u8], seed: u64) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325 ^ seed;
-    for b in phone.bytes() {
-        h ^= b as u64;
+    for b in bytes {
+        h ^= *b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    h % 100 < rate
+    h
+}
+
+/// Whether a given phone receives its SMS.
+fn delivers(phone: &str, seed: u64, rate: u64) -> bool {
+    fnv(phone.as_bytes(), seed) % 100 < rate
 }
 
 fn is_mobile(phone: &str) -> bool {
@@ -108,6 +126,7 @@ impl VendorSim {
             opt_out_rate: Default::default(),
             replied: Default::default(),
             faults: Arc::new(Mutex::new(Faults::default())),
+            answer_delay: Default::default(),
             writer,
             writes: Arc::new(Mutex::new(Some(writes))),
         }
@@ -117,6 +136,24 @@ impl VendorSim {
     pub fn inject(&self, phone: &str, fault: Fault) {
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         faults.by_phone.insert(phone.to_owned(), fault);
+    }
+
+    /// Answers every `SendSms` between `min` and `max` after taking the message (None:
+    /// at once).
+    pub fn answer_after(&self, delay: Option<(Duration, Duration)>) {
+        *self.answer_delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    }
+
+    fn answer_delay_for(&self, out_id: &str) -> Option<Duration> {
+        let (min, max) = (*self.answer_delay.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let spread = max.saturating_sub(min).as_millis() as u64;
+        let pick = fnv(out_id.as_bytes(), self.seed) % (spread + 1);
+        Some(min + Duration::from_millis(pick))
+    }
+
+    /// Whether receipts are being held back.
+    pub fn receipts_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Holds every receipt back (true) or pushes those owed and the ones to come (false).
@@ -153,6 +190,14 @@ impl VendorSim {
                 Some(Fault::Unavailable { times: *times })
             }
             Some(Fault::Refuse { code }) => Some(Fault::Refuse { code: code.clone() }),
+            Some(Fault::AcceptThenHang { times }) if *times > 0 => {
+                *times -= 1;
+                Some(Fault::AcceptThenHang { times: *times })
+            }
+            Some(Fault::Hang { times }) if *times > 0 => {
+                *times -= 1;
+                Some(Fault::Hang { times: *times })
+            }
             _ => None,
         }
     }
@@ -189,8 +234,8 @@ impl VendorSim {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-                "INSERT INTO demo.vendor_messages (biz_id, out_id, phone, template_code, delivered, accepted_at)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[])",
+                "INSERT INTO demo.vendor_messages (biz_id, out_id, phone, template_code, delivered, accepted_at, received_at)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::timestamptz[], $7::timestamptz[])",
             )
             .bind(batch.iter().map(|p| p.biz_id.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|p| p.out_id.as_str()).collect::<Vec<_>>())
@@ -198,6 +243,7 @@ impl VendorSim {
             .bind(batch.iter().map(|p| p.template_code.as_str()).collect::<Vec<_>>())
             .bind(batch.iter().map(|p| p.delivered).collect::<Vec<_>>())
             .bind(batch.iter().map(|p| p.accepted_at).collect::<Vec<_>>())
+            .bind(batch.iter().map(|p| p.received_at).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         tx.commit().await
@@ -442,7 +488,15 @@ async fn send_sms(
             ),
         );
     }
-    let (status, body) = accept(&vendor, &headers, &q, &request_id).await;
+    let action = headers
+        .get("x-acs-action")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (status, body) = if action == renewal_dispatch::sms::vendor::QUERY_ACTION {
+        query_send_details(&vendor, &q, &request_id).await
+    } else {
+        accept(&vendor, &headers, &q, &request_id).await
+    };
     (status, Json(body))
 }
 
@@ -478,7 +532,8 @@ async fn accept(
             serde_json::json!({"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "invalid mobile", "RequestId": request_id}),
         );
     }
-    match vendor.fault_for(phone) {
+    let fault = vendor.fault_for(phone);
+    match &fault {
         Some(Fault::Unavailable { .. }) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -491,7 +546,8 @@ async fn accept(
                 serde_json::json!({"Code": code, "Message": "refused by the mock vendor", "RequestId": request_id}),
             );
         }
-        None => {}
+        Some(Fault::Hang { .. }) => std::future::pending::<()>().await,
+        Some(Fault::AcceptThenHang { .. }) | None => {}
     }
     let now = vendor.clock.now();
     let biz_id = format!(
@@ -507,6 +563,7 @@ async fn accept(
         template_code: field("TemplateCode").to_owned(),
         delivered: delivers(phone, vendor.seed, vendor.delivery_rate),
         accepted_at: now,
+        received_at: Utc::now(),
         stored,
     };
     let stored = match vendor.writer.send(pending).await {
@@ -523,9 +580,89 @@ async fn accept(
         );
     }
     renewal_platform::activity::record();
+    if let Some(Fault::AcceptThenHang { .. }) = fault {
+        // Taken, and never answered: the caller gives up at its timeout.
+        std::future::pending::<()>().await;
+    }
+    if let Some(delay) = vendor.answer_delay_for(field("OutId")) {
+        tokio::time::sleep(delay).await;
+    }
     (
         StatusCode::OK,
         serde_json::json!({"Code": "OK", "Message": "OK", "BizId": biz_id, "RequestId": request_id}),
+    )
+}
+
+/// `QuerySendDetails`: the messages taken for `PhoneNumber` on `SendDate` (yyyyMMdd,
+/// China's calendar), a page at a time, with their `OutId` and status.
+async fn query_send_details(
+    vendor: &VendorSim,
+    q: &HashMap<String, String>,
+    request_id: &str,
+) -> (StatusCode, serde_json::Value) {
+    let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let day = chrono::NaiveDate::parse_from_str(field("SendDate"), "%Y%m%d");
+    let size: i64 = field("PageSize").parse().unwrap_or(0);
+    let page: i64 = field("CurrentPage").parse().unwrap_or(0);
+    let (Ok(day), true, true) = (day, (1..=50).contains(&size), page >= 1) else {
+        return (
+            StatusCode::OK,
+            serde_json::json!({"Code": "isv.INVALID_PARAMETERS", "Message": "PhoneNumber, SendDate, PageSize (1-50) and CurrentPage are required", "RequestId": request_id}),
+        );
+    };
+    let rows = sqlx::query(
+        "SELECT out_id, delivered, pushed_at IS NOT NULL AS reported, template_code, accepted_at,
+                count(*) OVER () AS total
+         FROM demo.vendor_messages
+         WHERE phone = $1 AND (accepted_at AT TIME ZONE 'Asia/Shanghai')::date = $2
+         ORDER BY accepted_at, biz_id LIMIT $3 OFFSET $4",
+    )
+    .bind(field("PhoneNumber"))
+    .bind(day)
+    .bind(size)
+    .bind((page - 1) * size)
+    .fetch_all(&vendor.pool)
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "mock vendor could not read its messages");
+            return (
+                StatusCode::OK,
+                serde_json::json!({"Code": "isp.SYSTEM_ERROR", "Message": "try again", "RequestId": request_id}),
+            );
+        }
+    };
+    let total: i64 = rows
+        .first()
+        .and_then(|r| r.try_get("total").ok())
+        .unwrap_or(0);
+    let details: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let delivered: bool = r.try_get("delivered").unwrap_or(false);
+            let reported: bool = r.try_get("reported").unwrap_or(false);
+            let status = match (reported, delivered) {
+                (false, _) => 1,
+                (true, false) => 2,
+                (true, true) => 3,
+            };
+            serde_json::json!({
+                "OutId": r.try_get::<String, _>("out_id").unwrap_or_default(),
+                "SendStatus": status,
+                "ErrCode": if status == 3 { "DELIVERED" } else { "" },
+                "TemplateCode": r.try_get::<String, _>("template_code").unwrap_or_default(),
+                "PhoneNum": field("PhoneNumber"),
+            })
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        serde_json::json!({
+            "Code": "OK", "Message": "OK", "RequestId": request_id,
+            "TotalCount": total.to_string(),
+            "SmsSendDetailDTOs": {"SmsSendDetailDTO": details},
+        }),
     )
 }
 

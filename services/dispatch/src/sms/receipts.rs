@@ -197,7 +197,8 @@ async fn report(
 /// Records a batch in one transaction of two statements, whatever its size: every
 /// receipt is kept once (a repeat is ignored by its natural key; one for a message we do
 /// not know is kept with no message, for reconciliation), and each message the batch
-/// moves out of `queued`/`sent` takes the first final receipt it got; a message already
+/// moves out of `queued`, `sending`, `unknown` or `sent` (a receipt proves the vendor
+/// took it, whatever its sender recorded so far) takes the first final receipt it got; a message already
 /// delivered or failed stays so (monotonic). The events of the messages that moved are
 /// written to the outbox with one insert. Returns how many messages changed state.
 async fn record(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sqlx::Error> {
@@ -265,7 +266,7 @@ async fn record_once(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sql
          locked AS MATERIALIZED (
              SELECT m.id, f.success, f.err_code
              FROM dispatch.sms_messages m JOIN first_final f ON f.message_id = m.id
-             WHERE m.state IN ('queued', 'sent')
+             WHERE m.state IN ('queued', 'sending', 'unknown', 'sent')
              ORDER BY m.id
              FOR UPDATE OF m
          ),
@@ -274,7 +275,7 @@ async fn record_once(hook: &Webhook, reports: &[SmsReport]) -> Result<usize, sql
              SET state = CASE WHEN l.success THEN 'delivered' ELSE 'failed' END,
                  vendor_code = l.err_code, receipt_at = $7
              FROM locked l
-             WHERE m.id = l.id AND m.state IN ('queued', 'sent')
+             WHERE m.id = l.id AND m.state IN ('queued', 'sending', 'unknown', 'sent')
              RETURNING m.id, m.case_id, m.policy_no, m.stage, m.vendor_message_id, m.traceparent,
                        l.success, l.err_code
          )

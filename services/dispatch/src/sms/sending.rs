@@ -1,16 +1,29 @@
-//! The sender: claims a batch of queued messages with `FOR UPDATE SKIP LOCKED`,
-//! re-checks what must never happen (closed case, opted-out customer, night time), hands
-//! the rest to the vendor [`IN_FLIGHT`] at a time (paced by the vendor's QPS; in any
-//! order, so a slow answer holds back no other request), and records every outcome with
-//! its event in one transaction: one update and one outbox insert for the whole batch. [`WORKERS`] senders run at once, so one batch is being
-//! claimed or recorded while another is with the vendor. Transient failures retry with
-//! backoff; after too many attempts the message is dead with its reason; permanent
-//! refusals fail at once.
+//! The sender: hands each queued SMS to the vendor at most once.
+//!
+//! 1. **Claim**: a batch of due messages is taken with `FOR UPDATE SKIP LOCKED`, checked
+//!    against what must never happen (closed case, opted-out customer, night time), and
+//!    the rest are committed as `sending` with their attempt counted, before any call.
+//! 2. **Hand over**: [`IN_FLIGHT`] at a time (paced by the vendor's QPS; in any order, so
+//!    a slow answer holds back no other request). Right before each call the message is
+//!    checked again against the renewals and opt-outs noted since the claim
+//!    ([`super::stops`]); nothing waits on a lock of a message being sent, so a close or
+//!    an opt-out is never held up by a slow vendor.
+//! 3. **Record** every outcome with its event in one transaction (one update and one
+//!    outbox insert for the batch), only where the message is still in the attempt this
+//!    sender made. An answer the vendor did not give (a timeout, a reset) leaves the
+//!    message `unknown`, and a crash leaves it `sending`: neither is sent again before the
+//!    vendor was asked about it ([`super::doubts`]).
+//!
+//! [`WORKERS`] senders run at once, so one batch is being claimed or recorded while
+//! another is with the vendor. A refusal that says the vendor did not take the message
+//! retries with backoff; after too many attempts the message is dead with its reason;
+//! permanent refusals fail at once.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use renewal_contract::dispatch::{SmsStatus, SmsStatusChanged};
 use renewal_contract::subject;
@@ -21,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Hours;
+use crate::sms::stops::{Stop, Stops};
 use crate::sms::templates;
 use crate::sms::vendor::{SmsRequest, SmsVendor, VendorError};
 
@@ -38,6 +52,15 @@ pub struct Sender<V> {
     pub clock: Clock,
     pub vendor: V,
     pub hours: Hours,
+    /// Renewals and opt-outs noted since a batch was claimed.
+    pub stops: Stops,
+    /// The vendor's timeout (a call takes no longer).
+    pub vendor_timeout: Duration,
+    /// How long after a lost answer the vendor is asked about the message (its records
+    /// lag behind its answers).
+    pub ask_after: Duration,
+    /// Messages this process has with the vendor now (never settled from under it).
+    pub in_flight: Arc<Mutex<HashSet<Uuid>>>,
 }
 
 pub async fn run<V: SmsVendor>(sender: Sender<V>, queued: Arc<Notify>, cancel: CancellationToken) {
@@ -49,6 +72,10 @@ async fn work<V: SmsVendor>(sender: &Sender<V>, queued: &Notify, cancel: &Cancel
     loop {
         if cancel.is_cancelled() {
             return;
+        }
+        // Nothing in doubt is sent again before the vendor was asked about it.
+        if let Err(e) = sender.settle_doubts().await {
+            tracing::warn!(error = %e, "settling SMS in doubt failed; retrying");
         }
         let claimed = match sender.send_batch().await {
             Ok(n) if n as i64 == BATCH => continue,
@@ -84,10 +111,12 @@ async fn work<V: SmsVendor>(sender: &Sender<V>, queued: &Notify, cancel: &Cancel
     }
 }
 
-/// When this service next has work of its own: the earliest queued message's attempt.
+/// When this service next has work of its own: the earliest attempt of a queued
+/// message, or the time to ask the vendor about one in doubt.
 pub async fn next_wakeup(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT min(next_attempt_at) FROM dispatch.sms_messages WHERE state = 'queued'",
+        "SELECT min(next_attempt_at) FROM dispatch.sms_messages
+         WHERE state IN ('queued', 'sending', 'unknown')",
     )
     .fetch_one(pool)
     .await
@@ -108,31 +137,122 @@ pub fn next_allowed(now: DateTime<Utc>, tz: chrono_tz::Tz, hours: Hours) -> Opti
     Some(local_instant(day, hours.start, tz))
 }
 
-struct Claimed {
-    id: Uuid,
-    case_id: Uuid,
-    policy_no: String,
-    stage: String,
-    template: String,
-    mobile: String,
-    params: serde_json::Value,
-    attempts: i32,
-    traceparent: Option<String>,
+/// The states of a message (`dispatch.sms_messages.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmsState {
+    Queued,
+    /// Committed before its vendor call: the call is under way (or its sender died).
+    Sending,
+    /// The vendor's answer was lost: it may or may not have the message.
+    Unknown,
+    Sent,
+    Delivered,
+    Failed,
+    Dead,
+    Withdrawn,
+    Suppressed,
 }
 
-enum Verdict {
+impl SmsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmsState::Queued => "queued",
+            SmsState::Sending => "sending",
+            SmsState::Unknown => "unknown",
+            SmsState::Sent => "sent",
+            SmsState::Delivered => "delivered",
+            SmsState::Failed => "failed",
+            SmsState::Dead => "dead",
+            SmsState::Withdrawn => "withdrawn",
+            SmsState::Suppressed => "suppressed",
+        }
+    }
+}
+
+/// The vendor's date of an attempt (it keeps its records by China's calendar; SMS go
+/// out only by day, so an attempt never straddles its midnight).
+pub fn vendor_day(at: DateTime<Utc>) -> NaiveDate {
+    local_date(at, chrono_tz::Asia::Shanghai)
+}
+
+pub(crate) struct Claimed {
+    pub id: Uuid,
+    pub case_id: Uuid,
+    pub policy_no: String,
+    pub stage: String,
+    pub template: String,
+    pub mobile: String,
+    pub params: serde_json::Value,
+    pub marketing: bool,
+    /// Attempts made, this one included once it is claimed for sending.
+    pub attempts: i32,
+    pub traceparent: Option<String>,
+}
+
+pub(crate) enum Verdict {
     Sent(String),
+    /// The vendor did not take it: queued again for `at`.
     Retry(DateTime<Utc>, String),
+    /// Not handed over after all (no attempt made): queued again for `at`.
+    Requeued(DateTime<Utc>, &'static str),
+    /// The vendor's answer was lost: asked about at `at`.
+    Unknown(DateTime<Utc>, String),
     Dead(String),
     Failed(String, String),
-    Suppressed(&'static str),
+    /// Not sent: its case closed or its number opted out before the claim.
+    Suppressed(SmsState),
+    /// Not sent: its case closed or its number opted out after the claim.
+    Stopped(SmsState),
     Deferred(DateTime<Utc>),
 }
 
 impl<V: SmsVendor> Sender<V> {
     /// Sends one batch; returns how many messages it claimed.
     pub async fn send_batch(&self) -> Result<usize, sqlx::Error> {
+        // Nothing is claimed for sending while the stops cannot be checked.
+        if !self.stops.wait_fresh(Duration::from_secs(1)).await {
+            return Ok(0);
+        }
         let now = self.clock.now();
+        let (claimed, to_send) = self.claim(now).await?;
+        if to_send.is_empty() {
+            return Ok(claimed);
+        }
+        let sends: Vec<_> = to_send
+            .iter()
+            .enumerate()
+            .map(|(i, m)| async move { (i, self.hand_over(m, now).await) })
+            .collect();
+        // Unordered, so one slow answer does not hold back the requests behind it.
+        let mut outcomes: Vec<(usize, Verdict)> = futures::stream::iter(sends)
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        outcomes.sort_by_key(|(i, _)| *i);
+        let ids: Vec<Uuid> = to_send.iter().map(|m| m.id).collect();
+        let verdicts: Vec<(Claimed, Verdict)> = to_send
+            .into_iter()
+            .zip(outcomes.into_iter().map(|(_, v)| v))
+            .collect();
+        let recorded = async {
+            let mut tx = self.pool.begin().await?;
+            let events = record(&mut tx, &self.outbox, &verdicts, now, Fence::Attempt).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(events)
+        }
+        .await;
+        // Unrecorded, they stay `sending` and are settled by asking the vendor.
+        self.release(&ids);
+        if recorded? > 0 {
+            self.outbox.wake();
+        }
+        renewal_platform::activity::record();
+        Ok(claimed)
+    }
+
+    /// Claims due messages; records those that must not or cannot go now, and commits
+    /// the rest as `sending`. Returns how many it claimed, and those to hand over.
+    async fn claim(&self, now: DateTime<Utc>) -> Result<(usize, Vec<Claimed>), sqlx::Error> {
         let mut tx = renewal_platform::postgres::begin_claim(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT m.id, m.case_id, m.policy_no, m.stage, m.template, m.mobile, m.template_params, m.time_zone,
@@ -152,7 +272,7 @@ impl<V: SmsVendor> Sender<V> {
         let mut to_send = Vec::new();
         let mut verdicts = Vec::new();
         for row in &rows {
-            let claimed = Claimed {
+            let mut claimed = Claimed {
                 id: row.try_get("id")?,
                 case_id: row.try_get("case_id")?,
                 policy_no: row.try_get("policy_no")?,
@@ -160,6 +280,7 @@ impl<V: SmsVendor> Sender<V> {
                 template: row.try_get("template")?,
                 mobile: row.try_get("mobile")?,
                 params: row.try_get("template_params")?,
+                marketing: row.try_get("marketing")?,
                 attempts: row.try_get("attempts")?,
                 traceparent: row.try_get("traceparent")?,
             };
@@ -168,53 +289,68 @@ impl<V: SmsVendor> Sender<V> {
                 .parse()
                 .unwrap_or(chrono_tz::Asia::Shanghai);
             if row.try_get::<bool, _>("case_closed")? {
-                verdicts.push((claimed, Verdict::Suppressed("withdrawn")));
-            } else if row.try_get::<bool, _>("marketing")? && row.try_get::<bool, _>("opted_out")? {
-                verdicts.push((claimed, Verdict::Suppressed("suppressed")));
+                verdicts.push((claimed, Verdict::Suppressed(SmsState::Withdrawn)));
+            } else if claimed.marketing && row.try_get::<bool, _>("opted_out")? {
+                verdicts.push((claimed, Verdict::Suppressed(SmsState::Suppressed)));
             } else if let Some(later) = next_allowed(now, tz, self.hours) {
                 verdicts.push((claimed, Verdict::Deferred(later)));
             } else {
+                claimed.attempts += 1;
                 to_send.push(claimed);
             }
         }
-        let sends: Vec<_> = to_send
-            .iter()
-            .enumerate()
-            .map(|(i, m)| async move { (i, self.send_one(m, now).await) })
-            .collect();
-        // Unordered, so one slow answer does not hold back the requests behind it.
-        let mut outcomes: Vec<(usize, Verdict)> = futures::stream::iter(sends)
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        outcomes.sort_by_key(|(i, _)| *i);
-        verdicts.extend(
-            to_send
-                .into_iter()
-                .zip(outcomes.into_iter().map(|(_, v)| v)),
-        );
-
-        let events = record(&mut tx, &self.outbox, &verdicts, now).await?;
+        record(&mut tx, &self.outbox, &verdicts, now, Fence::Locked).await?;
+        if !to_send.is_empty() {
+            // Past the call's timeout and the time to record it, a message still
+            // `sending` was abandoned (its sender died): then the vendor is asked.
+            let abandoned = now
+                + chrono::TimeDelta::from_std(self.vendor_timeout + self.ask_after)
+                    .unwrap_or_default();
+            sqlx::query(
+                "UPDATE dispatch.sms_messages
+                 SET state = 'sending', attempts = attempts + 1, next_attempt_at = $2, sending_on = $3
+                 WHERE id = ANY($1)",
+            )
+            .bind(to_send.iter().map(|m| m.id).collect::<Vec<_>>())
+            .bind(abandoned)
+            .bind(vendor_day(now))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        if !rows.is_empty() {
-            renewal_platform::activity::record();
-        }
-        if events > 0 {
-            self.outbox.wake();
-        }
-        Ok(rows.len())
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(to_send.iter().map(|m| m.id));
+        Ok((rows.len(), to_send))
     }
-}
 
-impl<V: SmsVendor> Sender<V> {
-    /// Hands one message to the vendor; what its answer means for the message.
-    async fn send_one(&self, m: &Claimed, now: DateTime<Utc>) -> Verdict {
+    fn release(&self, ids: &[Uuid]) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            in_flight.remove(id);
+        }
+    }
+
+    /// Hands one message to the vendor, unless a renewal or an opt-out came since the
+    /// claim; what the vendor's answer means for the message.
+    async fn hand_over(&self, m: &Claimed, now: DateTime<Utc>) -> Verdict {
         let Some(template) = templates::find(&m.template) else {
             return Verdict::Failed(
                 "unknown_template".into(),
                 format!("no template {:?}", m.template),
             );
         };
+        self.vendor.pace().await;
+        // The last check, right before the call.
+        if !self.stops.fresh() {
+            return Verdict::Requeued(now, "renewals and opt-outs could not be read");
+        }
+        match self.stops.stop_for(m.case_id, &m.mobile, m.marketing) {
+            Some(Stop::CaseClosed) => return Verdict::Stopped(SmsState::Withdrawn),
+            Some(Stop::OptedOut) => return Verdict::Stopped(SmsState::Suppressed),
+            None => {}
+        }
         let out_id = m.id.to_string();
         let request = SmsRequest {
             out_id: &out_id,
@@ -225,24 +361,42 @@ impl<V: SmsVendor> Sender<V> {
         match self.vendor.send(request).await {
             Ok(accepted) => Verdict::Sent(accepted.vendor_message_id),
             Err(VendorError::Permanent { code, message }) => Verdict::Failed(code, message),
-            Err(VendorError::Transient(reason)) if m.attempts + 1 >= MAX_ATTEMPTS => {
-                Verdict::Dead(reason)
-            }
-            Err(VendorError::Transient(reason)) => {
-                let wait = renewal_platform::retry::redelivery_delay((m.attempts + 1) as u64 * 3);
-                Verdict::Retry(
-                    now + chrono::Duration::from_std(wait).unwrap_or_default(),
-                    reason,
-                )
-            }
+            Err(VendorError::Unavailable(reason)) => retry_or_dead(m.attempts, now, reason),
+            Err(VendorError::InDoubt(reason)) => Verdict::Unknown(
+                now + chrono::TimeDelta::from_std(self.ask_after).unwrap_or_default(),
+                reason,
+            ),
         }
     }
+}
+
+/// After an attempt the vendor did not take: again later, or dead after the last.
+pub(crate) fn retry_or_dead(attempts: i32, now: DateTime<Utc>, reason: String) -> Verdict {
+    if attempts >= MAX_ATTEMPTS {
+        return Verdict::Dead(reason);
+    }
+    let wait = renewal_platform::retry::redelivery_delay(attempts as u64 * 3);
+    Verdict::Retry(
+        now + chrono::Duration::from_std(wait).unwrap_or_default(),
+        reason,
+    )
+}
+
+/// Which rows a batch's update may change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fence {
+    /// Rows this transaction holds locked.
+    Locked,
+    /// Rows still `sending` in the attempt this sender claimed (a receipt may have
+    /// moved a sent one on already; then only its sending is recorded).
+    Attempt,
 }
 
 /// One row of the batch's update: what a verdict changes in the message.
 #[derive(Default)]
 struct Change {
-    state: Option<&'static str>,
+    state: Option<SmsState>,
+    /// Added to the attempts (-1: the claimed attempt was not made after all).
     tried: i32,
     next_attempt_at: Option<DateTime<Utc>>,
     vendor_message_id: Option<String>,
@@ -252,91 +406,137 @@ struct Change {
     sent_at: Option<DateTime<Utc>>,
 }
 
-/// Records the batch's verdicts with one update, and their events with one insert.
-/// Returns how many events it wrote.
-async fn record(
+/// What a verdict changes, and the event it publishes (status, vendor id, vendor code).
+fn change_for(
+    m: &Claimed,
+    verdict: &Verdict,
+    now: DateTime<Utc>,
+) -> (Change, Option<(SmsStatus, String, String)>) {
+    match verdict {
+        Verdict::Sent(biz_id) => (
+            Change {
+                state: Some(SmsState::Sent),
+                // Empty when the vendor was asked about it rather than answering.
+                vendor_message_id: (!biz_id.is_empty()).then(|| biz_id.clone()),
+                clear_error: true,
+                sent_at: Some(now),
+                ..Change::default()
+            },
+            Some((SmsStatus::Sent, biz_id.clone(), String::new())),
+        ),
+        Verdict::Retry(at, reason) => {
+            tracing::warn!(message_id = %m.id, %reason, "vendor unavailable; the SMS will be retried");
+            metrics::counter!("sms_total", "status" => "retry").increment(1);
+            let change = Change {
+                state: Some(SmsState::Queued),
+                next_attempt_at: Some(*at),
+                last_error: Some(reason.clone()),
+                ..Change::default()
+            };
+            (change, None)
+        }
+        Verdict::Requeued(at, reason) => {
+            tracing::info!(message_id = %m.id, %reason, "SMS not handed over; queued again");
+            let change = Change {
+                state: Some(SmsState::Queued),
+                tried: -1,
+                next_attempt_at: Some(*at),
+                ..Change::default()
+            };
+            (change, None)
+        }
+        Verdict::Unknown(at, reason) => {
+            tracing::warn!(message_id = %m.id, %reason, "the vendor's answer was lost; it will be asked before any resend");
+            metrics::counter!("sms_total", "status" => "unknown").increment(1);
+            let change = Change {
+                state: Some(SmsState::Unknown),
+                next_attempt_at: Some(*at),
+                last_error: Some(reason.clone()),
+                ..Change::default()
+            };
+            (change, None)
+        }
+        Verdict::Deferred(at) => {
+            metrics::counter!("sms_total", "status" => "deferred_quiet_hours").increment(1);
+            let change = Change {
+                next_attempt_at: Some(*at),
+                ..Change::default()
+            };
+            (change, None)
+        }
+        Verdict::Suppressed(state) => {
+            metrics::counter!("sms_total", "status" => state.as_str()).increment(1);
+            let change = Change {
+                state: Some(*state),
+                ..Change::default()
+            };
+            (change, None)
+        }
+        Verdict::Stopped(state) => {
+            metrics::counter!("sms_total", "status" => state.as_str()).increment(1);
+            metrics::counter!("sms_stopped_before_call_total").increment(1);
+            let change = Change {
+                state: Some(*state),
+                // The attempt claimed for it was not made.
+                tried: -1,
+                ..Change::default()
+            };
+            (change, None)
+        }
+        Verdict::Dead(reason) => {
+            tracing::error!(message_id = %m.id, %reason, "SMS dead after {MAX_ATTEMPTS} attempts");
+            let change = Change {
+                state: Some(SmsState::Dead),
+                last_error: Some(reason.clone()),
+                ..Change::default()
+            };
+            (
+                change,
+                Some((SmsStatus::Failed, String::new(), "dead_letter".into())),
+            )
+        }
+        Verdict::Failed(code, message) => {
+            tracing::warn!(message_id = %m.id, %code, "vendor refused the SMS");
+            let change = Change {
+                state: Some(SmsState::Failed),
+                vendor_code: Some(code.clone()),
+                last_error: Some(message.clone()),
+                ..Change::default()
+            };
+            (
+                change,
+                Some((SmsStatus::Failed, String::new(), code.clone())),
+            )
+        }
+    }
+}
+
+/// Records a batch's verdicts with one update, and the events of the messages it
+/// changed with one insert. Returns how many events it wrote.
+pub(crate) async fn record(
     tx: &mut PgConnection,
     outbox: &Outbox,
     verdicts: &[(Claimed, Verdict)],
     now: DateTime<Utc>,
+    fence: Fence,
 ) -> Result<usize, sqlx::Error> {
-    let fallback_trace = renewal_platform::telemetry::current_traceparent();
+    if verdicts.is_empty() {
+        return Ok(0);
+    }
     let mut changes = Vec::with_capacity(verdicts.len());
-    let mut events = Vec::new();
+    let mut events = std::collections::HashMap::new();
     for (m, verdict) in verdicts {
-        let (change, event) = match verdict {
-            Verdict::Sent(biz_id) => (
-                Change {
-                    state: Some("sent"),
-                    tried: 1,
-                    vendor_message_id: Some(biz_id.clone()),
-                    clear_error: true,
-                    sent_at: Some(now),
-                    ..Change::default()
-                },
-                Some((SmsStatus::Sent, biz_id.as_str(), "")),
-            ),
-            Verdict::Retry(at, reason) => {
-                tracing::warn!(message_id = %m.id, %reason, "vendor unavailable; the SMS will be retried");
-                metrics::counter!("sms_total", "status" => "retry").increment(1);
-                (
-                    Change {
-                        tried: 1,
-                        next_attempt_at: Some(*at),
-                        last_error: Some(reason.clone()),
-                        ..Change::default()
-                    },
-                    None,
-                )
-            }
-            Verdict::Deferred(at) => {
-                metrics::counter!("sms_total", "status" => "deferred_quiet_hours").increment(1);
-                (
-                    Change {
-                        next_attempt_at: Some(*at),
-                        ..Change::default()
-                    },
-                    None,
-                )
-            }
-            Verdict::Suppressed(state) => {
-                metrics::counter!("sms_total", "status" => *state).increment(1);
-                (
-                    Change {
-                        state: Some(state),
-                        ..Change::default()
-                    },
-                    None,
-                )
-            }
-            Verdict::Dead(reason) => {
-                tracing::error!(message_id = %m.id, %reason, "SMS dead after {MAX_ATTEMPTS} attempts");
-                (
-                    Change {
-                        state: Some("dead"),
-                        tried: 1,
-                        last_error: Some(reason.clone()),
-                        ..Change::default()
-                    },
-                    Some((SmsStatus::Failed, "", "dead_letter")),
-                )
-            }
-            Verdict::Failed(code, message) => {
-                tracing::warn!(message_id = %m.id, %code, "vendor refused the SMS");
-                (
-                    Change {
-                        state: Some("failed"),
-                        tried: 1,
-                        vendor_code: Some(code.clone()),
-                        last_error: Some(message.clone()),
-                        ..Change::default()
-                    },
-                    Some((SmsStatus::Failed, "", code.as_str())),
-                )
-            }
-        };
-        changes.push((m.id, change));
-        let Some((status, vendor_id, vendor_code)) = event else {
+        let (change, event) = change_for(m, verdict, now);
+        changes.push((m.id, m.attempts, change));
+        if let Some(event) = event {
+            events.insert(m.id, (m, event));
+        }
+    }
+    let changed = update(tx, &changes, fence).await?;
+    let fallback_trace = renewal_platform::telemetry::current_traceparent();
+    let mut written = Vec::with_capacity(events.len());
+    for id in changed {
+        let Some((m, (status, vendor_id, vendor_code))) = events.remove(&id) else {
             continue;
         };
         let event = SmsStatusChanged {
@@ -345,8 +545,8 @@ async fn record(
             policy_no: m.policy_no.clone(),
             stage: m.stage.clone(),
             status: status as i32,
-            vendor_message_id: vendor_id.to_owned(),
-            vendor_code: vendor_code.to_owned(),
+            vendor_message_id: vendor_id,
+            vendor_code,
             at_ms: now.timestamp_millis(),
         };
         let (subject, label) = match status {
@@ -355,65 +555,88 @@ async fn record(
         };
         metrics::counter!("sms_total", "status" => label).increment(1);
         // The event stays in the trace of the command that queued the message.
-        events.push((
+        written.push((
             Uuid::now_v7(),
             subject,
             prost::Message::encode_to_vec(&event),
             m.traceparent.clone().or_else(|| fallback_trace.clone()),
         ));
     }
-    if !changes.is_empty() {
-        let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
-        let states: Vec<Option<&str>> = changes.iter().map(|(_, c)| c.state).collect();
-        let tried: Vec<i32> = changes.iter().map(|(_, c)| c.tried).collect();
-        let next: Vec<Option<DateTime<Utc>>> =
-            changes.iter().map(|(_, c)| c.next_attempt_at).collect();
-        let vendor_ids: Vec<Option<&str>> = changes
-            .iter()
-            .map(|(_, c)| c.vendor_message_id.as_deref())
-            .collect();
-        let codes: Vec<Option<&str>> = changes
-            .iter()
-            .map(|(_, c)| c.vendor_code.as_deref())
-            .collect();
-        let errors: Vec<Option<&str>> = changes
-            .iter()
-            .map(|(_, c)| c.last_error.as_deref())
-            .collect();
-        let clear: Vec<bool> = changes.iter().map(|(_, c)| c.clear_error).collect();
-        let sent: Vec<Option<DateTime<Utc>>> = changes.iter().map(|(_, c)| c.sent_at).collect();
-        sqlx::query(
-            "UPDATE dispatch.sms_messages m SET
-                 state = coalesce(v.state, m.state),
-                 attempts = m.attempts + v.tried,
-                 next_attempt_at = coalesce(v.next_attempt_at, m.next_attempt_at),
-                 vendor_message_id = coalesce(v.vendor_message_id, m.vendor_message_id),
-                 vendor_code = coalesce(v.vendor_code, m.vendor_code),
-                 last_error = CASE WHEN v.clear_error THEN NULL ELSE coalesce(v.last_error, m.last_error) END,
-                 sent_at = coalesce(v.sent_at, m.sent_at)
-             FROM unnest($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::text[],
-                         $7::text[], $8::bool[], $9::timestamptz[])
-                  AS v(id, state, tried, next_attempt_at, vendor_message_id, vendor_code, last_error,
-                       clear_error, sent_at)
-             WHERE m.id = v.id",
-        )
-        .bind(&ids)
-        .bind(&states)
-        .bind(&tried)
-        .bind(&next)
-        .bind(&vendor_ids)
-        .bind(&codes)
-        .bind(&errors)
-        .bind(&clear)
-        .bind(&sent)
-        .execute(&mut *tx)
-        .await?;
+    if !events.is_empty() {
+        tracing::warn!(
+            messages = events.len(),
+            "outcomes not recorded: the messages were settled meanwhile"
+        );
     }
-    let written = events.len();
-    if written > 0 {
-        outbox.enqueue_commands(tx, events).await?;
+    let n = written.len();
+    if n > 0 {
+        outbox.enqueue_commands(tx, written).await?;
     }
-    Ok(written)
+    Ok(n)
+}
+
+/// The batch's update; returns the ids it changed.
+async fn update(
+    tx: &mut PgConnection,
+    changes: &[(Uuid, i32, Change)],
+    fence: Fence,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = changes.iter().map(|(id, ..)| *id).collect();
+    let attempts: Vec<i32> = changes.iter().map(|(_, a, _)| *a).collect();
+    let states: Vec<Option<&str>> = changes
+        .iter()
+        .map(|(.., c)| c.state.map(SmsState::as_str))
+        .collect();
+    let tried: Vec<i32> = changes.iter().map(|(.., c)| c.tried).collect();
+    let next: Vec<Option<DateTime<Utc>>> =
+        changes.iter().map(|(.., c)| c.next_attempt_at).collect();
+    let vendor_ids: Vec<Option<&str>> = changes
+        .iter()
+        .map(|(.., c)| c.vendor_message_id.as_deref())
+        .collect();
+    let codes: Vec<Option<&str>> = changes
+        .iter()
+        .map(|(.., c)| c.vendor_code.as_deref())
+        .collect();
+    let errors: Vec<Option<&str>> = changes
+        .iter()
+        .map(|(.., c)| c.last_error.as_deref())
+        .collect();
+    let clear: Vec<bool> = changes.iter().map(|(.., c)| c.clear_error).collect();
+    let sent: Vec<Option<DateTime<Utc>>> = changes.iter().map(|(.., c)| c.sent_at).collect();
+    sqlx::query_scalar(
+        "UPDATE dispatch.sms_messages m SET
+             state = CASE WHEN m.state IN ('delivered', 'failed') THEN m.state
+                          ELSE coalesce(v.state, m.state) END,
+             attempts = m.attempts + v.tried,
+             next_attempt_at = coalesce(v.next_attempt_at, m.next_attempt_at),
+             vendor_message_id = coalesce(v.vendor_message_id, m.vendor_message_id),
+             vendor_code = coalesce(v.vendor_code, m.vendor_code),
+             last_error = CASE WHEN v.clear_error THEN NULL ELSE coalesce(v.last_error, m.last_error) END,
+             sent_at = coalesce(m.sent_at, v.sent_at)
+         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::timestamptz[], $6::text[], $7::text[],
+                     $8::text[], $9::bool[], $10::timestamptz[])
+              AS v(id, attempt, state, tried, next_attempt_at, vendor_message_id, vendor_code, last_error,
+                   clear_error, sent_at)
+         WHERE m.id = v.id
+           AND ($11 OR (m.attempts = v.attempt
+                        AND (m.state = 'sending'
+                             OR (v.state = 'sent' AND m.state IN ('delivered', 'failed') AND m.sent_at IS NULL))))
+         RETURNING m.id",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&states)
+    .bind(&tried)
+    .bind(&next)
+    .bind(&vendor_ids)
+    .bind(&codes)
+    .bind(&errors)
+    .bind(&clear)
+    .bind(&sent)
+    .bind(fence == Fence::Locked)
+    .fetch_all(&mut *tx)
+    .await
 }
 
 #[cfg(test)]

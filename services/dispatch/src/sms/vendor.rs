@@ -1,6 +1,13 @@
 //! The SMS vendor behind a small trait, so a second vendor can be added. The first is
-//! Alibaba Cloud SMS (`SendSms`, RPC style, API version 2017-05-25); its base URL is
-//! configuration, so tests and the demo point it at a local mock with the same wire format.
+//! Alibaba Cloud SMS (`SendSms` and `QuerySendDetails`, RPC style, API version
+//! 2017-05-25); its base URL is configuration, so tests and the demo point it at a
+//! local mock with the same wire format.
+//!
+//! `SendSms` is not idempotent (`OutId` is only a correlation id): every request the
+//! vendor takes reaches the customer. So a failed send says whether the vendor surely
+//! did not take it ([`VendorError::Unavailable`]: retried) or may have
+//! ([`VendorError::InDoubt`]: asked about with `QuerySendDetails` before anything is
+//! sent again).
 
 use std::future::Future;
 
@@ -12,6 +19,7 @@ use crate::sms::signing;
 use crate::sms::throttle::Throttle;
 
 pub const ACTION: &str = "SendSms";
+pub const QUERY_ACTION: &str = "QuerySendDetails";
 pub const VERSION: &str = "2017-05-25";
 
 pub struct SmsRequest<'a> {
@@ -27,21 +35,47 @@ pub struct Accepted {
     pub vendor_message_id: String,
 }
 
+/// What the vendor's records say of a message it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// `SendStatus`: 1 waiting for the handset's receipt, 2 failed, 3 delivered.
+    pub status: i64,
+    pub err_code: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VendorError {
-    /// Worth retrying: timeouts, 5xx, throttling.
+    /// The vendor did not take the request (no connection, 503, 429, throttled):
+    /// worth retrying.
     #[error("vendor unavailable: {0}")]
-    Transient(String),
+    Unavailable(String),
+    /// The request may have reached the vendor, but no answer says what became of it
+    /// (a timeout, a connection reset, an unreadable answer, a gateway error).
+    #[error("vendor answer lost: {0}")]
+    InDoubt(String),
     /// Never worth retrying: a bad number, a template not approved, ...
     #[error("vendor refused ({code}): {message}")]
     Permanent { code: String, message: String },
 }
 
 pub trait SmsVendor: Send + Sync + 'static {
+    /// Waits for the next request's slot under the account's rate limit.
+    fn pace(&self) -> impl Future<Output = ()> + Send;
+
+    /// Hands one message over (call [`SmsVendor::pace`] first).
     fn send(
         &self,
         request: SmsRequest<'_>,
     ) -> impl Future<Output = Result<Accepted, VendorError>> + Send;
+
+    /// What the vendor knows of the message `out_id` to `mobile` sent on `day` (a date
+    /// in China, where the vendor keeps its records); `None` when it has no record.
+    fn query(
+        &self,
+        mobile: &str,
+        out_id: &str,
+        day: chrono::NaiveDate,
+    ) -> impl Future<Output = Result<Option<Found>, VendorError>> + Send;
 }
 
 pub struct AliyunSms {
@@ -54,6 +88,38 @@ pub struct AliyunSms {
     host: String,
     throttle: Throttle,
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct QueryResponse {
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    total_count: serde_json::Value,
+    #[serde(default, rename = "SmsSendDetailDTOs")]
+    details: Option<QueryDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct QueryDetails {
+    #[serde(default, rename = "SmsSendDetailDTO")]
+    items: Vec<QueryDetail>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct QueryDetail {
+    #[serde(default)]
+    out_id: String,
+    #[serde(default)]
+    send_status: i64,
+    #[serde(default)]
+    err_code: String,
+}
+
+/// Details per page of `QuerySendDetails` (the vendor's maximum).
+const QUERY_PAGE: usize = 50;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -107,16 +173,14 @@ fn is_permanent(code: &str) -> bool {
     )
 }
 
-impl SmsVendor for AliyunSms {
-    async fn send(&self, request: SmsRequest<'_>) -> Result<Accepted, VendorError> {
-        let params = request.template_params.to_string();
-        let query = signing::canonical_query(&[
-            ("PhoneNumbers", request.mobile),
-            ("SignName", self.sign_name.as_str()),
-            ("TemplateCode", request.template_code),
-            ("TemplateParam", params.as_str()),
-            ("OutId", request.out_id),
-        ]);
+impl AliyunSms {
+    /// Signs and posts one RPC call; the answer's status and body.
+    async fn call(
+        &self,
+        action: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), VendorError> {
+        let query = signing::canonical_query(params);
         let date = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let signed = signing::Request {
@@ -124,7 +188,7 @@ impl SmsVendor for AliyunSms {
             host: &self.host,
             path: "/",
             query: &query,
-            action: ACTION,
+            action,
             version: VERSION,
             date: &date,
             nonce: &nonce,
@@ -135,11 +199,10 @@ impl SmsVendor for AliyunSms {
             &self.access_key_id,
             self.access_key_secret.expose_secret(),
         );
-        self.throttle.wait().await;
         let response = self
             .http
             .post(format!("{}/?{query}", self.base_url))
-            .header("x-acs-action", ACTION)
+            .header("x-acs-action", action)
             .header("x-acs-version", VERSION)
             .header("x-acs-date", date)
             .header("x-acs-signature-nonce", nonce)
@@ -147,17 +210,55 @@ impl SmsVendor for AliyunSms {
             .header("authorization", authorization)
             .send()
             .await
-            .map_err(|e| VendorError::Transient(e.without_url().to_string()))?;
+            .map_err(|e| {
+                // No connection: the request never left. Anything later may have.
+                let connect = e.is_connect();
+                let reason = e.without_url().to_string();
+                if connect {
+                    VendorError::Unavailable(reason)
+                } else {
+                    VendorError::InDoubt(reason)
+                }
+            })?;
         let status = response.status();
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(VendorError::Transient(format!("HTTP {status}")));
+        match status.as_u16() {
+            // Refused before it was taken.
+            429 | 503 => return Err(VendorError::Unavailable(format!("HTTP {status}"))),
+            // A gateway or the service failed somewhere after taking the request.
+            500..=599 => return Err(VendorError::InDoubt(format!("HTTP {status}"))),
+            _ => {}
         }
-        let body: SendSmsResponse = response.json().await.map_err(|e| {
-            VendorError::Transient(format!(
-                "HTTP {status}, unreadable body: {}",
+        let body = response.bytes().await.map_err(|e| {
+            VendorError::InDoubt(format!(
+                "HTTP {status}, answer cut off: {}",
                 e.without_url()
             ))
         })?;
+        Ok((status, body))
+    }
+}
+
+impl SmsVendor for AliyunSms {
+    async fn pace(&self) {
+        self.throttle.wait().await;
+    }
+
+    async fn send(&self, request: SmsRequest<'_>) -> Result<Accepted, VendorError> {
+        let params = request.template_params.to_string();
+        let (status, body) = self
+            .call(
+                ACTION,
+                &[
+                    ("PhoneNumbers", request.mobile),
+                    ("SignName", self.sign_name.as_str()),
+                    ("TemplateCode", request.template_code),
+                    ("TemplateParam", params.as_str()),
+                    ("OutId", request.out_id),
+                ],
+            )
+            .await?;
+        let body: SendSmsResponse = serde_json::from_slice(&body)
+            .map_err(|e| VendorError::InDoubt(format!("HTTP {status}, unreadable answer: {e}")))?;
         if body.code == "OK" {
             Ok(Accepted {
                 vendor_message_id: body.biz_id,
@@ -170,10 +271,69 @@ impl SmsVendor for AliyunSms {
                 message: body.message,
             })
         } else {
-            Err(VendorError::Transient(format!(
+            // Throttled or busy (`isv.BUSINESS_LIMIT_CONTROL`, `isp.SYSTEM_ERROR`): an
+            // answer that says the message was not taken.
+            Err(VendorError::Unavailable(format!(
                 "{}: {}",
                 body.code, body.message
             )))
         }
+    }
+
+    async fn query(
+        &self,
+        mobile: &str,
+        out_id: &str,
+        day: chrono::NaiveDate,
+    ) -> Result<Option<Found>, VendorError> {
+        let date = day.format("%Y%m%d").to_string();
+        let size = QUERY_PAGE.to_string();
+        for page in 1..=20_usize {
+            let page_no = page.to_string();
+            self.throttle.wait().await;
+            let (status, body) = self
+                .call(
+                    QUERY_ACTION,
+                    &[
+                        ("PhoneNumber", mobile),
+                        ("SendDate", date.as_str()),
+                        ("PageSize", size.as_str()),
+                        ("CurrentPage", page_no.as_str()),
+                    ],
+                )
+                .await
+                .map_err(|e| match e {
+                    VendorError::InDoubt(reason) => VendorError::Unavailable(reason),
+                    other => other,
+                })?;
+            let body: QueryResponse = serde_json::from_slice(&body).map_err(|e| {
+                VendorError::Unavailable(format!("HTTP {status}, unreadable answer: {e}"))
+            })?;
+            if body.code != "OK" {
+                return Err(VendorError::Unavailable(format!(
+                    "{}: {}",
+                    body.code, body.message
+                )));
+            }
+            let items = body.details.unwrap_or_default().items;
+            if let Some(found) = items.iter().find(|d| d.out_id == out_id) {
+                return Ok(Some(Found {
+                    status: found.send_status,
+                    err_code: found.err_code.clone(),
+                }));
+            }
+            let total = match &body.total_count {
+                serde_json::Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
+                serde_json::Value::String(s) => s.parse().unwrap_or(0),
+                _ => 0,
+            };
+            if items.len() < QUERY_PAGE || page * QUERY_PAGE >= total {
+                return Ok(None);
+            }
+        }
+        Err(VendorError::Unavailable(format!(
+            "more than {} messages to one number on {date}",
+            20 * QUERY_PAGE
+        )))
     }
 }

@@ -1,0 +1,366 @@
+//! Each SMS reaches the vendor at most once, and never after its case closed.
+//!
+//! - An answer the vendor never gave (it took the message and hung; or it never got
+//!   it): the message is `unknown` until the vendor is asked (`QuerySendDetails`), then
+//!   sent (found) or queued again (not found); the vendor has each message once.
+//! - Renewals racing a burst to a slow vendor (answers in 2-5 s): no SMS reaches the
+//!   vendor more than a second after its case's close reached dispatch.
+//! - The dispatch process killed with SIGKILL three times during a burst to a slow
+//!   vendor: every message reaches the vendor exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use renewal::vendor_sim::{Fault, VendorSim};
+use renewal_contract::lists::{CaseClosed, CaseOutcome};
+use renewal_contract::scheduler::SendSms;
+use renewal_contract::{Subjects, subject};
+use renewal_e2e::{TestSystem, database_url, local, nats_url, unique};
+use renewal_platform::{Bus, Clock};
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+fn send_sms(n: usize) -> SendSms {
+    SendSms {
+        command_id: Uuid::new_v4().to_string(),
+        case_id: Uuid::new_v4().to_string(),
+        policy_no: format!("P2026H{n:05}"),
+        stage: "T-60".into(),
+        template: "renewal_friendly".into(),
+        mobile: format!("+86139{n:08}"),
+        customer_name: "王芳".into(),
+        plate: "沪AD12345".into(),
+        expiry_date: "2027-01-31".into(),
+        time_zone: "Asia/Shanghai".into(),
+        marketing: true,
+        due_at_ms: 0,
+    }
+}
+
+async fn queue(bus: &Bus, commands: &[SendSms]) {
+    let mut acks = Vec::with_capacity(commands.len());
+    for c in commands {
+        acks.push(
+            bus.send(
+                subject::DISPATCH_CMD_SEND_SMS,
+                &c.command_id,
+                None,
+                prost::Message::encode_to_vec(c),
+            )
+            .await
+            .expect("published"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+}
+
+async fn state_of(pool: &sqlx::PgPool, command: &SendSms) -> (String, i32) {
+    sqlx::query_as("SELECT state, attempts FROM dispatch.sms_messages WHERE id = $1::uuid")
+        .bind(&command.command_id)
+        .fetch_optional(pool)
+        .await
+        .expect("message")
+        .unwrap_or_else(|| ("absent".into(), 0))
+}
+
+/// Waits (on the wall clock) until `done` holds, or fails saying `what`.
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Times the vendor took each message: (`OutId`, count).
+async fn vendor_counts(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as("SELECT count(*), count(DISTINCT out_id) FROM demo.vendor_messages")
+        .fetch_one(pool)
+        .await
+        .expect("vendor's log")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_asked_about_and_the_sms_never_sent_twice() {
+    let system = TestSystem::start("ho", local("2026-12-01", 10)).await;
+    let sim = &system.sim;
+    let pool = sim.pool();
+    // Receipts wait, so only the vendor's records can tell what it took.
+    sim.vendor.hold_receipts(true);
+    let (taken, lost) = (send_sms(1), send_sms(2));
+    sim.vendor
+        .inject(&taken.mobile, Fault::AcceptThenHang { times: 1 });
+    sim.vendor.inject(&lost.mobile, Fault::Hang { times: 1 });
+    queue(&sim.deps.bus, &[taken.clone(), lost.clone()]).await;
+
+    // Both calls time out: neither is known to be sent, neither is sent again yet.
+    for c in [&taken, &lost] {
+        wait_for(
+            "the lost answer leaves the message unknown",
+            Duration::from_secs(30),
+            || async { state_of(pool, c).await.0 == "unknown" },
+        )
+        .await;
+    }
+    assert_eq!(sim.vendor.requests_for(&taken.mobile), 1);
+    assert_eq!(sim.vendor.requests_for(&lost.mobile), 1);
+    assert_eq!(
+        vendor_counts(pool).await,
+        (1, 1),
+        "the vendor took one of them"
+    );
+
+    // Time to ask: the one the vendor took is sent; the other is queued again.
+    let asked_at = sim.now() + chrono::Duration::minutes(2);
+    sim.advance_to(asked_at).await.expect("time moves");
+    wait_for("the vendor was asked", Duration::from_secs(30), || async {
+        state_of(pool, &taken).await.0 == "sent"
+            && matches!(state_of(pool, &lost).await.0.as_str(), "queued" | "sent")
+    })
+    .await;
+    let retried_at = sim.now() + chrono::Duration::minutes(10);
+    sim.advance_to(retried_at).await.expect("time moves");
+    wait_for("both settled", Duration::from_secs(30), || async {
+        state_of(pool, &taken).await.0 == "sent" && state_of(pool, &lost).await.0 == "sent"
+    })
+    .await;
+    assert_eq!(state_of(pool, &taken).await, ("sent".into(), 1));
+    assert_eq!(state_of(pool, &lost).await, ("sent".into(), 2));
+    assert_eq!(
+        sim.vendor.requests_for(&taken.mobile),
+        1,
+        "never sent again"
+    );
+    assert_eq!(sim.vendor.requests_for(&lost.mobile), 2);
+    assert_eq!(vendor_counts(pool).await, (2, 2), "each message taken once");
+
+    // The receipts come: both delivered.
+    sim.vendor.hold_receipts(false);
+    wait_for("both delivered", Duration::from_secs(30), || async {
+        state_of(pool, &taken).await.0 == "delivered"
+            && state_of(pool, &lost).await.0 == "delivered"
+    })
+    .await;
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_racing_a_burst_to_a_slow_vendor_stop_their_sms_within_a_second() {
+    let system = TestSystem::start("hr", local("2026-12-01", 10)).await;
+    let sim = &system.sim;
+    let pool = sim.pool();
+    sim.vendor
+        .answer_after(Some((Duration::from_secs(2), Duration::from_secs(5))));
+    let burst: Vec<SendSms> = (0..1000).map(|n| send_sms(1000 + n)).collect();
+    queue(&sim.deps.bus, &burst).await;
+    // The sender is at it; 300 of the customers renew meanwhile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let closed_at = sim.now().timestamp_millis();
+    let renewed = &burst[700..];
+    let mut acks = Vec::new();
+    for c in renewed {
+        let event = CaseClosed {
+            case_id: c.case_id.clone(),
+            policy_no: c.policy_no.clone(),
+            outcome: CaseOutcome::Renewed as i32,
+            new_policy_no: format!("{}R", c.policy_no),
+            closed_at_ms: closed_at,
+        };
+        acks.push(
+            sim.deps
+                .bus
+                .send(
+                    subject::LISTS_CASE_CLOSED,
+                    &c.case_id,
+                    None,
+                    prost::Message::encode_to_vec(&event),
+                )
+                .await
+                .expect("published"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+    wait_for("every message settled", Duration::from_secs(90), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('queued', 'sending', 'unknown')",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("count")
+            == 0
+    })
+    .await;
+
+    // Every contact of a renewed customer against the moment dispatch noted the renewal.
+    let (noted, late, stopped, lateness_p99_ms): (i64, i64, i64, Option<f64>) = sqlx::query_as(
+        "WITH contacts AS (
+             SELECT c.case_id, v.received_at - c.noted_at AS after
+             FROM dispatch.closed_cases c
+             JOIN dispatch.sms_messages m ON m.case_id = c.case_id
+             JOIN demo.vendor_messages v ON v.out_id = m.id::text)
+         SELECT (SELECT count(*) FROM dispatch.closed_cases),
+                (SELECT count(*) FROM contacts WHERE after > interval '1 second'),
+                (SELECT count(*) FROM dispatch.sms_messages m JOIN dispatch.closed_cases c USING (case_id)
+                 WHERE m.state = 'withdrawn'),
+                (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM after) * 1000)
+                 FROM contacts WHERE after > interval '0')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("contacts after renewal");
+    println!(
+        "renewed {noted}, stopped before the vendor {stopped}, contacts more than 1 s after the renewal {late}, renewal_to_last_contact_p99_ms {}",
+        lateness_p99_ms.map_or("none".into(), |v| format!("{v:.0}"))
+    );
+    assert_eq!(noted, 300);
+    assert_eq!(
+        late, 0,
+        "no SMS handed over more than a second after its renewal"
+    );
+    assert!(
+        stopped >= 50,
+        "the race was real: {stopped} stopped in time"
+    );
+    let (taken, distinct) = vendor_counts(pool).await;
+    assert_eq!(taken, distinct, "no SMS twice");
+    assert_eq!(taken + stopped, 1000, "every other SMS went, once");
+    system.finish().await;
+}
+
+/// The dispatch process on its own, with the given database and prefix, serving on
+/// `port` (the same across restarts, so the vendor's pushes find it).
+fn dispatch(name: &str, vendor_url: &str, port: u16, state: &std::path::Path) -> Child {
+    Command::new(renewal_e2e::renewal_binary().with_file_name("renewal-dispatch"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url(name).expose_secret())
+        .env("NATS_URL", nats_url())
+        .env("NATS_PREFIX", name)
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_ADDR", "127.0.0.1:0")
+        .env("AUTH_DEV", "on")
+        .env("RENEWAL_STATE_DIR", state)
+        .env(
+            "RUST_LOG",
+            if std::env::var("TEST_LOG").is_ok() {
+                "info,sqlx=warn"
+            } else {
+                "error"
+            },
+        )
+        .env("SMS_HOURS", "00:00-23:59")
+        .env("CALL_HOURS", "00:00-23:59")
+        .env("SMS_WEBHOOK_TOKEN", KILL_TOKEN)
+        .env("SMS_VENDOR_URL", vendor_url)
+        .env("SMS_ACCESS_KEY_ID", "demo")
+        .env(
+            "SMS_ACCESS_KEY_SECRET",
+            renewal::vendor_sim::ACCESS_KEY_SECRET,
+        )
+        .env("SMS_VENDOR_QPS", "5000")
+        .env("SMS_VENDOR_TIMEOUT", "8s")
+        .env("SMS_RECONCILE_AFTER", "2s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("renewal-dispatch starts (deploy/local/test builds it)")
+}
+
+const KILL_TOKEN: &str = "k1ll0token0123456789abcd";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_burst_to_a_slow_vendor_sends_each_sms_once() {
+    renewal_platform::install_crypto_provider();
+    let name = unique("hk");
+    let db = database_url(&name);
+    renewal_platform::postgres::ensure_database(&db)
+        .await
+        .expect("database");
+    let pool = renewal_platform::postgres::pool(&db, 4).expect("pool");
+    renewal_platform::postgres::migrate(
+        &pool,
+        "demo",
+        sqlx::migrate!("../services/renewal/migrations"),
+    )
+    .await
+    .expect("the mock vendor's tables");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let bus = Bus::connect(
+        &nats_url(),
+        Subjects::new(&name).expect("prefix"),
+        1,
+        "test",
+        &cancel,
+    )
+    .await
+    .expect("NATS");
+    bus.ensure_all_streams().await.expect("streams");
+    let state = std::env::temp_dir().join(format!("renewal-{name}"));
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        free.local_addr().expect("addr").port()
+    };
+    let vendor_listener = renewal_platform::http::bind(renewal::vendor_sim::bind_addr())
+        .await
+        .expect("vendor listens");
+    let vendor_url = format!("http://{}", vendor_listener.local_addr().expect("addr"));
+    let vendor = VendorSim::new(pool.clone(), Clock::wall(), 11);
+    vendor.answer_after(Some((Duration::from_secs(2), Duration::from_secs(5))));
+    let vendor_stop = tokio_util::sync::CancellationToken::new();
+    vendor.clone().start(
+        vendor_listener,
+        format!("http://127.0.0.1:{port}/v1/webhooks/sms/{KILL_TOKEN}/report"),
+        vendor_stop.clone(),
+    );
+
+    let mut process = dispatch(&name, &vendor_url, port, &state);
+    let burst: Vec<SendSms> = (0..2000).map(|n| send_sms(10_000 + n)).collect();
+    queue(&bus, &burst).await;
+    // Killed three times while sending, started again each time.
+    for _ in 0..3 {
+        let before = vendor_counts(&pool).await.0;
+        wait_for(
+            "the vendor is being called",
+            Duration::from_secs(60),
+            || async { vendor_counts(&pool).await.0 > before + 100 },
+        )
+        .await;
+        process.kill().expect("SIGKILL");
+        let _ = process.wait();
+        process = dispatch(&name, &vendor_url, port, &state);
+    }
+    wait_for("every SMS settled", Duration::from_secs(180), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('sent', 'delivered', 'failed')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0)
+            == 2000
+    })
+    .await;
+    let (taken, distinct) = vendor_counts(&pool).await;
+    println!("vendor took {taken} requests for {distinct} messages");
+    assert_eq!(distinct, 2000, "every SMS reached the vendor");
+    assert_eq!(taken, 2000, "none twice");
+
+    let _ = process.kill();
+    let _ = process.wait();
+    vendor_stop.cancel();
+    bus.delete_streams().await;
+    pool.close().await;
+    let _ = renewal_platform::postgres::drop_database(&db).await;
+}
