@@ -4,10 +4,17 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files: Vec<PathBuf> = ["core", "lists", "assignment", "scheduler", "dispatch"]
-        .iter()
-        .map(|name| root.join(format!("{name}.proto")))
-        .collect();
+    let files: Vec<PathBuf> = [
+        "core",
+        "lists",
+        "assignment",
+        "scheduler",
+        "dispatch",
+        "platform",
+    ]
+    .iter()
+    .map(|name| root.join(format!("{name}.proto")))
+    .collect();
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

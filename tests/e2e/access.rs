@@ -184,6 +184,8 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             false,
         ),
         row("GET", "/v1/audit/lists", audit, false),
+        row("GET", "/v1/dead-letters/lists", &[HqAdmin], false),
+        row("POST", "/v1/dead-letters/lists/1:replay", &[HqAdmin], false),
         // assignment
         row("GET", "/v1/branches/SH01/claims", read_branch, true),
         row(
@@ -242,11 +244,25 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             json!({"claim_days": 5, "pool_days": 3, "step_hours": 24}),
         ),
         row("GET", "/v1/audit/assignment", audit, false),
+        row("GET", "/v1/dead-letters/assignment", &[HqAdmin], false),
+        row(
+            "POST",
+            "/v1/dead-letters/assignment/1:replay",
+            &[HqAdmin],
+            false,
+        ),
         // scheduler
         row("GET", "/v1/plans/310000", city, true),
         with(row("PUT", "/v1/plans/310000", city, true), plan.clone()),
         row("GET", "/v1/cases/P1/timeline", case_readers, true),
         row("GET", "/v1/audit/scheduler", audit, false),
+        row("GET", "/v1/dead-letters/scheduler", &[HqAdmin], false),
+        row(
+            "POST",
+            "/v1/dead-letters/scheduler/1:replay",
+            &[HqAdmin],
+            false,
+        ),
         // dispatch
         with(
             row("POST", "/v1/phone-tasks:lease", &[Agent, HqAdmin], true),
@@ -298,6 +314,13 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             json!({"lease_token": "00000000-0000-7000-8000-000000000000", "outcome": "unreachable"}),
         ),
         row("GET", "/v1/audit/dispatch", audit, false),
+        row("GET", "/v1/dead-letters/dispatch", &[HqAdmin], false),
+        row(
+            "POST",
+            "/v1/dead-letters/dispatch/1:replay",
+            &[HqAdmin],
+            false,
+        ),
     ]
 }
 

@@ -114,5 +114,6 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         }
         .run(cancel.clone()),
     );
+    deps.http.mount(audit.around(service.dead_letter_routes()));
     service.run().await
 }

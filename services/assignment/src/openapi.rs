@@ -33,7 +33,7 @@ use crate::second_assignment::OwnerAnswer;
         crate::org::branch_agents,
         crate::org::get_settings,
         crate::org::put_settings,
-        audit,
+        audit, dead_letters, replay_dead_letter,
     ),
     components(schemas(ProblemDocument)),
     modifiers(&BearerTokens),
@@ -42,7 +42,7 @@ use crate::second_assignment::OwnerAnswer;
         (name = "cases"),
         (name = "organisation"),
         (name = "reports"),
-        (name = "audit")
+        (name = "audit"), (name = "dead letters")
     )
 )]
 pub struct ApiDoc;
@@ -152,3 +152,25 @@ fn release() {}
     responses((status = 200, body = renewal_platform::openapi::AuditPage), Refusals))]
 #[allow(dead_code)]
 fn audit() {}
+
+/// Messages assignment gave up on (`hq_admin`), newest first; `waiting=false` shows the
+/// replayed ones too. Never the payload.
+#[utoipa::path(get, path = "/v1/dead-letters/assignment", tag = "dead letters",
+    params(renewal_platform::dead_letters::DeadLetterQuery),
+    responses((status = 200, body = renewal_platform::openapi::DeadLetterPage), Refusals))]
+#[allow(dead_code)]
+fn dead_letters() {}
+
+/// Replays a dead letter (`hq_admin`): a consumer's message through the consumer that
+/// failed it, in a transaction with its inbox (200; 409 if it fails again, kept with
+/// the new reason); an event back in the relay's line (202).
+#[utoipa::path(post, path = "/v1/dead-letters/assignment/{id}:replay", tag = "dead letters",
+    params(("id" = i64, Path, description = "the dead letter's id")),
+    responses(
+        (status = 200, body = renewal_platform::openapi::ReplayAnswer),
+        (status = 202, body = renewal_platform::openapi::ReplayAnswer),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        Refusals))]
+#[allow(dead_code)]
+fn replay_dead_letter() {}

@@ -12,7 +12,11 @@ CREATE INDEX sms_in_doubt_by_next_attempt ON dispatch.sms_messages (next_attempt
 
 -- When a stop was noted here (the database's time), so every sender reads the ones it
 -- has not seen yet (services/dispatch/src/sms/stops.rs).
-ALTER TABLE dispatch.closed_cases ADD COLUMN noted_at timestamptz NOT NULL DEFAULT now();
+-- The stops already here were noted before any batch the senders will claim (a claim
+-- checks the tables themselves): none of them needs reading again.
+ALTER TABLE dispatch.closed_cases ADD COLUMN noted_at timestamptz NOT NULL DEFAULT '-infinity';
+ALTER TABLE dispatch.closed_cases ALTER COLUMN noted_at SET DEFAULT now();
 CREATE INDEX closed_cases_by_noted_at ON dispatch.closed_cases (noted_at);
-ALTER TABLE dispatch.opt_outs ADD COLUMN noted_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE dispatch.opt_outs ADD COLUMN noted_at timestamptz NOT NULL DEFAULT '-infinity';
+ALTER TABLE dispatch.opt_outs ALTER COLUMN noted_at SET DEFAULT now();
 CREATE INDEX opt_outs_by_noted_at ON dispatch.opt_outs (noted_at);

@@ -126,5 +126,6 @@ pub async fn run_with(
         queued,
         cancel,
     ));
+    deps.http.mount(audit.around(service.dead_letter_routes()));
     service.run().await
 }

@@ -19,10 +19,10 @@ use crate::sms::replies::SmsUp;
         title = "renewal dispatch",
         description = "The phone-task pull API (call center and owners) and the SMS vendor's webhook (delivery receipts and replies)."
     ),
-    paths(lease, heartbeat, complete, release, receipts, replies, audit),
+    paths(lease, heartbeat, complete, release, receipts, replies, audit, dead_letters, replay_dead_letter),
     components(schemas(ProblemDocument)),
     modifiers(&BearerTokens),
-    tags((name = "phone tasks"), (name = "sms vendor"), (name = "audit"))
+    tags((name = "phone tasks"), (name = "sms vendor"), (name = "audit"), (name = "dead letters"))
 )]
 pub struct ApiDoc;
 
@@ -142,3 +142,25 @@ fn replies() {}
     responses((status = 200, body = renewal_platform::openapi::AuditPage), Refusals))]
 #[allow(dead_code)]
 fn audit() {}
+
+/// Messages dispatch gave up on (`hq_admin`), newest first; `waiting=false` shows the
+/// replayed ones too. Never the payload.
+#[utoipa::path(get, path = "/v1/dead-letters/dispatch", tag = "dead letters",
+    params(renewal_platform::dead_letters::DeadLetterQuery),
+    responses((status = 200, body = renewal_platform::openapi::DeadLetterPage), Refusals))]
+#[allow(dead_code)]
+fn dead_letters() {}
+
+/// Replays a dead letter (`hq_admin`): a consumer's message through the consumer that
+/// failed it, in a transaction with its inbox (200; 409 if it fails again, kept with
+/// the new reason); an event back in the relay's line (202).
+#[utoipa::path(post, path = "/v1/dead-letters/dispatch/{id}:replay", tag = "dead letters",
+    params(("id" = i64, Path, description = "the dead letter's id")),
+    responses(
+        (status = 200, body = renewal_platform::openapi::ReplayAnswer),
+        (status = 202, body = renewal_platform::openapi::ReplayAnswer),
+        (status = 404, body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = ProblemDocument, content_type = "application/problem+json"),
+        Refusals))]
+#[allow(dead_code)]
+fn replay_dead_letter() {}

@@ -196,6 +196,7 @@ pub async fn run_with(
     );
     service.spawn(lists.daily_run.run(cancel.clone()));
     deps.http.set_ready(API_READY, Ok(()));
+    deps.http.mount(audit.around(service.dead_letter_routes()));
     service.run().await
 }
 

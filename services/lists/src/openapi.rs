@@ -16,7 +16,7 @@ use utoipa::OpenApi;
         crate::import::rejections_csv,
         crate::issued_lists::issue_on_demand,
         crate::kpis::renewal_rate,
-        audit,
+        audit, dead_letters, replay_dead_letter,
     ),
     components(schemas(renewal_platform::openapi::ProblemDocument)),
     modifiers(&BearerTokens),
@@ -24,7 +24,7 @@ use utoipa::OpenApi;
         (name = "policies"),
         (name = "lists"),
         (name = "reports"),
-        (name = "audit")
+        (name = "audit"), (name = "dead letters")
     )
 )]
 pub struct ApiDoc;
@@ -41,3 +41,25 @@ pub fn document() -> utoipa::openapi::OpenApi {
               renewal_platform::openapi::Refusals))]
 #[allow(dead_code)]
 fn audit() {}
+
+/// Messages lists gave up on (`hq_admin`), newest first; `waiting=false` shows the
+/// replayed ones too. Never the payload.
+#[utoipa::path(get, path = "/v1/dead-letters/lists", tag = "dead letters",
+    params(renewal_platform::dead_letters::DeadLetterQuery),
+    responses((status = 200, body = renewal_platform::openapi::DeadLetterPage), renewal_platform::openapi::Refusals))]
+#[allow(dead_code)]
+fn dead_letters() {}
+
+/// Replays a dead letter (`hq_admin`): a consumer's message through the consumer that
+/// failed it, in a transaction with its inbox (200; 409 if it fails again, kept with
+/// the new reason); an event back in the relay's line (202).
+#[utoipa::path(post, path = "/v1/dead-letters/lists/{id}:replay", tag = "dead letters",
+    params(("id" = i64, Path, description = "the dead letter's id")),
+    responses(
+        (status = 200, body = renewal_platform::openapi::ReplayAnswer),
+        (status = 202, body = renewal_platform::openapi::ReplayAnswer),
+        (status = 404, body = renewal_platform::openapi::ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, body = renewal_platform::openapi::ProblemDocument, content_type = "application/problem+json"),
+        renewal_platform::openapi::Refusals))]
+#[allow(dead_code)]
+fn replay_dead_letter() {}

@@ -102,7 +102,7 @@ async fn drain(outbox: &Outbox, pool: &PgPool, bus: &Bus) -> Result<usize, Strin
     let mut total = 0;
     loop {
         let n = outbox
-            .publish_batch(pool, bus)
+            .publish_batch(pool, bus, 10)
             .await
             .map_err(|e| e.to_string())?;
         if n == 0 {

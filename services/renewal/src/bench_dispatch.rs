@@ -414,7 +414,11 @@ async fn send_burst(sim: &Simulation, prefix: &str) -> Result<(i64, f64), String
     loop {
         let queued: i64 =
             // Done when none is waiting or with the vendor.
-            sqlx::query_scalar("SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('queued', 'sending', 'unknown')")
+            // (A count per partial index: `state IN (...)` over both would scan the table.)
+            sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM dispatch.sms_messages WHERE state = 'queued')
+                      + (SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('sending', 'unknown'))",
+            )
                 .fetch_one(sim.pool())
                 .await
                 .map_err(err)?;

@@ -93,6 +93,24 @@ fn dispatch_config(vendor_addr: SocketAddr, token: SecretString) -> DispatchConf
     }
 }
 
+/// Serves the mock vendor on a loopback port, pushing to `webhook`; its address.
+async fn start_vendor(
+    vendor: &VendorSim,
+    webhook: &str,
+    cancel: &CancellationToken,
+) -> Result<SocketAddr, SimError> {
+    let listener = renewal_platform::http::bind(crate::vendor_sim::bind_addr())
+        .await
+        .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SimError::Other(e.to_string()))?;
+    vendor
+        .clone()
+        .start(listener, webhook.to_owned(), cancel.clone());
+    Ok(addr)
+}
+
 /// Serves the API (or the admin routes) on a loopback port of the system's choosing.
 async fn serve_on_loopback(
     http: &HttpHost,
@@ -154,19 +172,11 @@ impl Simulation {
         let outside = renewal_platform::postgres::pool_beside(&pool, 8);
         let token = webhook_token();
         let vendor = VendorSim::new(outside.clone(), clock.clone(), options.seed);
-        let vendor_listener = renewal_platform::http::bind(crate::vendor_sim::bind_addr())
-            .await
-            .map_err(|e| SimError::Other(format!("cannot listen on loopback: {e}")))?;
-        let vendor_addr = vendor_listener
-            .local_addr()
-            .map_err(|e| SimError::Other(e.to_string()))?;
         let webhook = format!(
             "http://{http_addr}/v1/webhooks/sms/{}/report",
             token.expose_secret()
         );
-        vendor
-            .clone()
-            .start(vendor_listener, webhook.clone(), cancel.clone());
+        let vendor_addr = start_vendor(&vendor, &webhook, &cancel).await?;
 
         let dispatch = dispatch_config(vendor_addr, token);
         let deps = Deps {
@@ -175,6 +185,8 @@ impl Simulation {
             clock: clock.clone(),
             http,
             time_zone: options.time_zone,
+            // Poison is given up on after 1 + 2 + 4 + 8 s of redeliveries.
+            max_deliveries: 5,
         };
         let lists = renewal_lists::ListsConfig::with_key(DEMO_PII_KEY)
             .map_err(|e| SimError::Other(e.to_string()))?;

@@ -500,38 +500,51 @@ async fn send_sms(
     (status, Json(body))
 }
 
-async fn accept(
-    vendor: &VendorSim,
+/// The vendor's answer to a `SendSms` it refuses as asked, if it does.
+fn malformed(
     headers: &HeaderMap,
     q: &HashMap<String, String>,
     request_id: &str,
-) -> (StatusCode, serde_json::Value) {
+) -> Option<(StatusCode, serde_json::Value)> {
     let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
     let action = headers
         .get("x-acs-action")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if action != "SendSms" {
-        return (
+        return Some((
             StatusCode::BAD_REQUEST,
             serde_json::json!({"Code": "InvalidAction.NotFound", "Message": "unknown action", "RequestId": request_id}),
-        );
+        ));
     }
     for required in ["PhoneNumbers", "SignName", "TemplateCode"] {
         if field(required).is_empty() {
-            return (
+            return Some((
                 StatusCode::OK,
                 serde_json::json!({"Code": "isv.INVALID_PARAMETERS", "Message": format!("{required} is required"), "RequestId": request_id}),
-            );
+            ));
         }
     }
-    let phone = field("PhoneNumbers");
-    if !is_mobile(phone) {
-        return (
+    if !is_mobile(field("PhoneNumbers")) {
+        return Some((
             StatusCode::OK,
             serde_json::json!({"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "invalid mobile", "RequestId": request_id}),
-        );
+        ));
     }
+    None
+}
+
+async fn accept(
+    vendor: &VendorSim,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    request_id: &str,
+) -> (StatusCode, serde_json::Value) {
+    if let Some(refused) = malformed(headers, q, request_id) {
+        return refused;
+    }
+    let field = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+    let phone = field("PhoneNumbers");
     let fault = vendor.fault_for(phone);
     match &fault {
         Some(Fault::Unavailable { .. }) => {

@@ -112,5 +112,6 @@ pub async fn run_with(
         timers_changed,
         cancel,
     ));
+    deps.http.mount(audit.around(service.dead_letter_routes()));
     service.run().await
 }

@@ -24,6 +24,10 @@ pub mod scheduler {
 pub mod dispatch {
     include!(concat!(env!("OUT_DIR"), "/renewal.dispatch.v1.rs"));
 }
+/// Facts every service publishes about itself (dead letters).
+pub mod platform {
+    include!(concat!(env!("OUT_DIR"), "/renewal.platform.v1.rs"));
+}
 
 pub mod sms_templates;
 mod subjects;

@@ -143,6 +143,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// The default business time zone (cities without their own).
     pub time_zone: chrono_tz::Tz,
+    /// Deliveries a message gets before it is given up as a dead letter.
+    pub max_deliveries: i64,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/renewal";
@@ -194,6 +196,16 @@ impl Settings {
             admin_addr: env.or("ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(20))?,
             time_zone: env.or("TIME_ZONE", chrono_tz::Asia::Shanghai)?,
+            max_deliveries: {
+                let n: i64 = env.or("MAX_DELIVERIES", 10)?;
+                if !(2..=1000).contains(&n) {
+                    return Err(ConfigError::Invalid {
+                        var: "MAX_DELIVERIES".into(),
+                        reason: format!("must be 2 to 1000 (got {n})"),
+                    });
+                }
+                n
+            },
         })
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Errors map to JetStream in this one place: a malformed message is terminated and kept
 //! in the inbox with its reason (nothing is silently dropped); anything else is
-//! negatively acknowledged with a growing delay and retried.
+//! negatively acknowledged with a growing delay and retried, until its `max_deliveries`th
+//! delivery fails too: then it is kept as a dead letter ([`crate::dead_letters`]) and
+//! terminated, and the consumer goes on.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -143,6 +145,46 @@ pub struct Consuming {
     pub bus: Bus,
     pub schema: &'static str,
     pub outbox: Outbox,
+    /// Deliveries a message gets before it is given up as a dead letter.
+    pub max_deliveries: i64,
+}
+
+impl<H: Handler> Handler for std::sync::Arc<H> {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        delivery: &'a Delivery,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + 'a {
+        (**self).handle(tx, delivery)
+    }
+
+    fn committed(&self) {
+        (**self).committed()
+    }
+}
+
+/// A consumer's handler as a dead letter's replay runs it: in a transaction with the
+/// inbox, as a delivery would be.
+pub struct Replaying<H> {
+    pub ctx: Consuming,
+    pub handler: std::sync::Arc<H>,
+}
+
+impl<H: Handler> crate::dead_letters::Replay for Replaying<H> {
+    fn replay(
+        &self,
+        delivery: Delivery,
+    ) -> futures::future::BoxFuture<'_, Result<bool, HandleError>> {
+        Box::pin(async move {
+            let fresh = apply(&self.ctx, &*self.handler, &delivery).await?;
+            if fresh {
+                crate::activity::record();
+                self.ctx.outbox.wake();
+                self.handler.committed();
+            }
+            Ok(fresh)
+        })
+    }
 }
 
 /// Runs one durable consumer until `cancel` fires. The message in hand is finished
@@ -185,7 +227,7 @@ pub async fn consume<H: Handler>(
             match next {
                 Some(Ok(message)) => {
                     backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-                    in_hand.push(process(&ctx, &handler, message));
+                    in_hand.push(process(&ctx, spec.filter, &handler, message));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(consumer = spec.durable, error = %e, "pull stream failed; re-creating it");
@@ -204,6 +246,7 @@ pub async fn consume<H: Handler>(
 
 async fn process<H: Handler>(
     ctx: &Consuming,
+    filter: &'static str,
     handler: &H,
     message: async_nats::jetstream::Message,
 ) {
@@ -259,19 +302,20 @@ async fn process<H: Handler>(
         .record(started.elapsed().as_secs_f64());
     // The span is attached to the future, never entered across an await: with several
     // deliveries in flight on one task an entered span would outlive its turn.
-    settle_delivery(ctx, handler, &message, &delivery, delivered, result)
+    settle_delivery(ctx, filter, handler, &message, &delivery, result)
         .instrument(span)
         .await
 }
 
 async fn settle_delivery<H: Handler>(
     ctx: &Consuming,
+    filter: &'static str,
     handler: &H,
     message: &async_nats::jetstream::Message,
     delivery: &Delivery,
-    delivered: i64,
     result: Result<bool, HandleError>,
 ) {
+    let delivered = delivery.delivered;
     match result {
         Ok(fresh) => {
             if fresh {
@@ -299,9 +343,57 @@ async fn settle_delivery<H: Handler>(
                 }
             }
         }
+        Err(e) if delivered >= ctx.max_deliveries => {
+            give_up(ctx, filter, message, delivery, &e.to_string()).await;
+        }
         Err(e) => {
             let delay = redelivery_delay(delivered as u64);
             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "message not handled; it will be redelivered");
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+    }
+}
+
+/// Keeps a message that failed its last delivery as a dead letter and terminates it,
+/// so the consumer goes on; if it cannot be kept, it is delivered again.
+async fn give_up(
+    ctx: &Consuming,
+    filter: &'static str,
+    message: &async_nats::jetstream::Message,
+    delivery: &Delivery,
+    reason: &str,
+) {
+    tracing::error!(%reason, deliveries = delivery.delivered, "message failed every delivery; kept as a dead letter");
+    let traceparent = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_owned());
+    let letter = crate::dead_letters::Letter {
+        source: crate::dead_letters::Source::Consumer,
+        consumer: filter,
+        message_id: &delivery.message_id,
+        subject: &delivery.subject,
+        payload: &delivery.payload,
+        traceparent: traceparent.as_deref(),
+        reason,
+        deliveries: delivery.delivered as i32,
+    };
+    let kept = async {
+        let mut tx = ctx.pool.begin().await?;
+        crate::dead_letters::keep(&mut tx, &ctx.outbox, &letter).await?;
+        tx.commit().await
+    }
+    .await;
+    match kept {
+        Ok(()) => {
+            crate::activity::record();
+            ctx.outbox.wake();
+            let _ = message.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not keep the dead letter; delivering the message again");
+            let delay = redelivery_delay(delivery.delivered as u64);
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }

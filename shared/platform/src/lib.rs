@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod dead_letters;
 pub mod dev_issuer;
 pub mod http;
 pub mod identity;
@@ -55,6 +56,8 @@ pub struct Deps {
     pub http: HttpHost,
     /// Business time zone for cities without their own.
     pub time_zone: chrono_tz::Tz,
+    /// Deliveries a message gets (attempts an event gets) before it is a dead letter.
+    pub max_deliveries: i64,
 }
 
 /// Installs rustls's ring provider once per process (reqwest and async-nats both use

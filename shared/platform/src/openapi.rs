@@ -66,6 +66,23 @@ pub struct AuditPage {
     next_page_token: Option<String>,
 }
 
+/// A page of a service's dead letters, newest first.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DeadLetterPage {
+    items: Vec<crate::dead_letters::DeadLetter>,
+    next_page_token: Option<String>,
+}
+
+/// What a replay did: `applied`, `already_applied` (the consumer had handled it),
+/// `requeued` (an event back in the relay's line).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ReplayAnswer {
+    id: i64,
+    result: String,
+}
+
 /// The usual refusals of a route that needs a caller.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]

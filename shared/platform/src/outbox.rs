@@ -149,7 +149,7 @@ impl Outbox {
     /// Rows written but not yet acknowledged by JetStream.
     pub async fn backlog(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
         let sql = format!(
-            "SELECT count(*) FROM {}.outbox WHERE published_at IS NULL",
+            "SELECT count(*) FROM {}.outbox WHERE published_at IS NULL AND set_aside_at IS NULL",
             self.schema
         );
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -158,8 +158,10 @@ impl Outbox {
     }
 
     /// Publishes until cancelled. Several replicas may run it: each batch is claimed
-    /// with `FOR UPDATE SKIP LOCKED`.
-    pub async fn relay(self, pool: PgPool, bus: Bus, cancel: CancellationToken) {
+    /// with `FOR UPDATE SKIP LOCKED`. A row JetStream refuses `max_attempts` times (not
+    /// for a timeout or a lost connection: for what the row is) is set aside as a dead
+    /// letter and the relay goes on.
+    pub async fn relay(self, pool: PgPool, bus: Bus, max_attempts: i32, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         // Every commit with an event wakes the relay; under a flood one poll per gap
         // serves them all.
@@ -168,7 +170,7 @@ impl Outbox {
             if cancel.is_cancelled() {
                 return;
             }
-            match self.publish_batch(&pool, &bus).await {
+            match self.publish_batch(&pool, &bus, max_attempts).await {
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => {
                     backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -186,6 +188,10 @@ impl Outbox {
                 Err(e) => {
                     let wait = backoff.next_delay();
                     tracing::warn!(service = self.schema, error = %e, retry_in_ms = wait.as_millis() as u64, "outbox relay could not publish; retrying");
+                    // The lag keeps rising while nothing goes out.
+                    if let Ok(Some(oldest)) = self.oldest_waiting(&pool).await {
+                        self.report_lag(Some(oldest));
+                    }
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
@@ -195,56 +201,206 @@ impl Outbox {
         }
     }
 
-    /// Publishes one batch in order and marks it; returns how many rows it published.
-    pub async fn publish_batch(&self, pool: &PgPool, bus: &Bus) -> Result<usize, RelayError> {
+    /// When the oldest row still to publish was written.
+    async fn oldest_waiting(
+        &self,
+        pool: &PgPool,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+        let sql = format!(
+            "SELECT min(created_at) FROM {}.outbox WHERE published_at IS NULL AND set_aside_at IS NULL",
+            self.schema
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+    }
+
+    fn report_lag(&self, oldest: Option<chrono::DateTime<chrono::Utc>>) {
+        let lag = oldest.map_or(0.0, |o| {
+            (chrono::Utc::now() - o).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        metrics::gauge!("outbox_lag_seconds", "service" => self.schema).set(lag);
+    }
+
+    /// Publishes one batch in order and marks what JetStream took; returns how many
+    /// rows it published. Rows refused for what they are count an attempt, and are set
+    /// aside as dead letters after `max_attempts`.
+    pub async fn publish_batch(
+        &self,
+        pool: &PgPool,
+        bus: &Bus,
+        max_attempts: i32,
+    ) -> Result<usize, RelayError> {
         let mut tx = crate::postgres::begin_claim(pool).await?;
         let select = format!(
-            "SELECT seq, id, subject, payload, traceparent, created_at FROM {}.outbox \
-             WHERE published_at IS NULL ORDER BY seq LIMIT {BATCH} FOR UPDATE SKIP LOCKED",
+            "SELECT seq, id, subject, payload, traceparent, created_at, attempts FROM {}.outbox \
+             WHERE published_at IS NULL AND set_aside_at IS NULL ORDER BY seq LIMIT {BATCH} \
+             FOR UPDATE SKIP LOCKED",
             self.schema
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(select))
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
+            self.report_lag(None);
             return Ok(0);
         }
-        let mut acks = Vec::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut oldest: Option<chrono::DateTime<chrono::Utc>> = None;
-        for row in &rows {
-            let id: Uuid = row.try_get("id")?;
-            let subject: String = row.try_get("subject")?;
-            let payload: Vec<u8> = row.try_get("payload")?;
-            let traceparent: Option<String> = row.try_get("traceparent")?;
-            let created: chrono::DateTime<chrono::Utc> = row.try_get("created_at")?;
-            oldest = Some(oldest.map_or(created, |o| o.min(created)));
-            acks.push(
-                bus.send(&subject, &id.to_string(), traceparent.as_deref(), payload)
-                    .await?,
-            );
-            seqs.push(row.try_get::<i64, _>("seq")?);
+        let rows = rows
+            .iter()
+            .map(Pending::read)
+            .collect::<Result<Vec<_>, _>>()?;
+        let oldest = rows.iter().map(|r| r.created_at).min();
+        let (published, refused) = self.send_all(bus, &rows).await;
+        self.mark_published(&mut tx, &published).await?;
+        let set_aside = self
+            .count_refusals(&mut tx, &rows, &refused, bus.is_connected(), max_attempts)
+            .await?;
+        tx.commit().await?;
+        if set_aside > 0 {
+            self.wake();
         }
-        for ack in acks {
-            ack.await.map_err(|e| RelayError::Ack(e.to_string()))?;
+        if !published.is_empty() {
+            crate::activity::record();
+            metrics::counter!("messages_out_total", "service" => self.schema)
+                .increment(published.len() as u64);
+        }
+        self.report_lag(oldest);
+        match refused.first() {
+            Some((_, reason, _)) if published.is_empty() => Err(RelayError::Ack(reason.clone())),
+            _ => Ok(published.len()),
+        }
+    }
+
+    /// Sends every row and waits for JetStream's answers: the seqs it took, and the
+    /// rows it refused (index, reason, whether for what the row is).
+    async fn send_all(
+        &self,
+        bus: &Bus,
+        rows: &[Pending],
+    ) -> (Vec<i64>, Vec<(usize, String, bool)>) {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let mut acks = Vec::with_capacity(rows.len());
+        let mut refused = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            match bus
+                .send(
+                    &row.subject,
+                    &row.id.to_string(),
+                    row.traceparent.as_deref(),
+                    row.payload.clone(),
+                )
+                .await
+            {
+                Ok(ack) => acks.push((i, ack)),
+                Err(e) => refused.push((i, e.to_string(), false)),
+            }
+        }
+        let mut published = Vec::with_capacity(acks.len());
+        for (i, ack) in acks {
+            match ack.await {
+                Ok(_) => published.push(rows[i].seq),
+                Err(e) => {
+                    let transient = matches!(
+                        e.kind(),
+                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                    );
+                    refused.push((i, e.to_string(), !transient));
+                }
+            }
+        }
+        refused.sort_by_key(|(i, ..)| *i);
+        (published, refused)
+    }
+
+    async fn mark_published(&self, tx: &mut PgConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
+        if seqs.is_empty() {
+            return Ok(());
         }
         let mark = format!(
             "UPDATE {}.outbox SET published_at = now() WHERE seq = ANY($1)",
             self.schema
         );
         sqlx::query(sqlx::AssertSqlSafe(mark))
-            .bind(&seqs)
+            .bind(seqs)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        crate::activity::record();
-        metrics::counter!("messages_out_total", "service" => self.schema)
-            .increment(seqs.len() as u64);
-        if let Some(oldest) = oldest {
-            let lag = (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::gauge!("outbox_lag_seconds", "service" => self.schema).set(lag);
+        Ok(())
+    }
+
+    /// Counts an attempt on each row refused for what it is (while connected: an
+    /// outage is nobody's fault), and sets aside those out of attempts. Returns how many
+    /// it set aside.
+    async fn count_refusals(
+        &self,
+        tx: &mut PgConnection,
+        rows: &[Pending],
+        refused: &[(usize, String, bool)],
+        connected: bool,
+        max_attempts: i32,
+    ) -> Result<usize, sqlx::Error> {
+        let mut set_aside = 0;
+        for (i, reason, own_fault) in refused {
+            if !(connected && *own_fault) {
+                continue;
+            }
+            let row = &rows[*i];
+            let attempts = row.attempts + 1;
+            let give_up = attempts >= max_attempts;
+            let sql = format!(
+                "UPDATE {}.outbox SET attempts = $2, last_error = $3,
+                     set_aside_at = CASE WHEN $4 THEN now() END
+                 WHERE seq = $1",
+                self.schema
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(row.seq)
+                .bind(attempts)
+                .bind(reason)
+                .bind(give_up)
+                .execute(&mut *tx)
+                .await?;
+            if give_up {
+                tracing::error!(service = self.schema, subject = %row.subject, %reason, "JetStream refused an event {attempts} times; set aside as a dead letter");
+                let letter = crate::dead_letters::Letter {
+                    source: crate::dead_letters::Source::Outbox,
+                    consumer: "",
+                    message_id: &row.id.to_string(),
+                    subject: &row.subject,
+                    payload: &row.payload,
+                    traceparent: row.traceparent.as_deref(),
+                    reason,
+                    deliveries: attempts,
+                };
+                crate::dead_letters::keep(tx, self, &letter).await?;
+                set_aside += 1;
+            }
         }
-        Ok(seqs.len())
+        Ok(set_aside)
+    }
+}
+
+/// An outbox row waiting to be published.
+struct Pending {
+    seq: i64,
+    id: Uuid,
+    subject: String,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    attempts: i32,
+}
+
+impl Pending {
+    fn read(row: &sqlx::postgres::PgRow) -> Result<Pending, sqlx::Error> {
+        Ok(Pending {
+            seq: row.try_get("seq")?,
+            id: row.try_get("id")?,
+            subject: row.try_get("subject")?,
+            payload: row.try_get("payload")?,
+            traceparent: row.try_get("traceparent")?,
+            created_at: row.try_get("created_at")?,
+            attempts: row.try_get("attempts")?,
+        })
     }
 }
 

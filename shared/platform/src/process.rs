@@ -136,6 +136,7 @@ async fn run_process(
         clock: Clock::wall(),
         http: http.clone(),
         time_zone: settings.time_zone,
+        max_deliveries: settings.max_deliveries,
     };
     let service_stop = CancellationToken::new();
     let service = tokio::spawn((program.run)(deps, service_stop.clone()));

@@ -7,8 +7,12 @@ use std::future::Future;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::bus::ConsumerSpec;
-use crate::inbox::{Consuming, Handler, consume};
+use crate::dead_letters::Replayers;
+use crate::http::Routes;
+use crate::inbox::{Consuming, Handler, Replaying, consume};
 use crate::{Deps, Outbox};
 
 pub struct Service {
@@ -17,6 +21,7 @@ pub struct Service {
     consuming: Consuming,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
+    replayers: Replayers,
 }
 
 impl Service {
@@ -34,20 +39,40 @@ impl Service {
                 bus: deps.bus.clone(),
                 schema: outbox.schema(),
                 outbox: outbox.clone(),
+                max_deliveries: deps.max_deliveries,
             },
             cancel: cancel.clone(),
             tasks: JoinSet::new(),
+            replayers: Replayers::default(),
         }
     }
 
     /// Handles a durable consumer's messages, each in a transaction with the inbox.
     pub fn consume<H: Handler>(&mut self, spec: ConsumerSpec, handler: H) {
+        let handler = Arc::new(handler);
+        self.replayers.add(
+            spec.filter,
+            Arc::new(Replaying {
+                ctx: self.consuming.clone(),
+                handler: handler.clone(),
+            }),
+        );
         self.tasks.spawn(consume(
             self.consuming.clone(),
             spec,
             handler,
             self.cancel.clone(),
         ));
+    }
+
+    /// The service's dead letters for `hq_admin`: listed, and replayed through the
+    /// consumer that failed them (mount them with the service's audit).
+    pub fn dead_letter_routes(&self) -> Routes {
+        crate::dead_letters::routes(
+            self.deps.pool.clone(),
+            self.consuming.outbox.clone(),
+            self.replayers.clone(),
+        )
     }
 
     /// Runs one of the service's own loops; it must return once the token fires.
@@ -61,6 +86,7 @@ impl Service {
         self.tasks.spawn(outbox.relay(
             self.deps.pool.clone(),
             self.deps.bus.clone(),
+            self.deps.max_deliveries as i32,
             self.cancel.clone(),
         ));
         let mut result = Ok(());

@@ -114,9 +114,12 @@ async fn work<V: SmsVendor>(sender: &Sender<V>, queued: &Notify, cancel: &Cancel
 /// When this service next has work of its own: the earliest attempt of a queued
 /// message, or the time to ask the vendor about one in doubt.
 pub async fn next_wakeup(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    // One minimum per partial index (a single `state IN (...)` matches neither, and
+    // scans the table).
     sqlx::query_scalar(
-        "SELECT min(next_attempt_at) FROM dispatch.sms_messages
-         WHERE state IN ('queued', 'sending', 'unknown')",
+        "SELECT least(
+             (SELECT min(next_attempt_at) FROM dispatch.sms_messages WHERE state = 'queued'),
+             (SELECT min(next_attempt_at) FROM dispatch.sms_messages WHERE state IN ('sending', 'unknown')))",
     )
     .fetch_one(pool)
     .await
@@ -234,13 +237,7 @@ impl<V: SmsVendor> Sender<V> {
             .into_iter()
             .zip(outcomes.into_iter().map(|(_, v)| v))
             .collect();
-        let recorded = async {
-            let mut tx = self.pool.begin().await?;
-            let events = record(&mut tx, &self.outbox, &verdicts, now, Fence::Attempt).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(events)
-        }
-        .await;
+        let recorded = self.record_answers(&verdicts, now).await;
         // Unrecorded, they stay `sending` and are settled by asking the vendor.
         self.release(&ids);
         if recorded? > 0 {
@@ -248,6 +245,33 @@ impl<V: SmsVendor> Sender<V> {
         }
         renewal_platform::activity::record();
         Ok(claimed)
+    }
+
+    /// Records the vendor's answers (again if Postgres chose this transaction to break
+    /// a deadlock or a serialization conflict).
+    async fn record_answers(
+        &self,
+        verdicts: &[(Claimed, Verdict)],
+        now: DateTime<Utc>,
+    ) -> Result<usize, sqlx::Error> {
+        let mut attempt = 0;
+        loop {
+            let recorded = async {
+                let mut tx = self.pool.begin().await?;
+                let events = record(&mut tx, &self.outbox, verdicts, now, Fence::Attempt).await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(events)
+            }
+            .await;
+            match recorded {
+                Err(sqlx::Error::Database(e))
+                    if attempt < 3 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Claims due messages; records those that must not or cannot go now, and commits
@@ -406,109 +430,109 @@ struct Change {
     sent_at: Option<DateTime<Utc>>,
 }
 
+/// Logs and counts a verdict.
+fn note(m: &Claimed, verdict: &Verdict) {
+    let status = match verdict {
+        Verdict::Retry(_, reason) => {
+            tracing::warn!(message_id = %m.id, %reason, "vendor unavailable; the SMS will be retried");
+            "retry"
+        }
+        Verdict::Requeued(_, reason) => {
+            tracing::info!(message_id = %m.id, %reason, "SMS not handed over; queued again");
+            return;
+        }
+        Verdict::Unknown(_, reason) => {
+            tracing::warn!(message_id = %m.id, %reason, "the vendor's answer was lost; it will be asked before any resend");
+            "unknown"
+        }
+        Verdict::Deferred(_) => "deferred_quiet_hours",
+        Verdict::Suppressed(state) => state.as_str(),
+        Verdict::Stopped(state) => {
+            metrics::counter!("sms_stopped_before_call_total").increment(1);
+            state.as_str()
+        }
+        Verdict::Dead(reason) => {
+            tracing::error!(message_id = %m.id, %reason, "SMS dead after {MAX_ATTEMPTS} attempts");
+            return;
+        }
+        Verdict::Failed(code, _) => {
+            tracing::warn!(message_id = %m.id, %code, "vendor refused the SMS");
+            return;
+        }
+        // Counted with its event.
+        Verdict::Sent(_) => return,
+    };
+    metrics::counter!("sms_total", "status" => status).increment(1);
+}
+
 /// What a verdict changes, and the event it publishes (status, vendor id, vendor code).
 fn change_for(
     m: &Claimed,
     verdict: &Verdict,
     now: DateTime<Utc>,
 ) -> (Change, Option<(SmsStatus, String, String)>) {
-    match verdict {
-        Verdict::Sent(biz_id) => (
-            Change {
-                state: Some(SmsState::Sent),
-                // Empty when the vendor was asked about it rather than answering.
-                vendor_message_id: (!biz_id.is_empty()).then(|| biz_id.clone()),
-                clear_error: true,
-                sent_at: Some(now),
-                ..Change::default()
-            },
-            Some((SmsStatus::Sent, biz_id.clone(), String::new())),
-        ),
-        Verdict::Retry(at, reason) => {
-            tracing::warn!(message_id = %m.id, %reason, "vendor unavailable; the SMS will be retried");
-            metrics::counter!("sms_total", "status" => "retry").increment(1);
-            let change = Change {
-                state: Some(SmsState::Queued),
-                next_attempt_at: Some(*at),
-                last_error: Some(reason.clone()),
-                ..Change::default()
-            };
-            (change, None)
-        }
-        Verdict::Requeued(at, reason) => {
-            tracing::info!(message_id = %m.id, %reason, "SMS not handed over; queued again");
-            let change = Change {
-                state: Some(SmsState::Queued),
-                tried: -1,
-                next_attempt_at: Some(*at),
-                ..Change::default()
-            };
-            (change, None)
-        }
-        Verdict::Unknown(at, reason) => {
-            tracing::warn!(message_id = %m.id, %reason, "the vendor's answer was lost; it will be asked before any resend");
-            metrics::counter!("sms_total", "status" => "unknown").increment(1);
-            let change = Change {
-                state: Some(SmsState::Unknown),
-                next_attempt_at: Some(*at),
-                last_error: Some(reason.clone()),
-                ..Change::default()
-            };
-            (change, None)
-        }
-        Verdict::Deferred(at) => {
-            metrics::counter!("sms_total", "status" => "deferred_quiet_hours").increment(1);
-            let change = Change {
-                next_attempt_at: Some(*at),
-                ..Change::default()
-            };
-            (change, None)
-        }
-        Verdict::Suppressed(state) => {
-            metrics::counter!("sms_total", "status" => state.as_str()).increment(1);
-            let change = Change {
-                state: Some(*state),
-                ..Change::default()
-            };
-            (change, None)
-        }
-        Verdict::Stopped(state) => {
-            metrics::counter!("sms_total", "status" => state.as_str()).increment(1);
-            metrics::counter!("sms_stopped_before_call_total").increment(1);
-            let change = Change {
-                state: Some(*state),
-                // The attempt claimed for it was not made.
-                tried: -1,
-                ..Change::default()
-            };
-            (change, None)
-        }
-        Verdict::Dead(reason) => {
-            tracing::error!(message_id = %m.id, %reason, "SMS dead after {MAX_ATTEMPTS} attempts");
-            let change = Change {
-                state: Some(SmsState::Dead),
-                last_error: Some(reason.clone()),
-                ..Change::default()
-            };
-            (
-                change,
-                Some((SmsStatus::Failed, String::new(), "dead_letter".into())),
-            )
-        }
-        Verdict::Failed(code, message) => {
-            tracing::warn!(message_id = %m.id, %code, "vendor refused the SMS");
-            let change = Change {
-                state: Some(SmsState::Failed),
-                vendor_code: Some(code.clone()),
-                last_error: Some(message.clone()),
-                ..Change::default()
-            };
-            (
-                change,
-                Some((SmsStatus::Failed, String::new(), code.clone())),
-            )
-        }
-    }
+    note(m, verdict);
+    let queued_for = |at: &DateTime<Utc>| Change {
+        state: Some(SmsState::Queued),
+        next_attempt_at: Some(*at),
+        ..Change::default()
+    };
+    let change = match verdict {
+        Verdict::Sent(biz_id) => Change {
+            state: Some(SmsState::Sent),
+            // Empty when the vendor was asked about it rather than answering.
+            vendor_message_id: (!biz_id.is_empty()).then(|| biz_id.clone()),
+            clear_error: true,
+            sent_at: Some(now),
+            ..Change::default()
+        },
+        Verdict::Retry(at, reason) => Change {
+            last_error: Some(reason.clone()),
+            ..queued_for(at)
+        },
+        // The attempt claimed for it was not made.
+        Verdict::Requeued(at, _) => Change {
+            tried: -1,
+            ..queued_for(at)
+        },
+        Verdict::Unknown(at, reason) => Change {
+            state: Some(SmsState::Unknown),
+            next_attempt_at: Some(*at),
+            last_error: Some(reason.clone()),
+            ..Change::default()
+        },
+        Verdict::Deferred(at) => Change {
+            next_attempt_at: Some(*at),
+            ..Change::default()
+        },
+        Verdict::Suppressed(state) => Change {
+            state: Some(*state),
+            ..Change::default()
+        },
+        Verdict::Stopped(state) => Change {
+            state: Some(*state),
+            tried: -1,
+            ..Change::default()
+        },
+        Verdict::Dead(reason) => Change {
+            state: Some(SmsState::Dead),
+            last_error: Some(reason.clone()),
+            ..Change::default()
+        },
+        Verdict::Failed(code, message) => Change {
+            state: Some(SmsState::Failed),
+            vendor_code: Some(code.clone()),
+            last_error: Some(message.clone()),
+            ..Change::default()
+        },
+    };
+    let event = match verdict {
+        Verdict::Sent(biz_id) => Some((SmsStatus::Sent, biz_id.clone(), String::new())),
+        Verdict::Dead(_) => Some((SmsStatus::Failed, String::new(), "dead_letter".into())),
+        Verdict::Failed(code, _) => Some((SmsStatus::Failed, String::new(), code.clone())),
+        _ => None,
+    };
+    (change, event)
 }
 
 /// Records a batch's verdicts with one update, and the events of the messages it
@@ -604,8 +628,20 @@ async fn update(
         .collect();
     let clear: Vec<bool> = changes.iter().map(|(.., c)| c.clear_error).collect();
     let sent: Vec<Option<DateTime<Utc>>> = changes.iter().map(|(.., c)| c.sent_at).collect();
+    // Rows are locked in key order first, as the receipts webhook locks them, so a
+    // batch and a push of receipts queue rather than deadlock.
     sqlx::query_scalar(
-        "UPDATE dispatch.sms_messages m SET
+        "WITH v AS (
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::timestamptz[], $6::text[],
+                                  $7::text[], $8::text[], $9::bool[], $10::timestamptz[])
+                 AS v(id, attempt, state, tried, next_attempt_at, vendor_message_id, vendor_code, last_error,
+                      clear_error, sent_at)
+         ),
+         locked AS MATERIALIZED (
+             SELECT m.id FROM dispatch.sms_messages m WHERE m.id IN (SELECT id FROM v)
+             ORDER BY m.id FOR UPDATE
+         )
+         UPDATE dispatch.sms_messages m SET
              state = CASE WHEN m.state IN ('delivered', 'failed') THEN m.state
                           ELSE coalesce(v.state, m.state) END,
              attempts = m.attempts + v.tried,
@@ -614,11 +650,8 @@ async fn update(
              vendor_code = coalesce(v.vendor_code, m.vendor_code),
              last_error = CASE WHEN v.clear_error THEN NULL ELSE coalesce(v.last_error, m.last_error) END,
              sent_at = coalesce(m.sent_at, v.sent_at)
-         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::int[], $5::timestamptz[], $6::text[], $7::text[],
-                     $8::text[], $9::bool[], $10::timestamptz[])
-              AS v(id, attempt, state, tried, next_attempt_at, vendor_message_id, vendor_code, last_error,
-                   clear_error, sent_at)
-         WHERE m.id = v.id
+         FROM v
+         WHERE m.id = v.id AND m.id IN (SELECT id FROM locked)
            AND ($11 OR (m.attempts = v.attempt
                         AND (m.state = 'sending'
                              OR (v.state = 'sent' AND m.state IN ('delivered', 'failed') AND m.sent_at IS NULL))))
