@@ -711,6 +711,13 @@ def wiring(repo, dev_path, prod_path, obs_path):
             check(all("@sha256:" in i or (":" in i.rsplit("/", 1)[-1] and i.rsplit(":", 1)[1] not in ("latest", "main")) for i in images),
                   f"prod: image pinned ({', '.join(sorted(images))})")
             check(int(shared["NATS_STREAM_REPLICAS"]) <= nats["config"]["cluster"]["replicas"], "prod: stream replicas fit the NATS cluster")
+            # Five streams, each bounded, on every node's JetStream volume.
+            volume = nats["config"]["jetstream"]["fileStore"]["pvc"]["size"]
+            units = {"Gi": 1 << 30, "Mi": 1 << 20, "Ti": 1 << 40}
+            volume_bytes = int(volume[:-2]) * units.get(volume[-2:], 1)
+            stream_bytes = int(shared.get("NATS_STREAM_MAX_BYTES", 3 << 30))
+            check(5 * stream_bytes <= volume_bytes * 0.9,
+                  f"prod: 5 streams x NATS_STREAM_MAX_BYTES ({stream_bytes}) fit 90% of the JetStream volume ({volume})")
             # Postgres connections: every pod's pool at the most pods (one surge each).
             # Dispatch keeps DATABASE_RESERVED_CONNECTIONS more for its webhook and sender.
             shared_pool = int(shared.get("DATABASE_MAX_CONNECTIONS", 10))

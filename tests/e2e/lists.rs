@@ -534,3 +534,54 @@ async fn lists_buckets_lapses_and_renewals_over_a_month() {
     assert_eq!(status, 400);
     system.finish().await;
 }
+
+/// The service was away over the whole issue day (1 December): its first run after it
+/// issues the month's lists, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_issue_day_issues_the_months_lists_when_the_service_is_back() {
+    let system = TestSystem::start("mi", local("2026-11-30", 9)).await;
+    let sim = &system.sim;
+    sim.publish_policies(&[policy("MI1", "2027-01-20")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-11-30", 12))
+        .await
+        .expect("time moves");
+    assert!(
+        events::<ListIssued>(&system, subject::LISTS_LIST_ISSUED)
+            .await
+            .is_empty()
+    );
+    // No run on 1 December: the clock jumps from the 30th to the 2nd.
+    sim.clock
+        .advance_to(local("2026-12-02", 9))
+        .expect("the clock moves");
+    sim.settle().await.expect("settles");
+    sim.advance_to(local("2026-12-04", 9))
+        .await
+        .expect("time moves");
+    let lists: Vec<ListIssued> = events(&system, subject::LISTS_LIST_ISSUED).await;
+    let renewal: Vec<(String, bool, String, Vec<String>)> = lists
+        .iter()
+        .filter(|l| l.kind == ListKind::Renewal as i32)
+        .map(|l| {
+            (
+                l.branch_code.clone(),
+                l.monthly,
+                l.issued_on.clone(),
+                l.items.iter().map(|i| i.policy_no.clone()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        renewal,
+        [(
+            "SH01".to_owned(),
+            true,
+            "2026-12-02".to_owned(),
+            vec!["MI1".to_owned()]
+        )],
+        "issued on the first run after the issue day, and only then"
+    );
+    system.finish().await;
+}

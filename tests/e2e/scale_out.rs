@@ -130,6 +130,7 @@ impl Deployment {
                     .env("DATABASE_URL", db.expose_secret())
                     .env("DATABASE_MAX_CONNECTIONS", "6")
                     .env("NATS_URL", nats_url())
+                    .env("NATS_STREAM_MAX_BYTES", "268435456")
                     .env("NATS_PREFIX", &name)
                     // Port 0: each process tells the port it got in its first log lines.
                     .env("HTTP_ADDR", "127.0.0.1:0")

@@ -18,6 +18,7 @@ fn renewal(envs: &[(&str, &str)]) -> Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("NATS_URL", nats_url())
+        .env("NATS_STREAM_MAX_BYTES", "268435456")
         .env("LOG_FORMAT", "json")
         .env("PII_KEY", renewal::simulation::DEMO_PII_KEY)
         .env("AUTH_DEV", "on")

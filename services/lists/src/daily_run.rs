@@ -2,7 +2,10 @@
 //! lapse the cases whose expiry day has ended, open cases for policies entering the
 //! window, move cases between buckets, and on the issue day of the month issue every
 //! branch's renewal and lapse lists. One replica does each (zone, day): the row in
-//! `daily_runs` is written in the run's own transaction, with all its events.
+//! `daily_runs` is written in the run's own transaction, with all its events. A zone
+//! whose run did not happen on the issue day (the service was away all day) issues the
+//! month's lists with its first run after it; lapses and openings catch up by
+//! themselves (they take everything due by the run's day).
 
 use std::time::Duration;
 
@@ -29,6 +32,32 @@ pub struct DailyRun {
     pub zones: Zones,
     pub pii: std::sync::Arc<PiiCipher>,
     pub list_issue_day: u32,
+}
+
+/// Whether the zone's run on `today` issues the month's lists: it is the first run of
+/// the month on or after the issue day.
+async fn lists_due(
+    tx: &mut sqlx::PgConnection,
+    zone: chrono_tz::Tz,
+    today: NaiveDate,
+    issue_day: u32,
+) -> Result<bool, sqlx::Error> {
+    let Some(issue_date) = today.with_day(issue_day).filter(|d| *d <= today) else {
+        return Ok(false);
+    };
+    let ran_since: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM lists.daily_runs
+                        WHERE time_zone = $1 AND run_date >= $2 AND run_date < $3)",
+    )
+    .bind(zone.name())
+    .bind(issue_date)
+    .bind(today)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !ran_since && today != issue_date {
+        tracing::warn!(zone = zone.name(), %issue_date, %today, "no run on the issue day; issuing the month's lists now");
+    }
+    Ok(!ran_since)
 }
 
 /// What one (zone, day) run did.
@@ -131,7 +160,7 @@ impl DailyRun {
         done.opened =
             cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope).await?;
         done.moved = cases::move_buckets(&mut tx, &self.outbox, zone, today).await?;
-        if today.day() == self.list_issue_day {
+        if lists_due(&mut tx, zone, today, self.list_issue_day).await? {
             let scope = Scope {
                 zone: Some(zone),
                 city: None,

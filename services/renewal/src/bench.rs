@@ -53,7 +53,9 @@ pub(crate) async fn fresh_bench(
     let subjects = Subjects::new(prefix).map_err(|e| e.to_string())?;
     let bus = Bus::connect(nats_url, subjects, 1, "renewal-bench", cancel)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        // A million policies' events.
+        .with_stream_max_bytes(2 << 30);
     bus.delete_streams().await;
     bus.ensure_all_streams().await.map_err(|e| e.to_string())?;
     renewal_platform::postgres::drop_database(database_url)

@@ -93,6 +93,24 @@ fn dispatch_config(vendor_addr: SocketAddr, token: SecretString) -> DispatchConf
     }
 }
 
+/// Start-up is done when the services' routes answer.
+async fn wait_until_ready(
+    http: &HttpHost,
+    services: &JoinHandle<Result<(), String>>,
+) -> Result<(), SimError> {
+    let waited = std::time::Instant::now();
+    while !http.readiness().0 {
+        if services.is_finished() || waited.elapsed() > Duration::from_secs(60) {
+            return Err(SimError::Other(format!(
+                "the services did not become ready: {:?}",
+                http.readiness().1
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// Serves the mock vendor on a loopback port, pushing to `webhook`; its address.
 async fn start_vendor(
     vendor: &VendorSim,
@@ -187,6 +205,7 @@ impl Simulation {
             time_zone: options.time_zone,
             // Poison is given up on after 1 + 2 + 4 + 8 s of redeliveries.
             max_deliveries: 5,
+            retention: renewal_platform::retention::Retention::default(),
         };
         let lists = renewal_lists::ListsConfig::with_key(DEMO_PII_KEY)
             .map_err(|e| SimError::Other(e.to_string()))?;
@@ -200,17 +219,7 @@ impl Simulation {
             configs,
             cancel.clone(),
         ));
-        // Start-up is done when the services' routes answer.
-        let waited = std::time::Instant::now();
-        while !deps.http.readiness().0 {
-            if services.is_finished() || waited.elapsed() > Duration::from_secs(60) {
-                return Err(SimError::Other(format!(
-                    "the services did not become ready: {:?}",
-                    deps.http.readiness().1
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until_ready(&deps.http, &services).await?;
         let mut consumers = Vec::new();
         for (service, spec) in crate::system::consumers() {
             consumers.push((service, spec.filter, bus.pull_consumer(spec).await?));

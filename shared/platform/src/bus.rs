@@ -46,7 +46,15 @@ pub struct Bus {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     replicas: usize,
+    max_bytes: i64,
 }
+
+/// The most bytes a service's stream keeps by default (`NATS_STREAM_MAX_BYTES`): five
+/// streams fit a 20 GiB JetStream volume (deploy/k8s/nats/values.yaml).
+pub const STREAM_MAX_BYTES: i64 = 3 << 30;
+/// The bound of a bus not told otherwise (the simulation, the tests): JetStream
+/// reserves a stream's bound on its volume, and tests run many deployments at once.
+pub const SMALL_STREAM_MAX_BYTES: i64 = 256 << 20;
 
 /// How long a consumer waits for an ack before redelivering.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -74,6 +82,7 @@ impl Bus {
                         js,
                         subjects,
                         replicas,
+                        max_bytes: SMALL_STREAM_MAX_BYTES,
                     });
                 }
                 Err(e) => {
@@ -92,26 +101,70 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Declares (or finds) the stream for a namespace.
+    /// Bounds every stream this bus declares to `bytes`.
+    pub fn with_stream_max_bytes(mut self, bytes: i64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Declares (or finds) the stream for a namespace. A stream is bounded in age and
+    /// bytes; a full one refuses new messages (the outboxes keep them, an alert fires
+    /// before) rather than drop old ones nobody has read. A stream declared before its
+    /// bound was set, or with another, is given this one.
     pub async fn ensure_stream(&self, stream: Stream) -> Result<stream::Stream, BusError> {
         let name = self.subjects.stream(stream);
+        let failed = |e: &dyn std::fmt::Display| BusError::Stream {
+            stream: name.clone(),
+            reason: e.to_string(),
+        };
         let config = stream::Config {
             name: name.clone(),
             subjects: vec![self.subjects.stream_filter(stream)],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_age: crate::retention::STREAM_MAX_AGE,
+            max_bytes: self.max_bytes,
+            discard: stream::DiscardPolicy::New,
             duplicate_window: Duration::from_secs(120),
             num_replicas: self.replicas,
             ..Default::default()
         };
-        self.js
+        let mut found = self
+            .js
             .get_or_create_stream(config)
             .await
-            .map_err(|e| BusError::Stream {
-                stream: name,
-                reason: e.to_string(),
-            })
+            .map_err(|e| failed(&e))?;
+        let current = found.info().await.map_err(|e| failed(&e))?.config.clone();
+        if current.max_bytes != self.max_bytes || current.discard != stream::DiscardPolicy::New {
+            let bounded = stream::Config {
+                max_bytes: self.max_bytes,
+                discard: stream::DiscardPolicy::New,
+                ..current
+            };
+            self.js
+                .update_stream(bounded)
+                .await
+                .map_err(|e| failed(&e))?;
+            tracing::info!(stream = %name, max_bytes = self.max_bytes, "stream bounded");
+        }
+        Ok(found)
+    }
+
+    /// Reports how full each stream is (`stream_fill_ratio`), for the alert that fires
+    /// before one refuses messages.
+    pub async fn report_fill(&self) {
+        for stream in Stream::ALL {
+            let name = self.subjects.stream(stream);
+            let Ok(mut found) = self.js.get_stream(&name).await else {
+                continue;
+            };
+            if let Ok(info) = found.info().await
+                && info.config.max_bytes > 0
+            {
+                let ratio = info.state.bytes as f64 / info.config.max_bytes as f64;
+                metrics::gauge!("stream_fill_ratio", "stream" => stream.namespace()).set(ratio);
+            }
+        }
     }
 
     pub async fn ensure_all_streams(&self) -> Result<(), BusError> {

@@ -108,15 +108,16 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     };
     let n: f64 = number
         .parse()
-        .map_err(|_| format!("{value:?} is not a duration like 250ms, 30s, 5m or 2h"))?;
+        .map_err(|_| format!("{value:?} is not a duration like 250ms, 30s, 5m, 2h or 35d"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         _ => {
             return Err(format!(
-                "{value:?} has unknown unit {unit:?}; use ms, s, m or h"
+                "{value:?} has unknown unit {unit:?}; use ms, s, m, h or d"
             ));
         }
     };
@@ -145,6 +146,11 @@ pub struct Settings {
     pub time_zone: chrono_tz::Tz,
     /// Deliveries a message gets before it is given up as a dead letter.
     pub max_deliveries: i64,
+    /// How long the inbox keys and the published outbox rows are kept.
+    pub retention: crate::retention::Retention,
+    /// The most bytes a stream keeps (`NATS_STREAM_MAX_BYTES`); a full stream refuses
+    /// publishes (the outboxes hold them) rather than drop what is unread.
+    pub stream_max_bytes: i64,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/renewal";
@@ -196,6 +202,17 @@ impl Settings {
             admin_addr: env.or("ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
             shutdown_grace: env.duration_or("SHUTDOWN_GRACE", Duration::from_secs(20))?,
             time_zone: env.or("TIME_ZONE", chrono_tz::Asia::Shanghai)?,
+            retention: retention(env)?,
+            stream_max_bytes: {
+                let n: i64 = env.or("NATS_STREAM_MAX_BYTES", crate::bus::STREAM_MAX_BYTES)?;
+                if n < 1 << 20 {
+                    return Err(ConfigError::Invalid {
+                        var: "NATS_STREAM_MAX_BYTES".into(),
+                        reason: format!("must be at least 1 MiB (got {n})"),
+                    });
+                }
+                n
+            },
             max_deliveries: {
                 let n: i64 = env.or("MAX_DELIVERIES", 10)?;
                 if !(2..=1000).contains(&n) {
@@ -208,6 +225,25 @@ impl Settings {
             },
         })
     }
+}
+
+/// `INBOX_RETENTION` (longer than the streams keep messages) and `OUTBOX_RETENTION`.
+fn retention<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<crate::retention::Retention, ConfigError> {
+    let default = crate::retention::Retention::default();
+    let inbox = env.duration_or("INBOX_RETENTION", default.inbox)?;
+    if inbox <= crate::retention::STREAM_MAX_AGE {
+        return Err(ConfigError::Invalid {
+            var: "INBOX_RETENTION".into(),
+            reason: format!(
+                "must be longer than the streams keep messages ({} days), or a redelivered message could act twice",
+                crate::retention::STREAM_MAX_AGE.as_secs() / 86400
+            ),
+        });
+    }
+    let outbox = env.duration_or("OUTBOX_RETENTION", default.outbox)?;
+    Ok(crate::retention::Retention { inbox, outbox })
 }
 
 #[cfg(test)]

@@ -301,36 +301,15 @@ async fn replay(
         ));
     }
     let source: String = row.try_get("source").map_err(get)?;
-    let message_id: String = row.try_get("message_id").map_err(get)?;
     let result = if source == Source::Outbox.as_str() {
-        requeue(&letters, &message_id).await?;
+        requeue(
+            &letters,
+            &row.try_get::<String, _>("message_id").map_err(get)?,
+        )
+        .await?;
         (StatusCode::ACCEPTED, "requeued")
     } else {
-        let consumer: String = row.try_get("consumer").map_err(get)?;
-        let replayer = letters.replayers.get(&consumer).ok_or_else(|| {
-            Problem::new(
-                StatusCode::CONFLICT,
-                "consumer_gone",
-                format!("this process runs no consumer of {consumer}"),
-            )
-        })?;
-        let delivery = Delivery {
-            subject: row.try_get("subject").map_err(get)?,
-            message_id,
-            payload: row.try_get::<Vec<u8>, _>("payload").map_err(get)?.into(),
-            delivered: row.try_get::<i32, _>("deliveries").map_err(get)? as i64 + 1,
-        };
-        match replayer.replay(delivery).await {
-            Ok(true) => (StatusCode::OK, "applied"),
-            Ok(false) => (StatusCode::OK, "already_applied"),
-            Err(e) => {
-                return Err(Problem::new(
-                    StatusCode::CONFLICT,
-                    "replay_failed",
-                    format!("the handler failed again: {e}"),
-                ));
-            }
-        }
+        replay_consumed(&letters, &row).await?
     };
     let mark = format!(
         "UPDATE {schema}.dead_letters SET replayed_at = now(), replayed_by = $2 WHERE id = $1"
@@ -345,6 +324,37 @@ async fn replay(
         result.0,
         Json(serde_json::json!({ "id": id, "result": result.1 })),
     ))
+}
+
+/// Runs a consumer's letter through the consumer that failed it.
+async fn replay_consumed(
+    letters: &DeadLetters,
+    row: &sqlx::postgres::PgRow,
+) -> Result<(StatusCode, &'static str), Problem> {
+    let get = |e: sqlx::Error| Problem::internal(&e);
+    let consumer: String = row.try_get("consumer").map_err(get)?;
+    let replayer = letters.replayers.get(&consumer).ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "consumer_gone",
+            format!("this process runs no consumer of {consumer}"),
+        )
+    })?;
+    let delivery = Delivery {
+        subject: row.try_get("subject").map_err(get)?,
+        message_id: row.try_get("message_id").map_err(get)?,
+        payload: row.try_get::<Vec<u8>, _>("payload").map_err(get)?.into(),
+        delivered: row.try_get::<i32, _>("deliveries").map_err(get)? as i64 + 1,
+    };
+    match replayer.replay(delivery).await {
+        Ok(true) => Ok((StatusCode::OK, "applied")),
+        Ok(false) => Ok((StatusCode::OK, "already_applied")),
+        Err(e) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "replay_failed",
+            format!("the handler failed again: {e}"),
+        )),
+    }
 }
 
 /// Puts a set-aside outbox row back in the relay's line.

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod problem;
 pub mod process;
 pub mod quotas;
+pub mod retention;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
@@ -58,6 +59,8 @@ pub struct Deps {
     pub time_zone: chrono_tz::Tz,
     /// Deliveries a message gets (attempts an event gets) before it is a dead letter.
     pub max_deliveries: i64,
+    /// How long the inbox keys and the published outbox rows are kept.
+    pub retention: crate::retention::Retention,
 }
 
 /// Installs rustls's ring provider once per process (reqwest and async-nats both use

@@ -137,6 +137,7 @@ async fn run_process(
         http: http.clone(),
         time_zone: settings.time_zone,
         max_deliveries: settings.max_deliveries,
+        retention: settings.retention,
     };
     let service_stop = CancellationToken::new();
     let service = tokio::spawn((program.run)(deps, service_stop.clone()));
@@ -193,7 +194,8 @@ async fn connect(
         root,
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_stream_max_bytes(settings.stream_max_bytes);
     http.set_ready("nats", Ok(()));
     Ok(bus)
 }
@@ -268,7 +270,13 @@ async fn listen(settings: &Settings) -> Option<(tokio::net::TcpListener, tokio::
 
 /// Keeps `/readyz` honest after start: Postgres and NATS are re-checked every few seconds.
 async fn watch_dependencies(pool: PgPool, bus: Bus, http: HttpHost, cancel: CancellationToken) {
+    let mut round: u64 = 0;
     loop {
+        // How full the streams are, every 30 s (an alert fires before one is full).
+        if round.is_multiple_of(6) && bus.is_connected() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), bus.report_fill()).await;
+        }
+        round += 1;
         let pg = tokio::time::timeout(
             Duration::from_secs(3),
             sqlx::query("SELECT 1").execute(&pool),

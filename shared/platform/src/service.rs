@@ -83,6 +83,12 @@ impl Service {
     /// Starts the outbox relay and waits until every part has stopped.
     pub async fn run(mut self) -> Result<(), String> {
         let outbox = self.consuming.outbox.clone();
+        self.tasks.spawn(crate::retention::prune(
+            self.deps.pool.clone(),
+            outbox.schema(),
+            self.deps.retention,
+            self.cancel.clone(),
+        ));
         self.tasks.spawn(outbox.relay(
             self.deps.pool.clone(),
             self.deps.bus.clone(),

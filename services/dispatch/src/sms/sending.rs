@@ -650,8 +650,8 @@ async fn update(
              vendor_code = coalesce(v.vendor_code, m.vendor_code),
              last_error = CASE WHEN v.clear_error THEN NULL ELSE coalesce(v.last_error, m.last_error) END,
              sent_at = coalesce(m.sent_at, v.sent_at)
-         FROM v
-         WHERE m.id = v.id AND m.id IN (SELECT id FROM locked)
+         FROM v JOIN locked USING (id)
+         WHERE m.id = v.id
            AND ($11 OR (m.attempts = v.attempt
                         AND (m.state = 'sending'
                              OR (v.state = 'sent' AND m.state IN ('delivered', 'failed') AND m.sent_at IS NULL))))
