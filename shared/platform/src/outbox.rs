@@ -158,9 +158,9 @@ impl Outbox {
     }
 
     /// Publishes until cancelled. Several replicas may run it: each batch is claimed
-    /// with `FOR UPDATE SKIP LOCKED`. A row JetStream refuses `max_attempts` times (not
-    /// for a timeout or a lost connection: for what the row is) is set aside as a dead
-    /// letter and the relay goes on.
+    /// with `FOR UPDATE SKIP LOCKED`. A row JetStream refuses `max_attempts` times for
+    /// what it is (no stream takes its subject, it is too big; not a timeout, a lost
+    /// connection or a full stream) is set aside as a dead letter and the relay goes on.
     pub async fn relay(self, pool: PgPool, bus: Bus, max_attempts: i32, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         // Every commit with an event wakes the relay; under a flood one poll per gap
@@ -292,19 +292,26 @@ impl Outbox {
                 .await
             {
                 Ok(ack) => acks.push((i, ack)),
-                Err(e) => refused.push((i, e.to_string(), false)),
+                // Only an event too big for NATS is its own fault here.
+                Err(e) => {
+                    let reason = e.to_string();
+                    let own = reason.contains("payload");
+                    refused.push((i, reason, own));
+                }
             }
         }
         let mut published = Vec::with_capacity(acks.len());
         for (i, ack) in acks {
             match ack.await {
                 Ok(_) => published.push(rows[i].seq),
+                // No stream for its subject, or too big: the event's fault. A timeout,
+                // a lost connection or a full stream (`discard: new`) is not: it waits.
                 Err(e) => {
-                    let transient = matches!(
+                    let own = matches!(
                         e.kind(),
-                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                        PublishErrorKind::StreamNotFound | PublishErrorKind::MaxPayloadExceeded
                     );
-                    refused.push((i, e.to_string(), !transient));
+                    refused.push((i, e.to_string(), own));
                 }
             }
         }
