@@ -32,7 +32,7 @@ async fn wait_for_count(system: &TestSystem, sql: &'static str, want: i64, what:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_kept_after_its_last_delivery_and_replayed_once_fixed() {
-    let system = TestSystem::start("dl", local("2026-12-01", 0)).await;
+    let system = TestSystem::start_with_deliveries("dl", local("2026-12-01", 0), 5).await;
     let sim = &system.sim;
     sim.publish_policies(&[policy("P2026L0001", "2027-02-15")])
         .await
@@ -77,7 +77,7 @@ async fn a_poison_message_is_kept_after_its_last_delivery_and_replayed_once_fixe
         )
         .await
         .expect("published");
-    // Given up after its fifth delivery (the simulation's MAX_DELIVERIES).
+    // Given up after its fifth delivery (this system's MAX_DELIVERIES).
     wait_for_count(
         &system,
         "SELECT count(*) FROM assignment.dead_letters",
@@ -166,7 +166,7 @@ async fn a_poison_message_is_kept_after_its_last_delivery_and_replayed_once_fixe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_jetstream_refuses_is_set_aside_and_the_relay_goes_on() {
-    let system = TestSystem::start("do", local("2026-12-01", 0)).await;
+    let system = TestSystem::start_with_deliveries("do", local("2026-12-01", 0), 5).await;
     let sim = &system.sim;
     // An event for a subject no stream captures (a bug of ours), written like any
     // event of the service's, then an ordinary one behind it.

@@ -60,6 +60,16 @@ pub struct TestSystem {
 
 impl TestSystem {
     pub async fn start(tag: &str, at: DateTime<Utc>) -> TestSystem {
+        Self::start_with_deliveries(tag, at, renewal::simulation::MAX_DELIVERIES).await
+    }
+
+    /// A system whose consumers give a message up after `max_deliveries` (a poison
+    /// test waits 1 + 2 + 4 + 8 s for 5, where the default 10 takes four minutes).
+    pub async fn start_with_deliveries(
+        tag: &str,
+        at: DateTime<Utc>,
+        max_deliveries: i64,
+    ) -> TestSystem {
         init_logs();
         let name = unique(tag);
         let sim = Simulation::start(
@@ -71,6 +81,7 @@ impl TestSystem {
                 start: at,
                 seed: 7,
                 time_zone: TZ,
+                max_deliveries,
             },
             None,
         )

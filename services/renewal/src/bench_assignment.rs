@@ -69,6 +69,7 @@ async fn run() -> Result<(), String> {
             start: day(1, 8),
             seed: 1,
             time_zone: tz,
+            max_deliveries: crate::simulation::MAX_DELIVERIES,
         },
         None,
     )

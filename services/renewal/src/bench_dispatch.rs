@@ -79,6 +79,7 @@ async fn run() -> Result<(), String> {
             start,
             seed: 1,
             time_zone: tz,
+            max_deliveries: crate::simulation::MAX_DELIVERIES,
         },
         None,
     )

@@ -46,7 +46,13 @@ pub struct SimOptions {
     pub start: DateTime<Utc>,
     pub seed: u64,
     pub time_zone: chrono_tz::Tz,
+    /// Deliveries a message gets before it is a dead letter (10, as in production: a
+    /// list may wait minutes for its cases on a loaded machine).
+    pub max_deliveries: i64,
 }
+
+/// The services' default `MAX_DELIVERIES`.
+pub const MAX_DELIVERIES: i64 = 10;
 
 pub struct Simulation {
     pub deps: Deps,
@@ -203,8 +209,7 @@ impl Simulation {
             clock: clock.clone(),
             http,
             time_zone: options.time_zone,
-            // Poison is given up on after 1 + 2 + 4 + 8 s of redeliveries.
-            max_deliveries: 5,
+            max_deliveries: options.max_deliveries,
             retention: renewal_platform::retention::Retention::default(),
         };
         let lists = renewal_lists::ListsConfig::with_key(DEMO_PII_KEY)

@@ -147,6 +147,7 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
             start,
             seed: args.seed,
             time_zone: tz,
+            max_deliveries: crate::simulation::MAX_DELIVERIES,
         },
         resume_at,
     )
