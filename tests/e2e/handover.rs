@@ -328,86 +328,192 @@ fn dispatch(name: &str, vendor_url: &str, port: u16, state: &std::path::Path) ->
 
 const KILL_TOKEN: &str = "k1ll0token0123456789abcd";
 
+/// `renewal-dispatch` alone, its database and subjects, and the mock vendor (answering
+/// in 2-5 s) pushing to the port the process serves on across restarts.
+struct Alone {
+    name: String,
+    db: secrecy::SecretString,
+    pool: sqlx::PgPool,
+    bus: Bus,
+    state: std::path::PathBuf,
+    port: u16,
+    vendor_url: String,
+    vendor_stop: tokio_util::sync::CancellationToken,
+}
+
+impl Alone {
+    async fn start(tag: &str) -> Alone {
+        renewal_platform::install_crypto_provider();
+        let name = unique(tag);
+        let db = database_url(&name);
+        renewal_platform::postgres::ensure_database(&db)
+            .await
+            .expect("database");
+        let pool = renewal_platform::postgres::pool(&db, 4).expect("pool");
+        renewal_platform::postgres::migrate(
+            &pool,
+            "demo",
+            sqlx::migrate!("../services/renewal/migrations"),
+        )
+        .await
+        .expect("the mock vendor's tables");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let subjects = Subjects::new(&name).expect("prefix");
+        let bus = Bus::connect(&nats_url(), subjects, 1, "test", &cancel)
+            .await
+            .expect("NATS");
+        bus.ensure_all_streams().await.expect("streams");
+        let port = {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            free.local_addr().expect("addr").port()
+        };
+        let listener = renewal_platform::http::bind(renewal::vendor_sim::bind_addr())
+            .await
+            .expect("vendor listens");
+        let vendor_url = format!("http://{}", listener.local_addr().expect("addr"));
+        let vendor = VendorSim::new(pool.clone(), Clock::wall(), 11);
+        vendor.answer_after(Some((Duration::from_secs(2), Duration::from_secs(5))));
+        let vendor_stop = tokio_util::sync::CancellationToken::new();
+        vendor.start(
+            listener,
+            format!("http://127.0.0.1:{port}/v1/webhooks/sms/{KILL_TOKEN}/report"),
+            vendor_stop.clone(),
+        );
+        Alone {
+            state: std::env::temp_dir().join(format!("renewal-{name}")),
+            name,
+            db,
+            pool,
+            bus,
+            port,
+            vendor_url,
+            vendor_stop,
+        }
+    }
+
+    fn dispatch(&self) -> Child {
+        dispatch(&self.name, &self.vendor_url, self.port, &self.state)
+    }
+
+    async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(-1)
+    }
+
+    /// Waits until every message of `n` reached its end (the vendor's receipt).
+    async fn all_settled(&self, n: i64) {
+        wait_for("every SMS settled", Duration::from_secs(180), || async {
+            self.count(
+                "SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('sent', 'delivered', 'failed')",
+            )
+            .await
+                == n
+        })
+        .await;
+    }
+
+    async fn finish(self, mut process: Child) {
+        let _ = process.kill();
+        let _ = process.wait();
+        self.vendor_stop.cancel();
+        self.bus.delete_streams().await;
+        self.pool.close().await;
+        let _ = renewal_platform::postgres::drop_database(&self.db).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_to_a_slow_vendor_sends_each_sms_once() {
-    renewal_platform::install_crypto_provider();
-    let name = unique("hk");
-    let db = database_url(&name);
-    renewal_platform::postgres::ensure_database(&db)
-        .await
-        .expect("database");
-    let pool = renewal_platform::postgres::pool(&db, 4).expect("pool");
-    renewal_platform::postgres::migrate(
-        &pool,
-        "demo",
-        sqlx::migrate!("../services/renewal/migrations"),
-    )
-    .await
-    .expect("the mock vendor's tables");
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let bus = Bus::connect(
-        &nats_url(),
-        Subjects::new(&name).expect("prefix"),
-        1,
-        "test",
-        &cancel,
-    )
-    .await
-    .expect("NATS");
-    bus.ensure_all_streams().await.expect("streams");
-    let state = std::env::temp_dir().join(format!("renewal-{name}"));
-    let port = {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        free.local_addr().expect("addr").port()
-    };
-    let vendor_listener = renewal_platform::http::bind(renewal::vendor_sim::bind_addr())
-        .await
-        .expect("vendor listens");
-    let vendor_url = format!("http://{}", vendor_listener.local_addr().expect("addr"));
-    let vendor = VendorSim::new(pool.clone(), Clock::wall(), 11);
-    vendor.answer_after(Some((Duration::from_secs(2), Duration::from_secs(5))));
-    let vendor_stop = tokio_util::sync::CancellationToken::new();
-    vendor.clone().start(
-        vendor_listener,
-        format!("http://127.0.0.1:{port}/v1/webhooks/sms/{KILL_TOKEN}/report"),
-        vendor_stop.clone(),
-    );
-
-    let mut process = dispatch(&name, &vendor_url, port, &state);
+    let alone = Alone::start("hk").await;
+    let mut process = alone.dispatch();
     let burst: Vec<SendSms> = (0..2000).map(|n| send_sms(10_000 + n)).collect();
-    queue(&bus, &burst).await;
+    queue(&alone.bus, &burst).await;
     // Killed three times while sending, started again each time.
     for _ in 0..3 {
-        let before = vendor_counts(&pool).await.0;
+        let before = vendor_counts(&alone.pool).await.0;
         wait_for(
             "the vendor is being called",
             Duration::from_secs(60),
-            || async { vendor_counts(&pool).await.0 > before + 100 },
+            || async { vendor_counts(&alone.pool).await.0 > before + 100 },
         )
         .await;
         process.kill().expect("SIGKILL");
         let _ = process.wait();
-        process = dispatch(&name, &vendor_url, port, &state);
+        process = alone.dispatch();
     }
-    wait_for("every SMS settled", Duration::from_secs(180), || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('sent', 'delivered', 'failed')",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(0)
-            == 2000
-    })
-    .await;
-    let (taken, distinct) = vendor_counts(&pool).await;
+    alone.all_settled(2000).await;
+    let (taken, distinct) = vendor_counts(&alone.pool).await;
     println!("vendor took {taken} requests for {distinct} messages");
     assert_eq!(distinct, 2000, "every SMS reached the vendor");
     assert_eq!(taken, 2000, "none twice");
+    alone.finish(process).await;
+}
 
-    let _ = process.kill();
-    let _ = process.wait();
-    vendor_stop.cancel();
-    bus.delete_streams().await;
-    pool.close().await;
-    let _ = renewal_platform::postgres::drop_database(&db).await;
+/// SIGTERM in the middle of a burst to a slow vendor: the process claims nothing more,
+/// lets the calls under way finish and records them, puts the rest back in the queue,
+/// and is gone within SHUTDOWN_GRACE (20 s); started again, it sends the rest, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_burst_drains_within_the_grace_and_loses_nothing() {
+    let alone = Alone::start("ht").await;
+    let mut process = alone.dispatch();
+    let burst: Vec<SendSms> = (0..2000).map(|n| send_sms(20_000 + n)).collect();
+    queue(&alone.bus, &burst).await;
+    wait_for(
+        "the vendor is being called",
+        Duration::from_secs(60),
+        || async { vendor_counts(&alone.pool).await.0 > 200 },
+    )
+    .await;
+    let told = Instant::now();
+    let signal = Command::new("kill")
+        .args(["-TERM", &process.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signal.success());
+    let exit = loop {
+        if let Some(status) = process.try_wait().expect("waits") {
+            break status;
+        }
+        assert!(
+            told.elapsed() < Duration::from_secs(25),
+            "gone within SHUTDOWN_GRACE"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "stopped {:.1} s after SIGTERM ({exit})",
+        told.elapsed().as_secs_f64()
+    );
+    assert!(exit.success(), "{exit}");
+    // Only the calls under way are waited for (the vendor answers within 5 s); a batch
+    // handed over to its end would take three times as long.
+    assert!(
+        told.elapsed() < Duration::from_secs(10),
+        "stopped without sending the rest of its batches"
+    );
+    assert_eq!(
+        alone
+            .count(
+                "SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('sending', 'unknown')"
+            )
+            .await,
+        0,
+        "every call under way finished and was recorded; the rest went back to the queue"
+    );
+    let sent_before = vendor_counts(&alone.pool).await.0;
+    assert!(
+        sent_before < 2000,
+        "stopped in the middle ({sent_before} sent)"
+    );
+
+    let process = alone.dispatch();
+    alone.all_settled(2000).await;
+    assert_eq!(
+        vendor_counts(&alone.pool).await,
+        (2000, 2000),
+        "each SMS once"
+    );
+    alone.finish(process).await;
 }

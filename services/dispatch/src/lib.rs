@@ -122,6 +122,7 @@ pub async fn run_with(
             vendor_timeout: config.vendor_timeout,
             ask_after: config.reconcile_after,
             in_flight: Default::default(),
+            stopping: cancel.clone(),
         },
         queued,
         cancel,

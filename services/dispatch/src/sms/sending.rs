@@ -15,7 +15,9 @@
 //!    vendor was asked about it ([`super::doubts`]).
 //!
 //! [`WORKERS`] senders run at once, so one batch is being claimed or recorded while
-//! another is with the vendor. A refusal that says the vendor did not take the message
+//! another is with the vendor. A stopping process claims nothing more, lets the calls
+//! under way finish (the vendor timeout is shorter than `SHUTDOWN_GRACE`), puts the rest
+//! of its batches back in the queue, and records it all. A refusal that says the vendor did not take the message
 //! retries with backoff; after too many attempts the message is dead with its reason;
 //! permanent refusals fail at once.
 
@@ -61,6 +63,9 @@ pub struct Sender<V> {
     pub ask_after: Duration,
     /// Messages this process has with the vendor now (never settled from under it).
     pub in_flight: Arc<Mutex<HashSet<Uuid>>>,
+    /// Fires when the process stops: the calls under way finish, the messages of the
+    /// batch not called yet go back to the queue.
+    pub stopping: CancellationToken,
 }
 
 pub async fn run<V: SmsVendor>(sender: Sender<V>, queued: Arc<Notify>, cancel: CancellationToken) {
@@ -366,6 +371,9 @@ impl<V: SmsVendor> Sender<V> {
             );
         };
         self.vendor.pace().await;
+        if self.stopping.is_cancelled() {
+            return Verdict::Requeued(now, "the process is stopping");
+        }
         // The last check, right before the call.
         if !self.stops.fresh() {
             return Verdict::Requeued(now, "renewals and opt-outs could not be read");
