@@ -93,7 +93,6 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         clock: deps.clock.clone(),
     })));
     deps.http.mount(audit.around(audit.routes()));
-    deps.http.document(SCHEMA, openapi::document());
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(LISTS_CASES, cases::CaseEvents { wake: wake.clone() });
     service.consume(LISTS_ISSUED, claims::ListEvents { wake: wake.clone() });
@@ -115,5 +114,7 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         .run(cancel.clone()),
     );
     deps.http.mount(audit.around(service.dead_letter_routes()));
+    // Last: the process is ready once every service it serves has its document.
+    deps.http.document(SCHEMA, openapi::document());
     service.run().await
 }

@@ -10,6 +10,7 @@ async fn main() -> ExitCode {
     let migrate_only = std::env::args().nth(1).as_deref() == Some("migrate");
     let program = Program {
         name: "assignment",
+        serves: &["assignment"],
         migrate: |pool| Box::pin(renewal_assignment::migrate(pool)),
         run: |deps, cancel| Box::pin(renewal_assignment::run(deps, cancel)),
     };

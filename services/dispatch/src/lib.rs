@@ -98,7 +98,6 @@ pub async fn run_with(
             config.call_hours,
         ))));
     deps.http.mount(audit.around(audit.routes()));
-    deps.http.document(SCHEMA, openapi::document());
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(
         COMMANDS,
@@ -128,5 +127,7 @@ pub async fn run_with(
         cancel,
     ));
     deps.http.mount(audit.around(service.dead_letter_routes()));
+    // Last: the process is ready once every service it serves has its document.
+    deps.http.document(SCHEMA, openapi::document());
     service.run().await
 }

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     }
     let program = Program {
         name: "dispatch",
+        serves: &["dispatch"],
         migrate: |pool| Box::pin(renewal_dispatch::migrate(pool)),
         run: |deps, cancel| Box::pin(renewal_dispatch::run(deps, cancel)),
     };

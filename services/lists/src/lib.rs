@@ -180,7 +180,6 @@ pub async fn run_with(
         deps.time_zone,
     )));
     deps.http.mount(audit.around(audit.routes()));
-    deps.http.document(SCHEMA, openapi::document());
     if let Err(e) = lists.daily_run.open_after_imports().await {
         tracing::warn!(error = %e, "opening the cases of unfinished imports failed; the daily run will");
     }
@@ -197,6 +196,8 @@ pub async fn run_with(
     service.spawn(lists.daily_run.run(cancel.clone()));
     deps.http.set_ready(API_READY, Ok(()));
     deps.http.mount(audit.around(service.dead_letter_routes()));
+    // Last: the process is ready once every service it serves has its document.
+    deps.http.document(SCHEMA, openapi::document());
     service.run().await
 }
 

@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     }
     let program = Program {
         name: "lists",
+        serves: &["lists"],
         migrate: |pool| Box::pin(renewal_lists::migrate(pool)),
         run: |deps, cancel| Box::pin(renewal_lists::run(deps, cancel)),
     };

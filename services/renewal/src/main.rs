@@ -117,6 +117,7 @@ enum BenchWhat {
 fn program() -> Program {
     Program {
         name: "renewal",
+        serves: &["lists", "assignment", "scheduler", "dispatch"],
         migrate: |pool| Box::pin(renewal::system::migrate_all(pool)),
         run: |deps, cancel| {
             Box::pin(async move {

@@ -78,7 +78,6 @@ pub async fn run_with(
     deps.http
         .mount(audit.around(timeline::routes(deps.pool.clone())));
     deps.http.mount(audit.around(audit.routes()));
-    deps.http.document(SCHEMA, openapi::document());
     for stream in [Stream::Scheduler, Stream::Dispatch] {
         deps.bus
             .ensure_stream(stream)
@@ -113,5 +112,7 @@ pub async fn run_with(
         cancel,
     ));
     deps.http.mount(audit.around(service.dead_letter_routes()));
+    // Last: the process is ready once every service it serves has its document.
+    deps.http.document(SCHEMA, openapi::document());
     service.run().await
 }

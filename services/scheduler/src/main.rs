@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     }
     let program = Program {
         name: "scheduler",
+        serves: &["scheduler"],
         migrate: |pool| Box::pin(renewal_scheduler::migrate(pool)),
         run: |deps, cancel| Box::pin(renewal_scheduler::run(deps, cancel)),
     };

@@ -130,6 +130,12 @@ impl HttpHost {
             .insert(service.to_owned(), document);
     }
 
+    /// Whether every one of `services` has mounted its routes and its document.
+    pub fn documented(&self, services: &[&str]) -> bool {
+        let documents = self.documents.read().unwrap_or_else(|e| e.into_inner());
+        services.iter().all(|s| documents.contains_key(*s))
+    }
+
     /// The document of every service this process serves, merged.
     pub fn openapi(&self) -> Option<utoipa::openapi::OpenApi> {
         let documents = self.documents.read().unwrap_or_else(|e| e.into_inner());

@@ -19,6 +19,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// How a process runs its service(s): migrations first, then the run loop.
 pub struct Program {
     pub name: &'static str,
+    /// The services it runs (their schemas): the process is ready once each has
+    /// mounted its routes.
+    pub serves: &'static [&'static str],
     pub migrate: fn(PgPool) -> BoxFuture<Result<(), crate::postgres::DbError>>,
     pub run: fn(Deps, CancellationToken) -> BoxFuture<Result<(), String>>,
 }
@@ -141,8 +144,11 @@ async fn run_process(
     };
     let service_stop = CancellationToken::new();
     let service = tokio::spawn((program.run)(deps, service_stop.clone()));
-    http.set_ready(program.name, Ok(()));
-    tracing::info!(service = program.name, "started");
+    tokio::spawn(ready_once_mounted(
+        http.clone(),
+        program.name,
+        program.serves,
+    ));
 
     let code = run_until_stopped(program, &settings, &http, &root, service, service_stop).await;
     watch.abort();
@@ -198,6 +204,16 @@ async fn connect(
     .with_stream_max_bytes(settings.stream_max_bytes);
     http.set_ready("nats", Ok(()));
     Ok(bus)
+}
+
+/// Marks the process ready once every service it runs has mounted its routes (before,
+/// a request would find no route).
+async fn ready_once_mounted(http: HttpHost, name: &'static str, serves: &'static [&'static str]) {
+    while !http.documented(serves) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    http.set_ready(name, Ok(()));
+    tracing::info!(service = name, "started");
 }
 
 /// Runs the service until it ends or the process is told to stop; then drains it
