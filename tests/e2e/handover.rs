@@ -161,7 +161,9 @@ async fn renewals_racing_a_burst_to_a_slow_vendor_stop_their_sms_within_a_second
     queue(&sim.deps.bus, &burst).await;
     // The sender is at it: its batches are claimed and going out 128 calls at a time.
     // 300 customers renew meanwhile, among them 200 whose SMS are claimed for sending
-    // and not with the vendor yet, and 100 still queued.
+    // and not with the vendor yet, and 100 still queued: the last in line of each (the
+    // sender takes them in the order they came), so the closes have the most time to
+    // arrive on a loaded machine.
     wait_for("batches claimed", Duration::from_secs(30), || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM dispatch.sms_messages m WHERE state = 'sending'
@@ -176,13 +178,13 @@ async fn renewals_racing_a_burst_to_a_slow_vendor_stop_their_sms_within_a_second
     let claimed: Vec<Uuid> = sqlx::query_scalar(
         "SELECT case_id FROM dispatch.sms_messages m WHERE state = 'sending'
            AND NOT EXISTS (SELECT 1 FROM demo.vendor_messages v WHERE v.out_id = m.id::text)
-         ORDER BY m.id DESC LIMIT 200",
+         ORDER BY m.policy_no DESC LIMIT 200",
     )
     .fetch_all(pool)
     .await
     .expect("claimed");
     let queued: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT case_id FROM dispatch.sms_messages WHERE state = 'queued' LIMIT 100",
+        "SELECT case_id FROM dispatch.sms_messages WHERE state = 'queued' ORDER BY policy_no DESC LIMIT 100",
     )
     .fetch_all(pool)
     .await
@@ -190,6 +192,7 @@ async fn renewals_racing_a_burst_to_a_slow_vendor_stop_their_sms_within_a_second
     let renewing: std::collections::HashSet<String> =
         claimed.iter().chain(&queued).map(Uuid::to_string).collect();
     let closed_at = sim.now().timestamp_millis();
+    let published = chrono::Utc::now();
     let renewed: Vec<&SendSms> = burst
         .iter()
         .filter(|c| renewing.contains(&c.case_id))
@@ -230,6 +233,14 @@ async fn renewals_racing_a_burst_to_a_slow_vendor_stop_their_sms_within_a_second
     })
     .await;
 
+    let all_noted_ms: f64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM max(noted_at) - $1) * 1000)::float8 FROM dispatch.closed_cases",
+    )
+    .bind(published)
+    .fetch_one(pool)
+    .await
+    .expect("noted");
+    println!("every renewal noted {all_noted_ms:.0} ms after the first was published");
     // Every contact of a renewed customer against the moment dispatch noted the renewal.
     let (noted, late, stopped, lateness_p99_ms): (i64, i64, i64, Option<f64>) = sqlx::query_as(
         "WITH contacts AS (

@@ -31,12 +31,14 @@ pub const COMMANDS: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
-/// Closed cases: never send for one.
+/// Closed cases: never send for one. Each close stands alone (a case closes once, and
+/// noting it twice changes nothing), so many are applied at once: a burst of renewals
+/// must not queue behind one another while their SMS wait to go out.
 pub const CLOSED_CASES: ConsumerSpec = ConsumerSpec {
     stream: Stream::Lists,
     durable: "dispatch",
     filter: "lists.case.closed",
-    parallel: 1,
+    parallel: 16,
 };
 
 /// Owner changes: a case's owner tasks follow the case.
