@@ -7,6 +7,8 @@
 //!   vendor more than a second after its case's close reached dispatch.
 //! - The dispatch process killed with SIGKILL three times during a burst to a slow
 //!   vendor: every message reaches the vendor exactly once.
+//! - A call task made at the moment its case closes (found by the chaos suite: 152 of
+//!   400 stayed open and were leased): withdrawn, never leased.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -291,6 +293,100 @@ async fn renewals_racing_a_burst_to_a_slow_vendor_stop_their_sms_within_a_second
     let (taken, distinct) = vendor_counts(pool).await;
     assert_eq!(taken, distinct, "no SMS twice");
     assert_eq!(taken + stopped, 1000, "every other SMS went, once");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_task_made_while_its_case_closes_is_never_leased() {
+    use renewal_contract::scheduler::{CreatePhoneTask, TaskQueue};
+    const CASES: usize = 400;
+    let system = TestSystem::start("hc", local("2026-12-01", 10)).await;
+    let sim = &system.sim;
+    let pool = sim.pool();
+    // Each case's call task and its close are published together, a pair at a time
+    // slower than dispatch takes them in, so the two are applied at the same moment.
+    let mut acks = Vec::new();
+    let mut cases = Vec::new();
+    for n in 0..CASES {
+        let case_id = Uuid::new_v4().to_string();
+        let task = CreatePhoneTask {
+            command_id: Uuid::new_v4().to_string(),
+            case_id: case_id.clone(),
+            policy_no: format!("P2026T{n:05}"),
+            stage: "T-7".into(),
+            queue: TaskQueue::Campaign as i32,
+            owner_agent: String::new(),
+            branch_code: "SH01".into(),
+            city_code: "310000".into(),
+            promotion: String::new(),
+            customer_name: "王芳".into(),
+            mobile: format!("+86136{n:08}"),
+            plate: "沪AD12345".into(),
+            expiry_date: "2027-01-31".into(),
+            time_zone: "Asia/Shanghai".into(),
+            days_to_expiry: 7,
+            due_at_ms: 0,
+        };
+        let close = CaseClosed {
+            case_id: case_id.clone(),
+            policy_no: task.policy_no.clone(),
+            outcome: CaseOutcome::Renewed as i32,
+            new_policy_no: format!("{}R", task.policy_no),
+            closed_at_ms: sim.now().timestamp_millis(),
+        };
+        for (subject_name, key, payload) in [
+            (
+                subject::DISPATCH_CMD_CREATE_PHONE_TASK,
+                task.command_id.clone(),
+                prost::Message::encode_to_vec(&task),
+            ),
+            (
+                subject::LISTS_CASE_CLOSED,
+                case_id.clone(),
+                prost::Message::encode_to_vec(&close),
+            ),
+        ] {
+            acks.push(
+                sim.deps
+                    .bus
+                    .send(subject_name, &key, None, payload)
+                    .await
+                    .expect("published"),
+            );
+        }
+        cases.push(case_id);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+    wait_for("every task and close taken in", Duration::from_secs(90), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT count(*) FROM dispatch.phone_tasks) + (SELECT count(*) FROM dispatch.closed_cases)",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("count")
+            == 2 * CASES as i64
+    })
+    .await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dispatch.phone_tasks WHERE state IN ('open', 'leased')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count");
+    // A call-center agent asks for everything there is: nothing of a closed case.
+    let (status, body) = system
+        .post_json(
+            "/v1/phone-tasks:lease",
+            serde_json::json!({"agent_id": "CC-001", "queue": "campaign", "max": 10}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    println!("tasks of closed cases left open {open}");
+    assert_eq!(body["tasks"].as_array().map(Vec::len), Some(0), "{body}");
+    assert_eq!(open, 0, "every task of a closed case withdrawn");
     system.finish().await;
 }
 

@@ -36,6 +36,7 @@ impl Handler for Commands {
         let case_id = field::uuid("case_id", &command.case_id)?;
         let tz = field::time_zone("time_zone", &command.time_zone)?;
         let params = templates::params(&command).map_err(HandleError::Malformed)?;
+        lock_case(tx, case_id).await?;
         let now = self.clock.now();
         let due = Utc
             .timestamp_millis_opt(command.due_at_ms)
@@ -86,6 +87,7 @@ impl Handler for ClosedCases {
         let event: CaseClosed = delivery.decode()?;
         let case_id = field::uuid("case_id", &event.case_id)?;
         let closed_at = field::instant_ms("closed_at_ms", event.closed_at_ms)?;
+        lock_case(tx, case_id).await?;
         sqlx::query("INSERT INTO dispatch.closed_cases (case_id, closed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(case_id)
             .bind(closed_at)
@@ -112,4 +114,25 @@ impl Handler for OwnerChanges {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         crate::phone::intake::owner_assigned(tx, delivery).await
     }
+}
+
+/// Takes the case's lock until the transaction ends. A close and a new message or task
+/// for the same case each read what the other writes (the close withdraws what is
+/// queued; the new one checks for a close): without the lock, applied at the same
+/// moment, neither sees the other and a task of a closed case stays open. With it, the
+/// second waits and then sees the first.
+pub(crate) async fn lock_case(
+    tx: &mut PgConnection,
+    case_id: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    // Advisory locks of dispatch's cases: a class of their own, keyed by the id's first
+    // bytes (two cases sharing a key only wait for each other a moment).
+    const CASES: i32 = 0x6469_7370;
+    let [a, b, c, d, ..] = case_id.into_bytes();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(CASES)
+        .bind(i32::from_be_bytes([a, b, c, d]))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }

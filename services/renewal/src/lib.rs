@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_assignment;
 pub mod bench_dispatch;
 pub mod bench_scheduler;
+pub mod chaos;
 pub mod cli_import;
 pub mod demo;
 pub mod simulation;

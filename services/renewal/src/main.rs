@@ -72,6 +72,22 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Run the mock SMS vendor on loopback, for fault-injection suites, until SIGTERM.
+    ///
+    /// The Alibaba Cloud SMS wire format, a test double. From the environment:
+    /// DATABASE_URL (its store, created if missing), VENDOR_WEBHOOKS (comma-separated
+    /// receipt webhook URLs, tried in turn), VENDOR_ADDR (default 127.0.0.1:4390),
+    /// VENDOR_SEED (default 7), VENDOR_ANSWER_MS (min-max, e.g. 2000-5000),
+    /// VENDOR_OPT_OUT_PCT (default 0). `POST /faults` with {"mode":
+    /// "accept_then_hang"|"accept_then_reset"|"unavailable"|"slow"|"none", "seconds": N}
+    /// switches a fault on for every SendSms; `GET /faults` shows it.
+    Vendor,
+    /// The fault suite: the whole system as production runs it (three NATS nodes, its
+    /// own Postgres cluster, two processes of every service, the vendor as a process),
+    /// an open-loop load and a seeded nemesis; then the checker. Prints the seed and
+    /// one `name value` line per figure; exit status 1 when a rule broke. Run it with
+    /// `deploy/local/chaos` (CHAOS_MINUTES, CHAOS_SEED, ...).
+    Chaos,
 }
 
 #[derive(Subcommand)]
@@ -178,6 +194,43 @@ async fn main() -> ExitCode {
         Command::Bench {
             what: BenchWhat::Dispatch,
         } => renewal::bench_dispatch::dispatch().await,
+        Command::Vendor => renewal::vendor_sim::run_process().await,
+        Command::Chaos => chaos().await,
+    }
+}
+
+/// `renewal chaos`: runs the fault suite; exit 1 when a rule broke, 2 when it could not run.
+async fn chaos() -> ExitCode {
+    renewal_platform::install_crypto_provider();
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_default();
+    let options = match renewal::chaos::ChaosOptions::from_env(bin_dir) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("renewal chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match renewal::chaos::run(options).await {
+        Ok(figures) => {
+            for line in figures.lines() {
+                println!("{line}");
+            }
+            if figures.broken() {
+                eprintln!(
+                    "renewal chaos: a rule that must never break broke (see the figures and the history)"
+                );
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("renewal chaos: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -61,7 +61,8 @@ pub const ACK_WAIT: Duration = Duration::from_secs(30);
 
 impl Bus {
     /// Connects, retrying with backoff (and logging why) until NATS answers or the
-    /// token is cancelled.
+    /// token is cancelled. `url` may list the servers of a cluster, comma-separated;
+    /// the client moves to another when the one it is on goes.
     pub async fn connect(
         url: &str,
         subjects: Subjects,
@@ -69,12 +70,17 @@ impl Bus {
         name: &str,
         cancel: &CancellationToken,
     ) -> Result<Bus, BusError> {
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BusError::Connect(format!("{url:?}: {e}")))?;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             let options = async_nats::ConnectOptions::new()
                 .name(name)
                 .connection_timeout(Duration::from_secs(5));
-            match options.connect(url).await {
+            match options.connect(servers.as_slice()).await {
                 Ok(client) => {
                     let js = jetstream::new(client.clone());
                     return Ok(Bus {

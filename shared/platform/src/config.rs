@@ -179,10 +179,14 @@ impl Settings {
             }
         }
         let nats_url: String = env.or("NATS_URL", DEFAULT_NATS_URL.to_owned())?;
-        if !(nats_url.starts_with("nats://") || nats_url.starts_with("tls://")) {
+        // One server, or the servers of a cluster, comma-separated.
+        if !nats_url
+            .split(',')
+            .all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://"))
+        {
             return Err(ConfigError::Invalid {
                 var: "NATS_URL".into(),
-                reason: format!("must start with nats:// or tls:// (got {nats_url:?})"),
+                reason: format!("each server must start with nats:// or tls:// (got {nats_url:?})"),
             });
         }
         let stream_replicas = env.or("NATS_STREAM_REPLICAS", 1usize)?;

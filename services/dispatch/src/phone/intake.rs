@@ -36,6 +36,7 @@ pub async fn create(
     if command.mobile.trim().is_empty() {
         return Err(HandleError::Malformed("mobile is empty".into()));
     }
+    crate::commands::lock_case(tx, case_id).await?;
     let now = clock.now();
     let due = Utc
         .timestamp_millis_opt(command.due_at_ms)

@@ -1,0 +1,484 @@
+//! After the faults heal and the system settles, the checker reads every service's
+//! tables, the vendor's log and the load's ledger, and counts what broke a rule:
+//!
+//! - **lost**: a published policy without its case; a due timer neither fired,
+//!   cancelled nor skipped; a fired SMS or call timer without its message or task; an
+//!   SMS left queued, sending or in doubt; an SMS the service calls sent that the vendor
+//!   never took; a receipt the vendor holds or the service did not apply; a renewal
+//!   that never closed its case.
+//! - **duplicates**: a message the vendor took twice (same `OutId`), a case and stage
+//!   with two SMS, a task whose completion was accepted twice.
+//! - **contacts after stop**: an SMS taken by the vendor, or a task leased, more than a
+//!   second after the case's renewal (or the number's opt-out) reached dispatch.
+//! - **SMS at night**: an SMS the vendor took outside the run's SMS hours (Shanghai).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use serde_json::json;
+
+use super::load::Shared;
+use super::nemesis::{Fault, Injected};
+use super::{ChaosError, History};
+
+/// The figures of a run, in the order they are printed.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub faults_injected: usize,
+    pub faults_by_kind: Vec<(&'static str, usize)>,
+    pub sms_sent: i64,
+    pub lost: i64,
+    pub lost_by_reason: Vec<(&'static str, i64)>,
+    pub duplicates: i64,
+    pub contacts_after_stop: i64,
+    pub sms_at_night: i64,
+    pub readiness_late: i64,
+    pub readiness_recovery_p99_s: f64,
+    pub renewal_to_last_contact_p99_ms: f64,
+    pub policies: usize,
+    pub renewals: usize,
+    pub leases: usize,
+    pub zombie_refused: u32,
+    pub zombie_accepted: u32,
+}
+
+impl Figures {
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!("faults_injected {}", self.faults_injected),
+            format!("sms_sent {}", self.sms_sent),
+            format!("lost {}", self.lost),
+            format!("duplicates {}", self.duplicates),
+            format!("contacts_after_stop {}", self.contacts_after_stop),
+            format!("sms_at_night {}", self.sms_at_night),
+            format!("readiness_late {}", self.readiness_late),
+            format!(
+                "readiness_recovery_p99_s {:.1}",
+                self.readiness_recovery_p99_s
+            ),
+            format!(
+                "renewal_to_last_contact_p99_ms {:.0}",
+                self.renewal_to_last_contact_p99_ms
+            ),
+            format!("policies {}", self.policies),
+            format!("renewals {}", self.renewals),
+            format!("tasks_leased {}", self.leases),
+            format!("zombie_completions_refused {}", self.zombie_refused),
+            format!("zombie_completions_accepted {}", self.zombie_accepted),
+        ];
+        lines.extend(
+            self.faults_by_kind
+                .iter()
+                .map(|(k, n)| format!("faults_{k} {n}")),
+        );
+        lines.extend(
+            self.lost_by_reason
+                .iter()
+                .map(|(k, n)| format!("lost_{k} {n}")),
+        );
+        lines
+    }
+
+    /// Whether a rule that must never break broke.
+    pub fn broken(&self) -> bool {
+        self.lost > 0
+            || self.duplicates > 0
+            || self.contacts_after_stop > 0
+            || self.sms_at_night > 0
+            || self.readiness_late > 0
+    }
+}
+
+/// Waits (up to `limit`) until nothing is under way: every published policy a case,
+/// no due timer pending, no SMS queued and due, sending or in doubt, no receipt owed.
+pub async fn settle(pool: &PgPool, vendor: &PgPool, ledger: &Shared, limit: Duration) -> bool {
+    let published = ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .published
+        .len() as i64;
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let busy: Result<(i64, i64, i64), sqlx::Error> = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM lists.cases),
+                    (SELECT count(*) FROM scheduler.timers WHERE state = 'pending' AND due_at < now()),
+                    (SELECT count(*) FROM dispatch.sms_messages
+                     WHERE state IN ('sending', 'unknown') OR (state = 'queued' AND next_attempt_at < now()))",
+        )
+        .fetch_one(pool)
+        .await;
+        let owed: Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT count(*) FROM demo.vendor_messages WHERE pushed_at IS NULL")
+                .fetch_one(vendor)
+                .await;
+        if let (Ok((cases, 0, 0)), Ok(0)) = (busy, owed)
+            && cases >= published
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    false
+}
+
+struct Sms {
+    case_id: Uuid,
+    stage: String,
+    marketing: bool,
+    state: String,
+}
+
+struct Taken {
+    out_id: String,
+    phone: String,
+    received_at: DateTime<Utc>,
+    pushed: bool,
+}
+
+/// Everything the checker reads.
+struct Tables {
+    cases: HashMap<String, Uuid>,
+    timers: Vec<(Uuid, String, String, DateTime<Utc>)>,
+    sms: HashMap<Uuid, Sms>,
+    tasks: HashSet<Uuid>,
+    closed: HashMap<Uuid, DateTime<Utc>>,
+    opt_outs: HashMap<String, DateTime<Utc>>,
+    taken: Vec<Taken>,
+}
+
+async fn read(pool: &PgPool, vendor: &PgPool) -> Result<Tables, sqlx::Error> {
+    let cases = sqlx::query_as::<_, (String, Uuid)>("SELECT policy_no, case_id FROM lists.cases")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+    let timers = sqlx::query_as("SELECT id, action, state, due_at FROM scheduler.timers")
+        .fetch_all(pool)
+        .await?;
+    let sms = sqlx::query_as::<_, (Uuid, Uuid, String, bool, String)>(
+        "SELECT id, case_id, stage, marketing, state FROM dispatch.sms_messages",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(id, case_id, stage, marketing, state)| {
+        (
+            id,
+            Sms {
+                case_id,
+                stage,
+                marketing,
+                state,
+            },
+        )
+    })
+    .collect();
+    let tasks = sqlx::query_scalar::<_, Uuid>("SELECT id FROM dispatch.phone_tasks")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+    let closed = sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
+        "SELECT case_id, noted_at FROM dispatch.closed_cases",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let opt_outs = sqlx::query_as::<_, (String, DateTime<Utc>)>(
+        "SELECT mobile, noted_at FROM dispatch.opt_outs",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let taken = sqlx::query_as::<_, (String, String, DateTime<Utc>, bool)>(
+        "SELECT out_id, phone, received_at, pushed_at IS NOT NULL FROM demo.vendor_messages",
+    )
+    .fetch_all(vendor)
+    .await?
+    .into_iter()
+    .map(|(out_id, phone, received_at, pushed)| Taken {
+        out_id,
+        phone,
+        received_at,
+        pushed,
+    })
+    .collect();
+    Ok(Tables {
+        cases,
+        timers,
+        sms,
+        tasks,
+        closed,
+        opt_outs,
+        taken,
+    })
+}
+
+pub async fn check(
+    pool: &PgPool,
+    vendor: &PgPool,
+    ledger: &Shared,
+    injected: &[Injected],
+    sms_hours: &str,
+    history: &History,
+) -> Result<Figures, ChaosError> {
+    let t = read(pool, vendor).await?;
+    let ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = Figures {
+        faults_injected: injected.len(),
+        faults_by_kind: Fault::ALL
+            .iter()
+            .map(|k| (k.name(), injected.iter().filter(|i| i.fault == *k).count()))
+            .collect(),
+        sms_sent: t.taken.len() as i64,
+        policies: ledger.published.len(),
+        renewals: ledger.renewed.len(),
+        leases: ledger.leases.len(),
+        zombie_refused: ledger.zombie_refused,
+        zombie_accepted: ledger.zombie_accepted,
+        ..Figures::default()
+    };
+    f.lost_by_reason = lost(&t, &ledger.published, ledger.renewed.keys());
+    f.lost = f.lost_by_reason.iter().map(|(_, n)| n).sum();
+    f.duplicates = duplicates(&t)
+        + ledger
+            .completions
+            .values()
+            .map(|n| i64::from(*n) - 1)
+            .filter(|n| *n > 0)
+            .sum::<i64>();
+    let after = after_stop(&t, &ledger.leases);
+    f.contacts_after_stop = after.len() as i64;
+    for contact in after {
+        history.write(json!({"event": "contact_after_stop", "contact": contact}));
+    }
+    f.sms_at_night = at_night(&t, sms_hours);
+    f.renewal_to_last_contact_p99_ms = renewal_to_last_contact(&t, &ledger.renewed, &ledger.leases);
+    let late = injected
+        .iter()
+        .filter(|i| i.recovered_s.is_none_or(|s| s > 30.0) || i.noticed == Some(false))
+        .count();
+    f.readiness_late = late as i64;
+    let mut recovered: Vec<f64> = injected.iter().filter_map(|i| i.recovered_s).collect();
+    f.readiness_recovery_p99_s = p99(&mut recovered);
+    Ok(f)
+}
+
+fn lost<'a>(
+    t: &Tables,
+    published: &[String],
+    renewed: impl Iterator<Item = &'a String>,
+) -> Vec<(&'static str, i64)> {
+    let now = Utc::now();
+    let count = |n: usize| n as i64;
+    let taken: HashSet<&str> = t.taken.iter().map(|v| v.out_id.as_str()).collect();
+    vec![
+        (
+            "policy_without_case",
+            count(
+                published
+                    .iter()
+                    .filter(|p| !t.cases.contains_key(*p))
+                    .count(),
+            ),
+        ),
+        (
+            "timer_not_fired",
+            count(
+                t.timers
+                    .iter()
+                    .filter(|(_, _, state, due)| {
+                        state == "pending" && *due < now - chrono::Duration::seconds(60)
+                    })
+                    .count(),
+            ),
+        ),
+        (
+            "fired_timer_without_message",
+            count(
+                t.timers
+                    .iter()
+                    .filter(|(id, action, state, _)| {
+                        state == "fired"
+                            && ((action == "sms" && !t.sms.contains_key(id))
+                                || (action == "phone_task" && !t.tasks.contains(id)))
+                    })
+                    .count(),
+            ),
+        ),
+        (
+            "sms_unsettled",
+            count(
+                t.sms
+                    .values()
+                    .filter(|m| matches!(m.state.as_str(), "sending" | "unknown"))
+                    .count(),
+            ),
+        ),
+        (
+            "sms_sent_never_taken",
+            count(
+                t.sms
+                    .iter()
+                    .filter(|(id, m)| {
+                        matches!(m.state.as_str(), "sent" | "delivered")
+                            && !taken.contains(id.to_string().as_str())
+                    })
+                    .count(),
+            ),
+        ),
+        (
+            "receipt_not_applied",
+            count(
+                t.taken
+                    .iter()
+                    .filter(|v| {
+                        !v.pushed
+                            || Uuid::parse_str(&v.out_id)
+                                .ok()
+                                .and_then(|id| t.sms.get(&id))
+                                .is_none_or(|m| !matches!(m.state.as_str(), "delivered" | "failed"))
+                    })
+                    .count(),
+            ),
+        ),
+        (
+            "renewal_not_applied",
+            count(
+                renewed
+                    .filter(|p| {
+                        t.cases
+                            .get(*p)
+                            .is_none_or(|case| !t.closed.contains_key(case))
+                    })
+                    .count(),
+            ),
+        ),
+    ]
+}
+
+fn duplicates(t: &Tables) -> i64 {
+    let distinct: HashSet<&str> = t.taken.iter().map(|v| v.out_id.as_str()).collect();
+    let twice = t.taken.len() as i64 - distinct.len() as i64;
+    let mut per_stage: HashMap<(Uuid, &str), usize> = HashMap::new();
+    for out_id in &distinct {
+        if let Some(m) = Uuid::parse_str(out_id).ok().and_then(|id| t.sms.get(&id)) {
+            *per_stage.entry((m.case_id, m.stage.as_str())).or_default() += 1;
+        }
+    }
+    twice + per_stage.values().map(|n| *n as i64 - 1).sum::<i64>()
+}
+
+/// One second of grace, as the rule allows.
+fn late(at: DateTime<Utc>, stop: Option<&DateTime<Utc>>) -> bool {
+    stop.is_some_and(|s| at > *s + chrono::Duration::seconds(1))
+}
+
+/// Every contact more than a second after its stop, described for the history.
+fn after_stop(t: &Tables, leases: &[(String, String, DateTime<Utc>)]) -> Vec<serde_json::Value> {
+    let gap = |at: DateTime<Utc>, stop: &DateTime<Utc>| (at - *stop).num_milliseconds();
+    let mut found = Vec::new();
+    for v in &t.taken {
+        let Some(m) = Uuid::parse_str(&v.out_id)
+            .ok()
+            .and_then(|id| t.sms.get(&id))
+        else {
+            continue;
+        };
+        if let Some(stop) = t
+            .closed
+            .get(&m.case_id)
+            .filter(|s| late(v.received_at, Some(s)))
+        {
+            found.push(json!({"contact": "sms", "out_id": v.out_id, "case_id": m.case_id, "after": "renewal", "late_ms": gap(v.received_at, stop)}));
+        } else if let Some(stop) = t
+            .opt_outs
+            .get(&v.phone)
+            .filter(|s| m.marketing && late(v.received_at, Some(s)))
+        {
+            found.push(json!({"contact": "sms", "out_id": v.out_id, "case_id": m.case_id, "after": "opt_out", "late_ms": gap(v.received_at, stop)}));
+        }
+    }
+    for (task, case, at) in leases {
+        if let Some(stop) = Uuid::parse_str(case)
+            .ok()
+            .and_then(|c| t.closed.get(&c))
+            .filter(|s| late(*at, Some(s)))
+        {
+            found.push(json!({"contact": "lease", "task": task, "case_id": case, "after": "renewal", "late_ms": gap(*at, stop)}));
+        }
+    }
+    found
+}
+
+fn at_night(t: &Tables, sms_hours: &str) -> i64 {
+    let parse = |s: &str| NaiveTime::parse_from_str(s, "%H:%M").ok();
+    let Some((Some(open), Some(close))) =
+        sms_hours.split_once('-').map(|(a, b)| (parse(a), parse(b)))
+    else {
+        return 0;
+    };
+    t.taken
+        .iter()
+        .filter(|v| {
+            let local = v
+                .received_at
+                .with_timezone(&chrono_tz::Asia::Shanghai)
+                .time();
+            local < open || local >= close
+        })
+        .count() as i64
+}
+
+/// For each renewed case contacted after its renewal was published: how long after.
+fn renewal_to_last_contact(
+    t: &Tables,
+    renewed: &HashMap<String, DateTime<Utc>>,
+    leases: &[(String, String, DateTime<Utc>)],
+) -> f64 {
+    let mut last: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    let contacts = t
+        .taken
+        .iter()
+        .filter_map(|v| {
+            Some((
+                Uuid::parse_str(&v.out_id)
+                    .ok()
+                    .and_then(|id| t.sms.get(&id))?
+                    .case_id,
+                v.received_at,
+            ))
+        })
+        .chain(
+            leases
+                .iter()
+                .filter_map(|(_, case, at)| Some((Uuid::parse_str(case).ok()?, *at))),
+        );
+    for (case, at) in contacts {
+        let e = last.entry(case).or_insert(at);
+        *e = (*e).max(at);
+    }
+    let mut gaps: Vec<f64> = renewed
+        .iter()
+        .filter_map(|(policy, at)| {
+            let contact = last.get(t.cases.get(policy)?)?;
+            (contact > at).then(|| (*contact - *at).num_milliseconds() as f64)
+        })
+        .collect();
+    p99(&mut gaps)
+}
+
+fn p99(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let i = ((values.len() as f64 * 0.99).ceil() as usize).clamp(1, values.len()) - 1;
+    values[i]
+}

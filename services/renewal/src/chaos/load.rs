@@ -1,0 +1,303 @@
+//! The open-loop load of a chaos run: policies two days from expiry (their catch-up
+//! SMS and call fall due a minute after their case opens), a third of them renewed
+//! 40-100 s later so the renewal races the SMS, customers holding two policies (an
+//! opt-out on the first stops marketing to the second), and 50 agents leasing and
+//! completing the call tasks with pauses, one of them a zombie that holds its lease
+//! past its expiry. Everything it did and saw goes to the history; the checker holds
+//! the system to it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use renewal_contract::core::{Policy, PolicyRenewed, PolicyUpserted};
+use renewal_contract::subject;
+use renewal_platform::Bus;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::History;
+
+/// What the load did, for the checker.
+#[derive(Default)]
+pub struct Ledger {
+    pub published: Vec<String>,
+    /// Policy number → when its renewal was acknowledged by JetStream.
+    pub renewed: HashMap<String, DateTime<Utc>>,
+    /// Every lease an agent got: task, case, when.
+    pub leases: Vec<(String, String, DateTime<Utc>)>,
+    /// Completions answered 200, by task.
+    pub completions: HashMap<String, u32>,
+    /// A zombie's completion after its lease expired that was accepted.
+    pub zombie_accepted: u32,
+    pub zombie_refused: u32,
+}
+
+pub type Shared = Arc<Mutex<Ledger>>;
+
+/// The call queues there are, with their owner agent (owner queues).
+pub type Queues = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+pub const CITY: &str = "310000";
+pub const BRANCH: &str = "SH01";
+
+/// The organisation the run's policies belong to.
+pub const ORG_CSV: &str =
+    "city_code,branch_code,branch_name,agent_code,agent_name,role,capacity,active
+310000,SH01,上海一支,SH01-A01,张伟,agent,500,true
+310000,SH01,上海一支,SH01-A02,李娜,agent,500,true
+310000,SH01,上海一支,SH01-S01,赵敏,supervisor,0,true
+";
+
+fn policy(n: usize, today: chrono::NaiveDate) -> Policy {
+    let end = today + chrono::Days::new(2);
+    Policy {
+        policy_no: format!("PCH{n:06}"),
+        version: 1,
+        customer_name: "王芳".into(),
+        // Two policies per customer.
+        mobile: format!("+86137{:08}", n / 2),
+        id_number: "11010519491231002X".into(),
+        plate: "沪AD12345".into(),
+        vin: "LSVAU218XN2183294".into(),
+        city_code: CITY.into(),
+        branch_code: BRANCH.into(),
+        agent_code: "SH01-A01".into(),
+        channel: "dealer".into(),
+        category: "insured_last_year".into(),
+        start_date: (end - chrono::Months::new(12)).to_string(),
+        end_date: end.to_string(),
+        premium_fen: 456_700,
+        important: false,
+        group_policy: false,
+    }
+}
+
+/// Publishes until JetStream acknowledges (the core system retries the same way).
+async fn publish(
+    bus: &Bus,
+    subject_name: &str,
+    key: &str,
+    payload: Vec<u8>,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut wait = Duration::from_millis(200);
+    while !cancel.is_cancelled() {
+        if let Ok(ack) = bus.send(subject_name, key, None, payload.clone()).await
+            && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), ack).await
+        {
+            return true;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+    false
+}
+
+/// Publishes `rate` policies a second until `cancel`, each third one renewed later.
+pub async fn policies(
+    bus: Bus,
+    rate: f64,
+    seed: u64,
+    ledger: Shared,
+    history: History,
+    cancel: CancellationToken,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x10ad);
+    let today = renewal_platform::local_date(Utc::now(), chrono_tz::Asia::Shanghai);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewals = tokio::task::JoinSet::new();
+    for n in 0.. {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let p = policy(n, today);
+        let payload = prost::Message::encode_to_vec(&PolicyUpserted {
+            policy: Some(p.clone()),
+        });
+        let key = format!("{}:{}", p.policy_no, p.version);
+        // Open loop: a slow publish does not hold back the next policy.
+        let (bus2, ledger2, history2, cancel2) =
+            (bus.clone(), ledger.clone(), history.clone(), cancel.clone());
+        let renew_after = (n % 3 == 0).then(|| Duration::from_secs(rng.random_range(40..=100)));
+        renewals.spawn(async move {
+            if !publish(
+                &bus2,
+                subject::CORE_POLICY_UPSERTED,
+                &key,
+                payload,
+                &cancel2,
+            )
+            .await
+            {
+                return;
+            }
+            ledger2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .published
+                .push(p.policy_no.clone());
+            let Some(after) = renew_after else { return };
+            tokio::select! {
+                _ = cancel2.cancelled() => return,
+                _ = tokio::time::sleep(after) => {}
+            }
+            let event = PolicyRenewed {
+                policy_no: p.policy_no.clone(),
+                new_policy_no: format!("{}R", p.policy_no),
+                renewed_at_ms: Utc::now().timestamp_millis(),
+            };
+            let key = format!("renewed:{}", p.policy_no);
+            if publish(
+                &bus2,
+                subject::CORE_POLICY_RENEWED,
+                &key,
+                prost::Message::encode_to_vec(&event),
+                &cancel2,
+            )
+            .await
+            {
+                let at = Utc::now();
+                ledger2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .renewed
+                    .insert(p.policy_no.clone(), at);
+                history2.write(json!({"event": "renewed", "policy_no": p.policy_no}));
+            }
+        });
+        while renewals.try_join_next().is_some() {}
+    }
+    // What is in flight when the load stops still lands (renewals due later are not sent).
+    while renewals.join_next().await.is_some() {}
+}
+
+/// One agent: leases up to two tasks from the queues there are, works each 1-4 s and
+/// completes it. The zombie leases for 3 s, works 8 s, and tries to complete anyway.
+pub async fn agent(
+    n: usize,
+    http: reqwest::Client,
+    dispatch: Vec<String>,
+    queues: Queues,
+    seed: u64,
+    ledger: Shared,
+    cancel: CancellationToken,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed ^ (n as u64).wrapping_mul(0x9e37));
+    let zombie = n == 0;
+    while !cancel.is_cancelled() {
+        let pause = Duration::from_millis(rng.random_range(500..2500));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let known = queues.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if known.is_empty() {
+            continue;
+        }
+        let (queue, owner) = &known[rng.random_range(0..known.len())];
+        let agent_id = owner
+            .clone()
+            .filter(|o| !o.is_empty())
+            .unwrap_or_else(|| format!("CC-{n:03}"));
+        let base = &dispatch[rng.random_range(0..dispatch.len())];
+        let lease_seconds = if zombie { 3 } else { 60 };
+        let Ok(response) = http
+            .post(format!("{base}/v1/phone-tasks:lease"))
+            .json(&json!({"agent_id": agent_id, "queue": queue, "max": 2, "lease_seconds": lease_seconds}))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        if !response.status().is_success() {
+            continue;
+        }
+        let Ok(body) = response.json::<serde_json::Value>().await else {
+            continue;
+        };
+        for task in body["tasks"].as_array().cloned().unwrap_or_default() {
+            let id = task["id"].as_str().unwrap_or_default().to_owned();
+            let case = task["case_id"].as_str().unwrap_or_default().to_owned();
+            ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .leases
+                .push((id.clone(), case, Utc::now()));
+            let work = if zombie {
+                Duration::from_secs(8)
+            } else {
+                Duration::from_millis(rng.random_range(1000..4000))
+            };
+            tokio::time::sleep(work).await;
+            complete(&http, base, &id, &task["lease_token"], zombie, &ledger).await;
+        }
+    }
+}
+
+async fn complete(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    token: &serde_json::Value,
+    zombie: bool,
+    ledger: &Shared,
+) {
+    // A completion lost to a fault is tried again, as an agent's app would.
+    for _ in 0..5 {
+        let answer = http
+            .post(format!("{base}/v1/phone-tasks/{id}:complete"))
+            .json(&json!({"lease_token": token, "outcome": "unreachable"}))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let Ok(answer) = answer else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let status = answer.status().as_u16();
+        let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        match status {
+            200 => {
+                *ledger.completions.entry(id.to_owned()).or_default() += 1;
+                if zombie {
+                    ledger.zombie_accepted += 1;
+                }
+                return;
+            }
+            409 | 404 | 410 => {
+                if zombie {
+                    ledger.zombie_refused += 1;
+                }
+                return;
+            }
+            _ => {}
+        }
+        drop(ledger);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Keeps the list of call queues (and their owners) the agents pull from.
+pub async fn queues(pool: sqlx::PgPool, into: Queues, cancel: CancellationToken) {
+    while !cancel.is_cancelled() {
+        if let Ok(found) = sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT DISTINCT queue, owner_agent FROM dispatch.phone_tasks WHERE state = 'open'",
+        )
+        .fetch_all(&pool)
+        .await
+        {
+            *into.lock().unwrap_or_else(|e| e.into_inner()) = found;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+    }
+}
