@@ -39,6 +39,8 @@ pub struct Figures {
     pub readiness_late: i64,
     pub readiness_recovery_p99_s: f64,
     pub renewal_to_last_contact_p99_ms: f64,
+    /// From a renewal's acknowledgement by JetStream to dispatch noting its case closed.
+    pub renewal_noted_p99_ms: f64,
     pub policies: usize,
     pub renewals: usize,
     pub leases: usize,
@@ -64,6 +66,7 @@ impl Figures {
                 "renewal_to_last_contact_p99_ms {:.0}",
                 self.renewal_to_last_contact_p99_ms
             ),
+            format!("renewal_noted_p99_ms {:.0}", self.renewal_noted_p99_ms),
             format!("policies {}", self.policies),
             format!("renewals {}", self.renewals),
             format!("tasks_leased {}", self.leases),
@@ -93,9 +96,14 @@ impl Figures {
     }
 }
 
+/// The catch-up contacts of the last policies published fall due a minute after their
+/// case opened: the checker waits for them too.
+const LAST_CATCH_UP: Duration = Duration::from_secs(80);
+
 /// Waits (up to `limit`) until nothing is under way: every published policy a case,
 /// no due timer pending, no SMS queued and due, sending or in doubt, no receipt owed.
 pub async fn settle(pool: &PgPool, vendor: &PgPool, ledger: &Shared, limit: Duration) -> bool {
+    tokio::time::sleep(LAST_CATCH_UP).await;
     let published = ledger
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -260,6 +268,15 @@ pub async fn check(
     }
     f.sms_at_night = at_night(&t, sms_hours);
     f.renewal_to_last_contact_p99_ms = renewal_to_last_contact(&t, &ledger.renewed, &ledger.leases);
+    let mut noted: Vec<f64> = ledger
+        .renewed
+        .iter()
+        .filter_map(|(policy, at)| {
+            let noted = t.closed.get(t.cases.get(policy)?)?;
+            Some((*noted - *at).num_milliseconds().max(0) as f64)
+        })
+        .collect();
+    f.renewal_noted_p99_ms = p99(&mut noted);
     let late = injected
         .iter()
         .filter(|i| i.recovered_s.is_none_or(|s| s > 30.0) || i.noticed == Some(false))
@@ -294,7 +311,7 @@ fn lost<'a>(
                 t.timers
                     .iter()
                     .filter(|(_, _, state, due)| {
-                        state == "pending" && *due < now - chrono::Duration::seconds(60)
+                        state == "pending" && *due < now - chrono::Duration::seconds(30)
                     })
                     .count(),
             ),

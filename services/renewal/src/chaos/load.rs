@@ -178,7 +178,7 @@ pub async fn policies(
 }
 
 /// One agent: leases up to two tasks from the queues there are, works each 1-4 s and
-/// completes it. The zombie leases for 3 s, works 8 s, and tries to complete anyway.
+/// completes it. The zombie leases for 10 s, works 20 s, and tries to complete anyway.
 pub async fn agent(
     n: usize,
     http: reqwest::Client,
@@ -206,7 +206,7 @@ pub async fn agent(
             .filter(|o| !o.is_empty())
             .unwrap_or_else(|| format!("CC-{n:03}"));
         let base = &dispatch[rng.random_range(0..dispatch.len())];
-        let lease_seconds = if zombie { 3 } else { 60 };
+        let lease_seconds = if zombie { 10 } else { 60 };
         let Ok(response) = http
             .post(format!("{base}/v1/phone-tasks:lease"))
             .json(&json!({"agent_id": agent_id, "queue": queue, "max": 2, "lease_seconds": lease_seconds}))
@@ -231,7 +231,7 @@ pub async fn agent(
                 .leases
                 .push((id.clone(), case, Utc::now()));
             let work = if zombie {
-                Duration::from_secs(8)
+                Duration::from_secs(20)
             } else {
                 Duration::from_millis(rng.random_range(1000..4000))
             };
