@@ -37,6 +37,8 @@ pub struct Figures {
     pub contacts_after_stop: i64,
     pub sms_at_night: i64,
     pub readiness_late: i64,
+    /// Processes told to stop (SIGTERM) under load that were not gone within their grace.
+    pub drains_late: i64,
     pub readiness_recovery_p99_s: f64,
     pub renewal_to_last_contact_p99_ms: f64,
     /// From a renewal's acknowledgement by JetStream to dispatch noting its case closed.
@@ -58,6 +60,7 @@ impl Figures {
             format!("contacts_after_stop {}", self.contacts_after_stop),
             format!("sms_at_night {}", self.sms_at_night),
             format!("readiness_late {}", self.readiness_late),
+            format!("drains_late {}", self.drains_late),
             format!(
                 "readiness_recovery_p99_s {:.1}",
                 self.readiness_recovery_p99_s
@@ -93,6 +96,7 @@ impl Figures {
             || self.contacts_after_stop > 0
             || self.sms_at_night > 0
             || self.readiness_late > 0
+            || self.drains_late > 0
     }
 }
 
@@ -282,6 +286,7 @@ pub async fn check(
         .filter(|i| i.recovered_s.is_none_or(|s| s > 30.0) || i.noticed == Some(false))
         .count();
     f.readiness_late = late as i64;
+    f.drains_late = injected.iter().filter(|i| i.drained == Some(false)).count() as i64;
     let mut recovered: Vec<f64> = injected.iter().filter_map(|i| i.recovered_s).collect();
     f.readiness_recovery_p99_s = p99(&mut recovered);
     Ok(f)

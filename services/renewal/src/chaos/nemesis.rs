@@ -64,6 +64,8 @@ pub struct Injected {
     pub recovered_s: Option<f64>,
     /// Whether the processes that must notice went unready within 10 s (None: none had to).
     pub noticed: Option<bool>,
+    /// For SIGTERM: whether the process was gone within its grace (10 s) and a second.
+    pub drained: Option<bool>,
 }
 
 /// Runs faults until `cancel`, then heals the last one.
@@ -99,13 +101,14 @@ async fn inject(
 ) -> Injected {
     let layout = &cluster.layout;
     let mut noticed = None;
+    let mut drained = None;
     let target = match fault {
         Fault::ServiceKilled | Fault::ServicePaused | Fault::ServiceTerminated => {
             let i = rng.random_range(0..cluster.services.lock().await.len());
             let name = cluster.services.lock().await[i].name.clone();
             history.write(json!({"event": "fault", "fault": fault.name(), "target": name}));
             let hold = Duration::from_secs(rng.random_range(3..=15));
-            service_fault(cluster, fault, i, hold).await;
+            drained = service_fault(cluster, fault, i, hold).await;
             name
         }
         Fault::PostgresDown => {
@@ -166,35 +169,50 @@ async fn inject(
         fault,
         recovered_s,
         noticed,
+        drained,
     }
 }
 
-/// Kills, freezes or stops one service replica, and brings it back after `hold`.
-async fn service_fault(cluster: &Cluster, fault: Fault, i: usize, hold: Duration) {
+/// Kills, freezes or stops one service replica, and brings it back after `hold`; for
+/// SIGTERM, whether it was gone within its grace. (The replicas' lock is held only
+/// for a moment at a time: the readiness watch reads them meanwhile.)
+async fn service_fault(cluster: &Cluster, fault: Fault, i: usize, hold: Duration) -> Option<bool> {
     let layout = &cluster.layout;
-    let mut services = cluster.services.lock().await;
+    let signal = |name: &'static str| async move { cluster.services.lock().await[i].signal(name) };
+    let mut drained = None;
     match fault {
         Fault::ServiceKilled => {
-            services[i].signal("KILL");
-            let _ = services[i].wait_exit(Duration::from_secs(5)).await;
-            drop(services);
+            signal("KILL").await;
+            gone_within(cluster, i, Duration::from_secs(5)).await;
             // Kubernetes restarts a killed pod within seconds.
             tokio::time::sleep(hold.min(Duration::from_secs(5))).await;
-            let _ = cluster.services.lock().await[i].start(layout);
         }
         Fault::ServicePaused => {
-            services[i].signal("STOP");
-            drop(services);
+            signal("STOP").await;
             tokio::time::sleep(hold).await;
-            cluster.services.lock().await[i].signal("CONT");
+            signal("CONT").await;
+            return None;
         }
         _ => {
-            services[i].signal("TERM");
-            // It must be gone within its grace (10 s) and a little.
-            let _ = services[i].wait_exit(Duration::from_secs(15)).await;
-            drop(services);
+            signal("TERM").await;
+            // Gone within its grace (SHUTDOWN_GRACE, 10 s) and a second.
+            drained = Some(gone_within(cluster, i, Duration::from_secs(11)).await);
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let _ = cluster.services.lock().await[i].start(layout);
         }
     }
+    let _ = cluster.services.lock().await[i].start(layout);
+    drained
+}
+
+/// Whether replica `i` exited within `limit`; killed if not.
+async fn gone_within(cluster: &Cluster, i: usize, limit: Duration) -> bool {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < limit {
+        if cluster.services.lock().await[i].exited() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.services.lock().await[i].kill();
+    false
 }
