@@ -3,13 +3,20 @@
 //!
 //! - **lost**: a published policy without its case; a due timer neither fired,
 //!   cancelled nor skipped; a fired SMS or call timer without its message or task; an
-//!   SMS left queued, sending or in doubt; an SMS the service calls sent that the vendor
-//!   never took; a receipt the vendor holds or the service did not apply; a renewal
-//!   that never closed its case.
-//! - **duplicates**: a message the vendor took twice (same `OutId`), a case and stage
-//!   with two SMS, a task whose completion was accepted twice.
-//! - **contacts after stop**: an SMS taken by the vendor, or a task leased, more than a
-//!   second after the case's renewal (or the number's opt-out) reached dispatch.
+//!   SMS left queued and due, sending or in doubt, or given up (dead); an SMS the
+//!   service calls sent that the vendor never took; a receipt the vendor holds or the
+//!   service did not apply; a renewal that never closed its case; an opt-out reply
+//!   acknowledged but not kept; a call outcome the scheduler never applied; a dead
+//!   letter or an event set aside; a run that never settled.
+//! - **duplicates**: a message the vendor took twice (same `OutId`: the SMS id is its
+//!   timer's, and a case has one timer per stage, so this is also one SMS per case and
+//!   stage); a task whose completion was accepted twice (by the agents' answers, and
+//!   by the completion events dispatch wrote against the tasks completed).
+//! - **contacts after stop**: an SMS taken by the vendor, or a task leased (by
+//!   dispatch's clock), more than a second after the case's renewal (or the number's
+//!   opt-out) reached dispatch: when its transaction committed, by Postgres's commit
+//!   timestamps where the cluster keeps them (`track_commit_timestamp`, which
+//!   `deploy/local/chaos` turns on), else when it began.
 //! - **SMS at night**: an SMS the vendor took outside the run's SMS hours (Shanghai).
 
 use std::collections::{HashMap, HashSet};
@@ -37,6 +44,8 @@ pub struct Figures {
     pub contacts_after_stop: i64,
     pub sms_at_night: i64,
     pub readiness_late: i64,
+    /// 1 when the system had not settled within the limit after the heal.
+    pub unsettled: i64,
     /// Processes told to stop (SIGTERM) under load that were not gone within their grace.
     pub drains_late: i64,
     pub readiness_recovery_p99_s: f64,
@@ -60,6 +69,7 @@ impl Figures {
             format!("contacts_after_stop {}", self.contacts_after_stop),
             format!("sms_at_night {}", self.sms_at_night),
             format!("readiness_late {}", self.readiness_late),
+            format!("unsettled {}", self.unsettled),
             format!("drains_late {}", self.drains_late),
             format!(
                 "readiness_recovery_p99_s {:.1}",
@@ -97,6 +107,7 @@ impl Figures {
             || self.sms_at_night > 0
             || self.readiness_late > 0
             || self.drains_late > 0
+            || self.unsettled > 0
     }
 }
 
@@ -119,7 +130,11 @@ pub async fn settle(pool: &PgPool, vendor: &PgPool, ledger: &Shared, limit: Dura
             "SELECT (SELECT count(*) FROM lists.cases),
                     (SELECT count(*) FROM scheduler.timers WHERE state = 'pending' AND due_at < now()),
                     (SELECT count(*) FROM dispatch.sms_messages
-                     WHERE state IN ('sending', 'unknown') OR (state = 'queued' AND next_attempt_at < now()))",
+                     WHERE state IN ('sending', 'unknown') OR (state = 'queued' AND next_attempt_at < now()))
+                    + (SELECT count(*) FROM lists.outbox WHERE published_at IS NULL AND set_aside_at IS NULL)
+                    + (SELECT count(*) FROM assignment.outbox WHERE published_at IS NULL AND set_aside_at IS NULL)
+                    + (SELECT count(*) FROM scheduler.outbox WHERE published_at IS NULL AND set_aside_at IS NULL)
+                    + (SELECT count(*) FROM dispatch.outbox WHERE published_at IS NULL AND set_aside_at IS NULL)",
         )
         .fetch_one(pool)
         .await;
@@ -139,9 +154,9 @@ pub async fn settle(pool: &PgPool, vendor: &PgPool, ledger: &Shared, limit: Dura
 
 struct Sms {
     case_id: Uuid,
-    stage: String,
     marketing: bool,
     state: String,
+    next_attempt_at: DateTime<Utc>,
 }
 
 struct Taken {
@@ -160,6 +175,15 @@ struct Tables {
     closed: HashMap<Uuid, DateTime<Utc>>,
     opt_outs: HashMap<String, DateTime<Utc>>,
     taken: Vec<Taken>,
+    /// Mobiles with an opt-out kept.
+    opted_out: HashSet<String>,
+    /// Dead letters and events set aside, in every schema.
+    dead_letters: i64,
+    /// Completion events dispatch wrote, tasks it completed, and the events the
+    /// scheduler never applied.
+    completion_events: i64,
+    tasks_completed: i64,
+    outcomes_not_applied: i64,
 }
 
 async fn read(pool: &PgPool, vendor: &PgPool) -> Result<Tables, sqlx::Error> {
@@ -171,22 +195,20 @@ async fn read(pool: &PgPool, vendor: &PgPool) -> Result<Tables, sqlx::Error> {
     let timers = sqlx::query_as("SELECT id, action, state, due_at FROM scheduler.timers")
         .fetch_all(pool)
         .await?;
-    let sms = sqlx::query_as::<_, (Uuid, Uuid, String, bool, String)>(
-        "SELECT id, case_id, stage, marketing, state FROM dispatch.sms_messages",
+    let sms = sqlx::query_as::<_, (Uuid, Uuid, bool, String, DateTime<Utc>)>(
+        "SELECT id, case_id, marketing, state, next_attempt_at FROM dispatch.sms_messages",
     )
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|(id, case_id, stage, marketing, state)| {
-        (
-            id,
-            Sms {
-                case_id,
-                stage,
-                marketing,
-                state,
-            },
-        )
+    .map(|(id, case_id, marketing, state, next_attempt_at)| {
+        let m = Sms {
+            case_id,
+            marketing,
+            state,
+            next_attempt_at,
+        };
+        (id, m)
     })
     .collect();
     let tasks = sqlx::query_scalar::<_, Uuid>("SELECT id FROM dispatch.phone_tasks")
@@ -194,22 +216,34 @@ async fn read(pool: &PgPool, vendor: &PgPool) -> Result<Tables, sqlx::Error> {
         .await?
         .into_iter()
         .collect();
-    let closed = sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
-        "SELECT case_id, noted_at FROM dispatch.closed_cases",
-    )
+    // When each stop became visible to the senders: its commit, where Postgres keeps
+    // commit timestamps.
+    let commits: bool =
+        sqlx::query_scalar("SELECT current_setting('track_commit_timestamp') = 'on'")
+            .fetch_one(pool)
+            .await?;
+    let noted = if commits {
+        "coalesce(pg_xact_commit_timestamp(xmin), noted_at)"
+    } else {
+        "noted_at"
+    };
+    let closed = sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(sqlx::AssertSqlSafe(format!(
+        "SELECT case_id, {noted} FROM dispatch.closed_cases"
+    )))
     .fetch_all(pool)
     .await?
     .into_iter()
     .collect();
-    let opt_outs = sqlx::query_as::<_, (String, DateTime<Utc>)>(
-        "SELECT mobile, noted_at FROM dispatch.opt_outs",
+    let opt_outs: HashMap<String, DateTime<Utc>> = sqlx::query_as::<_, (String, DateTime<Utc>)>(
+        sqlx::AssertSqlSafe(format!("SELECT mobile, {noted} FROM dispatch.opt_outs")),
     )
     .fetch_all(pool)
     .await?
     .into_iter()
     .collect();
     let taken = sqlx::query_as::<_, (String, String, DateTime<Utc>, bool)>(
-        "SELECT out_id, phone, received_at, pushed_at IS NOT NULL FROM demo.vendor_messages",
+        "SELECT out_id, phone, coalesce(received_at, accepted_at), pushed_at IS NOT NULL
+         FROM demo.vendor_messages",
     )
     .fetch_all(vendor)
     .await?
@@ -221,6 +255,22 @@ async fn read(pool: &PgPool, vendor: &PgPool) -> Result<Tables, sqlx::Error> {
         pushed,
     })
     .collect();
+    let (dead_letters, completion_events, tasks_completed, outcomes_not_applied) =
+        sqlx::query_as::<_, (i64, i64, i64, i64)>(
+            "SELECT (SELECT count(*) FROM lists.dead_letters) + (SELECT count(*) FROM assignment.dead_letters)
+                    + (SELECT count(*) FROM scheduler.dead_letters) + (SELECT count(*) FROM dispatch.dead_letters)
+                    + (SELECT count(*) FROM lists.outbox WHERE set_aside_at IS NOT NULL)
+                    + (SELECT count(*) FROM assignment.outbox WHERE set_aside_at IS NOT NULL)
+                    + (SELECT count(*) FROM scheduler.outbox WHERE set_aside_at IS NOT NULL)
+                    + (SELECT count(*) FROM dispatch.outbox WHERE set_aside_at IS NOT NULL),
+                    (SELECT count(*) FROM dispatch.outbox WHERE subject = 'dispatch.task.completed'),
+                    (SELECT count(*) FROM dispatch.phone_tasks WHERE state = 'completed'),
+                    (SELECT count(*) FROM dispatch.outbox o WHERE o.subject = 'dispatch.task.completed'
+                       AND NOT EXISTS (SELECT 1 FROM scheduler.inbox i WHERE i.message_id = o.id::text))",
+        )
+        .fetch_one(pool)
+        .await?;
+    let opted_out = opt_outs.keys().cloned().collect();
     Ok(Tables {
         cases,
         timers,
@@ -229,17 +279,34 @@ async fn read(pool: &PgPool, vendor: &PgPool) -> Result<Tables, sqlx::Error> {
         closed,
         opt_outs,
         taken,
+        opted_out,
+        dead_letters,
+        completion_events,
+        tasks_completed,
+        outcomes_not_applied,
     })
+}
+
+/// What the run did besides the load: its faults, its SMS hours, whether it settled.
+pub struct Run<'a> {
+    pub injected: &'a [Injected],
+    pub sms_hours: &'a str,
+    pub settled: bool,
+    pub history: &'a History,
 }
 
 pub async fn check(
     pool: &PgPool,
     vendor: &PgPool,
     ledger: &Shared,
-    injected: &[Injected],
-    sms_hours: &str,
-    history: &History,
+    run: Run<'_>,
 ) -> Result<Figures, ChaosError> {
+    let Run {
+        injected,
+        sms_hours,
+        settled,
+        history,
+    } = run;
     let t = read(pool, vendor).await?;
     let ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
     let mut f = Figures {
@@ -256,8 +323,9 @@ pub async fn check(
         zombie_accepted: ledger.zombie_accepted,
         ..Figures::default()
     };
-    f.lost_by_reason = lost(&t, &ledger.published, ledger.renewed.keys());
+    f.lost_by_reason = lost(&t, &ledger);
     f.lost = f.lost_by_reason.iter().map(|(_, n)| n).sum();
+    f.unsettled = i64::from(!settled);
     f.duplicates = duplicates(&t)
         + ledger
             .completions
@@ -292,11 +360,8 @@ pub async fn check(
     Ok(f)
 }
 
-fn lost<'a>(
-    t: &Tables,
-    published: &[String],
-    renewed: impl Iterator<Item = &'a String>,
-) -> Vec<(&'static str, i64)> {
+fn lost(t: &Tables, ledger: &super::load::Ledger) -> Vec<(&'static str, i64)> {
+    let (published, renewed) = (&ledger.published, ledger.renewed.keys());
     let now = Utc::now();
     let count = |n: usize| n as i64;
     let taken: HashSet<&str> = t.taken.iter().map(|v| v.out_id.as_str()).collect();
@@ -339,9 +404,17 @@ fn lost<'a>(
             count(
                 t.sms
                     .values()
-                    .filter(|m| matches!(m.state.as_str(), "sending" | "unknown"))
+                    .filter(|m| {
+                        matches!(m.state.as_str(), "sending" | "unknown")
+                            || (m.state == "queued"
+                                && m.next_attempt_at < now - chrono::Duration::seconds(30))
+                    })
                     .count(),
             ),
+        ),
+        (
+            "sms_dead",
+            count(t.sms.values().filter(|m| m.state == "dead").count()),
         ),
         (
             "sms_sent_never_taken",
@@ -382,19 +455,25 @@ fn lost<'a>(
                     .count(),
             ),
         ),
+        (
+            "opt_out_not_applied",
+            count(
+                ledger
+                    .opted_out
+                    .iter()
+                    .filter(|m| !t.opted_out.contains(*m))
+                    .count(),
+            ),
+        ),
+        ("outcome_not_applied", t.outcomes_not_applied),
+        ("dead_letters", t.dead_letters),
     ]
 }
 
 fn duplicates(t: &Tables) -> i64 {
     let distinct: HashSet<&str> = t.taken.iter().map(|v| v.out_id.as_str()).collect();
     let twice = t.taken.len() as i64 - distinct.len() as i64;
-    let mut per_stage: HashMap<(Uuid, &str), usize> = HashMap::new();
-    for out_id in &distinct {
-        if let Some(m) = Uuid::parse_str(out_id).ok().and_then(|id| t.sms.get(&id)) {
-            *per_stage.entry((m.case_id, m.stage.as_str())).or_default() += 1;
-        }
-    }
-    twice + per_stage.values().map(|n| *n as i64 - 1).sum::<i64>()
+    twice + (t.completion_events - t.tasks_completed).max(0)
 }
 
 /// One second of grace, as the rule allows.

@@ -297,24 +297,29 @@ pub fn vendor(layout: &Layout, dispatch_apis: &[String]) -> Proc {
     }
 }
 
-/// The run's own Postgres cluster: `pg_ctlcluster <version> <name> <action>`.
-pub fn postgres(layout: &Layout, action: &[&str]) -> Result<(), ChaosError> {
-    let status = Command::new("pg_ctlcluster")
-        .arg("--skip-systemctl-redirect")
-        .args([&layout.pg_version, &layout.pg_name])
-        .args(action)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| ChaosError::Io("pg_ctlcluster".into(), e))?;
+/// The run's own Postgres cluster: `pg_ctlcluster <version> <name> <action>` (on a
+/// blocking thread: stopping and starting take seconds).
+pub async fn postgres(layout: &Layout, action: &[&str]) -> Result<(), ChaosError> {
+    let (version, name) = (layout.pg_version.clone(), layout.pg_name.clone());
+    let action: Vec<String> = action.iter().map(|a| (*a).to_owned()).collect();
+    let shown = format!("pg_ctlcluster {version} {name} {}", action.join(" "));
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new("pg_ctlcluster")
+            .arg("--skip-systemctl-redirect")
+            .args([&version, &name])
+            .args(&action)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    })
+    .await
+    .map_err(|e| ChaosError::Postgres(format!("{shown}: {e}")))?
+    .map_err(|e| ChaosError::Io("pg_ctlcluster".into(), e))?;
     if status.success() {
         Ok(())
     } else {
         Err(ChaosError::Postgres(format!(
-            "pg_ctlcluster {} {} {} exited with {status}",
-            layout.pg_version,
-            layout.pg_name,
-            action.join(" ")
+            "{shown} exited with {status}"
         )))
     }
 }

@@ -1,7 +1,8 @@
 //! The open-loop load of a chaos run: policies two days from expiry (their catch-up
 //! SMS and call fall due a minute after their case opens), a third of them renewed
-//! 40-100 s later so the renewal races the SMS, customers holding two policies (an
-//! opt-out on the first stops marketing to the second), and 50 agents leasing and
+//! 40-100 s later so the renewal races the SMS, one in five of the others replying
+//! `TD` 40-100 s after (pushed to dispatch's webhook as the vendor pushes replies, so
+//! the opt-out races the SMS too), customers holding two policies, and 50 agents leasing and
 //! completing the call tasks with pauses, one of them a zombie that holds its lease
 //! past its expiry. Everything it did and saw goes to the history; the checker holds
 //! the system to it.
@@ -27,7 +28,10 @@ pub struct Ledger {
     pub published: Vec<String>,
     /// Policy number → when its renewal was acknowledged by JetStream.
     pub renewed: HashMap<String, DateTime<Utc>>,
-    /// Every lease an agent got: task, case, when.
+    /// Mobiles whose `TD` reply dispatch's webhook acknowledged.
+    pub opted_out: Vec<String>,
+    /// Every lease an agent got: task, case, when (by dispatch's clock: the lease's
+    /// expiry less its length).
     pub leases: Vec<(String, String, DateTime<Utc>)>,
     /// Completions answered 200, by task.
     pub completions: HashMap<String, u32>,
@@ -97,84 +101,146 @@ async fn publish(
     false
 }
 
-/// Publishes `rate` policies a second until `cancel`, each third one renewed later.
-pub async fn policies(
-    bus: Bus,
-    rate: f64,
-    seed: u64,
-    ledger: Shared,
-    history: History,
-    cancel: CancellationToken,
-) {
+/// What follows a policy's publication, racing its catch-up SMS.
+#[derive(Clone, Copy)]
+enum Then {
+    Nothing,
+    Renewal(Duration),
+    OptOut(Duration),
+}
+
+/// Where the load sends what it does.
+#[derive(Clone)]
+pub struct Targets {
+    pub bus: Bus,
+    /// Dispatch's reply webhooks (`.../up`), one per replica.
+    pub replies: Vec<String>,
+    pub http: reqwest::Client,
+    pub ledger: Shared,
+    pub history: History,
+}
+
+/// Publishes `rate` policies a second until `cancel`: a third renewed 40-100 s later,
+/// one in five of the others opted out 40-100 s later.
+pub async fn policies(targets: Targets, rate: f64, seed: u64, cancel: CancellationToken) {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x10ad);
     let today = renewal_platform::local_date(Utc::now(), chrono_tz::Asia::Shanghai);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renewals = tokio::task::JoinSet::new();
+    let mut in_flight = tokio::task::JoinSet::new();
     for n in 0.. {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let p = policy(n, today);
-        let payload = prost::Message::encode_to_vec(&PolicyUpserted {
-            policy: Some(p.clone()),
-        });
-        let key = format!("{}:{}", p.policy_no, p.version);
+        let after = Duration::from_secs(rng.random_range(40..=100));
+        let then = match n % 15 {
+            0 | 3 | 6 | 9 | 12 => Then::Renewal(after),
+            1 | 7 => Then::OptOut(after),
+            _ => Then::Nothing,
+        };
         // Open loop: a slow publish does not hold back the next policy.
-        let (bus2, ledger2, history2, cancel2) =
-            (bus.clone(), ledger.clone(), history.clone(), cancel.clone());
-        let renew_after = (n % 3 == 0).then(|| Duration::from_secs(rng.random_range(40..=100)));
-        renewals.spawn(async move {
-            if !publish(
-                &bus2,
-                subject::CORE_POLICY_UPSERTED,
-                &key,
-                payload,
-                &cancel2,
-            )
-            .await
-            {
-                return;
-            }
-            ledger2
+        in_flight.spawn(one_policy(
+            policy(n, today),
+            then,
+            targets.clone(),
+            cancel.clone(),
+        ));
+        while in_flight.try_join_next().is_some() {}
+    }
+    // What is in flight when the load stops still lands (what is due later is not sent).
+    while in_flight.join_next().await.is_some() {}
+}
+
+async fn one_policy(p: Policy, then: Then, t: Targets, cancel: CancellationToken) {
+    let payload = prost::Message::encode_to_vec(&PolicyUpserted {
+        policy: Some(p.clone()),
+    });
+    let key = format!("{}:{}", p.policy_no, p.version);
+    if !publish(
+        &t.bus,
+        subject::CORE_POLICY_UPSERTED,
+        &key,
+        payload,
+        &cancel,
+    )
+    .await
+    {
+        return;
+    }
+    t.ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .published
+        .push(p.policy_no.clone());
+    let after = match then {
+        Then::Nothing => return,
+        Then::Renewal(after) | Then::OptOut(after) => after,
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = tokio::time::sleep(after) => {}
+    }
+    match then {
+        Then::Renewal(_) => renew(&p, &t, &cancel).await,
+        Then::OptOut(_) => opt_out(&p.mobile, &t, &cancel).await,
+        Then::Nothing => {}
+    }
+}
+
+async fn renew(p: &Policy, t: &Targets, cancel: &CancellationToken) {
+    let event = PolicyRenewed {
+        policy_no: p.policy_no.clone(),
+        new_policy_no: format!("{}R", p.policy_no),
+        renewed_at_ms: Utc::now().timestamp_millis(),
+    };
+    let key = format!("renewed:{}", p.policy_no);
+    let payload = prost::Message::encode_to_vec(&event);
+    if publish(&t.bus, subject::CORE_POLICY_RENEWED, &key, payload, cancel).await {
+        let at = Utc::now();
+        t.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .renewed
+            .insert(p.policy_no.clone(), at);
+        t.history
+            .write(json!({"event": "renewed", "policy_no": p.policy_no}));
+    }
+}
+
+/// The customer texts `TD`: pushed to either dispatch replica until one acknowledges
+/// it, as the vendor pushes replies.
+async fn opt_out(mobile: &str, t: &Targets, cancel: &CancellationToken) {
+    let national = mobile.trim_start_matches("+86");
+    let local = Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let body = json!([{"phone_number": national, "send_time": local, "content": "TD",
+                       "sign_name": "", "dest_code": "", "sequence_id": 1}]);
+    for attempt in 0usize.. {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let url = &t.replies[attempt % t.replies.len()];
+        let answer = t
+            .http
+            .post(url)
+            .json(&body)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if matches!(&answer, Ok(r) if r.status().is_success()) {
+            t.ledger
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .published
-                .push(p.policy_no.clone());
-            let Some(after) = renew_after else { return };
-            tokio::select! {
-                _ = cancel2.cancelled() => return,
-                _ = tokio::time::sleep(after) => {}
-            }
-            let event = PolicyRenewed {
-                policy_no: p.policy_no.clone(),
-                new_policy_no: format!("{}R", p.policy_no),
-                renewed_at_ms: Utc::now().timestamp_millis(),
-            };
-            let key = format!("renewed:{}", p.policy_no);
-            if publish(
-                &bus2,
-                subject::CORE_POLICY_RENEWED,
-                &key,
-                prost::Message::encode_to_vec(&event),
-                &cancel2,
-            )
-            .await
-            {
-                let at = Utc::now();
-                ledger2
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .renewed
-                    .insert(p.policy_no.clone(), at);
-                history2.write(json!({"event": "renewed", "policy_no": p.policy_no}));
-            }
-        });
-        while renewals.try_join_next().is_some() {}
+                .opted_out
+                .push(mobile.to_owned());
+            t.history.write(json!({"event": "opted_out"}));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // What is in flight when the load stops still lands (renewals due later are not sent).
-    while renewals.join_next().await.is_some() {}
 }
 
 /// One agent: leases up to two tasks from the queues there are, works each 1-4 s and
@@ -222,14 +288,23 @@ pub async fn agent(
         let Ok(body) = response.json::<serde_json::Value>().await else {
             continue;
         };
-        for task in body["tasks"].as_array().cloned().unwrap_or_default() {
+        let tasks = body["tasks"].as_array().cloned().unwrap_or_default();
+        {
+            // Each lease when dispatch granted it: its expiry less its length.
+            let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+            for task in &tasks {
+                let granted = task["lease_expires_at"]
+                    .as_str()
+                    .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+                    .map(|at| at.with_timezone(&Utc) - chrono::Duration::seconds(lease_seconds))
+                    .unwrap_or_else(Utc::now);
+                let id = task["id"].as_str().unwrap_or_default().to_owned();
+                let case = task["case_id"].as_str().unwrap_or_default().to_owned();
+                ledger.leases.push((id, case, granted));
+            }
+        }
+        for task in tasks {
             let id = task["id"].as_str().unwrap_or_default().to_owned();
-            let case = task["case_id"].as_str().unwrap_or_default().to_owned();
-            ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .leases
-                .push((id.clone(), case, Utc::now()));
             let work = if zombie {
                 Duration::from_secs(20)
             } else {
@@ -288,7 +363,8 @@ async fn complete(
 pub async fn queues(pool: sqlx::PgPool, into: Queues, cancel: CancellationToken) {
     while !cancel.is_cancelled() {
         if let Ok(found) = sqlx::query_as::<_, (String, Option<String>)>(
-            "SELECT DISTINCT queue, owner_agent FROM dispatch.phone_tasks WHERE state = 'open'",
+            "SELECT DISTINCT queue, owner_agent FROM dispatch.phone_tasks
+             WHERE state = 'open' OR (state = 'leased' AND available_at <= now())",
         )
         .fetch_all(&pool)
         .await

@@ -155,23 +155,29 @@ impl History {
     }
 }
 
-/// Every process's `/readyz`, polled twice a second.
-#[derive(Clone)]
+/// Every process's `/readyz`, polled twice a second; each reading stamped with when
+/// its poll began, so a question asked at `t` is answered only by polls after `t`.
+#[derive(Clone, Default)]
 pub struct Readiness {
-    ready: Arc<Mutex<BTreeMap<String, bool>>>,
+    ready: Arc<Mutex<Polled>>,
 }
 
+/// When the last poll began, and what each process answered.
+type Polled = (Option<Instant>, BTreeMap<String, bool>);
+
 impl Readiness {
-    fn all(&self, want: bool) -> bool {
+    fn all(&self, want: bool, since: Instant) -> bool {
         let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        !ready.is_empty() && ready.values().all(|r| *r == want)
+        ready.0.is_some_and(|polled| polled >= since)
+            && !ready.1.is_empty()
+            && ready.1.values().all(|r| *r == want)
     }
 
     /// How long until every process answered ready, if within `limit`.
     pub async fn all_ready_within(&self, limit: Duration) -> Option<Duration> {
         let started = Instant::now();
         while started.elapsed() < limit {
-            if self.all(true) {
+            if self.all(true, started) {
                 return Some(started.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -183,7 +189,7 @@ impl Readiness {
     pub async fn all_unready_within(&self, limit: Duration) -> bool {
         let started = Instant::now();
         while started.elapsed() < limit {
-            if self.all(false) {
+            if self.all(false, started) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -197,6 +203,7 @@ impl Readiness {
             .build()
             .unwrap_or_default();
         while !cancel.is_cancelled() {
+            let polled = Instant::now();
             let targets: Vec<(String, String)> = cluster
                 .services
                 .lock()
@@ -214,8 +221,9 @@ impl Readiness {
             .await;
             {
                 let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+                ready.0 = Some(polled);
                 for (name, ok) in answers {
-                    if ready.insert(name.clone(), ok) != Some(ok) {
+                    if ready.1.insert(name.clone(), ok) != Some(ok) {
                         history.write(json!({"event": "ready", "process": name, "ready": ok}));
                     }
                 }
@@ -266,8 +274,8 @@ impl Cluster {
     /// vendor behaving.
     async fn heal(&self) -> Result<(), ChaosError> {
         let layout = &self.layout;
-        if cluster::postgres(layout, &["status"]).is_err() {
-            cluster::postgres(layout, &["start"])?;
+        if cluster::postgres(layout, &["status"]).await.is_err() {
+            cluster::postgres(layout, &["start"]).await?;
         }
         for proc in self
             .nats
@@ -283,6 +291,11 @@ impl Cluster {
                 proc.start(layout)?;
             }
         }
+        let mut vendor = self.vendor.lock().await;
+        if vendor.exited() {
+            vendor.start(layout)?;
+        }
+        drop(vendor);
         self.vendor_mode("none", 1).await;
         Ok(())
     }
@@ -312,9 +325,7 @@ pub async fn run(options: ChaosOptions) -> Result<Figures, ChaosError> {
     import_org(&http, &cluster).await?;
 
     let stop_all = CancellationToken::new();
-    let readiness = Readiness {
-        ready: Default::default(),
-    };
+    let readiness = Readiness::default();
     tokio::spawn(
         readiness
             .clone()
@@ -322,41 +333,10 @@ pub async fn run(options: ChaosOptions) -> Result<Figures, ChaosError> {
     );
     let ledger: load::Shared = Default::default();
     let load_stop = CancellationToken::new();
-    let mut load_tasks = tokio::task::JoinSet::new();
-    load_tasks.spawn(load::policies(
-        cluster.bus.clone(),
-        options.policies_per_s,
-        options.seed,
-        ledger.clone(),
-        history.clone(),
-        load_stop.clone(),
-    ));
-    let queues: load::Queues = Default::default();
-    load_tasks.spawn(load::queues(
-        pool.clone(),
-        queues.clone(),
-        load_stop.clone(),
-    ));
-    let dispatch: Vec<String> = cluster
-        .services
-        .lock()
-        .await
-        .iter()
-        .filter(|p| p.name.starts_with("dispatch"))
-        .filter_map(|p| p.api.clone())
-        .collect();
-    for n in 0..50 {
-        load_tasks.spawn(load::agent(
-            n,
-            http.clone(),
-            dispatch.clone(),
-            queues.clone(),
-            options.seed,
-            ledger.clone(),
-            load_stop.clone(),
-        ));
-    }
-
+    let mut load = start_load(
+        &options, &cluster, &pool, http, &ledger, &history, &load_stop,
+    )
+    .await;
     let nemesis_stop = CancellationToken::new();
     let nemesis = {
         let (cluster, history, readiness, stop) = (
@@ -374,7 +354,7 @@ pub async fn run(options: ChaosOptions) -> Result<Figures, ChaosError> {
     nemesis_stop.cancel();
     let injected = nemesis.await.unwrap_or_default();
     load_stop.cancel();
-    while load_tasks.join_next().await.is_some() {}
+    while load.join_next().await.is_some() {}
     history.write(json!({"event": "load_stopped"}));
     cluster.heal().await?;
     let healed_at = Instant::now();
@@ -383,25 +363,75 @@ pub async fn run(options: ChaosOptions) -> Result<Figures, ChaosError> {
         .write(json!({"event": "healed", "ready_after_s": ready_again.map(|d| d.as_secs_f64())}));
     let settled = checker::settle(&pool, &vendor_pool, &ledger, Duration::from_secs(300)).await;
     history.write(json!({"event": "settled", "settled": settled, "after_s": healed_at.elapsed().as_secs_f64()}));
-    let figures = checker::check(
-        &pool,
-        &vendor_pool,
-        &ledger,
-        &injected,
-        &layout.sms_hours,
-        &history,
-    )
-    .await?;
+    let run = checker::Run {
+        injected: &injected,
+        sms_hours: &layout.sms_hours,
+        settled,
+        history: &history,
+    };
+    let figures = checker::check(&pool, &vendor_pool, &ledger, run).await?;
     history.write(json!({"event": "figures", "figures": figures.lines()}));
     stop_all.cancel();
     stop(&cluster).await;
     Ok(figures)
 }
 
+/// The open-loop load: the policies (with their renewals and opt-outs), the queue
+/// watch, and 50 agents.
+async fn start_load(
+    options: &ChaosOptions,
+    cluster: &Cluster,
+    pool: &sqlx::PgPool,
+    http: reqwest::Client,
+    ledger: &load::Shared,
+    history: &History,
+    stop: &CancellationToken,
+) -> tokio::task::JoinSet<()> {
+    let dispatch: Vec<String> = cluster
+        .services
+        .lock()
+        .await
+        .iter()
+        .filter(|p| p.name.starts_with("dispatch"))
+        .filter_map(|p| p.api.clone())
+        .collect();
+    let targets = load::Targets {
+        bus: cluster.bus.clone(),
+        replies: dispatch
+            .iter()
+            .map(|base| format!("{base}/v1/webhooks/sms/{}/up", cluster::WEBHOOK_TOKEN))
+            .collect(),
+        http: reqwest::Client::new(),
+        ledger: ledger.clone(),
+        history: history.clone(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(load::policies(
+        targets,
+        options.policies_per_s,
+        options.seed,
+        stop.clone(),
+    ));
+    let queues: load::Queues = Default::default();
+    tasks.spawn(load::queues(pool.clone(), queues.clone(), stop.clone()));
+    for n in 0..50 {
+        tasks.spawn(load::agent(
+            n,
+            http.clone(),
+            dispatch.clone(),
+            queues.clone(),
+            options.seed,
+            ledger.clone(),
+            stop.clone(),
+        ));
+    }
+    tasks
+}
+
 /// Starts Postgres, the NATS cluster, the vendor and every service replica, fresh.
 async fn start(layout: &Layout) -> Result<Arc<Cluster>, ChaosError> {
-    if cluster::postgres(layout, &["status"]).is_err() {
-        cluster::postgres(layout, &["start"])?;
+    if cluster::postgres(layout, &["status"]).await.is_err() {
+        cluster::postgres(layout, &["start"]).await?;
     }
     let db = layout.database_url().into();
     let vendor_db = layout.vendor_database_url.clone().into();
@@ -438,9 +468,7 @@ async fn start(layout: &Layout) -> Result<Arc<Cluster>, ChaosError> {
         bus,
         http: reqwest::Client::new(),
     };
-    let readiness = Readiness {
-        ready: Default::default(),
-    };
+    let readiness = Readiness::default();
     let cancel = CancellationToken::new();
     let history = History::create(&layout.dir.join("startup.jsonl"))?;
     let cluster = Arc::new(cluster);

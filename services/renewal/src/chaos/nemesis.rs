@@ -115,16 +115,15 @@ async fn inject(
             let hold =
                 Duration::from_secs(rng.random_range(pace.postgres_down.0..=pace.postgres_down.1));
             history.write(json!({"event": "fault", "fault": fault.name(), "target": "postgres", "seconds": hold.as_secs()}));
-            if let Err(e) = cluster::postgres(layout, &["stop", "-m", "immediate"]) {
+            if let Err(e) = cluster::postgres(layout, &["stop", "-m", "immediate"]).await {
                 history.write(json!({"event": "nemesis_error", "error": e.to_string()}));
             }
+            let down = tokio::time::Instant::now();
             if hold >= Duration::from_secs(10) {
                 noticed = Some(readiness.all_unready_within(Duration::from_secs(10)).await);
-                tokio::time::sleep(hold.saturating_sub(Duration::from_secs(10))).await;
-            } else {
-                tokio::time::sleep(hold).await;
             }
-            if let Err(e) = cluster::postgres(layout, &["start"]) {
+            tokio::time::sleep(hold.saturating_sub(down.elapsed())).await;
+            if let Err(e) = cluster::postgres(layout, &["start"]).await {
                 history.write(json!({"event": "nemesis_error", "error": e.to_string()}));
             }
             "postgres".to_owned()
@@ -200,7 +199,9 @@ async fn service_fault(cluster: &Cluster, fault: Fault, i: usize, hold: Duration
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
-    let _ = cluster.services.lock().await[i].start(layout);
+    if let Err(e) = cluster.services.lock().await[i].start(layout) {
+        tracing::warn!(error = %e, "a replica did not start again; the heal will retry");
+    }
     drained
 }
 
