@@ -304,13 +304,16 @@ impl Outbox {
         for (i, ack) in acks {
             match ack.await {
                 Ok(_) => published.push(rows[i].seq),
-                // No stream for its subject, or too big: the event's fault. A timeout,
+                // Too big, or no stream for its subject: the event's fault. A timeout,
                 // a lost connection or a full stream (`discard: new`) is not: it waits.
                 Err(e) => {
-                    let own = matches!(
-                        e.kind(),
-                        PublishErrorKind::StreamNotFound | PublishErrorKind::MaxPayloadExceeded
-                    );
+                    let own = match e.kind() {
+                        PublishErrorKind::MaxPayloadExceeded => true,
+                        PublishErrorKind::StreamNotFound => {
+                            no_stream_takes(bus, &rows[i].subject).await
+                        }
+                        _ => false,
+                    };
                     refused.push((i, e.to_string(), own));
                 }
             }
@@ -408,6 +411,19 @@ impl Pending {
             created_at: row.try_get("created_at")?,
             attempts: row.try_get("attempts")?,
         })
+    }
+}
+
+/// Whether JetStream says for certain that no stream captures `subject`. A cluster
+/// electing a stream's leader (a node just died) also answers a publish with "no
+/// stream": then the streams' list still names it, or the question goes unanswered,
+/// and the event waits rather than count that against it.
+async fn no_stream_takes(bus: &Bus, subject: &str) -> bool {
+    use async_nats::jetstream::context::GetStreamByNameErrorKind;
+    let full = bus.subjects.subject(subject);
+    match bus.js.stream_by_subject(full).await {
+        Err(e) => matches!(e.kind(), GetStreamByNameErrorKind::NotFound),
+        Ok(_) => false,
     }
 }
 
