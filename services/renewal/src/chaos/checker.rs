@@ -54,6 +54,7 @@ pub struct Figures {
     pub renewal_noted_p99_ms: f64,
     pub policies: usize,
     pub renewals: usize,
+    pub opt_outs: usize,
     pub leases: usize,
     pub zombie_refused: u32,
     pub zombie_accepted: u32,
@@ -82,6 +83,7 @@ impl Figures {
             format!("renewal_noted_p99_ms {:.0}", self.renewal_noted_p99_ms),
             format!("policies {}", self.policies),
             format!("renewals {}", self.renewals),
+            format!("opt_outs {}", self.opt_outs),
             format!("tasks_leased {}", self.leases),
             format!("zombie_completions_refused {}", self.zombie_refused),
             format!("zombie_completions_accepted {}", self.zombie_accepted),
@@ -175,8 +177,12 @@ struct Tables {
     closed: HashMap<Uuid, DateTime<Utc>>,
     opt_outs: HashMap<String, DateTime<Utc>>,
     taken: Vec<Taken>,
-    /// Mobiles with an opt-out kept.
-    opted_out: HashSet<String>,
+    counts: Counts,
+}
+
+/// What the checker counts in the database rather than reads row by row.
+#[derive(sqlx::FromRow)]
+struct Counts {
     /// Dead letters and events set aside, in every schema.
     dead_letters: i64,
     /// Completion events dispatch wrote, tasks it completed, and the events the
@@ -216,8 +222,24 @@ async fn read(pool: &PgPool, vendor: &PgPool) -> Result<Tables, sqlx::Error> {
         .await?
         .into_iter()
         .collect();
-    // When each stop became visible to the senders: its commit, where Postgres keeps
-    // commit timestamps.
+    let (closed, opt_outs) = read_stops(pool).await?;
+    Ok(Tables {
+        cases,
+        timers,
+        sms,
+        tasks,
+        closed,
+        opt_outs,
+        taken: read_taken(vendor).await?,
+        counts: read_counts(pool).await?,
+    })
+}
+
+type Stops<K> = HashMap<K, DateTime<Utc>>;
+
+/// When each renewal and opt-out became visible to the senders: its commit, where
+/// Postgres keeps commit timestamps.
+async fn read_stops(pool: &PgPool) -> Result<(Stops<Uuid>, Stops<String>), sqlx::Error> {
     let commits: bool =
         sqlx::query_scalar("SELECT current_setting('track_commit_timestamp') = 'on'")
             .fetch_one(pool)
@@ -234,57 +256,55 @@ async fn read(pool: &PgPool, vendor: &PgPool) -> Result<Tables, sqlx::Error> {
     .await?
     .into_iter()
     .collect();
-    let opt_outs: HashMap<String, DateTime<Utc>> = sqlx::query_as::<_, (String, DateTime<Utc>)>(
-        sqlx::AssertSqlSafe(format!("SELECT mobile, {noted} FROM dispatch.opt_outs")),
-    )
+    let opt_outs = sqlx::query_as::<_, (String, DateTime<Utc>)>(sqlx::AssertSqlSafe(format!(
+        "SELECT mobile, {noted} FROM dispatch.opt_outs"
+    )))
     .fetch_all(pool)
     .await?
     .into_iter()
     .collect();
-    let taken = sqlx::query_as::<_, (String, String, DateTime<Utc>, bool)>(
+    Ok((closed, opt_outs))
+}
+
+/// The vendor's log: every message it took.
+async fn read_taken(vendor: &PgPool) -> Result<Vec<Taken>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, (String, String, DateTime<Utc>, bool)>(
         "SELECT out_id, phone, coalesce(received_at, accepted_at), pushed_at IS NOT NULL
          FROM demo.vendor_messages",
     )
     .fetch_all(vendor)
-    .await?
-    .into_iter()
-    .map(|(out_id, phone, received_at, pushed)| Taken {
-        out_id,
-        phone,
-        received_at,
-        pushed,
-    })
-    .collect();
-    let (dead_letters, completion_events, tasks_completed, outcomes_not_applied) =
-        sqlx::query_as::<_, (i64, i64, i64, i64)>(
-            "SELECT (SELECT count(*) FROM lists.dead_letters) + (SELECT count(*) FROM assignment.dead_letters)
-                    + (SELECT count(*) FROM scheduler.dead_letters) + (SELECT count(*) FROM dispatch.dead_letters)
-                    + (SELECT count(*) FROM lists.outbox WHERE set_aside_at IS NOT NULL)
-                    + (SELECT count(*) FROM assignment.outbox WHERE set_aside_at IS NOT NULL)
-                    + (SELECT count(*) FROM scheduler.outbox WHERE set_aside_at IS NOT NULL)
-                    + (SELECT count(*) FROM dispatch.outbox WHERE set_aside_at IS NOT NULL),
-                    (SELECT count(*) FROM dispatch.outbox WHERE subject = 'dispatch.task.completed'),
-                    (SELECT count(*) FROM dispatch.phone_tasks WHERE state = 'completed'),
-                    (SELECT count(*) FROM dispatch.outbox o WHERE o.subject = 'dispatch.task.completed'
-                       AND NOT EXISTS (SELECT 1 FROM scheduler.inbox i WHERE i.message_id = o.id::text))",
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(out_id, phone, received_at, pushed)| Taken {
+            out_id,
+            phone,
+            received_at,
+            pushed,
+        })
+        .collect())
+}
+
+async fn read_counts(pool: &PgPool) -> Result<Counts, sqlx::Error> {
+    let aside = |schema: &str| {
+        format!(
+            "(SELECT count(*) FROM {schema}.dead_letters) \
+             + (SELECT count(*) FROM {schema}.outbox WHERE set_aside_at IS NOT NULL)"
         )
-        .fetch_one(pool)
-        .await?;
-    let opted_out = opt_outs.keys().cloned().collect();
-    Ok(Tables {
-        cases,
-        timers,
-        sms,
-        tasks,
-        closed,
-        opt_outs,
-        taken,
-        opted_out,
-        dead_letters,
-        completion_events,
-        tasks_completed,
-        outcomes_not_applied,
-    })
+    };
+    let dead_letters = ["lists", "assignment", "scheduler", "dispatch"]
+        .map(aside)
+        .join(" + ");
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {dead_letters} AS dead_letters,
+                (SELECT count(*) FROM dispatch.outbox WHERE subject = 'dispatch.task.completed') AS completion_events,
+                (SELECT count(*) FROM dispatch.phone_tasks WHERE state = 'completed') AS tasks_completed,
+                (SELECT count(*) FROM dispatch.outbox o WHERE o.subject = 'dispatch.task.completed'
+                   AND NOT EXISTS (SELECT 1 FROM scheduler.inbox i WHERE i.message_id = o.id::text))
+                  AS outcomes_not_applied"
+    )))
+    .fetch_one(pool)
+    .await
 }
 
 /// What the run did besides the load: its faults, its SMS hours, whether it settled.
@@ -318,6 +338,7 @@ pub async fn check(
         sms_sent: t.taken.len() as i64,
         policies: ledger.published.len(),
         renewals: ledger.renewed.len(),
+        opt_outs: ledger.opted_out.len(),
         leases: ledger.leases.len(),
         zombie_refused: ledger.zombie_refused,
         zombie_accepted: ledger.zombie_accepted,
@@ -360,11 +381,21 @@ pub async fn check(
     Ok(f)
 }
 
+/// Everything lost, by reason.
 fn lost(t: &Tables, ledger: &super::load::Ledger) -> Vec<(&'static str, i64)> {
-    let (published, renewed) = (&ledger.published, ledger.renewed.keys());
     let now = Utc::now();
-    let count = |n: usize| n as i64;
-    let taken: HashSet<&str> = t.taken.iter().map(|v| v.out_id.as_str()).collect();
+    let mut lost = lost_work(t, &ledger.published, now);
+    lost.extend(lost_sms(t, now));
+    lost.extend(lost_effects(t, ledger));
+    lost
+}
+
+fn count(n: usize) -> i64 {
+    n as i64
+}
+
+/// Policies without their case, timers not fired, fired timers without their work.
+fn lost_work(t: &Tables, published: &[String], now: DateTime<Utc>) -> Vec<(&'static str, i64)> {
     vec![
         (
             "policy_without_case",
@@ -399,6 +430,14 @@ fn lost(t: &Tables, ledger: &super::load::Ledger) -> Vec<(&'static str, i64)> {
                     .count(),
             ),
         ),
+    ]
+}
+
+/// SMS left under way or given up, claimed sent but never taken, or their receipt
+/// never applied.
+fn lost_sms(t: &Tables, now: DateTime<Utc>) -> Vec<(&'static str, i64)> {
+    let taken: HashSet<&str> = t.taken.iter().map(|v| v.out_id.as_str()).collect();
+    vec![
         (
             "sms_unsettled",
             count(
@@ -443,6 +482,13 @@ fn lost(t: &Tables, ledger: &super::load::Ledger) -> Vec<(&'static str, i64)> {
                     .count(),
             ),
         ),
+    ]
+}
+
+/// Renewals, opt-outs and call outcomes not applied; dead letters and events set aside.
+fn lost_effects(t: &Tables, ledger: &super::load::Ledger) -> Vec<(&'static str, i64)> {
+    let renewed = ledger.renewed.keys();
+    vec![
         (
             "renewal_not_applied",
             count(
@@ -461,19 +507,19 @@ fn lost(t: &Tables, ledger: &super::load::Ledger) -> Vec<(&'static str, i64)> {
                 ledger
                     .opted_out
                     .iter()
-                    .filter(|m| !t.opted_out.contains(*m))
+                    .filter(|m| !t.opt_outs.contains_key(*m))
                     .count(),
             ),
         ),
-        ("outcome_not_applied", t.outcomes_not_applied),
-        ("dead_letters", t.dead_letters),
+        ("outcome_not_applied", t.counts.outcomes_not_applied),
+        ("dead_letters", t.counts.dead_letters),
     ]
 }
 
 fn duplicates(t: &Tables) -> i64 {
     let distinct: HashSet<&str> = t.taken.iter().map(|v| v.out_id.as_str()).collect();
     let twice = t.taken.len() as i64 - distinct.len() as i64;
-    twice + (t.completion_events - t.tasks_completed).max(0)
+    twice + (t.counts.completion_events - t.counts.tasks_completed).max(0)
 }
 
 /// One second of grace, as the rule allows.
