@@ -413,23 +413,21 @@ async fn send_burst(sim: &Simulation, prefix: &str) -> Result<(i64, f64), String
         .await
         .map_err(err)?;
     loop {
-        let queued: i64 =
-            // Done when none is waiting or with the vendor.
-            // (A count per partial index: `state IN (...)` over both would scan the table.)
-            sqlx::query_scalar(
-                "SELECT (SELECT count(*) FROM dispatch.sms_messages WHERE state = 'queued')
-                      + (SELECT count(*) FROM dispatch.sms_messages WHERE state IN ('sending', 'unknown'))",
-            )
-                .fetch_one(sim.pool())
-                .await
-                .map_err(err)?;
-        if queued == 0 {
+        // Done when none is waiting or with the vendor. (One look per partial index, and
+        // no count: counting 20,000 queued rows every 20 ms cost the database a fifth
+        // of a core, taken from what is measured.)
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM dispatch.sms_messages WHERE state = 'queued')
+                 OR EXISTS (SELECT 1 FROM dispatch.sms_messages WHERE state IN ('sending', 'unknown'))",
+        )
+        .fetch_one(sim.pool())
+        .await
+        .map_err(err)?;
+        if !busy {
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
-            return Err(format!(
-                "{queued} messages still queued or sending after 600 s"
-            ));
+            return Err("messages still queued or sending after 600 s".into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -9,17 +9,16 @@ pub const ALGORITHM: &str = "ACS3-HMAC-SHA256";
 pub const SIGNED_HEADERS: &str =
     "host;x-acs-action;x-acs-content-sha256;x-acs-date;x-acs-signature-nonce;x-acs-version";
 
+/// Everything but RFC 3986's unreserved characters is encoded.
+const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// RFC 3986 percent-encoding: unreserved characters stay, everything else is `%XX`.
 pub fn percent_encode(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() * 3);
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(raw, RESERVED).to_string()
 }
 
 /// The canonical query: encoded pairs sorted by name, joined with `&`.
