@@ -57,18 +57,7 @@ impl<V: SmsVendor> Sender<V> {
         }
         let mut doubts = Vec::with_capacity(rows.len());
         for row in &rows {
-            let claimed = Claimed {
-                id: row.try_get("id")?,
-                case_id: row.try_get("case_id")?,
-                policy_no: row.try_get("policy_no")?,
-                stage: row.try_get("stage")?,
-                template: row.try_get("template")?,
-                mobile: row.try_get("mobile")?,
-                params: row.try_get("template_params")?,
-                marketing: row.try_get("marketing")?,
-                attempts: row.try_get("attempts")?,
-                traceparent: row.try_get("traceparent")?,
-            };
+            let claimed = Claimed::read(row)?;
             let day: Option<NaiveDate> = row.try_get("sending_on")?;
             let state: String = row.try_get("state")?;
             doubts.push((claimed, day, state == SmsState::Sending.as_str()));

@@ -197,6 +197,24 @@ pub(crate) struct Claimed {
     pub traceparent: Option<String>,
 }
 
+impl Claimed {
+    /// A message as the claim and the settling of doubts select it.
+    pub(crate) fn read(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Claimed {
+            id: row.try_get("id")?,
+            case_id: row.try_get("case_id")?,
+            policy_no: row.try_get("policy_no")?,
+            stage: row.try_get("stage")?,
+            template: row.try_get("template")?,
+            mobile: row.try_get("mobile")?,
+            params: row.try_get("template_params")?,
+            marketing: row.try_get("marketing")?,
+            attempts: row.try_get("attempts")?,
+            traceparent: row.try_get("traceparent")?,
+        })
+    }
+}
+
 pub(crate) enum Verdict {
     Sent(String),
     /// The vendor did not take it: queued again for `at`.
@@ -307,18 +325,7 @@ impl<V: SmsVendor> Sender<V> {
         let mut to_send = Vec::new();
         let mut verdicts = Vec::new();
         for row in &rows {
-            let mut claimed = Claimed {
-                id: row.try_get("id")?,
-                case_id: row.try_get("case_id")?,
-                policy_no: row.try_get("policy_no")?,
-                stage: row.try_get("stage")?,
-                template: row.try_get("template")?,
-                mobile: row.try_get("mobile")?,
-                params: row.try_get("template_params")?,
-                marketing: row.try_get("marketing")?,
-                attempts: row.try_get("attempts")?,
-                traceparent: row.try_get("traceparent")?,
-            };
+            let mut claimed = Claimed::read(row)?;
             let tz: chrono_tz::Tz = row
                 .try_get::<String, _>("time_zone")?
                 .parse()

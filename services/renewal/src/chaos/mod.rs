@@ -185,6 +185,24 @@ impl Readiness {
         None
     }
 
+    /// Whether `process` answered not ready within `limit` (a frozen process answers
+    /// nothing, which reads as not ready).
+    pub async fn unready_within(&self, process: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            {
+                let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+                if ready.0.is_some_and(|polled| polled >= started)
+                    && ready.1.get(process) == Some(&false)
+                {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// Whether every process answered not ready within `limit`.
     pub async fn all_unready_within(&self, limit: Duration) -> bool {
         let started = Instant::now();

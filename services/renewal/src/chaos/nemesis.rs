@@ -108,7 +108,8 @@ async fn inject(
             let name = cluster.services.lock().await[i].name.clone();
             history.write(json!({"event": "fault", "fault": fault.name(), "target": name}));
             let hold = Duration::from_secs(rng.random_range(3..=15));
-            drained = service_fault(cluster, fault, i, hold).await;
+            let outcome = service_fault(cluster, fault, i, &name, hold, readiness).await;
+            (noticed, drained) = (outcome.noticed, outcome.drained);
             name
         }
         Fault::PostgresDown => {
@@ -172,37 +173,75 @@ async fn inject(
     }
 }
 
-/// Kills, freezes or stops one service replica, and brings it back after `hold`; for
-/// SIGTERM, whether it was gone within its grace. (The replicas' lock is held only
-/// for a moment at a time: the readiness watch reads them meanwhile.)
-async fn service_fault(cluster: &Cluster, fault: Fault, i: usize, hold: Duration) -> Option<bool> {
+/// What a fault of one replica showed.
+struct ReplicaFault {
+    /// Its `/readyz` off within 10 s, or within the fault if shorter (not judged for a
+    /// pause under 5 s: a poll waits 1.5 s for a frozen process, polls are 0.5 s apart).
+    noticed: Option<bool>,
+    /// For SIGTERM: whether it was gone within its grace.
+    drained: Option<bool>,
+}
+
+/// Kills, freezes or stops one service replica (`name`), and brings it back after
+/// `hold`. (The replicas' lock is held only for a moment at a time: the readiness watch
+/// reads them meanwhile.)
+async fn service_fault(
+    cluster: &Cluster,
+    fault: Fault,
+    i: usize,
+    name: &str,
+    hold: Duration,
+    readiness: &Readiness,
+) -> ReplicaFault {
     let layout = &cluster.layout;
     let signal = |name: &'static str| async move { cluster.services.lock().await[i].signal(name) };
-    let mut drained = None;
-    match fault {
+    let notice = Duration::from_secs(10);
+    let outcome = match fault {
         Fault::ServiceKilled => {
             signal("KILL").await;
             gone_within(cluster, i, Duration::from_secs(5)).await;
             // Kubernetes restarts a killed pod within seconds.
-            tokio::time::sleep(hold.min(Duration::from_secs(5))).await;
+            let down = hold.min(Duration::from_secs(5));
+            let (noticed, ()) = tokio::join!(
+                readiness.unready_within(name, down),
+                tokio::time::sleep(down)
+            );
+            ReplicaFault {
+                noticed: Some(noticed),
+                drained: None,
+            }
         }
         Fault::ServicePaused => {
             signal("STOP").await;
-            tokio::time::sleep(hold).await;
+            let (noticed, ()) = tokio::join!(
+                readiness.unready_within(name, hold.min(notice)),
+                tokio::time::sleep(hold)
+            );
             signal("CONT").await;
-            return None;
+            return ReplicaFault {
+                noticed: (hold >= Duration::from_secs(5)).then_some(noticed),
+                drained: None,
+            };
         }
         _ => {
             signal("TERM").await;
-            // Gone within its grace (SHUTDOWN_GRACE, 10 s) and a second.
-            drained = Some(gone_within(cluster, i, Duration::from_secs(11)).await);
+            // Not ready at once, and gone within its grace (SHUTDOWN_GRACE, 10 s) and a
+            // second.
+            let (noticed, drained) = tokio::join!(
+                readiness.unready_within(name, notice),
+                gone_within(cluster, i, Duration::from_secs(11))
+            );
             tokio::time::sleep(Duration::from_secs(2)).await;
+            ReplicaFault {
+                noticed: Some(noticed),
+                drained: Some(drained),
+            }
         }
-    }
+    };
     if let Err(e) = cluster.services.lock().await[i].start(layout) {
         tracing::warn!(error = %e, "a replica did not start again; the heal will retry");
     }
-    drained
+    outcome
 }
 
 /// Whether replica `i` exited within `limit`; killed if not.
