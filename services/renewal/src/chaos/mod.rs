@@ -166,53 +166,46 @@ pub struct Readiness {
 type Polled = (Option<Instant>, BTreeMap<String, bool>);
 
 impl Readiness {
-    fn all(&self, want: bool, since: Instant) -> bool {
-        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        ready.0.is_some_and(|polled| polled >= since)
-            && !ready.1.is_empty()
-            && ready.1.values().all(|r| *r == want)
-    }
-
-    /// How long until every process answered ready, if within `limit`.
-    pub async fn all_ready_within(&self, limit: Duration) -> Option<Duration> {
+    /// How long until the answers of polls begun since the question satisfy `seen`,
+    /// if within `limit`.
+    async fn within(
+        &self,
+        limit: Duration,
+        seen: impl Fn(&BTreeMap<String, bool>) -> bool,
+    ) -> Option<Duration> {
         let started = Instant::now();
         while started.elapsed() < limit {
-            if self.all(true, started) {
-                return Some(started.elapsed());
+            {
+                let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+                if ready.0.is_some_and(|polled| polled >= started) && seen(&ready.1) {
+                    return Some(started.elapsed());
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         None
     }
 
+    fn all(answers: &BTreeMap<String, bool>, want: bool) -> bool {
+        !answers.is_empty() && answers.values().all(|r| *r == want)
+    }
+
+    /// How long until every process answered ready, if within `limit`.
+    pub async fn all_ready_within(&self, limit: Duration) -> Option<Duration> {
+        self.within(limit, |a| Self::all(a, true)).await
+    }
+
     /// Whether `process` answered not ready within `limit` (a frozen process answers
     /// nothing, which reads as not ready).
     pub async fn unready_within(&self, process: &str, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            {
-                let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-                if ready.0.is_some_and(|polled| polled >= started)
-                    && ready.1.get(process) == Some(&false)
-                {
-                    return true;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+        self.within(limit, |a| a.get(process) == Some(&false))
+            .await
+            .is_some()
     }
 
     /// Whether every process answered not ready within `limit`.
     pub async fn all_unready_within(&self, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.all(false, started) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+        self.within(limit, |a| Self::all(a, false)).await.is_some()
     }
 
     async fn watch(self, cluster: Arc<Cluster>, history: History, cancel: CancellationToken) {

@@ -116,17 +116,7 @@ async fn inject(
             let hold =
                 Duration::from_secs(rng.random_range(pace.postgres_down.0..=pace.postgres_down.1));
             history.write(json!({"event": "fault", "fault": fault.name(), "target": "postgres", "seconds": hold.as_secs()}));
-            if let Err(e) = cluster::postgres(layout, &["stop", "-m", "immediate"]).await {
-                history.write(json!({"event": "nemesis_error", "error": e.to_string()}));
-            }
-            let down = tokio::time::Instant::now();
-            if hold >= Duration::from_secs(10) {
-                noticed = Some(readiness.all_unready_within(Duration::from_secs(10)).await);
-            }
-            tokio::time::sleep(hold.saturating_sub(down.elapsed())).await;
-            if let Err(e) = cluster::postgres(layout, &["start"]).await {
-                history.write(json!({"event": "nemesis_error", "error": e.to_string()}));
-            }
+            noticed = postgres_down(cluster, hold, history, readiness).await;
             "postgres".to_owned()
         }
         Fault::NatsNodeKilled | Fault::NatsLeaderKilled => {
@@ -171,6 +161,30 @@ async fn inject(
         noticed,
         drained,
     }
+}
+
+/// Stops Postgres immediately for `hold`; for an outage of 10 s or more, whether every
+/// process answered not ready within 10 s.
+async fn postgres_down(
+    cluster: &Cluster,
+    hold: Duration,
+    history: &History,
+    readiness: &Readiness,
+) -> Option<bool> {
+    let layout = &cluster.layout;
+    if let Err(e) = cluster::postgres(layout, &["stop", "-m", "immediate"]).await {
+        history.write(json!({"event": "nemesis_error", "error": e.to_string()}));
+    }
+    let down = tokio::time::Instant::now();
+    let mut noticed = None;
+    if hold >= Duration::from_secs(10) {
+        noticed = Some(readiness.all_unready_within(Duration::from_secs(10)).await);
+    }
+    tokio::time::sleep(hold.saturating_sub(down.elapsed())).await;
+    if let Err(e) = cluster::postgres(layout, &["start"]).await {
+        history.write(json!({"event": "nemesis_error", "error": e.to_string()}));
+    }
+    noticed
 }
 
 /// What a fault of one replica showed.
