@@ -415,6 +415,7 @@ fn dispatch(name: &str, vendor_url: &str, port: u16, state: &std::path::Path) ->
         .env("SMS_HOURS", "00:00-23:59")
         .env("CALL_HOURS", "00:00-23:59")
         .env("SMS_WEBHOOK_TOKEN", KILL_TOKEN)
+        .env("PII_KEY", renewal::simulation::DEMO_PII_KEY)
         .env("SMS_VENDOR_URL", vendor_url)
         .env("SMS_ACCESS_KEY_ID", "demo")
         .env(

@@ -246,7 +246,8 @@ async fn a_gbk_file_imports_through_the_command_line() {
             .await
             .expect("G1 loaded");
     let key = renewal_lists::ListsConfig::with_key(renewal::simulation::DEMO_PII_KEY).expect("key");
-    assert_eq!(key.pii.open(&sealed).expect("opens"), "李雷");
+    let place = renewal_platform::pii::Place::new("lists.policies", "name_enc", "G1");
+    assert_eq!(key.pii.open(&sealed, place).expect("opens"), "李雷");
     let _ = std::fs::remove_dir_all(&dir);
     system.finish().await;
 }

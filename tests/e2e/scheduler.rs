@@ -462,7 +462,7 @@ async fn two_scheduler_instances_share_ten_thousand_timers_without_double_firing
     .execute(&pool)
     .await
     .expect("timers");
-    let hours = renewal_scheduler::config::SchedulerConfig::default().hours;
+    let hours = renewal_scheduler::config::default_hours();
     let mut instances = tokio::task::JoinSet::new();
     for _ in 0..2 {
         let (pool, bus) = (pool.clone(), sim.deps.bus.clone());

@@ -12,6 +12,9 @@ pub const RESERVED_CONNECTIONS: u32 = 2 * crate::sms::sending::WORKERS as u32;
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
+    /// Seals dispatch's copies of mobiles, names and plates, and its opt-out list
+    /// (`PII_KEYS`, or one `PII_KEY`: see `renewal_platform::pii`).
+    pub pii: std::sync::Arc<renewal_platform::pii::PiiCipher>,
     /// The SMS vendor's API base URL (a local mock in tests and the demo).
     pub vendor_url: String,
     pub sign_name: String,
@@ -121,6 +124,7 @@ impl DispatchConfig {
             });
         }
         Ok(DispatchConfig {
+            pii: std::sync::Arc::new(renewal_platform::pii::cipher_from_env(env, "dispatch")?),
             vendor_url,
             sign_name: env.or("SMS_SIGN_NAME", "车险续保".to_owned())?,
             access_key_id: env.or("SMS_ACCESS_KEY_ID", String::new())?,
@@ -203,12 +207,21 @@ mod tests {
         assert!(err.to_string().contains("SMS_WEBHOOK_TOKEN"), "{err}");
         let env =
             Env::from_fn(|k| (k == "SMS_WEBHOOK_TOKEN").then(|| "0123456789abcdef".to_owned()));
+        let err = DispatchConfig::from(&env).expect_err("no keyring");
+        assert!(err.to_string().contains("PII_KEYS"), "{err}");
+        let key = "11".repeat(32);
+        let env = Env::from_fn(|k| match k {
+            "SMS_WEBHOOK_TOKEN" => Some("0123456789abcdef".to_owned()),
+            "PII_KEY" => Some(key.clone()),
+            _ => None,
+        });
         let config = DispatchConfig::from(&env).expect("valid");
         assert_eq!(config.sms_hours, "09:00-20:00".parse().expect("hours"));
         assert_eq!(config.call_hours, "09:00-21:00".parse().expect("hours"));
         let env = Env::from_fn(|k| match k {
             "SMS_WEBHOOK_TOKEN" => Some("0123456789abcdef".to_owned()),
             "SMS_HOURS" => Some("21:00-08:00".to_owned()),
+            "PII_KEY" => Some(key.clone()),
             _ => None,
         });
         assert!(

@@ -8,7 +8,7 @@ use renewal_contract::lists::{
     Bucket, BucketChanged, CaseClosed, CaseOpened, CaseOutcome, Customer,
 };
 use renewal_contract::subject;
-use renewal_platform::pii::PiiCipher;
+use renewal_platform::pii::{PiiCipher, Place};
 use renewal_platform::{Outbox, local_date};
 use sqlx::{PgConnection, Row};
 use tracing::Instrument;
@@ -155,8 +155,9 @@ pub async fn open_due(
             // The policy row was read in the same transaction; it cannot be missing.
             return Err(CaseError::Db(sqlx::Error::RowNotFound));
         };
-        let open = |sealed: &[u8]| -> Result<String, CaseError> {
-            pii.open(sealed).map_err(|source| CaseError::Pii {
+        let open = |sealed: &[u8], column| -> Result<String, CaseError> {
+            let place = Place::new(crate::portfolio::POLICIES, column, &policy_no);
+            pii.open(sealed, place).map_err(|source| CaseError::Pii {
                 policy_no: policy_no.clone(),
                 source,
             })
@@ -177,9 +178,9 @@ pub async fn open_due(
             effective_expiry_date: effective.to_string(),
             time_zone: row.try_get("time_zone")?,
             customer: Some(Customer {
-                name: open(&sealed.name_enc)?,
-                mobile: open(&sealed.mobile_enc)?,
-                plate: sealed.plate,
+                name: open(&sealed.name_enc, "name_enc")?,
+                mobile: open(&sealed.mobile_enc, "mobile_enc")?,
+                plate: open(&sealed.plate_enc, "plate_enc")?,
             }),
             important: row.try_get("important")?,
             group_policy: row.try_get("group_policy")?,
@@ -218,7 +219,7 @@ struct SealedCustomer {
     policy_no: String,
     name_enc: Vec<u8>,
     mobile_enc: Vec<u8>,
-    plate: String,
+    plate_enc: Vec<u8>,
 }
 
 /// The sealed customers of the given policies, by primary key.
@@ -227,7 +228,7 @@ async fn customers(
     policy_nos: &[String],
 ) -> Result<std::collections::HashMap<String, SealedCustomer>, sqlx::Error> {
     let rows: Vec<SealedCustomer> = sqlx::query_as(
-        "SELECT policy_no, name_enc, mobile_enc, plate FROM lists.policies
+        "SELECT policy_no, name_enc, mobile_enc, plate_enc FROM lists.policies
          WHERE policy_no = ANY ($1)",
     )
     .bind(policy_nos)

@@ -7,7 +7,8 @@ use renewal_platform::pii::PiiCipher;
 
 #[derive(Debug, Clone)]
 pub struct ListsConfig {
-    /// Seals names, mobiles and ID numbers at rest (`PII_KEY`, 64 hex digits).
+    /// Seals names, mobiles, ID numbers, plates and VINs at rest (`PII_KEYS`, or one
+    /// `PII_KEY`: see `renewal_platform::pii`).
     pub pii: Arc<PiiCipher>,
     /// Day of the month the monthly renewal and lapse lists are issued (1-28).
     pub list_issue_day: u32,
@@ -21,13 +22,7 @@ impl ListsConfig {
     }
 
     pub fn from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
-        let key = env.secret("PII_KEY").ok_or_else(|| ConfigError::Missing {
-            var: "PII_KEY".into(),
-        })?;
-        let pii = PiiCipher::from_hex(&key).map_err(|e| ConfigError::Invalid {
-            var: "PII_KEY".into(),
-            reason: e.to_string(),
-        })?;
+        let pii = renewal_platform::pii::cipher_from_env(env, "lists")?;
         let list_issue_day: u32 = env.or("LIST_ISSUE_DAY", 1)?;
         if !(1..=28).contains(&list_issue_day) {
             return Err(ConfigError::Invalid {
@@ -49,11 +44,11 @@ impl ListsConfig {
         })
     }
 
-    /// A configuration with the given key and the default issue day.
-    pub fn with_key(hex_key: &str) -> Result<Self, ConfigError> {
-        let key = hex_key.to_owned();
+    /// A configuration with the given keyring (or one key) and the default issue day.
+    pub fn with_key(keyring: &str) -> Result<Self, ConfigError> {
+        let key = keyring.to_owned();
         Self::from(&Env::from_fn(move |var| {
-            (var == "PII_KEY").then(|| key.clone())
+            (var == "PII_KEYS").then(|| key.clone())
         }))
     }
 }
@@ -74,7 +69,7 @@ mod tests {
     #[test]
     fn the_key_is_required_and_checked() {
         let key = "11".repeat(32);
-        assert!(matches!(from(&[]), Err(ConfigError::Missing { var }) if var == "PII_KEY"));
+        assert!(matches!(from(&[]), Err(ConfigError::Missing { var }) if var == "PII_KEYS"));
         assert!(
             matches!(from(&[("PII_KEY", "abc")]), Err(ConfigError::Invalid { var, .. }) if var == "PII_KEY")
         );

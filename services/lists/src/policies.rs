@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, NaiveDate, Utc};
-use renewal_platform::pii::PiiCipher;
+use renewal_platform::pii::{PiiCipher, Place};
 use renewal_platform::{Caller, Problem, Role, Scope};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -82,11 +82,12 @@ async fn find_by_mobile(
         .ok_or_else(|| Problem::bad_request("mobile is required"))?;
     let e164 = crate::policy_checks::mobile_e164(&mobile)
         .map_err(|reason| Problem::bad_request(format!("mobile {reason}")))?;
-    let index = api.pii.blind_index(&e164);
+    // Under every key of the keyring: rows sealed before a rotation finished match too.
+    let indexes = api.pii.blind_indexes_bytes(&e164);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE p.mobile_index = $1 ORDER BY p.end_date, p.policy_no"
+        "{SELECT} WHERE p.mobile_index = ANY($1) ORDER BY p.end_date, p.policy_no"
     )))
-    .bind(&index[..])
+    .bind(&indexes)
     .fetch_all(&api.pool)
     .await?;
     let mut views = Vec::with_capacity(rows.len());
@@ -222,9 +223,11 @@ fn read(row: &sqlx::postgres::PgRow, pii: &PiiCipher) -> Result<PolicyView, View
         }),
         None => None,
     };
-    let mobile = pii.open(&row.try_get::<Vec<u8>, _>("mobile_enc")?)?;
+    let policy_no: String = row.try_get("policy_no")?;
+    let place = Place::new(crate::portfolio::POLICIES, "mobile_enc", &policy_no);
+    let mobile = pii.open(&row.try_get::<Vec<u8>, _>("mobile_enc")?, place)?;
     Ok(PolicyView {
-        policy_no: row.try_get("policy_no")?,
+        policy_no,
         status: row.try_get("status")?,
         city_code: row.try_get("city_code")?,
         branch_code: row.try_get("branch_code")?,

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use renewal_platform::pii::{PiiCipher, PiiError};
+use renewal_platform::pii::{PiiCipher, PiiError, Place};
+use renewal_platform::resealing::{IndexColumn, SealedColumn, itself};
 use sqlx::{PgConnection, PgPool};
 
 use crate::policy_checks::CheckedPolicy;
@@ -51,6 +52,33 @@ impl Zones {
     }
 }
 
+/// The table of policies: every sealed value's place names it.
+pub const POLICIES: &str = "lists.policies";
+
+/// Where lists keeps sealed values, for `renewal pii rotate`.
+pub const SEALED: &[SealedColumn] = &[
+    sealed("name_enc", None),
+    sealed(
+        "mobile_enc",
+        Some(IndexColumn {
+            column: "mobile_index",
+            of: itself,
+        }),
+    ),
+    sealed("id_number_enc", None),
+    sealed("plate_enc", None),
+    sealed("vin_enc", None),
+];
+
+const fn sealed(column: &'static str, index: Option<IndexColumn>) -> SealedColumn {
+    SealedColumn {
+        table: POLICIES,
+        column,
+        row_key: "policy_no",
+        index,
+    }
+}
+
 /// A policy ready for the table.
 pub struct SealedPolicy {
     pub p: CheckedPolicy,
@@ -58,6 +86,8 @@ pub struct SealedPolicy {
     pub name_enc: Vec<u8>,
     pub mobile_enc: Vec<u8>,
     pub id_number_enc: Vec<u8>,
+    pub plate_enc: Vec<u8>,
+    pub vin_enc: Vec<u8>,
     pub mobile_index: [u8; 16],
     pub digest: [u8; 16],
     pub time_zone: chrono_tz::Tz,
@@ -89,10 +119,13 @@ pub fn seal(
         if p.important { "1" } else { "0" },
         if p.group_policy { "1" } else { "0" },
     ]);
+    let at = |column| Place::new(POLICIES, column, &p.policy_no);
     Ok(SealedPolicy {
-        name_enc: pii.seal(&p.customer_name)?,
-        mobile_enc: pii.seal(&p.mobile)?,
-        id_number_enc: pii.seal(&p.id_number)?,
+        name_enc: pii.seal(&p.customer_name, at("name_enc"))?,
+        mobile_enc: pii.seal(&p.mobile, at("mobile_enc"))?,
+        id_number_enc: pii.seal(&p.id_number, at("id_number_enc"))?,
+        plate_enc: pii.seal(&p.plate, at("plate_enc"))?,
+        vin_enc: pii.seal(&p.vin, at("vin_enc"))?,
         mobile_index: pii.blind_index(&p.mobile),
         digest,
         time_zone: zones.of(&p.city_code),
@@ -103,14 +136,14 @@ pub fn seal(
 
 /// The columns written, in the order of [`write_binary_row`] and of the staging table.
 pub const COPY_COLUMNS: &str = "policy_no, version, name_enc, mobile_enc, id_number_enc, \
-     mobile_index, content_digest, plate, vin, city_code, branch_code, agent_code, channel, \
+     mobile_index, content_digest, plate_enc, vin_enc, city_code, branch_code, agent_code, channel, \
      category, start_date, end_date, premium_fen, important, group_policy, time_zone, source, \
      updated_at";
 
 /// The staging table a CSV import copies into, per transaction.
 pub const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS policy_staging (
         policy_no text, version bigint, name_enc bytea, mobile_enc bytea, id_number_enc bytea,
-        mobile_index bytea, content_digest bytea, plate text, vin text, city_code text,
+        mobile_index bytea, content_digest bytea, plate_enc bytea, vin_enc bytea, city_code text,
         branch_code text, agent_code text, channel text, category text, start_date date,
         end_date date, premium_fen bigint, important boolean, group_policy boolean,
         time_zone text, source text, updated_at timestamptz
@@ -127,7 +160,7 @@ fn merge_sql(from: &str) -> String {
                 version = EXCLUDED.version, name_enc = EXCLUDED.name_enc,
                 mobile_enc = EXCLUDED.mobile_enc, id_number_enc = EXCLUDED.id_number_enc,
                 mobile_index = EXCLUDED.mobile_index, content_digest = EXCLUDED.content_digest,
-                plate = EXCLUDED.plate, vin = EXCLUDED.vin, city_code = EXCLUDED.city_code,
+                plate_enc = EXCLUDED.plate_enc, vin_enc = EXCLUDED.vin_enc, city_code = EXCLUDED.city_code,
                 branch_code = EXCLUDED.branch_code, agent_code = EXCLUDED.agent_code,
                 channel = EXCLUDED.channel, category = EXCLUDED.category,
                 start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date,
@@ -161,7 +194,7 @@ pub async fn upsert_one(
 ) -> Result<Written, sqlx::Error> {
     let values = "(SELECT $2::text AS policy_no, $3::bigint AS version, $4::bytea AS name_enc,
         $5::bytea AS mobile_enc, $6::bytea AS id_number_enc, $7::bytea AS mobile_index,
-        $8::bytea AS content_digest, $9::text AS plate, $10::text AS vin, $11::text AS city_code,
+        $8::bytea AS content_digest, $9::bytea AS plate_enc, $10::bytea AS vin_enc, $11::text AS city_code,
         $12::text AS branch_code, $13::text AS agent_code, $14::text AS channel,
         $15::text AS category, $16::date AS start_date, $17::date AS end_date,
         $18::bigint AS premium_fen, $19::boolean AS important, $20::boolean AS group_policy,
@@ -175,8 +208,8 @@ pub async fn upsert_one(
         .bind(&s.id_number_enc)
         .bind(&s.mobile_index[..])
         .bind(&s.digest[..])
-        .bind(&s.p.plate)
-        .bind(&s.p.vin)
+        .bind(&s.plate_enc)
+        .bind(&s.vin_enc)
         .bind(&s.p.city_code)
         .bind(&s.p.branch_code)
         .bind(&s.p.agent_code)
@@ -279,8 +312,8 @@ pub fn write_binary_row(out: &mut Vec<u8>, s: &SealedPolicy, updated_at: DateTim
     field(out, &s.id_number_enc);
     field(out, &s.mobile_index);
     field(out, &s.digest);
-    field(out, p.plate.as_bytes());
-    field(out, p.vin.as_bytes());
+    field(out, &s.plate_enc);
+    field(out, &s.vin_enc);
     field(out, p.city_code.as_bytes());
     field(out, p.branch_code.as_bytes());
     field(out, p.agent_code.as_bytes());

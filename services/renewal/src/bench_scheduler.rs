@@ -111,7 +111,7 @@ async fn run() -> Result<(), String> {
     line("timers_due_at_once", DUE_AT_ONCE);
 
     // 1. Two instances fire, each publishing its batches to JetStream.
-    let hours = renewal_scheduler::config::SchedulerConfig::default().hours;
+    let hours = renewal_scheduler::config::default_hours();
     let clock = Clock::simulated(due);
     let started = Instant::now();
     let mut instances = tokio::task::JoinSet::new();

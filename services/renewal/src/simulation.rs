@@ -77,8 +77,17 @@ pub struct Simulation {
 pub const DEMO_PII_KEY: &str = "64656d6f2d6f6e6c792d6b65792d6e6f742d666f722d70726f64756374696f6e";
 
 /// Dispatch as the simulation runs it: the mock vendor on loopback, the demo's hours.
-fn dispatch_config(vendor_addr: SocketAddr, token: SecretString) -> DispatchConfig {
-    DispatchConfig {
+fn dispatch_config(
+    vendor_addr: SocketAddr,
+    token: SecretString,
+) -> Result<DispatchConfig, SimError> {
+    let pii = renewal_platform::pii::PiiCipher::for_service(
+        &SecretString::from(DEMO_PII_KEY),
+        "dispatch",
+    )
+    .map_err(|e| SimError::Other(e.to_string()))?;
+    Ok(DispatchConfig {
+        pii: std::sync::Arc::new(pii),
         vendor_url: format!("http://{vendor_addr}"),
         sign_name: "车险续保".into(),
         access_key_id: "demo".into(),
@@ -96,7 +105,7 @@ fn dispatch_config(vendor_addr: SocketAddr, token: SecretString) -> DispatchConf
         reserved_connections: renewal_dispatch::config::RESERVED_CONNECTIONS,
         // The mock vendor's records are written before it answers.
         reconcile_after: Duration::from_secs(5),
-    }
+    })
 }
 
 /// Start-up is done when the services' routes answer.
@@ -202,7 +211,7 @@ impl Simulation {
         );
         let vendor_addr = start_vendor(&vendor, &webhook, &cancel).await?;
 
-        let dispatch = dispatch_config(vendor_addr, token);
+        let dispatch = dispatch_config(vendor_addr, token)?;
         let deps = Deps {
             pool,
             bus: bus.clone(),
@@ -216,7 +225,8 @@ impl Simulation {
             .map_err(|e| SimError::Other(e.to_string()))?;
         let configs = crate::system::Configs {
             lists,
-            scheduler: renewal_scheduler::config::SchedulerConfig::default(),
+            scheduler: renewal_scheduler::config::SchedulerConfig::with_key(DEMO_PII_KEY)
+                .map_err(|e| SimError::Other(e.to_string()))?,
             dispatch,
         };
         let services = tokio::spawn(crate::system::run_all(

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod problem;
 pub mod process;
 pub mod quotas;
+pub mod resealing;
 pub mod retention;
 pub mod retry;
 pub mod service;
