@@ -545,17 +545,36 @@ async fn opt_out_replies_in_every_spelling_opt_the_number_out_once_with_an_event
         .await
         .expect("count");
     assert_eq!(replies, variants.len() as i64 + 2, "each reply kept once");
-    let opted: Vec<String> = sqlx::query_scalar(
-        "SELECT mobile FROM dispatch.opt_outs WHERE mobile LIKE '+86%' ORDER BY mobile",
-    )
-    .fetch_all(system.sim.pool())
-    .await
-    .expect("opt-outs");
+    // One row per number, its E.164 form sealed and blind-indexed.
+    let pii = dispatch_pii();
+    let rows: Vec<(Uuid, Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT id, mobile_index, mobile_enc FROM dispatch.opt_outs")
+            .fetch_all(system.sim.pool())
+            .await
+            .expect("opt-outs");
+    let mut opted = Vec::new();
+    for (id, index, sealed) in rows {
+        let mobile = renewal_dispatch::sealed::open_opt_out(&pii, &id.to_string(), &sealed)
+            .expect("the opt-out opens");
+        assert_eq!(index, pii.blind_index(&mobile).to_vec(), "{mobile}");
+        opted.push(mobile);
+    }
+    opted.sort();
     assert_eq!(opted.len(), variants.len(), "{opted:?}");
+    assert!(opted.iter().all(|m| m.starts_with("+86")), "{opted:?}");
     assert!(!opted.contains(&"+8613900000099".to_owned()));
     let published: Vec<SmsOptedOut> = events(&system, subject::DISPATCH_SMS_OPTED_OUT).await;
     assert_eq!(published.len(), variants.len(), "one event per number");
     system.finish().await;
+}
+
+/// Dispatch's cipher as the simulation configures it.
+fn dispatch_pii() -> renewal_platform::pii::PiiCipher {
+    renewal_platform::pii::PiiCipher::for_service(
+        &secrecy::SecretString::from(renewal::simulation::DEMO_PII_KEY),
+        "dispatch",
+    )
+    .expect("the demo key")
 }
 
 async fn post_to(url: &str, body: String) -> (u16, Value) {
@@ -784,11 +803,17 @@ async fn vendor_outages_are_retried_with_backoff_and_refusals_are_not() {
 async fn an_opt_out_stops_every_reminder_whatever_the_command_calls_it_and_no_notice() {
     let system = TestSystem::start("pm", local("2026-12-01", 10)).await;
     let mobile = "+8613900000031";
-    sqlx::query("INSERT INTO dispatch.opt_outs (mobile, opted_out_at) VALUES ($1, now())")
-        .bind(mobile)
-        .execute(system.sim.pool())
-        .await
-        .expect("opted out");
+    let pii = dispatch_pii();
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO dispatch.opt_outs (id, mobile_index, mobile_enc, opted_out_at) VALUES ($1, $2, $3, now())",
+    )
+    .bind(id)
+    .bind(&pii.blind_index(mobile)[..])
+    .bind(renewal_dispatch::sealed::seal_opt_out(&pii, &id.to_string(), mobile).expect("seals"))
+    .execute(system.sim.pool())
+    .await
+    .expect("opted out");
     // A reminder whose command claims it is not marketing (a plan or a forged
     // command trying to get past the opt-out): the template decides, it is held back.
     let mut reminder = send_sms(mobile);

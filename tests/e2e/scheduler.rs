@@ -445,14 +445,15 @@ async fn two_scheduler_instances_share_ten_thousand_timers_without_double_firing
     let sim = &system.sim;
     let pool = sim.pool().clone();
     let due = local("2026-12-20", 10);
-    sqlx::query(
-        "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone, mobile)
-         SELECT gen_random_uuid(), 'Q' || n, '2027-02-15', '2027-02-15', 'Asia/Shanghai', '+861380000' || n
-         FROM generate_series(1, 10000) n",
+    let pii = scheduler_cipher();
+    sealed_cases(
+        &pool,
+        &pii,
+        10_000,
+        |n| (format!("Q{n}"), format!("+861380000{n}")),
+        "2027-02-15",
     )
-    .execute(&pool)
-    .await
-    .expect("cases");
+    .await;
     sqlx::query(
         "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, nominal_at)
          SELECT gen_random_uuid(), case_id, 'bench', 'sms', 'renewal_friendly', $1, $1 FROM scheduler.cases
@@ -465,11 +466,11 @@ async fn two_scheduler_instances_share_ten_thousand_timers_without_double_firing
     let hours = renewal_scheduler::config::default_hours();
     let mut instances = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        let (pool, bus) = (pool.clone(), sim.deps.bus.clone());
+        let (pool, bus, pii) = (pool.clone(), sim.deps.bus.clone(), pii.clone());
         instances.spawn(async move {
             let mut claimed = 0;
             loop {
-                let n = renewal_scheduler::timers::fire_due(&pool, &bus, due, true, &hours)
+                let n = renewal_scheduler::timers::fire_due(&pool, &bus, due, true, &hours, &pii)
                     .await
                     .expect("fires");
                 if n == 0 {
@@ -498,15 +499,69 @@ async fn two_scheduler_instances_share_ten_thousand_timers_without_double_firing
     .fetch_one(&pool)
     .await
     .expect("count");
-    let commands: std::collections::HashSet<String> =
-        events::<SendSms>(&system, subject::DISPATCH_CMD_SEND_SMS)
-            .await
-            .into_iter()
-            .filter(|c| c.stage == "bench")
-            .map(|c| c.command_id)
-            .collect();
+    let sent: Vec<SendSms> = events::<SendSms>(&system, subject::DISPATCH_CMD_SEND_SMS)
+        .await
+        .into_iter()
+        .filter(|c| c.stage == "bench")
+        .collect();
+    let commands: std::collections::HashSet<&str> =
+        sent.iter().map(|c| c.command_id.as_str()).collect();
     assert_eq!((fired, commands.len()), (10_000, 10_000));
+    // Each command carries its case's contact, opened from the sealed copy.
+    let mobiles: std::collections::HashSet<&str> = sent.iter().map(|c| c.mobile.as_str()).collect();
+    assert_eq!(mobiles.len(), 10_000);
+    assert!(
+        sent.iter()
+            .all(|c| c.mobile.starts_with("+861380000") && c.customer_name == "客户")
+    );
     system.finish().await;
+}
+
+/// The scheduler's cipher under the key the all-in-one and the scheduler process get.
+fn scheduler_cipher() -> std::sync::Arc<renewal_platform::pii::PiiCipher> {
+    renewal_scheduler::config::SchedulerConfig::with_key(renewal::simulation::DEMO_PII_KEY)
+        .expect("key")
+        .pii
+}
+
+/// `n` open cases, each with its policy number and mobile from `of(1..=n)`, its contact
+/// sealed as the scheduler seals it.
+async fn sealed_cases(
+    pool: &sqlx::PgPool,
+    pii: &renewal_platform::pii::PiiCipher,
+    n: i64,
+    of: impl Fn(i64) -> (String, String),
+    expiry: &str,
+) {
+    let (mut ids, mut policies, mut contacts, mut indexes) = (vec![], vec![], vec![], vec![]);
+    for i in 1..=n {
+        let (policy_no, mobile) = of(i);
+        let id = uuid::Uuid::new_v4();
+        let contact = renewal_scheduler::contact::Contact {
+            name: "客户".into(),
+            mobile,
+            plate: "沪A12345".into(),
+        };
+        let sealed = renewal_scheduler::contact::seal(pii, id, &contact).expect("seals");
+        ids.push(id);
+        policies.push(policy_no);
+        contacts.push(sealed.contact_enc);
+        indexes.push(sealed.mobile_index.map(|i| i.to_vec()));
+    }
+    sqlx::query(
+        "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
+             contact_enc, mobile_index)
+         SELECT u.id, u.policy_no, $5::date, $5::date, 'Asia/Shanghai', u.contact, u.idx
+         FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::bytea[]) AS u(id, policy_no, contact, idx)",
+    )
+    .bind(&ids)
+    .bind(&policies)
+    .bind(&contacts)
+    .bind(&indexes)
+    .bind(expiry)
+    .execute(pool)
+    .await
+    .expect("cases");
 }
 
 /// The scheduler as its own process (the Kubernetes binary) on the wall clock, against
@@ -525,6 +580,7 @@ fn scheduler_process(system: &TestSystem) -> std::process::Child {
         .env("HTTP_ADDR", "127.0.0.1:0")
         .env("ADMIN_ADDR", "127.0.0.1:0")
         .env("AUTH_DEV", "on")
+        .env("PII_KEY", renewal::simulation::DEMO_PII_KEY)
         .env(
             "RENEWAL_STATE_DIR",
             std::env::temp_dir().join(format!("renewal-{}", system.name)),
@@ -557,15 +613,15 @@ async fn a_scheduler_killed_between_claiming_and_committing_loses_and_doubles_no
     .await;
     let sim = &system.sim;
     let pool = sim.pool().clone();
-    sqlx::query(
-        "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone, mobile)
-         SELECT gen_random_uuid(), 'K' || n, '2099-01-01', '2099-01-01', 'Asia/Shanghai', '+86137' || lpad(n::text, 8, '0')
-         FROM generate_series(1, $1::bigint) n",
+    // Sealed under the key the scheduler process is given.
+    sealed_cases(
+        &pool,
+        &scheduler_cipher(),
+        TIMERS,
+        |n| (format!("K{n}"), format!("+86137{n:08}")),
+        "2099-01-01",
     )
-    .bind(TIMERS)
-    .execute(&pool)
-    .await
-    .expect("cases");
+    .await;
     sqlx::query(
         "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, nominal_at)
          SELECT gen_random_uuid(), case_id, 'kill', 'sms', 'renewal_friendly', $1, $1

@@ -75,6 +75,7 @@ impl TestSystem {
         let sim = Simulation::start(
             SimOptions {
                 database_url: database_url(&name),
+                pii_keys: secrecy::SecretString::from(renewal::simulation::DEMO_PII_KEY),
                 nats_url: nats_url(),
                 prefix: name.clone(),
                 fresh: true,

@@ -9,21 +9,30 @@ use renewal_contract::lists::CaseClosed;
 use renewal_contract::scheduler::SendSms;
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
+use renewal_platform::pii::{PiiCipher, PiiError};
 use renewal_platform::{Clock, Delivery, HandleError, Handler};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
+use crate::sealed::{self, SmsContact};
 use crate::sms::templates;
 
 pub struct Commands {
     pub clock: Clock,
     pub queued: Arc<Notify>,
+    /// Seals the contacts of messages and tasks.
+    pub pii: Arc<PiiCipher>,
+}
+
+/// A contact that could not be sealed (the random source failed): tried again later.
+pub(crate) fn sealing_failed(e: PiiError) -> HandleError {
+    HandleError::Retry(format!("sealing the contact failed: {e}"))
 }
 
 impl Handler for Commands {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         if delivery.subject == subject::DISPATCH_CMD_CREATE_PHONE_TASK {
-            return crate::phone::intake::create(tx, &self.clock, delivery).await;
+            return crate::phone::intake::create(tx, &self.clock, &self.pii, delivery).await;
         }
         if delivery.subject != subject::DISPATCH_CMD_SEND_SMS {
             return Err(HandleError::Malformed(format!(
@@ -36,6 +45,13 @@ impl Handler for Commands {
         let case_id = field::uuid("case_id", &command.case_id)?;
         let tz = field::time_zone("time_zone", &command.time_zone)?;
         let params = templates::params(&command).map_err(HandleError::Malformed)?;
+        let mobile_index = self.pii.blind_index(&sealed::e164(&command.mobile));
+        let contact = SmsContact {
+            mobile: command.mobile.clone(),
+            template_params: params,
+        };
+        let contact_enc =
+            sealed::seal_sms(&self.pii, &id.to_string(), &contact).map_err(sealing_failed)?;
         lock_case(tx, case_id).await?;
         let now = self.clock.now();
         let due = Utc
@@ -45,7 +61,7 @@ impl Handler for Commands {
             .max(now);
         // A command for a closed case is dropped here, and counted.
         let row = sqlx::query_scalar::<_, String>(
-            "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, mobile, template_params,
+            "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, contact_enc, mobile_index,
                  time_zone, marketing, state, next_attempt_at, created_at, last_error, traceparent)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
                     CASE WHEN closed.case_id IS NULL THEN 'queued' ELSE 'withdrawn' END, $10, $11,
@@ -59,8 +75,8 @@ impl Handler for Commands {
         .bind(&command.policy_no)
         .bind(&command.stage)
         .bind(&command.template)
-        .bind(&command.mobile)
-        .bind(params)
+        .bind(&contact_enc)
+        .bind(&mobile_index[..])
         .bind(tz.name())
         // The template says whether it is marketing, whatever the command claims.
         .bind(renewal_contract::sms_templates::is_marketing(&command.template))

@@ -9,6 +9,7 @@ pub mod config;
 pub mod openapi;
 pub mod phone;
 pub mod report;
+pub mod sealed;
 pub mod sms;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::DispatchConfig;
+pub use sealed::SEALED;
 pub use sms::sending::next_wakeup;
 
 pub const SCHEMA: &str = "dispatch";
@@ -83,6 +85,7 @@ pub async fn run_with(
     deps.http
         .mount(sms::receipts::routes(sms::receipts::Webhook {
             pool: reserved.clone(),
+            pii: config.pii.clone(),
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
             tokens: std::iter::once(config.webhook_token.clone())
@@ -98,6 +101,7 @@ pub async fn run_with(
             outbox.clone(),
             deps.clock.clone(),
             config.call_hours,
+            config.pii.clone(),
         ))));
     deps.http.mount(audit.around(audit.routes()));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
@@ -106,6 +110,7 @@ pub async fn run_with(
         commands::Commands {
             clock: deps.clock.clone(),
             queued: queued.clone(),
+            pii: config.pii.clone(),
         },
     );
     service.consume(CLOSED_CASES, commands::ClosedCases);
@@ -119,6 +124,7 @@ pub async fn run_with(
             clock: deps.clock.clone(),
             vendor,
             hours: config.sms_hours,
+            pii: config.pii.clone(),
             stops,
             vendor_timeout: config.vendor_timeout,
             ask_after: config.reconcile_after,

@@ -24,7 +24,7 @@ pub async fn messages(pool: &PgPool) -> Result<Vec<SmsFacts>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT m.id, m.policy_no, m.stage, m.state, m.marketing, m.time_zone, m.sent_at,
                 (o.opted_out_at IS NOT NULL AND m.sent_at IS NOT NULL AND o.opted_out_at < m.sent_at) AS opted_out_before_send
-         FROM dispatch.sms_messages m LEFT JOIN dispatch.opt_outs o ON o.mobile = m.mobile
+         FROM dispatch.sms_messages m LEFT JOIN dispatch.opt_outs o ON o.mobile_index = m.mobile_index
          ORDER BY m.policy_no, m.stage",
     )
     .fetch_all(pool)
@@ -55,11 +55,14 @@ pub async fn receipts(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     Ok((row.try_get("total")?, row.try_get("unmatched")?))
 }
 
-/// Numbers that opted out of marketing SMS by reply.
+/// Numbers that opted out of marketing SMS by reply (by blind index: a number indexed
+/// under two keys during a rotation counts twice until re-sealed).
 pub async fn opted_out(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(DISTINCT mobile) FROM dispatch.sms_replies WHERE opt_out")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT mobile_index) FROM dispatch.sms_replies WHERE opt_out",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Phone tasks by outcome (completed) or by state (the rest), e.g. `completed:renewed`,

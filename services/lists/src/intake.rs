@@ -27,6 +27,29 @@ pub struct Intake {
 const UNKNOWN_POLICY_RETRIES: i64 = 5;
 
 impl Handler for Intake {
+    /// A refused upsert is kept without the customer's name, mobile, ID number, plate
+    /// and VIN; renewals and cancellations carry none and are kept whole.
+    fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
+        if delivery.subject != subject::CORE_POLICY_UPSERTED {
+            return Some(delivery.payload.to_vec());
+        }
+        let mut event: PolicyUpserted = delivery.decode().ok()?;
+        if let Some(p) = event.policy.as_mut() {
+            for field in [
+                &mut p.customer_name,
+                &mut p.mobile,
+                &mut p.id_number,
+                &mut p.plate,
+                &mut p.vin,
+            ] {
+                if !field.is_empty() {
+                    *field = "[redacted]".into();
+                }
+            }
+        }
+        Some(prost::Message::encode_to_vec(&event))
+    }
+
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         let now = self.clock.now();
         match delivery.subject.as_str() {

@@ -38,19 +38,3 @@ pub async fn cases(pool: &PgPool) -> Result<Vec<CaseFacts>, sqlx::Error> {
         })
         .collect()
 }
-
-/// Portfolio rows whose personal data is not sealed (a sealed value starts with its key
-/// version and is at least 29 bytes), or that hold something shaped like a mainland
-/// mobile or resident ID number in a clear column.
-pub async fn pii_readable_at_rest(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        r"SELECT count(*) FROM lists.policies
-          WHERE length(name_enc) < 29 OR substring(name_enc FROM 1 FOR 1) <> '\x01'::bytea
-             OR length(mobile_enc) < 29 OR substring(mobile_enc FROM 1 FOR 1) <> '\x01'::bytea
-             OR length(id_number_enc) < 29 OR substring(id_number_enc FROM 1 FOR 1) <> '\x01'::bytea
-             OR concat_ws(' ', policy_no, plate, vin, city_code, branch_code, agent_code)
-                ~ '(^|[^0-9])(1[3-9][0-9]{9}|[0-9]{17}[0-9X])($|[^0-9])'",
-    )
-    .fetch_one(pool)
-    .await
-}

@@ -63,6 +63,7 @@ async fn run() -> Result<(), String> {
     let sim = Simulation::start(
         SimOptions {
             database_url,
+            pii_keys: secrecy::SecretString::from(crate::simulation::DEMO_PII_KEY),
             nats_url,
             prefix: "benchas".into(),
             fresh: true,

@@ -73,6 +73,7 @@ async fn run() -> Result<(), String> {
     let sim = Simulation::start(
         SimOptions {
             database_url,
+            pii_keys: secrecy::SecretString::from(crate::simulation::DEMO_PII_KEY),
             nats_url,
             prefix: "benchdispatch".into(),
             fresh: true,
@@ -123,16 +124,30 @@ struct LeasedTask {
 
 async fn phone_tasks(sim: &Simulation, http: &reqwest::Client) -> Result<(), String> {
     sim.settle().await.map_err(err)?;
+    let pii = dispatch_pii()?;
+    let (mut ids, mut contacts) = (Vec::new(), Vec::new());
+    for i in 1..=TASKS {
+        let id = uuid::Uuid::new_v4();
+        let contact = renewal_dispatch::sealed::TaskContact {
+            customer_name: "王芳".into(),
+            mobile: format!("+86138{i:08}"),
+            plate: format!("沪A{i}"),
+        };
+        contacts.push(
+            renewal_dispatch::sealed::seal_task(&pii, &id.to_string(), &contact).map_err(err)?,
+        );
+        ids.push(id);
+    }
     sqlx::query(
         "INSERT INTO dispatch.phone_tasks (id, case_id, policy_no, stage, queue, branch_code, city_code,
-             customer_name, mobile, plate, expiry_date, time_zone, days_to_expiry, available_at, created_at)
-         SELECT gen_random_uuid(), gen_random_uuid(), 'PB' || i, 'T-15', 'campaign', 'SH01', '310000',
-                '王芳', '+86138' || lpad(i::text, 8, '0'), '沪A' || i, '2026-12-16', 'Asia/Shanghai',
-                (i % 30) - 5, $2, $2
-         FROM generate_series(1, $1) i",
+             contact_enc, expiry_date, time_zone, days_to_expiry, available_at, created_at)
+         SELECT u.id, gen_random_uuid(), 'PB' || u.i, 'T-15', 'campaign', 'SH01', '310000',
+                u.contact_enc, '2026-12-16', 'Asia/Shanghai', (u.i % 30) - 5, $2, $2
+         FROM unnest($1::uuid[], $3::bytea[]) WITH ORDINALITY AS u(id, contact_enc, i)",
     )
-    .bind(TASKS)
+    .bind(&ids)
     .bind(sim.now())
+    .bind(&contacts)
     .execute(sim.pool())
     .await
     .map_err(err)?;
@@ -282,21 +297,64 @@ async fn receipts(sim: &Simulation, http: &reqwest::Client) -> Result<(), String
 
 /// `n` messages the vendor accepted (biz ids `<prefix>^1..=n`), waiting for receipts.
 async fn sent_messages(sim: &Simulation, prefix: &str, n: i64) -> Result<(), String> {
+    let (ids, contacts, indexes) =
+        sealed_sms(n, |i| format!("+86139{i:08}"), |_| serde_json::json!({}))?;
     sqlx::query(
-        "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, mobile, template_params,
+        "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, contact_enc, mobile_index,
              time_zone, marketing, state, next_attempt_at, created_at, vendor_message_id, sent_at)
-         SELECT gen_random_uuid(), gen_random_uuid(), 'PR' || $3 || i, 'T-60', 'renewal_friendly',
-                '+86139' || lpad(i::text, 8, '0'), '{}'::jsonb, 'Asia/Shanghai', true, 'sent', $2, $2,
-                $3 || '^' || i, $2
-         FROM generate_series(1, $1) i",
+         SELECT u.id, gen_random_uuid(), 'PR' || $3 || u.i, 'T-60', 'renewal_friendly',
+                u.contact_enc, u.mobile_index, 'Asia/Shanghai', true, 'sent', $2, $2,
+                $3 || '^' || u.i, $2
+         FROM unnest($1::uuid[], $4::bytea[], $5::bytea[]) WITH ORDINALITY AS u(id, contact_enc, mobile_index, i)",
     )
-    .bind(n)
+    .bind(&ids)
     .bind(sim.now())
     .bind(prefix)
+    .bind(&contacts)
+    .bind(&indexes)
     .execute(sim.pool())
     .await
     .map_err(err)?;
     Ok(())
+}
+
+/// Dispatch's cipher as the simulation runs it (the demo key).
+fn dispatch_pii() -> Result<renewal_platform::pii::PiiCipher, String> {
+    renewal_platform::pii::PiiCipher::for_service(
+        &secrecy::SecretString::from(crate::simulation::DEMO_PII_KEY),
+        "dispatch",
+    )
+    .map_err(err)
+}
+
+/// Message ids, sealed contacts and blind indexes.
+type SealedRows = (Vec<uuid::Uuid>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// Sealed contacts of `n` messages (rows 1..=n, as `WITH ORDINALITY` numbers them):
+/// their ids, sealed contacts and blind indexes, as dispatch writes them.
+fn sealed_sms(
+    n: i64,
+    mobile: impl Fn(i64) -> String,
+    params: impl Fn(i64) -> serde_json::Value,
+) -> Result<SealedRows, String> {
+    let pii = dispatch_pii()?;
+    let (mut ids, mut contacts, mut indexes) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 1..=n {
+        let id = uuid::Uuid::new_v4();
+        let contact = renewal_dispatch::sealed::SmsContact {
+            mobile: mobile(i),
+            template_params: params(i),
+        };
+        indexes.push(
+            pii.blind_index(&renewal_dispatch::sealed::e164(&contact.mobile))
+                .to_vec(),
+        );
+        contacts.push(
+            renewal_dispatch::sealed::seal_sms(&pii, &id.to_string(), &contact).map_err(err)?,
+        );
+        ids.push(id);
+    }
+    Ok((ids, contacts, indexes))
 }
 
 /// The receipts for those messages as the vendor pushes them: JSON arrays of 100.
@@ -371,18 +429,23 @@ async fn sends(sim: &Simulation) -> Result<(), String> {
 /// Queues [`SENDS`] messages (policies `<prefix>1..`), wakes the sender and waits until
 /// none is queued: how many it sent, and how many a second.
 async fn send_burst(sim: &Simulation, prefix: &str) -> Result<(i64, f64), String> {
+    let (ids, contacts, indexes) = sealed_sms(
+        SENDS,
+        |i| format!("+86137{i:08}"),
+        |i| serde_json::json!({"name": "王芳", "plate": format!("沪A{i}"), "expiry": "2027-01-30"}),
+    )?;
     sqlx::query(
-        "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, mobile, template_params,
+        "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, contact_enc, mobile_index,
              time_zone, marketing, state, next_attempt_at, created_at)
-         SELECT gen_random_uuid(), gen_random_uuid(), $3 || i, 'T-60', 'renewal_friendly',
-                '+86137' || lpad(i::text, 8, '0'),
-                jsonb_build_object('name', '王芳', 'plate', '沪A' || i, 'expiry', '2027-01-30'),
+         SELECT u.id, gen_random_uuid(), $3 || u.i, 'T-60', 'renewal_friendly', u.contact_enc, u.mobile_index,
                 'Asia/Shanghai', true, 'queued', $2, $2
-         FROM generate_series(1, $1) i",
+         FROM unnest($1::uuid[], $4::bytea[], $5::bytea[]) WITH ORDINALITY AS u(id, contact_enc, mobile_index, i)",
     )
-    .bind(SENDS)
+    .bind(&ids)
     .bind(sim.now())
     .bind(prefix)
+    .bind(&contacts)
+    .bind(&indexes)
     .execute(sim.pool())
     .await
     .map_err(err)?;

@@ -71,17 +71,10 @@ async fn run() -> Result<(), String> {
         tz,
     );
     let setup = Instant::now();
-    sqlx::query(
-        "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
-             customer_name, mobile, plate, city_code, branch_code)
-         SELECT gen_random_uuid(), 'S' || lpad(n::text, 8, '0'), '2027-01-30', '2027-01-30', 'Asia/Shanghai',
-                '客户', '+86139' || lpad(n::text, 8, '0'), '沪A' || lpad((n % 100000)::text, 5, '0'), '310000', 'SH01'
-         FROM generate_series(1, $1::bigint) n",
-    )
-    .bind(TIMERS)
-    .execute(&pool)
-    .await
-    .map_err(|e| e.to_string())?;
+    let pii = renewal_scheduler::config::SchedulerConfig::with_key(crate::simulation::DEMO_PII_KEY)
+        .map_err(|e| e.to_string())?
+        .pii;
+    insert_cases(&pool, &pii).await.map_err(|e| e.to_string())?;
     // 200,000 due at 10:00; the rest spread over the following weeks.
     sqlx::query(
         "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, nominal_at, marketing)
@@ -120,14 +113,20 @@ async fn run() -> Result<(), String> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     for _ in 0..firing {
-        let (pool, bus, clock) = (pool.clone(), bus.clone(), clock.clone());
+        let (pool, bus, clock, pii) = (pool.clone(), bus.clone(), clock.clone(), pii.clone());
         instances.spawn(async move {
             let mut n = 0;
             loop {
-                let fired =
-                    renewal_scheduler::timers::fire_due(&pool, &bus, clock.now(), true, &hours)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                let fired = renewal_scheduler::timers::fire_due(
+                    &pool,
+                    &bus,
+                    clock.now(),
+                    true,
+                    &hours,
+                    &pii,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 if fired == 0 {
                     return Ok::<usize, String>(n);
                 }
@@ -175,6 +174,7 @@ async fn run() -> Result<(), String> {
             wall.clone(),
             hours,
             std::sync::Arc::new(tokio::sync::Notify::new()),
+            pii.clone(),
             steady_cancel.clone(),
         ));
     }
@@ -196,5 +196,54 @@ async fn run() -> Result<(), String> {
     line("lateness_p99_ms", format!("{:.0}", p99.unwrap_or(0.0)));
     line("peak_rss_mb", format!("{:.0}", peak_rss_mb()));
     cancel.cancel();
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("sealing a contact: {0}")]
+    Pii(#[from] renewal_platform::pii::PiiError),
+}
+
+/// The cases, each contact sealed as the scheduler seals it (firing opens each once).
+async fn insert_cases(
+    pool: &sqlx::PgPool,
+    pii: &renewal_platform::pii::PiiCipher,
+) -> Result<(), SetupError> {
+    const CHUNK: i64 = 50_000;
+    let mut start = 1;
+    while start <= TIMERS {
+        let end = (start + CHUNK).min(TIMERS + 1);
+        let (mut ids, mut ns, mut contacts, mut indexes) = (vec![], vec![], vec![], vec![]);
+        for n in start..end {
+            let id = uuid::Uuid::new_v4();
+            let contact = renewal_scheduler::contact::Contact {
+                name: "客户".into(),
+                mobile: format!("+86139{n:08}"),
+                plate: format!("沪A{:05}", n % 100_000),
+            };
+            let sealed = renewal_scheduler::contact::seal(pii, id, &contact)?;
+            ids.push(id);
+            ns.push(n);
+            contacts.push(sealed.contact_enc);
+            indexes.push(sealed.mobile_index.map(|i| i.to_vec()));
+        }
+        sqlx::query(
+            "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
+                 contact_enc, mobile_index, city_code, branch_code)
+             SELECT u.id, 'S' || lpad(u.n::text, 8, '0'), '2027-01-30', '2027-01-30', 'Asia/Shanghai',
+                    u.contact, u.idx, '310000', 'SH01'
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::bytea[], $4::bytea[]) AS u(id, n, contact, idx)",
+        )
+        .bind(&ids)
+        .bind(&ns)
+        .bind(&contacts)
+        .bind(&indexes)
+        .execute(pool)
+        .await?;
+        start = end;
+    }
     Ok(())
 }

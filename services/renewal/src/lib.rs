@@ -8,6 +8,7 @@ pub mod bench_dispatch;
 pub mod bench_scheduler;
 pub mod chaos;
 pub mod cli_import;
+pub mod cli_pii;
 pub mod demo;
 pub mod simulation;
 pub mod system;

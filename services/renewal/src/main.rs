@@ -67,6 +67,11 @@ enum Command {
         #[arg(long, default_value = "8h")]
         ttl: String,
     },
+    /// Personal data at rest (DATABASE_URL, PII_KEYS).
+    Pii {
+        #[command(subcommand)]
+        what: PiiWhat,
+    },
     /// Release-mode benchmarks; each prints `name value` lines.
     Bench {
         #[command(subcommand)]
@@ -109,6 +114,17 @@ enum ImportWhat {
     /// agents are upserted; an agent made inactive hands their open cases back to
     /// their branch. Exit status 3 when rows are wrong (nothing is loaded).
     Org { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum PiiWhat {
+    /// Re-seal every service's personal data under the newest key of PII_KEYS, in
+    /// batches, while the services run; prints progress; run it again to resume.
+    Rotate {
+        /// Rows per transaction.
+        #[arg(long, default_value_t = renewal::cli_pii::BATCH)]
+        batch: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +210,9 @@ async fn main() -> ExitCode {
         Command::Bench {
             what: BenchWhat::Dispatch,
         } => renewal::bench_dispatch::dispatch().await,
+        Command::Pii {
+            what: PiiWhat::Rotate { batch },
+        } => renewal::cli_pii::rotate(batch.max(1)).await,
         Command::Vendor => renewal::vendor_sim::run_process().await,
         Command::Chaos => chaos().await,
     }

@@ -38,6 +38,9 @@ pub enum SimError {
 
 pub struct SimOptions {
     pub database_url: SecretString,
+    /// The keyring every service seals personal data with (`PII_KEYS` syntax);
+    /// [`DEMO_PII_KEY`] unless a test rotates keys.
+    pub pii_keys: SecretString,
     pub nats_url: String,
     pub prefix: String,
     /// Drop the database and the streams first.
@@ -80,12 +83,10 @@ pub const DEMO_PII_KEY: &str = "64656d6f2d6f6e6c792d6b65792d6e6f742d666f722d7072
 fn dispatch_config(
     vendor_addr: SocketAddr,
     token: SecretString,
+    pii_keys: &SecretString,
 ) -> Result<DispatchConfig, SimError> {
-    let pii = renewal_platform::pii::PiiCipher::for_service(
-        &SecretString::from(DEMO_PII_KEY),
-        "dispatch",
-    )
-    .map_err(|e| SimError::Other(e.to_string()))?;
+    let pii = renewal_platform::pii::PiiCipher::for_service(pii_keys, "dispatch")
+        .map_err(|e| SimError::Other(e.to_string()))?;
     Ok(DispatchConfig {
         pii: std::sync::Arc::new(pii),
         vendor_url: format!("http://{vendor_addr}"),
@@ -211,7 +212,7 @@ impl Simulation {
         );
         let vendor_addr = start_vendor(&vendor, &webhook, &cancel).await?;
 
-        let dispatch = dispatch_config(vendor_addr, token)?;
+        let dispatch = dispatch_config(vendor_addr, token, &options.pii_keys)?;
         let deps = Deps {
             pool,
             bus: bus.clone(),
@@ -221,12 +222,14 @@ impl Simulation {
             max_deliveries: options.max_deliveries,
             retention: renewal_platform::retention::Retention::default(),
         };
-        let lists = renewal_lists::ListsConfig::with_key(DEMO_PII_KEY)
+        let lists = renewal_lists::ListsConfig::with_key(options.pii_keys.expose_secret())
             .map_err(|e| SimError::Other(e.to_string()))?;
         let configs = crate::system::Configs {
             lists,
-            scheduler: renewal_scheduler::config::SchedulerConfig::with_key(DEMO_PII_KEY)
-                .map_err(|e| SimError::Other(e.to_string()))?,
+            scheduler: renewal_scheduler::config::SchedulerConfig::with_key(
+                options.pii_keys.expose_secret(),
+            )
+            .map_err(|e| SimError::Other(e.to_string()))?,
             dispatch,
         };
         let services = tokio::spawn(crate::system::run_all(

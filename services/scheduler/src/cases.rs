@@ -8,6 +8,7 @@ use renewal_contract::assignment::OwnerAssigned;
 use renewal_contract::lists::{CaseClosed, CaseOpened, CaseOutcome};
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
+use renewal_platform::pii::PiiCipher;
 use renewal_platform::{Clock, Delivery, HandleError, Handler};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
@@ -16,6 +17,8 @@ pub struct CaseEvents {
     pub clock: Clock,
     pub hours: crate::plan::Hours,
     pub timers_changed: Arc<Notify>,
+    /// Seals each case's contact.
+    pub pii: Arc<PiiCipher>,
 }
 
 impl Handler for CaseEvents {
@@ -23,7 +26,7 @@ impl Handler for CaseEvents {
         match delivery.subject.as_str() {
             subject::LISTS_CASE_OPENED => {
                 let event: CaseOpened = delivery.decode()?;
-                opened(tx, &event, self.clock.now(), self.hours).await
+                opened(tx, &event, self.clock.now(), self.hours, &self.pii).await
             }
             subject::LISTS_CASE_CLOSED => {
                 let event: CaseClosed = delivery.decode()?;
@@ -47,12 +50,21 @@ async fn opened(
     event: &CaseOpened,
     now: DateTime<Utc>,
     hours: crate::plan::Hours,
+    pii: &PiiCipher,
 ) -> Result<(), HandleError> {
     let id = field::uuid("case_id", &event.case_id)?;
     let expiry = field::date("expiry_date", &event.expiry_date)?;
     let effective = field::date("effective_expiry_date", &event.effective_expiry_date)?;
     let tz = field::time_zone("time_zone", &event.time_zone)?;
     let customer = event.customer.clone().unwrap_or_default();
+    let contact = crate::contact::Contact {
+        name: customer.name,
+        mobile: customer.mobile,
+        plate: customer.plate,
+    };
+    // Sealing fails only when the system's random source does: worth another try.
+    let sealed = crate::contact::seal(pii, id, &contact)
+        .map_err(|e| HandleError::Retry(format!("sealing the case's contact: {e}")))?;
     let (plan_city, plan_version, plan) = crate::plan_versions::current(tx, &event.city_code)
         .await?
         .ok_or_else(|| HandleError::Retry("no reminder plan stored yet".into()))?;
@@ -60,11 +72,11 @@ async fn opened(
     // that state and gets no timers.
     sqlx::query(
         "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
-             customer_name, mobile, plate, city_code, branch_code, plan_city, plan_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             contact_enc, mobile_index, city_code, branch_code, plan_city, plan_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (case_id) DO UPDATE SET expiry_date = EXCLUDED.expiry_date,
              effective_expiry_date = EXCLUDED.effective_expiry_date, time_zone = EXCLUDED.time_zone,
-             customer_name = EXCLUDED.customer_name, mobile = EXCLUDED.mobile, plate = EXCLUDED.plate,
+             contact_enc = EXCLUDED.contact_enc, mobile_index = EXCLUDED.mobile_index,
              city_code = EXCLUDED.city_code, branch_code = EXCLUDED.branch_code,
              plan_city = EXCLUDED.plan_city, plan_version = EXCLUDED.plan_version",
     )
@@ -73,9 +85,8 @@ async fn opened(
     .bind(expiry)
     .bind(effective)
     .bind(tz.name())
-    .bind(&customer.name)
-    .bind(&customer.mobile)
-    .bind(&customer.plate)
+    .bind(&sealed.contact_enc)
+    .bind(sealed.mobile_index.as_ref().map(|i| i.as_slice()))
     .bind(&event.city_code)
     .bind(&event.branch_code)
     .bind(&plan_city)

@@ -6,6 +6,7 @@
 
 mod cases;
 pub mod config;
+pub mod contact;
 pub mod openapi;
 mod outcomes;
 pub mod plan;
@@ -21,6 +22,7 @@ use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use contact::SEALED;
 pub use timers::next_wakeup;
 
 pub const SCHEMA: &str = "scheduler";
@@ -93,6 +95,7 @@ pub async fn run_with(
             clock: deps.clock.clone(),
             hours: config.hours,
             timers_changed: timers_changed.clone(),
+            pii: config.pii.clone(),
         },
     );
     service.consume(
@@ -109,6 +112,7 @@ pub async fn run_with(
         deps.clock.clone(),
         config.hours,
         timers_changed,
+        config.pii,
         cancel,
     ));
     deps.http.mount(audit.around(service.dead_letter_routes()));

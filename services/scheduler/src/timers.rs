@@ -6,23 +6,28 @@
 //! the batch pending and it fires again with the same ids: JetStream's duplicate window
 //! and each consumer's inbox drop the copies, so nothing is lost and nothing doubles.
 //! After downtime it catches up in due order. Marketing SMS respect the frequency cap:
-//! one per customer per 3 days, four per renewal.
+//! one per customer per 3 days, four per renewal. Each SMS and phone task opens its
+//! case's sealed contact once, as it is built.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use renewal_contract::scheduler::{
     ConfirmOwner, CreatePhoneTask, SendSms, SupervisorAlert, TaskQueue,
 };
 use renewal_contract::subject;
+use renewal_platform::pii::{PiiCipher, PiiError};
 use renewal_platform::{Bus, Clock};
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::Window;
+use crate::contact::Contact;
 use crate::plan::{Hours, Placed};
 
 pub const BATCH: i64 = 5000;
@@ -44,6 +49,10 @@ pub enum FireError {
     Publish(#[from] renewal_platform::bus::BusError),
     #[error("jetstream did not acknowledge a command: {0}")]
     Ack(String),
+    /// A contact that does not open: its timer is held (see `Batch::hold`), the batch
+    /// fires.
+    #[error("a case's contact: {0}")]
+    Pii(#[from] PiiError),
 }
 
 pub async fn run(
@@ -52,6 +61,7 @@ pub async fn run(
     clock: Clock,
     hours: Hours,
     timers_changed: Arc<Notify>,
+    pii: Arc<PiiCipher>,
     cancel: CancellationToken,
 ) {
     let mut backlog_counted = std::time::Instant::now();
@@ -61,7 +71,7 @@ pub async fn run(
             return;
         }
         let now = clock.now();
-        match fire_due(&pool, &bus, now, clock.is_simulated(), &hours).await {
+        match fire_due(&pool, &bus, now, clock.is_simulated(), &hours, &pii).await {
             Ok(n) if n as i64 == BATCH => {
                 // Catching up: how many are due and not yet fired, every few seconds.
                 if backlog_counted.elapsed() >= Duration::from_secs(5) {
@@ -201,6 +211,34 @@ fn queue_of(raw: Option<&str>, owner: Option<&str>) -> TaskQueue {
     }
 }
 
+/// What one firing looks at.
+struct Firing<'a> {
+    now: DateTime<Utc>,
+    simulated: bool,
+    hours: &'a Hours,
+    pii: &'a PiiCipher,
+}
+
+/// A command to publish: its id, subject, payload and trace.
+type Command = (Uuid, &'static str, Vec<u8>, Option<String>);
+
+/// What a batch does with the timers it claimed. The claim marked them all fired; every
+/// list but `commands` is put right before the commit.
+#[derive(Default)]
+struct Batch {
+    commands: Vec<Command>,
+    /// Their cases closed.
+    dropped: Vec<String>,
+    capped: Vec<String>,
+    capped_notes: Vec<&'static str>,
+    postponed: Vec<String>,
+    postponed_to: Vec<DateTime<Utc>>,
+    /// Their contact does not open; the first case and why, for the log.
+    held: Vec<String>,
+    held_to: Vec<DateTime<Utc>>,
+    held_first: Option<(Uuid, PiiError)>,
+}
+
 /// Fires one batch of due timers; returns how many it claimed.
 pub async fn fire_due(
     pool: &PgPool,
@@ -208,14 +246,54 @@ pub async fn fire_due(
     now: DateTime<Utc>,
     simulated: bool,
     hours: &Hours,
+    pii: &PiiCipher,
 ) -> Result<usize, FireError> {
     let mut tx = pool.begin().await?;
-    // One statement claims the batch and marks it fired (a crash before the commit below
-    // undoes both), and reads what the commands and the frequency cap need. Its
-    // subqueries see the table as it was before this statement, so the counts are of
-    // SMS fired earlier; each is one index lookup per customer and per case, whatever
-    // the planner thinks of the fast-growing set of fired SMS.
-    let due = sqlx::query(
+    let due = claim(&mut tx, now).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let firing = Firing {
+        now,
+        simulated,
+        hours,
+        pii,
+    };
+    let mut cap = Cap::of(&due)?;
+    let mut batch = Batch::default();
+    for row in &due {
+        fire_one(&firing, row, &mut cap, &mut batch)?;
+    }
+    let fired = batch.commands.len();
+    publish(bus, std::mem::take(&mut batch.commands)).await?;
+    put_right(&mut tx, &batch).await?;
+    tx.commit().await?;
+    if let Some((case_id, error)) = &batch.held_first {
+        tracing::error!(held = batch.held.len(), first_case_id = %case_id, error = %error,
+            "contacts do not open: their timers are held an hour (is every key they were sealed under in PII_KEYS?)");
+        metrics::counter!("timers_held_total").increment(batch.held.len() as u64);
+    }
+    metrics::counter!("timers_fired_total").increment(fired as u64);
+    metrics::counter!("messages_out_total", "service" => crate::SCHEMA).increment(fired as u64);
+    metrics::counter!("timers_capped_total").increment(batch.capped.len() as u64);
+    Ok(due.len())
+}
+
+/// Claims a batch and marks it fired in one statement (a crash before the commit undoes
+/// both), reading what the commands and the frequency cap need. Its subqueries see the
+/// table as it was before this statement, so the counts are of SMS fired earlier; each
+/// is one index lookup per customer and per case, whatever the planner thinks of the
+/// fast-growing set of fired SMS.
+///
+/// A customer's cases are those with the same `mobile_index`. While a key rotation is
+/// under way (`renewal pii rotate`, or a new key listed and the rotation not yet run),
+/// a customer's cases re-sealed under the new key and those not yet re-sealed carry
+/// different indexes, so the cap may briefly take them for two customers (one extra
+/// marketing SMS within 3 days at worst); the per-renewal cap, by case, is exact
+/// throughout. Matching every key's index would need the mobile before this query,
+/// that is, opening every contact of the batch first.
+async fn claim(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<PgRow>, sqlx::Error> {
+    sqlx::query(
         "WITH claimed AS (
              SELECT ctid FROM scheduler.timers
              WHERE state = 'pending' AND due_at <= $1
@@ -231,10 +309,10 @@ pub async fn fire_due(
          SELECT f.tid, f.id, f.case_id, f.stage, f.action, f.template, f.due_at, f.traceparent, f.queue,
                 f.marketing, f.promotion, c.policy_no,
                 CASE WHEN c.state = 'open' OR (c.closed_reason = 'lapsed' AND f.nominal_at > c.closed_at)
-                     THEN 'open' ELSE 'closed' END AS case_state, c.customer_name, c.mobile,
-                c.plate, c.expiry_date, c.effective_expiry_date, c.time_zone, c.city_code, c.branch_code,
+                     THEN 'open' ELSE 'closed' END AS case_state, c.contact_enc, c.mobile_index,
+                c.expiry_date, c.effective_expiry_date, c.time_zone, c.city_code, c.branch_code,
                 o.owner_agent, l.last_marketing_sms,
-                -- No marketing SMS to this mobile yet means none to this case either.
+                -- No marketing SMS to this customer yet means none to this case either.
                 CASE WHEN l.last_marketing_sms IS NOT NULL THEN
                     (SELECT count(*) FROM scheduler.timers t
                      WHERE t.case_id = f.case_id AND t.action = 'sms' AND t.marketing AND t.state = 'fired')
@@ -244,7 +322,8 @@ pub async fn fire_due(
          LEFT JOIN LATERAL (
              SELECT max(t.fired_at) AS last_marketing_sms FROM scheduler.timers t
              WHERE f.marketing
-               AND t.case_id = ANY(ARRAY(SELECT m.case_id FROM scheduler.cases m WHERE m.mobile = c.mobile))
+               AND t.case_id = ANY(ARRAY(SELECT m.case_id FROM scheduler.cases m
+                                         WHERE m.mobile_index = c.mobile_index))
                AND t.action = 'sms' AND t.marketing AND t.state = 'fired'
          ) l ON true
          ORDER BY f.due_at",
@@ -252,193 +331,320 @@ pub async fn fire_due(
     .bind(now)
     .bind(BATCH)
     .fetch_all(&mut *tx)
-    .await?;
-    if due.is_empty() {
-        return Ok(0);
-    }
-    // The frequency cap: each customer's last marketing SMS, each case's count.
-    let mut last_sms: HashMap<String, DateTime<Utc>> = HashMap::new();
-    let mut per_case: HashMap<Uuid, i64> = HashMap::new();
-    for row in &due {
-        if let Some(last) = row.try_get::<Option<DateTime<Utc>>, _>("last_marketing_sms")? {
-            let mobile: Option<String> = row.try_get("mobile")?;
-            last_sms.insert(mobile.unwrap_or_default(), last);
-        }
-        if let Some(n) = row.try_get::<Option<i64>, _>("marketing_sms_sent")? {
-            per_case.insert(row.try_get("case_id")?, n);
-        }
-    }
-    let mut commands = Vec::with_capacity(due.len());
-    let mut fired = Vec::new();
-    let mut dropped = Vec::new();
-    let (mut capped, mut capped_notes) = (Vec::new(), Vec::new());
-    let (mut postponed, mut postponed_to) = (Vec::new(), Vec::new());
-    for row in &due {
-        let id: Uuid = row.try_get("id")?;
-        // The locked row's address: what the updates below find it by.
-        let tid: String = row.try_get("tid")?;
-        if row.try_get::<String, _>("case_state")? != "open" {
-            dropped.push(tid);
-            continue;
-        }
-        let case_id: Uuid = row.try_get("case_id")?;
-        let due_at: DateTime<Utc> = row.try_get("due_at")?;
-        let stage: String = row.try_get("stage")?;
-        let expiry: Option<NaiveDate> = row.try_get("expiry_date")?;
-        let expiry_text = expiry.map(|d| d.to_string()).unwrap_or_default();
-        let tz_name: String = row
-            .try_get::<Option<String>, _>("time_zone")?
-            .unwrap_or_default();
-        let mobile: String = row
-            .try_get::<Option<String>, _>("mobile")?
-            .unwrap_or_default();
-        let owner: Option<String> = row.try_get("owner_agent")?;
-        let traceparent: Option<String> = row.try_get("traceparent")?;
-        let marketing: bool = row.try_get("marketing")?;
-        let (subject_name, payload) = match row.try_get::<String, _>("action")?.as_str() {
-            "sms" => {
-                if marketing {
-                    let sent = per_case.get(&case_id).copied().unwrap_or(0);
-                    if sent >= CAP_PER_RENEWAL {
-                        capped.push(tid);
-                        capped_notes.push("frequency cap: 4 marketing SMS per renewal".to_owned());
-                        continue;
-                    }
-                    if let Some(last) = last_sms.get(&mobile)
-                        && now - *last < CAP_GAP
-                    {
-                        let tz: chrono_tz::Tz =
-                            tz_name.parse().unwrap_or(chrono_tz::Asia::Shanghai);
-                        let effective: Option<NaiveDate> = row.try_get("effective_expiry_date")?;
-                        let limit = effective.map(|d| {
-                            renewal_platform::local_instant(d, chrono::NaiveTime::MIN, tz)
-                        });
-                        match crate::plan::allowed(*last + CAP_GAP, hours.sms, None, tz) {
-                            Some(at) if limit.is_none_or(|l| at < l) => {
-                                postponed.push(tid);
-                                postponed_to.push(at);
-                            }
-                            _ => {
-                                capped.push(tid);
-                                capped_notes.push(
-                                    "frequency cap: one marketing SMS per customer per 3 days"
-                                        .to_owned(),
-                                );
-                            }
-                        }
-                        continue;
-                    }
-                    last_sms.insert(mobile.clone(), now);
-                    *per_case.entry(case_id).or_default() += 1;
-                }
-                let command = SendSms {
-                    command_id: id.to_string(),
-                    case_id: case_id.to_string(),
-                    policy_no: row.try_get("policy_no")?,
-                    stage,
-                    template: row.try_get("template")?,
-                    mobile,
-                    customer_name: row
-                        .try_get::<Option<String>, _>("customer_name")?
-                        .unwrap_or_default(),
-                    plate: row
-                        .try_get::<Option<String>, _>("plate")?
-                        .unwrap_or_default(),
-                    expiry_date: expiry_text,
-                    time_zone: tz_name,
-                    marketing,
-                    due_at_ms: due_at.timestamp_millis(),
-                };
-                (
-                    subject::DISPATCH_CMD_SEND_SMS,
-                    prost::Message::encode_to_vec(&command),
-                )
-            }
-            "phone_task" => {
-                let queue_raw: Option<String> = row.try_get("queue")?;
-                let queue = queue_of(queue_raw.as_deref(), owner.as_deref());
-                let days = expiry.map_or(0, |e| {
-                    (e - renewal_platform::local_date(
-                        now,
-                        tz_name.parse().unwrap_or(chrono_tz::Asia::Shanghai),
-                    ))
-                    .num_days() as i32
-                });
-                let command = CreatePhoneTask {
-                    command_id: id.to_string(),
-                    case_id: case_id.to_string(),
-                    policy_no: row.try_get("policy_no")?,
-                    stage,
-                    queue: queue as i32,
-                    owner_agent: owner.unwrap_or_default(),
-                    branch_code: row
-                        .try_get::<Option<String>, _>("branch_code")?
-                        .unwrap_or_default(),
-                    city_code: row
-                        .try_get::<Option<String>, _>("city_code")?
-                        .unwrap_or_default(),
-                    promotion: row.try_get("promotion")?,
-                    customer_name: row
-                        .try_get::<Option<String>, _>("customer_name")?
-                        .unwrap_or_default(),
-                    mobile,
-                    plate: row
-                        .try_get::<Option<String>, _>("plate")?
-                        .unwrap_or_default(),
-                    expiry_date: expiry_text,
-                    time_zone: tz_name,
-                    days_to_expiry: days,
-                    due_at_ms: due_at.timestamp_millis(),
-                };
-                (
-                    subject::DISPATCH_CMD_CREATE_PHONE_TASK,
-                    prost::Message::encode_to_vec(&command),
-                )
-            }
-            "supervisor_alert" => {
-                let alert = SupervisorAlert {
-                    alert_id: id.to_string(),
-                    case_id: case_id.to_string(),
-                    policy_no: row.try_get("policy_no")?,
-                    stage,
-                    owner_agent: owner.unwrap_or_default(),
-                    branch_code: row
-                        .try_get::<Option<String>, _>("branch_code")?
-                        .unwrap_or_default(),
-                    city_code: row
-                        .try_get::<Option<String>, _>("city_code")?
-                        .unwrap_or_default(),
-                    expiry_date: expiry_text,
-                    due_at_ms: due_at.timestamp_millis(),
-                };
-                (
-                    subject::SCHEDULER_CASE_SUPERVISOR_ALERT,
-                    prost::Message::encode_to_vec(&alert),
-                )
-            }
-            _ => {
-                let command = ConfirmOwner {
-                    command_id: id.to_string(),
-                    case_id: case_id.to_string(),
-                    policy_no: row.try_get("policy_no")?,
-                    stage,
-                    due_at_ms: due_at.timestamp_millis(),
-                };
-                (
-                    subject::ASSIGNMENT_CMD_CONFIRM_OWNER,
-                    prost::Message::encode_to_vec(&command),
-                )
-            }
+    .await
+}
+
+/// The frequency cap: each customer's (mobile index's) last marketing SMS, each case's
+/// count, as stored before the batch and as the batch fires.
+struct Cap {
+    last_sms: HashMap<Vec<u8>, DateTime<Utc>>,
+    per_case: HashMap<Uuid, i64>,
+}
+
+enum Verdict {
+    Send,
+    Skip(&'static str),
+    Postpone(DateTime<Utc>),
+}
+
+impl Cap {
+    fn of(due: &[PgRow]) -> Result<Self, sqlx::Error> {
+        let mut cap = Cap {
+            last_sms: HashMap::new(),
+            per_case: HashMap::new(),
         };
-        if !simulated {
-            let late = (now - due_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::histogram!("timer_lateness_seconds").record(late);
+        for row in due {
+            if let Some(last) = row.try_get::<Option<DateTime<Utc>>, _>("last_marketing_sms")?
+                && let Some(index) = row.try_get::<Option<Vec<u8>>, _>("mobile_index")?
+            {
+                cap.last_sms.insert(index, last);
+            }
+            if let Some(n) = row.try_get::<Option<i64>, _>("marketing_sms_sent")? {
+                cap.per_case.insert(row.try_get("case_id")?, n);
+            }
         }
-        commands.push((id, subject_name, payload, traceparent));
-        fired.push(tid);
+        Ok(cap)
     }
-    // Publish while the claim is held, a window of acknowledgements in flight (each holds
-    // one of the connection's permits, shared with every other publisher in the process).
+
+    /// Whether a marketing SMS may go now, or later, or not at all.
+    fn judge(
+        &self,
+        f: &Firing<'_>,
+        row: &PgRow,
+        c: &Claimed,
+        index: Option<&[u8]>,
+    ) -> Result<Verdict, sqlx::Error> {
+        if self.per_case.get(&c.case_id).copied().unwrap_or(0) >= CAP_PER_RENEWAL {
+            return Ok(Verdict::Skip("frequency cap: 4 marketing SMS per renewal"));
+        }
+        let Some(last) = index.and_then(|i| self.last_sms.get(i)) else {
+            return Ok(Verdict::Send);
+        };
+        if f.now - *last >= CAP_GAP {
+            return Ok(Verdict::Send);
+        }
+        let tz = c.tz();
+        let effective: Option<NaiveDate> = row.try_get("effective_expiry_date")?;
+        let limit = effective.map(|d| renewal_platform::local_instant(d, NaiveTime::MIN, tz));
+        Ok(
+            match crate::plan::allowed(*last + CAP_GAP, f.hours.sms, None, tz) {
+                Some(at) if limit.is_none_or(|l| at < l) => Verdict::Postpone(at),
+                _ => Verdict::Skip("frequency cap: one marketing SMS per customer per 3 days"),
+            },
+        )
+    }
+
+    fn record(&mut self, case_id: Uuid, index: Option<Vec<u8>>, now: DateTime<Utc>) {
+        if let Some(index) = index {
+            self.last_sms.insert(index, now);
+        }
+        *self.per_case.entry(case_id).or_default() += 1;
+    }
+}
+
+/// A claimed timer's fields the commands share.
+struct Claimed {
+    id: Uuid,
+    case_id: Uuid,
+    policy_no: String,
+    stage: String,
+    due_at: DateTime<Utc>,
+    expiry: Option<NaiveDate>,
+    tz_name: String,
+    owner: Option<String>,
+}
+
+impl Claimed {
+    fn of(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Claimed {
+            id: row.try_get("id")?,
+            case_id: row.try_get("case_id")?,
+            policy_no: row.try_get("policy_no")?,
+            stage: row.try_get("stage")?,
+            due_at: row.try_get("due_at")?,
+            expiry: row.try_get("expiry_date")?,
+            tz_name: row
+                .try_get::<Option<String>, _>("time_zone")?
+                .unwrap_or_default(),
+            owner: row.try_get("owner_agent")?,
+        })
+    }
+
+    fn tz(&self) -> chrono_tz::Tz {
+        self.tz_name.parse().unwrap_or(chrono_tz::Asia::Shanghai)
+    }
+
+    fn expiry_text(&self) -> String {
+        self.expiry.map(|d| d.to_string()).unwrap_or_default()
+    }
+}
+
+/// Decides one claimed timer: its command, or why it does not fire now.
+fn fire_one(
+    f: &Firing<'_>,
+    row: &PgRow,
+    cap: &mut Cap,
+    batch: &mut Batch,
+) -> Result<(), FireError> {
+    // The locked row's address: what the updates after publishing find it by.
+    let tid: String = row.try_get("tid")?;
+    if row.try_get::<String, _>("case_state")? != "open" {
+        batch.dropped.push(tid);
+        return Ok(());
+    }
+    let c = Claimed::of(row)?;
+    let action: String = row.try_get("action")?;
+    let marketing: bool = row.try_get("marketing")?;
+    let is_sms = action == "sms";
+    let index: Option<Vec<u8>> = if is_sms && marketing {
+        row.try_get("mobile_index")?
+    } else {
+        None
+    };
+    if is_sms && marketing {
+        match cap.judge(f, row, &c, index.as_deref())? {
+            Verdict::Send => {}
+            Verdict::Skip(note) => {
+                batch.capped.push(tid);
+                batch.capped_notes.push(note);
+                return Ok(());
+            }
+            Verdict::Postpone(at) => {
+                batch.postponed.push(tid);
+                batch.postponed_to.push(at);
+                return Ok(());
+            }
+        }
+    }
+    let (id, case_id, due_at) = (c.id, c.case_id, c.due_at);
+    let traceparent: Option<String> = row.try_get("traceparent")?;
+    let (subject_name, payload) = match action.as_str() {
+        "sms" | "phone_task" => {
+            // The one open of the contact for this command.
+            let contact = match open_contact(f.pii, case_id, row) {
+                Ok(contact) => contact,
+                Err(FireError::Pii(e)) => {
+                    batch.hold(
+                        tid,
+                        &c,
+                        f,
+                        if is_sms { f.hours.sms } else { f.hours.calls },
+                        e,
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            if is_sms {
+                if marketing {
+                    cap.record(case_id, index, f.now);
+                }
+                sms(c, row, contact, marketing)?
+            } else {
+                phone_task(c, row, contact, f.now)?
+            }
+        }
+        "supervisor_alert" => supervisor_alert(c, row)?,
+        _ => confirm_owner(c),
+    };
+    if !f.simulated {
+        let late = (f.now - due_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("timer_lateness_seconds").record(late);
+    }
+    batch
+        .commands
+        .push((id, subject_name, payload, traceparent));
+    Ok(())
+}
+
+/// How long a timer whose contact does not open waits before it is tried again.
+const HOLD: chrono::Duration = chrono::Duration::hours(1);
+
+impl Batch {
+    /// Puts a timer back, an hour on (within its channel's hours), rather than fire it
+    /// without a contact or forget it: a key missing from the keyring is put right by
+    /// listing it again, and the timer then fires.
+    fn hold(&mut self, tid: String, c: &Claimed, f: &Firing<'_>, window: Window, e: PiiError) {
+        let later = f.now + HOLD;
+        self.held.push(tid);
+        self.held_to
+            .push(crate::plan::allowed(later, window, None, c.tz()).unwrap_or(later));
+        self.held_first.get_or_insert((c.case_id, e));
+    }
+}
+
+/// The case's contact, opened; an empty one for a case recorded without it.
+fn open_contact(pii: &PiiCipher, case_id: Uuid, row: &PgRow) -> Result<Contact, FireError> {
+    match row.try_get::<Option<&[u8]>, _>("contact_enc")? {
+        Some(sealed) => Ok(crate::contact::open(pii, case_id, sealed)?),
+        None => Ok(Contact::default()),
+    }
+}
+
+fn sms(
+    c: Claimed,
+    row: &PgRow,
+    contact: Contact,
+    marketing: bool,
+) -> Result<(&'static str, Vec<u8>), sqlx::Error> {
+    let command = SendSms {
+        command_id: c.id.to_string(),
+        case_id: c.case_id.to_string(),
+        expiry_date: c.expiry_text(),
+        policy_no: c.policy_no,
+        stage: c.stage,
+        template: row.try_get("template")?,
+        mobile: contact.mobile,
+        customer_name: contact.name,
+        plate: contact.plate,
+        time_zone: c.tz_name,
+        marketing,
+        due_at_ms: c.due_at.timestamp_millis(),
+    };
+    Ok((
+        subject::DISPATCH_CMD_SEND_SMS,
+        prost::Message::encode_to_vec(&command),
+    ))
+}
+
+fn phone_task(
+    c: Claimed,
+    row: &PgRow,
+    contact: Contact,
+    now: DateTime<Utc>,
+) -> Result<(&'static str, Vec<u8>), sqlx::Error> {
+    let queue_raw: Option<String> = row.try_get("queue")?;
+    let queue = queue_of(queue_raw.as_deref(), c.owner.as_deref());
+    let days = c.expiry.map_or(0, |e| {
+        (e - renewal_platform::local_date(now, c.tz())).num_days() as i32
+    });
+    let command = CreatePhoneTask {
+        command_id: c.id.to_string(),
+        case_id: c.case_id.to_string(),
+        expiry_date: c.expiry_text(),
+        policy_no: c.policy_no,
+        stage: c.stage,
+        queue: queue as i32,
+        owner_agent: c.owner.unwrap_or_default(),
+        branch_code: row
+            .try_get::<Option<String>, _>("branch_code")?
+            .unwrap_or_default(),
+        city_code: row
+            .try_get::<Option<String>, _>("city_code")?
+            .unwrap_or_default(),
+        promotion: row.try_get("promotion")?,
+        customer_name: contact.name,
+        mobile: contact.mobile,
+        plate: contact.plate,
+        time_zone: c.tz_name,
+        days_to_expiry: days,
+        due_at_ms: c.due_at.timestamp_millis(),
+    };
+    Ok((
+        subject::DISPATCH_CMD_CREATE_PHONE_TASK,
+        prost::Message::encode_to_vec(&command),
+    ))
+}
+
+fn supervisor_alert(c: Claimed, row: &PgRow) -> Result<(&'static str, Vec<u8>), sqlx::Error> {
+    let alert = SupervisorAlert {
+        alert_id: c.id.to_string(),
+        case_id: c.case_id.to_string(),
+        expiry_date: c.expiry_text(),
+        policy_no: c.policy_no,
+        stage: c.stage,
+        owner_agent: c.owner.unwrap_or_default(),
+        branch_code: row
+            .try_get::<Option<String>, _>("branch_code")?
+            .unwrap_or_default(),
+        city_code: row
+            .try_get::<Option<String>, _>("city_code")?
+            .unwrap_or_default(),
+        due_at_ms: c.due_at.timestamp_millis(),
+    };
+    Ok((
+        subject::SCHEDULER_CASE_SUPERVISOR_ALERT,
+        prost::Message::encode_to_vec(&alert),
+    ))
+}
+
+fn confirm_owner(c: Claimed) -> (&'static str, Vec<u8>) {
+    let command = ConfirmOwner {
+        command_id: c.id.to_string(),
+        case_id: c.case_id.to_string(),
+        policy_no: c.policy_no,
+        stage: c.stage,
+        due_at_ms: c.due_at.timestamp_millis(),
+    };
+    (
+        subject::ASSIGNMENT_CMD_CONFIRM_OWNER,
+        prost::Message::encode_to_vec(&command),
+    )
+}
+
+/// Publishes while the claim is held, a window of acknowledgements in flight (each holds
+/// one of the connection's permits, shared with every other publisher in the process).
+async fn publish(bus: &Bus, commands: Vec<Command>) -> Result<(), FireError> {
     let mut acks: std::collections::VecDeque<async_nats::jetstream::context::PublishAckFuture> =
         std::collections::VecDeque::with_capacity(IN_FLIGHT);
     for (id, subject_name, payload, traceparent) in commands {
@@ -460,41 +666,64 @@ pub async fn fire_due(
     for ack in acks {
         ack.await.map_err(|e| FireError::Ack(e.to_string()))?;
     }
-    // The claim marked the whole batch fired; put right what did not fire.
-    if !dropped.is_empty() {
+    Ok(())
+}
+
+/// The claim marked the whole batch fired; puts right what did not fire.
+async fn put_right(tx: &mut PgConnection, batch: &Batch) -> Result<(), sqlx::Error> {
+    if !batch.dropped.is_empty() {
         sqlx::query(
             "UPDATE scheduler.timers SET state = 'cancelled', fired_at = NULL, note = 'case closed'
              WHERE ctid = ANY($1::text[]::tid[])",
         )
-        .bind(&dropped)
+        .bind(&batch.dropped)
         .execute(&mut *tx)
         .await?;
     }
-    if !capped.is_empty() {
+    if !batch.capped.is_empty() {
         sqlx::query(
             "UPDATE scheduler.timers t SET state = 'skipped', fired_at = NULL, note = u.note
              FROM UNNEST($1::text[]::tid[], $2::text[]) AS u(tid, note) WHERE t.ctid = u.tid",
         )
-        .bind(&capped)
-        .bind(&capped_notes)
+        .bind(&batch.capped)
+        .bind(&batch.capped_notes)
         .execute(&mut *tx)
         .await?;
     }
-    if !postponed.is_empty() {
-        sqlx::query(
-            "UPDATE scheduler.timers t SET state = 'pending', fired_at = NULL, due_at = u.due_at,
-                 note = 'postponed by the frequency cap'
-             FROM UNNEST($1::text[]::tid[], $2::timestamptz[]) AS u(tid, due_at) WHERE t.ctid = u.tid",
-        )
-        .bind(&postponed)
-        .bind(&postponed_to)
-        .execute(&mut *tx)
-        .await?;
+    back_to_pending(
+        tx,
+        &batch.postponed,
+        &batch.postponed_to,
+        "postponed by the frequency cap",
+    )
+    .await?;
+    back_to_pending(
+        tx,
+        &batch.held,
+        &batch.held_to,
+        "held: the contact does not open (damaged, or sealed under a key not in PII_KEYS)",
+    )
+    .await
+}
+
+/// Puts timers back to pending, due again at the given times.
+async fn back_to_pending(
+    tx: &mut PgConnection,
+    tids: &[String],
+    due: &[DateTime<Utc>],
+    note: &str,
+) -> Result<(), sqlx::Error> {
+    if tids.is_empty() {
+        return Ok(());
     }
-    tx.commit().await?;
-    metrics::counter!("timers_fired_total").increment(fired.len() as u64);
-    metrics::counter!("messages_out_total", "service" => crate::SCHEMA)
-        .increment(fired.len() as u64);
-    metrics::counter!("timers_capped_total").increment(capped.len() as u64);
-    Ok(due.len())
+    sqlx::query(
+        "UPDATE scheduler.timers t SET state = 'pending', fired_at = NULL, due_at = u.due_at, note = $3
+         FROM UNNEST($1::text[]::tid[], $2::timestamptz[]) AS u(tid, due_at) WHERE t.ctid = u.tid",
+    )
+    .bind(tids)
+    .bind(due)
+    .bind(note)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

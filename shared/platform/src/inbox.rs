@@ -90,6 +90,14 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called after a new message's transaction committed (wake loops here).
     fn committed(&self) {}
+
+    /// What of a message refused as malformed is kept for inspection: its payload with
+    /// every personal field cleared, or nothing. Nothing by default, since most
+    /// messages carry a customer's contact; a handler that can clear them (or whose
+    /// messages carry none) keeps the rest.
+    fn redact(&self, _delivery: &Delivery) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Records the message id; false if it was already processed.
@@ -115,6 +123,7 @@ async fn reject(
     schema: &'static str,
     delivery: &Delivery,
     reason: &str,
+    kept: Option<Vec<u8>>,
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO {schema}.inbox (message_id, subject, rejected_reason, rejected_payload) \
@@ -124,7 +133,7 @@ async fn reject(
         .bind(&delivery.message_id)
         .bind(&delivery.subject)
         .bind(reason)
-        .bind(delivery.payload.as_ref())
+        .bind(kept)
         .execute(pool)
         .await?;
     Ok(())
@@ -330,7 +339,8 @@ async fn settle_delivery<H: Handler>(
         }
         Err(HandleError::Malformed(reason)) => {
             tracing::error!(%reason, "message rejected as malformed; kept in the inbox for inspection");
-            match reject(&ctx.pool, ctx.schema, delivery, &reason).await {
+            let kept = handler.redact(delivery);
+            match reject(&ctx.pool, ctx.schema, delivery, &reason, kept).await {
                 Ok(()) => {
                     crate::activity::record();
                     let _ = message.ack_with(AckKind::Term).await;

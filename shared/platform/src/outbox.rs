@@ -327,7 +327,9 @@ impl Outbox {
             return Ok(());
         }
         let mark = format!(
-            "UPDATE {}.outbox SET published_at = now() WHERE seq = ANY($1)",
+            // The payload goes once published: it may hold a customer's contact, and
+            // the stream keeps the message as long as anyone may need it again.
+            "UPDATE {}.outbox SET published_at = now(), payload = '\\x' WHERE seq = ANY($1)",
             self.schema
         );
         sqlx::query(sqlx::AssertSqlSafe(mark))

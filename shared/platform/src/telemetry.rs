@@ -4,7 +4,8 @@
 //!
 //! A guard layer watches every log event for what looks like a mainland mobile number
 //! or ID number and counts it (`log_pii_suspect_total`): personal data must never be
-//! logged, and this is how we notice if it ever is.
+//! logged, and this is how we notice if it ever is; the log writer redacts it from the
+//! line before it leaves the process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,10 +63,10 @@ pub fn init(service: &'static str, default_filter: &str) -> Result<Telemetry, Te
             // it logs.
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(RedactingStderr)
             .boxed(),
         "text" => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(RedactingStderr)
             .boxed(),
         other => return Err(TelemetryError::Format(other.to_owned())),
     };
@@ -190,7 +191,31 @@ impl Visit for PiiScan {
 /// True if `text` holds a mainland mobile (11 digits starting 1[3-9], with or without
 /// the 86 country code) or an 18-character resident ID (17 digits and a digit or X).
 pub fn looks_like_pii(text: &str) -> bool {
+    !pii_spans(text).is_empty()
+}
+
+/// `text` with every mobile and ID number [`looks_like_pii`] finds replaced by
+/// `[redacted]`.
+pub fn redact_pii(text: &str) -> std::borrow::Cow<'_, str> {
+    let spans = pii_spans(text);
+    if spans.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for span in spans {
+        out.push_str(&text[at..span.start]);
+        out.push_str("[redacted]");
+        at = span.end;
+    }
+    out.push_str(&text[at..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Where in `text` the mobiles and ID numbers are (byte ranges on ASCII boundaries).
+fn pii_spans(text: &str) -> Vec<std::ops::Range<usize>> {
     let bytes = text.as_bytes();
+    let mut spans = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         if !bytes[i].is_ascii_digit() {
@@ -205,22 +230,56 @@ pub fn looks_like_pii(text: &str) -> bool {
         let id_tail = i < bytes.len() && (bytes[i] == b'X' || bytes[i] == b'x');
         let mobile = |m: &[u8]| m.len() == 11 && m[0] == b'1' && (b'3'..=b'9').contains(&m[1]);
         // A national mobile, or one with the country code (+86 / 0086 / 86).
-        if mobile(run) || (run.len() == 13 && run.starts_with(b"86") && mobile(&run[2..])) {
-            return true;
-        }
-        if run.len() == 15 && run.starts_with(b"0086") && mobile(&run[4..]) {
-            return true;
-        }
-        if run.len() == 18 || (run.len() == 17 && id_tail) {
-            return true;
+        if mobile(run)
+            || (run.len() == 13 && run.starts_with(b"86") && mobile(&run[2..]))
+            || (run.len() == 15 && run.starts_with(b"0086") && mobile(&run[4..]))
+            || run.len() == 18
+        {
+            spans.push(start..i);
+        } else if run.len() == 17 && id_tail {
+            spans.push(start..i + 1);
         }
     }
-    false
+    spans
+}
+
+/// The log writer: each event's line with mobiles and ID numbers redacted before it
+/// reaches stderr. tracing-subscriber asks for one writer per event and drops it after
+/// the event is written, so a writer holds exactly one line.
+struct RedactingStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactedLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactedLine(Vec::with_capacity(256))
+    }
+}
+
+struct RedactedLine(Vec<u8>);
+
+impl std::io::Write for RedactedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactedLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let line = String::from_utf8_lossy(&self.0);
+        let _ = std::io::stderr().write_all(redact_pii(&line).as_bytes());
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_pii;
+    use super::{looks_like_pii, redact_pii};
 
     #[test]
     fn spots_mobiles_and_id_numbers_but_not_ordinary_numbers() {
@@ -232,5 +291,14 @@ mod tests {
         assert!(!looks_like_pii("policy P2026000123 case 42"));
         assert!(!looks_like_pii("elapsed_ms=12345678901234"));
         assert!(!looks_like_pii("ts 1764000000000"));
+    }
+
+    #[test]
+    fn redacts_mobiles_and_id_numbers_and_leaves_the_rest() {
+        assert_eq!(
+            redact_pii(r#"{"msg":"to +8613812345678","id":"11010519491231002X","n":42}"#),
+            r#"{"msg":"to +[redacted]","id":"[redacted]","n":42}"#
+        );
+        assert_eq!(redact_pii("policy P2026000123"), "policy P2026000123");
     }
 }

@@ -7,6 +7,7 @@ use chrono::{TimeZone, Utc};
 use renewal_contract::assignment::OwnerAssigned;
 use renewal_contract::scheduler::{CreatePhoneTask, TaskQueue};
 use renewal_platform::inbox::field;
+use renewal_platform::pii::PiiCipher;
 use renewal_platform::{Clock, Delivery, HandleError};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -23,9 +24,25 @@ fn queue_name(queue: i32) -> Result<&'static str, HandleError> {
     }
 }
 
+/// The task's contact, sealed for its row.
+fn sealed_contact(
+    pii: &PiiCipher,
+    id: Uuid,
+    command: &CreatePhoneTask,
+) -> Result<Vec<u8>, HandleError> {
+    let contact = crate::sealed::TaskContact {
+        customer_name: command.customer_name.clone(),
+        mobile: command.mobile.clone(),
+        plate: command.plate.clone(),
+    };
+    crate::sealed::seal_task(pii, &id.to_string(), &contact)
+        .map_err(crate::commands::sealing_failed)
+}
+
 pub async fn create(
     tx: &mut PgConnection,
     clock: &Clock,
+    pii: &PiiCipher,
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
     let command: CreatePhoneTask = delivery.decode()?;
@@ -36,6 +53,7 @@ pub async fn create(
     if command.mobile.trim().is_empty() {
         return Err(HandleError::Malformed("mobile is empty".into()));
     }
+    let contact_enc = sealed_contact(pii, id, &command)?;
     crate::commands::lock_case(tx, case_id).await?;
     let now = clock.now();
     let due = Utc
@@ -47,14 +65,14 @@ pub async fn create(
     // case since); an owner task with no owner waits in the branch queue.
     let state = sqlx::query_scalar::<_, String>(
         "INSERT INTO dispatch.phone_tasks (id, case_id, policy_no, stage, queue, owner_agent, owner_task, branch_code,
-             city_code, promotion, customer_name, mobile, plate, expiry_date, time_zone, days_to_expiry,
+             city_code, promotion, contact_enc, expiry_date, time_zone, days_to_expiry,
              state, available_at, created_at, last_error, traceparent)
          SELECT $1, $2, $3, $4,
                 CASE WHEN $5 = 'owner' AND coalesce(o.owner_agent, $6) = '' THEN 'branch' ELSE $5 END,
                 CASE WHEN $5 = 'owner' THEN coalesce(o.owner_agent, $6) ELSE $6 END, $5 = 'owner',
-                coalesce(o.branch_code, $7), $8, $9, $10, $11, $12, $13, $14, $15,
-                CASE WHEN c.case_id IS NULL THEN 'open' ELSE 'withdrawn' END, $16, $17,
-                CASE WHEN c.case_id IS NULL THEN NULL ELSE 'case closed before the call' END, $18
+                coalesce(o.branch_code, $7), $8, $9, $10, $11, $12, $13,
+                CASE WHEN c.case_id IS NULL THEN 'open' ELSE 'withdrawn' END, $14, $15,
+                CASE WHEN c.case_id IS NULL THEN NULL ELSE 'case closed before the call' END, $16
          FROM (SELECT 1) one
          LEFT JOIN dispatch.closed_cases c ON c.case_id = $2
          LEFT JOIN dispatch.case_owners o ON o.case_id = $2
@@ -70,9 +88,7 @@ pub async fn create(
     .bind(&command.branch_code)
     .bind(&command.city_code)
     .bind(&command.promotion)
-    .bind(&command.customer_name)
-    .bind(&command.mobile)
-    .bind(&command.plate)
+    .bind(&contact_enc)
     .bind(&command.expiry_date)
     .bind(tz.name())
     .bind(command.days_to_expiry)

@@ -164,8 +164,8 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
                  available_at = $2 + make_interval(secs => $11), leases = t.leases + 1
              FROM picked WHERE t.id = picked.id
              RETURNING t.id, t.lease_token, t.available_at, t.queue, t.days_to_expiry, t.case_id, t.policy_no,
-                       t.stage, t.owner_agent, t.branch_code, t.city_code, t.promotion, t.customer_name,
-                       t.mobile, t.plate, t.expiry_date, t.time_zone, t.leases, t.traceparent,
+                       t.stage, t.owner_agent, t.branch_code, t.city_code, t.promotion, t.contact_enc,
+                       t.expiry_date, t.time_zone, t.leases, t.traceparent,
                        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                                     'stage', h.stage, 'outcome', coalesce(h.outcome, ''),
                                     'completed_at', h.completed_at, 'agent_id', coalesce(h.leased_by, ''),
@@ -177,7 +177,7 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
          SELECT *, (SELECT count(*) FROM dead) AS dead FROM leased
          UNION ALL
          SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM dead)
+                NULL, NULL, NULL, (SELECT count(*) FROM dead)
          WHERE NOT EXISTS (SELECT 1 FROM leased)
          ORDER BY days_to_expiry, available_at",
     )
@@ -205,17 +205,34 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
         );
         metrics::counter!("phone_tasks_total", "status" => "dead").increment(dead);
     }
-    let mut views = Vec::with_capacity(rows.len());
-    for r in &rows {
-        // The row that only counts dead letters has no task.
-        if let Some(view) = leased_task(tasks, r, agent)? {
-            views.push(view);
-        }
-    }
+    let views = leased_tasks(tasks, &rows, agent)?;
     if dead > 0 || !views.is_empty() {
         renewal_platform::activity::record();
     }
     metrics::counter!("phone_tasks_total", "status" => "leased").increment(views.len() as u64);
+    Ok(views)
+}
+
+/// The leased rows as the agent sees them.
+fn leased_tasks(
+    tasks: &PhoneTasks,
+    rows: &[sqlx::postgres::PgRow],
+    agent: &str,
+) -> Result<Vec<TaskView>, TaskError> {
+    let mut views = Vec::with_capacity(rows.len());
+    for r in rows {
+        // The row that only counts dead letters has no task.
+        match leased_task(tasks, r, agent) {
+            Ok(Some(view)) => views.push(view),
+            Ok(None) => {}
+            // The others are served; this one returns to the queue when its lease runs
+            // out (and goes to dead letter after the last).
+            Err(e @ TaskError::Pii { .. }) => {
+                tracing::error!(error = %e, "a leased task's contact does not open; not handed out")
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(views)
 }
 
@@ -230,6 +247,9 @@ fn leased_task(
         return Ok(None);
     };
     let history: sqlx::types::Json<Vec<EarlierCall>> = r.try_get("history")?;
+    let sealed: Vec<u8> = r.try_get("contact_enc")?;
+    let contact = crate::sealed::open_task(&tasks.pii, &id.to_string(), &sealed)
+        .map_err(|source| TaskError::Pii { task: id, source })?;
     let view = TaskView {
         id,
         lease_token: r.try_get("lease_token")?,
@@ -244,9 +264,9 @@ fn leased_task(
         city_code: r.try_get("city_code")?,
         promotion: r.try_get("promotion")?,
         customer: Customer {
-            name: r.try_get("customer_name")?,
-            mobile: r.try_get("mobile")?,
-            plate: r.try_get("plate")?,
+            name: contact.customer_name,
+            mobile: contact.mobile,
+            plate: contact.plate,
         },
         expiry_date: r.try_get("expiry_date")?,
         time_zone: r.try_get("time_zone")?,

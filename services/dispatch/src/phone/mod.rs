@@ -40,6 +40,8 @@ pub struct PhoneTasks {
     pub outbox: Outbox,
     pub clock: Clock,
     pub call_hours: Hours,
+    /// Opens the tasks' sealed contacts.
+    pub pii: std::sync::Arc<renewal_platform::pii::PiiCipher>,
     /// Completions being written together.
     completions: std::sync::Arc<outcomes::Completions>,
     /// What a completion needs of the tasks this process leased.
@@ -49,12 +51,19 @@ pub struct PhoneTasks {
 }
 
 impl PhoneTasks {
-    pub fn new(pool: PgPool, outbox: Outbox, clock: Clock, call_hours: Hours) -> Self {
+    pub fn new(
+        pool: PgPool,
+        outbox: Outbox,
+        clock: Clock,
+        call_hours: Hours,
+        pii: std::sync::Arc<renewal_platform::pii::PiiCipher>,
+    ) -> Self {
         PhoneTasks {
             pool,
             outbox,
             clock,
             call_hours,
+            pii,
             completions: Default::default(),
             leased: Default::default(),
             lease_quota: renewal_platform::quotas::Quota::per_second(
@@ -78,6 +87,12 @@ pub enum TaskError {
     Invalid(String),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
+    /// A task's sealed contact does not open (its key is not in the keyring?).
+    #[error("the contact of task {task} does not open: {source}")]
+    Pii {
+        task: Uuid,
+        source: renewal_platform::pii::PiiError,
+    },
     /// Postgres failed for a batch this request was part of.
     #[error("{0}")]
     Unavailable(String),
@@ -93,6 +108,7 @@ impl IntoResponse for TaskError {
             TaskError::Conflict(d) => Problem::new(StatusCode::CONFLICT, "lease_conflict", d),
             TaskError::Invalid(d) => Problem::new(StatusCode::BAD_REQUEST, "invalid_request", d),
             TaskError::Db(e) => Problem::database(&e),
+            e @ TaskError::Pii { .. } => Problem::internal(&e),
             TaskError::Unavailable(e) => Problem::unavailable(&e),
             TaskError::Refused(p) => p,
         };

@@ -610,12 +610,12 @@ async fn write_statement(
              FROM input v
              WHERE t.id = v.id AND t.lease_token = v.token AND t.state IN ('leased', 'withdrawn')
                    AND coalesce(t.leased_by, '') = v.agent_id
-             RETURNING t.id, t.case_id, t.policy_no, t.mobile, v.outcome, v.agent_id, v.completed_at,
+             RETURNING t.id, t.case_id, t.policy_no, v.outcome, v.agent_id, v.completed_at,
                        v.event_id, v.payload, v.traceparent
          ),
          corrected AS (
-             INSERT INTO dispatch.contact_corrections (task_id, case_id, policy_no, mobile, reported_by, reported_at)
-             SELECT id, case_id, policy_no, mobile, agent_id, completed_at FROM done
+             INSERT INTO dispatch.contact_corrections (task_id, case_id, policy_no, reported_by, reported_at)
+             SELECT id, case_id, policy_no, agent_id, completed_at FROM done
              WHERE outcome = 'wrong_number'
              ON CONFLICT DO NOTHING
          ),

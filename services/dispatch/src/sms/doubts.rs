@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
+use renewal_platform::pii::PiiError;
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::sealed;
 use crate::sms::sending::{Claimed, Fence, Sender, SmsState, Verdict, record, retry_or_dead};
 use crate::sms::vendor::SmsVendor;
 
@@ -39,7 +41,7 @@ impl<V: SmsVendor> Sender<V> {
             .collect();
         let mut tx = renewal_platform::postgres::begin_claim(&self.pool).await?;
         let rows = sqlx::query(
-            "SELECT id, case_id, policy_no, stage, template, mobile, template_params, marketing,
+            "SELECT id, case_id, policy_no, stage, template, contact_enc, marketing,
                     attempts, traceparent, sending_on, state
              FROM dispatch.sms_messages
              WHERE state IN ('sending', 'unknown') AND next_attempt_at <= $1 AND id <> ALL($2)
@@ -60,11 +62,15 @@ impl<V: SmsVendor> Sender<V> {
             let claimed = Claimed::read(row)?;
             let day: Option<NaiveDate> = row.try_get("sending_on")?;
             let state: String = row.try_get("state")?;
-            doubts.push((claimed, day, state == SmsState::Sending.as_str()));
+            let sealed: Vec<u8> = row.try_get("contact_enc")?;
+            // Only the number is needed to ask.
+            let mobile =
+                sealed::open_sms(&self.pii, &claimed.id.to_string(), &sealed).map(|c| c.mobile);
+            doubts.push((claimed, mobile, day, state == SmsState::Sending.as_str()));
         }
         let asks: Vec<_> = doubts
             .iter()
-            .map(|(m, day, abandoned)| self.ask(m, *day, *abandoned, now))
+            .map(|(m, mobile, day, abandoned)| self.ask(m, mobile, *day, *abandoned, now))
             .collect();
         let asked: Vec<Verdict> = futures::stream::iter(asks).buffered(ASKING).collect().await;
         let verdicts: Vec<(Claimed, Verdict)> =
@@ -82,12 +88,27 @@ impl<V: SmsVendor> Sender<V> {
     async fn ask(
         &self,
         m: &Claimed,
+        mobile: &Result<String, PiiError>,
         day: Option<NaiveDate>,
         abandoned: bool,
         now: DateTime<Utc>,
     ) -> Verdict {
+        let later = now
+            + chrono::TimeDelta::from_std(self.ask_after.max(Duration::from_secs(5)))
+                .unwrap_or_default();
+        let mobile = match mobile {
+            Ok(mobile) => mobile,
+            // Never sent again unasked: asked again later (once the keyring has its key).
+            Err(e) => {
+                tracing::error!(message_id = %m.id, error = %e, "an SMS in doubt's sealed contact does not open");
+                return Verdict::Unknown(
+                    later,
+                    format!("cannot ask the vendor: the contact does not open: {e}"),
+                );
+            }
+        };
         let day = day.unwrap_or_else(|| crate::sms::sending::vendor_day(now));
-        match self.vendor.query(&m.mobile, &m.id.to_string(), day).await {
+        match self.vendor.query(mobile, &m.id.to_string(), day).await {
             Ok(Some(found)) => {
                 tracing::info!(message_id = %m.id, status = found.status, "the vendor had the message in doubt: sent");
                 metrics::counter!("sms_doubts_settled_total", "found" => "yes").increment(1);
@@ -103,11 +124,7 @@ impl<V: SmsVendor> Sender<V> {
                 metrics::counter!("sms_doubts_settled_total", "found" => "no").increment(1);
                 retry_or_dead(m.attempts, now, "the vendor never took it".into())
             }
-            Err(e) => Verdict::Unknown(
-                now + chrono::TimeDelta::from_std(self.ask_after.max(Duration::from_secs(5)))
-                    .unwrap_or_default(),
-                format!("cannot ask the vendor: {e}"),
-            ),
+            Err(e) => Verdict::Unknown(later, format!("cannot ask the vendor: {e}")),
         }
     }
 }

@@ -28,6 +28,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct Webhook {
     pub pool: PgPool,
+    /// Seals the replies and opt-outs, and indexes their numbers.
+    pub pii: std::sync::Arc<renewal_platform::pii::PiiCipher>,
     pub outbox: Outbox,
     pub clock: Clock,
     /// The tokens a push may carry: the current one and, while rotating, the last.
@@ -145,6 +147,9 @@ pub(crate) enum WebhookError {
     Malformed(String),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
+    /// A reply or an opt-out could not be sealed (the random source failed).
+    #[error("sealing failed: {0}")]
+    Pii(#[from] renewal_platform::pii::PiiError),
 }
 
 impl IntoResponse for WebhookError {
@@ -157,11 +162,15 @@ impl IntoResponse for WebhookError {
                 tracing::error!(error = %e, "recording receipts failed; the vendor will retry");
                 (StatusCode::SERVICE_UNAVAILABLE, 503)
             }
+            WebhookError::Pii(e) => {
+                tracing::error!(error = %e, "sealing replies failed; the vendor will retry");
+                (StatusCode::SERVICE_UNAVAILABLE, 503)
+            }
         };
         metrics::counter!("webhook_rejects_total", "status" => status.as_str().to_owned())
             .increment(1);
         let msg = match self {
-            WebhookError::Db(_) => "temporarily unavailable".to_owned(),
+            WebhookError::Db(_) | WebhookError::Pii(_) => "temporarily unavailable".to_owned(),
             other => other.to_string(),
         };
         (

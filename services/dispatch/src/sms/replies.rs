@@ -3,17 +3,23 @@
 //! `T`, `退订`, `N` or `STOP` (any case, full-width or padded) opts the number out of
 //! marketing SMS at once (the sender re-checks before every send) and publishes
 //! `dispatch.sms.opted_out` once per number. Every reply is kept once, however often
-//! the vendor repeats it.
+//! the vendor repeats it: number and text sealed, told apart by the number's blind
+//! index and a keyed digest of the text. An opt-out is kept once per number, found
+//! under every key of the keyring.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use chrono::{DateTime, Utc};
 use renewal_contract::dispatch::SmsOptedOut;
 use renewal_contract::subject;
+use renewal_platform::pii::PiiCipher;
 use serde::Deserialize;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::receipts::{Webhook, WebhookError};
+use crate::sealed::{self, ReplyText};
 
 /// The keywords that opt a customer out, after [`normalize`].
 const OPT_OUT_WORDS: &[&str] = &["TD", "T", "退订", "N", "STOP"];
@@ -89,55 +95,26 @@ pub(crate) async fn up(
 }
 
 /// Records a batch in one transaction; returns how many numbers opted out now.
-async fn record(hook: &Webhook, replies: &[SmsUp]) -> Result<usize, sqlx::Error> {
+async fn record(hook: &Webhook, replies: &[SmsUp]) -> Result<usize, WebhookError> {
     let now = hook.clock.now();
     let mut tx = hook.pool.begin().await?;
     let mut opted_out = 0;
     for r in replies {
-        let national = national(&r.phone_number);
-        let e164 = format!("+86{national}");
+        let e164 = format!("+86{}", national(&r.phone_number));
         let opt_out = is_opt_out(&r.content);
-        let sequence = match &r.sequence_id {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        };
-        let fresh = sqlx::query(
-            "INSERT INTO dispatch.sms_replies (mobile, content, send_time, sequence_id, opt_out, received_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (mobile, send_time, sequence_id, content) DO NOTHING",
-        )
-        .bind(&e164)
-        .bind(&r.content)
-        .bind(&r.send_time)
-        .bind(&sequence)
-        .bind(opt_out)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if fresh == 0 || !opt_out {
+        let fresh = keep(&mut tx, &hook.pii, r, &e164, opt_out, now).await?;
+        if !fresh || !opt_out {
             continue;
         }
-        // Both spellings our commands use, so the sender's check matches either.
-        let first = sqlx::query(
-            "INSERT INTO dispatch.opt_outs (mobile, opted_out_at) VALUES ($1, $3), ($2, $3)
-             ON CONFLICT (mobile) DO NOTHING",
-        )
-        .bind(&e164)
-        .bind(national)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if first == 0 {
+        if !note_opt_out(&mut tx, &hook.pii, &e164, now).await? {
             continue; // this number had opted out already
         }
+        // Every spelling of the number is indexed as its E.164 form; every key of the
+        // keyring is asked for (rows not re-sealed yet during a rotation).
         let cases: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT DISTINCT case_id FROM dispatch.sms_messages WHERE mobile IN ($1, $2) LIMIT 100",
+            "SELECT DISTINCT case_id FROM dispatch.sms_messages WHERE mobile_index = ANY($1) LIMIT 100",
         )
-        .bind(&e164)
-        .bind(national)
+        .bind(hook.pii.blind_indexes_bytes(&e164))
         .fetch_all(&mut *tx)
         .await?;
         let event = SmsOptedOut {
@@ -154,6 +131,72 @@ async fn record(hook: &Webhook, replies: &[SmsUp]) -> Result<usize, sqlx::Error>
     }
     tx.commit().await?;
     Ok(opted_out)
+}
+
+/// Keeps a reply (number and text sealed), once however often the vendor pushes it;
+/// whether it is new.
+async fn keep(
+    tx: &mut PgConnection,
+    pii: &PiiCipher,
+    r: &SmsUp,
+    e164: &str,
+    opt_out: bool,
+    now: DateTime<Utc>,
+) -> Result<bool, WebhookError> {
+    let sequence = match &r.sequence_id {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let id = Uuid::now_v7();
+    let text = ReplyText {
+        mobile: e164.to_owned(),
+        content: r.content.clone(),
+    };
+    let fresh = sqlx::query(
+        "INSERT INTO dispatch.sms_replies (id, mobile_index, content_digest, reply_enc, send_time, sequence_id,
+             opt_out, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (mobile_index, send_time, sequence_id, content_digest) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&pii.blind_index(e164)[..])
+    .bind(&pii.digest(&[&r.content])[..])
+    .bind(sealed::seal_reply(pii, &id.to_string(), &text)?)
+    .bind(&r.send_time)
+    .bind(&sequence)
+    .bind(opt_out)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(fresh > 0)
+}
+
+/// Opts a number out, once: not if it is already out under any key of the keyring.
+/// Whether it is new.
+async fn note_opt_out(
+    tx: &mut PgConnection,
+    pii: &PiiCipher,
+    e164: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, WebhookError> {
+    let id = Uuid::now_v7();
+    let first = sqlx::query(
+        "INSERT INTO dispatch.opt_outs (id, mobile_index, mobile_enc, opted_out_at)
+         SELECT $1, $2, $3, $4
+         WHERE NOT EXISTS (SELECT 1 FROM dispatch.opt_outs WHERE mobile_index = ANY($5))
+         ON CONFLICT (mobile_index) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&pii.blind_index(e164)[..])
+    .bind(sealed::seal_opt_out(pii, &id.to_string(), e164)?)
+    .bind(now)
+    .bind(pii.blind_indexes_bytes(e164))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(first > 0)
 }
 
 #[cfg(test)]

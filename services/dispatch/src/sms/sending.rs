@@ -3,6 +3,7 @@
 //! 1. **Claim**: a batch of due messages is taken with `FOR UPDATE SKIP LOCKED`, checked
 //!    against what must never happen (closed case, opted-out customer, night time), and
 //!    the rest are committed as `sending` with their attempt counted, before any call.
+//!    Only those have their sealed contact opened (one open per SMS sent).
 //! 2. **Hand over**: [`IN_FLIGHT`] at a time (paced by the vendor's QPS; in any order, so
 //!    a slow answer holds back no other request). Right before each call the message is
 //!    checked again against the renewals and opt-outs noted since the claim
@@ -29,6 +30,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use renewal_contract::dispatch::{SmsStatus, SmsStatusChanged};
 use renewal_contract::subject;
+use renewal_platform::pii::{BlindIndex, PiiCipher, PiiError};
 use renewal_platform::{Clock, Outbox, local_date, local_instant};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Hours;
+use crate::sealed::{self, SmsContact};
 use crate::sms::stops::{Stop, Stops};
 use crate::sms::templates;
 use crate::sms::vendor::{SmsRequest, SmsVendor, VendorError};
@@ -54,6 +57,8 @@ pub struct Sender<V> {
     pub clock: Clock,
     pub vendor: V,
     pub hours: Hours,
+    /// Opens the messages' sealed contacts (only those handed over).
+    pub pii: Arc<PiiCipher>,
     /// Renewals and opt-outs noted since a batch was claimed.
     pub stops: Stops,
     /// The vendor's timeout (a call takes no longer).
@@ -189,8 +194,6 @@ pub(crate) struct Claimed {
     pub policy_no: String,
     pub stage: String,
     pub template: String,
-    pub mobile: String,
-    pub params: serde_json::Value,
     pub marketing: bool,
     /// Attempts made, this one included once it is claimed for sending.
     pub attempts: i32,
@@ -206,13 +209,44 @@ impl Claimed {
             policy_no: row.try_get("policy_no")?,
             stage: row.try_get("stage")?,
             template: row.try_get("template")?,
-            mobile: row.try_get("mobile")?,
-            params: row.try_get("template_params")?,
             marketing: row.try_get("marketing")?,
             attempts: row.try_get("attempts")?,
             traceparent: row.try_get("traceparent")?,
         })
     }
+}
+
+/// A claimed message to hand over, its contact opened.
+pub(crate) struct ToSend {
+    pub m: Claimed,
+    pub contact: SmsContact,
+    /// A marketing message's number under every key of the keyring (checked against
+    /// the opt-outs); empty for a notice.
+    pub indexes: Vec<BlindIndex>,
+}
+
+/// Opens a claimed message's contact, with a marketing message's number under every
+/// key of the keyring.
+fn open_contact(
+    pii: &PiiCipher,
+    m: &Claimed,
+    sealed: &[u8],
+) -> Result<(SmsContact, Vec<BlindIndex>), PiiError> {
+    let contact = sealed::open_sms(pii, &m.id.to_string(), sealed).inspect_err(|e| {
+        tracing::error!(message_id = %m.id, error = %e, "an SMS's sealed contact does not open");
+    })?;
+    let indexes = if m.marketing {
+        pii.blind_indexes(&sealed::e164(&contact.mobile))
+    } else {
+        Vec::new()
+    };
+    Ok((contact, indexes))
+}
+
+/// A contact that does not open (its key is not in the keyring, or it was damaged)
+/// can never be sent.
+fn unreadable(e: PiiError) -> Verdict {
+    Verdict::Failed("sealed_contact_unreadable".into(), e.to_string())
 }
 
 pub(crate) enum Verdict {
@@ -253,7 +287,7 @@ impl<V: SmsVendor> Sender<V> {
         let sends: Vec<_> = to_send
             .iter()
             .enumerate()
-            .map(|(i, m)| async move { (i, self.hand_over(m, now).await) })
+            .map(|(i, t)| async move { (i, self.hand_over(t, now).await) })
             .collect();
         // Unordered, so one slow answer does not hold back the requests behind it.
         let mut outcomes: Vec<(usize, Verdict)> = futures::stream::iter(sends)
@@ -261,9 +295,10 @@ impl<V: SmsVendor> Sender<V> {
             .collect()
             .await;
         outcomes.sort_by_key(|(i, _)| *i);
-        let ids: Vec<Uuid> = to_send.iter().map(|m| m.id).collect();
+        let ids: Vec<Uuid> = to_send.iter().map(|t| t.m.id).collect();
         let verdicts: Vec<(Claimed, Verdict)> = to_send
             .into_iter()
+            .map(|t| t.m)
             .zip(outcomes.into_iter().map(|(_, v)| v))
             .collect();
         let recorded = self.record_answers(&verdicts, now).await;
@@ -304,14 +339,15 @@ impl<V: SmsVendor> Sender<V> {
     }
 
     /// Claims due messages; records those that must not or cannot go now, and commits
-    /// the rest as `sending`. Returns how many it claimed, and those to hand over.
-    async fn claim(&self, now: DateTime<Utc>) -> Result<(usize, Vec<Claimed>), sqlx::Error> {
+    /// the rest as `sending`, their contacts opened. Returns how many it claimed, and
+    /// those to hand over.
+    async fn claim(&self, now: DateTime<Utc>) -> Result<(usize, Vec<ToSend>), sqlx::Error> {
         let mut tx = renewal_platform::postgres::begin_claim(&self.pool).await?;
         let rows = sqlx::query(
-            "SELECT m.id, m.case_id, m.policy_no, m.stage, m.template, m.mobile, m.template_params, m.time_zone,
+            "SELECT m.id, m.case_id, m.policy_no, m.stage, m.template, m.contact_enc, m.time_zone,
                     m.marketing, m.attempts, m.traceparent,
                     EXISTS (SELECT 1 FROM dispatch.closed_cases c WHERE c.case_id = m.case_id) AS case_closed,
-                    EXISTS (SELECT 1 FROM dispatch.opt_outs o WHERE o.mobile = m.mobile) AS opted_out
+                    EXISTS (SELECT 1 FROM dispatch.opt_outs o WHERE o.mobile_index = m.mobile_index) AS opted_out
              FROM dispatch.sms_messages m
              WHERE m.state = 'queued' AND m.next_attempt_at <= $1
              ORDER BY m.next_attempt_at
@@ -325,21 +361,25 @@ impl<V: SmsVendor> Sender<V> {
         let mut to_send = Vec::new();
         let mut verdicts = Vec::new();
         for row in &rows {
-            let mut claimed = Claimed::read(row)?;
-            let tz: chrono_tz::Tz = row
-                .try_get::<String, _>("time_zone")?
-                .parse()
-                .unwrap_or(chrono_tz::Asia::Shanghai);
-            if row.try_get::<bool, _>("case_closed")? {
-                verdicts.push((claimed, Verdict::Suppressed(SmsState::Withdrawn)));
-            } else if claimed.marketing && row.try_get::<bool, _>("opted_out")? {
-                verdicts.push((claimed, Verdict::Suppressed(SmsState::Suppressed)));
-            } else if let Some(later) = next_allowed(now, tz, self.hours) {
-                verdicts.push((claimed, Verdict::Deferred(later)));
-            } else {
-                claimed.attempts += 1;
-                to_send.push(claimed);
+            let claimed = Claimed::read(row)?;
+            match self.triage(row, &claimed, now)? {
+                Some(verdict) => verdicts.push((claimed, verdict)),
+                // Only what goes now is opened.
+                None => match open_contact(&self.pii, &claimed, row.try_get("contact_enc")?) {
+                    Ok((contact, indexes)) => to_send.push(ToSend {
+                        m: claimed,
+                        contact,
+                        indexes,
+                    }),
+                    Err(e) => verdicts.push((claimed, unreadable(e))),
+                },
             }
+        }
+        if to_send.iter().any(|t| t.indexes.len() > 1) {
+            to_send = opted_out_under_older_keys(&mut tx, to_send, &mut verdicts).await?;
+        }
+        for t in &mut to_send {
+            t.m.attempts += 1;
         }
         record(&mut tx, &self.outbox, &verdicts, now, Fence::Locked).await?;
         if !to_send.is_empty() {
@@ -353,7 +393,7 @@ impl<V: SmsVendor> Sender<V> {
                  SET state = 'sending', attempts = attempts + 1, next_attempt_at = $2, sending_on = $3
                  WHERE id = ANY($1)",
             )
-            .bind(to_send.iter().map(|m| m.id).collect::<Vec<_>>())
+            .bind(to_send.iter().map(|t| t.m.id).collect::<Vec<_>>())
             .bind(abandoned)
             .bind(vendor_day(now))
             .execute(&mut *tx)
@@ -363,8 +403,29 @@ impl<V: SmsVendor> Sender<V> {
         self.in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(to_send.iter().map(|m| m.id));
+            .extend(to_send.iter().map(|t| t.m.id));
         Ok((rows.len(), to_send))
+    }
+
+    /// What must happen instead of sending a claimed message now, if anything: its
+    /// case closed, its number opted out (a marketing message), or night time.
+    fn triage(
+        &self,
+        row: &sqlx::postgres::PgRow,
+        claimed: &Claimed,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Verdict>, sqlx::Error> {
+        let tz: chrono_tz::Tz = row
+            .try_get::<String, _>("time_zone")?
+            .parse()
+            .unwrap_or(chrono_tz::Asia::Shanghai);
+        Ok(if row.try_get::<bool, _>("case_closed")? {
+            Some(Verdict::Suppressed(SmsState::Withdrawn))
+        } else if claimed.marketing && row.try_get::<bool, _>("opted_out")? {
+            Some(Verdict::Suppressed(SmsState::Suppressed))
+        } else {
+            next_allowed(now, tz, self.hours).map(Verdict::Deferred)
+        })
     }
 
     fn release(&self, ids: &[Uuid]) {
@@ -376,7 +437,8 @@ impl<V: SmsVendor> Sender<V> {
 
     /// Hands one message to the vendor, unless a renewal or an opt-out came since the
     /// claim; what the vendor's answer means for the message.
-    async fn hand_over(&self, m: &Claimed, now: DateTime<Utc>) -> Verdict {
+    async fn hand_over(&self, t: &ToSend, now: DateTime<Utc>) -> Verdict {
+        let m = &t.m;
         let Some(template) = templates::find(&m.template) else {
             return Verdict::Failed(
                 "unknown_template".into(),
@@ -391,7 +453,7 @@ impl<V: SmsVendor> Sender<V> {
         if !self.stops.fresh() {
             return Verdict::Requeued(now, "renewals and opt-outs could not be read");
         }
-        match self.stops.stop_for(m.case_id, &m.mobile, m.marketing) {
+        match self.stops.stop_for(m.case_id, &t.indexes, m.marketing) {
             Some(Stop::CaseClosed) => return Verdict::Stopped(SmsState::Withdrawn),
             Some(Stop::OptedOut) => return Verdict::Stopped(SmsState::Suppressed),
             None => {}
@@ -399,9 +461,9 @@ impl<V: SmsVendor> Sender<V> {
         let out_id = m.id.to_string();
         let request = SmsRequest {
             out_id: &out_id,
-            mobile: &m.mobile,
+            mobile: &t.contact.mobile,
             template_code: template.code,
-            template_params: &m.params,
+            template_params: &t.contact.template_params,
         };
         match self.vendor.send(request).await {
             Ok(accepted) => Verdict::Sent(accepted.vendor_message_id),
@@ -413,6 +475,42 @@ impl<V: SmsVendor> Sender<V> {
             ),
         }
     }
+}
+
+/// While the keyring has several keys (a rotation under way), a message and an opt-out
+/// of one number may be indexed under different keys, which the claim's comparison of
+/// the stored indexes misses: the marketing messages to send are looked up again under
+/// every key (one more query per batch, during a rotation only). Returns those still
+/// to send; the others are suppressed.
+async fn opted_out_under_older_keys(
+    tx: &mut PgConnection,
+    to_send: Vec<ToSend>,
+    verdicts: &mut Vec<(Claimed, Verdict)>,
+) -> Result<Vec<ToSend>, sqlx::Error> {
+    let all: Vec<Vec<u8>> = to_send
+        .iter()
+        .flat_map(|t| t.indexes.iter().map(|i| i.to_vec()))
+        .collect();
+    let found: HashSet<Vec<u8>> = sqlx::query_scalar(
+        "SELECT mobile_index FROM dispatch.opt_outs WHERE mobile_index = ANY($1)",
+    )
+    .bind(&all)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    if found.is_empty() {
+        return Ok(to_send);
+    }
+    let mut still = Vec::with_capacity(to_send.len());
+    for t in to_send {
+        if t.indexes.iter().any(|i| found.contains(&i[..])) {
+            verdicts.push((t.m, Verdict::Suppressed(SmsState::Suppressed)));
+        } else {
+            still.push(t);
+        }
+    }
+    Ok(still)
 }
 
 /// After an attempt the vendor did not take: again later, or dead after the last.

@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use renewal_platform::pii::BlindIndex;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -32,12 +33,17 @@ const KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 #[derive(Default)]
 struct Noted {
     cases: HashMap<Uuid, DateTime<Utc>>,
-    mobiles: HashMap<String, DateTime<Utc>>,
+    /// Opted-out numbers by blind index (as `opt_outs` keeps them).
+    mobiles: HashMap<BlindIndex, DateTime<Utc>>,
     /// When the set last matched the database (None before the first read).
     read_at: Option<Instant>,
     /// The latest `noted_at` read, in the database's time.
     latest: Option<DateTime<Utc>>,
 }
+
+/// A stop as read: a closed case or an opted-out number's blind index, and when it
+/// was noted.
+type StopRow = (Option<Uuid>, Option<Vec<u8>>, DateTime<Utc>);
 
 /// What a claimed message must be checked against before its vendor call.
 #[derive(Clone, Default)]
@@ -71,13 +77,14 @@ impl Stops {
         true
     }
 
-    /// Whether a message to `mobile` for `case_id` must not go out now. An opt-out
-    /// stops marketing only (a transactional notice still goes).
-    pub fn stop_for(&self, case_id: Uuid, mobile: &str, marketing: bool) -> Option<Stop> {
+    /// Whether a message for `case_id` to the number with these blind indexes (under
+    /// every key of the keyring) must not go out now. An opt-out stops marketing only
+    /// (a transactional notice still goes).
+    pub fn stop_for(&self, case_id: Uuid, mobile: &[BlindIndex], marketing: bool) -> Option<Stop> {
         let noted = self.noted.read().unwrap_or_else(|e| e.into_inner());
         if noted.cases.contains_key(&case_id) {
             Some(Stop::CaseClosed)
-        } else if marketing && noted.mobiles.contains_key(mobile) {
+        } else if marketing && mobile.iter().any(|i| noted.mobiles.contains_key(i)) {
             Some(Stop::OptedOut)
         } else {
             None
@@ -91,11 +98,11 @@ impl Stops {
             let noted = self.noted.read().unwrap_or_else(|e| e.into_inner());
             noted.latest.map(|l| l - OVERLAP)
         };
-        let rows: Vec<(Option<Uuid>, Option<String>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT case_id, NULL::text, noted_at FROM dispatch.closed_cases
+        let rows: Vec<StopRow> = sqlx::query_as(
+            "SELECT case_id, NULL::bytea, noted_at FROM dispatch.closed_cases
              WHERE noted_at > coalesce($1, now() - $2::interval)
              UNION ALL
-             SELECT NULL::uuid, mobile, noted_at FROM dispatch.opt_outs
+             SELECT NULL::uuid, mobile_index, noted_at FROM dispatch.opt_outs
              WHERE noted_at > coalesce($1, now() - $2::interval)",
         )
         .bind(since)
@@ -107,8 +114,8 @@ impl Stops {
             noted.latest = Some(noted.latest.map_or(at, |l| l.max(at)));
             if let Some(case_id) = case_id {
                 noted.cases.insert(case_id, at);
-            } else if let Some(mobile) = mobile {
-                noted.mobiles.insert(mobile, at);
+            } else if let Some(index) = mobile.and_then(|m| BlindIndex::try_from(m).ok()) {
+                noted.mobiles.insert(index, at);
             }
         }
         if let Some(latest) = noted.latest {

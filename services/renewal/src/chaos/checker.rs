@@ -256,13 +256,24 @@ async fn read_stops(pool: &PgPool) -> Result<(Stops<Uuid>, Stops<String>), sqlx:
     .await?
     .into_iter()
     .collect();
-    let opt_outs = sqlx::query_as::<_, (String, DateTime<Utc>)>(sqlx::AssertSqlSafe(format!(
-        "SELECT mobile, {noted} FROM dispatch.opt_outs"
+    // Numbers are sealed (the cluster runs with the demo's key): opened to compare
+    // with the vendor's log.
+    let rows = sqlx::query_as::<_, (Uuid, Vec<u8>, DateTime<Utc>)>(sqlx::AssertSqlSafe(format!(
+        "SELECT id, mobile_enc, {noted} FROM dispatch.opt_outs"
     )))
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
+    .await?;
+    let pii = renewal_platform::pii::PiiCipher::for_service(
+        &secrecy::SecretString::from(crate::simulation::DEMO_PII_KEY),
+        "dispatch",
+    )
+    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let mut opt_outs = HashMap::with_capacity(rows.len());
+    for (id, sealed, at) in rows {
+        let mobile = renewal_dispatch::sealed::open_opt_out(&pii, &id.to_string(), &sealed)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        opt_outs.insert(mobile, at);
+    }
     Ok((closed, opt_outs))
 }
 
@@ -546,7 +557,7 @@ fn after_stop(t: &Tables, leases: &[(String, String, DateTime<Utc>)]) -> Vec<ser
             found.push(json!({"contact": "sms", "out_id": v.out_id, "case_id": m.case_id, "after": "renewal", "late_ms": gap(v.received_at, stop)}));
         } else if let Some(stop) = t
             .opt_outs
-            .get(&v.phone)
+            .get(&renewal_dispatch::sealed::e164(&v.phone))
             .filter(|s| m.marketing && late(v.received_at, Some(s)))
         {
             found.push(json!({"contact": "sms", "out_id": v.out_id, "case_id": m.case_id, "after": "opt_out", "late_ms": gap(v.received_at, stop)}));

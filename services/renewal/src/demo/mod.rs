@@ -5,6 +5,7 @@
 pub mod badges;
 pub mod branch_staff;
 pub mod call_center;
+pub mod clear_at_rest;
 pub mod funnel;
 pub mod portfolio;
 
@@ -141,6 +142,7 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     let sim = Simulation::start(
         SimOptions {
             database_url: args.database_url.clone(),
+            pii_keys: SecretString::from(crate::simulation::DEMO_PII_KEY),
             nats_url: args.nats_url.clone(),
             prefix: args.prefix.clone(),
             fresh,
@@ -274,7 +276,15 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     sqlx::query("UPDATE demo.progress SET finished = true WHERE id = 1")
         .execute(&pool)
         .await?;
-    let report = funnel::measure(&sim, args.seed, args.days, &args.start.to_string()).await?;
+    let mut report = funnel::measure(&sim, args.seed, args.days, &args.start.to_string()).await?;
+    let staff: std::collections::HashSet<String> = portfolio::org(args.policies)
+        .into_iter()
+        .map(|a| a.agent_name)
+        .collect();
+    let clear = clear_at_rest::scan(&args.database_url, &customers, &staff)
+        .await
+        .map_err(|e| SimError::Other(format!("searching the schemas for personal data: {e}")))?;
+    report.clear_at_rest(clear);
     sim.stop().await?;
     Ok(report)
 }
