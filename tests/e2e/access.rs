@@ -638,17 +638,8 @@ P2,点击 bit.ly/x 领奖,13812345679,11010519491231002X,沪AD12346,LSVAU218XN21
         .expect("Retry-After in seconds");
     assert!((1..=60).contains(&wait), "{wait}");
     // A release can put a task off at most 60 days.
-    sqlx::query(
-        "INSERT INTO dispatch.phone_tasks (id, case_id, policy_no, stage, queue, branch_code, city_code,
-             customer_name, mobile, plate, expiry_date, time_zone, days_to_expiry, available_at, created_at)
-         SELECT gen_random_uuid(), gen_random_uuid(), 'PL' || i, 'T-15', 'campaign', 'SH01', '310000',
-                '王芳', '+8613812345678', '沪AD12345', '2027-02-15', 'Asia/Shanghai', 15, $1, $1
-         FROM generate_series(1, 250) i",
-    )
-    .bind(sim.now())
-    .execute(sim.pool())
-    .await
-    .expect("tasks");
+    let policy_nos: Vec<String> = (1..=250).map(|i| format!("PL{i}")).collect();
+    renewal_e2e::insert_campaign_tasks(sim.pool(), &policy_nos, sim.now()).await;
     let desk = system.client(&Grant::role(CallCenter));
     let lease_url = system.url("/v1/phone-tasks:lease");
     let lease = |max: i64| {

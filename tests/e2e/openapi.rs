@@ -121,16 +121,7 @@ async fn the_documents_validate_and_a_generated_client_claims_and_leases() {
         .await
         .expect("published");
     sim.advance_to(local("2026-12-01", 10)).await.expect("time");
-    sqlx::query(
-        "INSERT INTO dispatch.phone_tasks (id, case_id, policy_no, stage, queue, branch_code, city_code,
-             customer_name, mobile, plate, expiry_date, time_zone, days_to_expiry, available_at, created_at)
-         VALUES (gen_random_uuid(), gen_random_uuid(), 'P1', 'T-15', 'campaign', 'SH01', '310000',
-                 '王芳', '+8613812345678', '沪AD12345', '2027-02-15', 'Asia/Shanghai', 15, $1, $1)",
-    )
-    .bind(sim.now())
-    .execute(sim.pool())
-    .await
-    .expect("a campaign task");
+    renewal_e2e::insert_campaign_tasks(sim.pool(), &["P1".to_owned()], sim.now()).await;
 
     let bin = tools();
     let dir = std::env::temp_dir().join(format!("renewal-openapi-{}", system.name));

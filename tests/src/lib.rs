@@ -288,3 +288,38 @@ pub async fn get_json_with(http: &reqwest::Client, url: &str) -> (u16, serde_jso
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or_default())
 }
+
+/// Puts `policy_nos.len()` open campaign tasks (T-15, branch SH01) in dispatch's queue
+/// directly, each with its contact sealed as dispatch seals it.
+pub async fn insert_campaign_tasks(pool: &sqlx::PgPool, policy_nos: &[String], at: DateTime<Utc>) {
+    let pii = renewal_platform::pii::PiiCipher::for_service(
+        &SecretString::from(renewal::simulation::DEMO_PII_KEY),
+        "dispatch",
+    )
+    .expect("the demo key");
+    let contact = renewal_dispatch::sealed::TaskContact {
+        customer_name: "王芳".into(),
+        mobile: "+8613812345678".into(),
+        plate: "沪AD12345".into(),
+    };
+    let ids: Vec<uuid::Uuid> = policy_nos.iter().map(|_| uuid::Uuid::new_v4()).collect();
+    let sealed: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| renewal_dispatch::sealed::seal_task(&pii, &id.to_string(), &contact))
+        .collect::<Result<_, _>>()
+        .expect("seals");
+    sqlx::query(
+        "INSERT INTO dispatch.phone_tasks (id, case_id, policy_no, stage, queue, branch_code, city_code,
+             contact_enc, expiry_date, time_zone, days_to_expiry, available_at, created_at)
+         SELECT u.id, gen_random_uuid(), u.policy_no, 'T-15', 'campaign', 'SH01', '310000',
+                u.contact_enc, '2027-02-15', 'Asia/Shanghai', 15, $4, $4
+         FROM unnest($1::uuid[], $2::text[], $3::bytea[]) AS u(id, policy_no, contact_enc)",
+    )
+    .bind(&ids)
+    .bind(policy_nos)
+    .bind(&sealed)
+    .bind(at)
+    .execute(pool)
+    .await
+    .expect("campaign tasks");
+}
