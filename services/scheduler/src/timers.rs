@@ -573,6 +573,7 @@ fn phone_task(
     contact: Contact,
     now: DateTime<Utc>,
 ) -> Result<(&'static str, Vec<u8>), sqlx::Error> {
+    let (branch_code, city_code) = org_codes(row)?;
     let queue_raw: Option<String> = row.try_get("queue")?;
     let queue = queue_of(queue_raw.as_deref(), c.owner.as_deref());
     let days = c.expiry.map_or(0, |e| {
@@ -586,12 +587,8 @@ fn phone_task(
         stage: c.stage,
         queue: queue as i32,
         owner_agent: c.owner.unwrap_or_default(),
-        branch_code: row
-            .try_get::<Option<String>, _>("branch_code")?
-            .unwrap_or_default(),
-        city_code: row
-            .try_get::<Option<String>, _>("city_code")?
-            .unwrap_or_default(),
+        branch_code,
+        city_code,
         promotion: row.try_get("promotion")?,
         customer_name: contact.name,
         mobile: contact.mobile,
@@ -606,7 +603,17 @@ fn phone_task(
     ))
 }
 
+/// The case's branch and city (empty for a case recorded without them).
+fn org_codes(row: &PgRow) -> Result<(String, String), sqlx::Error> {
+    let code = |column| {
+        row.try_get::<Option<String>, _>(column)
+            .map(Option::unwrap_or_default)
+    };
+    Ok((code("branch_code")?, code("city_code")?))
+}
+
 fn supervisor_alert(c: Claimed, row: &PgRow) -> Result<(&'static str, Vec<u8>), sqlx::Error> {
+    let (branch_code, city_code) = org_codes(row)?;
     let alert = SupervisorAlert {
         alert_id: c.id.to_string(),
         case_id: c.case_id.to_string(),
@@ -614,12 +621,8 @@ fn supervisor_alert(c: Claimed, row: &PgRow) -> Result<(&'static str, Vec<u8>), 
         policy_no: c.policy_no,
         stage: c.stage,
         owner_agent: c.owner.unwrap_or_default(),
-        branch_code: row
-            .try_get::<Option<String>, _>("branch_code")?
-            .unwrap_or_default(),
-        city_code: row
-            .try_get::<Option<String>, _>("city_code")?
-            .unwrap_or_default(),
+        branch_code,
+        city_code,
         due_at_ms: c.due_at.timestamp_millis(),
     };
     Ok((

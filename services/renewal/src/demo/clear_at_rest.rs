@@ -82,6 +82,21 @@ pub async fn scan(
     count(&out.stdout, customers, staff_names)
 }
 
+/// Hits per table after the demo's season: its customers, its organisation's staff.
+pub async fn of_demo(
+    database_url: &SecretString,
+    customers: &[Customer],
+    policies: usize,
+) -> Result<BTreeMap<String, i64>, crate::simulation::SimError> {
+    let staff: HashSet<String> = crate::demo::portfolio::org(policies)
+        .into_iter()
+        .map(|a| a.agent_name)
+        .collect();
+    scan(database_url, customers, &staff).await.map_err(|e| {
+        crate::simulation::SimError::Other(format!("searching the schemas for personal data: {e}"))
+    })
+}
+
 /// Hits per table in a dump's text.
 pub fn count(
     dump: &[u8],

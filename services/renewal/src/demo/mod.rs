@@ -277,14 +277,9 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         .execute(&pool)
         .await?;
     let mut report = funnel::measure(&sim, args.seed, args.days, &args.start.to_string()).await?;
-    let staff: std::collections::HashSet<String> = portfolio::org(args.policies)
-        .into_iter()
-        .map(|a| a.agent_name)
-        .collect();
-    let clear = clear_at_rest::scan(&args.database_url, &customers, &staff)
-        .await
-        .map_err(|e| SimError::Other(format!("searching the schemas for personal data: {e}")))?;
-    report.clear_at_rest(clear);
+    report.clear_at_rest(
+        clear_at_rest::of_demo(&args.database_url, &customers, args.policies).await?,
+    );
     sim.stop().await?;
     Ok(report)
 }
