@@ -6,8 +6,10 @@
 //! waited on for long), opens each value under the key it names, seals it again under
 //! the newest, recomputes its blind index, and commits. The work left is the rows whose
 //! first byte (the key version) is not the newest, so an interrupted rotation resumes
-//! where it stopped by being run again. A value no listed key opens stops the rotation
-//! with its place: the old key is missing from the keyring.
+//! where it stopped by being run again. Rows a service holds locked are waited for
+//! (up to a minute) before a column counts as done, so a finished rotation leaves
+//! nothing under an older key. A value no listed key opens stops the rotation with its
+//! place: the old key is missing from the keyring.
 
 use sqlx::{PgPool, Row};
 
@@ -51,7 +53,19 @@ pub enum ResealError {
     },
     #[error("sealing failed: {0}")]
     Seal(PiiError),
+    #[error(
+        "{rows} rows of {table}.{column} stayed locked by a service for {LOCKED_PATIENCE:?}; run the rotation again"
+    )]
+    StillLocked {
+        table: &'static str,
+        column: &'static str,
+        rows: u64,
+    },
 }
+
+/// How long a rotation waits for rows a service holds locked, and between looks.
+const LOCKED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+const LOCKED_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How far one column has come.
 #[derive(Debug, Clone, Copy)]
@@ -71,17 +85,22 @@ pub async fn stale(
 ) -> Result<Vec<(SealedColumn, u64)>, sqlx::Error> {
     let mut out = Vec::with_capacity(columns.len());
     for c in columns {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM {t} WHERE length({c}) > 0 AND get_byte({c}, 0) <> $1",
-            t = c.table,
-            c = c.column
-        )))
-        .bind(i32::from(pii.newest_version()))
-        .fetch_one(pool)
-        .await?;
-        out.push((*c, n as u64));
+        out.push((*c, stale_rows(pool, pii, c).await?));
     }
     Ok(out)
+}
+
+/// Rows of one column under an older key than the newest, locked or not.
+async fn stale_rows(pool: &PgPool, pii: &PiiCipher, c: &SealedColumn) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {t} WHERE length({c}) > 0 AND get_byte({c}, 0) <> $1",
+        t = c.table,
+        c = c.column
+    )))
+    .bind(i32::from(pii.newest_version()))
+    .fetch_one(pool)
+    .await?;
+    Ok(n as u64)
 }
 
 /// Re-seals every column under the newest key, `batch` rows per transaction, calling
@@ -101,14 +120,29 @@ pub async fn rotate(
             resealed: 0,
             stale_at_start,
         };
+        let mut waited = std::time::Duration::ZERO;
         loop {
             let n = reseal_batch(pool, pii, &column, batch).await?;
-            if n == 0 {
+            if n > 0 {
+                done.resealed += n;
+                total += n;
+                progress(done);
+                continue;
+            }
+            // Nothing unlocked was left: done, unless a service held some rows locked.
+            let left = stale_rows(pool, pii, &column).await?;
+            if left == 0 {
                 break;
             }
-            done.resealed += n;
-            total += n;
-            progress(done);
+            if waited >= LOCKED_PATIENCE {
+                return Err(ResealError::StillLocked {
+                    table: column.table,
+                    column: column.column,
+                    rows: left,
+                });
+            }
+            tokio::time::sleep(LOCKED_PAUSE).await;
+            waited += LOCKED_PAUSE;
         }
     }
     Ok(total)
