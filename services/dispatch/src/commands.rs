@@ -9,7 +9,7 @@ use renewal_contract::lists::CaseClosed;
 use renewal_contract::scheduler::SendSms;
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
-use renewal_platform::pii::{PiiCipher, PiiError};
+use renewal_platform::pii::PiiCipher;
 use renewal_platform::{Clock, Delivery, HandleError, Handler};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
@@ -22,11 +22,6 @@ pub struct Commands {
     pub queued: Arc<Notify>,
     /// Seals the contacts of messages and tasks.
     pub pii: Arc<PiiCipher>,
-}
-
-/// A contact that could not be sealed (the random source failed): tried again later.
-pub(crate) fn sealing_failed(e: PiiError) -> HandleError {
-    HandleError::Retry(format!("sealing the contact failed: {e}"))
 }
 
 impl Handler for Commands {
@@ -50,8 +45,7 @@ impl Handler for Commands {
             mobile: command.mobile.clone(),
             template_params: params,
         };
-        let contact_enc =
-            sealed::seal_sms(&self.pii, &id.to_string(), &contact).map_err(sealing_failed)?;
+        let contact_enc = sealed::seal_sms(&self.pii, &id.to_string(), &contact)?;
         lock_case(tx, case_id).await?;
         let now = self.clock.now();
         let due = Utc

@@ -69,8 +69,7 @@ impl Handler for Intake {
                         reasons.join("; ")
                     ))
                 })?;
-                let sealed = portfolio::seal(checked, policy.version, &self.pii, &self.zones)
-                    .map_err(|e| HandleError::Retry(e.to_string()))?;
+                let sealed = portfolio::seal(checked, policy.version, &self.pii, &self.zones)?;
                 portfolio::upsert_one(tx, &sealed, now).await?;
                 let scope = cases::OpenScope {
                     only_policy: Some(&policy.policy_no),

@@ -62,9 +62,8 @@ async fn opened(
         mobile: customer.mobile,
         plate: customer.plate,
     };
-    // Sealing fails only when the system's random source does: worth another try.
-    let sealed = crate::contact::seal(pii, id, &contact)
-        .map_err(|e| HandleError::Retry(format!("sealing the case's contact: {e}")))?;
+    // Sealing fails only when the system's random source does: retried.
+    let sealed = crate::contact::seal(pii, id, &contact)?;
     let (plan_city, plan_version, plan) = crate::plan_versions::current(tx, &event.city_code)
         .await?
         .ok_or_else(|| HandleError::Retry("no reminder plan stored yet".into()))?;

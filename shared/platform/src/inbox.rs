@@ -78,6 +78,9 @@ pub enum HandleError {
     Retry(String),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
+    /// Personal data could not be sealed (the system's random source failed): retried.
+    #[error("sealing personal data: {0}")]
+    Pii(#[from] crate::pii::PiiError),
 }
 
 pub trait Handler: Send + Sync + 'static {

@@ -35,8 +35,7 @@ fn sealed_contact(
         mobile: command.mobile.clone(),
         plate: command.plate.clone(),
     };
-    crate::sealed::seal_task(pii, &id.to_string(), &contact)
-        .map_err(crate::commands::sealing_failed)
+    crate::sealed::seal_task(pii, &id.to_string(), &contact).map_err(HandleError::from)
 }
 
 pub async fn create(
