@@ -70,6 +70,32 @@ ensure_nats() {
   say "NATS did not come up; see $state/nats.log"; return 1
 }
 
+# A local certificate authority and a server certificate for 127.0.0.1 and localhost,
+# made once with the openssl command in the state folder ($RENEWAL_TLS_DIR): the local
+# Postgres and NATS serve TLS with it, and the services verify it (ca.crt), as they
+# verify the cluster's CA in Kubernetes. Development only: the CA key stays beside it.
+ensure_local_ca() {
+  local dir="${RENEWAL_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/renewal}/tls"
+  export RENEWAL_TLS_DIR="$dir"
+  if [ -s "$dir/ca.crt" ] && [ -s "$dir/server.crt" ] && [ -s "$dir/server.key" ]; then return 0; fi
+  command -v openssl >/dev/null 2>&1 || apt_install openssl || {
+    say "openssl is missing and cannot be installed: the local stack runs without TLS"; return 1; }
+  mkdir -p "$dir" && chmod 700 "$dir"
+  (
+    cd "$dir" &&
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=renewal local CA" -keyout ca.key -out ca.crt \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null &&
+      printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' > server.ext &&
+      openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile server.ext -out server.crt 2>/dev/null &&
+      rm -f server.csr server.ext ca.srl && chmod 600 ca.key server.key
+  ) || { say "could not make the local CA in $dir"; return 1; }
+  say "made a local CA and a server certificate for 127.0.0.1 in $dir"
+}
+
 ensure_rust() {
   command -v cargo >/dev/null 2>&1 && return 0
   [ -x "$HOME/.cargo/bin/cargo" ] && { export PATH="$HOME/.cargo/bin:$PATH"; return 0; }
@@ -78,5 +104,6 @@ ensure_rust() {
 }
 
 ensure_stack() {
-  ensure_rust && ensure_postgres && ensure_nats
+  ensure_rust && ensure_postgres && ensure_nats || return 1
+  ensure_local_ca || true
 }
