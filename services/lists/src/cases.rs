@@ -65,7 +65,7 @@ fn open_due_sql(scope: &OpenScope<'_>) -> String {
                            WHERE y.year = extract(year FROM p.end_date)::int) AS calendar_known
             FROM lists.policies p
             LEFT JOIN lists.holiday_periods h ON p.end_date BETWEEN h.first_day AND h.last_day
-            WHERE p.status = 'active' AND NOT p.has_case
+            WHERE p.status = 'active' AND NOT p.has_case AND p.erased_at IS NULL
               AND p.end_date BETWEEN $4 AND $5
               AND {policy} AND {zone}
         ), opened AS (

@@ -14,6 +14,10 @@ pub struct ListsConfig {
     pub list_issue_day: u32,
     /// The largest policy CSV taken over HTTP (`IMPORT_MAX_BYTES`, default 2 GiB).
     pub import_max_bytes: usize,
+    /// How long the personal data of a closed case is kept before the retention job
+    /// erases it (`PII_RETENTION_DAYS`, default 365: a lapsed customer stays on the
+    /// monthly lapse lists for rescue through the next season).
+    pub pii_retention: std::time::Duration,
 }
 
 impl ListsConfig {
@@ -37,10 +41,18 @@ impl ListsConfig {
                 reason: "must be at least 1024".into(),
             });
         }
+        let retention_days: u64 = env.or("PII_RETENTION_DAYS", 365)?;
+        if !(1..=3650).contains(&retention_days) {
+            return Err(ConfigError::Invalid {
+                var: "PII_RETENTION_DAYS".into(),
+                reason: format!("must be from 1 to 3650 days (got {retention_days})"),
+            });
+        }
         Ok(ListsConfig {
             pii: Arc::new(pii),
             list_issue_day,
             import_max_bytes,
+            pii_retention: std::time::Duration::from_secs(retention_days * 24 * 3600),
         })
     }
 

@@ -10,6 +10,7 @@ pub mod cases;
 pub mod categories;
 mod config;
 pub mod daily_run;
+pub mod erasures;
 pub mod holidays;
 pub mod import;
 mod intake;
@@ -40,11 +41,39 @@ pub const CORE_POLICIES: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
+/// What assignment, scheduler and dispatch say they erased (one consumer per stream:
+/// each answer lives in its service's namespace).
+pub const ERASURE_ANSWERS: [ConsumerSpec; 3] = [
+    ConsumerSpec {
+        stream: Stream::Assignment,
+        durable: "lists-erasures",
+        filter: "assignment.erasure.>",
+        parallel: 1,
+    },
+    ConsumerSpec {
+        stream: Stream::Scheduler,
+        durable: "lists-erasures",
+        filter: "scheduler.erasure.>",
+        parallel: 1,
+    },
+    ConsumerSpec {
+        stream: Stream::Dispatch,
+        durable: "lists-erasures",
+        filter: "dispatch.erasure.>",
+        parallel: 1,
+    },
+];
+
 /// The readiness condition set once the service's routes are mounted.
 pub const API_READY: &str = "lists_api";
 
 /// Every durable consumer this service reads from.
-pub const CONSUMERS: &[ConsumerSpec] = &[CORE_POLICIES];
+pub const CONSUMERS: &[ConsumerSpec] = &[
+    CORE_POLICIES,
+    ERASURE_ANSWERS[0],
+    ERASURE_ANSWERS[1],
+    ERASURE_ANSWERS[2],
+];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -179,6 +208,13 @@ pub async fn run_with(
         deps.clock.clone(),
         deps.time_zone,
     )));
+    deps.http
+        .mount(audit.around(erasures::routes(erasures::ErasureApi {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            pii: config.pii.clone(),
+        })));
     deps.http.mount(audit.around(audit.routes()));
     if let Err(e) = lists.daily_run.open_after_imports().await {
         tracing::warn!(error = %e, "opening the cases of unfinished imports failed; the daily run will");
@@ -193,7 +229,20 @@ pub async fn run_with(
             zones,
         },
     );
+    for spec in ERASURE_ANSWERS {
+        service.consume(spec, erasures::Answers);
+    }
     service.spawn(lists.daily_run.run(cancel.clone()));
+    service.spawn(
+        erasures::RetentionJob {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            pii: config.pii.clone(),
+            keep: config.pii_retention,
+        }
+        .run(cancel.clone()),
+    );
     deps.http.set_ready(API_READY, Ok(()));
     deps.http.mount(audit.around(service.dead_letter_routes()));
     // Last: the process is ready once every service it serves has its document.

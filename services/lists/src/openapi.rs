@@ -16,6 +16,8 @@ use utoipa::OpenApi;
         crate::import::rejections_csv,
         crate::issued_lists::issue_on_demand,
         crate::kpis::renewal_rate,
+        crate::erasures::request,
+        crate::erasures::show,
         audit, dead_letters, replay_dead_letter,
     ),
     components(schemas(renewal_platform::openapi::ProblemDocument)),
@@ -24,6 +26,7 @@ use utoipa::OpenApi;
         (name = "policies"),
         (name = "lists"),
         (name = "reports"),
+        (name = "erasures"),
         (name = "audit"), (name = "dead letters")
     )
 )]

@@ -225,7 +225,13 @@ fn read(row: &sqlx::postgres::PgRow, pii: &PiiCipher) -> Result<PolicyView, View
     };
     let policy_no: String = row.try_get("policy_no")?;
     let place = Place::new(crate::portfolio::POLICIES, "mobile_enc", &policy_no);
-    let mobile = pii.open(&row.try_get::<Vec<u8>, _>("mobile_enc")?, place)?;
+    let sealed: Vec<u8> = row.try_get("mobile_enc")?;
+    // An erased policy keeps no mobile: shown as "" (erased), not as an error.
+    let mobile = if sealed.is_empty() {
+        String::new()
+    } else {
+        pii.open(&sealed, place)?
+    };
     Ok(PolicyView {
         policy_no,
         status: row.try_get("status")?,

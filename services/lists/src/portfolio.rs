@@ -65,10 +65,21 @@ pub const SEALED: &[SealedColumn] = &[
             of: itself,
         }),
     ),
-    sealed("id_number_enc", None),
+    sealed(
+        "id_number_enc",
+        Some(IndexColumn {
+            column: "id_number_index",
+            of: id_number_indexed,
+        }),
+    ),
     sealed("plate_enc", None),
     sealed("vin_enc", None),
 ];
+
+/// An ID number is indexed as checked (trimmed, upper case); none is not indexed.
+fn id_number_indexed(plain: &str) -> Option<String> {
+    (!plain.is_empty()).then(|| plain.to_owned())
+}
 
 const fn sealed(column: &'static str, index: Option<IndexColumn>) -> SealedColumn {
     SealedColumn {
@@ -89,6 +100,8 @@ pub struct SealedPolicy {
     pub plate_enc: Vec<u8>,
     pub vin_enc: Vec<u8>,
     pub mobile_index: [u8; 16],
+    /// Empty when the policy has no ID number.
+    pub id_number_index: Vec<u8>,
     pub digest: [u8; 16],
     pub time_zone: chrono_tz::Tz,
 }
@@ -127,6 +140,9 @@ pub fn seal(
         plate_enc: pii.seal(&p.plate, at("plate_enc"))?,
         vin_enc: pii.seal(&p.vin, at("vin_enc"))?,
         mobile_index: pii.blind_index(&p.mobile),
+        id_number_index: id_number_indexed(&p.id_number)
+            .map(|id| pii.blind_index(&id).to_vec())
+            .unwrap_or_default(),
         digest,
         time_zone: zones.of(&p.city_code),
         version,
@@ -138,7 +154,7 @@ pub fn seal(
 pub const COPY_COLUMNS: &str = "policy_no, version, name_enc, mobile_enc, id_number_enc, \
      mobile_index, content_digest, plate_enc, vin_enc, city_code, branch_code, agent_code, channel, \
      category, start_date, end_date, premium_fen, important, group_policy, time_zone, source, \
-     updated_at";
+     updated_at, id_number_index";
 
 /// The staging table a CSV import copies into, per transaction.
 pub const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS policy_staging (
@@ -146,11 +162,13 @@ pub const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS policy_staging
         mobile_index bytea, content_digest bytea, plate_enc bytea, vin_enc bytea, city_code text,
         branch_code text, agent_code text, channel text, category text, start_date date,
         end_date date, premium_fen bigint, important boolean, group_policy boolean,
-        time_zone text, source text, updated_at timestamptz
+        time_zone text, source text, updated_at timestamptz, id_number_index bytea
     ) ON COMMIT DROP";
 
 /// Inserts new policies and overwrites a stored one only with a newer version (or the
-/// same version with different content: a correction). Returns (inserted, updated).
+/// same version with different content: a correction, unless the policy was erased: a
+/// /// message repeated after an erasure must not bring its data back). Returns (inserted,
+/// updated).
 fn merge_sql(from: &str) -> String {
     format!(
         "WITH merged AS (
@@ -166,9 +184,11 @@ fn merge_sql(from: &str) -> String {
                 start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date,
                 premium_fen = EXCLUDED.premium_fen, important = EXCLUDED.important,
                 group_policy = EXCLUDED.group_policy, time_zone = EXCLUDED.time_zone,
-                source = EXCLUDED.source, updated_at = EXCLUDED.updated_at
+                source = EXCLUDED.source, updated_at = EXCLUDED.updated_at,
+                id_number_index = EXCLUDED.id_number_index, erased_at = NULL
             WHERE p.version < EXCLUDED.version
-               OR (p.version = EXCLUDED.version AND p.content_digest <> EXCLUDED.content_digest)
+               OR (p.version = EXCLUDED.version AND p.content_digest <> EXCLUDED.content_digest
+                   AND p.erased_at IS NULL)
             RETURNING (xmax = 0) AS inserted
         )
         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"
@@ -198,7 +218,8 @@ pub async fn upsert_one(
         $12::text AS branch_code, $13::text AS agent_code, $14::text AS channel,
         $15::text AS category, $16::date AS start_date, $17::date AS end_date,
         $18::bigint AS premium_fen, $19::boolean AS important, $20::boolean AS group_policy,
-        $21::text AS time_zone, 'nats'::text AS source, $1::timestamptz AS updated_at) v";
+        $21::text AS time_zone, 'nats'::text AS source, $1::timestamptz AS updated_at,
+        $22::bytea AS id_number_index) v";
     let (inserted, updated): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(merge_sql(values)))
         .bind(now)
         .bind(&s.p.policy_no)
@@ -221,6 +242,7 @@ pub async fn upsert_one(
         .bind(s.p.important)
         .bind(s.p.group_policy)
         .bind(s.time_zone.name())
+        .bind(&s.id_number_index)
         .fetch_one(&mut *tx)
         .await?;
     if inserted == 1 {
@@ -304,7 +326,7 @@ pub fn write_binary_row(out: &mut Vec<u8>, s: &SealedPolicy, updated_at: DateTim
         );
     }
     let p = &s.p;
-    out.extend_from_slice(&22i16.to_be_bytes());
+    out.extend_from_slice(&23i16.to_be_bytes());
     field(out, p.policy_no.as_bytes());
     field(out, &s.version.to_be_bytes());
     field(out, &s.name_enc);
@@ -330,6 +352,7 @@ pub fn write_binary_row(out: &mut Vec<u8>, s: &SealedPolicy, updated_at: DateTim
         out,
         &(updated_at.timestamp_micros() - PG_EPOCH_UNIX_MICROS).to_be_bytes(),
     );
+    field(out, &s.id_number_index);
 }
 
 #[cfg(test)]

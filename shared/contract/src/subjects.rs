@@ -17,8 +17,12 @@ pub mod subject {
     pub const ASSIGNMENT_OWNER_ASSIGNED: &str = "assignment.owner.assigned";
     pub const ASSIGNMENT_CASE_ROUTED: &str = "assignment.case.routed";
     pub const ASSIGNMENT_CMD_CONFIRM_OWNER: &str = "assignment.cmd.confirm_owner";
+    pub const ASSIGNMENT_CMD_ERASE_PERSONAL_DATA: &str = "assignment.cmd.erase_personal_data";
+    pub const ASSIGNMENT_ERASURE_DONE: &str = "assignment.erasure.done";
 
     pub const SCHEDULER_CASE_SUPERVISOR_ALERT: &str = "scheduler.case.supervisor_alert";
+    pub const SCHEDULER_CMD_ERASE_PERSONAL_DATA: &str = "scheduler.cmd.erase_personal_data";
+    pub const SCHEDULER_ERASURE_DONE: &str = "scheduler.erasure.done";
 
     pub const DISPATCH_CMD_SEND_SMS: &str = "dispatch.cmd.send_sms";
     pub const DISPATCH_CMD_CREATE_PHONE_TASK: &str = "dispatch.cmd.create_phone_task";
@@ -27,6 +31,8 @@ pub mod subject {
     pub const DISPATCH_SMS_DELIVERED: &str = "dispatch.sms.delivered";
     pub const DISPATCH_SMS_FAILED: &str = "dispatch.sms.failed";
     pub const DISPATCH_SMS_OPTED_OUT: &str = "dispatch.sms.opted_out";
+    pub const DISPATCH_CMD_ERASE_PERSONAL_DATA: &str = "dispatch.cmd.erase_personal_data";
+    pub const DISPATCH_ERASURE_DONE: &str = "dispatch.erasure.done";
 }
 
 /// One JetStream stream per subject namespace.
