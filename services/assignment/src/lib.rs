@@ -10,6 +10,7 @@ mod case_history;
 mod cases;
 pub mod claims;
 pub mod deadlines;
+mod erasure;
 pub mod openapi;
 pub mod org;
 mod ownership;
@@ -45,7 +46,10 @@ pub const LISTS_ISSUED: ConsumerSpec = ConsumerSpec {
     parallel: 4,
 };
 
-/// Commands for assignment (the scheduler's T-5 second assignment).
+/// Commands for assignment (the scheduler's T-5 second assignment). Its filter takes
+/// lists' erasures too (it predates them, and an existing durable keeps its filter);
+/// it handles them as [`ERASURES`] does, and the inbox, shared by both consumers,
+/// lets whichever comes first erase and answer.
 pub const COMMANDS: ConsumerSpec = ConsumerSpec {
     stream: Stream::Assignment,
     durable: "assignment-commands",
@@ -53,7 +57,15 @@ pub const COMMANDS: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
-pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, LISTS_ISSUED, COMMANDS];
+/// Erasures of personal data asked by lists (`assignment.cmd.erase_personal_data`).
+pub const ERASURES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Assignment,
+    durable: "assignment-erasures",
+    filter: renewal_contract::subject::ASSIGNMENT_CMD_ERASE_PERSONAL_DATA,
+    parallel: 1,
+};
+
+pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, LISTS_ISSUED, COMMANDS, ERASURES];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -102,6 +114,13 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
             wake: wake.clone(),
+        },
+    );
+    service.consume(
+        ERASURES,
+        erasure::Erasures {
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
         },
     );
     service.spawn(

@@ -9,6 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use renewal_contract::scheduler::ConfirmOwner;
+use renewal_contract::subject;
 use renewal_platform::inbox::field;
 use renewal_platform::{Delivery, HandleError, Handler, Outbox};
 use serde::Deserialize;
@@ -20,7 +21,8 @@ use crate::ownership::{self, HQ_OWNER, NewOwner, city_company_owner};
 use crate::refusals::{Refusal, body, required};
 use crate::routing::{self, Step};
 
-/// `assignment.cmd.confirm_owner` (T-5, not renewed).
+/// `assignment.cmd.confirm_owner` (T-5, not renewed); and lists' erasures, which the
+/// consumer's `assignment.cmd.>` takes too (see `crate::COMMANDS`).
 pub struct Commands {
     pub outbox: Outbox,
     pub clock: renewal_platform::Clock,
@@ -29,6 +31,17 @@ pub struct Commands {
 
 impl Handler for Commands {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        match delivery.subject.as_str() {
+            subject::ASSIGNMENT_CMD_CONFIRM_OWNER => {}
+            subject::ASSIGNMENT_CMD_ERASE_PERSONAL_DATA => {
+                return crate::erasure::erase(tx, &self.outbox, self.clock.now(), delivery).await;
+            }
+            other => {
+                return Err(HandleError::Malformed(format!(
+                    "unexpected subject {other}"
+                )));
+            }
+        }
         let command: ConfirmOwner = delivery.decode()?;
         let case_id = field::uuid("case_id", &command.case_id)?;
         let now = self.clock.now();

@@ -1,6 +1,8 @@
 //! Commands in: `dispatch.cmd.send_sms` queues a message (one per command id),
-//! `dispatch.cmd.create_phone_task` makes a phone task; a closed case withdraws what
-//! is still queued for it; an owner change moves the case's owner tasks.
+//! `dispatch.cmd.create_phone_task` makes a phone task, `dispatch.cmd.erase_personal_data`
+//! erases cases (`crate::erasure`; this consumer's filter takes it too); a closed case
+//! withdraws what is still queued for it; an owner change moves the case's owner tasks.
+//! A command for an erased case is kept withdrawn without its contact.
 
 use std::sync::Arc;
 
@@ -19,6 +21,8 @@ use crate::sms::templates;
 
 pub struct Commands {
     pub clock: Clock,
+    /// Where an erasure's answer goes.
+    pub outbox: renewal_platform::Outbox,
     pub queued: Arc<Notify>,
     /// Seals the contacts of messages and tasks.
     pub pii: Arc<PiiCipher>,
@@ -28,6 +32,10 @@ impl Handler for Commands {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         if delivery.subject == subject::DISPATCH_CMD_CREATE_PHONE_TASK {
             return crate::phone::intake::create(tx, &self.clock, &self.pii, delivery).await;
+        }
+        if delivery.subject == subject::DISPATCH_CMD_ERASE_PERSONAL_DATA {
+            let now = self.clock.now();
+            return crate::erasure::erase(tx, &self.outbox, &self.pii, now, delivery).await;
         }
         if delivery.subject != subject::DISPATCH_CMD_SEND_SMS {
             return Err(HandleError::Malformed(format!(
@@ -53,11 +61,14 @@ impl Handler for Commands {
             .single()
             .unwrap_or(now)
             .max(now);
-        // A command for a closed case is dropped here, and counted.
+        // A command for a closed case is dropped here, and counted; for an erased one, its
+        // contact is not kept.
         let row = sqlx::query_scalar::<_, String>(
             "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, contact_enc, mobile_index,
                  time_zone, marketing, state, next_attempt_at, created_at, last_error, traceparent)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
+             SELECT $1, $2, $3, $4, $5,
+                    CASE WHEN closed.erased_at IS NULL THEN $6 ELSE '\\x'::bytea END,
+                    CASE WHEN closed.erased_at IS NULL THEN $7 ELSE '\\x'::bytea END, $8, $9,
                     CASE WHEN closed.case_id IS NULL THEN 'queued' ELSE 'withdrawn' END, $10, $11,
                     CASE WHEN closed.case_id IS NULL THEN NULL ELSE 'case closed before sending' END, $12
              FROM (SELECT 1) one LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $2

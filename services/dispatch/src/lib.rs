@@ -6,6 +6,7 @@
 
 mod commands;
 pub mod config;
+mod erasure;
 pub mod openapi;
 pub mod phone;
 pub mod report;
@@ -25,7 +26,10 @@ pub use sms::sending::next_wakeup;
 
 pub const SCHEMA: &str = "dispatch";
 
-/// Commands for dispatch (produced by the scheduler).
+/// Commands for dispatch (produced by the scheduler). Its filter takes lists' erasures
+/// too (it predates them, and an existing durable keeps its filter); it handles them as
+/// [`ERASURES`] does, and the inbox, shared by both consumers, lets whichever comes
+/// first erase and answer.
 pub const COMMANDS: ConsumerSpec = ConsumerSpec {
     stream: Stream::Dispatch,
     durable: "dispatch",
@@ -51,7 +55,15 @@ pub const OWNER_CHANGES: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
-pub const CONSUMERS: &[ConsumerSpec] = &[COMMANDS, CLOSED_CASES, OWNER_CHANGES];
+/// Erasures of personal data asked by lists (`dispatch.cmd.erase_personal_data`).
+pub const ERASURES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Dispatch,
+    durable: "dispatch-erasures",
+    filter: renewal_contract::subject::DISPATCH_CMD_ERASE_PERSONAL_DATA,
+    parallel: 1,
+};
+
+pub const CONSUMERS: &[ConsumerSpec] = &[COMMANDS, CLOSED_CASES, OWNER_CHANGES, ERASURES];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -109,11 +121,20 @@ pub async fn run_with(
         COMMANDS,
         commands::Commands {
             clock: deps.clock.clone(),
+            outbox: outbox.clone(),
             queued: queued.clone(),
             pii: config.pii.clone(),
         },
     );
     service.consume(CLOSED_CASES, commands::ClosedCases);
+    service.consume(
+        ERASURES,
+        erasure::Erasures {
+            clock: deps.clock.clone(),
+            outbox: outbox.clone(),
+            pii: config.pii.clone(),
+        },
+    );
     service.consume(OWNER_CHANGES, commands::OwnerChanges);
     let stops = sms::stops::Stops::default();
     service.spawn(stops.clone().watch(reserved.clone(), cancel.clone()));

@@ -13,6 +13,9 @@
 //! | `sms_replies` | `reply_enc` ([`ReplyText`]) | `id` | `mobile_index` |
 //!
 //! A contact correction keeps no number of its own: it is its task's.
+//!
+//! An erased value (`crate::erasure`) is the empty one, as is its blind index: never
+//! opened (a key rotation passes over it too).
 
 use renewal_platform::pii::{PiiCipher, PiiError, Place};
 use renewal_platform::resealing::{IndexColumn, SealedColumn, itself};
@@ -73,6 +76,17 @@ pub struct TaskContact {
     pub customer_name: String,
     pub mobile: String,
     pub plate: String,
+}
+
+impl TaskContact {
+    /// What an erased contact (the empty value) shows.
+    pub fn erased() -> Self {
+        TaskContact {
+            customer_name: "[erased]".into(),
+            mobile: String::new(),
+            plate: String::new(),
+        }
+    }
 }
 
 /// A customer's reply: `dispatch.sms_replies.reply_enc`.

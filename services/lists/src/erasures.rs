@@ -155,7 +155,15 @@ async fn record(
     .execute(&mut *tx)
     .await?;
     let erased = serde_json::json!({ "policies": e.policies, "cases_closed": e.cases_closed });
-    answer(tx, e.erasure_id, "lists", &erased, &serde_json::json!(KEPT), now).await
+    answer(
+        tx,
+        e.erasure_id,
+        "lists",
+        &erased,
+        &serde_json::json!(KEPT),
+        now,
+    )
+    .await
 }
 
 async fn answer(
@@ -221,7 +229,15 @@ impl Handler for Answers {
         let erased: BTreeMap<&String, &u64> = done.erased.iter().collect();
         let at = DateTime::from_timestamp_millis(done.done_at_ms).unwrap_or_else(Utc::now);
         let erased = serde_json::to_value(erased).unwrap_or_default();
-        answer(tx, erasure_id, service, &erased, &serde_json::json!(done.kept), at).await?;
+        answer(
+            tx,
+            erasure_id,
+            service,
+            &erased,
+            &serde_json::json!(done.kept),
+            at,
+        )
+        .await?;
         Ok(())
     }
 
@@ -337,13 +353,26 @@ async fn request(
         .into());
     }
     let now = api.clock.now();
-    let erased = erase(&mut tx, &api.outbox, &policy_nos, Reason::Request, &caller.subject, now).await?;
+    let erased = erase(
+        &mut tx,
+        &api.outbox,
+        &policy_nos,
+        Reason::Request,
+        &caller.subject,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     api.outbox.wake();
     tracing::info!(erasure_id = %erased.erasure_id, policies = erased.policies, cases = erased.cases.len(), "customer erased in lists; the other services told");
     let view = view(&api.pool, erased.erasure_id).await?;
     let location = format!("/v1/erasures/{}", erased.erasure_id);
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
 }
 
 /// The blind indexes to look the customer up by, under every key of the keyring.
@@ -464,9 +493,14 @@ impl RetentionJob {
                 Ok(0) => {}
                 Ok(erased) => {
                     self.outbox.wake();
-                    tracing::info!(policies = erased, "retention erased the personal data of long-closed cases");
+                    tracing::info!(
+                        policies = erased,
+                        "retention erased the personal data of long-closed cases"
+                    );
                 }
-                Err(e) => tracing::warn!(error = %e, "retention pass failed; trying again next pass"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention pass failed; trying again next pass")
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -479,7 +513,9 @@ impl RetentionJob {
     pub async fn pass(&self, now: DateTime<Utc>) -> Result<u64, RetentionError> {
         self.index_id_numbers().await?;
         let keep = chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX);
-        let before = now.checked_sub_signed(keep).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let before = now
+            .checked_sub_signed(keep)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut erased = 0;
         loop {
             let mut tx = self.pool.begin().await?;
@@ -495,7 +531,15 @@ impl RetentionJob {
             if due.is_empty() {
                 return Ok(erased);
             }
-            let e = erase(&mut tx, &self.outbox, &due, Reason::Retention, "retention", now).await?;
+            let e = erase(
+                &mut tx,
+                &self.outbox,
+                &due,
+                Reason::Retention,
+                "retention",
+                now,
+            )
+            .await?;
             tx.commit().await?;
             erased += e.policies;
         }
@@ -517,8 +561,14 @@ impl RetentionJob {
             let index = if sealed.is_empty() {
                 Vec::new()
             } else {
-                let id = self.pii.open(&sealed, Place::new(POLICIES, "id_number_enc", &policy_no))?;
-                if id.is_empty() { Vec::new() } else { self.pii.blind_index(&id).to_vec() }
+                let id = self
+                    .pii
+                    .open(&sealed, Place::new(POLICIES, "id_number_enc", &policy_no))?;
+                if id.is_empty() {
+                    Vec::new()
+                } else {
+                    self.pii.blind_index(&id).to_vec()
+                }
             };
             keys.push(policy_no);
             indexes.push(index);

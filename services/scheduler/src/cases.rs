@@ -68,14 +68,17 @@ async fn opened(
         .await?
         .ok_or_else(|| HandleError::Retry("no reminder plan stored yet".into()))?;
     // A case closed before its opening arrived is already here as 'closed'; it keeps
-    // that state and gets no timers.
+    // that state and gets no timers. One erased before it arrived keeps no contact.
     sqlx::query(
         "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
              contact_enc, mobile_index, city_code, branch_code, plan_city, plan_version)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (case_id) DO UPDATE SET expiry_date = EXCLUDED.expiry_date,
+         ON CONFLICT (case_id) DO UPDATE SET policy_no = EXCLUDED.policy_no, expiry_date = EXCLUDED.expiry_date,
              effective_expiry_date = EXCLUDED.effective_expiry_date, time_zone = EXCLUDED.time_zone,
-             contact_enc = EXCLUDED.contact_enc, mobile_index = EXCLUDED.mobile_index,
+             contact_enc = CASE WHEN scheduler.cases.erased_at IS NULL THEN EXCLUDED.contact_enc
+                                ELSE scheduler.cases.contact_enc END,
+             mobile_index = CASE WHEN scheduler.cases.erased_at IS NULL THEN EXCLUDED.mobile_index
+                                 ELSE scheduler.cases.mobile_index END,
              city_code = EXCLUDED.city_code, branch_code = EXCLUDED.branch_code,
              plan_city = EXCLUDED.plan_city, plan_version = EXCLUDED.plan_version",
     )
@@ -119,19 +122,33 @@ async fn closed(tx: &mut PgConnection, event: &CaseClosed) -> Result<(), HandleE
     .execute(&mut *tx)
     .await?;
     // A lapse keeps the lapse-rescue stages after it; anything else stops every timer.
+    let lapse_kept_after = (reason == "lapsed").then_some(closed_at);
+    cancel_pending(tx, &[id], reason, lapse_kept_after).await?;
+    Ok(())
+}
+
+/// Cancels the cases' pending timers, noted `case <reason>` (a closed case's, an erased
+/// one's), but those planned after `kept_after` (a lapse keeps its rescue stages).
+/// Returns how many it cancelled.
+pub(crate) async fn cancel_pending(
+    tx: &mut PgConnection,
+    case_ids: &[uuid::Uuid],
+    reason: &'static str,
+    kept_after: Option<DateTime<Utc>>,
+) -> Result<u64, sqlx::Error> {
     let cancelled = sqlx::query(
         "UPDATE scheduler.timers SET state = 'cancelled', note = 'case ' || $2
-         WHERE case_id = $1 AND state = 'pending'
-           AND NOT ($2 = 'lapsed' AND nominal_at IS NOT NULL AND nominal_at > $3)",
+         WHERE case_id = ANY($1) AND state = 'pending'
+           AND NOT ($3::timestamptz IS NOT NULL AND nominal_at IS NOT NULL AND nominal_at > $3)",
     )
-    .bind(id)
+    .bind(case_ids)
     .bind(reason)
-    .bind(closed_at)
+    .bind(kept_after)
     .execute(&mut *tx)
-    .await?;
-    metrics::counter!("timers_cancelled_total", "reason" => reason)
-        .increment(cancelled.rows_affected());
-    Ok(())
+    .await?
+    .rows_affected();
+    metrics::counter!("timers_cancelled_total", "reason" => reason).increment(cancelled);
+    Ok(cancelled)
 }
 
 pub struct OwnerEvents;

@@ -7,6 +7,7 @@
 mod cases;
 pub mod config;
 pub mod contact;
+mod erasure;
 pub mod openapi;
 mod outcomes;
 pub mod plan;
@@ -51,7 +52,15 @@ pub const OUTCOMES: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
-pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, OWNERS, OUTCOMES];
+/// Erasures of personal data asked by lists (`scheduler.cmd.erase_personal_data`).
+pub const ERASURES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Scheduler,
+    durable: "scheduler-erasures",
+    filter: renewal_contract::subject::SCHEDULER_CMD_ERASE_PERSONAL_DATA,
+    parallel: 1,
+};
+
+pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, OWNERS, OUTCOMES, ERASURES];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -106,6 +115,14 @@ pub async fn run_with(
         },
     );
     service.consume(OWNERS, cases::OwnerEvents);
+    service.consume(
+        ERASURES,
+        erasure::Erasures {
+            clock: deps.clock.clone(),
+            outbox: outbox.clone(),
+            timers_changed: timers_changed.clone(),
+        },
+    );
     service.spawn(timers::run(
         deps.pool.clone(),
         deps.bus.clone(),

@@ -174,8 +174,9 @@ pub async fn insert(
         "INSERT INTO scheduler.timers (id, case_id, stage, action, template, due_at, nominal_at, state, note,
              queue, marketing, promotion, keep_after_refusal, traceparent)
          SELECT u.id, c.case_id, u.stage, u.action, u.template, u.due_at, u.nominal_at,
-                CASE WHEN c.state = 'closed' THEN 'cancelled' ELSE u.state END,
-                CASE WHEN c.state = 'closed' THEN 'case closed' ELSE u.note END,
+                CASE WHEN c.state = 'closed' OR c.erased_at IS NOT NULL THEN 'cancelled' ELSE u.state END,
+                CASE WHEN c.erased_at IS NOT NULL THEN 'case erased'
+                     WHEN c.state = 'closed' THEN 'case closed' ELSE u.note END,
                 u.queue, u.marketing, u.promotion, u.keep, $14
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
                      $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bool[])
@@ -229,6 +230,8 @@ struct Batch {
     commands: Vec<Command>,
     /// Their cases closed.
     dropped: Vec<String>,
+    /// Their cases' personal data was erased: nothing is sent for them again.
+    erased: Vec<String>,
     capped: Vec<String>,
     capped_notes: Vec<&'static str>,
     postponed: Vec<String>,
@@ -308,7 +311,8 @@ async fn claim(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<PgRow>, 
          )
          SELECT f.tid, f.id, f.case_id, f.stage, f.action, f.template, f.due_at, f.traceparent, f.queue,
                 f.marketing, f.promotion, c.policy_no,
-                CASE WHEN c.state = 'open' OR (c.closed_reason = 'lapsed' AND f.nominal_at > c.closed_at)
+                CASE WHEN c.erased_at IS NOT NULL OR length(c.contact_enc) = 0 THEN 'erased'
+                     WHEN c.state = 'open' OR (c.closed_reason = 'lapsed' AND f.nominal_at > c.closed_at)
                      THEN 'open' ELSE 'closed' END AS case_state, c.contact_enc, c.mobile_index,
                 c.expiry_date, c.effective_expiry_date, c.time_zone, c.city_code, c.branch_code,
                 o.owner_agent, l.last_marketing_sms,
@@ -448,9 +452,16 @@ fn fire_one(
 ) -> Result<(), FireError> {
     // The locked row's address: what the updates after publishing find it by.
     let tid: String = row.try_get("tid")?;
-    if row.try_get::<String, _>("case_state")? != "open" {
-        batch.dropped.push(tid);
-        return Ok(());
+    match row.try_get::<String, _>("case_state")?.as_str() {
+        "open" => {}
+        "erased" => {
+            batch.erased.push(tid);
+            return Ok(());
+        }
+        _ => {
+            batch.dropped.push(tid);
+            return Ok(());
+        }
     }
     let c = Claimed::of(row)?;
     let action: String = row.try_get("action")?;
@@ -674,15 +685,8 @@ async fn publish(bus: &Bus, commands: Vec<Command>) -> Result<(), FireError> {
 
 /// The claim marked the whole batch fired; puts right what did not fire.
 async fn put_right(tx: &mut PgConnection, batch: &Batch) -> Result<(), sqlx::Error> {
-    if !batch.dropped.is_empty() {
-        sqlx::query(
-            "UPDATE scheduler.timers SET state = 'cancelled', fired_at = NULL, note = 'case closed'
-             WHERE ctid = ANY($1::text[]::tid[])",
-        )
-        .bind(&batch.dropped)
-        .execute(&mut *tx)
-        .await?;
-    }
+    cancel(tx, &batch.dropped, "case closed").await?;
+    cancel(tx, &batch.erased, "case erased").await?;
     if !batch.capped.is_empty() {
         sqlx::query(
             "UPDATE scheduler.timers t SET state = 'skipped', fired_at = NULL, note = u.note
@@ -707,6 +711,22 @@ async fn put_right(tx: &mut PgConnection, batch: &Batch) -> Result<(), sqlx::Err
         "held: the contact does not open (damaged, or sealed under a key not in PII_KEYS)",
     )
     .await
+}
+
+/// Cancels claimed timers that must not fire, with why.
+async fn cancel(tx: &mut PgConnection, tids: &[String], note: &str) -> Result<(), sqlx::Error> {
+    if tids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE scheduler.timers SET state = 'cancelled', fired_at = NULL, note = $2
+         WHERE ctid = ANY($1::text[]::tid[])",
+    )
+    .bind(tids)
+    .bind(note)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Puts timers back to pending, due again at the given times.

@@ -1,7 +1,8 @@
 //! Tasks in: `dispatch.cmd.create_phone_task` makes one task per command id; an owner
 //! change (`assignment.owner.assigned`) moves the case's open owner tasks to the new
 //! owner, or to the branch when the case was handed back with no owner; a closed case
-//! withdraws its open tasks (a lease of one returns nothing).
+//! withdraws its open tasks (a lease of one returns nothing). A task of an erased case
+//! is kept withdrawn without its contact.
 
 use chrono::{TimeZone, Utc};
 use renewal_contract::assignment::OwnerAssigned;
@@ -69,7 +70,8 @@ pub async fn create(
          SELECT $1, $2, $3, $4,
                 CASE WHEN $5 = 'owner' AND coalesce(o.owner_agent, $6) = '' THEN 'branch' ELSE $5 END,
                 CASE WHEN $5 = 'owner' THEN coalesce(o.owner_agent, $6) ELSE $6 END, $5 = 'owner',
-                coalesce(o.branch_code, $7), $8, $9, $10, $11, $12, $13,
+                coalesce(o.branch_code, $7), $8, $9,
+                CASE WHEN c.erased_at IS NULL THEN $10 ELSE '\\x'::bytea END, $11, $12, $13,
                 CASE WHEN c.case_id IS NULL THEN 'open' ELSE 'withdrawn' END, $14, $15,
                 CASE WHEN c.case_id IS NULL THEN NULL ELSE 'case closed before the call' END, $16
          FROM (SELECT 1) one
@@ -149,11 +151,21 @@ pub async fn owner_assigned(tx: &mut PgConnection, delivery: &Delivery) -> Resul
 
 /// A closed case: its open and leased tasks are withdrawn (a holder may still report).
 pub async fn withdraw(tx: &mut PgConnection, case_id: Uuid) -> Result<u64, sqlx::Error> {
+    withdraw_all(tx, &[case_id], "case closed").await
+}
+
+/// Withdraws the cases' open and leased tasks, with why; returns how many.
+pub async fn withdraw_all(
+    tx: &mut PgConnection,
+    case_ids: &[Uuid],
+    why: &str,
+) -> Result<u64, sqlx::Error> {
     let withdrawn = sqlx::query(
-        "UPDATE dispatch.phone_tasks SET state = 'withdrawn', last_error = 'case closed'
-         WHERE case_id = $1 AND state IN ('open', 'leased')",
+        "UPDATE dispatch.phone_tasks SET state = 'withdrawn', last_error = $2
+         WHERE case_id = ANY($1) AND state IN ('open', 'leased')",
     )
-    .bind(case_id)
+    .bind(case_ids)
+    .bind(why)
     .execute(&mut *tx)
     .await?
     .rows_affected();

@@ -10,6 +10,8 @@
 //!   is queued again (or dead after the last attempt; a sender's death does not count
 //!   as an attempt, as it may have died before the call).
 //! - The vendor cannot be asked: asked again later; nothing is sent meanwhile.
+//! - Its contact was erased (`crate::erasure`): it cannot be asked about without the
+//!   number, and stays `unknown` for good (its case is closed: never sent again).
 
 use std::time::Duration;
 
@@ -58,11 +60,20 @@ impl<V: SmsVendor> Sender<V> {
             return Ok(0);
         }
         let mut doubts = Vec::with_capacity(rows.len());
+        let mut erased = Vec::new();
         for row in &rows {
             let claimed = Claimed::read(row)?;
             let day: Option<NaiveDate> = row.try_get("sending_on")?;
             let state: String = row.try_get("state")?;
             let sealed: Vec<u8> = row.try_get("contact_enc")?;
+            if sealed.is_empty() {
+                let never = crate::erasure::never();
+                erased.push((
+                    claimed,
+                    Verdict::Unknown(never, crate::erasure::CANNOT_ASK.into()),
+                ));
+                continue;
+            }
             // Only the number is needed to ask.
             let mobile =
                 sealed::open_sms(&self.pii, &claimed.id.to_string(), &sealed).map(|c| c.mobile);
@@ -73,8 +84,12 @@ impl<V: SmsVendor> Sender<V> {
             .map(|(m, mobile, day, abandoned)| self.ask(m, mobile, *day, *abandoned, now))
             .collect();
         let asked: Vec<Verdict> = futures::stream::iter(asks).buffered(ASKING).collect().await;
-        let verdicts: Vec<(Claimed, Verdict)> =
-            doubts.into_iter().map(|(m, ..)| m).zip(asked).collect();
+        let verdicts: Vec<(Claimed, Verdict)> = doubts
+            .into_iter()
+            .map(|(m, ..)| m)
+            .zip(asked)
+            .chain(erased)
+            .collect();
         let events = record(&mut tx, &self.outbox, &verdicts, now, Fence::Locked).await?;
         tx.commit().await?;
         if events > 0 {

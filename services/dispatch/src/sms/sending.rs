@@ -346,7 +346,9 @@ impl<V: SmsVendor> Sender<V> {
         let rows = sqlx::query(
             "SELECT m.id, m.case_id, m.policy_no, m.stage, m.template, m.contact_enc, m.time_zone,
                     m.marketing, m.attempts, m.traceparent,
-                    EXISTS (SELECT 1 FROM dispatch.closed_cases c WHERE c.case_id = m.case_id) AS case_closed,
+                    -- An erased contact (its case is closed too) is never opened nor sent.
+                    (length(m.contact_enc) = 0
+                     OR EXISTS (SELECT 1 FROM dispatch.closed_cases c WHERE c.case_id = m.case_id)) AS case_closed,
                     EXISTS (SELECT 1 FROM dispatch.opt_outs o WHERE o.mobile_index = m.mobile_index) AS opted_out
              FROM dispatch.sms_messages m
              WHERE m.state = 'queued' AND m.next_attempt_at <= $1

@@ -1,0 +1,192 @@
+//! Erasure (`scheduler.cmd.erase_personal_data`, from lists: a customer's request, or
+//! the retention of cases closed long ago). In the transaction of its inbox row the
+//! scheduler blanks the contact of each named case (the sealed name, mobile and plate
+//! become the empty value, the mobile's blind index none), cancels the case's pending
+//! timers (the command may come before the case's closing, which travels on another
+//! stream), clears the contact from the dead letters of the case's opening, and answers
+//! `scheduler.erasure.done` through its outbox. Each case keeps its row and its timers'
+//! history, so the figures stay. An erased case never fires again (`timers::claim`), and
+//! an opening that arrives after its erasure stores no contact and plans only cancelled
+//! timers (a case erased before the scheduler heard of it is recorded as closed).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use renewal_contract::lists::{CaseOpened, ErasePersonalData};
+use renewal_contract::platform::ErasureDone;
+use renewal_contract::subject;
+use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
+use sqlx::{PgConnection, Row};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// What the scheduler keeps of an erased case, on purpose.
+const KEPT: &[&str] = &[
+    "cases: each case's row (policy number, dates, city, branch, reminder plan, state) and its timers' history, for the figures; the contact (name, mobile, plate) and the mobile's blind index are blanked",
+    "owners: the agent code owning each case (staff data, not the customer's)",
+];
+
+pub struct Erasures {
+    pub clock: Clock,
+    pub outbox: Outbox,
+    pub timers_changed: Arc<Notify>,
+}
+
+impl Handler for Erasures {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        if delivery.subject != subject::SCHEDULER_CMD_ERASE_PERSONAL_DATA {
+            return Err(HandleError::Malformed(format!(
+                "unexpected subject {}",
+                delivery.subject
+            )));
+        }
+        let command: ErasePersonalData = delivery.decode()?;
+        if command.erasure_id.trim().is_empty() {
+            return Err(HandleError::Malformed("erasure_id is empty".into()));
+        }
+        let (case_ids, unknown) = case_ids(&command.case_ids);
+        let now = self.clock.now();
+        let mut erased = erase(tx, &case_ids, now).await?;
+        if unknown > 0 {
+            erased.insert("unknown".into(), unknown);
+        }
+        let done = ErasureDone {
+            erasure_id: command.erasure_id,
+            service: crate::SCHEMA.into(),
+            erased,
+            kept: KEPT.iter().map(|k| (*k).to_owned()).collect(),
+            done_at_ms: now.timestamp_millis(),
+        };
+        self.outbox
+            .enqueue(tx, subject::SCHEDULER_ERASURE_DONE, &done)
+            .await?;
+        metrics::counter!("erasures_total", "service" => crate::SCHEMA).increment(1);
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.timers_changed.notify_one();
+    }
+
+    /// The command names cases, never a customer: a refused one is kept whole.
+    fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
+        Some(delivery.payload.to_vec())
+    }
+}
+
+/// The named cases as ids (each once), and how many names were not a case id (skipped:
+/// one bad name does not stop the others' erasure).
+pub fn case_ids(raw: &[String]) -> (Vec<Uuid>, u64) {
+    let mut ids = Vec::with_capacity(raw.len());
+    let mut unknown = 0;
+    for name in raw {
+        match Uuid::parse_str(name.trim()) {
+            Ok(id) if !ids.contains(&id) => ids.push(id),
+            Ok(_) => {}
+            Err(_) => unknown += 1,
+        }
+    }
+    ids.sort_unstable();
+    (ids, unknown)
+}
+
+/// Erases what the scheduler keeps of the cases; the counts by kind.
+async fn erase(
+    tx: &mut PgConnection,
+    case_ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, u64>, sqlx::Error> {
+    // A case not heard of yet is recorded closed and erased, so that its opening,
+    // should it still come, brings no contact and no timer.
+    sqlx::query(
+        "INSERT INTO scheduler.cases (case_id, policy_no, state, closed_reason, closed_at, contact_enc, erased_at)
+         SELECT id, '', 'closed', 'erased', $2, '\\x'::bytea, $2 FROM unnest($1::uuid[]) AS id
+         ON CONFLICT (case_id) DO NOTHING",
+    )
+    .bind(case_ids)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    // Locked in key order (as the ids are sorted): what each case held before.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE length(contact_enc) > 0 OR mobile_index IS NOT NULL)
+         FROM (SELECT contact_enc, mobile_index FROM scheduler.cases WHERE case_id = ANY($1)
+               ORDER BY case_id FOR UPDATE) c",
+    )
+    .bind(case_ids)
+    .fetch_one(&mut *tx)
+    .await?;
+    // No blind index rather than an empty one: the frequency cap takes cases with equal
+    // indexes for one customer, and every erased case is nobody's.
+    sqlx::query(
+        "UPDATE scheduler.cases SET contact_enc = '\\x', mobile_index = NULL,
+             erased_at = coalesce(erased_at, $2)
+         WHERE case_id = ANY($1)
+           AND (erased_at IS NULL OR contact_enc IS NULL OR length(contact_enc) > 0 OR mobile_index IS NOT NULL)",
+    )
+    .bind(case_ids)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let timers = crate::cases::cancel_pending(tx, case_ids, "erased", None).await?;
+    let dead_letters = redact_dead_letters(tx, case_ids).await?;
+    Ok(HashMap::from([
+        ("cases".to_owned(), held as u64),
+        ("timers_cancelled".to_owned(), timers),
+        ("dead_letters".to_owned(), dead_letters),
+    ]))
+}
+
+/// Clears the customer from the dead letters of the cases' openings (a replay of one
+/// then plans the case without a contact: it is closed and erased). Returns how many
+/// letters it changed.
+async fn redact_dead_letters(tx: &mut PgConnection, case_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    if case_ids.is_empty() {
+        return Ok(0);
+    }
+    let wanted: HashSet<String> = case_ids.iter().map(Uuid::to_string).collect();
+    let rows = sqlx::query(
+        "SELECT id, payload FROM scheduler.dead_letters WHERE subject = $1 ORDER BY id FOR UPDATE",
+    )
+    .bind(subject::LISTS_CASE_OPENED)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut changed = 0;
+    for row in rows {
+        let payload: Vec<u8> = row.try_get("payload")?;
+        // A letter that does not decode names no case it could be found by.
+        let Ok(mut opened) = <CaseOpened as prost::Message>::decode(payload.as_slice()) else {
+            continue;
+        };
+        if !wanted.contains(opened.case_id.trim()) || opened.customer.is_none() {
+            continue;
+        }
+        opened.customer = None;
+        sqlx::query("UPDATE scheduler.dead_letters SET payload = $2 WHERE id = $1")
+            .bind(row.try_get::<i64, _>("id")?)
+            .bind(prost::Message::encode_to_vec(&opened))
+            .execute(&mut *tx)
+            .await?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_are_not_case_ids_are_counted_and_the_others_kept_once() {
+        let a = Uuid::now_v7();
+        let (ids, unknown) = case_ids(&[
+            a.to_string(),
+            "not-a-case".into(),
+            format!(" {a} "),
+            String::new(),
+        ]);
+        assert_eq!(ids, vec![a]);
+        assert_eq!(unknown, 2);
+    }
+}
