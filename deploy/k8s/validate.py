@@ -17,7 +17,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import yaml
 
@@ -463,6 +463,8 @@ def wiring(repo, dev_path, prod_path, obs_path):
     database = cluster["spec"]["bootstrap"]["initdb"]["database"]
     post_init = " ; ".join(cluster["spec"]["bootstrap"]["initdb"].get("postInitApplicationSQL", []))
     pg_host = f"{cluster['metadata']['name']}-rw"
+    # The CA CloudNativePG makes for the cluster (it signs the server certificates).
+    pg_ca = f"{cluster['metadata']['name']}-ca"
 
     for r in renders:
         print(f"{r.name} overlay:")
@@ -569,6 +571,44 @@ def wiring(repo, dev_path, prod_path, obs_path):
             url = urlparse(env.get("DATABASE_URL", ""))
             check(url.username == code.schema[s] and url.password is None and url.hostname == pg_host and url.path == f"/{database}",
                   f"{r.name}/{s}: DATABASE_URL is role {s} at {pg_host}/{database}, no password in it", f"{url.geturl()}")
+            # Over TLS, verified against CloudNativePG's CA, mounted where sslrootcert says
+            # in every container that connects (the service and its migrate step).
+            query = parse_qs(url.query)
+            root = query.get("sslrootcert", [""])[-1]
+            check(query.get("sslmode") == ["verify-full"] and root.startswith("/"),
+                  f"{r.name}/{s}: DATABASE_URL says sslmode=verify-full with an sslrootcert file", f"{url.query}")
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for c in [main] + ([init] if init else []):
+                mount = next((m for m in c.get("volumeMounts", [])
+                              if root.startswith(m["mountPath"].rstrip("/") + "/")), None)
+                secret = volumes.get(mount["name"], {}).get("secret", {}) if mount else {}
+                items = {i["key"]: i["path"] for i in secret.get("items", [])}
+                rel = root[len(mount["mountPath"].rstrip("/")) + 1:] if mount else None
+                check(mount is not None and secret.get("secretName") == pg_ca and items.get("ca.crt") == rel
+                      and set(items) == {"ca.crt"},
+                      f"{r.name}/{s}/{c['name']}: {root} is key ca.crt of Secret {pg_ca} (CloudNativePG's CA; not its key)",
+                      f"mount {mount}, volume {secret}")
+            # NATS: over TLS verified against the CA in renewal-nats-ca (mounted where NATS_CA
+            # says, in every container: the settings are parsed by migrate too), as the
+            # service's own user (README "In transit").
+            nats_ca = env.get("NATS_CA") or ""
+            check(nats_ca.startswith("/") and (env.get("NATS_URL") or "").startswith("tls://"),
+                  f"{r.name}/{s}: NATS_URL is tls:// and NATS_CA names a CA file", f"NATS_URL={env.get('NATS_URL')!r} NATS_CA={nats_ca!r}")
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for c in [main] + ([init] if init else []):
+                mount = next((m for m in c.get("volumeMounts", [])
+                              if nats_ca.startswith(m["mountPath"].rstrip("/") + "/")), None)
+                secret = volumes.get(mount["name"], {}).get("secret", {}) if mount else {}
+                items = {i["key"]: i["path"] for i in secret.get("items", [])}
+                rel = nats_ca[len(mount["mountPath"].rstrip("/")) + 1:] if mount else None
+                check(mount is not None and secret.get("secretName") == "renewal-nats-ca" and items == {"ca.crt": rel},
+                      f"{r.name}/{s}/{c['name']}: NATS_CA {nats_ca} is key ca.crt of Secret renewal-nats-ca",
+                      f"mount {mount}, volume {secret}")
+            nats_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main.get("env", [])
+                         if e["name"] in ("NATS_USER", "NATS_PASSWORD") and "secretKeyRef" in e.get("valueFrom", {})}
+            check(all(nats_refs.get(v, {}).get("name") == f"renewal-nats-{s}" and nats_refs[v].get("key") == v
+                      for v in ("NATS_USER", "NATS_PASSWORD")),
+                  f"{r.name}/{s}: NATS_USER and NATS_PASSWORD from Secret renewal-nats-{s} (its own user)", f"{nats_refs}")
             pgpass = next((e["valueFrom"]["secretKeyRef"] for e in main.get("env", []) if e["name"] == "PGPASSWORD"), {})
             role = roles.get(code.schema[s], {})
             check(pgpass.get("name") == role.get("passwordSecret", {}).get("name") and pgpass.get("key") == "password",
@@ -741,6 +781,9 @@ def wiring(repo, dev_path, prod_path, obs_path):
     print("postgres/cluster.yaml:")
     check(cluster["spec"].get("instances") == 3, "postgres: 3 instances")
     check(set(roles) == {code.schema[s] for s in SERVICES}, "postgres: one managed role per service schema", f"roles {sorted(roles)}")
+    hba = [" ".join(line.split()) for line in cluster["spec"]["postgresql"].get("pg_hba", [])]
+    check("hostnossl all all all reject" in hba, "postgres: a plain-text connection over the network is refused (pg_hba hostnossl ... reject)",
+          f"pg_hba {hba}")
     for s in SERVICES:
         role = roles.get(s, {})
         secret = role.get("passwordSecret", {}).get("name")
@@ -759,6 +802,25 @@ def wiring(repo, dev_path, prod_path, obs_path):
     js = nats["config"]["jetstream"]
     check(js["enabled"] and js["fileStore"]["enabled"] and js["fileStore"]["pvc"]["enabled"], "nats: JetStream on file storage PVCs")
     check(js.get("merge", {}).get("sync_interval") == "always", "nats: sync_interval always")
+    check(nats["config"].get("nats", {}).get("tls", {}).get("enabled") is True
+          and nats["config"]["nats"]["tls"].get("secretName") == "nats-server-tls",
+          "nats: clients over TLS only (certificate from Secret nats-server-tls)")
+    js_key = js.get("merge", {}).get("key", "")
+    js_env = nats["container"].get("env", {}).get(js_key.strip("<> ").lstrip("$"), {})
+    check(js.get("merge", {}).get("cipher") in ("chachapoly", "aes") and js_key.startswith("<< $")
+          and js_env.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "nats-jetstream-key",
+          "nats: JetStream store encrypted, its key from Secret nats-jetstream-key", f"merge {js.get('merge')}, env {js_env}")
+    includes = [v for k, v in nats["config"].get("merge", {}).items() if k.endswith("$include")]
+    mounts = {m["value"]["mountPath"] for m in nats["container"].get("patch", []) if m.get("path") == "/volumeMounts/-"}
+    volumes = {m["value"]["name"]: m["value"].get("secret", {}).get("secretName")
+               for m in nats.get("podTemplate", {}).get("patch", []) if m.get("path") == "/spec/volumes/-"}
+    check(any(str(Path("/etc/nats-config", i).resolve()).startswith(tuple(mounts)) for i in includes)
+          and "nats-auth" in volumes.values() and re.search(r"create secret generic nats-auth\b", secrets_text),
+          "nats: users from `renewal nats-config` (auth.conf of Secret nats-auth, mounted and included)",
+          f"includes {includes}, mounts {mounts}, volumes {volumes}")
+    for name in ("nats-server-tls", "nats-jetstream-key", "renewal-nats-ca"):
+        check(re.search(rf"create secret (?:generic|tls) \"?{name}\b", secrets_text),
+              f"nats: Secret {name} is created by secrets.example")
 
     print("observability:")
     monitors = obs.all("ServiceMonitor")

@@ -96,6 +96,87 @@ ensure_local_ca() {
   say "made a local CA and a server certificate for 127.0.0.1 in $dir"
 }
 
+# The local Postgres serves TLS with the local CA's server certificate, and a role
+# `renewal` (CREATEDB) may connect only over TLS: the tests connect as it with
+# sslmode=verify-full, so a plain-text connection as it is refused. The postgres user
+# keeps its plain loopback access (other tools on the machine use it). Done only when
+# the local Postgres is ours to configure (its superuser answers on loopback, its files
+# are on this machine, and we are root or may sudo); each step only when needed, so a
+# second run changes nothing. Exports RENEWAL_POSTGRES_TLS=on, or off when it could not.
+ensure_postgres_tls() {
+  export RENEWAL_POSTGRES_TLS=off
+  local dir="${RENEWAL_TLS_DIR:-}"
+  if [ -z "$dir" ] || [ ! -s "$dir/server.crt" ] || [ ! -s "$dir/server.key" ]; then
+    say "no local CA: Postgres is used without TLS"; return 0
+  fi
+  local psql_su=(psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 5432 -U postgres -d postgres)
+  if ! command -v psql >/dev/null 2>&1 ||
+    [ "$("${psql_su[@]}" -c 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user' 2>/dev/null)" != t ]; then
+    say "the postgres superuser does not answer on 127.0.0.1:5432: Postgres is used as it is, without TLS"; return 0
+  fi
+  if [ "$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then
+    say "not root and no sudo: cannot give Postgres the local certificate; it is used without TLS"; return 0
+  fi
+  local data hba
+  data=$("${psql_su[@]}" -c 'SHOW data_directory') && hba=$("${psql_su[@]}" -c 'SHOW hba_file') || return 0
+  if ! as_root test -f "$hba" || ! as_root test -d "$data"; then
+    say "Postgres on 127.0.0.1:5432 keeps its files elsewhere (not on this machine?): it is used without TLS"; return 0
+  fi
+  local owner changed=0
+  owner=$(as_root stat -c %U "$data")
+  # The certificate and key where the server process can read them, the key 0600.
+  local certs
+  certs="$(dirname "$data")/renewal-tls"
+  as_root install -d -m 0700 -o "$owner" -g "$owner" "$certs" || return 0
+  local f mode
+  for f in ca.crt server.crt server.key; do
+    mode=0644; [ "$f" = server.key ] && mode=0600
+    if ! as_root cmp -s "$dir/$f" "$certs/$f"; then
+      as_root install -m "$mode" -o "$owner" -g "$owner" "$dir/$f" "$certs/$f" || return 0
+      changed=1
+    fi
+  done
+  local name want
+  for name in ssl_cert_file:server.crt ssl_key_file:server.key ssl_ca_file:ca.crt ssl:on; do
+    want="${name#*:}"; name="${name%%:*}"
+    [ "$name" = ssl ] || want="$certs/$want"
+    if [ "$("${psql_su[@]}" -c "SHOW $name")" != "$want" ]; then
+      "${psql_su[@]}" -c "ALTER SYSTEM SET $name = '$want'" || return 0
+      changed=1
+    fi
+  done
+  # The role the tests use, over TLS only (first match wins: these lines go first).
+  if [ "$("${psql_su[@]}" -c "SELECT rolcanlogin AND rolcreatedb FROM pg_roles WHERE rolname = 'renewal'")" != t ]; then
+    if [ -z "$("${psql_su[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = 'renewal'")" ]; then
+      "${psql_su[@]}" -c 'CREATE ROLE renewal LOGIN CREATEDB' || return 0
+    else
+      "${psql_su[@]}" -c 'ALTER ROLE renewal LOGIN CREATEDB' || return 0
+    fi
+    say "made the role renewal (CREATEDB), for TLS connections only"
+  fi
+  if ! as_root grep -q '^# renewal: the renewal role over TLS only' "$hba"; then
+    as_root sh -c "printf '# renewal: the renewal role over TLS only\nhostssl all renewal 127.0.0.1/32 trust\nhostssl all renewal ::1/128 trust\nhostnossl all renewal all reject\nlocal all renewal reject\n' | cat - '$hba' > '$hba.new' && mv '$hba.new' '$hba' && chown $owner:$owner '$hba'" || return 0
+    say "set $hba to let the renewal role in over TLS only"
+    changed=1
+  fi
+  if [ "$changed" = 1 ]; then
+    "${psql_su[@]}" -c 'SELECT pg_reload_conf()' >/dev/null || return 0
+    sleep 0.5
+    say "Postgres serves TLS with the local CA's certificate (in $certs); reloaded"
+  fi
+  if [ -n "$("${psql_su[@]}" -c 'SELECT 1 FROM pg_hba_file_rules WHERE error IS NOT NULL LIMIT 1')" ]; then
+    say "$hba has errors (see pg_hba_file_rules): Postgres is used without TLS"; return 0
+  fi
+  # The proof: a verify-full connection as the renewal role (the server's reload of
+  # its certificate fails only in its log).
+  if ! PGSSLMODE=verify-full PGSSLROOTCERT="$dir/ca.crt" psql -X -q -At -h 127.0.0.1 -p 5432 -U renewal -d postgres \
+    -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()' 2>/dev/null | grep -qx t; then
+    say "Postgres does not serve TLS with the local CA's certificate (see /var/log/postgresql/): it is used without TLS"; return 0
+  fi
+  export RENEWAL_POSTGRES_TLS=on
+  [ "$changed" = 1 ] || say "Postgres serves TLS with the local CA's certificate; the renewal role connects over TLS only"
+}
+
 ensure_rust() {
   command -v cargo >/dev/null 2>&1 && return 0
   [ -x "$HOME/.cargo/bin/cargo" ] && { export PATH="$HOME/.cargo/bin:$PATH"; return 0; }
@@ -106,4 +187,5 @@ ensure_rust() {
 ensure_stack() {
   ensure_rust && ensure_postgres && ensure_nats || return 1
   ensure_local_ca || true
+  ensure_postgres_tls || true
 }

@@ -11,9 +11,96 @@ use secrecy::SecretString;
 
 pub const TZ: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
 
+/// Where the tests reach Postgres: the server part of the URL (no database) and the
+/// query each database's URL ends with.
+struct Postgres {
+    base: String,
+    query: String,
+}
+
+/// Postgres for the tests. `TEST_DATABASE_BASE` (a server URL, optionally with a query)
+/// when set; else, when the local CA exists (`deploy/local/stack.sh` makes it and gives
+/// the local Postgres its certificate), the `renewal` role over TLS, checked with
+/// `sslmode=verify-full` against the local CA (the role is refused in plain text, so
+/// every test's services, their child processes and `pg_dump` go over TLS); else the
+/// `postgres` user in plain text. `RENEWAL_POSTGRES_TLS=off` (what the script exports
+/// when it could not configure Postgres) keeps plain text beside a CA.
+fn postgres() -> &'static Postgres {
+    static POSTGRES: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+    POSTGRES.get_or_init(|| {
+        if let Ok(url) = std::env::var("TEST_DATABASE_BASE") {
+            let (base, query) = match url.split_once('?') {
+                Some((base, query)) => (base.to_owned(), format!("?{query}")),
+                None => (url, String::new()),
+            };
+            return Postgres { base, query };
+        }
+        let tls = std::env::var("RENEWAL_POSTGRES_TLS").unwrap_or_default();
+        match local_ca() {
+            Some(ca) if tls != "off" => Postgres {
+                base: "postgres://renewal@127.0.0.1:5432".into(),
+                query: format!("?sslmode=verify-full&sslrootcert={}", url_path(&ca)),
+            },
+            _ => {
+                assert_ne!(
+                    tls,
+                    "on",
+                    "RENEWAL_POSTGRES_TLS=on but the local CA is missing in {}",
+                    local_tls_dir().display()
+                );
+                Postgres {
+                    base: "postgres://postgres@127.0.0.1:5432".into(),
+                    query: String::new(),
+                }
+            }
+        }
+    })
+}
+
+/// The local CA's folder: `RENEWAL_TLS_DIR` (exported by `deploy/local/stack.sh`), else
+/// `tls` in the state folder, as the script makes it.
+pub fn local_tls_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("RENEWAL_TLS_DIR") {
+        return dir.into();
+    }
+    let state = match std::env::var_os("RENEWAL_STATE_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => match std::env::var_os("XDG_STATE_HOME") {
+            Some(dir) => std::path::PathBuf::from(dir).join("renewal"),
+            None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".local/state/renewal"),
+        },
+    };
+    state.join("tls")
+}
+
+/// The local CA's certificate, if the local stack made one.
+pub fn local_ca() -> Option<std::path::PathBuf> {
+    let ca = local_tls_dir().join("ca.crt");
+    ca.is_file().then_some(ca)
+}
+
+/// A file path as a URL query value (sqlx and libpq decode it).
+pub fn url_path(path: &std::path::Path) -> String {
+    let mut out = String::new();
+    for b in path.to_string_lossy().bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The server part of the tests' Postgres URL (no database, no query).
 pub fn postgres_base() -> String {
-    std::env::var("TEST_DATABASE_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    postgres().base.clone()
+}
+
+/// Whether the tests reach Postgres over TLS (as the TLS-only `renewal` role).
+pub fn postgres_over_tls() -> bool {
+    postgres().query.contains("sslmode=verify")
 }
 
 pub fn nats_url() -> String {
@@ -30,7 +117,8 @@ pub fn unique(tag: &str) -> String {
 }
 
 pub fn database_url(name: &str) -> SecretString {
-    SecretString::from(format!("{}/renewal_{name}", postgres_base()))
+    let pg = postgres();
+    SecretString::from(format!("{}/renewal_{name}{}", pg.base, pg.query))
 }
 
 pub fn local(date: &str, hour: u32) -> DateTime<Utc> {

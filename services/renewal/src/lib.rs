@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod cli_import;
 pub mod cli_pii;
 pub mod demo;
+pub mod nats_config;
 pub mod simulation;
 pub mod system;
 pub mod vendor_sim;

@@ -67,6 +67,24 @@ enum Command {
         #[arg(long, default_value = "8h")]
         ttl: String,
     },
+    /// Print the nats-server configuration for this deployment: one user per service
+    /// (and `renewal`, `core`) whose rights are its rows of proto/SUBJECTS.md, passwords
+    /// made once into --passwords; with --tls-cert and --tls-key, TLS required.
+    NatsConfig {
+        /// The deployment's subject prefix (NATS_PREFIX).
+        #[arg(long, env = "NATS_PREFIX", default_value = "")]
+        prefix: String,
+        /// Folder of the users' passwords, one file per user (made where missing, 0600);
+        /// default: `nats-users` in the local state folder.
+        #[arg(long)]
+        passwords: Option<PathBuf>,
+        /// The server's certificate (PEM), for a `tls {}` block.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The server's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
     /// Personal data at rest (DATABASE_URL, PII_KEYS).
     Pii {
         #[command(subcommand)]
@@ -213,6 +231,12 @@ async fn main() -> ExitCode {
         Command::Pii {
             what: PiiWhat::Rotate { batch },
         } => renewal::cli_pii::rotate(batch.max(1)).await,
+        Command::NatsConfig {
+            prefix,
+            passwords,
+            tls_cert,
+            tls_key,
+        } => nats_config(&prefix, passwords, tls_cert.zip(tls_key)),
         Command::Vendor => renewal::vendor_sim::run_process().await,
         Command::Chaos => chaos().await,
     }
@@ -249,6 +273,29 @@ async fn chaos() -> ExitCode {
         Err(e) => {
             eprintln!("renewal chaos: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `renewal nats-config`: prints the server's users (and TLS) for a deployment.
+fn nats_config(
+    prefix: &str,
+    passwords: Option<PathBuf>,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> ExitCode {
+    let env = renewal_platform::config::Env::process();
+    let dir = passwords
+        .unwrap_or_else(|| renewal_platform::dev_issuer::state_dir(&env).join("nats-users"));
+    let tls = tls.map(|(cert, key)| renewal::nats_config::ServerTls { cert, key });
+    match renewal::nats_config::generate(prefix, &dir, tls.as_ref()) {
+        Ok(text) => {
+            print!("{text}");
+            eprintln!("renewal nats-config: passwords in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("renewal nats-config: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod platform {
     include!(concat!(env!("OUT_DIR"), "/renewal.platform.v1.rs"));
 }
 
+pub mod permissions;
 pub mod sms_templates;
 mod subjects;
-pub use subjects::{Stream, Subjects, subject};
+pub use subjects::{InvalidPrefix, Stream, Subjects, subject};

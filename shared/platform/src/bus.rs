@@ -1,10 +1,12 @@
 //! JetStream wiring: the connection, the streams (one per subject namespace) and the
 //! durable pull consumers, all declared in code.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use renewal_contract::{Stream, Subjects};
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::Backoff;
@@ -13,6 +15,14 @@ use crate::retry::Backoff;
 pub enum BusError {
     #[error("nats connect: {0}")]
     Connect(String),
+    /// The server did not take the connection: unreachable, TLS refused (an unknown
+    /// CA, a server without TLS) or the credential refused.
+    #[error("nats at {url} refused the connection: {source}")]
+    Refused {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
     #[error("jetstream stream {stream}: {reason}")]
     Stream { stream: String, reason: String },
     #[error("jetstream consumer {consumer} on {stream}: {reason}")]
@@ -25,6 +35,45 @@ pub enum BusError {
     Publish { subject: String, reason: String },
     #[error("stopped before NATS answered")]
     Cancelled,
+}
+
+/// How a process connects to NATS: in plain text without a user (a laptop's loopback
+/// server, the default), or over TLS verifying the server against a CA (`NATS_CA`),
+/// as a user with a password (`NATS_USER`, `NATS_PASSWORD`) whose rights are its
+/// service's rows of the contract (`renewal nats-config`).
+#[derive(Debug, Clone, Default)]
+pub struct NatsAccess {
+    /// PEM file of the CA the server's certificate must chain to; TLS is required
+    /// when set.
+    pub ca: Option<PathBuf>,
+    pub user: Option<NatsUser>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsUser {
+    pub name: String,
+    pub password: SecretString,
+}
+
+impl NatsAccess {
+    /// The client options for a connection named `name`.
+    pub fn options(&self, name: &str) -> async_nats::ConnectOptions {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(ca) = &self.ca {
+            crate::install_crypto_provider();
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let Some(user) = &self.user {
+            // Replies (and pulled messages) arrive under the user's own inbox prefix,
+            // the only subjects it may subscribe to.
+            options = options
+                .user_and_password(user.name.clone(), user.password.expose_secret().to_owned())
+                .custom_inbox_prefix(renewal_contract::permissions::inbox_prefix(&user.name));
+        }
+        options
+    }
 }
 
 /// A durable pull consumer: named after the consuming service, so every replica of
@@ -59,6 +108,27 @@ pub const SMALL_STREAM_MAX_BYTES: i64 = 256 << 20;
 /// How long a consumer waits for an ack before redelivering.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// One attempt to connect (no retry): the client, or why the server refused it.
+pub async fn connect_once(
+    url: &str,
+    access: &NatsAccess,
+    name: &str,
+) -> Result<async_nats::Client, BusError> {
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BusError::Connect(format!("{url:?}: {e}")))?;
+    access
+        .options(name)
+        .connect(servers.as_slice())
+        .await
+        .map_err(|source| BusError::Refused {
+            url: url.to_owned(),
+            source,
+        })
+}
+
 impl Bus {
     /// Connects, retrying with backoff (and logging why) until NATS answers or the
     /// token is cancelled. `url` may list the servers of a cluster, comma-separated;
@@ -70,17 +140,31 @@ impl Bus {
         name: &str,
         cancel: &CancellationToken,
     ) -> Result<Bus, BusError> {
-        let servers = url
-            .split(',')
-            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BusError::Connect(format!("{url:?}: {e}")))?;
+        Self::connect_with(
+            url,
+            &NatsAccess::default(),
+            subjects,
+            replicas,
+            name,
+            cancel,
+        )
+        .await
+    }
+
+    /// [`Bus::connect`] with TLS and a credential (`NATS_CA`, `NATS_USER`,
+    /// `NATS_PASSWORD`): a refused credential or certificate is retried too (logged
+    /// with the reason), as a secret being rolled out may arrive after the process.
+    pub async fn connect_with(
+        url: &str,
+        access: &NatsAccess,
+        subjects: Subjects,
+        replicas: usize,
+        name: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Bus, BusError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
-            let options = async_nats::ConnectOptions::new()
-                .name(name)
-                .connection_timeout(Duration::from_secs(5));
-            match options.connect(servers.as_slice()).await {
+            match connect_once(url, access, name).await {
                 Ok(client) => {
                     let js = jetstream::new(client.clone());
                     return Ok(Bus {
@@ -91,6 +175,7 @@ impl Bus {
                         max_bytes: SMALL_STREAM_MAX_BYTES,
                     });
                 }
+                Err(e @ BusError::Connect(_)) => return Err(e),
                 Err(e) => {
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "nats is not reachable yet");

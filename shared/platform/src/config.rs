@@ -133,6 +133,9 @@ pub struct Settings {
     pub database_url: SecretString,
     pub database_max_connections: u32,
     pub nats_url: String,
+    /// TLS (`NATS_CA`) and the service's credential (`NATS_USER`, `NATS_PASSWORD`);
+    /// plain text and no user when none is set.
+    pub nats_access: crate::bus::NatsAccess,
     /// Subject and stream prefix; empty in production.
     pub nats_prefix: String,
     /// JetStream stream replicas (3 in a production cluster).
@@ -189,6 +192,7 @@ impl Settings {
                 reason: format!("each server must start with nats:// or tls:// (got {nats_url:?})"),
             });
         }
+        let nats_access = nats_access(env)?;
         let stream_replicas = env.or("NATS_STREAM_REPLICAS", 1usize)?;
         if !(1..=5).contains(&stream_replicas) {
             return Err(ConfigError::Invalid {
@@ -200,6 +204,7 @@ impl Settings {
             database_url,
             database_max_connections: env.or("DATABASE_MAX_CONNECTIONS", 10u32)?,
             nats_url,
+            nats_access,
             nats_prefix,
             stream_replicas,
             http_addr: env.or("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
@@ -229,6 +234,54 @@ impl Settings {
             },
         })
     }
+}
+
+/// `NATS_CA` (a readable PEM file), `NATS_USER` and `NATS_PASSWORD` (both or neither).
+pub fn nats_access<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<crate::bus::NatsAccess, ConfigError> {
+    let ca = match env.optional::<String>("NATS_CA")? {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                var: "NATS_CA".into(),
+                reason: format!("cannot read {path:?}: {e}"),
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError::Invalid {
+                    var: "NATS_CA".into(),
+                    reason: format!("{path:?} holds no PEM certificate"),
+                });
+            }
+            Some(std::path::PathBuf::from(path))
+        }
+    };
+    let user = match (
+        env.optional::<String>("NATS_USER")?,
+        env.secret("NATS_PASSWORD"),
+    ) {
+        (None, None) => None,
+        (Some(name), Some(password)) => {
+            if !renewal_contract::permissions::valid_user(&name) {
+                return Err(ConfigError::Invalid {
+                    var: "NATS_USER".into(),
+                    reason: format!("{name:?} must be ASCII letters, digits, '-' or '_'"),
+                });
+            }
+            Some(crate::bus::NatsUser { name, password })
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::Missing {
+                var: "NATS_PASSWORD".into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Missing {
+                var: "NATS_USER".into(),
+            });
+        }
+    };
+    Ok(crate::bus::NatsAccess { ca, user })
 }
 
 /// `INBOX_RETENTION` (longer than the streams keep messages) and `OUTBOX_RETENTION`.
@@ -287,6 +340,31 @@ mod tests {
         assert!(err.to_string().contains("TIME_ZONE"), "{err}");
         let err = Settings::from(&env(&[("NATS_PREFIX", "a.b")])).expect_err("must be refused");
         assert!(err.to_string().contains("NATS_PREFIX"), "{err}");
+    }
+
+    #[test]
+    fn nats_credentials_come_in_pairs_and_the_ca_must_be_a_certificate() {
+        let plain = Settings::from(&env(&[])).expect("defaults");
+        assert!(plain.nats_access.ca.is_none() && plain.nats_access.user.is_none());
+        let err = Settings::from(&env(&[("NATS_USER", "lists")])).expect_err("no password");
+        assert!(err.to_string().contains("NATS_PASSWORD"), "{err}");
+        let err = Settings::from(&env(&[("NATS_PASSWORD", "x")])).expect_err("no user");
+        assert!(err.to_string().contains("NATS_USER"), "{err}");
+        let err = Settings::from(&env(&[("NATS_USER", "a.b"), ("NATS_PASSWORD", "x")]))
+            .expect_err("not a token");
+        assert!(err.to_string().contains("NATS_USER"), "{err}");
+        let err = Settings::from(&env(&[("NATS_CA", "/nonexistent/ca.crt")])).expect_err("no file");
+        assert!(err.to_string().contains("NATS_CA"), "{err}");
+        let with = Settings::from(&env(&[("NATS_USER", "lists"), ("NATS_PASSWORD", "secret")]))
+            .expect("a user");
+        assert!(
+            !format!("{:?}", with.nats_access).contains("secret"),
+            "kept out of logs"
+        );
+        assert_eq!(
+            with.nats_access.user.map(|u| u.name).as_deref(),
+            Some("lists")
+        );
     }
 
     #[test]

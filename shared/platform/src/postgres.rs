@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -31,9 +33,88 @@ fn options(url: &SecretString) -> Result<PgConnectOptions, DbError> {
         .expose_secret()
         .parse()
         .map_err(|e: sqlx::Error| DbError::Url(e.to_string()))?;
+    check_tls(&options)?;
     Ok(options
         .application_name("renewal")
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
+}
+
+/// TLS settings that cannot work, or would not do what they seem to, stop start-up
+/// with a message saying so (`sslmode`, `sslrootcert` in the URL, or `PGSSLMODE`,
+/// `PGSSLROOTCERT`): a CA file that cannot be read or holds no certificate, and a CA
+/// given beside an `sslmode` that would never check the server against it (`require`
+/// and `prefer` accept any certificate here, unlike libpq, which verifies the CA when
+/// a root file is given). `verify-full` checks the chain up to `sslrootcert` (or the
+/// public roots, without one) and that the URL's host is in the server's certificate;
+/// a failed check is an error, never a fallback to plain text.
+fn check_tls(options: &PgConnectOptions) -> Result<(), DbError> {
+    let root = options
+        .to_url_lossy()
+        .query_pairs()
+        .find(|(key, _)| key == "sslrootcert")
+        .map(|(_, value)| value.into_owned());
+    let Some(root) = root else { return Ok(()) };
+    let mode = options.get_ssl_mode();
+    if !matches!(mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull) {
+        return Err(DbError::Url(format!(
+            "sslrootcert is given but sslmode={} does not verify the server against it; \
+             use sslmode=verify-full",
+            ssl_mode_name(mode)
+        )));
+    }
+    // A file (an inline PEM needs no reading).
+    let Some(path) = root.strip_prefix("file: ") else {
+        return Ok(());
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| DbError::Url(format!("sslrootcert {path} cannot be read: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DbError::Url(format!("sslrootcert {path} is not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(DbError::Url(format!(
+            "sslrootcert {path} holds no PEM certificate"
+        )));
+    }
+    Ok(())
+}
+
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// An error reaching Postgres, said so that an operator knows what to fix: a TLS
+/// failure names the settings it depends on (a certificate from another CA, or one
+/// that does not name the URL's host, is refused under `verify-full`).
+pub fn explain(e: &sqlx::Error) -> String {
+    match tls_failure(e) {
+        Some(cause) => format!(
+            "TLS to Postgres failed: {cause} (check DATABASE_URL's sslrootcert: the CA \
+             that signed the server's certificate; and its host: a name in that certificate)"
+        ),
+        None => e.to_string(),
+    }
+}
+
+/// The TLS failure behind a connection error: the handshake's own (no server
+/// certificate, a bad CA file) or the certificate check's, which rustls raises from
+/// inside the handshake's I/O.
+fn tls_failure(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Tls(cause) => Some(cause.to_string()),
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(ToString::to_string),
+        _ => None,
+    }
 }
 
 /// A lazy pool: it connects on first use, so a service can start (and report
@@ -73,12 +154,14 @@ pub async fn begin_claim(
         .await
 }
 
-/// Waits until Postgres answers, logging each failure with its cause, with backoff.
-/// If the server answers that the database does not exist, it tries to create it.
+/// Waits until Postgres answers, logging each failure with its cause, with backoff,
+/// and handing the cause to `report` (readiness shows it). If the server answers that
+/// the database does not exist, it tries to create it.
 pub async fn wait_until_reachable(
     pool: &PgPool,
     url: &SecretString,
     cancel: &CancellationToken,
+    report: &(dyn Fn(String) + Sync),
 ) -> Result<(), DbError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
@@ -87,7 +170,14 @@ pub async fn wait_until_reachable(
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
                 if let Err(create) = ensure_database(url).await {
                     let wait = backoff.next_delay();
-                    tracing::warn!(error = %create, retry_in_ms = wait.as_millis() as u64, "the database does not exist and cannot be created");
+                    let why = match &create {
+                        DbError::Sql(e) => explain(e),
+                        other => other.to_string(),
+                    };
+                    report(format!(
+                        "the database does not exist and cannot be created: {why}"
+                    ));
+                    tracing::warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "the database does not exist and cannot be created");
                     tokio::select! {
                         _ = cancel.cancelled() => return Err(DbError::Cancelled),
                         _ = tokio::time::sleep(wait) => {}
@@ -96,7 +186,14 @@ pub async fn wait_until_reachable(
             }
             Err(e) => {
                 let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "postgres is not reachable yet");
+                let why = explain(&e);
+                if tls_failure(&e).is_some() {
+                    // Not a server still starting: a CA or host that needs fixing.
+                    tracing::error!(error = %why, retry_in_ms = wait.as_millis() as u64, "postgres is not reachable");
+                } else {
+                    tracing::warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "postgres is not reachable yet");
+                }
+                report(why);
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(DbError::Cancelled),
                     _ = tokio::time::sleep(wait) => {}

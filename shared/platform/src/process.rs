@@ -183,7 +183,8 @@ async fn connect(
     http: &HttpHost,
     root: &CancellationToken,
 ) -> Result<Bus, String> {
-    crate::postgres::wait_until_reachable(pool, &settings.database_url, root)
+    let report = |why: String| http.set_ready("postgres", Err(why));
+    crate::postgres::wait_until_reachable(pool, &settings.database_url, root, &report)
         .await
         .map_err(|e| e.to_string())?;
     http.set_ready("postgres", Ok(()));
@@ -192,8 +193,9 @@ async fn connect(
         .map_err(|e| e.to_string())?;
     let subjects =
         renewal_contract::Subjects::new(&settings.nats_prefix).map_err(|e| e.to_string())?;
-    let bus = Bus::connect(
+    let bus = Bus::connect_with(
         &settings.nats_url,
+        &settings.nats_access,
         subjects,
         settings.stream_replicas,
         program.name,
@@ -300,7 +302,7 @@ async fn watch_dependencies(pool: PgPool, bus: Bus, http: HttpHost, cancel: Canc
         .await;
         let pg_state = match pg {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(crate::postgres::explain(&e)),
             Err(_) => Err("no answer within 3s".to_owned()),
         };
         if let Err(reason) = &pg_state {
