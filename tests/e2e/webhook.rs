@@ -104,8 +104,10 @@ async fn the_webhook_refuses_strangers_and_bad_bodies_and_keeps_receipts_idempot
             .expect("count");
     assert_eq!(unmatched, 1);
     sim.settle().await.expect("settles");
+    // One event per change; the sender's `sent` and the webhook's `delivered` are
+    // written by two transactions that can commit in either order.
     let events: Vec<String> =
-        sqlx::query_scalar("SELECT subject FROM dispatch.outbox ORDER BY seq")
+        sqlx::query_scalar("SELECT subject FROM dispatch.outbox ORDER BY subject DESC")
             .fetch_all(sim.pool())
             .await
             .expect("events");

@@ -260,8 +260,8 @@ pub struct ErasureApi {
 
 pub fn routes(api: ErasureApi) -> renewal_platform::http::Routes {
     renewal_platform::http::Routes::new()
-        .route("/v1/erasures", post(request))
-        .route("/v1/erasures/{erasure_id}", get(show))
+        .route("/v1/erasures", post(request_erasure))
+        .route("/v1/erasures/{erasure_id}", get(show_erasure))
         .finish(|router| router.with_state(api))
 }
 
@@ -327,7 +327,7 @@ impl IntoResponse for ErasureError {
               (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument),
               (status = 404, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument),
               renewal_platform::openapi::Refusals))]
-async fn request(
+async fn request_erasure(
     State(api): State<ErasureApi>,
     caller: Caller,
     body: Result<Json<ErasureRequest>, axum::extract::rejection::JsonRejection>,
@@ -407,7 +407,7 @@ fn lookup(pii: &PiiCipher, body: &ErasureRequest) -> Result<Vec<Vec<u8>>, Proble
     responses((status = 200, body = ErasureView),
               (status = 404, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument),
               renewal_platform::openapi::Refusals))]
-async fn show(
+async fn show_erasure(
     State(api): State<ErasureApi>,
     caller: Caller,
     Path(erasure_id): Path<Uuid>,
