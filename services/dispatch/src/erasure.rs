@@ -21,10 +21,9 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use renewal_contract::lists::ErasePersonalData;
-use renewal_contract::platform::ErasureDone;
 use renewal_contract::scheduler::{CreatePhoneTask, SendSms};
 use renewal_contract::subject;
+use renewal_platform::erasure::ErasureCommand;
 use renewal_platform::pii::PiiCipher;
 use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
 use sqlx::{PgConnection, Row};
@@ -85,12 +84,8 @@ pub async fn erase(
     now: DateTime<Utc>,
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
-    let command: ErasePersonalData = delivery.decode()?;
-    if command.erasure_id.trim().is_empty() {
-        return Err(HandleError::Malformed("erasure_id is empty".into()));
-    }
-    let (case_ids, unknown) = case_ids(&command.case_ids);
-    let counts = erase_cases(tx, pii, &case_ids, now).await?;
+    let command = ErasureCommand::decode(delivery)?;
+    let counts = erase_cases(tx, pii, &command.case_ids, now).await?;
     let mut kept: Vec<String> = KEPT.iter().map(|k| (*k).to_owned()).collect();
     if counts.in_doubt > 0 {
         kept.push(format!(
@@ -98,38 +93,19 @@ pub async fn erase(
             counts.in_doubt
         ));
     }
-    let mut erased = counts.by_table();
-    if unknown > 0 {
-        erased.insert("unknown".into(), unknown);
-    }
-    let done = ErasureDone {
-        erasure_id: command.erasure_id,
-        service: crate::SCHEMA.into(),
-        erased,
-        kept,
-        done_at_ms: now.timestamp_millis(),
-    };
-    outbox
-        .enqueue(tx, subject::DISPATCH_ERASURE_DONE, &done)
+    let done = subject::DISPATCH_ERASURE_DONE;
+    command
+        .answer(
+            tx,
+            outbox,
+            crate::SCHEMA,
+            done,
+            counts.by_table(),
+            kept,
+            now,
+        )
         .await?;
-    metrics::counter!("erasures_total", "service" => crate::SCHEMA).increment(1);
     Ok(())
-}
-
-/// The named cases as ids (each once, in order), and how many names were not a case
-/// id (skipped: one bad name does not stop the others' erasure).
-fn case_ids(raw: &[String]) -> (Vec<Uuid>, u64) {
-    let mut ids = Vec::with_capacity(raw.len());
-    let mut unknown = 0;
-    for name in raw {
-        match Uuid::parse_str(name.trim()) {
-            Ok(id) => ids.push(id),
-            Err(_) => unknown += 1,
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    (ids, unknown)
 }
 
 /// What one erasure changed.
@@ -343,15 +319,6 @@ fn redacted(subject_name: &str, payload: &[u8], cases: &HashSet<Uuid>) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_that_are_not_case_ids_are_counted_and_the_others_kept_once_in_order() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let (ids, unknown) =
-            case_ids(&[b.to_string(), "P2026".into(), a.to_string(), b.to_string()]);
-        assert_eq!(ids, vec![a, b]);
-        assert_eq!(unknown, 1);
-    }
 
     #[test]
     fn never_is_the_last_day_postgres_and_chrono_both_read() {

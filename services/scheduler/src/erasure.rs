@@ -9,15 +9,14 @@
 //! an opening that arrives after its erasure stores no contact and plans only cancelled
 //! timers (a case erased before the scheduler heard of it is recorded as closed).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use renewal_contract::lists::{CaseOpened, ErasePersonalData};
-use renewal_contract::platform::ErasureDone;
 use renewal_contract::subject;
+use renewal_platform::erasure::{self, ErasureCommand};
 use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -41,27 +40,14 @@ impl Handler for Erasures {
                 delivery.subject
             )));
         }
-        let command: ErasePersonalData = delivery.decode()?;
-        if command.erasure_id.trim().is_empty() {
-            return Err(HandleError::Malformed("erasure_id is empty".into()));
-        }
-        let (case_ids, unknown) = case_ids(&command.case_ids);
+        let command = ErasureCommand::decode(delivery)?;
         let now = self.clock.now();
-        let mut erased = erase(tx, &case_ids, now).await?;
-        if unknown > 0 {
-            erased.insert("unknown".into(), unknown);
-        }
-        let done = ErasureDone {
-            erasure_id: command.erasure_id,
-            service: crate::SCHEMA.into(),
-            erased,
-            kept: KEPT.iter().map(|k| (*k).to_owned()).collect(),
-            done_at_ms: now.timestamp_millis(),
-        };
-        self.outbox
-            .enqueue(tx, subject::SCHEDULER_ERASURE_DONE, &done)
+        let erased = erase(tx, &command.case_ids, now).await?;
+        let kept = KEPT.iter().map(|k| (*k).to_owned()).collect();
+        let done = subject::SCHEDULER_ERASURE_DONE;
+        command
+            .answer(tx, &self.outbox, crate::SCHEMA, done, erased, kept, now)
             .await?;
-        metrics::counter!("erasures_total", "service" => crate::SCHEMA).increment(1);
         Ok(())
     }
 
@@ -73,22 +59,6 @@ impl Handler for Erasures {
     fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
         Some(delivery.payload.to_vec())
     }
-}
-
-/// The named cases as ids (each once), and how many names were not a case id (skipped:
-/// one bad name does not stop the others' erasure).
-pub fn case_ids(raw: &[String]) -> (Vec<Uuid>, u64) {
-    let mut ids = Vec::with_capacity(raw.len());
-    let mut unknown = 0;
-    for name in raw {
-        match Uuid::parse_str(name.trim()) {
-            Ok(id) if !ids.contains(&id) => ids.push(id),
-            Ok(_) => {}
-            Err(_) => unknown += 1,
-        }
-    }
-    ids.sort_unstable();
-    (ids, unknown)
 }
 
 /// Erases what the scheduler keeps of the cases; the counts by kind.
@@ -130,63 +100,10 @@ async fn erase(
     .execute(&mut *tx)
     .await?;
     let timers = crate::cases::cancel_pending(tx, case_ids, "erased", None).await?;
-    let dead_letters = redact_dead_letters(tx, case_ids).await?;
+    let dead_letters = erasure::clear_opened_letters(tx, crate::SCHEMA, case_ids).await?;
     Ok(HashMap::from([
         ("cases".to_owned(), held as u64),
         ("timers_cancelled".to_owned(), timers),
         ("dead_letters".to_owned(), dead_letters),
     ]))
-}
-
-/// Clears the customer from the dead letters of the cases' openings (a replay of one
-/// then plans the case without a contact: it is closed and erased). Returns how many
-/// letters it changed.
-async fn redact_dead_letters(tx: &mut PgConnection, case_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-    if case_ids.is_empty() {
-        return Ok(0);
-    }
-    let wanted: HashSet<String> = case_ids.iter().map(Uuid::to_string).collect();
-    let rows = sqlx::query(
-        "SELECT id, payload FROM scheduler.dead_letters WHERE subject = $1 ORDER BY id FOR UPDATE",
-    )
-    .bind(subject::LISTS_CASE_OPENED)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut changed = 0;
-    for row in rows {
-        let payload: Vec<u8> = row.try_get("payload")?;
-        // A letter that does not decode names no case it could be found by.
-        let Ok(mut opened) = <CaseOpened as prost::Message>::decode(payload.as_slice()) else {
-            continue;
-        };
-        if !wanted.contains(opened.case_id.trim()) || opened.customer.is_none() {
-            continue;
-        }
-        opened.customer = None;
-        sqlx::query("UPDATE scheduler.dead_letters SET payload = $2 WHERE id = $1")
-            .bind(row.try_get::<i64, _>("id")?)
-            .bind(prost::Message::encode_to_vec(&opened))
-            .execute(&mut *tx)
-            .await?;
-        changed += 1;
-    }
-    Ok(changed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_that_are_not_case_ids_are_counted_and_the_others_kept_once() {
-        let a = Uuid::now_v7();
-        let (ids, unknown) = case_ids(&[
-            a.to_string(),
-            "not-a-case".into(),
-            format!(" {a} "),
-            String::new(),
-        ]);
-        assert_eq!(ids, vec![a]);
-        assert_eq!(unknown, 2);
-    }
 }

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod dead_letters;
 pub mod dev_issuer;
+pub mod erasure;
 pub mod http;
 pub mod identity;
 pub mod inbox;
