@@ -90,6 +90,18 @@ fn line(name: &str, value: impl std::fmt::Display) {
     println!("{name} {value}");
 }
 
+/// Prints whether the benchmark's connections to Postgres are TLS (`DATABASE_URL`
+/// without `sslmode` prefers it, as libpq does): a figure says what it measured.
+pub async fn print_postgres_tls(pool: &PgPool) {
+    let tls: Option<bool> =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+    line("postgres_tls", u8::from(tls.unwrap_or(false)));
+}
+
 pub async fn lists(policies: usize) -> ExitCode {
     match run_lists(policies).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -417,6 +417,7 @@ async fn sends(sim: &Simulation) -> Result<(), String> {
     let alone = alone?;
     line("sms_sent", alone.0);
     line("sms_sends_per_s", format!("{:.0}", alone.1));
+    crate::bench::print_postgres_tls(sim.pool()).await;
     sim.settle().await.map_err(err)?;
     let with_receipts = send_burst(sim, "PT").await?;
     line(

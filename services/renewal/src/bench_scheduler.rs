@@ -195,6 +195,7 @@ async fn run() -> Result<(), String> {
     line("lateness_p50_ms", format!("{:.0}", p50.unwrap_or(0.0)));
     line("lateness_p99_ms", format!("{:.0}", p99.unwrap_or(0.0)));
     line("peak_rss_mb", format!("{:.0}", peak_rss_mb()));
+    crate::bench::print_postgres_tls(&pool).await;
     cancel.cancel();
     Ok(())
 }
