@@ -452,16 +452,8 @@ fn fire_one(
 ) -> Result<(), FireError> {
     // The locked row's address: what the updates after publishing find it by.
     let tid: String = row.try_get("tid")?;
-    match row.try_get::<String, _>("case_state")?.as_str() {
-        "open" => {}
-        "erased" => {
-            batch.erased.push(tid);
-            return Ok(());
-        }
-        _ => {
-            batch.dropped.push(tid);
-            return Ok(());
-        }
+    if batch.set_aside(&tid, &row.try_get::<String, _>("case_state")?) {
+        return Ok(());
     }
     let c = Claimed::of(row)?;
     let action: String = row.try_get("action")?;
@@ -532,6 +524,22 @@ fn fire_one(
 const HOLD: chrono::Duration = chrono::Duration::hours(1);
 
 impl Batch {
+    /// Sets aside a timer whose case is closed or erased (cancelled after the claim,
+    /// with why); true when it was.
+    fn set_aside(&mut self, tid: &str, case_state: &str) -> bool {
+        match case_state {
+            "open" => false,
+            "erased" => {
+                self.erased.push(tid.to_owned());
+                true
+            }
+            _ => {
+                self.dropped.push(tid.to_owned());
+                true
+            }
+        }
+    }
+
     /// Puts a timer back, an hour on (within its channel's hours), rather than fire it
     /// without a contact or forget it: a key missing from the keyring is put right by
     /// listing it again, and the timer then fires.
