@@ -55,7 +55,8 @@ pub fn passwords(dir: &Path) -> Result<BTreeMap<&'static str, SecretString>, Nat
         let path = dir.join(user.name);
         if !path.exists() {
             let aside = dir.join(format!(".{}.{}", user.name, std::process::id()));
-            write_private(&aside, random_password()?.as_bytes()).map_err(file(&aside))?;
+            renewal_platform::dev_issuer::write_private(&aside, random_password()?.as_bytes())
+                .map_err(file(&aside))?;
             // Two runs at once: the first one's password stays.
             let linked = std::fs::hard_link(&aside, &path);
             let _ = std::fs::remove_file(&aside);
@@ -155,15 +156,6 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 #[cfg(test)]

@@ -213,7 +213,9 @@ fn generate() -> Result<Vec<u8>, DevIssuerError> {
         .map_err(|e| DevIssuerError::Key(e.to_string()))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a new file only its owner may read (0600); an existing file is left alone
+/// (`AlreadyExists`), so two processes making the same secret keep the first.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
