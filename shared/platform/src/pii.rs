@@ -227,15 +227,18 @@ impl PiiCipher {
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&sealed[1..1 + NONCE_LEN]);
         let mut body = sealed[1 + NONCE_LEN..].to_vec();
-        let plain = version
+        let len = version
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(place.aad(version.number)),
                 &mut body,
             )
-            .map_err(|_| PiiError::Unreadable)?;
-        String::from_utf8(plain.to_vec()).map_err(|_| PiiError::Unreadable)
+            .map_err(|_| PiiError::Unreadable)?
+            .len();
+        // The plain text in place, without its tag: no second copy.
+        body.truncate(len);
+        String::from_utf8(body).map_err(|_| PiiError::Unreadable)
     }
 
     /// Seals a value as JSON (a contact: name, mobile, plate together, one open to read).
