@@ -1,7 +1,10 @@
 # Sourced by deploy/local/demo and deploy/local/test: makes sure Postgres and NATS with
 # JetStream answer on loopback. Uses them when they are up; otherwise starts the
 # installed servers, installing `postgresql` and `nats-server` with apt-get where they
-# are missing and that is allowed. Says what it did, or what you must do.
+# are missing and that is allowed. Says what it did, or what you must do. Then, as
+# production runs them: a local CA, Postgres over TLS (ensure_postgres_tls) and, once the
+# caller has built the renewal binary, a NATS of its own with TLS and users
+# (ensure_nats_tls).
 
 say() { printf '%s\n' "local stack: $*" >&2; }
 
@@ -175,6 +178,152 @@ ensure_postgres_tls() {
   fi
   export RENEWAL_POSTGRES_TLS=on
   [ "$changed" = 1 ] || say "Postgres serves TLS with the local CA's certificate; the renewal role connects over TLS only"
+}
+
+# A second NATS on 127.0.0.1:4223, as production runs it: TLS only, with the local CA's
+# server certificate, and the users `renewal nats-config` generates from
+# proto/SUBJECTS.md (one per service, `renewal`, `core`, `admin`; passwords in
+# <state>/nats-users, 0600), JetStream in <state>/nats-tls (its log there too). The
+# machine's plain server on 4222 stays as it is; the demo and the tests use this one.
+#   ensure_nats_tls BINARY [USER]
+# BINARY is the renewal binary that generates the users (the caller builds it first);
+# USER the one to connect as: `admin` (the default; the tests, which make a subject
+# prefix per test and drop their streams) or `renewal` (the demo, under the all-in-one's
+# exact rights for the demo's prefix, ${DEMO_NATS_PREFIX:-demo}; NATS_CORE_PASSWORD and
+# NATS_ADMIN_PASSWORD are exported beside it for the core policy system it plays and the
+# reset of a fresh season). Started once; a second run reuses the running server when
+# its configuration is unchanged and restarts it when it changed. Exports NATS_URL,
+# NATS_CA, NATS_USER, NATS_PASSWORD and RENEWAL_NATS_TLS=on; when it cannot (no local
+# CA, no nats-server, no binary, the server does not come up), says why, leaves NATS_URL
+# to the plain server and exports RENEWAL_NATS_TLS=off.
+ensure_nats_tls() {
+  local renewal="${1:?usage: ensure_nats_tls RENEWAL_BINARY [USER]}" user="${2:-admin}"
+  local port=4223 state users news
+  state="${RENEWAL_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/renewal}"
+  users="$state/nats-users"
+  export RENEWAL_NATS_TLS=off
+  if ! news=$(nats_tls_start "$renewal" "$port" "$state") ||
+    { [ ! -s "$users/$user" ] && news="no password for NATS user $user in $users"; }; then
+    say "$news: NATS is used in plain text on 127.0.0.1:4222"
+    if [ "${NATS_URL:-}" = "tls://127.0.0.1:$port" ]; then
+      unset NATS_URL NATS_CA NATS_USER NATS_PASSWORD NATS_CORE_PASSWORD NATS_ADMIN_PASSWORD
+    fi
+    return 0
+  fi
+  say "$news"
+  export NATS_URL="tls://127.0.0.1:$port" NATS_CA="$RENEWAL_TLS_DIR/ca.crt" NATS_USER="$user"
+  NATS_PASSWORD=$(cat "$users/$user") && export NATS_PASSWORD
+  if [ "$user" != admin ]; then
+    NATS_CORE_PASSWORD=$(cat "$users/core") && export NATS_CORE_PASSWORD
+    NATS_ADMIN_PASSWORD=$(cat "$users/admin") && export NATS_ADMIN_PASSWORD
+  fi
+  export RENEWAL_NATS_TLS=on
+  say "connecting to NATS as $user over TLS (NATS_URL=$NATS_URL, NATS_CA=$NATS_CA)"
+}
+
+# Starts (or finds) the TLS server of ensure_nats_tls: prints what it did and succeeds,
+# or prints why not and fails.
+nats_tls_start() {
+  local renewal=$1 port=$2 state=$3
+  local dir="${RENEWAL_TLS_DIR:-}"
+  if [ -z "$dir" ] || [ ! -s "$dir/ca.crt" ] || [ ! -s "$dir/server.crt" ] || [ ! -s "$dir/server.key" ]; then
+    echo "no local CA"; return 1
+  fi
+  local bin
+  if command -v nats-server >/dev/null 2>&1; then bin=$(command -v nats-server)
+  elif [ -x /usr/sbin/nats-server ]; then bin=/usr/sbin/nats-server
+  else echo "no nats-server binary"; return 1
+  fi
+  [ -x "$renewal" ] || { echo "$renewal is missing (build it first)"; return 1; }
+  local store="$state/nats-tls"
+  local conf="$store/nats.conf" next="$store/nats.conf.next" pid_file="$store/nats.pid"
+  { mkdir -p "$store" && chmod 700 "$store"; } || { echo "cannot make $store"; return 1; }
+  # The configuration holds the users' passwords: 0600.
+  if ! (
+    umask 077
+    {
+      printf '# Made by deploy/local/stack.sh (ensure_nats_tls) on every run; the server is\n'
+      printf '# restarted when it changes.\n'
+      printf 'listen: 127.0.0.1:%s\n' "$port"
+      printf 'server_name: renewal_local_tls\n'
+      printf 'pid_file: "%s"\n' "$pid_file"
+      printf 'log_file: "%s"\n' "$store/nats.log"
+      # Every test declares five streams of 256 MiB, many tests at once.
+      printf 'jetstream {\n  store_dir: "%s"\n  max_file_store: 64GB\n  max_memory_store: 1GB\n}\n' "$store"
+      "$renewal" nats-config --prefix "${DEMO_NATS_PREFIX:-demo}" --passwords "$state/nats-users" \
+        --tls-cert "$dir/server.crt" --tls-key "$dir/server.key" 2>/dev/null
+    } >"$next"
+  ); then
+    rm -f "$next"; echo "$renewal nats-config failed"; return 1
+  fi
+  # Ours and running: the pid file names a live nats-server started with this file.
+  local pid="" running=0
+  [ -s "$pid_file" ] && pid=$(cat "$pid_file" 2>/dev/null || true)
+  if [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-c $conf"; then
+    running=1
+  fi
+  local did
+  if [ "$running" = 1 ] && port_open "$port" && cmp -s "$conf" "$next"; then
+    rm -f "$next"
+    did="the TLS NATS on 127.0.0.1:$port runs with this configuration; using it"
+  else
+    if [ "$running" = 1 ]; then
+      did="restarted the TLS NATS on 127.0.0.1:$port (its configuration changed)"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 40); do port_open "$port" || break; sleep 0.25; done
+    else
+      did="started a TLS NATS with JetStream and the generated users on 127.0.0.1:$port"
+    fi
+    if port_open "$port"; then
+      rm -f "$next"; echo "something else listens on 127.0.0.1:$port"; return 1
+    fi
+    mv -f "$next" "$conf" || { echo "cannot write $conf"; return 1; }
+    nohup "$bin" -c "$conf" >/dev/null 2>&1 &
+    wait_port "$port" || { echo "the TLS NATS did not come up on 127.0.0.1:$port (see $store/nats.log)"; return 1; }
+    did="$did (data and log in $store)"
+  fi
+  # The proof, where python3 is: a plain-text session is refused, admin logs in over TLS
+  # verified against the local CA, and JetStream answers.
+  if command -v python3 >/dev/null 2>&1; then
+    local failed
+    if ! failed=$(NATS_PROOF_PASSWORD="$(cat "$state/nats-users/admin" 2>/dev/null)" \
+      python3 - "$port" "$dir/ca.crt" 2>&1 <<'PY'
+import json, os, socket, ssl, sys, time
+port, ca, password = int(sys.argv[1]), sys.argv[2], os.environ["NATS_PROOF_PASSWORD"]
+def session(tls):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    info = sock.makefile("rb").readline()
+    if tls:
+        context = ssl.create_default_context(cafile=ca)
+        sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+    connect = {"verbose": False, "pedantic": False, "tls_required": tls, "user": "admin", "pass": password}
+    sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n"
+                 + b"SUB _INBOX_admin.proof 1\r\nPUB $JS.API.INFO _INBOX_admin.proof 0\r\n\r\n")
+    seen, deadline = b"", time.time() + 5
+    while time.time() < deadline and not (b"PONG" in seen and b"MSG " in seen):
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    sock.close()
+    return info, seen
+info, seen = session(False)
+if b'"tls_required":true' not in info or b"PONG" in seen:
+    sys.exit("it answers in plain text")
+info, seen = session(True)
+if b"PONG" not in seen:
+    sys.exit("admin cannot log in over TLS: %r" % seen[:200])
+if b"account_info_response" not in seen or b'"error"' in seen:
+    sys.exit("JetStream does not answer: %r" % seen[:300])
+PY
+    ); then
+      echo "the TLS NATS on 127.0.0.1:$port failed its check (${failed:-python3 failed}; see $store/nats.log)"; return 1
+    fi
+  fi
+  echo "$did"
 }
 
 ensure_rust() {

@@ -129,7 +129,7 @@ async fn an_erasure_request_reaches_every_service_and_retention_erases_old_cases
         20,
         TZ,
     );
-    let sim = Simulation::start(options(&name), None)
+    let sim = renewal_e2e::start_simulation(options(&name), None)
         .await
         .expect("starts");
     let org = portfolio::org(POLICIES);

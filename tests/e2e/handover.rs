@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use renewal::vendor_sim::{Fault, VendorSim};
 use renewal_contract::lists::{CaseClosed, CaseOutcome};
 use renewal_contract::scheduler::SendSms;
-use renewal_contract::{Subjects, subject};
-use renewal_e2e::{TestSystem, database_url, local, nats_url, unique};
+use renewal_contract::subject;
+use renewal_e2e::{TestSystem, database_url, local, nats_bus, nats_env, unique};
 use renewal_platform::{Bus, Clock};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -397,7 +397,7 @@ fn dispatch(name: &str, vendor_url: &str, port: u16, state: &std::path::Path) ->
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url(name).expose_secret())
-        .env("NATS_URL", nats_url())
+        .envs(nats_env())
         .env("NATS_STREAM_MAX_BYTES", "268435456")
         .env("NATS_PREFIX", name)
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -467,11 +467,7 @@ impl Alone {
         )
         .await
         .expect("the mock vendor's tables");
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let subjects = Subjects::new(&name).expect("prefix");
-        let bus = Bus::connect(&nats_url(), subjects, 1, "test", &cancel)
-            .await
-            .expect("NATS");
+        let bus = nats_bus(&name).await;
         bus.ensure_all_streams().await.expect("streams");
         let port = {
             let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");

@@ -73,7 +73,7 @@ async fn a_key_rotates_mid_season_and_no_personal_data_rests_in_clear() {
     let policies: Vec<_> = customers.iter().map(|c| c.policy.clone()).collect();
 
     // The first days of the season under the old key alone.
-    let sim = Simulation::start(options(&name, true, old.clone()), None)
+    let sim = renewal_e2e::start_simulation(options(&name, true, old.clone()), None)
         .await
         .expect("starts");
     let org = portfolio::org(POLICIES);
@@ -89,7 +89,7 @@ async fn a_key_rotates_mid_season_and_no_personal_data_rests_in_clear() {
     sim.stop().await.expect("stops");
 
     // Rolled onto the new keyring; the rotation runs while the season goes on.
-    let sim = Simulation::start(options(&name, false, ring.clone()), Some(paused_at))
+    let sim = renewal_e2e::start_simulation(options(&name, false, ring.clone()), Some(paused_at))
         .await
         .expect("restarts");
     let pool = sim.pool().clone();

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use renewal_e2e::{database_url, nats_url, renewal_binary, unique};
+use renewal_e2e::{database_url, nats_bus, nats_env, renewal_binary, unique};
 use secrecy::ExposeSecret;
 
 const ARGS: [&str; 7] = ["demo", "--policies", "300", "--days", "60", "--seed", "5"];
@@ -17,7 +17,7 @@ fn demo(name: &str, json: &std::path::Path, resume: bool) -> Command {
         .arg(json)
         .env("DEMO_DATABASE_URL", database_url(name).expose_secret())
         .env("DEMO_NATS_PREFIX", name)
-        .env("NATS_URL", nats_url())
+        .envs(nats_env())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -34,12 +34,7 @@ fn report(path: &std::path::Path) -> serde_json::Value {
 
 async fn cleanup(name: &str) {
     let _ = renewal_platform::postgres::drop_database(&database_url(name)).await;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let subjects = renewal_contract::Subjects::new(name).expect("prefix");
-    if let Ok(bus) = renewal_platform::Bus::connect(&nats_url(), subjects, 1, "test", &cancel).await
-    {
-        bus.delete_streams().await;
-    }
+    nats_bus(name).await.delete_streams().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

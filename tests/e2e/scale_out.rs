@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use renewal_contract::core::{Policy, PolicyUpserted};
-use renewal_contract::{Subjects, subject};
-use renewal_e2e::{Grant, ORG_CSV, Role, TZ, database_url, nats_url, policy, post_json_to, unique};
+use renewal_contract::subject;
+use renewal_e2e::{
+    Grant, ORG_CSV, Role, TZ, database_url, nats_bus, nats_env, policy, post_json_to, unique,
+};
 use renewal_platform::{Bus, Clock};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -95,11 +97,7 @@ impl Deployment {
         )
         .await
         .expect("the mock vendor's tables");
-        let cancel = CancellationToken::new();
-        let subjects = Subjects::new(&name).expect("prefix");
-        let bus = Bus::connect(&nats_url(), subjects, 1, "test", &cancel)
-            .await
-            .expect("NATS");
+        let bus = nats_bus(&name).await;
         bus.ensure_all_streams().await.expect("streams");
 
         // Dispatch first: the mock vendor pushes its receipts to the first replica.
@@ -129,7 +127,7 @@ impl Deployment {
                     .env("PATH", std::env::var("PATH").unwrap_or_default())
                     .env("DATABASE_URL", db.expose_secret())
                     .env("DATABASE_MAX_CONNECTIONS", "6")
-                    .env("NATS_URL", nats_url())
+                    .envs(nats_env())
                     .env("NATS_STREAM_MAX_BYTES", "268435456")
                     .env("NATS_PREFIX", &name)
                     // Port 0: each process tells the port it got in its first log lines.

@@ -574,7 +574,7 @@ fn scheduler_process(system: &TestSystem) -> std::process::Child {
             "DATABASE_URL",
             renewal_e2e::database_url(&system.name).expose_secret(),
         )
-        .env("NATS_URL", renewal_e2e::nats_url())
+        .envs(renewal_e2e::nats_env())
         .env("NATS_STREAM_MAX_BYTES", "268435456")
         .env("NATS_PREFIX", &system.name)
         .env("HTTP_ADDR", "127.0.0.1:0")

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use renewal_e2e::{database_url, nats_url, renewal_binary, unique};
+use renewal_e2e::{database_url, nats_bus, nats_env, renewal_binary, unique};
 use secrecy::ExposeSecret;
 
 fn free_port() -> u16 {
@@ -17,7 +17,7 @@ fn renewal(envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(renewal_binary());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("NATS_URL", nats_url())
+        .envs(nats_env())
         .env("NATS_STREAM_MAX_BYTES", "268435456")
         .env("LOG_FORMAT", "json")
         .env("PII_KEY", renewal::simulation::DEMO_PII_KEY)
@@ -260,12 +260,7 @@ async fn with_postgres_and_nats_it_becomes_ready_and_stops_on_sigterm() {
     terminate(child.id());
     let status = child.wait().expect("it stops");
     assert!(status.success());
-    let subjects = renewal_contract::Subjects::new(&name).expect("prefix");
-    let cancel = tokio_util::sync::CancellationToken::new();
-    if let Ok(bus) = renewal_platform::Bus::connect(&nats_url(), subjects, 1, "test", &cancel).await
-    {
-        bus.delete_streams().await;
-    }
+    nats_bus(&name).await.delete_streams().await;
     let _ = renewal_platform::postgres::drop_database(&db).await;
 }
 
@@ -348,11 +343,6 @@ async fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
         posts >= 1 && bytes > 1000,
         "spans reached the collector: {posts} posts, {bytes} bytes"
     );
-    let subjects = renewal_contract::Subjects::new(&name).expect("prefix");
-    let cancel = tokio_util::sync::CancellationToken::new();
-    if let Ok(bus) = renewal_platform::Bus::connect(&nats_url(), subjects, 1, "test", &cancel).await
-    {
-        bus.delete_streams().await;
-    }
+    nats_bus(&name).await.delete_streams().await;
     let _ = renewal_platform::postgres::drop_database(&db).await;
 }

@@ -6,7 +6,7 @@
 //! own subjects (the scheduler's `dispatch.cmd.send_sms` lands in the stream; the same
 //! publish with dispatch's credential is refused and lands nowhere), and that the
 //! `renewal` process runs a policy through lists, assignment and the scheduler under
-//! its credential over TLS.
+//! its credential over TLS; and that only the operators' `admin` drops streams.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -359,6 +359,42 @@ async fn a_wrong_password_or_an_unknown_user_is_refused() {
             Ok(_) => panic!("{who} with a wrong password must not connect"),
         }
     }
+}
+
+#[tokio::test]
+async fn the_admin_user_drops_streams_a_service_may_not() {
+    let nats = PrivateNats::start("adm");
+    let admin = nats.bus("admin").await;
+    admin
+        .ensure_all_streams()
+        .await
+        .expect("admin declares every stream");
+    admin
+        .publish(
+            subject::CORE_POLICY_UPSERTED,
+            "P1:1",
+            None,
+            b"policy".to_vec(),
+        )
+        .await
+        .expect("admin publishes any subject");
+    let core = nats.subjects().stream(Stream::Core);
+    // A service may not delete a stream: the request is refused, the stream stays.
+    let mut lists = nats.bus("lists").await.js;
+    lists.set_timeout(Duration::from_secs(2));
+    assert!(
+        lists.delete_stream(&core).await.is_err(),
+        "lists may not delete CORE"
+    );
+    assert!(
+        admin.js.get_stream(&core).await.is_ok(),
+        "CORE is still there"
+    );
+    admin.delete_streams().await;
+    assert!(
+        admin.js.get_stream(&core).await.is_err(),
+        "admin deleted CORE"
+    );
 }
 
 #[tokio::test]

@@ -1,11 +1,16 @@
 //! Harness for the end-to-end tests: each test gets its own database and its own NATS
 //! subject prefix on the real loopback servers, so tests run in parallel, and drops
-//! both when it finishes. Set `TEST_LOG=1` to see the services' logs.
+//! both when it finishes. Set `TEST_LOG=1` to see the services' logs. Everything that
+//! reaches NATS here (the in-process system, the processes the tests start, their
+//! clean-up) goes as [`nats_access`] says: over TLS as the local stack's `admin` when
+//! `deploy/local/stack.sh` exported it, else in plain text.
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
-use renewal::simulation::{SimOptions, Simulation};
+use renewal::simulation::{SimAccess, SimOptions, Simulation};
 use renewal_contract::core::Policy;
+use renewal_platform::Bus;
 pub use renewal_platform::Role;
+use renewal_platform::bus::NatsAccess;
 pub use renewal_platform::dev_issuer::Grant;
 use secrecy::SecretString;
 
@@ -103,8 +108,88 @@ pub fn postgres_over_tls() -> bool {
     postgres().query.contains("sslmode=verify")
 }
 
+/// The tests' NATS: `NATS_URL`, else the loopback server in plain text.
+/// `deploy/local/stack.sh` (`ensure_nats_tls`) points it at the local stack's TLS
+/// server (`tls://127.0.0.1:4223`) and exports [`nats_access`]'s variables beside it.
 pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    std::env::var("NATS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| renewal_platform::config::DEFAULT_NATS_URL.into())
+}
+
+/// How the tests reach NATS, read from the environment as the services read it:
+/// `NATS_CA` (TLS verified against it) and `NATS_USER`, `NATS_PASSWORD` (the local
+/// stack's `admin`, which may use any subject prefix and drop streams); plain text
+/// without a user when they are unset. `RENEWAL_NATS_TLS=on` (what the script exports
+/// when its TLS server is up) with no `NATS_CA` is a mistake, and said so.
+pub fn nats_access() -> NatsAccess {
+    static ACCESS: std::sync::OnceLock<NatsAccess> = std::sync::OnceLock::new();
+    ACCESS
+        .get_or_init(|| {
+            let access =
+                renewal_platform::config::nats_access(&renewal_platform::config::Env::process())
+                    .unwrap_or_else(|e| panic!("the tests' NATS access: {e}"));
+            assert!(
+                access.ca.is_some()
+                    || std::env::var("RENEWAL_NATS_TLS").unwrap_or_default() != "on",
+                "RENEWAL_NATS_TLS=on but NATS_CA is not set"
+            );
+            access
+        })
+        .clone()
+}
+
+/// The variables a child process (`renewal`, `renewal-<service>`) needs to reach the
+/// tests' NATS as the tests do: `NATS_URL`, and `NATS_CA`, `NATS_USER`,
+/// `NATS_PASSWORD` where set. For `Command::envs`, after `env_clear`.
+pub fn nats_env() -> Vec<(&'static str, String)> {
+    use secrecy::ExposeSecret;
+    let access = nats_access();
+    let mut env = vec![("NATS_URL", nats_url())];
+    if let Some(ca) = &access.ca {
+        env.push(("NATS_CA", ca.display().to_string()));
+    }
+    if let Some(user) = &access.user {
+        env.push(("NATS_USER", user.name.clone()));
+        env.push(("NATS_PASSWORD", user.password.expose_secret().to_owned()));
+    }
+    env
+}
+
+/// A bus for subject prefix `prefix` on the tests' NATS (waiting for it, as a service
+/// does, until it answers).
+pub async fn nats_bus(prefix: &str) -> Bus {
+    let subjects = renewal_contract::Subjects::new(prefix).expect("a valid prefix");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        stop.cancel();
+    });
+    let bus = Bus::connect_with(&nats_url(), &nats_access(), subjects, 1, "test", &cancel)
+        .await
+        .unwrap_or_else(|e| panic!("the tests' NATS answers within 30 s: {e}"));
+    timer.abort();
+    bus
+}
+
+/// How the in-process system reaches NATS: the tests' access for everything (their
+/// user plays the core policy system and drops the streams too).
+pub fn sim_access() -> SimAccess {
+    SimAccess {
+        services: nats_access(),
+        core: None,
+        admin: None,
+    }
+}
+
+/// [`Simulation::start_with`] on the tests' NATS.
+pub async fn start_simulation(
+    options: SimOptions,
+    resume_at: Option<DateTime<Utc>>,
+) -> Result<Simulation, renewal::simulation::SimError> {
+    Simulation::start_with(options, resume_at, &sim_access()).await
 }
 
 /// A unique name for this test's database and subject prefix.
@@ -160,7 +245,7 @@ impl TestSystem {
     ) -> TestSystem {
         init_logs();
         let name = unique(tag);
-        let sim = Simulation::start(
+        let sim = start_simulation(
             SimOptions {
                 database_url: database_url(&name),
                 pii_keys: secrecy::SecretString::from(renewal::simulation::DEMO_PII_KEY),

@@ -68,7 +68,8 @@ enum Command {
         ttl: String,
     },
     /// Print the nats-server configuration for this deployment: one user per service
-    /// (and `renewal`, `core`) whose rights are its rows of proto/SUBJECTS.md, passwords
+    /// (and `renewal`, `core`) whose rights are its rows of proto/SUBJECTS.md, and `admin`
+    /// (publish and subscribe `>`, for operators and the local tests), passwords
     /// made once into --passwords; with --tls-cert and --tls-key, TLS required.
     NatsConfig {
         /// The deployment's subject prefix (NATS_PREFIX).
@@ -394,9 +395,10 @@ async fn demo(
             )?,
             env.or("DEMO_NATS_PREFIX", "demo".to_owned())?,
             env.or("TIME_ZONE", chrono_tz::Asia::Shanghai)?,
+            renewal::simulation::SimAccess::from_env(&env)?,
         ))
     })();
-    let (database_url, nats_url, prefix, time_zone) = match settings {
+    let (database_url, nats_url, prefix, time_zone, nats_access) = match settings {
         Ok(s) => s,
         Err(e) => {
             eprintln!("renewal demo: configuration error: {e}");
@@ -423,6 +425,7 @@ async fn demo(
         resume,
         database_url,
         nats_url,
+        nats_access,
         prefix,
         time_zone,
         progress: true,

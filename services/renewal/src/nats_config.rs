@@ -4,7 +4,10 @@
 //!
 //! It prints an `authorization { users = [...] }` block: one user per service
 //! (`lists`, `assignment`, `scheduler`, `dispatch`), `renewal` (the all-in-one process,
-//! their rights together) and `core` (the core policy system); with `--tls-cert` and
+//! their rights together), `core` (the core policy system) and `admin` (publish and
+//! subscribe `>`: ops tools such as `nats stream edit`, the local test harness, which
+//! makes a subject prefix per test and drops its streams, and the demo's reset; no
+//! service connects as it); with `--tls-cert` and
 //! `--tls-key`, a `tls {}` block before it, so a server taking the output refuses plain
 //! text. Passwords are generated once into `--passwords DIR` (one file per user, mode
 //! 0600) and read from there afterwards, so the services' secrets and the server's
@@ -102,7 +105,7 @@ pub fn render(
     }
     out.push_str("authorization {\n  users = [\n");
     for user in users() {
-        let rights = contract.permissions(user.name, &user.acts_as, subjects);
+        let rights = user.permissions(contract, subjects);
         let list = |subjects: &[String]| {
             subjects
                 .iter()
@@ -215,9 +218,13 @@ mod tests {
             "dispatch",
             "renewal",
             "core",
+            "admin",
         ] {
             assert!(text.contains(&format!("user: \"{user}\"")), "{user}");
+            assert!(dir.join(user).is_file(), "{user}'s password file");
         }
+        // The operators' user may do anything; it is the only one with `>`.
+        assert_eq!(text.matches("          \">\"").count(), 2, "{text}");
         assert!(text.contains("\"t1.dispatch.cmd.send_sms\""));
         assert!(text.contains("\"_INBOX_dispatch.>\""));
         assert!(!text.contains("tls {"));

@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::PullConsumer;
 use chrono::{DateTime, Utc};
 use renewal_contract::core::{PolicyRenewed, PolicyUpserted};
+use renewal_contract::permissions;
 use renewal_contract::{Subjects, subject};
 use renewal_dispatch::DispatchConfig;
 use renewal_dispatch::config::Hours;
+use renewal_platform::bus::{NatsAccess, NatsUser};
+use renewal_platform::config::{ConfigError, Env};
 use renewal_platform::dev_issuer::Grant;
 use renewal_platform::identity::{Authenticator, DevIssuer};
 use renewal_platform::{Bus, Clock, Deps, HttpHost};
@@ -57,6 +60,70 @@ pub struct SimOptions {
 /// The services' default `MAX_DELIVERIES`.
 pub const MAX_DELIVERIES: i64 = 10;
 
+/// How the simulation reaches NATS: the services' connection, and those of the parts it
+/// plays that the services' user may not play. By default (`Default`) plain text, no
+/// user, one connection for everything, as on a laptop's loopback server.
+#[derive(Debug, Clone, Default)]
+pub struct SimAccess {
+    /// The in-process services' TLS and user (the all-in-one's `renewal`, or `admin`).
+    pub services: NatsAccess,
+    /// The core policy system's publisher (`core`); the services' connection when None.
+    pub core: Option<NatsAccess>,
+    /// Drops the streams of a fresh start (`admin`); the services' connection when None.
+    pub admin: Option<NatsAccess>,
+}
+
+impl SimAccess {
+    /// From the environment: `NATS_CA`, `NATS_USER`, `NATS_PASSWORD` for the services;
+    /// `NATS_CORE_PASSWORD` (user `core`) and `NATS_ADMIN_PASSWORD` (user `admin`) for
+    /// the core policy system's events and the fresh start's reset. A generated user that
+    /// may not do those (`renewal`: the demo under the all-in-one's exact rights) needs
+    /// both, or its publishes and deletions would be refused (and time out); `admin`
+    /// needs neither.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let services = renewal_platform::config::nats_access(env)?;
+        let as_user = |name: &str, var: &str| {
+            env.secret(var).map(|password| NatsAccess {
+                ca: services.ca.clone(),
+                user: Some(NatsUser {
+                    name: name.to_owned(),
+                    password,
+                }),
+            })
+        };
+        let core = as_user("core", "NATS_CORE_PASSWORD");
+        let admin = as_user(permissions::ADMIN, "NATS_ADMIN_PASSWORD");
+        if let Some(name) = services.user.as_ref().map(|u| u.name.as_str())
+            && let Some(user) = permissions::user(name)
+        {
+            let missing: Vec<&str> = [
+                (!user.plays_core() && core.is_none()).then_some("NATS_CORE_PASSWORD"),
+                (!user.everything && admin.is_none()).then_some("NATS_ADMIN_PASSWORD"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !missing.is_empty() {
+                return Err(ConfigError::Invalid {
+                    var: "NATS_USER".into(),
+                    reason: format!(
+                        "user {name:?} may not publish the core policy system's events or drop \
+                         the streams of a fresh start, which the simulation does: set {} (the \
+                         passwords of users core and admin from `renewal nats-config`), or \
+                         connect as admin",
+                        missing.join(" and ")
+                    ),
+                });
+            }
+        }
+        Ok(SimAccess {
+            services,
+            core,
+            admin,
+        })
+    }
+}
+
 pub struct Simulation {
     pub deps: Deps,
     pub clock: Clock,
@@ -71,6 +138,8 @@ pub struct Simulation {
     pub time_zone: chrono_tz::Tz,
     /// Connections of the simulation's own (`pool()`); the services use `deps.pool`.
     outside: PgPool,
+    /// The core policy system's connection (the services' own unless told otherwise).
+    core: Bus,
     consumers: Vec<(&'static str, &'static str, PullConsumer)>,
     cancel: CancellationToken,
     services: JoinHandle<Result<(), String>>,
@@ -170,19 +239,54 @@ pub fn webhook_token() -> SecretString {
 }
 
 impl Simulation {
-    /// Prepares the database and streams (fresh or as left), then starts everything.
+    /// Prepares the database and streams (fresh or as left), then starts everything,
+    /// on NATS in plain text without a user.
     pub async fn start(
         options: SimOptions,
         resume_at: Option<DateTime<Utc>>,
+    ) -> Result<Self, SimError> {
+        Self::start_with(options, resume_at, &SimAccess::default()).await
+    }
+
+    /// [`Simulation::start`] reaching NATS as `access` says (TLS, users).
+    pub async fn start_with(
+        options: SimOptions,
+        resume_at: Option<DateTime<Utc>>,
+        access: &SimAccess,
     ) -> Result<Self, SimError> {
         renewal_platform::install_crypto_provider();
         let subjects =
             Subjects::new(&options.prefix).map_err(|e| SimError::Other(e.to_string()))?;
         let cancel = CancellationToken::new();
-        let bus = Bus::connect(&options.nats_url, subjects, 1, "renewal-sim", &cancel).await?;
+        let url = &options.nats_url;
+        let bus = Bus::connect_with(
+            url,
+            &access.services,
+            subjects.clone(),
+            1,
+            "renewal-sim",
+            &cancel,
+        )
+        .await?;
+        let core = match &access.core {
+            Some(core) => {
+                Bus::connect_with(url, core, subjects.clone(), 1, "renewal-sim-core", &cancel)
+                    .await?
+            }
+            None => bus.clone(),
+        };
         if options.fresh {
             renewal_platform::postgres::drop_database(&options.database_url).await?;
-            bus.delete_streams().await;
+            match &access.admin {
+                Some(admin) => {
+                    let admin =
+                        Bus::connect_with(url, admin, subjects, 1, "renewal-sim-reset", &cancel)
+                            .await?;
+                    admin.delete_streams().await;
+                    let _ = admin.client.drain().await;
+                }
+                None => bus.delete_streams().await,
+            }
         }
         renewal_platform::postgres::ensure_database(&options.database_url).await?;
         let pool = renewal_platform::postgres::pool(&options.database_url, 20)?;
@@ -252,6 +356,7 @@ impl Simulation {
             webhook_url: webhook,
             time_zone: options.time_zone,
             outside,
+            core,
             consumers,
             cancel,
             services,
@@ -288,8 +393,7 @@ impl Simulation {
                     policy: Some(p.clone()),
                 };
                 acks.push(
-                    self.deps
-                        .bus
+                    self.core
                         .send(
                             subject::CORE_POLICY_UPSERTED,
                             &id,
@@ -319,8 +423,7 @@ impl Simulation {
             renewed_at_ms: self.now().timestamp_millis(),
         };
         let id = format!("renewed:{policy_no}");
-        self.deps
-            .bus
+        self.core
             .publish(
                 subject::CORE_POLICY_RENEWED,
                 &id,
@@ -440,4 +543,51 @@ pub fn sms_hours() -> Hours {
 /// The call window the demo and tests run with (the dispatch and scheduler default).
 pub fn call_hours() -> Hours {
     Hours::calls()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(vars: &[(&str, &str)]) -> Result<SimAccess, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        SimAccess::from_env(&Env::from_fn(move |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        }))
+    }
+
+    #[test]
+    fn the_all_in_one_user_needs_the_core_and_admin_passwords_beside_it() {
+        let plain = access(&[]).expect("plain text, no user");
+        assert!(plain.services.user.is_none() && plain.core.is_none() && plain.admin.is_none());
+        let admin = access(&[("NATS_USER", "admin"), ("NATS_PASSWORD", "a")]).expect("admin");
+        assert!(admin.core.is_none() && admin.admin.is_none());
+        let err = access(&[("NATS_USER", "renewal"), ("NATS_PASSWORD", "r")])
+            .expect_err("renewal may not play the core system");
+        let text = err.to_string();
+        assert!(
+            text.contains("NATS_CORE_PASSWORD") && text.contains("NATS_ADMIN_PASSWORD"),
+            "{text}"
+        );
+        let both = access(&[
+            ("NATS_USER", "renewal"),
+            ("NATS_PASSWORD", "r"),
+            ("NATS_CORE_PASSWORD", "c"),
+            ("NATS_ADMIN_PASSWORD", "a"),
+        ])
+        .expect("renewal with core and admin beside it");
+        let name = |a: &Option<NatsAccess>| {
+            a.as_ref()
+                .and_then(|a| a.user.as_ref())
+                .map(|u| u.name.clone())
+        };
+        assert_eq!(name(&both.core).as_deref(), Some("core"));
+        assert_eq!(name(&both.admin).as_deref(), Some("admin"));
+        // A user the generator does not know is taken as it is (its rights are the
+        // server's business).
+        access(&[("NATS_USER", "ops"), ("NATS_PASSWORD", "o")]).expect("an unknown user");
+    }
 }

@@ -36,7 +36,9 @@
 //!
 //! Everything else is denied: publishing another service's subject or command, deleting
 //! or purging a stream, reading a message by sequence, creating ephemeral consumers,
-//! deleting consumers. Operators use a separate account for that, not these users.
+//! deleting consumers. Operators do that as the one user outside the table, `admin`
+//! (publish and subscribe `>`: ops tools, the local test harness and the demo's reset),
+//! never as a service's user.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -85,27 +87,67 @@ impl Principal {
 pub struct User {
     pub name: &'static str,
     pub acts_as: Vec<Principal>,
+    /// Publishes and subscribes to anything (`>`): the operators' user, outside the
+    /// table ([`ADMIN`]).
+    pub everything: bool,
+}
+
+/// The operators' user: publish and subscribe `>`, for ops tools (`nats stream edit`,
+/// a purge), the local test harness (which makes a subject prefix per test and drops
+/// its streams) and the demo's reset. No service connects as it.
+pub const ADMIN: &str = "admin";
+
+impl User {
+    /// What this user may publish and subscribe to in the deployment of `subjects`.
+    pub fn permissions(&self, contract: &Contract, subjects: &Subjects) -> Permissions {
+        if self.everything {
+            return Permissions {
+                publish: vec![">".to_owned()],
+                subscribe: vec![">".to_owned()],
+            };
+        }
+        contract.permissions(self.name, &self.acts_as, subjects)
+    }
+
+    /// Whether it may publish the core policy system's events.
+    pub fn plays_core(&self) -> bool {
+        self.everything || self.acts_as.contains(&Principal::Core)
+    }
 }
 
 /// The users of a deployment: one per service, `renewal` (the all-in-one process runs
-/// the four services on one connection, so it has their rights together) and `core`.
+/// the four services on one connection, so it has their rights together), `core` and
+/// `admin` ([`ADMIN`]).
 pub fn users() -> Vec<User> {
     let mut users: Vec<User> = Principal::SERVICES
         .into_iter()
         .map(|p| User {
             name: p.name(),
             acts_as: vec![p],
+            everything: false,
         })
         .collect();
     users.push(User {
         name: "renewal",
         acts_as: Principal::SERVICES.to_vec(),
+        everything: false,
     });
     users.push(User {
         name: "core",
         acts_as: vec![Principal::Core],
+        everything: false,
+    });
+    users.push(User {
+        name: ADMIN,
+        acts_as: Vec::new(),
+        everything: true,
     });
     users
+}
+
+/// The generated user named `name`, if it is one.
+pub fn user(name: &str) -> Option<User> {
+    users().into_iter().find(|u| u.name == name)
 }
 
 /// The inbox prefix a user's client takes (its replies and pulled messages arrive
@@ -596,6 +638,39 @@ mod tests {
         }
         assert!(all.may_publish("dispatch.cmd.send_sms"));
         assert!(!all.may_publish("core.policy.upserted"));
+    }
+
+    #[test]
+    fn the_users_are_the_services_the_all_in_one_core_and_admin() {
+        let names: Vec<&str> = users().iter().map(|u| u.name).collect();
+        assert_eq!(
+            names,
+            [
+                "lists",
+                "assignment",
+                "scheduler",
+                "dispatch",
+                "renewal",
+                "core",
+                "admin"
+            ]
+        );
+        let contract = Contract::shipped().expect("parses");
+        let subjects = Subjects::new("t1").expect("prefix");
+        let admin = user(ADMIN)
+            .expect("admin")
+            .permissions(&contract, &subjects);
+        assert!(admin.may_publish("$JS.API.STREAM.DELETE.T1_LISTS"));
+        assert!(admin.may_publish("t2.core.policy.upserted"));
+        assert!(admin.may_subscribe("_INBOX_admin.abc"));
+        assert!(user(ADMIN).expect("admin").plays_core());
+        assert!(user("core").expect("core").plays_core());
+        assert!(!user("renewal").expect("renewal").plays_core());
+        let renewal = user("renewal")
+            .expect("renewal")
+            .permissions(&contract, &subjects);
+        assert!(!renewal.may_publish("$JS.API.STREAM.DELETE.T1_LISTS"));
+        assert!(user("mallory").is_none());
     }
 
     #[test]

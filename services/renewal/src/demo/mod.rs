@@ -30,6 +30,8 @@ pub struct DemoArgs {
     pub resume: bool,
     pub database_url: SecretString,
     pub nats_url: String,
+    /// TLS and users (`SimAccess::from_env`); plain text without.
+    pub nats_access: crate::simulation::SimAccess,
     pub prefix: String,
     pub time_zone: chrono_tz::Tz,
     pub progress: bool,
@@ -139,7 +141,7 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     if fresh {
         refuse_foreign_database(&args).await?;
     }
-    let sim = Simulation::start(
+    let sim = Simulation::start_with(
         SimOptions {
             database_url: args.database_url.clone(),
             pii_keys: SecretString::from(crate::simulation::DEMO_PII_KEY),
@@ -152,6 +154,7 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
             max_deliveries: crate::simulation::MAX_DELIVERIES,
         },
         resume_at,
+        &args.nats_access,
     )
     .await?;
     let pool = sim.pool().clone();
