@@ -238,6 +238,75 @@ pub fn webhook_token() -> SecretString {
     SecretString::from(format!("{}", uuid::Uuid::new_v4().simple()))
 }
 
+/// The services' bus and the core system's (the same one unless `access` names a user
+/// for it). A fresh season first drops the last one's database and streams (as
+/// `access.admin` where the services' user may not).
+async fn connect(
+    options: &SimOptions,
+    access: &SimAccess,
+    subjects: Subjects,
+    cancel: &CancellationToken,
+) -> Result<(Bus, Bus), SimError> {
+    let url = &options.nats_url;
+    let bus = Bus::connect_with(
+        url,
+        &access.services,
+        subjects.clone(),
+        1,
+        "renewal-sim",
+        cancel,
+    )
+    .await?;
+    let core = match &access.core {
+        Some(core) => {
+            Bus::connect_with(url, core, subjects.clone(), 1, "renewal-sim-core", cancel).await?
+        }
+        None => bus.clone(),
+    };
+    if options.fresh {
+        renewal_platform::postgres::drop_database(&options.database_url).await?;
+        match &access.admin {
+            Some(admin) => {
+                let admin =
+                    Bus::connect_with(url, admin, subjects, 1, "renewal-sim-reset", cancel).await?;
+                admin.delete_streams().await;
+                let _ = admin.client.drain().await;
+            }
+            None => bus.delete_streams().await,
+        }
+    }
+    Ok((bus, core))
+}
+
+/// The database (made where missing, migrated) and the streams, as the season needs them.
+async fn prepare(options: &SimOptions, bus: &Bus) -> Result<PgPool, SimError> {
+    renewal_platform::postgres::ensure_database(&options.database_url).await?;
+    let pool = renewal_platform::postgres::pool(&options.database_url, 20)?;
+    crate::system::migrate_all(pool.clone()).await?;
+    renewal_platform::postgres::migrate(&pool, "demo", sqlx::migrate!("./migrations")).await?;
+    bus.ensure_all_streams().await?;
+    Ok(pool)
+}
+
+/// Every service's settings: the keyring for those that seal, the mock vendor for dispatch.
+fn configs(
+    options: &SimOptions,
+    vendor_addr: SocketAddr,
+    token: SecretString,
+) -> Result<crate::system::Configs, SimError> {
+    let dispatch = dispatch_config(vendor_addr, token, &options.pii_keys)?;
+    let lists = renewal_lists::ListsConfig::with_key(options.pii_keys.expose_secret())
+        .map_err(|e| SimError::Other(e.to_string()))?;
+    Ok(crate::system::Configs {
+        lists,
+        scheduler: renewal_scheduler::config::SchedulerConfig::with_key(
+            options.pii_keys.expose_secret(),
+        )
+        .map_err(|e| SimError::Other(e.to_string()))?,
+        dispatch,
+    })
+}
+
 impl Simulation {
     /// Prepares the database and streams (fresh or as left), then starts everything,
     /// on NATS in plain text without a user.
@@ -258,41 +327,8 @@ impl Simulation {
         let subjects =
             Subjects::new(&options.prefix).map_err(|e| SimError::Other(e.to_string()))?;
         let cancel = CancellationToken::new();
-        let url = &options.nats_url;
-        let bus = Bus::connect_with(
-            url,
-            &access.services,
-            subjects.clone(),
-            1,
-            "renewal-sim",
-            &cancel,
-        )
-        .await?;
-        let core = match &access.core {
-            Some(core) => {
-                Bus::connect_with(url, core, subjects.clone(), 1, "renewal-sim-core", &cancel)
-                    .await?
-            }
-            None => bus.clone(),
-        };
-        if options.fresh {
-            renewal_platform::postgres::drop_database(&options.database_url).await?;
-            match &access.admin {
-                Some(admin) => {
-                    let admin =
-                        Bus::connect_with(url, admin, subjects, 1, "renewal-sim-reset", &cancel)
-                            .await?;
-                    admin.delete_streams().await;
-                    let _ = admin.client.drain().await;
-                }
-                None => bus.delete_streams().await,
-            }
-        }
-        renewal_platform::postgres::ensure_database(&options.database_url).await?;
-        let pool = renewal_platform::postgres::pool(&options.database_url, 20)?;
-        crate::system::migrate_all(pool.clone()).await?;
-        renewal_platform::postgres::migrate(&pool, "demo", sqlx::migrate!("./migrations")).await?;
-        bus.ensure_all_streams().await?;
+        let (bus, core) = connect(&options, access, subjects, &cancel).await?;
+        let pool = prepare(&options, &bus).await?;
 
         let clock = Clock::simulated(resume_at.unwrap_or(options.start));
         let http = HttpHost::new();
@@ -316,7 +352,6 @@ impl Simulation {
         );
         let vendor_addr = start_vendor(&vendor, &webhook, &cancel).await?;
 
-        let dispatch = dispatch_config(vendor_addr, token, &options.pii_keys)?;
         let deps = Deps {
             pool,
             bus: bus.clone(),
@@ -326,16 +361,7 @@ impl Simulation {
             max_deliveries: options.max_deliveries,
             retention: renewal_platform::retention::Retention::default(),
         };
-        let lists = renewal_lists::ListsConfig::with_key(options.pii_keys.expose_secret())
-            .map_err(|e| SimError::Other(e.to_string()))?;
-        let configs = crate::system::Configs {
-            lists,
-            scheduler: renewal_scheduler::config::SchedulerConfig::with_key(
-                options.pii_keys.expose_secret(),
-            )
-            .map_err(|e| SimError::Other(e.to_string()))?,
-            dispatch,
-        };
+        let configs = configs(&options, vendor_addr, token)?;
         let services = tokio::spawn(crate::system::run_all(
             deps.clone(),
             configs,
