@@ -20,12 +20,19 @@ use renewal_lists::import::Encoding;
 use renewal_platform::config::Env;
 use renewal_platform::{Bus, Clock, Outbox};
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::simulation::SimAccess;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// Where a benchmark runs: its own database (from `var`, else `default`; refused unless
-/// it names a bench database, since it is dropped) and the NATS URL.
-pub(crate) fn bench_target(var: &str, default: &str) -> Result<(SecretString, String), String> {
+/// it names a bench database, since it is dropped), the NATS URL, and how to reach it
+/// (`NATS_CA`, `NATS_USER`, ... as the simulation reads them: in the shell
+/// `deploy/local/test` sets up, over TLS as `admin`; plain text when unset).
+pub(crate) fn bench_target(
+    var: &str,
+    default: &str,
+) -> Result<(SecretString, String, SimAccess), String> {
     let env = Env::process();
     let database_url = env.secret_or(var, default);
     if !database_url.expose_secret().contains("bench") {
@@ -39,7 +46,8 @@ pub(crate) fn bench_target(var: &str, default: &str) -> Result<(SecretString, St
             renewal_platform::config::DEFAULT_NATS_URL.to_owned(),
         )
         .map_err(|e| e.to_string())?;
-    Ok((database_url, nats_url))
+    let access = SimAccess::from_env(&env).map_err(|e| e.to_string())?;
+    Ok((database_url, nats_url, access))
 }
 
 /// Fresh streams under `prefix` and a fresh database for a benchmark that runs the
@@ -47,11 +55,13 @@ pub(crate) fn bench_target(var: &str, default: &str) -> Result<(SecretString, St
 pub(crate) async fn fresh_bench(
     database_url: &SecretString,
     nats_url: &str,
+    access: &SimAccess,
     prefix: &str,
     cancel: &CancellationToken,
 ) -> Result<(Bus, PgPool), String> {
     let subjects = Subjects::new(prefix).map_err(|e| e.to_string())?;
-    let bus = Bus::connect(nats_url, subjects, 1, "renewal-bench", cancel)
+    let nats = access.admin.as_ref().unwrap_or(&access.services);
+    let bus = Bus::connect_with(nats_url, nats, subjects, 1, "renewal-bench", cancel)
         .await
         .map_err(|e| e.to_string())?
         // A million policies' events.
@@ -128,13 +138,13 @@ async fn drain(outbox: &Outbox, pool: &PgPool, bus: &Bus) -> Result<usize, Strin
 
 async fn run_lists(policies: usize) -> Result<(), String> {
     renewal_platform::install_crypto_provider();
-    let (database_url, nats_url) = bench_target(
+    let (database_url, nats_url, access) = bench_target(
         "BENCH_DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/renewal_bench",
     )?;
     let tz = chrono_tz::Asia::Shanghai;
     let cancel = CancellationToken::new();
-    let (bus, pool) = fresh_bench(&database_url, &nats_url, "bench", &cancel).await?;
+    let (bus, pool) = fresh_bench(&database_url, &nats_url, &access, "bench", &cancel).await?;
     let config = renewal_lists::ListsConfig::with_key(crate::simulation::DEMO_PII_KEY)
         .map_err(|e| e.to_string())?;
     let importer = crate::cli_import::importer(&pool, tz, &config).await?;

@@ -48,7 +48,7 @@ fn branch(city: usize, b: usize) -> String {
 }
 
 async fn run() -> Result<(), String> {
-    let (database_url, nats_url) = crate::bench::bench_target(
+    let (database_url, nats_url, access) = crate::bench::bench_target(
         "BENCH_ASSIGNMENT_DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/renewal_bench_assignment",
     )?;
@@ -60,7 +60,7 @@ async fn run() -> Result<(), String> {
             tz,
         )
     };
-    let sim = Simulation::start(
+    let sim = Simulation::start_with(
         SimOptions {
             database_url,
             pii_keys: secrecy::SecretString::from(crate::simulation::DEMO_PII_KEY),
@@ -73,6 +73,7 @@ async fn run() -> Result<(), String> {
             max_deliveries: crate::simulation::MAX_DELIVERIES,
         },
         None,
+        &access,
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -60,7 +60,7 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 async fn run() -> Result<(), String> {
-    let (database_url, nats_url) = crate::bench::bench_target(
+    let (database_url, nats_url, access) = crate::bench::bench_target(
         "BENCH_DISPATCH_DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/renewal_bench_dispatch",
     )?;
@@ -70,7 +70,7 @@ async fn run() -> Result<(), String> {
         NaiveTime::from_hms_opt(10, 0, 0).unwrap_or_default(),
         tz,
     );
-    let sim = Simulation::start(
+    let sim = Simulation::start_with(
         SimOptions {
             database_url,
             pii_keys: secrecy::SecretString::from(crate::simulation::DEMO_PII_KEY),
@@ -83,6 +83,7 @@ async fn run() -> Result<(), String> {
             max_deliveries: crate::simulation::MAX_DELIVERIES,
         },
         None,
+        &access,
     )
     .await
     .map_err(err)?;

@@ -52,13 +52,13 @@ fn peak_rss_mb() -> f64 {
 
 async fn run() -> Result<(), String> {
     renewal_platform::install_crypto_provider();
-    let (database_url, nats_url) = crate::bench::bench_target(
+    let (database_url, nats_url, access) = crate::bench::bench_target(
         "BENCH_SCHEDULER_DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/renewal_bench_scheduler",
     )?;
     let cancel = CancellationToken::new();
     let (bus, pool) =
-        crate::bench::fresh_bench(&database_url, &nats_url, "benchsc", &cancel).await?;
+        crate::bench::fresh_bench(&database_url, &nats_url, &access, "benchsc", &cancel).await?;
     crate::system::migrate_all(pool.clone())
         .await
         .map_err(|e| e.to_string())?;

@@ -309,15 +309,8 @@ fn configs(
 
 impl Simulation {
     /// Prepares the database and streams (fresh or as left), then starts everything,
-    /// on NATS in plain text without a user.
-    pub async fn start(
-        options: SimOptions,
-        resume_at: Option<DateTime<Utc>>,
-    ) -> Result<Self, SimError> {
-        Self::start_with(options, resume_at, &SimAccess::default()).await
-    }
-
-    /// [`Simulation::start`] reaching NATS as `access` says (TLS, users).
+    /// reaching NATS as `access` says (TLS and users; plain text without a user when
+    /// it is the default).
     pub async fn start_with(
         options: SimOptions,
         resume_at: Option<DateTime<Utc>>,
