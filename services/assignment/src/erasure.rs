@@ -50,7 +50,7 @@ pub async fn erase(
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
     let command = ErasureCommand::decode(delivery)?;
-    let letters = erasure::clear_opened_letters(tx, crate::SCHEMA, &command.case_ids).await?;
+    let letters = erasure::clear_opened_letters(tx, outbox, &command.case_ids).await?;
     let erased = HashMap::from([("dead_letters".to_owned(), letters)]);
     let kept = KEPT.iter().map(|k| (*k).to_owned()).collect();
     let done = subject::ASSIGNMENT_ERASURE_DONE;

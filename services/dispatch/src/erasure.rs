@@ -85,7 +85,7 @@ pub async fn erase(
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
     let command = ErasureCommand::decode(delivery)?;
-    let counts = erase_cases(tx, pii, &command.case_ids, now).await?;
+    let counts = erase_cases(tx, outbox, pii, &command.case_ids, now).await?;
     let mut kept: Vec<String> = KEPT.iter().map(|k| (*k).to_owned()).collect();
     if counts.in_doubt > 0 {
         kept.push(format!(
@@ -138,6 +138,7 @@ impl Counts {
 
 async fn erase_cases(
     tx: &mut PgConnection,
+    outbox: &Outbox,
     pii: &PiiCipher,
     case_ids: &[Uuid],
     now: DateTime<Utc>,
@@ -191,7 +192,7 @@ async fn erase_cases(
     .await?
     .rows_affected();
     counts.sms_replies = blank_replies(tx, &numbers).await?;
-    counts.dead_letters = redact_dead_letters(tx, case_ids).await?;
+    counts.dead_letters = redact_dead_letters(tx, outbox, case_ids).await?;
     Ok(counts)
 }
 
@@ -264,36 +265,23 @@ async fn blank_replies(tx: &mut PgConnection, numbers: &[Vec<u8>]) -> Result<u64
     .rows_affected())
 }
 
-/// Clears the contact from the dead letters of the cases' commands (a replay of one
-/// then makes a withdrawn message or task without it: its case is erased). Returns how
-/// many letters it changed.
-async fn redact_dead_letters(tx: &mut PgConnection, case_ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+/// Clears the contact from the dead letters of the cases' commands, sealed or not (a
+/// replay of one then makes a withdrawn message or task without it: its case is
+/// erased). Returns how many letters it changed.
+async fn redact_dead_letters(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    case_ids: &[Uuid],
+) -> Result<u64, sqlx::Error> {
     let wanted: HashSet<Uuid> = case_ids.iter().copied().collect();
-    let rows = sqlx::query(
-        "SELECT id, subject, payload FROM dispatch.dead_letters WHERE subject = ANY($1)
-         ORDER BY id FOR UPDATE",
-    )
-    .bind(vec![
+    let subjects = [
         subject::DISPATCH_CMD_SEND_SMS,
         subject::DISPATCH_CMD_CREATE_PHONE_TASK,
-    ])
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut changed = 0;
-    for row in rows {
-        let payload: Vec<u8> = row.try_get("payload")?;
-        let subject_name: String = row.try_get("subject")?;
-        let Some(redacted) = redacted(&subject_name, &payload, &wanted) else {
-            continue;
-        };
-        sqlx::query("UPDATE dispatch.dead_letters SET payload = $2 WHERE id = $1")
-            .bind(row.try_get::<i64, _>("id")?)
-            .bind(redacted)
-            .execute(&mut *tx)
-            .await?;
-        changed += 1;
-    }
-    Ok(changed)
+    ];
+    renewal_platform::dead_letters::rewrite(tx, outbox, &subjects, |subject_name, payload| {
+        redacted(subject_name, payload, &wanted)
+    })
+    .await
 }
 
 /// A command of one of the cases with its contact cleared; None for another case's, one

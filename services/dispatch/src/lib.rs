@@ -89,7 +89,7 @@ pub async fn run_with(
         .ensure_stream(Stream::Dispatch)
         .await
         .map_err(|e| e.to_string())?;
-    let outbox = outbox();
+    let outbox = outbox().sealing_letters(config.pii.clone(), sealed::LETTERS);
     let queued = Arc::new(Notify::new());
     let vendor = sms::vendor::AliyunSms::new(&config).map_err(|e| e.to_string())?;
     // The vendor's pushes and the sender work on connections of their own.

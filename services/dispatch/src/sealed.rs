@@ -61,7 +61,12 @@ pub const SEALED: &[SealedColumn] = &[
             of: mobile_in_json,
         }),
     },
+    LETTERS,
 ];
+
+/// Dispatch's dead letters (its commands carry the contact): sealed.
+pub const LETTERS: SealedColumn =
+    renewal_platform::dead_letters::sealed_column("dispatch.dead_letters");
 
 /// What an SMS needs at the vendor: `dispatch.sms_messages.contact_enc`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

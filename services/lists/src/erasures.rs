@@ -24,6 +24,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use renewal_contract::core::PolicyUpserted;
 use renewal_contract::lists::{CaseOutcome, ErasePersonalData, ErasureReason};
 use renewal_contract::platform::ErasureDone;
 use renewal_contract::subject;
@@ -89,6 +90,8 @@ pub struct Erasure {
     pub policies: u64,
     pub cases: Vec<Uuid>,
     pub cases_closed: u64,
+    /// Dead letters of the policies' upserts the customer was cleared from.
+    pub letters: u64,
 }
 
 /// Erases lists' copy of `policy_nos` and tells the other services, in `tx`.
@@ -117,6 +120,7 @@ pub async fn erase(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let letters = redact_letters(tx, outbox, policy_nos).await?;
     let cases: Vec<Uuid> =
         sqlx::query_scalar("SELECT case_id FROM lists.cases WHERE policy_no = ANY($1)")
             .bind(policy_nos)
@@ -127,11 +131,32 @@ pub async fn erase(
         policies,
         cases,
         cases_closed,
+        letters,
     };
     record(tx, &erasure, reason, by, now).await?;
     tell_the_others(tx, outbox, &erasure, reason, now).await?;
     metrics::counter!("lists_erasures_total", "reason" => reason.as_db()).increment(1);
     Ok(erasure)
+}
+
+/// Clears the customer from lists' dead letters of the policies' upserts (sealed, a
+/// replay of one would bring the customer back). How many it changed.
+async fn redact_letters(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    policy_nos: &[String],
+) -> Result<u64, sqlx::Error> {
+    let subjects = [subject::CORE_POLICY_UPSERTED];
+    renewal_platform::dead_letters::rewrite(tx, outbox, &subjects, |_, payload| {
+        let mut event = <PolicyUpserted as prost::Message>::decode(payload).ok()?;
+        let ours = event
+            .policy
+            .as_ref()
+            .is_some_and(|p| policy_nos.iter().any(|n| *n == p.policy_no.trim()));
+        (ours && crate::intake::redact_customer(&mut event))
+            .then(|| prost::Message::encode_to_vec(&event))
+    })
+    .await
 }
 
 /// The erasure and lists' own answer.
@@ -154,7 +179,11 @@ async fn record(
     .bind(&e.cases)
     .execute(&mut *tx)
     .await?;
-    let erased = serde_json::json!({ "policies": e.policies, "cases_closed": e.cases_closed });
+    let erased = serde_json::json!({
+        "policies": e.policies,
+        "cases_closed": e.cases_closed,
+        "dead_letters": e.letters,
+    });
     answer(
         tx,
         e.erasure_id,

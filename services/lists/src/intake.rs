@@ -26,6 +26,28 @@ pub struct Intake {
 /// (its upsert may still be on the way) before it is kept as rejected.
 const UNKNOWN_POLICY_RETRIES: i64 = 5;
 
+/// Replaces the customer's name, mobile, ID number, plate and VIN in an upsert; whether
+/// it named any.
+pub(crate) fn redact_customer(event: &mut PolicyUpserted) -> bool {
+    let Some(p) = event.policy.as_mut() else {
+        return false;
+    };
+    let mut named = false;
+    for field in [
+        &mut p.customer_name,
+        &mut p.mobile,
+        &mut p.id_number,
+        &mut p.plate,
+        &mut p.vin,
+    ] {
+        if !field.is_empty() && field != "[redacted]" {
+            *field = "[redacted]".into();
+            named = true;
+        }
+    }
+    named
+}
+
 impl Handler for Intake {
     /// A refused upsert is kept without the customer's name, mobile, ID number, plate
     /// and VIN; renewals and cancellations carry none and are kept whole.
@@ -34,19 +56,7 @@ impl Handler for Intake {
             return Some(delivery.payload.to_vec());
         }
         let mut event: PolicyUpserted = delivery.decode().ok()?;
-        if let Some(p) = event.policy.as_mut() {
-            for field in [
-                &mut p.customer_name,
-                &mut p.mobile,
-                &mut p.id_number,
-                &mut p.plate,
-                &mut p.vin,
-            ] {
-                if !field.is_empty() {
-                    *field = "[redacted]".into();
-                }
-            }
-        }
+        redact_customer(&mut event);
         Some(prost::Message::encode_to_vec(&event))
     }
 

@@ -143,7 +143,7 @@ impl Lists {
         let zones = portfolio::Zones::load(&deps.pool, deps.time_zone)
             .await
             .map_err(|e| format!("loading city time zones: {e}"))?;
-        let outbox = outbox();
+        let outbox = outbox().sealing_letters(config.pii.clone(), portfolio::LETTERS);
         Ok(Lists {
             importer: import::Importer {
                 pool: deps.pool.clone(),

@@ -74,7 +74,12 @@ pub const SEALED: &[SealedColumn] = &[
     ),
     sealed("plate_enc", None),
     sealed("vin_enc", None),
+    LETTERS,
 ];
+
+/// Lists' dead letters (a policy from the core system names its customer): sealed.
+pub const LETTERS: SealedColumn =
+    renewal_platform::dead_letters::sealed_column("lists.dead_letters");
 
 /// An ID number is indexed as checked (trimmed, upper case); none is not indexed.
 fn id_number_indexed(plain: &str) -> Option<String> {

@@ -17,15 +17,22 @@ pub const CASES: &str = "scheduler.cases";
 pub const COLUMN: &str = "contact_enc";
 
 /// Where the scheduler keeps sealed values, for `renewal pii rotate`.
-pub const SEALED: &[SealedColumn] = &[SealedColumn {
-    table: CASES,
-    column: COLUMN,
-    row_key: "case_id::text",
-    index: Some(IndexColumn {
-        column: "mobile_index",
-        of: mobile_of,
-    }),
-}];
+pub const SEALED: &[SealedColumn] = &[
+    SealedColumn {
+        table: CASES,
+        column: COLUMN,
+        row_key: "case_id::text",
+        index: Some(IndexColumn {
+            column: "mobile_index",
+            of: mobile_of,
+        }),
+    },
+    LETTERS,
+];
+
+/// The scheduler's dead letters (a case's opening carries the contact): sealed.
+pub const LETTERS: SealedColumn =
+    renewal_platform::dead_letters::sealed_column("scheduler.dead_letters");
 
 /// A customer's contact, as the case's opening carried it.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

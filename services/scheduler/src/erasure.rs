@@ -42,7 +42,7 @@ impl Handler for Erasures {
         }
         let command = ErasureCommand::decode(delivery)?;
         let now = self.clock.now();
-        let erased = erase(tx, &command.case_ids, now).await?;
+        let erased = erase(tx, &self.outbox, &command.case_ids, now).await?;
         let kept = KEPT.iter().map(|k| (*k).to_owned()).collect();
         let done = subject::SCHEDULER_ERASURE_DONE;
         command
@@ -64,6 +64,7 @@ impl Handler for Erasures {
 /// Erases what the scheduler keeps of the cases; the counts by kind.
 async fn erase(
     tx: &mut PgConnection,
+    outbox: &Outbox,
     case_ids: &[Uuid],
     now: DateTime<Utc>,
 ) -> Result<HashMap<String, u64>, sqlx::Error> {
@@ -100,7 +101,7 @@ async fn erase(
     .execute(&mut *tx)
     .await?;
     let timers = crate::cases::cancel_pending(tx, case_ids, "erased", None).await?;
-    let dead_letters = erasure::clear_opened_letters(tx, crate::SCHEMA, case_ids).await?;
+    let dead_letters = erasure::clear_opened_letters(tx, outbox, case_ids).await?;
     Ok(HashMap::from([
         ("cases".to_owned(), held as u64),
         ("timers_cancelled".to_owned(), timers),

@@ -95,7 +95,7 @@ pub async fn run_with(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let outbox = outbox();
+    let outbox = outbox().sealing_letters(config.pii.clone(), contact::LETTERS);
     let timers_changed = Arc::new(Notify::new());
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     service.consume(

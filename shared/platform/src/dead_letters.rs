@@ -10,6 +10,12 @@
 //!
 //! Each letter publishes `<service>.dead_letter.recorded` and counts
 //! `dead_letters_total{service, source}` (an alert fires on it).
+//!
+//! A letter may name a customer (a case's opening, a command with its contact). A
+//! service that holds a key (lists, the scheduler, dispatch) keeps the payload sealed
+//! with it, bound to the letter's table and key (`sealed_payload`; a key rotation
+//! re-seals it); the others keep only what their handler's `redact` leaves (assignment:
+//! an opening without its customer, which it never reads).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +33,9 @@ use crate::http::Routes;
 use crate::identity::{Caller, Role};
 use crate::inbox::{Delivery, HandleError};
 use crate::outbox::Outbox;
+use crate::pii::{PiiCipher, PiiError, Place};
 use crate::problem::Problem;
+use crate::resealing::SealedColumn;
 
 /// Where a letter came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -56,6 +64,52 @@ impl Source {
     }
 }
 
+/// How a service's dead letters are sealed: its key, and the table (`schema.dead_letters`)
+/// each sealed payload is bound to.
+#[derive(Clone, Debug)]
+pub struct LetterSeal {
+    pub(crate) pii: Arc<PiiCipher>,
+    pub(crate) table: &'static str,
+}
+
+/// The row key a letter's sealed payload is bound to, as SQL (for a key rotation).
+const ROW_KEY: &str = "source || '/' || consumer || '/' || message_id";
+
+/// Where a service keeps its sealed letters (`table` is `<schema>.dead_letters`), for its
+/// list of sealed columns and [`Outbox::sealing_letters`].
+pub const fn sealed_column(table: &'static str) -> SealedColumn {
+    SealedColumn {
+        table,
+        column: "sealed_payload",
+        row_key: ROW_KEY,
+        index: None,
+    }
+}
+
+impl LetterSeal {
+    fn seal(&self, payload: &[u8], row: &str) -> Result<Vec<u8>, sqlx::Error> {
+        self.pii
+            .seal_bytes(payload, Place::new(self.table, "sealed_payload", row))
+            .map_err(sealing_failed)
+    }
+
+    fn open(&self, sealed: &[u8], row: &str) -> Result<Vec<u8>, PiiError> {
+        self.pii
+            .open_bytes(sealed, Place::new(self.table, "sealed_payload", row))
+    }
+}
+
+/// The row key of a letter, as [`ROW_KEY`] computes it.
+fn row_key(source: &str, consumer: &str, message_id: &str) -> String {
+    format!("{source}/{consumer}/{message_id}")
+}
+
+/// Sealing fails only when the system's random source does: the letter is not kept
+/// (the message is delivered again, the outbox row tried again).
+fn sealing_failed(e: PiiError) -> sqlx::Error {
+    sqlx::Error::Encode(Box::new(e))
+}
+
 /// A message given up on.
 pub struct Letter<'a> {
     pub source: Source,
@@ -77,10 +131,18 @@ pub async fn keep(
     letter: &Letter<'_>,
 ) -> Result<i64, sqlx::Error> {
     let schema = outbox.schema();
+    let (payload, sealed) = match outbox.letter_seal() {
+        Some(seal) => {
+            let row = row_key(letter.source.as_str(), letter.consumer, letter.message_id);
+            (Vec::new(), seal.seal(letter.payload, &row)?)
+        }
+        None => (letter.payload.to_vec(), Vec::new()),
+    };
     let sql = format!(
         "INSERT INTO {schema}.dead_letters
-             (source, consumer, message_id, subject, payload, traceparent, reason, deliveries)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             (source, consumer, message_id, subject, payload, sealed_payload, traceparent,
+              reason, deliveries)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (source, consumer, message_id) DO UPDATE
              SET reason = EXCLUDED.reason, deliveries = EXCLUDED.deliveries, dead_at = now(),
                  replayed_at = NULL, replayed_by = NULL
@@ -91,7 +153,8 @@ pub async fn keep(
         .bind(letter.consumer)
         .bind(letter.message_id)
         .bind(letter.subject)
-        .bind(letter.payload)
+        .bind(payload)
+        .bind(sealed)
         .bind(letter.traceparent)
         .bind(letter.reason)
         .bind(letter.deliveries)
@@ -279,7 +342,8 @@ async fn replay(
     };
     let schema = letters.outbox.schema();
     let sql = format!(
-        "SELECT source, consumer, message_id, subject, payload, deliveries, replayed_at
+        "SELECT source, consumer, message_id, subject, payload, sealed_payload, deliveries,
+                replayed_at
          FROM {schema}.dead_letters WHERE id = $1"
     );
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -340,10 +404,37 @@ async fn replay_consumed(
             format!("this process runs no consumer of {consumer}"),
         )
     })?;
+    let message_id: String = row.try_get("message_id").map_err(get)?;
+    let payload = match letters.outbox.letter_seal() {
+        Some(seal)
+            if !row
+                .try_get::<Vec<u8>, _>("sealed_payload")
+                .map_err(get)?
+                .is_empty() =>
+        {
+            let sealed: Vec<u8> = row.try_get("sealed_payload").map_err(get)?;
+            let key = row_key(Source::Consumer.as_str(), &consumer, &message_id);
+            seal.open(&sealed, &key).map_err(|e| {
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "unreadable",
+                    format!("the letter does not open under any listed key: {e}"),
+                )
+            })?
+        }
+        _ => row.try_get("payload").map_err(get)?,
+    };
+    if payload.is_empty() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "payload_not_kept",
+            "this letter was kept without its message (it named a customer); it cannot be replayed",
+        ));
+    }
     let delivery = Delivery {
         subject: row.try_get("subject").map_err(get)?,
-        message_id: row.try_get("message_id").map_err(get)?,
-        payload: row.try_get::<Vec<u8>, _>("payload").map_err(get)?.into(),
+        message_id,
+        payload: payload.into(),
         delivered: row.try_get::<i32, _>("deliveries").map_err(get)? as i64 + 1,
     };
     match replayer.replay(delivery).await {
@@ -373,4 +464,58 @@ async fn requeue(letters: &DeadLetters, message_id: &str) -> Result<(), Problem>
         .map_err(|e| Problem::database(&e))?;
     letters.outbox.wake();
     Ok(())
+}
+
+/// Rewrites the service's letters of `subjects` that `change` gives a new payload for (an
+/// erasure clearing a customer from them), sealed again where they were sealed. How many
+/// it changed. A sealed letter no listed key opens is passed over: nobody can read it.
+pub async fn rewrite(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    subjects: &[&str],
+    change: impl Fn(&str, &[u8]) -> Option<Vec<u8>>,
+) -> Result<u64, sqlx::Error> {
+    let schema = outbox.schema();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id, source, consumer, message_id, subject, payload, sealed_payload
+         FROM {schema}.dead_letters WHERE subject = ANY($1) ORDER BY id FOR UPDATE"
+    )))
+    .bind(subjects)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut changed = 0;
+    for row in rows {
+        let sealed: Vec<u8> = row.try_get("sealed_payload")?;
+        let key = row_key(
+            &row.try_get::<String, _>("source")?,
+            &row.try_get::<String, _>("consumer")?,
+            &row.try_get::<String, _>("message_id")?,
+        );
+        let seal = outbox.letter_seal().filter(|_| !sealed.is_empty());
+        let plain = match seal {
+            Some(seal) => match seal.open(&sealed, &key) {
+                Ok(plain) => plain,
+                Err(_) => continue,
+            },
+            None => row.try_get("payload")?,
+        };
+        let subject: String = row.try_get("subject")?;
+        let Some(new) = change(&subject, &plain) else {
+            continue;
+        };
+        let (payload, sealed) = match seal {
+            Some(seal) => (Vec::new(), seal.seal(&new, &key)?),
+            None => (new, Vec::new()),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {schema}.dead_letters SET payload = $2, sealed_payload = $3 WHERE id = $1"
+        )))
+        .bind(row.try_get::<i64, _>("id")?)
+        .bind(payload)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+        changed += 1;
+    }
+    Ok(changed)
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use renewal_contract::lists::{CaseOpened, ErasePersonalData};
 use renewal_contract::platform::ErasureDone;
 use renewal_contract::subject;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{Delivery, HandleError, Outbox};
@@ -85,44 +85,27 @@ pub fn case_ids(raw: &[String]) -> (Vec<Uuid>, u64) {
     (ids, unknown)
 }
 
-/// Clears the customer from `schema`'s dead letters of the cases' openings (a replay of
-/// one then brings no contact). How many letters it changed.
+/// Clears the customer from the service's dead letters of the cases' openings (a replay
+/// of one then brings no contact), sealed or not. How many letters it changed.
 pub async fn clear_opened_letters(
     tx: &mut PgConnection,
-    schema: &'static str,
+    outbox: &Outbox,
     case_ids: &[Uuid],
 ) -> Result<u64, sqlx::Error> {
     if case_ids.is_empty() {
         return Ok(0);
     }
     let wanted: HashSet<String> = case_ids.iter().map(Uuid::to_string).collect();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT id, payload FROM {schema}.dead_letters WHERE subject = $1 ORDER BY id FOR UPDATE"
-    )))
-    .bind(subject::LISTS_CASE_OPENED)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut changed = 0;
-    for row in rows {
-        let payload: Vec<u8> = row.try_get("payload")?;
+    crate::dead_letters::rewrite(tx, outbox, &[subject::LISTS_CASE_OPENED], |_, payload| {
         // A letter that does not decode names no case it could be found by.
-        let Ok(mut opened) = <CaseOpened as prost::Message>::decode(payload.as_slice()) else {
-            continue;
-        };
+        let mut opened = <CaseOpened as prost::Message>::decode(payload).ok()?;
         if !wanted.contains(opened.case_id.trim()) || opened.customer.is_none() {
-            continue;
+            return None;
         }
         opened.customer = None;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {schema}.dead_letters SET payload = $2 WHERE id = $1"
-        )))
-        .bind(row.try_get::<i64, _>("id")?)
-        .bind(prost::Message::encode_to_vec(&opened))
-        .execute(&mut *tx)
-        .await?;
-        changed += 1;
-    }
-    Ok(changed)
+        Some(prost::Message::encode_to_vec(&opened))
+    })
+    .await
 }
 
 #[cfg(test)]

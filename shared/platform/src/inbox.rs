@@ -173,6 +173,10 @@ impl<H: Handler> Handler for std::sync::Arc<H> {
     fn committed(&self) {
         (**self).committed()
     }
+
+    fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
+        (**self).redact(delivery)
+    }
 }
 
 /// A consumer's handler as a dead letter's replay runs it: in a transaction with the
@@ -357,7 +361,12 @@ async fn settle_delivery<H: Handler>(
             }
         }
         Err(e) if delivered >= ctx.max_deliveries => {
-            give_up(ctx, filter, message, delivery, &e.to_string()).await;
+            // Kept whole where the service seals its letters; else as for a rejection.
+            let kept = match ctx.outbox.letter_seal() {
+                Some(_) => Some(delivery.payload.to_vec()),
+                None => handler.redact(delivery),
+            };
+            give_up(ctx, filter, message, delivery, kept, &e.to_string()).await;
         }
         Err(e) => {
             let delay = redelivery_delay(delivered as u64);
@@ -367,13 +376,16 @@ async fn settle_delivery<H: Handler>(
     }
 }
 
-/// Keeps a message that failed its last delivery as a dead letter and terminates it,
-/// so the consumer goes on; if it cannot be kept, it is delivered again.
+/// Keeps a message that failed its last delivery as a dead letter (`kept`: its payload,
+/// or what the handler's `redact` left of it; nothing: a letter that cannot be
+/// replayed) and terminates it, so the consumer goes on; if it cannot be kept, it is
+/// delivered again.
 async fn give_up(
     ctx: &Consuming,
     filter: &'static str,
     message: &async_nats::jetstream::Message,
     delivery: &Delivery,
+    kept: Option<Vec<u8>>,
     reason: &str,
 ) {
     tracing::error!(%reason, deliveries = delivery.delivered, "message failed every delivery; kept as a dead letter");
@@ -387,7 +399,7 @@ async fn give_up(
         consumer: filter,
         message_id: &delivery.message_id,
         subject: &delivery.subject,
-        payload: &delivery.payload,
+        payload: kept.as_deref().unwrap_or_default(),
         traceparent: traceparent.as_deref(),
         reason,
         deliveries: delivery.delivered as i32,

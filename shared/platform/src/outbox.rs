@@ -19,6 +19,9 @@ use crate::retry::Backoff;
 pub struct Outbox {
     schema: &'static str,
     wake: Arc<Notify>,
+    /// How the service's dead letters are sealed (none: kept with personal fields
+    /// cleared).
+    letters: Option<crate::dead_letters::LetterSeal>,
 }
 
 const BATCH: i64 = 500;
@@ -31,11 +34,32 @@ impl Outbox {
         Outbox {
             schema,
             wake: Arc::new(Notify::new()),
+            letters: None,
         }
+    }
+
+    /// The service's dead letters are kept sealed with its key, in `letters` (its
+    /// `sealed_payload` column, listed with the service's other sealed columns so a key
+    /// rotation re-seals them).
+    pub fn sealing_letters(
+        mut self,
+        pii: Arc<crate::pii::PiiCipher>,
+        letters: crate::resealing::SealedColumn,
+    ) -> Self {
+        self.letters = Some(crate::dead_letters::LetterSeal {
+            pii,
+            table: letters.table,
+        });
+        self
     }
 
     pub fn schema(&self) -> &'static str {
         self.schema
+    }
+
+    /// How the service's dead letters are sealed, if they are.
+    pub(crate) fn letter_seal(&self) -> Option<&crate::dead_letters::LetterSeal> {
+        self.letters.as_ref()
     }
 
     /// Writes an event inside the caller's transaction; its id is a fresh UUID.

@@ -194,10 +194,16 @@ impl PiiCipher {
 
     /// Encrypts one value for `place` under the newest key.
     pub fn seal(&self, plaintext: &str, place: Place<'_>) -> Result<Vec<u8>, PiiError> {
+        self.seal_bytes(plaintext.as_bytes(), place)
+    }
+
+    /// Encrypts bytes (a message kept whole: a dead letter) for `place` under the
+    /// newest key.
+    pub fn seal_bytes(&self, plaintext: &[u8], place: Place<'_>) -> Result<Vec<u8>, PiiError> {
         let version = self.newest();
         let nonce = self.nonce()?;
         let mut body = Vec::with_capacity(plaintext.len() + 16);
-        body.extend_from_slice(plaintext.as_bytes());
+        body.extend_from_slice(plaintext);
         version
             .key
             .seal_in_place_append_tag(
@@ -216,6 +222,12 @@ impl PiiCipher {
     /// Decrypts a value sealed by [`seal`](Self::seal) for the same place, under any key
     /// of the keyring.
     pub fn open(&self, sealed: &[u8], place: Place<'_>) -> Result<String, PiiError> {
+        String::from_utf8(self.open_bytes(sealed, place)?).map_err(|_| PiiError::Unreadable)
+    }
+
+    /// Decrypts bytes sealed by [`seal_bytes`](Self::seal_bytes) (or [`seal`](Self::seal))
+    /// for the same place, under any key of the keyring.
+    pub fn open_bytes(&self, sealed: &[u8], place: Place<'_>) -> Result<Vec<u8>, PiiError> {
         if sealed.len() < 1 + NONCE_LEN + 16 {
             return Err(PiiError::Unreadable);
         }
@@ -238,7 +250,7 @@ impl PiiCipher {
             .len();
         // The plain text in place, without its tag: no second copy.
         body.truncate(len);
-        String::from_utf8(body).map_err(|_| PiiError::Unreadable)
+        Ok(body)
     }
 
     /// Seals a value as JSON (a contact: name, mobile, plate together, one open to read).

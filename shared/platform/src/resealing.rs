@@ -173,18 +173,20 @@ async fn reseal_batch(
         let row_key: String = row.try_get("row_key")?;
         let old: Vec<u8> = row.try_get("sealed")?;
         let place = Place::new(c.table, c.column, &row_key);
+        // Bytes, not text: a dead letter is a message kept whole.
         let plain = pii
-            .open(&old, place)
+            .open_bytes(&old, place)
             .map_err(|source| ResealError::Unreadable {
                 table: c.table,
                 column: c.column,
                 row: row_key.clone(),
                 source,
             })?;
-        sealed.push(pii.seal(&plain, place).map_err(ResealError::Seal)?);
+        sealed.push(pii.seal_bytes(&plain, place).map_err(ResealError::Seal)?);
         let index = c
             .index
-            .and_then(|i| (i.of)(&plain))
+            .zip(std::str::from_utf8(&plain).ok())
+            .and_then(|(i, plain)| (i.of)(plain))
             .map(|v| pii.blind_index(&v).to_vec());
         indexes.push(index);
         tids.push(row.try_get::<String, _>("tid")?);
