@@ -41,7 +41,12 @@ async fn sealed_left(pool: &PgPool, policy_nos: &[String]) -> Vec<(String, i64)>
         (
             "scheduler.cases",
             "SELECT count(*) FROM scheduler.cases s JOIN lists.cases c USING (case_id)
-             WHERE c.policy_no = ANY($1) AND length(s.contact_enc) > 0",
+             WHERE c.policy_no = ANY($1) AND (length(s.contact_enc) > 0 OR s.mobile_index IS NOT NULL)",
+        ),
+        (
+            "dispatch.case_contacts",
+            "SELECT count(*) FROM dispatch.case_contacts d JOIN lists.cases c USING (case_id)
+             WHERE c.policy_no = ANY($1) AND length(d.contact_enc) > 0",
         ),
         (
             "dispatch.sms_messages",
@@ -301,8 +306,8 @@ async fn audited(sim: &Simulation, auditor: &reqwest::Client) {
 async fn retention(sim: &Simulation, customers: &[Customer], already: &[String]) {
     let pool = sim.pool();
     let old: String = sqlx::query_scalar(
-        "SELECT c.policy_no FROM lists.cases c JOIN scheduler.cases s USING (case_id)
-         WHERE NOT c.policy_no = ANY($1) AND length(s.contact_enc) > 0
+        "SELECT c.policy_no FROM lists.cases c JOIN dispatch.case_contacts d USING (case_id)
+         WHERE NOT c.policy_no = ANY($1) AND length(d.contact_enc) > 0
          ORDER BY c.policy_no LIMIT 1",
     )
     .bind(already)

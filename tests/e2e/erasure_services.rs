@@ -8,11 +8,14 @@
 //! - the scheduler blanks the case's contact and cancels its pending timers, leaves
 //!   another case's alone, answers once per command (a second command erases nothing
 //!   more), and a timer of the erased case planned later ends cancelled, not retried;
-//! - assignment, which keeps no customer data, answers too.
+//! - assignment, which keeps no customer data, answers too;
+//! - dispatch keeps each case's contact from its opening (the scheduler keeps none), a
+//!   command naming only its case waits for the opening and then goes with it, and an
+//!   erasure blanks it.
 
 use std::collections::HashMap;
 
-use renewal_contract::lists::{CaseOpened, ErasePersonalData, ErasureReason};
+use renewal_contract::lists::{CaseOpened, Customer, ErasePersonalData, ErasureReason};
 use renewal_contract::platform::ErasureDone;
 use renewal_contract::scheduler::{CreatePhoneTask, SendSms, TaskQueue};
 use renewal_contract::subject;
@@ -330,7 +333,8 @@ async fn late_commands_and_a_second_erasure(system: &TestSystem, a: Uuid, id: &s
     );
 }
 
-/// (contact bytes, blind index present, erased) of the scheduler's copy of a case.
+/// (contact bytes, blind index present, erased) of the scheduler's copy of a case (a
+/// contact only for cases opened before dispatch kept them).
 async fn scheduler_case(system: &TestSystem, case_id: &str) -> (usize, bool, bool) {
     let (contact, indexed, erased): (i32, bool, bool) = sqlx::query_as(
         "SELECT coalesce(length(contact_enc), -1), mobile_index IS NOT NULL, erased_at IS NOT NULL
@@ -380,7 +384,11 @@ async fn the_scheduler_blanks_the_contact_and_its_erased_case_never_fires() {
         before.get("pending").copied().unwrap_or(0) > 0,
         "{before:?}"
     );
-    assert!(scheduler_case(&system, &erased_case).await.0 > 0);
+    // The scheduler keeps the mobile's blind index only (the contact is dispatch's).
+    assert_eq!(
+        scheduler_case(&system, &erased_case).await,
+        (0, true, false)
+    );
 
     let id = Uuid::now_v7().to_string();
     let command = erase(&id, &[erased_case.clone(), "nonsense".into()]);
@@ -414,7 +422,7 @@ async fn the_scheduler_blanks_the_contact_and_its_erased_case_never_fires() {
         "another case's timers"
     );
     let (contact, indexed, erased) = scheduler_case(&system, &other_case).await;
-    assert!(contact > 0 && indexed && !erased, "another case's contact");
+    assert!(contact == 0 && indexed && !erased, "another case's index");
     let done = answers(&system, subject::SCHEDULER_ERASURE_DONE, &id).await;
     assert_eq!(done.len(), 1, "{done:?}");
     let erased = counts(&done[0]);
@@ -535,5 +543,181 @@ async fn assignment_keeps_no_customer_data_and_answers_once() {
     .await
     .expect("count");
     assert_eq!(rejected, 0, "no consumer refused the command");
+    system.finish().await;
+}
+
+/// Dispatch's copy of a case's contact: (name, mobile, plate), or None once blanked.
+async fn case_contact(system: &TestSystem, case_id: &str) -> Option<(String, String, String)> {
+    let sealed: Vec<u8> = sqlx::query_scalar(
+        "SELECT contact_enc FROM dispatch.case_contacts WHERE case_id = $1::uuid",
+    )
+    .bind(case_id)
+    .fetch_one(system.sim.pool())
+    .await
+    .expect("the case's contact");
+    if sealed.is_empty() {
+        return None;
+    }
+    assert!(
+        !String::from_utf8_lossy(&sealed).contains("139000000"),
+        "sealed"
+    );
+    let place = renewal_platform::pii::Place::new("dispatch.case_contacts", "contact_enc", case_id);
+    Some(
+        dispatch_pii()
+            .open_json(&sealed, place)
+            .expect("opens for its case"),
+    )
+}
+
+/// Waits for the message of command `id` to be taken in.
+async fn taken_in(system: &TestSystem, id: &str) -> bool {
+    for _ in 0..150 {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM dispatch.sms_messages WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_one(system.sim.pool())
+                .await
+                .expect("count");
+        if n == 1 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_keeps_the_contact_from_the_opening_and_fills_commands_naming_only_the_case() {
+    let system = TestSystem::start("dk", local("2026-12-01", 10)).await;
+    let sim = &system.sim;
+    sim.publish_policies(&[policy("P2026K0001", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let opened: Vec<CaseOpened> = events(&system, subject::LISTS_CASE_OPENED).await;
+    let known = opened.first().expect("a case opened").clone();
+    let held = case_contact(&system, &known.case_id).await;
+    assert_eq!(
+        held,
+        Some(("王芳".into(), "+8613812345678".into(), "沪AD12345".into()))
+    );
+    let (scheduler_contact, indexed): (bool, bool) = sqlx::query_as(
+        "SELECT contact_enc IS NOT NULL, mobile_index IS NOT NULL FROM scheduler.cases WHERE case_id = $1::uuid",
+    )
+    .bind(&known.case_id)
+    .fetch_one(sim.pool())
+    .await
+    .expect("the scheduler's case");
+    assert_eq!(
+        (scheduler_contact, indexed),
+        (false, true),
+        "the scheduler keeps the index only"
+    );
+
+    // A command for a case whose opening has not reached dispatch yet waits for it.
+    let b = Uuid::now_v7();
+    let mut command = sms(b, "", sim.now().timestamp_millis());
+    command.customer_name.clear();
+    command.plate.clear();
+    let bytes = prost::Message::encode_to_vec(&command);
+    sim.deps
+        .bus
+        .publish(
+            subject::DISPATCH_CMD_SEND_SMS,
+            &command.command_id,
+            None,
+            bytes,
+        )
+        .await
+        .expect("published");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let early: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dispatch.sms_messages WHERE case_id = $1")
+            .bind(b)
+            .fetch_one(sim.pool())
+            .await
+            .expect("count");
+    assert_eq!(early, 0, "not taken in without a contact");
+    let mut late = known.clone();
+    late.case_id = b.to_string();
+    late.policy_no = "P2026K0002".into();
+    late.customer = Some(Customer {
+        name: "李雷".into(),
+        mobile: "+8613900000077".into(),
+        plate: "沪B00077".into(),
+    });
+    publish(&system, subject::LISTS_CASE_OPENED, "late-open-k2", &late).await;
+    assert!(
+        taken_in(&system, &command.command_id).await,
+        "taken in once the opening came"
+    );
+    let sealed: Vec<u8> =
+        sqlx::query_scalar("SELECT contact_enc FROM dispatch.sms_messages WHERE id = $1::uuid")
+            .bind(&command.command_id)
+            .fetch_one(sim.pool())
+            .await
+            .expect("message");
+    let contact = renewal_dispatch::sealed::open_sms(&dispatch_pii(), &command.command_id, &sealed)
+        .expect("opens");
+    assert_eq!(contact.mobile, "+8613900000077");
+    assert_eq!(contact.template_params["name"], "李雷");
+    assert_eq!(contact.template_params["plate"], "沪B00077");
+
+    // A task naming only its case goes with the case's contact too.
+    let mut t = task(b, "");
+    t.customer_name.clear();
+    t.plate.clear();
+    publish(
+        &system,
+        subject::DISPATCH_CMD_CREATE_PHONE_TASK,
+        &t.command_id.clone(),
+        &t,
+    )
+    .await;
+    let sealed: Vec<u8> =
+        sqlx::query_scalar("SELECT contact_enc FROM dispatch.phone_tasks WHERE id = $1::uuid")
+            .bind(&t.command_id)
+            .fetch_one(sim.pool())
+            .await
+            .expect("task");
+    let contact = renewal_dispatch::sealed::open_task(&dispatch_pii(), &t.command_id, &sealed)
+        .expect("opens");
+    assert_eq!(
+        (contact.customer_name.as_str(), contact.mobile.as_str()),
+        ("李雷", "+8613900000077")
+    );
+
+    // Erased: the case's contact is blanked, and a later command is kept without one.
+    let id = "erase-k2";
+    publish(
+        &system,
+        subject::DISPATCH_CMD_ERASE_PERSONAL_DATA,
+        id,
+        &erase(id, &[b.to_string()]),
+    )
+    .await;
+    let done = answers(&system, subject::DISPATCH_ERASURE_DONE, id).await;
+    assert_eq!(counts(&done[0]).get("case_contacts"), Some(&1), "{done:?}");
+    assert_eq!(case_contact(&system, &b.to_string()).await, None);
+    let mut after = sms(b, "", sim.now().timestamp_millis());
+    after.customer_name.clear();
+    after.plate.clear();
+    publish(
+        &system,
+        subject::DISPATCH_CMD_SEND_SMS,
+        &after.command_id.clone(),
+        &after,
+    )
+    .await;
+    assert_eq!(
+        message(&system, &after.command_id).await,
+        ("withdrawn".into(), 0, 0)
+    );
+    assert_eq!(
+        case_contact(&system, &known.case_id).await.map(|c| c.1),
+        Some("+8613812345678".into()),
+        "another case's stays"
+    );
     system.finish().await;
 }

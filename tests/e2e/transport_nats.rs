@@ -461,7 +461,7 @@ async fn a_service_cannot_publish_a_command_it_does_not_own() {
         1,
         "nothing more landed in the DISPATCH stream"
     );
-    // Nor can dispatch widen its own consumer to read the opened cases (a mobile each).
+    // Nor can dispatch widen its own consumer to what it does not read (the lists issued).
     let lists_stream = nats.subjects().stream(Stream::Lists);
     scheduler.ensure_stream(Stream::Lists).await.expect("LISTS");
     let widened = async {
@@ -469,14 +469,14 @@ async fn a_service_cannot_publish_a_command_it_does_not_own() {
             .await?
             .create_consumer(jetstream::consumer::pull::Config {
                 durable_name: Some("dispatch".into()),
-                filter_subject: nats.subjects().subject(subject::LISTS_CASE_OPENED),
+                filter_subject: nats.subjects().subject(subject::LISTS_LIST_ISSUED),
                 ..Default::default()
             })
             .await?;
         Ok::<_, async_nats::Error>(())
     }
     .await;
-    assert!(widened.is_err(), "dispatch may not read lists.case.opened");
+    assert!(widened.is_err(), "dispatch may not read lists.list.issued");
     drop(client);
 
     // Lists does not speak for the core policy system; core does.

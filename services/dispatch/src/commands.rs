@@ -2,7 +2,8 @@
 //! `dispatch.cmd.create_phone_task` makes a phone task, `dispatch.cmd.erase_personal_data`
 //! erases cases (`crate::erasure`; this consumer's filter takes it too); a closed case
 //! withdraws what is still queued for it; an owner change moves the case's owner tasks.
-//! A command for an erased case is kept withdrawn without its contact.
+//! A command for an erased case is kept withdrawn without its contact. A command that
+//! names only its case goes with the case's contact (`crate::contacts`).
 
 use std::sync::Arc;
 
@@ -43,10 +44,13 @@ impl Handler for Commands {
                 delivery.subject
             )));
         }
-        let command: SendSms = delivery.decode()?;
+        let mut command: SendSms = delivery.decode()?;
         let id = field::uuid("command_id", &command.command_id)?;
         let case_id = field::uuid("case_id", &command.case_id)?;
         let tz = field::time_zone("time_zone", &command.time_zone)?;
+        let c = &mut command;
+        let contact = [&mut c.customer_name, &mut c.mobile, &mut c.plate];
+        crate::contacts::fill(tx, &self.pii, case_id, contact).await?;
         let params = templates::params(&command).map_err(HandleError::Malformed)?;
         let mobile_index = self.pii.blind_index(&sealed::e164(&command.mobile));
         let contact = SmsContact {

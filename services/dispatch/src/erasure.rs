@@ -11,9 +11,10 @@
 //!    the number. They stay `unknown` for good (a sender still in its call records the
 //!    answer it gets);
 //! 4. blanks the sealed contacts and blind indexes of the case's SMS and phone tasks,
-//!    and the replies from the case's numbers (the numbers are read from the case's SMS
-//!    before they are blanked; see [`blank_replies`]);
-//! 5. clears the contact from dead letters of the case's commands;
+//!    the replies from the case's numbers (the numbers are read from the case's SMS
+//!    before they are blanked; see [`blank_replies`]) and the case's own contact
+//!    (`crate::contacts`);
+//! 5. clears the contact from dead letters of the case's commands and opening;
 //!
 //! and answers `dispatch.erasure.done` through its outbox. Rows stay, for the figures.
 //! Opt-outs are kept: a number that opted out must stay opted out.
@@ -21,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use renewal_contract::lists::CaseOpened;
 use renewal_contract::scheduler::{CreatePhoneTask, SendSms};
 use renewal_contract::subject;
 use renewal_platform::erasure::ErasureCommand;
@@ -117,6 +119,7 @@ struct Counts {
     phone_tasks: u64,
     phone_tasks_withdrawn: u64,
     sms_replies: u64,
+    case_contacts: u64,
     dead_letters: u64,
 }
 
@@ -128,6 +131,7 @@ impl Counts {
             ("phone_tasks", self.phone_tasks),
             ("phone_tasks_withdrawn", self.phone_tasks_withdrawn),
             ("sms_replies", self.sms_replies),
+            ("case_contacts", self.case_contacts),
             ("dead_letters", self.dead_letters),
         ]
         .into_iter()
@@ -192,6 +196,14 @@ async fn erase_cases(
     .await?
     .rows_affected();
     counts.sms_replies = blank_replies(tx, &numbers).await?;
+    counts.case_contacts = sqlx::query(
+        "UPDATE dispatch.case_contacts SET contact_enc = '\\x'
+         WHERE case_id = ANY($1) AND length(contact_enc) > 0",
+    )
+    .bind(case_ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     counts.dead_letters = redact_dead_letters(tx, outbox, case_ids).await?;
     Ok(counts)
 }
@@ -277,6 +289,7 @@ async fn redact_dead_letters(
     let subjects = [
         subject::DISPATCH_CMD_SEND_SMS,
         subject::DISPATCH_CMD_CREATE_PHONE_TASK,
+        subject::LISTS_CASE_OPENED,
     ];
     renewal_platform::dead_letters::rewrite(tx, outbox, &subjects, |subject_name, payload| {
         redacted(subject_name, payload, &wanted)
@@ -284,8 +297,9 @@ async fn redact_dead_letters(
     .await
 }
 
-/// A command of one of the cases with its contact cleared; None for another case's, one
-/// already cleared, or one that does not decode (it names no case it could be found by).
+/// A command or opening of one of the cases with its contact cleared; None for another
+/// case's, one already cleared, or one that does not decode (it names no case it could
+/// be found by).
 fn redacted(subject_name: &str, payload: &[u8], cases: &HashSet<Uuid>) -> Option<Vec<u8>> {
     let ours = |case_id: &str| Uuid::parse_str(case_id.trim()).is_ok_and(|id| cases.contains(&id));
     let clear = |fields: [&mut String; 3]| {
@@ -293,7 +307,11 @@ fn redacted(subject_name: &str, payload: &[u8], cases: &HashSet<Uuid>) -> Option
         fields.into_iter().for_each(String::clear);
         had
     };
-    if subject_name == subject::DISPATCH_CMD_SEND_SMS {
+    if subject_name == subject::LISTS_CASE_OPENED {
+        let mut c = <CaseOpened as prost::Message>::decode(payload).ok()?;
+        let had = c.customer.take().is_some();
+        (ours(&c.case_id) && had).then(|| prost::Message::encode_to_vec(&c))
+    } else if subject_name == subject::DISPATCH_CMD_SEND_SMS {
         let mut c = <SendSms as prost::Message>::decode(payload).ok()?;
         let had = clear([&mut c.mobile, &mut c.customer_name, &mut c.plate]);
         (ours(&c.case_id) && had).then(|| prost::Message::encode_to_vec(&c))

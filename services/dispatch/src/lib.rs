@@ -6,6 +6,7 @@
 
 mod commands;
 pub mod config;
+mod contacts;
 mod erasure;
 pub mod openapi;
 pub mod phone;
@@ -47,6 +48,15 @@ pub const CLOSED_CASES: ConsumerSpec = ConsumerSpec {
     parallel: 16,
 };
 
+/// Cases opened: their contacts, which the commands for them go with (`contacts`).
+/// Each opening stands alone, so many are applied at once.
+pub const CASE_CONTACTS: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Lists,
+    durable: "dispatch-contacts",
+    filter: "lists.case.opened",
+    parallel: 16,
+};
+
 /// Owner changes: a case's owner tasks follow the case.
 pub const OWNER_CHANGES: ConsumerSpec = ConsumerSpec {
     stream: Stream::Assignment,
@@ -63,7 +73,13 @@ pub const ERASURES: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
-pub const CONSUMERS: &[ConsumerSpec] = &[COMMANDS, CLOSED_CASES, OWNER_CHANGES, ERASURES];
+pub const CONSUMERS: &[ConsumerSpec] = &[
+    COMMANDS,
+    CLOSED_CASES,
+    CASE_CONTACTS,
+    OWNER_CHANGES,
+    ERASURES,
+];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -127,6 +143,12 @@ pub async fn run_with(
         },
     );
     service.consume(CLOSED_CASES, commands::ClosedCases);
+    service.consume(
+        CASE_CONTACTS,
+        contacts::CaseOpenings {
+            pii: config.pii.clone(),
+        },
+    );
     service.consume(
         ERASURES,
         erasure::Erasures {

@@ -11,6 +11,7 @@
 //! | `phone_tasks` | `contact_enc` ([`TaskContact`]) | `id` | none |
 //! | `opt_outs` | `mobile_enc` (the E.164 number) | `id` | `mobile_index` (unique) |
 //! | `sms_replies` | `reply_enc` ([`ReplyText`]) | `id` | `mobile_index` |
+//! | `case_contacts` | `contact_enc` (`[name, mobile, plate]`, `crate::contacts`) | `case_id` | none |
 //!
 //! A contact correction keeps no number of its own: it is its task's.
 //!
@@ -60,6 +61,12 @@ pub const SEALED: &[SealedColumn] = &[
             column: "mobile_index",
             of: mobile_in_json,
         }),
+    },
+    SealedColumn {
+        table: crate::contacts::CONTACTS,
+        column: "contact_enc",
+        row_key: "case_id::text",
+        index: None,
     },
     LETTERS,
 ];

@@ -200,47 +200,32 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Debug, thiserror::Error)]
-enum SetupError {
-    #[error("postgres: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("sealing a contact: {0}")]
-    Pii(#[from] renewal_platform::pii::PiiError),
-}
-
-/// The cases, each contact sealed as the scheduler seals it (firing opens each once).
+/// The cases as the scheduler keeps them: each mobile's blind index, no contact (that
+/// is dispatch's; the commands name the case).
 async fn insert_cases(
     pool: &sqlx::PgPool,
     pii: &renewal_platform::pii::PiiCipher,
-) -> Result<(), SetupError> {
+) -> Result<(), sqlx::Error> {
     const CHUNK: i64 = 50_000;
     let mut start = 1;
     while start <= TIMERS {
         let end = (start + CHUNK).min(TIMERS + 1);
-        let (mut ids, mut ns, mut contacts, mut indexes) = (vec![], vec![], vec![], vec![]);
+        let (mut ids, mut ns, mut indexes) = (vec![], vec![], vec![]);
         for n in start..end {
-            let id = uuid::Uuid::new_v4();
-            let contact = renewal_scheduler::contact::Contact {
-                name: "客户".into(),
-                mobile: format!("+86139{n:08}"),
-                plate: format!("沪A{:05}", n % 100_000),
-            };
-            let sealed = renewal_scheduler::contact::seal(pii, id, &contact)?;
-            ids.push(id);
+            let mobile = format!("+86139{n:08}");
+            ids.push(uuid::Uuid::new_v4());
             ns.push(n);
-            contacts.push(sealed.contact_enc);
-            indexes.push(sealed.mobile_index.map(|i| i.to_vec()));
+            indexes.push(renewal_scheduler::contact::index_of(pii, &mobile).map(|i| i.to_vec()));
         }
         sqlx::query(
             "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
-                 contact_enc, mobile_index, city_code, branch_code)
+                 mobile_index, city_code, branch_code)
              SELECT u.id, 'S' || lpad(u.n::text, 8, '0'), '2027-01-30', '2027-01-30', 'Asia/Shanghai',
-                    u.contact, u.idx, '310000', 'SH01'
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::bytea[], $4::bytea[]) AS u(id, n, contact, idx)",
+                    u.idx, '310000', 'SH01'
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::bytea[]) AS u(id, n, idx)",
         )
         .bind(&ids)
         .bind(&ns)
-        .bind(&contacts)
         .bind(&indexes)
         .execute(pool)
         .await?;

@@ -17,7 +17,7 @@ pub struct CaseEvents {
     pub clock: Clock,
     pub hours: crate::plan::Hours,
     pub timers_changed: Arc<Notify>,
-    /// Seals each case's contact.
+    /// Keys each case's mobile's blind index.
     pub pii: Arc<PiiCipher>,
 }
 
@@ -56,27 +56,21 @@ async fn opened(
     let expiry = field::date("expiry_date", &event.expiry_date)?;
     let effective = field::date("effective_expiry_date", &event.effective_expiry_date)?;
     let tz = field::time_zone("time_zone", &event.time_zone)?;
-    let customer = event.customer.clone().unwrap_or_default();
-    let contact = crate::contact::Contact {
-        name: customer.name,
-        mobile: customer.mobile,
-        plate: customer.plate,
-    };
-    // Sealing fails only when the system's random source does: retried.
-    let sealed = crate::contact::seal(pii, id, &contact)?;
+    // The contact itself is dispatch's (it sends and calls); the scheduler keeps only
+    // the mobile's blind index, for the frequency cap.
+    let mobile = event.customer.as_ref().map_or("", |c| c.mobile.as_str());
+    let mobile_index = crate::contact::index_of(pii, mobile);
     let (plan_city, plan_version, plan) = crate::plan_versions::current(tx, &event.city_code)
         .await?
         .ok_or_else(|| HandleError::Retry("no reminder plan stored yet".into()))?;
     // A case closed before its opening arrived is already here as 'closed'; it keeps
-    // that state and gets no timers. One erased before it arrived keeps no contact.
+    // that state and gets no timers. One erased before it arrived keeps no index.
     sqlx::query(
         "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
-             contact_enc, mobile_index, city_code, branch_code, plan_city, plan_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             mobile_index, city_code, branch_code, plan_city, plan_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (case_id) DO UPDATE SET policy_no = EXCLUDED.policy_no, expiry_date = EXCLUDED.expiry_date,
              effective_expiry_date = EXCLUDED.effective_expiry_date, time_zone = EXCLUDED.time_zone,
-             contact_enc = CASE WHEN scheduler.cases.erased_at IS NULL THEN EXCLUDED.contact_enc
-                                ELSE scheduler.cases.contact_enc END,
              mobile_index = CASE WHEN scheduler.cases.erased_at IS NULL THEN EXCLUDED.mobile_index
                                  ELSE scheduler.cases.mobile_index END,
              city_code = EXCLUDED.city_code, branch_code = EXCLUDED.branch_code,
@@ -87,8 +81,7 @@ async fn opened(
     .bind(expiry)
     .bind(effective)
     .bind(tz.name())
-    .bind(&sealed.contact_enc)
-    .bind(sealed.mobile_index.as_ref().map(|i| i.as_slice()))
+    .bind(mobile_index.as_ref().map(|i| i.as_slice()))
     .bind(&event.city_code)
     .bind(&event.branch_code)
     .bind(&plan_city)

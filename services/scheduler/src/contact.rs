@@ -1,12 +1,14 @@
-//! The scheduler's copy of a customer's contact (name, mobile, plate), sealed at rest as
-//! one JSON value in `scheduler.cases.contact_enc`, bound to its case: firing a command
-//! opens it once. Beside it, `mobile_index`, the mobile's blind index, is how the
-//! frequency cap finds a customer's other cases without reading any of them.
+//! A customer's contact as the scheduler knows it: `mobile_index`, the mobile's blind
+//! index, is how the frequency cap finds a customer's other cases without reading any
+//! of them. The contact itself (name, mobile, plate) is dispatch's, which sends and
+//! calls (`dispatch`'s `contacts.rs`, from the case's opening): the scheduler's commands
+//! name the case, and firing reads a random case row per timer, so the rows' size is how
+//! much of `scheduler.cases` stays in Postgres' buffers.
 //!
-//! The sealed value is the array `[name, mobile, plate]`, not an object with field
-//! names: firing reads a random case row per timer, so the rows' size is how much of
-//! `scheduler.cases` stays in Postgres' buffers (the object form made the table a
-//! tenth larger). Contacts sealed as an object before still open.
+//! Cases opened before that keep the contact they were opened with, sealed in
+//! `scheduler.cases.contact_enc` (the array `[name, mobile, plate]`, or an object before
+//! it), bound to the case: firing their commands opens it once and carries it, and a
+//! key rotation re-seals it until the cases are erased.
 
 use renewal_platform::pii::{BlindIndex, PiiCipher, PiiError, Place};
 use renewal_platform::resealing::{IndexColumn, SealedColumn};
@@ -60,7 +62,8 @@ fn place(case_id: &str) -> Place<'_> {
     Place::new(CASES, COLUMN, case_id)
 }
 
-/// Seals `contact` for its case, under the newest key.
+/// Seals `contact` for its case, under the newest key, as cases were opened before
+/// dispatch kept the contacts (tests make such cases with it).
 pub fn seal(pii: &PiiCipher, case_id: Uuid, contact: &Contact) -> Result<Sealed, PiiError> {
     let row = case_id.to_string();
     let compact = (&contact.name, &contact.mobile, &contact.plate);

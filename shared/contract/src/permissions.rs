@@ -577,8 +577,14 @@ mod tests {
         assert!(
             dispatch.may_publish("$JS.API.CONSUMER.CREATE.T1_LISTS.dispatch.t1.lists.case.closed")
         );
-        // Dispatch reads closed cases only: not the opened ones, which carry a mobile.
-        assert!(!dispatch.may_publish("$JS.API.CONSUMER.CREATE.T1_LISTS.dispatch.t1.lists.case.>"));
+        // The openings (each case's contact) under a durable of their own.
+        assert!(dispatch.may_publish(
+            "$JS.API.CONSUMER.CREATE.T1_LISTS.dispatch-contacts.t1.lists.case.opened"
+        ));
+        // Not the lists issued, which dispatch does not read.
+        assert!(
+            !dispatch.may_publish("$JS.API.CONSUMER.CREATE.T1_LISTS.dispatch.t1.lists.list.issued")
+        );
         assert!(!dispatch.may_publish("$JS.API.CONSUMER.CREATE.T1_LISTS.dispatch.t1.lists.>"));
         // Nor another service's durable, nor an ephemeral consumer.
         assert!(

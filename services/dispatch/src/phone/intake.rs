@@ -45,14 +45,14 @@ pub async fn create(
     pii: &PiiCipher,
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
-    let command: CreatePhoneTask = delivery.decode()?;
+    let mut command: CreatePhoneTask = delivery.decode()?;
     let id = field::uuid("command_id", &command.command_id)?;
     let case_id = field::uuid("case_id", &command.case_id)?;
     let tz = field::time_zone("time_zone", &command.time_zone)?;
     let queue = queue_name(command.queue)?;
-    if command.mobile.trim().is_empty() {
-        return Err(HandleError::Malformed("mobile is empty".into()));
-    }
+    let c = &mut command;
+    let contact = [&mut c.customer_name, &mut c.mobile, &mut c.plate];
+    crate::contacts::fill(tx, pii, case_id, contact).await?;
     let contact_enc = sealed_contact(pii, id, &command)?;
     crate::commands::lock_case(tx, case_id).await?;
     let now = clock.now();

@@ -1,0 +1,169 @@
+//! Each case's contact (name, mobile, plate), kept by dispatch from the case's opening
+//! (`lists.case.opened`): the service that texts and calls the customer is the one that
+//! holds the number. The scheduler keeps only the mobile's blind index (its frequency
+//! cap), so firing a timer reads no contact and opens nothing, and its commands name the
+//! case; dispatch fills them in here, one open per command, before sealing the message's
+//! or task's own copy.
+//!
+//! - Sealed in `dispatch.case_contacts` as the array `[name, mobile, plate]` (the rows
+//!   are read one per command, at random), bound to the case; the empty value once the
+//!   case is erased, and never written for a case erased before its opening arrived.
+//! - A command that carries a contact (sent before dispatch kept them: a case the
+//!   scheduler still holds a contact for, or a test) is taken as it is.
+//! - A command whose case's opening has not reached dispatch yet (the two come on
+//!   different streams) is delivered again a little later.
+
+use std::sync::Arc;
+
+use renewal_contract::lists::CaseOpened;
+use renewal_contract::subject;
+use renewal_platform::inbox::field;
+use renewal_platform::pii::{PiiCipher, PiiError, Place};
+use renewal_platform::{Delivery, HandleError, Handler};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub const CONTACTS: &str = "dispatch.case_contacts";
+
+/// A case's contact.
+#[derive(Default)]
+pub struct Contact {
+    pub name: String,
+    pub mobile: String,
+    pub plate: String,
+}
+
+/// Never the contact itself: a contact printed by mistake must not reach a log.
+impl std::fmt::Debug for Contact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Contact { .. }")
+    }
+}
+
+fn place(case_id: &str) -> Place<'_> {
+    Place::new(CONTACTS, "contact_enc", case_id)
+}
+
+fn seal(pii: &PiiCipher, case_id: Uuid, c: &Contact) -> Result<Vec<u8>, PiiError> {
+    pii.seal_json(&(&c.name, &c.mobile, &c.plate), place(&case_id.to_string()))
+}
+
+fn open(pii: &PiiCipher, case_id: Uuid, sealed: &[u8]) -> Result<Contact, PiiError> {
+    let (name, mobile, plate) = pii.open_json(sealed, place(&case_id.to_string()))?;
+    Ok(Contact {
+        name,
+        mobile,
+        plate,
+    })
+}
+
+/// Cases opened by lists: their contacts kept.
+pub struct CaseOpenings {
+    pub pii: Arc<PiiCipher>,
+}
+
+impl Handler for CaseOpenings {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        if delivery.subject != subject::LISTS_CASE_OPENED {
+            return Err(HandleError::Malformed(format!(
+                "unexpected subject {}",
+                delivery.subject
+            )));
+        }
+        let event: CaseOpened = delivery.decode()?;
+        let case_id = field::uuid("case_id", &event.case_id)?;
+        let customer = event.customer.unwrap_or_default();
+        let contact = Contact {
+            name: customer.name,
+            mobile: customer.mobile,
+            plate: customer.plate,
+        };
+        // Sealing fails only when the system's random source does: retried.
+        let sealed = seal(&self.pii, case_id, &contact)?;
+        // Against an erasure of the same case: one waits for the other.
+        crate::commands::lock_case(tx, case_id).await?;
+        sqlx::query(
+            "INSERT INTO dispatch.case_contacts (case_id, contact_enc)
+             SELECT $1, CASE WHEN closed.erased_at IS NULL THEN $2 ELSE '\\x'::bytea END
+             FROM (SELECT 1) one LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $1
+             ON CONFLICT (case_id) DO NOTHING",
+        )
+        .bind(case_id)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// An opening refused as malformed is kept without its customer.
+    fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
+        let mut opened: CaseOpened = delivery.decode().ok()?;
+        opened.customer = None;
+        Some(prost::Message::encode_to_vec(&opened))
+    }
+}
+
+/// Fills in a command's contact (`name`, `mobile`, `plate`) from its case's, unless it
+/// carries one (one open). For an erased case the fields stay empty: its message or
+/// task is kept withdrawn without them. A case whose opening has not arrived yet is
+/// retried.
+pub async fn fill(
+    tx: &mut PgConnection,
+    pii: &PiiCipher,
+    case_id: Uuid,
+    [name, mobile, plate]: [&mut String; 3],
+) -> Result<(), HandleError> {
+    if !mobile.trim().is_empty() {
+        return Ok(());
+    }
+    let row: (Option<Vec<u8>>, bool) = sqlx::query_as(
+        "SELECT c.contact_enc, closed.erased_at IS NOT NULL
+         FROM (SELECT 1) one
+         LEFT JOIN dispatch.case_contacts c ON c.case_id = $1
+         LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $1",
+    )
+    .bind(case_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let sealed = match row {
+        (_, true) => return Ok(()),
+        (Some(sealed), false) if sealed.is_empty() => return Ok(()),
+        (Some(sealed), false) => sealed,
+        (None, false) => {
+            return Err(HandleError::Retry(
+                "the case's opening has not reached dispatch yet".into(),
+            ));
+        }
+    };
+    let contact = open(pii, case_id, &sealed)?;
+    if contact.mobile.trim().is_empty() {
+        return Err(HandleError::Malformed(
+            "the case's customer has no mobile".into(),
+        ));
+    }
+    (*name, *mobile, *plate) = (contact.name, contact.mobile, contact.plate);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contact_opens_only_for_its_case() {
+        let pii = PiiCipher::for_service(&"11".repeat(32).into(), "dispatch").expect("key");
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let contact = Contact {
+            name: "王芳".into(),
+            mobile: "+8613812345678".into(),
+            plate: "沪A1".into(),
+        };
+        let sealed = seal(&pii, a, &contact).expect("seals");
+        assert!(open(&pii, b, &sealed).is_err(), "bound to its case");
+        let opened = open(&pii, a, &sealed).expect("opens");
+        assert_eq!(
+            (opened.name, opened.mobile, opened.plate),
+            ("王芳".into(), "+8613812345678".into(), "沪A1".into())
+        );
+    }
+}
