@@ -339,14 +339,17 @@ async fn a_letter_naming_a_customer_rests_sealed_or_without_it_replays_and_is_er
         "{body}"
     );
     let held: bool = sqlx::query_scalar(
-        "SELECT length(contact_enc) > 0 AND mobile_index IS NOT NULL
+        "SELECT contact_enc IS NULL AND length(mobile_enc) > 0 AND mobile_index IS NOT NULL
          FROM scheduler.cases WHERE case_id = $1::uuid",
     )
     .bind(&opened.case_id)
     .fetch_one(sim.pool())
     .await
     .expect("the case");
-    assert!(held, "the replayed opening brought its contact");
+    assert!(
+        held,
+        "the replayed opening brought its mobile (sealed and indexed)"
+    );
 
     // Erased: the letter stays sealed and no longer names the customer.
     let erase = ErasePersonalData {

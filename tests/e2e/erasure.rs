@@ -41,7 +41,8 @@ async fn sealed_left(pool: &PgPool, policy_nos: &[String]) -> Vec<(String, i64)>
         (
             "scheduler.cases",
             "SELECT count(*) FROM scheduler.cases s JOIN lists.cases c USING (case_id)
-             WHERE c.policy_no = ANY($1) AND (length(s.contact_enc) > 0 OR s.mobile_index IS NOT NULL)",
+             WHERE c.policy_no = ANY($1)
+               AND (length(s.contact_enc) > 0 OR length(s.mobile_enc) > 0 OR s.mobile_index IS NOT NULL)",
         ),
         (
             "dispatch.case_contacts",

@@ -333,18 +333,19 @@ async fn late_commands_and_a_second_erasure(system: &TestSystem, a: Uuid, id: &s
     );
 }
 
-/// (contact bytes, blind index present, erased) of the scheduler's copy of a case (a
-/// contact only for cases opened before dispatch kept them).
+/// (sealed bytes, blind index present, erased) of the scheduler's copy of a case: its
+/// sealed mobile (a contact only for cases opened before dispatch kept them).
 async fn scheduler_case(system: &TestSystem, case_id: &str) -> (usize, bool, bool) {
-    let (contact, indexed, erased): (i32, bool, bool) = sqlx::query_as(
-        "SELECT coalesce(length(contact_enc), -1), mobile_index IS NOT NULL, erased_at IS NOT NULL
+    let (sealed, indexed, erased): (i32, bool, bool) = sqlx::query_as(
+        "SELECT coalesce(length(contact_enc), 0) + coalesce(length(mobile_enc), 0),
+                mobile_index IS NOT NULL, erased_at IS NOT NULL
          FROM scheduler.cases WHERE case_id = $1::uuid",
     )
     .bind(case_id)
     .fetch_one(system.sim.pool())
     .await
     .expect("case");
-    (contact.max(0) as usize, indexed, erased)
+    (sealed as usize, indexed, erased)
 }
 
 /// A case's timers by state.
@@ -384,11 +385,9 @@ async fn the_scheduler_blanks_the_contact_and_its_erased_case_never_fires() {
         before.get("pending").copied().unwrap_or(0) > 0,
         "{before:?}"
     );
-    // The scheduler keeps the mobile's blind index only (the contact is dispatch's).
-    assert_eq!(
-        scheduler_case(&system, &erased_case).await,
-        (0, true, false)
-    );
+    // The scheduler keeps the mobile sealed and indexed (the contact is dispatch's).
+    let (sealed, indexed, erased) = scheduler_case(&system, &erased_case).await;
+    assert!(sealed > 0 && indexed && !erased);
 
     let id = Uuid::now_v7().to_string();
     let command = erase(&id, &[erased_case.clone(), "nonsense".into()]);
@@ -422,7 +421,7 @@ async fn the_scheduler_blanks_the_contact_and_its_erased_case_never_fires() {
         "another case's timers"
     );
     let (contact, indexed, erased) = scheduler_case(&system, &other_case).await;
-    assert!(contact == 0 && indexed && !erased, "another case's index");
+    assert!(contact > 0 && indexed && !erased, "another case's mobile");
     let done = answers(&system, subject::SCHEDULER_ERASURE_DONE, &id).await;
     assert_eq!(done.len(), 1, "{done:?}");
     let erased = counts(&done[0]);
@@ -603,7 +602,8 @@ async fn dispatch_keeps_the_contact_from_the_opening_and_fills_commands_naming_o
         Some(("王芳".into(), "+8613812345678".into(), "沪AD12345".into()))
     );
     let (scheduler_contact, indexed): (bool, bool) = sqlx::query_as(
-        "SELECT contact_enc IS NOT NULL, mobile_index IS NOT NULL FROM scheduler.cases WHERE case_id = $1::uuid",
+        "SELECT contact_enc IS NOT NULL, length(mobile_enc) > 0 AND mobile_index IS NOT NULL
+         FROM scheduler.cases WHERE case_id = $1::uuid",
     )
     .bind(&known.case_id)
     .fetch_one(sim.pool())
@@ -612,7 +612,7 @@ async fn dispatch_keeps_the_contact_from_the_opening_and_fills_commands_naming_o
     assert_eq!(
         (scheduler_contact, indexed),
         (false, true),
-        "the scheduler keeps the index only"
+        "the scheduler keeps the mobile only"
     );
 
     // A command for a case whose opening has not reached dispatch yet waits for it.

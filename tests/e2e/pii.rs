@@ -49,7 +49,7 @@ async fn open_everything(pool: &PgPool, keys: &str) -> usize {
             for row in rows {
                 let key: String = row.get("row_key");
                 let sealed: Vec<u8> = row.get("sealed");
-                pii.open(&sealed, Place::new(c.table, c.column, &key))
+                pii.open_bytes(&sealed, Place::new(c.table, c.column, &key))
                     .unwrap_or_else(|e| panic!("{}.{} of {key}: {e}", c.table, c.column));
                 opened += 1;
             }
@@ -110,6 +110,7 @@ async fn a_key_rotates_mid_season_and_no_personal_data_rests_in_clear() {
     assert_eq!(again, 0, "a value was left under the old key");
     let after = open_everything(sim.pool(), &format!("2:{NEW_KEY}")).await;
     assert!(after >= before, "{after} values after, {before} before");
+    assert_the_cap_finds_customers_under_the_new_key(sim.pool()).await;
 
     assert_the_season_went_on(&sim, &customers).await;
     assert_nothing_in_clear(&sim, &name, &customers).await;
@@ -118,6 +119,37 @@ async fn a_key_rotates_mid_season_and_no_personal_data_rests_in_clear() {
     sim.stop().await.expect("stops");
     bus.delete_streams().await;
     let _ = renewal_platform::postgres::drop_database(&database_url(&name)).await;
+}
+
+/// Every blind index the scheduler's frequency cap matches customers by is the index of
+/// the case's own mobile under the new key: none is left that the old key made.
+async fn assert_the_cap_finds_customers_under_the_new_key(pool: &PgPool) {
+    let newest = PiiCipher::for_service(&SecretString::from(format!("2:{NEW_KEY}")), "scheduler")
+        .expect("key");
+    let rows: Vec<(String, Option<Vec<u8>>, Vec<u8>)> = sqlx::query_as(
+        "SELECT case_id::text, mobile_enc, mobile_index FROM scheduler.cases
+         WHERE mobile_index IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("the scheduler's cases");
+    assert!(
+        rows.len() >= POLICIES / 2,
+        "only {} cases indexed",
+        rows.len()
+    );
+    for (case_id, sealed, index) in rows {
+        let sealed = sealed.unwrap_or_else(|| panic!("case {case_id}: an index with no mobile"));
+        let place = Place::new("scheduler.cases", "mobile_enc", &case_id);
+        let mobile = newest
+            .open(&sealed, place)
+            .expect("opens under the new key");
+        assert_eq!(
+            index,
+            newest.blind_index(&mobile).to_vec(),
+            "case {case_id}"
+        );
+    }
 }
 
 /// The vendor got SMS after the rotation, every one to a customer's own number.

@@ -536,30 +536,43 @@ async fn sealed_cases(
     expiry: &str,
     with_contact: bool,
 ) {
-    let (mut ids, mut policies, mut contacts, mut indexes) = (vec![], vec![], vec![], vec![]);
+    let (mut ids, mut policies, mut contacts, mut mobiles, mut indexes) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for i in 1..=n {
         let (policy_no, mobile) = of(i);
         let id = uuid::Uuid::new_v4();
-        let contact = renewal_scheduler::contact::Contact {
-            name: "客户".into(),
-            mobile,
-            plate: "沪A12345".into(),
-        };
-        let sealed = renewal_scheduler::contact::seal(pii, id, &contact).expect("seals");
+        if with_contact {
+            let contact = renewal_scheduler::contact::Contact {
+                name: "客户".into(),
+                mobile,
+                plate: "沪A12345".into(),
+            };
+            let sealed = renewal_scheduler::contact::seal(pii, id, &contact).expect("seals");
+            contacts.push(Some(sealed.contact_enc));
+            mobiles.push(None);
+            indexes.push(sealed.mobile_index.map(|i| i.to_vec()));
+        } else {
+            let (sealed, index) = renewal_scheduler::contact::seal_mobile(pii, id, &mobile)
+                .expect("seals")
+                .unzip();
+            contacts.push(None);
+            mobiles.push(sealed);
+            indexes.push(index.map(|i| i.to_vec()));
+        }
         ids.push(id);
         policies.push(policy_no);
-        contacts.push(with_contact.then_some(sealed.contact_enc));
-        indexes.push(sealed.mobile_index.map(|i| i.to_vec()));
     }
     sqlx::query(
         "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
-             contact_enc, mobile_index)
-         SELECT u.id, u.policy_no, $5::date, $5::date, 'Asia/Shanghai', u.contact, u.idx
-         FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::bytea[]) AS u(id, policy_no, contact, idx)",
+             contact_enc, mobile_enc, mobile_index)
+         SELECT u.id, u.policy_no, $6::date, $6::date, 'Asia/Shanghai', u.contact, u.mobile, u.idx
+         FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[])
+              AS u(id, policy_no, contact, mobile, idx)",
     )
     .bind(&ids)
     .bind(&policies)
     .bind(&contacts)
+    .bind(&mobiles)
     .bind(&indexes)
     .bind(expiry)
     .execute(pool)

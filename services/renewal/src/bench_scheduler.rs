@@ -200,32 +200,45 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// The cases as the scheduler keeps them: each mobile's blind index, no contact (that
-/// is dispatch's; the commands name the case).
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("sealing a mobile: {0}")]
+    Pii(#[from] renewal_platform::pii::PiiError),
+}
+
+/// The cases as the scheduler keeps them: each mobile sealed and its blind index, no
+/// contact (that is dispatch's; the commands name the case).
 async fn insert_cases(
     pool: &sqlx::PgPool,
     pii: &renewal_platform::pii::PiiCipher,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), SetupError> {
     const CHUNK: i64 = 50_000;
     let mut start = 1;
     while start <= TIMERS {
         let end = (start + CHUNK).min(TIMERS + 1);
-        let (mut ids, mut ns, mut indexes) = (vec![], vec![], vec![]);
+        let (mut ids, mut ns, mut mobiles, mut indexes) = (vec![], vec![], vec![], vec![]);
         for n in start..end {
+            let id = uuid::Uuid::new_v4();
             let mobile = format!("+86139{n:08}");
-            ids.push(uuid::Uuid::new_v4());
+            let (sealed, index) =
+                renewal_scheduler::contact::seal_mobile(pii, id, &mobile)?.unzip();
+            ids.push(id);
             ns.push(n);
-            indexes.push(renewal_scheduler::contact::index_of(pii, &mobile).map(|i| i.to_vec()));
+            mobiles.push(sealed);
+            indexes.push(index.map(|i| i.to_vec()));
         }
         sqlx::query(
             "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
-                 mobile_index, city_code, branch_code)
+                 mobile_enc, mobile_index, city_code, branch_code)
              SELECT u.id, 'S' || lpad(u.n::text, 8, '0'), '2027-01-30', '2027-01-30', 'Asia/Shanghai',
-                    u.idx, '310000', 'SH01'
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::bytea[]) AS u(id, n, idx)",
+                    u.mobile, u.idx, '310000', 'SH01'
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::bytea[], $4::bytea[]) AS u(id, n, mobile, idx)",
         )
         .bind(&ids)
         .bind(&ns)
+        .bind(&mobiles)
         .bind(&indexes)
         .execute(pool)
         .await?;

@@ -57,9 +57,11 @@ async fn opened(
     let effective = field::date("effective_expiry_date", &event.effective_expiry_date)?;
     let tz = field::time_zone("time_zone", &event.time_zone)?;
     // The contact itself is dispatch's (it sends and calls); the scheduler keeps only
-    // the mobile's blind index, for the frequency cap.
+    // the mobile's blind index, for the frequency cap, and the mobile sealed, for a key
+    // rotation to index it again. Sealing fails only when the system's random source
+    // does: retried.
     let mobile = event.customer.as_ref().map_or("", |c| c.mobile.as_str());
-    let mobile_index = crate::contact::index_of(pii, mobile);
+    let (mobile_enc, mobile_index) = crate::contact::seal_mobile(pii, id, mobile)?.unzip();
     let (plan_city, plan_version, plan) = crate::plan_versions::current(tx, &event.city_code)
         .await?
         .ok_or_else(|| HandleError::Retry("no reminder plan stored yet".into()))?;
@@ -67,12 +69,14 @@ async fn opened(
     // that state and gets no timers. One erased before it arrived keeps no index.
     sqlx::query(
         "INSERT INTO scheduler.cases (case_id, policy_no, expiry_date, effective_expiry_date, time_zone,
-             mobile_index, city_code, branch_code, plan_city, plan_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             mobile_index, city_code, branch_code, plan_city, plan_version, mobile_enc)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (case_id) DO UPDATE SET policy_no = EXCLUDED.policy_no, expiry_date = EXCLUDED.expiry_date,
              effective_expiry_date = EXCLUDED.effective_expiry_date, time_zone = EXCLUDED.time_zone,
              mobile_index = CASE WHEN scheduler.cases.erased_at IS NULL THEN EXCLUDED.mobile_index
                                  ELSE scheduler.cases.mobile_index END,
+             mobile_enc = CASE WHEN scheduler.cases.erased_at IS NULL THEN EXCLUDED.mobile_enc
+                               ELSE scheduler.cases.mobile_enc END,
              city_code = EXCLUDED.city_code, branch_code = EXCLUDED.branch_code,
              plan_city = EXCLUDED.plan_city, plan_version = EXCLUDED.plan_version",
     )
@@ -86,6 +90,7 @@ async fn opened(
     .bind(&event.branch_code)
     .bind(&plan_city)
     .bind(plan_version)
+    .bind(mobile_enc)
     .execute(&mut *tx)
     .await?;
     let placed = crate::plan::place(&plan, effective, tz, now, &hours);

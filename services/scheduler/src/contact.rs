@@ -1,6 +1,7 @@
 //! A customer's contact as the scheduler knows it: `mobile_index`, the mobile's blind
 //! index, is how the frequency cap finds a customer's other cases without reading any
-//! of them. The contact itself (name, mobile, plate) is dispatch's, which sends and
+//! of them; `mobile_enc`, the mobile sealed alone, is what a key rotation re-indexes it
+//! from (firing never reads it). The contact itself (name, mobile, plate) is dispatch's, which sends and
 //! calls (`dispatch`'s `contacts.rs`, from the case's opening): the scheduler's commands
 //! name the case, and firing reads a random case row per timer, so the rows' size is how
 //! much of `scheduler.cases` stays in Postgres' buffers.
@@ -29,8 +30,35 @@ pub const SEALED: &[SealedColumn] = &[
             of: mobile_of,
         }),
     },
+    SealedColumn {
+        table: CASES,
+        column: MOBILE,
+        row_key: "case_id::text",
+        index: Some(IndexColumn {
+            column: "mobile_index",
+            of: renewal_platform::resealing::itself,
+        }),
+    },
     LETTERS,
 ];
+
+/// A case's mobile, sealed alone (cases opened since dispatch keeps the contacts): only
+/// a key rotation reads it, to index the mobile under the new key.
+pub const MOBILE: &str = "mobile_enc";
+
+/// A case's mobile, sealed for its row, and its blind index; neither without a mobile.
+pub fn seal_mobile(
+    pii: &PiiCipher,
+    case_id: Uuid,
+    mobile: &str,
+) -> Result<Option<(Vec<u8>, BlindIndex)>, PiiError> {
+    if mobile.is_empty() {
+        return Ok(None);
+    }
+    let row = case_id.to_string();
+    let sealed = pii.seal(mobile, Place::new(CASES, MOBILE, &row))?;
+    Ok(Some((sealed, pii.blind_index(mobile))))
+}
 
 /// The scheduler's dead letters (a case's opening carries the contact): sealed.
 pub const LETTERS: SealedColumn =

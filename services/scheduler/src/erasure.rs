@@ -81,8 +81,9 @@ async fn erase(
     .await?;
     // Locked in key order (as the ids are sorted): what each case held before.
     let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE length(contact_enc) > 0 OR mobile_index IS NOT NULL)
-         FROM (SELECT contact_enc, mobile_index FROM scheduler.cases WHERE case_id = ANY($1)
+        "SELECT count(*) FILTER (WHERE length(contact_enc) > 0 OR length(mobile_enc) > 0
+                                     OR mobile_index IS NOT NULL)
+         FROM (SELECT contact_enc, mobile_enc, mobile_index FROM scheduler.cases WHERE case_id = ANY($1)
                ORDER BY case_id FOR UPDATE) c",
     )
     .bind(case_ids)
@@ -91,10 +92,11 @@ async fn erase(
     // No blind index rather than an empty one: the frequency cap takes cases with equal
     // indexes for one customer, and every erased case is nobody's.
     sqlx::query(
-        "UPDATE scheduler.cases SET contact_enc = '\\x', mobile_index = NULL,
+        "UPDATE scheduler.cases SET contact_enc = '\\x', mobile_enc = NULL, mobile_index = NULL,
              erased_at = coalesce(erased_at, $2)
          WHERE case_id = ANY($1)
-           AND (erased_at IS NULL OR contact_enc IS NULL OR length(contact_enc) > 0 OR mobile_index IS NOT NULL)",
+           AND (erased_at IS NULL OR contact_enc IS NULL OR length(contact_enc) > 0
+                OR mobile_enc IS NOT NULL OR mobile_index IS NOT NULL)",
     )
     .bind(case_ids)
     .bind(now)

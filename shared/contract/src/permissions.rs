@@ -14,8 +14,8 @@
 //!   `$JS.API.CONSUMER.CREATE.<S>.<durable>.<filter>` where the filter is a subject the
 //!   durable reads, or `<namespace>.<entity>.>` when every subject of that entity is one
 //!   the service reads (under any of its durables) or one no durable reads (`lists.case.>`
-//!   for the assignment and the scheduler; dispatch, which reads only `lists.case.closed`,
-//!   must filter on exactly that). The filter is part of the subject since NATS 2.9 and the server checks it
+//!   for the assignment, the scheduler and dispatch; `lists.list.issued`, which dispatch
+//!   does not read, is no filter of dispatch's). The filter is part of the subject since NATS 2.9 and the server checks it
 //!   against the consumer's configuration, so a service cannot widen its own consumer to
 //!   read another's messages. The legacy `CONSUMER.DURABLE.CREATE` (filter in the body
 //!   only) is not allowed;
