@@ -133,6 +133,40 @@ pub async fn run_with(
         ))));
     deps.http.mount(audit.around(audit.routes()));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
+    consume(&mut service, &deps, &config, &outbox, &queued);
+    let stops = sms::stops::Stops::default();
+    service.spawn(stops.clone().watch(reserved.clone(), cancel.clone()));
+    service.spawn(sms::sending::run(
+        sms::sending::Sender {
+            pool: reserved,
+            outbox,
+            clock: deps.clock.clone(),
+            vendor,
+            hours: config.sms_hours,
+            pii: config.pii.clone(),
+            stops,
+            vendor_timeout: config.vendor_timeout,
+            ask_after: config.reconcile_after,
+            in_flight: Default::default(),
+            stopping: cancel.clone(),
+        },
+        queued,
+        cancel,
+    ));
+    deps.http.mount(audit.around(service.dead_letter_routes()));
+    // Last: the process is ready once every service it serves has its document.
+    deps.http.document(SCHEMA, openapi::document());
+    service.run().await
+}
+
+/// Dispatch's consumers: commands, closed and opened cases, erasures, owner changes.
+fn consume(
+    service: &mut Service,
+    deps: &Deps,
+    config: &DispatchConfig,
+    outbox: &Outbox,
+    queued: &Arc<Notify>,
+) {
     service.consume(
         COMMANDS,
         commands::Commands {
@@ -158,27 +192,4 @@ pub async fn run_with(
         },
     );
     service.consume(OWNER_CHANGES, commands::OwnerChanges);
-    let stops = sms::stops::Stops::default();
-    service.spawn(stops.clone().watch(reserved.clone(), cancel.clone()));
-    service.spawn(sms::sending::run(
-        sms::sending::Sender {
-            pool: reserved,
-            outbox,
-            clock: deps.clock.clone(),
-            vendor,
-            hours: config.sms_hours,
-            pii: config.pii.clone(),
-            stops,
-            vendor_timeout: config.vendor_timeout,
-            ask_after: config.reconcile_after,
-            in_flight: Default::default(),
-            stopping: cancel.clone(),
-        },
-        queued,
-        cancel,
-    ));
-    deps.http.mount(audit.around(service.dead_letter_routes()));
-    // Last: the process is ready once every service it serves has its document.
-    deps.http.document(SCHEMA, openapi::document());
-    service.run().await
 }
