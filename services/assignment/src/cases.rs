@@ -19,84 +19,8 @@ pub const OWNER_BY_DAYS: u64 = 31;
 impl Handler for CaseEvents {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
         match delivery.subject.as_str() {
-            subject::LISTS_CASE_OPENED => {
-                let event: CaseOpened = delivery.decode()?;
-                let id = field::uuid("case_id", &event.case_id)?;
-                let expiry = field::date("expiry_date", &event.expiry_date)?;
-                let effective = if event.effective_expiry_date.is_empty() {
-                    expiry
-                } else {
-                    field::date("effective_expiry_date", &event.effective_expiry_date)?
-                };
-                let tz = field::time_zone("time_zone", &event.time_zone)?;
-                let opened_at = field::instant_ms("opened_at_ms", event.opened_at_ms)?;
-                let owner_by = renewal_platform::local_instant(
-                    effective - chrono::Days::new(OWNER_BY_DAYS),
-                    chrono::NaiveTime::MIN,
-                    tz,
-                );
-                sqlx::query(
-                    "INSERT INTO assignment.cases (case_id, policy_no, city_code, branch_code, credited_agent,
-                         expiry_date, important, group_policy, opened_at, state, closed_at,
-                         effective_expiry_date, time_zone, owner_by, phase)
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
-                            CASE WHEN e.case_id IS NULL THEN 'open' ELSE 'closed' END, e.closed_at,
-                            $10, $11, $12, 'awaiting_list'
-                     FROM (SELECT 1) one LEFT JOIN assignment.closed_early e ON e.case_id = $1
-                     ON CONFLICT (case_id) DO NOTHING",
-                )
-                .bind(id)
-                .bind(&event.policy_no)
-                .bind(&event.city_code)
-                .bind(&event.branch_code)
-                .bind(&event.agent_code)
-                .bind(expiry)
-                .bind(event.important)
-                .bind(event.group_policy)
-                .bind(opened_at)
-                .bind(effective)
-                .bind(tz.name())
-                .bind(owner_by)
-                .execute(&mut *tx)
-                .await?;
-                Ok(())
-            }
-            subject::LISTS_CASE_CLOSED => {
-                let event: CaseClosed = delivery.decode()?;
-                let id = field::uuid("case_id", &event.case_id)?;
-                let closed_at = field::instant_ms("closed_at_ms", event.closed_at_ms)?;
-                let outcome = match CaseOutcome::try_from(event.outcome) {
-                    Ok(CaseOutcome::Renewed) => "renewed",
-                    Ok(CaseOutcome::Lapsed) => "lapsed",
-                    Ok(CaseOutcome::Cancelled) => "cancelled",
-                    _ => "unknown",
-                };
-                let updated = sqlx::query(
-                    "UPDATE assignment.cases SET state = 'closed', closed_at = $2, outcome = $3,
-                         renewed_by = CASE WHEN $3 = 'renewed' THEN owner_agent END, phase_due_at = NULL
-                     WHERE case_id = $1 AND state = 'open'",
-                )
-                .bind(id)
-                .bind(closed_at)
-                .bind(outcome)
-                .execute(&mut *tx)
-                .await?;
-                let known: bool = updated.rows_affected() == 1
-                    || sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM assignment.cases WHERE case_id = $1)",
-                    )
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if !known {
-                    sqlx::query("INSERT INTO assignment.closed_early (case_id, closed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                        .bind(id)
-                        .bind(closed_at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Ok(())
-            }
+            subject::LISTS_CASE_OPENED => opened(tx, delivery).await,
+            subject::LISTS_CASE_CLOSED => closed(tx, delivery).await,
             // Bucket moves are for the services that plan by bucket; nothing to do here.
             subject::LISTS_CASE_BUCKET_CHANGED => Ok(()),
             other => Err(HandleError::Malformed(format!(
@@ -119,4 +43,86 @@ impl Handler for CaseEvents {
         opened.customer = None;
         Some(prost::Message::encode_to_vec(&opened))
     }
+}
+
+/// A case opened: kept waiting for its list, with the moment it must have an owner by
+/// (closed already if its close came first).
+async fn opened(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+    let event: CaseOpened = delivery.decode()?;
+    let id = field::uuid("case_id", &event.case_id)?;
+    let expiry = field::date("expiry_date", &event.expiry_date)?;
+    let effective = if event.effective_expiry_date.is_empty() {
+        expiry
+    } else {
+        field::date("effective_expiry_date", &event.effective_expiry_date)?
+    };
+    let tz = field::time_zone("time_zone", &event.time_zone)?;
+    let opened_at = field::instant_ms("opened_at_ms", event.opened_at_ms)?;
+    let owner_by = renewal_platform::local_instant(
+        effective - chrono::Days::new(OWNER_BY_DAYS),
+        chrono::NaiveTime::MIN,
+        tz,
+    );
+    sqlx::query(
+        "INSERT INTO assignment.cases (case_id, policy_no, city_code, branch_code, credited_agent,
+                 expiry_date, important, group_policy, opened_at, state, closed_at,
+                 effective_expiry_date, time_zone, owner_by, phase)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
+                    CASE WHEN e.case_id IS NULL THEN 'open' ELSE 'closed' END, e.closed_at,
+                    $10, $11, $12, 'awaiting_list'
+             FROM (SELECT 1) one LEFT JOIN assignment.closed_early e ON e.case_id = $1
+             ON CONFLICT (case_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&event.policy_no)
+    .bind(&event.city_code)
+    .bind(&event.branch_code)
+    .bind(&event.agent_code)
+    .bind(expiry)
+    .bind(event.important)
+    .bind(event.group_policy)
+    .bind(opened_at)
+    .bind(effective)
+    .bind(tz.name())
+    .bind(owner_by)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A case closed: its outcome and who owned it then; a close ahead of its opening is
+/// noted for the opening to find.
+async fn closed(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+    let event: CaseClosed = delivery.decode()?;
+    let id = field::uuid("case_id", &event.case_id)?;
+    let closed_at = field::instant_ms("closed_at_ms", event.closed_at_ms)?;
+    let outcome = match CaseOutcome::try_from(event.outcome) {
+        Ok(CaseOutcome::Renewed) => "renewed",
+        Ok(CaseOutcome::Lapsed) => "lapsed",
+        Ok(CaseOutcome::Cancelled) => "cancelled",
+        _ => "unknown",
+    };
+    let updated = sqlx::query(
+        "UPDATE assignment.cases SET state = 'closed', closed_at = $2, outcome = $3,
+                 renewed_by = CASE WHEN $3 = 'renewed' THEN owner_agent END, phase_due_at = NULL
+             WHERE case_id = $1 AND state = 'open'",
+    )
+    .bind(id)
+    .bind(closed_at)
+    .bind(outcome)
+    .execute(&mut *tx)
+    .await?;
+    let known: bool = updated.rows_affected() == 1
+        || sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM assignment.cases WHERE case_id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !known {
+        sqlx::query("INSERT INTO assignment.closed_early (case_id, closed_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .bind(closed_at)
+                .execute(&mut *tx)
+                .await?;
+    }
+    Ok(())
 }
