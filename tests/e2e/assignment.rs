@@ -448,9 +448,12 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
     let p3 = case(&system, "P3").await;
     assert_eq!(
         p3["phase"], "city_company",
-        "an important customer escalates: {p3}"
+        "an important customer escalates to the city company's support: {p3}"
     );
-    assert_eq!(p3["owner_agent"], "CITY-310000");
+    assert_eq!(
+        p3["owner_agent"], "SH01-A01",
+        "the owner keeps the case while the city supports it"
+    );
 
     // P1 gets no answer: branch (16th), city-wide (17th), HQ (18th).
     sim.advance_to(local("2027-01-16", 10)).await.expect("time");

@@ -68,6 +68,7 @@ async fn a_poison_message_is_kept_after_its_last_delivery_and_replayed_once_fixe
             category: known.category.clone(),
             important: false,
             group_policy: false,
+            ..Default::default()
         }],
         issued_at_ms: sim.now().timestamp_millis(),
     };

@@ -5,7 +5,9 @@
 //! policy), lapse and lapse lists, a renewal after the case opened and one after the
 //! lapse, and the KPI report.
 
-use renewal_contract::lists::{BucketChanged, CaseClosed, CaseOutcome, ListIssued, ListKind};
+use renewal_contract::lists::{
+    BucketChanged, CaseClosed, CaseLapsed, CaseOutcome, ListIssued, ListKind,
+};
 use renewal_contract::subject;
 use renewal_e2e::{TestSystem, database_url, events, local, policy, renewal_binary};
 use secrecy::ExposeSecret;
@@ -387,12 +389,16 @@ async fn lists_buckets_lapses_and_renewals_over_a_month() {
         (&l1["status"], &l1["case"]["state"]),
         (&"lapsed".into(), &"lapsed".into())
     );
-    let closed: Vec<CaseClosed> = events(&system, subject::LISTS_CASE_CLOSED).await;
+    // It stays open for lapse rescue: lapsed, not closed.
+    let lapsed: Vec<CaseLapsed> = events(&system, subject::LISTS_CASE_LAPSED).await;
     assert!(
-        closed
+        lapsed
             .iter()
-            .any(|c| c.policy_no == "L1" && c.outcome == CaseOutcome::Lapsed as i32)
+            .any(|c| c.policy_no == "L1" && c.lapsed_on == "2026-12-01"),
+        "{lapsed:?}"
     );
+    let closed: Vec<CaseClosed> = events(&system, subject::LISTS_CASE_CLOSED).await;
+    assert!(!closed.iter().any(|c| c.policy_no == "L1"), "{closed:?}");
     // M2 crossed from 61-90 into 31-60 on 30 November.
     let (_, m2) = system.get_json("/v1/policies/M2").await;
     assert_eq!(m2["case"]["bucket"], "31-60", "{m2}");
@@ -455,6 +461,14 @@ async fn lists_buckets_lapses_and_renewals_over_a_month() {
     );
     let (_, l1) = system.get_json("/v1/policies/L1").await;
     assert_eq!(l1["status"], "renewed", "{l1}");
+    assert_eq!(l1["case"]["state"], "rescued", "{l1}");
+    let closed: Vec<CaseClosed> = events(&system, subject::LISTS_CASE_CLOSED).await;
+    assert!(
+        closed
+            .iter()
+            .any(|c| c.policy_no == "L1" && c.outcome == CaseOutcome::Rescued as i32),
+        "a renewal after the lapse closes the case rescued: {closed:?}"
+    );
     let timers = scalar_i64(
         &system,
         "SELECT count(*) FROM scheduler.timers t JOIN scheduler.cases c USING (case_id)

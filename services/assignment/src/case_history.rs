@@ -189,10 +189,10 @@ async fn attribution(
     caller.require(access::REPORTS)?;
     let rows = sqlx::query(
         "SELECT credited_agent, count(*) AS cases,
-                count(*) FILTER (WHERE outcome = 'renewed') AS renewed,
-                count(*) FILTER (WHERE outcome = 'renewed' AND renewed_by IS DISTINCT FROM credited_agent) AS renewed_by_others,
-                count(*) FILTER (WHERE outcome = 'lapsed') AS lapsed,
-                count(*) FILTER (WHERE state = 'open') AS open
+                count(*) FILTER (WHERE outcome IN ('renewed', 'rescued')) AS renewed,
+                count(*) FILTER (WHERE outcome IN ('renewed', 'rescued') AND renewed_by IS DISTINCT FROM credited_agent) AS renewed_by_others,
+                count(*) FILTER (WHERE outcome IN ('lapsed', 'insured_elsewhere', 'vehicle_sold')) AS lapsed,
+                count(*) FILTER (WHERE state = 'open' AND outcome IS NULL) AS open
          FROM assignment.cases WHERE (city_code = $1 OR $1 IS NULL) AND credited_agent > $2
          GROUP BY credited_agent ORDER BY credited_agent LIMIT $3",
     )

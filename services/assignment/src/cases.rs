@@ -1,6 +1,8 @@
 //! Renewal cases as assignment keeps them: opened (waiting for a list, with the last
-//! moment they may still have no owner: T-31, local midnight), closed (with the
-//! outcome and who owned the case then, for attribution).
+//! moment they may still have no owner: T-31, local midnight), lapsed (still open, its
+//! owner keeps it for the lapse rescue, no deadline runs any more), closed (with the
+//! outcome and who owned the case then, for attribution: a rescue is credited as a
+//! renewal).
 
 use renewal_contract::lists::{CaseClosed, CaseOpened, CaseOutcome};
 use renewal_contract::subject;
@@ -21,6 +23,9 @@ impl Handler for CaseEvents {
         match delivery.subject.as_str() {
             subject::LISTS_CASE_OPENED => opened(tx, delivery).await,
             subject::LISTS_CASE_CLOSED => closed(tx, delivery).await,
+            subject::LISTS_CASE_LAPSED => lapsed(tx, delivery).await,
+            // The case is worked again by the owner it has; nothing changes here.
+            subject::LISTS_CASE_REOPENED => Ok(()),
             // Bucket moves are for the services that plan by bucket; nothing to do here.
             subject::LISTS_CASE_BUCKET_CHANGED => Ok(()),
             other => Err(HandleError::Malformed(format!(
@@ -99,12 +104,16 @@ async fn closed(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), Handle
     let outcome = match CaseOutcome::try_from(event.outcome) {
         Ok(CaseOutcome::Renewed) => "renewed",
         Ok(CaseOutcome::Lapsed) => "lapsed",
+        Ok(CaseOutcome::Rescued) => "rescued",
+        Ok(CaseOutcome::InsuredElsewhere) => "insured_elsewhere",
+        Ok(CaseOutcome::VehicleSold) => "vehicle_sold",
         Ok(CaseOutcome::Cancelled) => "cancelled",
         _ => "unknown",
     };
     let updated = sqlx::query(
         "UPDATE assignment.cases SET state = 'closed', closed_at = $2, outcome = $3,
-                 renewed_by = CASE WHEN $3 = 'renewed' THEN owner_agent END, phase_due_at = NULL
+                 renewed_by = CASE WHEN $3 IN ('renewed', 'rescued') THEN owner_agent END,
+                 phase_due_at = NULL
              WHERE case_id = $1 AND state = 'open'",
     )
     .bind(id)
@@ -124,5 +133,20 @@ async fn closed(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), Handle
                 .execute(&mut *tx)
                 .await?;
     }
+    Ok(())
+}
+
+/// A case lapsed: it stays with its owner for the lapse rescue; no claim, research or
+/// second-assignment deadline runs after the expiry.
+async fn lapsed(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+    let event: renewal_contract::lists::CaseLapsed = delivery.decode()?;
+    let id = field::uuid("case_id", &event.case_id)?;
+    sqlx::query(
+        "UPDATE assignment.cases SET outcome = 'lapsed', phase_due_at = NULL
+         WHERE case_id = $1 AND state = 'open'",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }

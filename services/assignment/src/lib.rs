@@ -11,6 +11,7 @@ mod cases;
 pub mod claims;
 pub mod deadlines;
 mod erasure;
+mod escalations;
 pub mod openapi;
 pub mod org;
 mod ownership;
@@ -65,7 +66,22 @@ pub const ERASURES: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
-pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, LISTS_ISSUED, COMMANDS, ERASURES];
+/// Call outcomes from dispatch: an owner's "cannot renew in time" or "high risk of
+/// loss" escalates the case at once.
+pub const CALL_OUTCOMES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Dispatch,
+    durable: "assignment-outcomes",
+    filter: renewal_contract::subject::DISPATCH_TASK_COMPLETED,
+    parallel: 1,
+};
+
+pub const CONSUMERS: &[ConsumerSpec] = &[
+    LISTS_CASES,
+    LISTS_ISSUED,
+    COMMANDS,
+    ERASURES,
+    CALL_OUTCOMES,
+];
 
 pub fn outbox() -> Outbox {
     Outbox::new(SCHEMA)
@@ -84,10 +100,12 @@ pub async fn next_wakeup(
 
 /// Runs the service until `cancel` fires, then finishes the work in hand.
 pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
-    deps.bus
-        .ensure_stream(Stream::Assignment)
-        .await
-        .map_err(|e| e.to_string())?;
+    for stream in [Stream::Assignment, Stream::Dispatch] {
+        deps.bus
+            .ensure_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let outbox = outbox();
     let wake = Arc::new(tokio::sync::Notify::new());
     let api = claims::ClaimApi {
@@ -113,6 +131,13 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         second_assignment::Commands {
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
+            wake: wake.clone(),
+        },
+    );
+    service.consume(
+        CALL_OUTCOMES,
+        escalations::CallOutcomes {
+            outbox: outbox.clone(),
             wake: wake.clone(),
         },
     );

@@ -39,7 +39,8 @@ pub async fn record_many(
          written AS (
              INSERT INTO assignment.routing_history (case_id, step, reason, routed_by, routed_at, deadline)
              SELECT case_id, step, reason, $5, $6, deadline FROM step)
-         SELECT s.case_id, s.step, s.reason, s.deadline, c.policy_no, c.city_code, c.branch_code
+         SELECT s.case_id, s.step, s.reason, s.deadline, c.policy_no, c.city_code, c.branch_code,
+                COALESCE(c.effective_expiry_date, c.expiry_date) AS expiry, c.time_zone, c.owner_agent
          FROM step s JOIN assignment.cases c USING (case_id)",
     )
     .bind(&ids)
@@ -68,6 +69,16 @@ pub async fn record_many(
                 deadline_ms: row
                     .try_get::<Option<DateTime<Utc>>, _>("deadline")?
                     .map_or(0, |d| d.timestamp_millis()),
+                expiry_date: row
+                    .try_get::<Option<chrono::NaiveDate>, _>("expiry")?
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                time_zone: row
+                    .try_get::<Option<String>, _>("time_zone")?
+                    .unwrap_or_default(),
+                owner_agent: row
+                    .try_get::<Option<String>, _>("owner_agent")?
+                    .unwrap_or_default(),
             },
         ));
     }

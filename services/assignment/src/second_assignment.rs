@@ -1,8 +1,10 @@
 //! The second assignment: on the scheduler's T-5 command the owner confirms the case
 //! can still be renewed; if they cannot (or do not answer in time) it is reassigned
-//! within the branch, then city-wide, then to HQ's centralized outbound team. Important
-//! customers and group policies escalate to the city company instead. Each step is an
-//! event; the credit stays with the originating agent throughout.
+//! within the branch, then city-wide, then to HQ's centralized outbound team (dispatch
+//! makes an hq-queue task of that step). Important customers and group policies
+//! escalate to the city company for support instead: the owner keeps the case and
+//! dispatch makes a city-queue task. Each step is an event; the credit stays with the
+//! originating agent throughout.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -17,7 +19,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::claims::{ClaimApi, LockedCase, lock_case};
-use crate::ownership::{self, HQ_OWNER, NewOwner, city_company_owner};
+use crate::ownership::{self, HQ_OWNER, NewOwner};
 use crate::refusals::{Refusal, body, required};
 use crate::routing::{self, Step};
 
@@ -86,9 +88,9 @@ impl Handler for Commands {
     }
 }
 
-/// Where a case goes when its owner cannot renew it: the city company for important
-/// customers and group policies, else the branch.
-async fn owner_gives_up(
+/// Where a case goes when its owner cannot renew it: for important customers and group
+/// policies, the city company's support while the owner keeps it; else the branch.
+pub(crate) async fn owner_gives_up(
     tx: &mut PgConnection,
     outbox: &Outbox,
     cases: &[(Uuid, String, bool)],
@@ -96,33 +98,63 @@ async fn owner_gives_up(
     by: &str,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let mut escalated = Vec::new();
-    let mut to_branch = Vec::new();
-    for (case_id, city, to_city) in cases {
-        if *to_city {
-            escalated.push(NewOwner {
-                case_id: *case_id,
-                owner: Some(city_company_owner(city)),
-                owner_branch: None,
-                phase: "city_company",
-                reason: "city_company".into(),
-            });
-        } else {
-            to_branch.push(*case_id);
-        }
+    let (supported, to_branch): (Vec<_>, Vec<_>) = cases.iter().partition(|c| c.2);
+    let supported: Vec<Uuid> = supported.into_iter().map(|c| c.0).collect();
+    let to_branch: Vec<Uuid> = to_branch.into_iter().map(|c| c.0).collect();
+    if !supported.is_empty() {
+        sqlx::query(
+            "UPDATE assignment.cases SET phase = 'city_company', phase_due_at = NULL
+             WHERE case_id = ANY($1)",
+        )
+        .bind(&supported)
+        .execute(&mut *tx)
+        .await?;
+        let steps: Vec<Step> = supported
+            .iter()
+            .map(|id| Step {
+                case_id: *id,
+                step: "city_support",
+                reason: reason.to_owned(),
+                deadline: None,
+            })
+            .collect();
+        routing::record_many(tx, outbox, &steps, by, now).await?;
     }
-    ownership::assign_many(tx, outbox, &escalated, by, now).await?;
-    let steps: Vec<Step> = escalated
+    step_to(tx, outbox, &to_branch, "branch_reassign", reason, by, now).await?;
+    Ok(())
+}
+
+/// Hands cases to HQ's centralized outbound team (its owner from now on; the credit
+/// stays with the originating agent).
+pub(crate) async fn send_to_hq(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    ids: &[Uuid],
+    reason: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let to_hq: Vec<NewOwner> = ids
         .iter()
-        .map(|c| Step {
-            case_id: c.case_id,
-            step: "city_company",
+        .map(|case_id| NewOwner {
+            case_id: *case_id,
+            owner: Some(HQ_OWNER.into()),
+            owner_branch: None,
+            phase: "hq",
+            reason: "hq_outbound".into(),
+        })
+        .collect();
+    ownership::assign_many(tx, outbox, &to_hq, by, now).await?;
+    let steps: Vec<Step> = ids
+        .iter()
+        .map(|case_id| Step {
+            case_id: *case_id,
+            step: "hq",
             reason: reason.to_owned(),
             deadline: None,
         })
         .collect();
     routing::record_many(tx, outbox, &steps, by, now).await?;
-    step_to(tx, outbox, &to_branch, "branch_reassign", reason, by, now).await?;
     Ok(())
 }
 
@@ -194,13 +226,7 @@ pub async fn step_due(
                 unconfirmed.push((case_id, row.try_get("city_code")?, row.try_get("to_city")?))
             }
             "branch_reassign" => to_city.push(case_id),
-            _ => to_hq.push(NewOwner {
-                case_id,
-                owner: Some(HQ_OWNER.into()),
-                owner_branch: None,
-                phase: "hq",
-                reason: "hq_outbound".into(),
-            }),
+            _ => to_hq.push(case_id),
         }
     }
     owner_gives_up(tx, outbox, &unconfirmed, "confirm_deadline", "system", now).await?;
@@ -214,17 +240,7 @@ pub async fn step_due(
         now,
     )
     .await?;
-    ownership::assign_many(tx, outbox, &to_hq, "system", now).await?;
-    let steps: Vec<Step> = to_hq
-        .iter()
-        .map(|c| Step {
-            case_id: c.case_id,
-            step: "hq",
-            reason: "no_city_taker".into(),
-            deadline: None,
-        })
-        .collect();
-    routing::record_many(tx, outbox, &steps, "system", now).await?;
+    send_to_hq(tx, outbox, &to_hq, "no_city_taker", "system", now).await?;
     Ok(due.len())
 }
 

@@ -1,11 +1,14 @@
 //! Renewal cases: opened when a policy's effective expiry (moved ahead of a long
 //! holiday) is 90 days or fewer away in its city's time zone, moved between buckets as
-//! the days pass, closed renewed, lapsed or cancelled. Every change is an event written
-//! in the same transaction.
+//! the days pass, lapsed (and kept open for rescue) when the expiry day ends unrenewed,
+//! held while a renewal reported on the phone waits for the core system, and closed
+//! renewed, rescued, lost (insured elsewhere, vehicle sold) or cancelled. Every change
+//! is an event written in the same transaction.
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use renewal_contract::lists::{
-    Bucket, BucketChanged, CaseClosed, CaseOpened, CaseOutcome, Customer,
+    Bucket, BucketChanged, CaseClosed, CaseLapsed, CaseOpened, CaseOutcome, CaseReopened,
+    Customer,
 };
 use renewal_contract::subject;
 use renewal_platform::pii::{PiiCipher, Place};
@@ -263,7 +266,83 @@ async fn alert_unknown_year(
     Ok(())
 }
 
-/// Closes the policy's open case, if it has one, and publishes it.
+/// A case's state, as `lists.cases.state` keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseState {
+    /// Being worked before its expiry.
+    Open,
+    /// An owner or agent reported the renewal on the phone; the core system has not
+    /// confirmed it yet (contacts are held).
+    RenewalReported,
+    /// The expiry day ended unrenewed: open for lapse rescue.
+    Lapsed,
+    Renewed,
+    /// Renewed after it lapsed.
+    Rescued,
+    InsuredElsewhere,
+    VehicleSold,
+    Cancelled,
+}
+
+impl CaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseState::Open => "open",
+            CaseState::RenewalReported => "renewal_reported",
+            CaseState::Lapsed => "lapsed",
+            CaseState::Renewed => "renewed",
+            CaseState::Rescued => "rescued",
+            CaseState::InsuredElsewhere => "insured_elsewhere",
+            CaseState::VehicleSold => "vehicle_sold",
+            CaseState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<CaseState> {
+        [
+            CaseState::Open,
+            CaseState::RenewalReported,
+            CaseState::Lapsed,
+            CaseState::Renewed,
+            CaseState::Rescued,
+            CaseState::InsuredElsewhere,
+            CaseState::VehicleSold,
+            CaseState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+
+    /// The state a case ends in for an outcome (a renewal of a lapsed case is a rescue,
+    /// decided in SQL).
+    fn closed_by(outcome: CaseOutcome) -> CaseState {
+        match outcome {
+            CaseOutcome::Renewed => CaseState::Renewed,
+            CaseOutcome::Rescued => CaseState::Rescued,
+            CaseOutcome::InsuredElsewhere => CaseState::InsuredElsewhere,
+            CaseOutcome::VehicleSold => CaseState::VehicleSold,
+            CaseOutcome::Lapsed | CaseOutcome::Cancelled | CaseOutcome::Unspecified => {
+                CaseState::Cancelled
+            }
+        }
+    }
+
+    /// The outcome a closed case publishes.
+    fn outcome(self) -> CaseOutcome {
+        match self {
+            CaseState::Renewed => CaseOutcome::Renewed,
+            CaseState::Rescued => CaseOutcome::Rescued,
+            CaseState::InsuredElsewhere => CaseOutcome::InsuredElsewhere,
+            CaseState::VehicleSold => CaseOutcome::VehicleSold,
+            CaseState::Lapsed => CaseOutcome::Lapsed,
+            _ => CaseOutcome::Cancelled,
+        }
+    }
+}
+
+/// Closes the policy's case if it is still being worked (open, reported renewed, or
+/// lapsed and in rescue), and publishes it. A renewal of a lapsed case closes it
+/// rescued. Returns the state it closed in.
 pub async fn close(
     tx: &mut PgConnection,
     outbox: &Outbox,
@@ -271,42 +350,43 @@ pub async fn close(
     outcome: CaseOutcome,
     new_policy_no: &str,
     now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let state = match outcome {
-        CaseOutcome::Renewed => "renewed",
-        CaseOutcome::Lapsed => "lapsed",
-        CaseOutcome::Cancelled | CaseOutcome::Unspecified => "cancelled",
-    };
+) -> Result<Option<CaseState>, sqlx::Error> {
+    let state = CaseState::closed_by(outcome);
     let closed = sqlx::query(
-        "UPDATE lists.cases SET state = $2, closed_at = $3, new_policy_no = NULLIF($4, '')
-         WHERE policy_no = $1 AND state = 'open'
-         RETURNING case_id",
+        "UPDATE lists.cases
+         SET state = CASE WHEN $2 = 'renewed' AND lapsed_at IS NOT NULL THEN 'rescued' ELSE $2 END,
+             closed_at = $3, new_policy_no = COALESCE(NULLIF($4, ''), reported_policy_no)
+         WHERE policy_no = $1 AND state IN ('open', 'renewal_reported', 'lapsed')
+         RETURNING case_id, state, new_policy_no",
     )
     .bind(policy_no)
-    .bind(state)
+    .bind(state.as_str())
     .bind(now)
     .bind(new_policy_no)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = closed else {
-        return Ok(false);
+        return Ok(None);
     };
+    let state = CaseState::parse(row.try_get("state")?).unwrap_or(state);
     let event = CaseClosed {
         case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
         policy_no: policy_no.to_owned(),
-        outcome: outcome as i32,
-        new_policy_no: new_policy_no.to_owned(),
+        outcome: state.outcome() as i32,
+        new_policy_no: row
+            .try_get::<Option<String>, _>("new_policy_no")?
+            .unwrap_or_default(),
         closed_at_ms: now.timestamp_millis(),
     };
     outbox
         .enqueue(tx, subject::LISTS_CASE_CLOSED, &event)
         .await?;
-    metrics::counter!("cases_closed_total", "outcome" => state).increment(1);
-    Ok(true)
+    metrics::counter!("cases_closed_total", "outcome" => state.as_str()).increment(1);
+    Ok(Some(state))
 }
 
 /// Lapses every open case in the zone whose expiry day ended before `today`, and its
-/// policy, in one statement; publishes each.
+/// policy, in one statement; publishes each. A lapsed case stays open for rescue.
 pub async fn lapse_due(
     tx: &mut PgConnection,
     outbox: &Outbox,
@@ -316,16 +396,16 @@ pub async fn lapse_due(
 ) -> Result<usize, sqlx::Error> {
     let rows = sqlx::query(
         "WITH lapsed AS (
-            UPDATE lists.cases SET state = 'lapsed', closed_at = $3
+            UPDATE lists.cases SET state = 'lapsed', lapsed_at = $3, lapsed_on = expiry_date + 1
             WHERE state = 'open' AND time_zone = $1 AND expiry_date < $2
               AND effective_expiry_date < $2 -- never later than the expiry; lets the index serve
-            RETURNING case_id, policy_no, expiry_date
+            RETURNING case_id, policy_no, expiry_date, lapsed_on
          ), policies AS (
-            UPDATE lists.policies p SET status = 'lapsed', lapsed_on = l.expiry_date + 1, updated_at = $3
+            UPDATE lists.policies p SET status = 'lapsed', lapsed_on = l.lapsed_on, updated_at = $3
             FROM lapsed l WHERE p.policy_no = l.policy_no AND p.status = 'active'
             RETURNING p.policy_no
          )
-         SELECT case_id, policy_no FROM lapsed ORDER BY expiry_date, policy_no",
+         SELECT case_id, policy_no, lapsed_on FROM lapsed ORDER BY expiry_date, policy_no",
     )
     .bind(zone.name())
     .bind(today)
@@ -335,13 +415,12 @@ pub async fn lapse_due(
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         events.push((
-            subject::LISTS_CASE_CLOSED,
-            CaseClosed {
+            subject::LISTS_CASE_LAPSED,
+            CaseLapsed {
                 case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
                 policy_no: row.try_get("policy_no")?,
-                outcome: CaseOutcome::Lapsed as i32,
-                new_policy_no: String::new(),
-                closed_at_ms: now.timestamp_millis(),
+                lapsed_on: row.try_get::<NaiveDate, _>("lapsed_on")?.to_string(),
+                lapsed_at_ms: now.timestamp_millis(),
             },
         ));
     }
@@ -350,8 +429,71 @@ pub async fn lapse_due(
         .enqueue_many(tx, events)
         .instrument(tracing::info_span!(parent: None, "cases_lapsed"))
         .await?;
-    metrics::counter!("cases_closed_total", "outcome" => "lapsed").increment(lapsed as u64);
+    metrics::counter!("cases_lapsed_total").increment(lapsed as u64);
     Ok(lapsed)
+}
+
+/// Reopens the zone's cases whose renewal was reported on the phone longer than
+/// `confirm_within` ago and never confirmed by the core system: back to work (to lapse
+/// rescue when the expiry has passed meanwhile), published so the held contacts resume
+/// and the owner gets a task to check the renewal.
+pub async fn reopen_unconfirmed(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    zone: chrono_tz::Tz,
+    today: NaiveDate,
+    now: DateTime<Utc>,
+    confirm_within: chrono::Duration,
+) -> Result<usize, sqlx::Error> {
+    let rows = sqlx::query(
+        "WITH due AS (
+            SELECT case_id FROM lists.cases
+            WHERE state = 'renewal_reported' AND time_zone = $1 AND reported_at <= $4
+            FOR UPDATE
+         ), reopened AS (
+            UPDATE lists.cases c
+            SET state = CASE WHEN c.lapsed_at IS NOT NULL OR c.expiry_date < $2 THEN 'lapsed' ELSE 'open' END,
+                lapsed_at = CASE WHEN c.lapsed_at IS NULL AND c.expiry_date < $2 THEN $3 ELSE c.lapsed_at END,
+                lapsed_on = CASE WHEN c.lapsed_on IS NULL AND c.expiry_date < $2 THEN c.expiry_date + 1
+                                 ELSE c.lapsed_on END
+            FROM due WHERE c.case_id = due.case_id
+            RETURNING c.case_id, c.policy_no, c.state, c.reported_at, c.reported_policy_no, c.lapsed_on
+         ), policies AS (
+            UPDATE lists.policies p SET status = 'lapsed', lapsed_on = r.lapsed_on, updated_at = $3
+            FROM reopened r WHERE p.policy_no = r.policy_no AND r.state = 'lapsed' AND p.status = 'active'
+         )
+         SELECT * FROM reopened ORDER BY policy_no",
+    )
+    .bind(zone.name())
+    .bind(today)
+    .bind(now)
+    .bind(now - confirm_within)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let reported_at: DateTime<Utc> = row.try_get("reported_at")?;
+        events.push((
+            subject::LISTS_CASE_REOPENED,
+            CaseReopened {
+                case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
+                policy_no: row.try_get("policy_no")?,
+                reported_at_ms: reported_at.timestamp_millis(),
+                reported_policy_no: row
+                    .try_get::<Option<String>, _>("reported_policy_no")?
+                    .unwrap_or_default(),
+                lapsed: row.try_get::<String, _>("state")? == CaseState::Lapsed.as_str(),
+                reopened_at_ms: now.timestamp_millis(),
+            },
+        ));
+    }
+    let reopened = events.len();
+    outbox
+        .enqueue_many(tx, events)
+        .instrument(tracing::info_span!(parent: None, "cases_reopened"))
+        .await?;
+    metrics::counter!("cases_reopened_total").increment(reopened as u64);
+    Ok(reopened)
 }
 
 /// Moves the zone's open cases whose days to expiry crossed into a nearer bucket, and

@@ -18,6 +18,10 @@ pub struct ListsConfig {
     /// erases it (`PII_RETENTION_DAYS`, default 365: a lapsed customer stays on the
     /// monthly lapse lists for rescue through the next season).
     pub pii_retention: std::time::Duration,
+    /// How long a renewal reported on the phone waits for the core system's
+    /// confirmation before the case is worked again with a check task for its owner
+    /// (`RENEWAL_CONFIRM_DAYS`, default 3).
+    pub renewal_confirm_within: chrono::Duration,
 }
 
 impl ListsConfig {
@@ -48,7 +52,15 @@ impl ListsConfig {
                 reason: format!("must be from 1 to 3650 days (got {retention_days})"),
             });
         }
+        let confirm_days: i64 = env.or("RENEWAL_CONFIRM_DAYS", 3)?;
+        if !(1..=60).contains(&confirm_days) {
+            return Err(ConfigError::Invalid {
+                var: "RENEWAL_CONFIRM_DAYS".into(),
+                reason: format!("must be from 1 to 60 days (got {confirm_days})"),
+            });
+        }
         Ok(ListsConfig {
+            renewal_confirm_within: chrono::Duration::days(confirm_days),
             pii: Arc::new(pii),
             list_issue_day,
             import_max_bytes,

@@ -1,4 +1,5 @@
 //! The daily run, shortly after local midnight in each time zone the portfolio has:
+//! reopen the cases whose renewal was reported on the phone and never confirmed,
 //! lapse the cases whose expiry day has ended, open cases for policies entering the
 //! window, move cases between buckets, and on the issue day of the month issue every
 //! branch's renewal and lapse lists. One replica does each (zone, day): the row in
@@ -32,6 +33,7 @@ pub struct DailyRun {
     pub zones: Zones,
     pub pii: std::sync::Arc<PiiCipher>,
     pub list_issue_day: u32,
+    pub renewal_confirm_within: chrono::Duration,
 }
 
 /// Whether the zone's run on `today` issues the month's lists: it is the first run of
@@ -64,6 +66,8 @@ async fn lists_due(
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DayDone {
     pub lapsed: usize,
+    /// Reported renewals the core system did not confirm in time.
+    pub reopened: usize,
     pub opened: usize,
     pub moved: usize,
     pub lists_issued: usize,
@@ -85,7 +89,7 @@ impl DailyRun {
                         renewal_platform::activity::record();
                         self.outbox.wake();
                         tracing::info!(zone = zone.name(), %today, opened = done.opened, lapsed = done.lapsed,
-                            moved = done.moved, lists = done.lists_issued, "daily run done");
+                            reopened = done.reopened, moved = done.moved, lists = done.lists_issued, "daily run done");
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -150,9 +154,20 @@ impl DailyRun {
         // than running them.
         sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
         let mut done = DayDone {
-            lapsed: cases::lapse_due(&mut tx, &self.outbox, zone, today, now).await?,
+            // Before the lapses: a reopened case whose expiry passed meanwhile goes
+            // straight back to lapse rescue.
+            reopened: cases::reopen_unconfirmed(
+                &mut tx,
+                &self.outbox,
+                zone,
+                today,
+                now,
+                self.renewal_confirm_within,
+            )
+            .await?,
             ..DayDone::default()
         };
+        done.lapsed = cases::lapse_due(&mut tx, &self.outbox, zone, today, now).await?;
         let scope = OpenScope {
             only_policy: None,
             only_zone: Some(zone),

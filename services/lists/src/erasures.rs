@@ -105,7 +105,10 @@ pub async fn erase(
 ) -> Result<Erasure, sqlx::Error> {
     let mut cases_closed = 0;
     for policy_no in policy_nos {
-        if crate::cases::close(tx, outbox, policy_no, CaseOutcome::Cancelled, "", now).await? {
+        if crate::cases::close(tx, outbox, policy_no, CaseOutcome::Cancelled, "", now)
+            .await?
+            .is_some()
+        {
             cases_closed += 1;
         }
     }
@@ -550,8 +553,9 @@ impl RetentionJob {
             let mut tx = self.pool.begin().await?;
             let due: Vec<String> = sqlx::query_scalar(
                 "SELECT c.policy_no FROM lists.cases c JOIN lists.policies p USING (policy_no)
-                 WHERE c.closed_at < $1 AND p.erased_at IS NULL
-                 ORDER BY c.closed_at LIMIT $2 FOR UPDATE OF p SKIP LOCKED",
+                 WHERE (c.closed_at < $1 OR (c.state = 'lapsed' AND c.lapsed_at < $1))
+                   AND p.erased_at IS NULL
+                 ORDER BY COALESCE(c.closed_at, c.lapsed_at) LIMIT $2 FOR UPDATE OF p SKIP LOCKED",
             )
             .bind(before)
             .bind(RETENTION_BATCH)

@@ -108,6 +108,7 @@ pub async fn issue_renewal_lists(
                     category: row.try_get("category")?,
                     important: row.try_get("important")?,
                     group_policy: row.try_get("group_policy")?,
+                    ..Default::default()
                 },
             ));
     }
@@ -182,9 +183,13 @@ pub async fn issue_lapse_lists(
 ) -> Result<Issued, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT p.policy_no, p.city_code, p.branch_code, p.agent_code, p.category, p.end_date,
-                p.important, p.group_policy, c.case_id, c.effective_expiry_date
+                p.important, p.group_policy, c.case_id, c.effective_expiry_date,
+                COALESCE(c.lapsed_on, p.lapsed_on) AS lapsed_on, COALESCE(c.calls_made, 0) AS calls_made,
+                COALESCE(c.last_outcome, '') AS last_outcome
          FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)
          WHERE p.status = 'lapsed'
+           -- Off the register: a customer lost for good (insured elsewhere, vehicle sold).
+           AND (c.state IS NULL OR c.state IN ('lapsed', 'renewal_reported'))
            AND ($1::text IS NULL OR p.time_zone = $1)
            AND ($2::text IS NULL OR p.city_code = $2)",
     )
@@ -213,6 +218,12 @@ pub async fn issue_lapse_lists(
                 category: row.try_get("category")?,
                 important: row.try_get("important")?,
                 group_policy: row.try_get("group_policy")?,
+                lapsed_on: row
+                    .try_get::<Option<NaiveDate>, _>("lapsed_on")?
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                calls_made: row.try_get("calls_made")?,
+                last_outcome: row.try_get("last_outcome")?,
             });
     }
     let mut with_ids = BTreeMap::new();

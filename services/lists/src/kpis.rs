@@ -241,9 +241,9 @@ macro_rules! cases {
 const COUNTS_SQL: &str = concat!(
     "SELECT c.category, count(*) AS due,
             count(*) FILTER (WHERE c.state = 'renewed') AS renewed,
-            count(*) FILTER (WHERE c.state = 'lapsed' AND p.status = 'renewed') AS rescued,
-            count(*) FILTER (WHERE c.state = 'lapsed' AND p.status <> 'renewed') AS lapsed,
-            count(*) FILTER (WHERE c.state = 'open') AS open, ",
+            count(*) FILTER (WHERE c.state = 'rescued') AS rescued,
+            count(*) FILTER (WHERE c.state IN ('lapsed', 'insured_elsewhere', 'vehicle_sold')) AS lapsed,
+            count(*) FILTER (WHERE c.state IN ('open', 'renewal_reported')) AS open, ",
     cases!(),
     " GROUP BY key, c.category"
 );
@@ -252,7 +252,7 @@ const COUNTS_SQL: &str = concat!(
 const LOST_SQL: &str = concat!(
     "SELECT l.reason, count(*) AS n, ",
     cases!(),
-    " AND c.state = 'lapsed' AND p.status <> 'renewed'
+    " AND c.state IN ('lapsed', 'insured_elsewhere', 'vehicle_sold')
       AND l.policy_no IS NOT NULL GROUP BY key, l.reason"
 );
 

@@ -6,6 +6,7 @@
 //! not renewed by the end of their expiry day, closes a case the moment its policy is
 //! renewed, and reports renewal rates.
 
+mod call_outcomes;
 pub mod cases;
 pub mod categories;
 mod config;
@@ -41,6 +42,15 @@ pub const CORE_POLICIES: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
+/// Call outcomes from dispatch: the lapse register's calls, renewals reported on the
+/// phone, customers lost.
+pub const CALL_OUTCOMES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Dispatch,
+    durable: "lists-outcomes",
+    filter: "dispatch.task.completed",
+    parallel: 1,
+};
+
 /// What assignment, scheduler and dispatch say they erased (one consumer per stream:
 /// each answer lives in its service's namespace).
 pub const ERASURE_ANSWERS: [ConsumerSpec; 3] = [
@@ -70,6 +80,7 @@ pub const API_READY: &str = "lists_api";
 /// Every durable consumer this service reads from.
 pub const CONSUMERS: &[ConsumerSpec] = &[
     CORE_POLICIES,
+    CALL_OUTCOMES,
     ERASURE_ANSWERS[0],
     ERASURE_ANSWERS[1],
     ERASURE_ANSWERS[2],
@@ -158,6 +169,7 @@ impl Lists {
                 zones,
                 pii: config.pii.clone(),
                 list_issue_day: config.list_issue_day,
+                renewal_confirm_within: config.renewal_confirm_within,
             },
         })
     }
@@ -176,10 +188,12 @@ pub async fn run_with(
     cancel: CancellationToken,
 ) -> Result<(), String> {
     deps.http.set_ready(API_READY, Err("starting".into()));
-    deps.bus
-        .ensure_stream(Stream::Lists)
-        .await
-        .map_err(|e| e.to_string())?;
+    for stream in [Stream::Lists, Stream::Dispatch] {
+        deps.bus
+            .ensure_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let lists = Lists::new(&deps, &config).await?;
     let outbox = lists.daily_run.outbox.clone();
     let zones = lists.daily_run.zones.clone();
@@ -227,6 +241,12 @@ pub async fn run_with(
             clock: deps.clock.clone(),
             pii: config.pii.clone(),
             zones,
+        },
+    );
+    service.consume(
+        CALL_OUTCOMES,
+        call_outcomes::CallOutcomes {
+            outbox: outbox.clone(),
         },
     );
     for spec in ERASURE_ANSWERS {

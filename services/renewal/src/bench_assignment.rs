@@ -184,6 +184,7 @@ async fn run() -> Result<(), String> {
                         category: "insured_last_year".into(),
                         important: false,
                         group_policy: false,
+                        ..Default::default()
                     })
                     .collect(),
                 issued_at_ms: sim.now().timestamp_millis(),

@@ -1,11 +1,13 @@
-//! The scheduler's copy of each case: opened (plan its timers), closed (cancel them at
-//! once), owner named.
+//! The scheduler's copy of each case: opened (plan its timers), lapsed (the contacts
+//! planned before the lapse stop, the rescue stages after it go on), reopened after an
+//! unconfirmed renewal (held timers resume, the owner checks the renewal), closed
+//! (cancel them at once), owner named.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use renewal_contract::assignment::OwnerAssigned;
-use renewal_contract::lists::{CaseClosed, CaseOpened, CaseOutcome};
+use renewal_contract::lists::{CaseClosed, CaseLapsed, CaseOpened, CaseOutcome, CaseReopened};
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
 use renewal_platform::pii::PiiCipher;
@@ -31,6 +33,14 @@ impl Handler for CaseEvents {
             subject::LISTS_CASE_CLOSED => {
                 let event: CaseClosed = delivery.decode()?;
                 closed(tx, &event).await
+            }
+            subject::LISTS_CASE_LAPSED => {
+                let event: CaseLapsed = delivery.decode()?;
+                lapsed(tx, &event).await
+            }
+            subject::LISTS_CASE_REOPENED => {
+                let event: CaseReopened = delivery.decode()?;
+                reopened(tx, &event, self.clock.now(), self.hours).await
             }
             // Bucket moves are for the services that plan by bucket; nothing to do here.
             subject::LISTS_CASE_BUCKET_CHANGED => Ok(()),
@@ -103,7 +113,11 @@ async fn closed(tx: &mut PgConnection, event: &CaseClosed) -> Result<(), HandleE
     let closed_at = field::instant_ms("closed_at_ms", event.closed_at_ms)?;
     let reason = match CaseOutcome::try_from(event.outcome).unwrap_or(CaseOutcome::Unspecified) {
         CaseOutcome::Renewed => "renewed",
+        // Closed lapsed: only from a lists that closed cases at their lapse.
         CaseOutcome::Lapsed => "lapsed",
+        CaseOutcome::Rescued => "rescued",
+        CaseOutcome::InsuredElsewhere => "insured_elsewhere",
+        CaseOutcome::VehicleSold => "vehicle_sold",
         CaseOutcome::Cancelled => "cancelled",
         CaseOutcome::Unspecified => "closed",
     };
@@ -125,6 +139,47 @@ async fn closed(tx: &mut PgConnection, event: &CaseClosed) -> Result<(), HandleE
     Ok(())
 }
 
+/// A case lapsed: the contacts planned up to the lapse stop; the rescue stages after it
+/// stay (the case stays open here, so call outcomes still reschedule).
+async fn lapsed(tx: &mut PgConnection, event: &CaseLapsed) -> Result<(), HandleError> {
+    let id = field::uuid("case_id", &event.case_id)?;
+    let lapsed_at = field::instant_ms("lapsed_at_ms", event.lapsed_at_ms)?;
+    cancel_pending(tx, &[id], "lapsed", Some(lapsed_at)).await?;
+    Ok(())
+}
+
+/// A renewal reported on the phone was not confirmed: the timers held by the report
+/// resume (skipped when their time has passed), and the owner is asked to check the
+/// renewal with the customer.
+async fn reopened(
+    tx: &mut PgConnection,
+    event: &CaseReopened,
+    now: DateTime<Utc>,
+    hours: crate::plan::Hours,
+) -> Result<(), HandleError> {
+    let id = field::uuid("case_id", &event.case_id)?;
+    let Some(tz) = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT time_zone FROM scheduler.cases WHERE case_id = $1 AND state = 'open' FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(());
+    };
+    let tz: chrono_tz::Tz = tz
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(chrono_tz::Asia::Shanghai);
+    crate::outcomes::resume_held(tx, id, now).await?;
+    let due = crate::plan::allowed(now, hours.calls, None, tz).unwrap_or(now);
+    let check = crate::outcomes::call(
+        format!("renewal check {}", event.reported_at_ms),
+        crate::plan::Queue::Owner,
+    );
+    crate::outcomes::add(tx, id, check, now, due).await?;
+    Ok(())
+}
+
 /// Cancels the cases' pending timers, noted `case <reason>` (a closed case's, an erased
 /// one's), but those planned after `kept_after` (a lapse keeps its rescue stages).
 /// Returns how many it cancelled.
@@ -136,7 +191,7 @@ pub(crate) async fn cancel_pending(
 ) -> Result<u64, sqlx::Error> {
     let cancelled = sqlx::query(
         "UPDATE scheduler.timers SET state = 'cancelled', note = 'case ' || $2
-         WHERE case_id = ANY($1) AND state = 'pending'
+         WHERE case_id = ANY($1) AND state IN ('pending', 'held')
            AND NOT ($3::timestamptz IS NOT NULL AND nominal_at IS NOT NULL AND nominal_at > $3)",
     )
     .bind(case_ids)

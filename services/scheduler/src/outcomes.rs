@@ -1,8 +1,11 @@
 //! Call outcomes reschedule the case's contacts: call back at a time (a call then),
 //! promised by a date (contacts before it are paused; a check call the day after),
-//! unreachable (try again the next day, at most 3 times), refused, insured elsewhere or
-//! sold (every pending contact stops except the lapse rescue the plan keeps), wrong
-//! number (contacts stop until the data is corrected).
+//! unreachable (try again the next day, at most 3 times), refused (every pending
+//! contact stops except the lapse rescue the plan keeps), insured elsewhere or sold
+//! (the same; lists closes the case, which stops the rest), wrong number (contacts stop
+//! until the data is corrected), renewed (every timer is held at once, contacts and the
+//! T-5 step alike, until the core system confirms the renewal and lists closes the
+//! case; if it never does, lists reopens the case and the held timers resume).
 
 use std::sync::Arc;
 
@@ -25,7 +28,7 @@ pub struct OutcomeEvents {
     pub timers_changed: Arc<Notify>,
 }
 
-fn call(name: String, queue: Queue) -> Stage {
+pub(crate) fn call(name: String, queue: Queue) -> Stage {
     Stage {
         stage: name,
         days_before: 0,
@@ -155,7 +158,12 @@ impl Handler for OutcomeEvents {
                 )
                 .await?;
             }
-            CallOutcome::Renewed | CallOutcome::Unspecified => {}
+            CallOutcome::Renewed => hold_all(tx, case_id).await?,
+            // Escalations: assignment moves the case and dispatch makes the task; the
+            // planned contacts go on.
+            CallOutcome::CannotRenewInTime
+            | CallOutcome::HighRiskOfLoss
+            | CallOutcome::Unspecified => {}
         }
         metrics::counter!("outcomes_applied_total", "outcome" => outcome.as_str_name())
             .increment(1);
@@ -167,7 +175,7 @@ impl Handler for OutcomeEvents {
     }
 }
 
-async fn add(
+pub(crate) async fn add(
     tx: &mut PgConnection,
     case_id: Uuid,
     stage: Stage,
@@ -209,5 +217,42 @@ async fn stop(
         .bind(before)
         .execute(&mut *tx)
         .await?;
+    Ok(())
+}
+
+/// Holds every pending timer of the case (contacts, the supervisor alert, the T-5
+/// step): a renewal was reported and nobody is contacted again unless it turns out
+/// unconfirmed.
+async fn hold_all(tx: &mut PgConnection, case_id: Uuid) -> Result<(), sqlx::Error> {
+    let held = sqlx::query(
+        "UPDATE scheduler.timers SET state = 'held', note = 'held: renewal reported on the phone'
+         WHERE case_id = $1 AND state = 'pending'",
+    )
+    .bind(case_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    metrics::counter!("timers_held_total").increment(held);
+    Ok(())
+}
+
+/// Resumes the case's held timers: those still ahead go back to pending, those whose
+/// time passed while held are skipped.
+pub(crate) async fn resume_held(
+    tx: &mut PgConnection,
+    case_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE scheduler.timers
+         SET state = CASE WHEN due_at > $2 THEN 'pending' ELSE 'skipped' END,
+             note = CASE WHEN due_at > $2 THEN 'resumed: the reported renewal was not confirmed'
+                         ELSE 'skipped: its time passed while held for a reported renewal' END
+         WHERE case_id = $1 AND state = 'held'",
+    )
+    .bind(case_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Outcomes: the agent holding the lease completes the task with what the call ended
 //! with (DOMAIN.md's list, each with its fields). The task's new state, the
-//! `dispatch.task.completed` event and, for a wrong number, the mark on the customer's
-//! contact data are written by one statement (the event is built from the task as read
+//! `dispatch.task.completed` event, for a wrong number the mark on the customer's
+//! contact data, and for a renewal or a lost customer the withdrawal of the case's
+//! other open tasks and queued SMS, are written by one statement (the event is built from the task as read
 //! just before: the fields it takes from the task never change while the lease token
 //! is the same, and the statement completes the task only under that token).
 //!
@@ -29,7 +30,8 @@ use super::{PhoneTasks, TaskError};
 pub struct CompleteRequest {
     pub lease_token: Uuid,
     /// renewed, promised, call_back, refused, unreachable, wrong_number,
-    /// insured_elsewhere, vehicle_sold.
+    /// insured_elsewhere, vehicle_sold, cannot_renew_in_time (the owner escalates it),
+    /// high_risk_of_loss (to HQ's centralized calling).
     pub outcome: String,
     /// renewed: the new policy number.
     #[serde(default)]
@@ -65,6 +67,8 @@ pub fn outcome_name(kind: CallOutcome) -> &'static str {
         CallOutcome::WrongNumber => "wrong_number",
         CallOutcome::InsuredElsewhere => "insured_elsewhere",
         CallOutcome::VehicleSold => "vehicle_sold",
+        CallOutcome::CannotRenewInTime => "cannot_renew_in_time",
+        CallOutcome::HighRiskOfLoss => "high_risk_of_loss",
         CallOutcome::Unspecified => "unspecified",
     }
 }
@@ -80,10 +84,13 @@ impl CompleteRequest {
             "wrong_number" => CallOutcome::WrongNumber,
             "insured_elsewhere" => CallOutcome::InsuredElsewhere,
             "vehicle_sold" => CallOutcome::VehicleSold,
+            "cannot_renew_in_time" => CallOutcome::CannotRenewInTime,
+            "high_risk_of_loss" => CallOutcome::HighRiskOfLoss,
             other => {
                 return Err(TaskError::Invalid(format!(
                     "outcome {other:?} is not one of renewed, promised, call_back, refused, \
-                     unreachable, wrong_number, insured_elsewhere, vehicle_sold"
+                     unreachable, wrong_number, insured_elsewhere, vehicle_sold, \
+                     cannot_renew_in_time, high_risk_of_loss"
                 )));
             }
         };
@@ -618,6 +625,23 @@ async fn write_statement(
              SELECT id, case_id, policy_no, agent_id, completed_at FROM done
              WHERE outcome = 'wrong_number'
              ON CONFLICT DO NOTHING
+         ),
+         -- A renewal reported on the call, or a customer lost (insured elsewhere, vehicle
+         -- sold): the case's other contacts waiting here stop at once (the scheduler
+         -- holds or stops its timers on the same event).
+         ended AS (
+             SELECT DISTINCT case_id FROM done
+             WHERE outcome IN ('renewed', 'insured_elsewhere', 'vehicle_sold')
+         ),
+         tasks_withdrawn AS (
+             UPDATE dispatch.phone_tasks t SET state = 'withdrawn',
+                    last_error = 'the case was renewed or lost on another call'
+             FROM ended e WHERE t.case_id = e.case_id AND t.state = 'open'
+         ),
+         sms_withdrawn AS (
+             UPDATE dispatch.sms_messages m SET state = 'withdrawn',
+                    last_error = 'the case was renewed or lost on a call'
+             FROM ended e WHERE m.case_id = e.case_id AND m.state = 'queued'
          ),
          published AS (
              INSERT INTO {schema}.outbox (id, subject, payload, traceparent)

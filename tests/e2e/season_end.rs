@@ -1,0 +1,320 @@
+//! The end of the season as the handbooks run it, on the simulated clock against the
+//! real Postgres and NATS: a lapsed case stays open for rescue (its T+1 call reaches
+//! the campaign queue and is leased at 10:05), a renewal on T+5 closes it rescued with
+//! no T+15 call, a customer insured elsewhere leaves the lapse register, which says
+//! since when and what was tried; a renewal reported on the phone stops every contact
+//! at once, and one the core system never confirms reopens the case with a check task
+//! for its owner.
+
+use chrono::{DateTime, Utc};
+use renewal_contract::lists::{
+    CaseClosed, CaseLapsed, CaseOutcome, CaseReopened, ListIssued, ListKind,
+};
+use renewal_contract::scheduler::{CreatePhoneTask, SendSms};
+use renewal_contract::subject;
+use renewal_e2e::{ORG_CSV, TestSystem, events, local, policy};
+use serde_json::{Value, json};
+
+async fn claim(system: &TestSystem, policy_no: &str) {
+    let (status, body) = system
+        .post_json(
+            &format!("/v1/claims/{policy_no}:claim"),
+            json!({"branch_code": "SH01", "owner_agent": "SH01-A03"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn lease(system: &TestSystem, agent: &str, queue: &str) -> Vec<Value> {
+    let (status, body) = system
+        .post_json(
+            "/v1/phone-tasks:lease",
+            json!({"agent_id": agent, "queue": queue, "max": 10, "lease_seconds": 600}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["tasks"].as_array().cloned().unwrap_or_default()
+}
+
+async fn complete(system: &TestSystem, task: &Value, outcome: Value) {
+    let mut body = outcome;
+    body["lease_token"] = task["lease_token"].clone();
+    let id = task["id"].as_str().expect("task id");
+    let (status, answer) = system
+        .post_json(&format!("/v1/phone-tasks/{id}:complete"), body)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+fn task_of<'a>(tasks: &'a [Value], policy_no: &str) -> &'a Value {
+    tasks
+        .iter()
+        .find(|t| t["policy_no"] == policy_no)
+        .unwrap_or_else(|| panic!("a task for {policy_no} in {tasks:?}"))
+}
+
+async fn case_state(system: &TestSystem, policy_no: &str) -> String {
+    let (status, body) = system.get_json(&format!("/v1/policies/{policy_no}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["case"]["state"].as_str().unwrap_or_default().to_owned()
+}
+
+/// (stage, state) of the case's timers in due order.
+async fn timeline(system: &TestSystem, policy_no: &str) -> Vec<(String, String)> {
+    let (status, body) = system
+        .get_json(&format!("/v1/cases/{policy_no}/timeline"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap_or_default().to_owned(),
+                s["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn state_of<'a>(line: &'a [(String, String)], stage: &str) -> &'a str {
+    line.iter()
+        .find(|t| t.0 == stage)
+        .map_or("absent", |t| t.1.as_str())
+}
+
+/// The SMS and phone-task commands the scheduler issued for the policy due at or after
+/// `since`, as (stage, due).
+async fn contacts_since(
+    system: &TestSystem,
+    policy_no: &str,
+    since: DateTime<Utc>,
+) -> Vec<(String, i64)> {
+    let since = since.timestamp_millis();
+    let sms: Vec<SendSms> = events(system, subject::DISPATCH_CMD_SEND_SMS).await;
+    let calls: Vec<CreatePhoneTask> = events(system, subject::DISPATCH_CMD_CREATE_PHONE_TASK).await;
+    sms.iter()
+        .filter(|c| c.policy_no == policy_no && c.due_at_ms >= since)
+        .map(|c| (c.stage.clone(), c.due_at_ms))
+        .chain(
+            calls
+                .iter()
+                .filter(|c| c.policy_no == policy_no && c.due_at_ms >= since)
+                .map(|c| (c.stage.clone(), c.due_at_ms)),
+        )
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
+    let system = TestSystem::start("lr", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    // P1 is rescued on T+5; P2 stays lapsed, unreachable on T+1; P3's customer insured
+    // the car elsewhere.
+    let policies = ["P1", "P2", "P3"].map(|no| policy(no, "2027-02-15"));
+    sim.publish_policies(&policies).await.expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    for no in ["P1", "P2", "P3"] {
+        claim(&system, no).await;
+    }
+
+    // T+1, 10:05: the cases lapsed overnight but stay open; the rescue calls are in the
+    // campaign queue.
+    sim.advance_to(local("2027-02-16", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let lapsed: Vec<CaseLapsed> = events(&system, subject::LISTS_CASE_LAPSED).await;
+    assert_eq!(lapsed.len(), 3, "{lapsed:?}");
+    assert!(lapsed.iter().all(|l| l.lapsed_on == "2027-02-16"));
+    let closed: Vec<CaseClosed> = events(&system, subject::LISTS_CASE_CLOSED).await;
+    assert!(closed.is_empty(), "a lapse closes nothing: {closed:?}");
+    assert_eq!(case_state(&system, "P1").await, "lapsed");
+    let tasks = lease(&system, "CC-1", "campaign").await;
+    let rescue: Vec<(&str, &str)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t["policy_no"].as_str().unwrap_or_default(),
+                t["stage"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for no in ["P1", "P2", "P3"] {
+        assert!(
+            rescue.contains(&(no, "T+1")),
+            "the T+1 rescue call of {no} is leased at 10:05: {rescue:?}"
+        );
+    }
+    complete(
+        &system,
+        task_of(&tasks, "P1"),
+        json!({"outcome": "promised", "promised_date": "2027-02-20"}),
+    )
+    .await;
+    complete(&system, task_of(&tasks, "P2"), json!({"outcome": "unreachable"})).await;
+    complete(
+        &system,
+        task_of(&tasks, "P3"),
+        json!({"outcome": "insured_elsewhere", "reason": "switched insurer"}),
+    )
+    .await;
+    sim.settle().await.expect("settles");
+    assert_eq!(case_state(&system, "P3").await, "insured_elsewhere");
+
+    // T+5: P1 renews: the case ends rescued, and its T+15 call never happens.
+    sim.advance_to(local("2027-02-20", 12)).await.expect("time");
+    sim.publish_renewal("P1", "P1-2027").await.expect("renewed");
+    sim.advance_to(local("2027-03-05", 12)).await.expect("time");
+    assert_eq!(case_state(&system, "P1").await, "rescued");
+    let closed: Vec<CaseClosed> = events(&system, subject::LISTS_CASE_CLOSED).await;
+    let outcomes: Vec<(&str, i32)> = closed
+        .iter()
+        .map(|c| (c.policy_no.as_str(), c.outcome))
+        .collect();
+    assert!(outcomes.contains(&("P1", CaseOutcome::Rescued as i32)), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&("P3", CaseOutcome::InsuredElsewhere as i32)),
+        "{outcomes:?}"
+    );
+    assert!(
+        contacts_since(&system, "P1", local("2027-02-20", 12))
+            .await
+            .is_empty(),
+        "no contact after the rescue"
+    );
+    let p1 = timeline(&system, "P1").await;
+    assert_eq!(state_of(&p1, "T+15"), "cancelled", "{p1:?}");
+    let p2 = timeline(&system, "P2").await;
+    assert_eq!(state_of(&p2, "T+15"), "fired", "P2 is still being rescued: {p2:?}");
+    for no in ["P1", "P3"] {
+        assert_eq!(
+            contacts_since(&system, no, local("2027-03-01", 0))
+                .await
+                .len(),
+            0
+        );
+    }
+
+    // 1 March: the lapse register holds P2 only, with since when and what was tried.
+    let lists: Vec<ListIssued> = events(&system, subject::LISTS_LIST_ISSUED).await;
+    let march: Vec<&ListIssued> = lists
+        .iter()
+        .filter(|l| l.kind == ListKind::Lapse as i32 && l.issued_on == "2027-03-01")
+        .collect();
+    assert_eq!(march.len(), 1, "{march:?}");
+    let items: Vec<(&str, &str, i32, &str)> = march[0]
+        .items
+        .iter()
+        .map(|i| {
+            (
+                i.policy_no.as_str(),
+                i.lapsed_on.as_str(),
+                i.calls_made,
+                i.last_outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(items, [("P2", "2027-02-16", 1, "unreachable")]);
+
+    // The rescue is credited as a renewal.
+    let (status, report) = system
+        .get_json("/v1/reports/renewal-rate?from=2027-02-01&to=2027-02-28&group_by=branch")
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let total = &report["total"];
+    assert_eq!(
+        (&total["due"], &total["rescued"], &total["lapsed"]),
+        (&json!(3), &json!(1), &json!(2)),
+        "{report}"
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_reported_on_the_phone_stops_every_contact_and_an_unconfirmed_one_reopens() {
+    let system = TestSystem::start("rr", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    // R1's renewal is confirmed by the core system two days after the call; R2's never is.
+    sim.publish_policies(&[policy("R1", "2027-02-15"), policy("R2", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    claim(&system, "R1").await;
+    claim(&system, "R2").await;
+
+    // T-30, 10:05: the owner calls both; each says they renewed.
+    let called = local("2027-01-16", 10) + chrono::Duration::minutes(5);
+    sim.advance_to(called).await.expect("time");
+    let tasks = lease(&system, "SH01-A03", "owner").await;
+    for no in ["R1", "R2"] {
+        complete(
+            &system,
+            task_of(&tasks, no),
+            json!({"outcome": "renewed", "new_policy_no": format!("{no}-2027")}),
+        )
+        .await;
+    }
+    sim.settle().await.expect("settles");
+    assert_eq!(case_state(&system, "R1").await, "renewal_reported");
+    let r1 = timeline(&system, "R1").await;
+    for stage in ["T-15 call", "T-15 SMS", "T-10", "T-7", "T-5", "T+1", "T+15"] {
+        assert_eq!(state_of(&r1, stage), "held", "{stage}: {r1:?}");
+    }
+
+    sim.advance_to(local("2027-01-18", 11)).await.expect("time");
+    sim.publish_renewal("R1", "R1-2027").await.expect("renewed");
+    sim.advance_to(local("2027-03-05", 12)).await.expect("time");
+
+    // R1: not one contact after the call, and the case closed renewed.
+    assert_eq!(case_state(&system, "R1").await, "renewed");
+    assert_eq!(
+        contacts_since(&system, "R1", called).await,
+        [],
+        "a renewed outcome is followed by no contact at all"
+    );
+    let sent_after: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dispatch.sms_messages WHERE policy_no = 'R1' AND created_at > $1",
+    )
+    .bind(called)
+    .fetch_one(system.sim.pool())
+    .await
+    .expect("counted");
+    assert_eq!(sent_after, 0);
+
+    // R2: unconfirmed after three days, reopened on 20 January with a check task for
+    // its owner; the held contacts resumed from then on.
+    let reopened: Vec<CaseReopened> = events(&system, subject::LISTS_CASE_REOPENED).await;
+    assert_eq!(reopened.len(), 1, "{reopened:?}");
+    assert_eq!(
+        (reopened[0].policy_no.as_str(), reopened[0].reported_policy_no.as_str(), reopened[0].lapsed),
+        ("R2", "R2-2027", false)
+    );
+    let r2 = timeline(&system, "R2").await;
+    let check: Vec<&(String, String)> = r2
+        .iter()
+        .filter(|t| t.0.starts_with("renewal check"))
+        .collect();
+    assert_eq!(check.len(), 1, "{r2:?}");
+    assert_eq!(check[0].1, "fired");
+    let calls: Vec<CreatePhoneTask> =
+        events(&system, subject::DISPATCH_CMD_CREATE_PHONE_TASK).await;
+    let check_task = calls
+        .iter()
+        .find(|c| c.policy_no == "R2" && c.stage.starts_with("renewal check"))
+        .expect("the check task was made");
+    assert_eq!(
+        (check_task.queue, check_task.owner_agent.as_str()),
+        (
+            renewal_contract::scheduler::TaskQueue::Owner as i32,
+            "SH01-A03"
+        )
+    );
+    assert!(check_task.due_at_ms >= local("2027-01-20", 0).timestamp_millis());
+    assert_eq!(state_of(&r2, "T-15 call"), "fired", "{r2:?}");
+    assert_eq!(state_of(&r2, "T+1"), "fired", "{r2:?}");
+    assert_eq!(case_state(&system, "R2").await, "lapsed");
+    system.finish().await;
+}
