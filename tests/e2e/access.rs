@@ -152,7 +152,14 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
     let read_branch = &[Supervisor, BranchAdmin, CityAdmin, HqAdmin];
     let act_for_branch = &[BranchAdmin, CityAdmin, HqAdmin];
     let city = &[CityAdmin, HqAdmin];
-    let workers = &[Agent, Supervisor, BranchAdmin, CallCenter, HqAdmin];
+    let workers = &[
+        Agent,
+        Supervisor,
+        BranchAdmin,
+        CityAdmin,
+        CallCenter,
+        HqAdmin,
+    ];
     let token = json!({"lease_token": "00000000-0000-7000-8000-000000000000"});
     vec![
         // lists
@@ -223,6 +230,12 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             &[Analyst, HqAdmin, CityAdmin],
             false,
         ),
+        row(
+            "GET",
+            "/v1/branches/SH01/alerts",
+            &[Supervisor, BranchAdmin, CityAdmin, HqAdmin],
+            true,
+        ),
         Row {
             body: Some(Body::Csv(ORG_CSV)),
             ..row("POST", "/v1/org:import", &[HqAdmin], false)
@@ -285,6 +298,10 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
                 false,
             ),
             json!({"agent_id": "CC-01", "queue": "campaign"}),
+        ),
+        with(
+            row("POST", "/v1/phone-tasks:lease", &[CityAdmin, HqAdmin], true),
+            json!({"agent_id": "CITY-01", "queue": "city", "city_code": "310000"}),
         ),
         with(
             row(

@@ -492,6 +492,20 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
     );
     assert_eq!(p1["credited_agent"], "SH01-A03");
     assert_eq!(case(&system, "P2").await["phase"], "owned", "confirmed");
+    // The HQ step is work: a task in HQ's queue (the call center works it); P3's city
+    // support is a task in the city company's queue.
+    sim.settle().await.expect("settles");
+    let queued: Vec<(String, String)> = sqlx::query_as(
+        "SELECT policy_no, queue FROM dispatch.phone_tasks
+         WHERE queue IN ('hq', 'city') AND state = 'open' ORDER BY policy_no",
+    )
+    .fetch_all(sim.pool())
+    .await
+    .expect("tasks");
+    assert_eq!(
+        queued,
+        [("P1".into(), "hq".into()), ("P3".into(), "city".into())]
+    );
 
     // HQ renews P1: the renewal is credited to the agent who sold it.
     sim.publish_renewal("P1", "R1").await.expect("renewed");

@@ -56,7 +56,10 @@ fn task_of<'a>(tasks: &'a [Value], policy_no: &str) -> &'a Value {
 async fn case_state(system: &TestSystem, policy_no: &str) -> String {
     let (status, body) = system.get_json(&format!("/v1/policies/{policy_no}")).await;
     assert_eq!(status, 200, "{body}");
-    body["case"]["state"].as_str().unwrap_or_default().to_owned()
+    body["case"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// (stage, state) of the case's timers in due order.
@@ -153,7 +156,12 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
         json!({"outcome": "promised", "promised_date": "2027-02-20"}),
     )
     .await;
-    complete(&system, task_of(&tasks, "P2"), json!({"outcome": "unreachable"})).await;
+    complete(
+        &system,
+        task_of(&tasks, "P2"),
+        json!({"outcome": "unreachable"}),
+    )
+    .await;
     complete(
         &system,
         task_of(&tasks, "P3"),
@@ -173,7 +181,10 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
         .iter()
         .map(|c| (c.policy_no.as_str(), c.outcome))
         .collect();
-    assert!(outcomes.contains(&("P1", CaseOutcome::Rescued as i32)), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&("P1", CaseOutcome::Rescued as i32)),
+        "{outcomes:?}"
+    );
     assert!(
         outcomes.contains(&("P3", CaseOutcome::InsuredElsewhere as i32)),
         "{outcomes:?}"
@@ -187,7 +198,11 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
     let p1 = timeline(&system, "P1").await;
     assert_eq!(state_of(&p1, "T+15"), "cancelled", "{p1:?}");
     let p2 = timeline(&system, "P2").await;
-    assert_eq!(state_of(&p2, "T+15"), "fired", "P2 is still being rescued: {p2:?}");
+    assert_eq!(
+        state_of(&p2, "T+15"),
+        "fired",
+        "P2 is still being rescued: {p2:?}"
+    );
     for no in ["P1", "P3"] {
         assert_eq!(
             contacts_since(&system, no, local("2027-03-01", 0))
@@ -289,7 +304,11 @@ async fn a_renewal_reported_on_the_phone_stops_every_contact_and_an_unconfirmed_
     let reopened: Vec<CaseReopened> = events(&system, subject::LISTS_CASE_REOPENED).await;
     assert_eq!(reopened.len(), 1, "{reopened:?}");
     assert_eq!(
-        (reopened[0].policy_no.as_str(), reopened[0].reported_policy_no.as_str(), reopened[0].lapsed),
+        (
+            reopened[0].policy_no.as_str(),
+            reopened[0].reported_policy_no.as_str(),
+            reopened[0].lapsed
+        ),
         ("R2", "R2-2027", false)
     );
     let r2 = timeline(&system, "R2").await;
@@ -316,5 +335,139 @@ async fn a_renewal_reported_on_the_phone_stops_every_contact_and_an_unconfirmed_
     assert_eq!(state_of(&r2, "T-15 call"), "fired", "{r2:?}");
     assert_eq!(state_of(&r2, "T+1"), "fired", "{r2:?}");
     assert_eq!(case_state(&system, "R2").await, "lapsed");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalations_are_work_items_in_the_hq_city_and_supervisor_queues() {
+    let system = TestSystem::start("es", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    // E1: the owner judges it at high risk of loss; E2 (an important customer) and E3:
+    // the owner cannot renew them in time.
+    let mut e2 = policy("E2", "2027-02-15");
+    e2.important = true;
+    sim.publish_policies(&[policy("E1", "2027-02-15"), e2, policy("E3", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    for no in ["E1", "E2", "E3"] {
+        claim(&system, no).await;
+    }
+    sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let tasks = lease(&system, "SH01-A03", "owner").await;
+    complete(
+        &system,
+        task_of(&tasks, "E1"),
+        json!({"outcome": "high_risk_of_loss", "reason": "rival offered 15% cash"}),
+    )
+    .await;
+    for no in ["E2", "E3"] {
+        complete(
+            &system,
+            task_of(&tasks, no),
+            json!({"outcome": "cannot_renew_in_time"}),
+        )
+        .await;
+    }
+    sim.settle().await.expect("settles");
+
+    // E1 went to HQ at once, and its HQ task is leased the same morning, before T.
+    let (_, e1) = system.get_json("/v1/cases/E1").await;
+    assert_eq!(
+        (&e1["phase"], &e1["owner_agent"]),
+        (&json!("hq"), &json!("HQ")),
+        "{e1}"
+    );
+    let hq = lease(&system, "CC-1", "hq").await;
+    let hq_task = task_of(&hq, "E1");
+    assert!(
+        hq_task["stage"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("HQ outbound")),
+        "{hq_task}"
+    );
+    assert!(
+        sim.now() < local("2027-02-15", 0),
+        "leased before the expiry"
+    );
+    complete(
+        &system,
+        hq_task,
+        json!({"outcome": "promised", "promised_date": "2027-02-01"}),
+    )
+    .await;
+
+    // E2: the owner keeps the case, and the city company's support queue has its task;
+    // another city's admin may not lease from it.
+    let (_, e2) = system.get_json("/v1/cases/E2").await;
+    assert_eq!(
+        (&e2["phase"], &e2["owner_agent"]),
+        (&json!("city_company"), &json!("SH01-A03")),
+        "{e2}"
+    );
+    let other_city =
+        system.client(&renewal_e2e::Grant::role(renewal_e2e::Role::CityAdmin).city("110000"));
+    let (status, body) = renewal_e2e::post_json_to(
+        &other_city,
+        &system.url("/v1/phone-tasks:lease"),
+        json!({"agent_id": "BJ-CITY", "queue": "city", "city_code": "310000"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let shanghai =
+        system.client(&renewal_e2e::Grant::role(renewal_e2e::Role::CityAdmin).city("310000"));
+    let (status, body) = renewal_e2e::post_json_to(
+        &shanghai,
+        &system.url("/v1/phone-tasks:lease"),
+        json!({"agent_id": "SH-CITY", "queue": "city", "city_code": "310000"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let city_tasks = body["tasks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(city_tasks.len(), 1, "{body}");
+    assert_eq!(city_tasks[0]["policy_no"], "E2");
+    // E3: back to its branch for someone else to take.
+    let (_, e3) = system.get_json("/v1/cases/E3").await;
+    assert_eq!(e3["phase"], "branch_reassign", "{e3}");
+
+    // T-10: the supervisor sees the branch's at-risk cases with their last call.
+    sim.advance_to(local("2027-02-05", 10)).await.expect("time");
+    let supervisor = system.client(
+        &renewal_e2e::Grant::role(renewal_e2e::Role::Supervisor)
+            .agent("SH01-S01")
+            .branch("SH01")
+            .city("310000"),
+    );
+    let (status, body) =
+        renewal_e2e::get_json_with(&supervisor, &system.url("/v1/branches/SH01/alerts")).await;
+    assert_eq!(status, 200, "{body}");
+    let alerts = body["alerts"].as_array().cloned().unwrap_or_default();
+    let view: Vec<(String, String)> = alerts
+        .iter()
+        .map(|a| {
+            (
+                a["policy_no"].as_str().unwrap_or_default().to_owned(),
+                a["last_outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(view.contains(&("E1".into(), "promised".into())), "{body}");
+    assert!(view.iter().any(|(p, _)| p == "E2"), "{body}");
+    assert!(
+        !body.to_string().contains("+86"),
+        "no customer data: {body}"
+    );
+    let other_branch = system.client(
+        &renewal_e2e::Grant::role(renewal_e2e::Role::Supervisor)
+            .agent("BJ01-S01")
+            .branch("BJ01")
+            .city("110000"),
+    );
+    let (status, _) =
+        renewal_e2e::get_json_with(&other_branch, &system.url("/v1/branches/SH01/alerts")).await;
+    assert_eq!(status, 403);
     system.finish().await;
 }

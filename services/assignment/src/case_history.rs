@@ -24,6 +24,10 @@ pub fn routes(api: ClaimApi) -> renewal_platform::http::Routes {
             get(show).post(crate::second_assignment::owner_answers),
         )
         .route("/v1/reports/attribution", get(attribution))
+        .route(
+            "/v1/branches/{branch_code}/alerts",
+            get(crate::supervision::branch_alerts),
+        )
         .finish(|router| router.with_state(api))
 }
 

@@ -2,8 +2,9 @@
 //! case "cannot be renewed in time" gives it up at once (the second assignment's
 //! reassignment within the branch, or the city company's support for important
 //! customers and group policies, the owner keeping the case); one who judges the
-//! customer "at high risk of loss" sends it to HQ's centralized calling. Other outcomes
-//! are the scheduler's and lists' business.
+//! customer "at high risk of loss" sends it to HQ's centralized calling. Every call's
+//! outcome is kept on the case as its last call, for the supervisors' queue
+//! (`crate::supervision`).
 
 use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
 use renewal_contract::subject;
@@ -25,14 +26,20 @@ impl Handler for CallOutcomes {
         }
         let event: PhoneTaskCompleted = delivery.decode()?;
         let outcome = CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified);
+        let case_id = field::uuid("case_id", &event.case_id)?;
+        let at = field::instant_ms("completed_at_ms", event.completed_at_ms)?;
+        let name = outcome
+            .as_str_name()
+            .trim_start_matches("CALL_OUTCOME_")
+            .to_ascii_lowercase();
+        crate::supervision::record_call(tx, case_id, &event.stage, &name, &event.reason, at)
+            .await?;
         if !matches!(
             outcome,
             CallOutcome::CannotRenewInTime | CallOutcome::HighRiskOfLoss
         ) {
             return Ok(());
         }
-        let case_id = field::uuid("case_id", &event.case_id)?;
-        let at = field::instant_ms("completed_at_ms", event.completed_at_ms)?;
         let Some(case) = sqlx::query(
             "SELECT phase, city_code, important OR group_policy AS supported FROM assignment.cases
              WHERE case_id = $1 AND state = 'open' AND outcome IS NULL FOR UPDATE",
@@ -59,8 +66,15 @@ impl Handler for CallOutcomes {
             CallOutcome::CannotRenewInTime if matches!(phase.as_str(), "owned" | "confirming") => {
                 let city: String = case.try_get("city_code")?;
                 let supported: bool = case.try_get("supported")?;
-                owner_gives_up(tx, &self.outbox, &[(case_id, city, supported)], &reason, by, at)
-                    .await?;
+                owner_gives_up(
+                    tx,
+                    &self.outbox,
+                    &[(case_id, city, supported)],
+                    &reason,
+                    by,
+                    at,
+                )
+                .await?;
             }
             CallOutcome::HighRiskOfLoss if phase != "hq" => {
                 send_to_hq(tx, &self.outbox, &[case_id], &reason, by, at).await?;

@@ -19,6 +19,7 @@ mod refusals;
 pub mod report;
 mod routing;
 mod second_assignment;
+mod supervision;
 
 use std::sync::Arc;
 
@@ -75,12 +76,21 @@ pub const CALL_OUTCOMES: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
+/// T-10 alerts from the scheduler: the branch supervisors' queue.
+pub const SUPERVISOR_ALERTS: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Scheduler,
+    durable: "assignment-alerts",
+    filter: renewal_contract::subject::SCHEDULER_CASE_SUPERVISOR_ALERT,
+    parallel: 1,
+};
+
 pub const CONSUMERS: &[ConsumerSpec] = &[
     LISTS_CASES,
     LISTS_ISSUED,
     COMMANDS,
     ERASURES,
     CALL_OUTCOMES,
+    SUPERVISOR_ALERTS,
 ];
 
 pub fn outbox() -> Outbox {
@@ -100,7 +110,7 @@ pub async fn next_wakeup(
 
 /// Runs the service until `cancel` fires, then finishes the work in hand.
 pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
-    for stream in [Stream::Assignment, Stream::Dispatch] {
+    for stream in [Stream::Assignment, Stream::Dispatch, Stream::Scheduler] {
         deps.bus
             .ensure_stream(stream)
             .await
@@ -141,6 +151,7 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
             wake: wake.clone(),
         },
     );
+    service.consume(SUPERVISOR_ALERTS, supervision::Alerts);
     service.consume(
         ERASURES,
         erasure::Erasures {

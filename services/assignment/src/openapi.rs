@@ -27,6 +27,7 @@ use crate::second_assignment::OwnerAnswer;
         confirm,
         release,
         crate::case_history::attribution,
+        crate::supervision::branch_alerts,
         crate::org::import_csv,
         crate::org::show_agent,
         crate::org::edit_agent,
@@ -42,6 +43,7 @@ use crate::second_assignment::OwnerAnswer;
         (name = "cases"),
         (name = "organisation"),
         (name = "reports"),
+        (name = "supervision"),
         (name = "audit"), (name = "dead letters")
     )
 )]

@@ -8,6 +8,7 @@ mod commands;
 pub mod config;
 mod contacts;
 mod erasure;
+mod escalations;
 pub mod openapi;
 pub mod phone;
 pub mod report;
@@ -73,12 +74,22 @@ pub const ERASURES: ConsumerSpec = ConsumerSpec {
     parallel: 1,
 };
 
+/// Assignment's steps that make work: HQ's outbound calling and the city company's
+/// support each get a phone task (`escalations`).
+pub const ESCALATIONS: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Assignment,
+    durable: "dispatch-escalations",
+    filter: "assignment.case.routed",
+    parallel: 1,
+};
+
 pub const CONSUMERS: &[ConsumerSpec] = &[
     COMMANDS,
     CLOSED_CASES,
     CASE_CONTACTS,
     OWNER_CHANGES,
     ERASURES,
+    ESCALATIONS,
 ];
 
 pub fn outbox() -> Outbox {
@@ -101,10 +112,12 @@ pub async fn run_with(
     config: DispatchConfig,
     cancel: CancellationToken,
 ) -> Result<(), String> {
-    deps.bus
-        .ensure_stream(Stream::Dispatch)
-        .await
-        .map_err(|e| e.to_string())?;
+    for stream in [Stream::Dispatch, Stream::Assignment] {
+        deps.bus
+            .ensure_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let outbox = outbox().sealing_letters(config.pii.clone(), sealed::LETTERS);
     let queued = Arc::new(Notify::new());
     let vendor = sms::vendor::AliyunSms::new(&config).map_err(|e| e.to_string())?;
@@ -159,7 +172,8 @@ pub async fn run_with(
     service.run().await
 }
 
-/// Dispatch's consumers: commands, closed and opened cases, erasures, owner changes.
+/// Dispatch's consumers: commands, closed and opened cases, erasures, owner changes,
+/// escalation steps.
 fn consume(
     service: &mut Service,
     deps: &Deps,
@@ -192,4 +206,11 @@ fn consume(
         },
     );
     service.consume(OWNER_CHANGES, commands::OwnerChanges);
+    service.consume(
+        ESCALATIONS,
+        escalations::Steps {
+            clock: deps.clock.clone(),
+            pii: config.pii.clone(),
+        },
+    );
 }

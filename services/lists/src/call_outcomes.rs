@@ -47,7 +47,14 @@ impl Handler for CallOutcomes {
         match outcome {
             CallOutcome::Renewed => report_renewal(tx, case_id, &event, at).await?,
             CallOutcome::InsuredElsewhere => {
-                lost(tx, &self.outbox, &policy_no, CaseOutcome::InsuredElsewhere, at).await?
+                lost(
+                    tx,
+                    &self.outbox,
+                    &policy_no,
+                    CaseOutcome::InsuredElsewhere,
+                    at,
+                )
+                .await?
             }
             CallOutcome::VehicleSold => {
                 lost(tx, &self.outbox, &policy_no, CaseOutcome::VehicleSold, at).await?

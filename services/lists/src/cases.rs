@@ -7,8 +7,7 @@
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use renewal_contract::lists::{
-    Bucket, BucketChanged, CaseClosed, CaseLapsed, CaseOpened, CaseOutcome, CaseReopened,
-    Customer,
+    Bucket, BucketChanged, CaseClosed, CaseLapsed, CaseOpened, CaseOutcome, CaseReopened, Customer,
 };
 use renewal_contract::subject;
 use renewal_platform::pii::{PiiCipher, Place};

@@ -19,6 +19,7 @@ fn queue_name(queue: i32) -> Result<&'static str, HandleError> {
         Ok(TaskQueue::Branch) => Ok("branch"),
         Ok(TaskQueue::Campaign) => Ok("campaign"),
         Ok(TaskQueue::Hq) => Ok("hq"),
+        Ok(TaskQueue::City) => Ok("city"),
         _ => Err(HandleError::Malformed(format!(
             "queue {queue} is not a task queue"
         ))),
@@ -45,7 +46,17 @@ pub async fn create(
     pii: &PiiCipher,
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
-    let mut command: CreatePhoneTask = delivery.decode()?;
+    let command: CreatePhoneTask = delivery.decode()?;
+    insert(tx, clock, pii, command).await
+}
+
+/// Makes the task a command (or an escalation) asks for, once per command id.
+pub async fn insert(
+    tx: &mut PgConnection,
+    clock: &Clock,
+    pii: &PiiCipher,
+    mut command: CreatePhoneTask,
+) -> Result<(), HandleError> {
     let id = field::uuid("command_id", &command.command_id)?;
     let case_id = field::uuid("case_id", &command.case_id)?;
     let tz = field::time_zone("time_zone", &command.time_zone)?;

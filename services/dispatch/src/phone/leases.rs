@@ -21,7 +21,7 @@ pub struct LeaseRequest {
     /// The human agent who will make the calls (the caller's own agent code, except
     /// for the call center, which names its agent).
     pub agent_id: String,
-    /// owner, branch, campaign or hq.
+    /// owner, branch, campaign, hq or city (the city company's support).
     pub queue: String,
     #[serde(default)]
     pub max: Option<i64>,
@@ -97,8 +97,9 @@ pub(crate) fn queue_name(raw: &str) -> Result<&'static str, TaskError> {
         "branch" => Ok("branch"),
         "campaign" => Ok("campaign"),
         "hq" => Ok("hq"),
+        "city" => Ok("city"),
         _ => Err(TaskError::Invalid(format!(
-            "queue {raw:?} is not one of owner, branch, campaign, hq"
+            "queue {raw:?} is not one of owner, branch, campaign, hq, city"
         ))),
     }
 }

@@ -119,8 +119,9 @@ impl IntoResponse for TaskError {
 }
 
 /// Who works which queue: an owner their own tasks, a branch's people its branch
-/// queue, the call center (naming its human agent per request) the campaign and HQ
-/// queues; HQ any. A body `agent_id` or `branch_code` must agree with the token.
+/// queue, the city company its city's support queue, the call center (naming its human
+/// agent per request) the campaign and HQ queues; HQ any. A body `agent_id`,
+/// `branch_code` or `city_code` must agree with the token.
 fn authorize_lease(caller: &Caller, request: &mut leases::LeaseRequest) -> Result<(), TaskError> {
     let role = match leases::queue_name(&request.queue)? {
         "owner" => caller.require(&[Role::HqAdmin, Role::Agent])?,
@@ -138,6 +139,15 @@ fn authorize_lease(caller: &Caller, request: &mut leases::LeaseRequest) -> Resul
             }
             role
         }
+        "city" => {
+            let role = caller.require(&[Role::HqAdmin, Role::CityAdmin])?;
+            if role != Role::HqAdmin {
+                let mine = caller.city_code.clone().unwrap_or_default();
+                let given = request.city_code.get_or_insert_with(|| mine.clone());
+                caller.must_match("city_code", given, &Some(mine))?;
+            }
+            return Ok(());
+        }
         _ => caller.require(&[Role::HqAdmin, Role::CallCenter])?,
     };
     if matches!(role, Role::Agent | Role::BranchAdmin | Role::Supervisor) {
@@ -152,6 +162,7 @@ const WORKERS: &[Role] = &[
     Role::Agent,
     Role::Supervisor,
     Role::BranchAdmin,
+    Role::CityAdmin,
     Role::CallCenter,
     Role::HqAdmin,
 ];
