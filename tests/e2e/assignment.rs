@@ -77,8 +77,8 @@ async fn branches_claim_their_list_and_every_bad_claim_is_refused_without_effect
         .await;
     assert_eq!(pending.as_array().map(Vec::len), Some(3), "{pending}");
     assert_eq!(
-        pending[0]["deadline"], "2026-12-05T16:05:00Z",
-        "issued at 00:05 on 1 December, due 5 days later"
+        pending[0]["deadline"], "2026-12-08T16:00:00Z",
+        "issued on Tuesday 1 December, due by the end of the fifth working day after"
     );
 
     // Refusals, each with its reason.
@@ -340,8 +340,9 @@ async fn unclaimed_cases_open_to_the_pool_then_go_to_the_agent_with_most_room() 
         "the traced branch gets the claim: {sh02}"
     );
 
-    // 6 December 00:05: P1's claim deadline passed: it is in the pool for 3 days.
-    sim.advance_to(local("2026-12-06", 1)).await.expect("time");
+    // 9 December: P1's claim deadline (the end of the fifth working day after the
+    // issue, Tuesday the 8th) passed: it is in the pool for 3 days.
+    sim.advance_to(local("2026-12-09", 1)).await.expect("time");
     let p1 = case(&system, "P1").await;
     assert_eq!(p1["phase"], "pool", "{p1}");
     assert_eq!(steps(&p1), vec!["branch", "pool"]);
@@ -371,10 +372,10 @@ async fn unclaimed_cases_open_to_the_pool_then_go_to_the_agent_with_most_room() 
         .expect("patch");
     assert_eq!(response.status().as_u16(), 200);
 
-    // 9 December 00:05: still unclaimed after the pool deadline: assigned automatically,
+    // 12 December: still unclaimed after the pool deadline: assigned automatically,
     // to the agent with the most room; the tie (SH01-A02, SH01-A03, SH02-A02, all 10
     // free) goes to the originating agent's branch, SH01.
-    sim.advance_to(local("2026-12-09", 1)).await.expect("time");
+    sim.advance_to(local("2026-12-12", 1)).await.expect("time");
     let p1 = case(&system, "P1").await;
     assert_eq!(p1["phase"], "owned", "{p1}");
     let (owner, reason) = owners(&p1)[0].clone();
@@ -455,8 +456,9 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
         "the owner keeps the case while the city supports it"
     );
 
-    // P1 gets no answer: branch (16th), city-wide (17th), HQ (18th).
-    sim.advance_to(local("2027-01-16", 10)).await.expect("time");
+    // P1 gets no answer (T-5 was Friday the 15th; a step lasts 24 working hours):
+    // branch (Monday the 18th), city-wide (19th), HQ (20th).
+    sim.advance_to(local("2027-01-18", 10)).await.expect("time");
     assert_eq!(case(&system, "P1").await["phase"], "branch_reassign");
     let pending = system.get_items("/v1/branches/SH01/claims").await;
     assert_eq!(pending[0]["policy_no"], "P1", "{pending}");
@@ -466,11 +468,11 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
         (409, Some("owner_being_replaced")),
         "the owner who did not confirm cannot take it back: {body}"
     );
-    sim.advance_to(local("2027-01-17", 10)).await.expect("time");
+    sim.advance_to(local("2027-01-19", 10)).await.expect("time");
     assert_eq!(case(&system, "P1").await["phase"], "city_reassign");
     let pool = system.get_items("/v1/cities/310000/pool").await;
     assert_eq!(pool[0]["policy_no"], "P1", "{pool}");
-    sim.advance_to(local("2027-01-18", 10)).await.expect("time");
+    sim.advance_to(local("2027-01-20", 10)).await.expect("time");
     let p1 = case(&system, "P1").await;
     assert_eq!(p1["phase"], "hq", "{p1}");
     assert_eq!(

@@ -471,3 +471,78 @@ async fn escalations_are_work_items_in_the_hq_city_and_supervisor_queues() {
     assert_eq!(status, 403);
     system.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_count_working_days_and_a_city_may_only_shorten_them() {
+    let system = TestSystem::start("wd", local("2026-09-30", 12)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    // W1's T-5 (13 December 2026) is a Sunday.
+    sim.publish_policies(&[policy("W1", "2026-12-18"), policy("W2", "2026-12-20")])
+        .await
+        .expect("published");
+    // The lists are issued on 1 October, the first day of the National Day holiday
+    // (1-7 October; Saturday the 10th is a make-up workday): the fifth working day
+    // after is Tuesday the 13th, so the claim window ends at its midnight.
+    sim.advance_to(local("2026-10-01", 9)).await.expect("time");
+    let claims = system.get_items("/v1/branches/SH01/claims").await;
+    let deadlines: Vec<(&str, &str)> = claims
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["policy_no"].as_str().unwrap_or_default(),
+                c["deadline"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let end_of_13th = local("2026-10-14", 0).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(
+        deadlines,
+        [("W1", end_of_13th.as_str()), ("W2", end_of_13th.as_str())],
+        "{claims}"
+    );
+    claim(&system, "W1").await;
+
+    // The owner's T-5 confirmation is asked on Friday the 11th, not on Sunday.
+    let (status, body) = system.get_json("/v1/cases/W1/timeline").await;
+    assert_eq!(status, 200, "{body}");
+    let t5 = body["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["stage"] == "T-5")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        t5["due_at"],
+        local("2026-12-11", 9).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "{body}"
+    );
+
+    // A city may tighten its deadlines, never lengthen them.
+    let shanghai =
+        system.client(&renewal_e2e::Grant::role(renewal_e2e::Role::CityAdmin).city("310000"));
+    let put = |body: Value| {
+        let http = shanghai.clone();
+        let url = system.url("/v1/cities/310000/settings");
+        async move {
+            let response = http.put(url).json(&body).send().await.expect("answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = put(json!({"claim_days": 7, "pool_days": 3, "step_hours": 24})).await;
+    assert_eq!(status, 400, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("only shorten") && detail.contains("claim_days 7"),
+        "{body}"
+    );
+    let (_, settings) = system.get_json("/v1/cities/310000/settings").await;
+    assert_eq!(settings["claim_days"], 5, "nothing written: {settings}");
+    let (status, body) = put(json!({"claim_days": 3, "pool_days": 2, "step_hours": 12})).await;
+    assert_eq!(status, 200, "{body}");
+    system.finish().await;
+}

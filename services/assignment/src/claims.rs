@@ -61,7 +61,8 @@ impl Handler for ListEvents {
 }
 
 /// The research deadline: the end of the 15th (of the issue month, or of the next
-/// month for a list issued after the 15th), local time.
+/// month for a list issued after the 15th), local time; the end of the first working
+/// day after it when the 15th is not worked.
 pub fn research_due(issued_on: NaiveDate, tz: chrono_tz::Tz) -> DateTime<Utc> {
     let month_start = issued_on.with_day(1).unwrap_or(issued_on);
     let month_start = if issued_on.day() > 15 {
@@ -69,7 +70,9 @@ pub fn research_due(issued_on: NaiveDate, tz: chrono_tz::Tz) -> DateTime<Utc> {
     } else {
         month_start
     };
-    renewal_platform::local_instant(month_start + chrono::Days::new(15), NaiveTime::MIN, tz)
+    let fifteenth = month_start + chrono::Days::new(14);
+    let last = renewal_platform::holidays::Calendar::shared().working_day_on_or_after(fifteenth);
+    renewal_platform::local_instant(last + chrono::Days::new(1), NaiveTime::MIN, tz)
 }
 
 /// Opens a claim for each listed case still waiting for a list (a case is claimed
@@ -107,7 +110,7 @@ pub async fn open_claims(
     let tz: chrono_tz::Tz = tz
         .and_then(|t| t.parse().ok())
         .unwrap_or(chrono_tz::Asia::Shanghai);
-    let claim_due = issued_at + chrono::Duration::days(deadlines.claim_days as i64);
+    let claim_due = deadlines.claim_due(issued_on, tz);
     let research_by = research_due(issued_on, tz);
     let rows = sqlx::query(
         "WITH listed AS (
@@ -664,7 +667,8 @@ async fn research_action(
         });
     }
     let deadlines = city_deadlines(&mut tx, &city).await?;
-    let due = now + chrono::Duration::days(deadlines.claim_days as i64);
+    let tz: chrono_tz::Tz = case_zone(&mut tx, case.case_id).await?;
+    let due = deadlines.claim_due(renewal_platform::local_date(now, tz), tz);
     sqlx::query(
         "UPDATE assignment.cases SET phase = 'branch', branch_code = $2, phase_due_at = $3 WHERE case_id = $1",
     )
@@ -692,4 +696,20 @@ async fn research_action(
     Ok(Json(
         serde_json::json!({"policy_no": policy_no, "branch_code": branch, "claim_deadline": due}),
     ))
+}
+
+/// The case's time zone (Shanghai for a case opened without one).
+pub(crate) async fn case_zone(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+) -> Result<chrono_tz::Tz, sqlx::Error> {
+    let tz: Option<String> =
+        sqlx::query_scalar("SELECT time_zone FROM assignment.cases WHERE case_id = $1")
+            .bind(case_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+    Ok(tz
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(chrono_tz::Asia::Shanghai))
 }

@@ -10,7 +10,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post, put};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use renewal_platform::holidays::Calendar;
 use renewal_platform::paging::{Page, PageQuery};
 use renewal_platform::{Caller, Clock, Outbox, Problem, Scope};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,56 @@ pub struct CityDeadlines {
     pub claim_days: i32,
     pub pool_days: i32,
     pub step_hours: i32,
+}
+
+impl CityDeadlines {
+    /// The handbook's deadlines (the defaults); a city may only shorten them.
+    pub const HANDBOOK: CityDeadlines = CityDeadlines {
+        claim_days: 5,
+        pool_days: 3,
+        step_hours: 24,
+    };
+
+    /// The end of the claim window opened on `day` (local): the end of its
+    /// `claim_days`-th working day after, holidays and weekends skipped, make-up
+    /// workdays counted.
+    pub fn claim_due(&self, day: NaiveDate, tz: chrono_tz::Tz) -> DateTime<Utc> {
+        let last = Calendar::shared().working_days_after(day, self.claim_days.max(1) as u32);
+        renewal_platform::local_instant(last + chrono::Days::new(1), chrono::NaiveTime::MIN, tz)
+    }
+
+    /// When a second-assignment step begun at `now` ends: `step_hours` counted on
+    /// working days only.
+    pub fn step_due(&self, now: DateTime<Utc>, tz: chrono_tz::Tz) -> DateTime<Utc> {
+        let local = now.with_timezone(&tz).naive_local();
+        let end = Calendar::shared().add_working_hours(local, self.step_hours.max(1) as i64);
+        renewal_platform::local_instant(end.date(), end.time(), tz)
+    }
+
+    /// Why these deadlines are refused: out of range, or longer than the handbook's.
+    fn refusal(&self) -> Option<String> {
+        let h = Self::HANDBOOK;
+        if self.claim_days < 1 || self.pool_days < 1 || self.step_hours < 1 {
+            return Some("claim_days, pool_days and step_hours must be at least 1".into());
+        }
+        let longer: Vec<String> = [
+            ("claim_days", self.claim_days, h.claim_days, "working days"),
+            ("pool_days", self.pool_days, h.pool_days, "days"),
+            ("step_hours", self.step_hours, h.step_hours, "working hours"),
+        ]
+        .into_iter()
+        .filter(|(_, set, most, _)| set > most)
+        .map(|(name, set, most, unit)| {
+            format!("{name} {set} is longer than the handbook's {most} {unit}")
+        })
+        .collect();
+        (!longer.is_empty()).then(|| {
+            format!(
+                "a city may only shorten its deadlines: {}",
+                longer.join("; ")
+            )
+        })
+    }
 }
 
 impl Default for CityDeadlines {
@@ -584,7 +635,9 @@ async fn get_settings(
 }
 
 /// `PUT /v1/cities/{city}/settings` `{"claim_days": 3, "pool_days": 2, "step_hours": 24}`:
-/// applies to claims opened from then on.
+/// applies to claims opened from then on. A city may only shorten the handbook's
+/// deadlines (5 working days to claim, 3 days in the pool, 24 working hours a step):
+/// longer is refused with the reason.
 #[utoipa::path(put, path = "/v1/cities/{city_code}/settings", tag = "organisation",
     params(("city_code" = String, Path)), request_body = CityDeadlines,
     responses((status = 200, body = CityDeadlines), (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
@@ -597,13 +650,8 @@ async fn put_settings(
     access::for_city(&caller, access::CITY, &city)?;
     let s = body(json)?;
     required("city_code", &city)?;
-    if !(1..=31).contains(&s.claim_days)
-        || !(1..=31).contains(&s.pool_days)
-        || !(1..=72).contains(&s.step_hours)
-    {
-        return Err(Refusal::Invalid(
-            "claim_days and pool_days must be 1 to 31, step_hours 1 to 72".into(),
-        ));
+    if let Some(why) = s.refusal() {
+        return Err(Refusal::Invalid(why));
     }
     sqlx::query(
         "INSERT INTO assignment.city_settings (city_code, claim_days, pool_days, step_hours) VALUES ($1, $2, $3, $4)

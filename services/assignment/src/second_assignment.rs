@@ -47,16 +47,18 @@ impl Handler for Commands {
         let command: ConfirmOwner = delivery.decode()?;
         let case_id = field::uuid("case_id", &command.case_id)?;
         let now = self.clock.now();
+        let (ids, dues): (Vec<Uuid>, Vec<DateTime<Utc>>) = step_deadlines(tx, &[case_id], now)
+            .await?
+            .into_iter()
+            .unzip();
         let row = sqlx::query(
-            "UPDATE assignment.cases c
-             SET phase = 'confirming',
-                 phase_due_at = $2::timestamptz + make_interval(hours => COALESCE(s.step_hours, 24))
-             FROM assignment.cases old LEFT JOIN assignment.city_settings s ON s.city_code = old.city_code
-             WHERE c.case_id = $1 AND old.case_id = c.case_id AND c.state = 'open' AND c.phase = 'owned'
+            "UPDATE assignment.cases c SET phase = 'confirming', phase_due_at = u.due
+             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, due)
+             WHERE c.case_id = u.id AND c.state = 'open' AND c.phase = 'owned'
              RETURNING c.phase_due_at",
         )
-        .bind(case_id)
-        .bind(now)
+        .bind(&ids)
+        .bind(&dues)
         .fetch_optional(&mut *tx)
         .await?;
         // A closed case, or one already past this step (a replay), has nothing to confirm.
@@ -158,6 +160,36 @@ pub(crate) async fn send_to_hq(
     Ok(())
 }
 
+/// When a step begun at `now` ends for each case: its city's `step_hours`, counted on
+/// working days in the case's time zone.
+async fn step_deadlines(
+    tx: &mut PgConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT c.case_id, c.time_zone, COALESCE(s.step_hours, 24) AS step_hours
+         FROM assignment.cases c LEFT JOIN assignment.city_settings s ON s.city_code = c.city_code
+         WHERE c.case_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let tz: chrono_tz::Tz = r
+                .try_get::<Option<String>, _>("time_zone")?
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(chrono_tz::Asia::Shanghai);
+            let deadlines = crate::org::CityDeadlines {
+                step_hours: r.try_get("step_hours")?,
+                ..crate::org::CityDeadlines::HANDBOOK
+            };
+            Ok((r.try_get("case_id")?, deadlines.step_due(now, tz)))
+        })
+        .collect()
+}
+
 /// Moves cases to a timed phase (the owner stays until someone takes the case).
 async fn step_to(
     tx: &mut PgConnection,
@@ -171,16 +203,17 @@ async fn step_to(
     if ids.is_empty() {
         return Ok(());
     }
+    let (ids, dues): (Vec<Uuid>, Vec<DateTime<Utc>>) =
+        step_deadlines(tx, ids, now).await?.into_iter().unzip();
     let rows = sqlx::query(
-        "UPDATE assignment.cases c
-         SET phase = $2, phase_due_at = $3::timestamptz + make_interval(hours => COALESCE(s.step_hours, 24))
-         FROM assignment.cases old LEFT JOIN assignment.city_settings s ON s.city_code = old.city_code
-         WHERE c.case_id = ANY($1) AND old.case_id = c.case_id
+        "UPDATE assignment.cases c SET phase = $3, phase_due_at = u.due
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, due)
+         WHERE c.case_id = u.id
          RETURNING c.case_id, c.phase_due_at",
     )
-    .bind(ids)
+    .bind(&ids)
+    .bind(&dues)
     .bind(phase)
-    .bind(now)
     .fetch_all(&mut *tx)
     .await?;
     let steps = rows

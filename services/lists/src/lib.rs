@@ -12,7 +12,6 @@ pub mod categories;
 mod config;
 pub mod daily_run;
 pub mod erasures;
-pub mod holidays;
 pub mod import;
 mod intake;
 pub mod issued_lists;
@@ -30,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use cases::WINDOW_DAYS;
 pub use config::ListsConfig;
+/// The holiday calendar (shared: assignment and the scheduler count working days by it).
+pub use renewal_platform::holidays;
 
 /// The schema this service owns; it touches no other.
 pub const SCHEMA: &str = "lists";

@@ -2,8 +2,8 @@
 //! plan ships in `data/default-plan.json`; `PUT /v1/plans/{city}` adds a version that
 //! applies to cases opened from then on (open cases keep the version they were
 //! planned with). Planning a case places each stage inside the allowed hours of its
-//! channel in the customer's time zone, and gives a case that opens late at least two
-//! contacts before expiry.
+//! channel in the customer's time zone, the owner's confirmation (T-5) on a working
+//! day, and gives a case that opens late at least two contacts before expiry.
 
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 use renewal_contract::sms_templates;
@@ -263,6 +263,13 @@ pub fn place(
             effective - Days::new(s.days_before as u64)
         } else {
             effective + Days::new(s.days_before.unsigned_abs() as u64)
+        };
+        // The owner's confirmation is office work: on the last working day on or
+        // before its day (a T-5 on a Sunday is asked on Friday).
+        let day = if s.action == Action::ConfirmOwner {
+            renewal_platform::holidays::Calendar::shared().working_day_on_or_before(day)
+        } else {
+            day
         };
         renewal_platform::local_instant(day, s.at, tz)
     };

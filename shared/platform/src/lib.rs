@@ -10,6 +10,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod dev_issuer;
 pub mod erasure;
+pub mod holidays;
 pub mod http;
 pub mod identity;
 pub mod inbox;

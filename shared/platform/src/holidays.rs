@@ -1,11 +1,15 @@
-//! The Chinese long public holidays (Spring Festival, Labour Day, National Day) and the
-//! rule built on them: a policy expiring inside one is worked as if it expired on the last
-//! working day before the holiday starts. The calendar comes from `data/holidays-cn.json`;
-//! an expiry in a year it does not cover is an alert, never silently a normal day.
+//! The Chinese long public holidays (Spring Festival, Labour Day, National Day), their
+//! make-up working days, and the rules built on them: a policy expiring inside a holiday
+//! is worked as if it expired on the last working day before the holiday starts (lists);
+//! the business's deadlines count working days (the claim window, the research deadline,
+//! the second assignment's steps in assignment; the T-5 confirmation in the scheduler).
+//! The calendar comes from `data/holidays-cn.json`; an expiry in a year it does not cover
+//! is an alert, never silently a normal day. Counting days in such a year takes Monday
+//! to Friday as working days (nothing else is known of it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{Datelike, NaiveDate, Weekday};
+use chrono::{Datelike, Days, Duration, NaiveDate, NaiveDateTime, NaiveTime, Weekday};
 use serde::Deserialize;
 
 const EMBEDDED: &str = include_str!("../data/holidays-cn.json");
@@ -220,6 +224,82 @@ impl Calendar {
         }
     }
 
+    /// The calendar compiled in, parsed once. The file is checked by this module's tests
+    /// and at every lists start; were it ever unreadable here, days are counted Monday to
+    /// Friday rather than stop the service.
+    pub fn shared() -> &'static Calendar {
+        static SHARED: std::sync::OnceLock<Calendar> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            Calendar::embedded().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the embedded holiday calendar does not parse; counting Monday to Friday");
+                Calendar {
+                    years: BTreeMap::new(),
+                    periods: Vec::new(),
+                }
+            })
+        })
+    }
+
+    /// Whether `day` is worked, Monday to Friday in a year the calendar does not cover.
+    pub fn working(&self, day: NaiveDate) -> bool {
+        self.is_working_day(day).unwrap_or(!is_weekend(day))
+    }
+
+    /// The `n`-th working day after `day` (`day` itself when `n` is 0).
+    pub fn working_days_after(&self, day: NaiveDate, n: u32) -> NaiveDate {
+        let mut found = 0;
+        let mut at = day;
+        // A year has far fewer than 400 non-working days in a row.
+        for _ in 0..(n as usize + 400) {
+            if found == n {
+                break;
+            }
+            at = at.succ_opt().unwrap_or(at);
+            if self.working(at) {
+                found += 1;
+            }
+        }
+        at
+    }
+
+    /// `day` when it is worked, else the last working day before it.
+    pub fn working_day_on_or_before(&self, day: NaiveDate) -> NaiveDate {
+        day.iter_days()
+            .rev()
+            .take(60)
+            .find(|d| self.working(*d))
+            .unwrap_or(day)
+    }
+
+    /// `day` when it is worked, else the first working day after it.
+    pub fn working_day_on_or_after(&self, day: NaiveDate) -> NaiveDate {
+        day.iter_days()
+            .take(60)
+            .find(|d| self.working(*d))
+            .unwrap_or(day)
+    }
+
+    /// `start` (local time) plus `hours` counted on working days only: a 24-hour step
+    /// begun on a Friday afternoon ends on Monday afternoon.
+    pub fn add_working_hours(&self, start: NaiveDateTime, hours: i64) -> NaiveDateTime {
+        let mut at = start;
+        let mut left = Duration::hours(hours.max(0));
+        for _ in 0..800 {
+            let next_day = (at.date() + Days::new(1)).and_time(NaiveTime::MIN);
+            if !self.working(at.date()) {
+                at = next_day;
+                continue;
+            }
+            let today = next_day - at;
+            if left <= today {
+                return at + left;
+            }
+            left -= today;
+            at = next_day;
+        }
+        at
+    }
+
     fn period_of(&self, day: NaiveDate) -> Option<&HolidayPeriod> {
         self.periods.iter().find(|p| p.contains(day))
     }
@@ -314,6 +394,43 @@ mod tests {
         }
         assert_eq!(eff("2030-10-03"), Effective::UnknownYear(2030));
         assert_eq!(eff("2024-12-31"), Effective::UnknownYear(2024));
+    }
+
+    #[test]
+    fn deadlines_count_working_days_with_make_up_days() {
+        let cal = cal();
+        // Issued on 1 October 2026: the holiday runs to the 7th; Saturday the 10th is a
+        // make-up workday, so the fifth working day after is Tuesday the 13th.
+        assert_eq!(cal.working_days_after(d("2026-10-01"), 5), d("2026-10-13"));
+        // Issued on a Friday: Monday is the first working day after.
+        assert_eq!(cal.working_days_after(d("2026-12-04"), 1), d("2026-12-07"));
+        assert_eq!(cal.working_days_after(d("2026-12-04"), 0), d("2026-12-04"));
+        // A Sunday moves back to Friday; a make-up Saturday stays.
+        assert_eq!(
+            cal.working_day_on_or_before(d("2027-01-10")),
+            d("2027-01-08")
+        );
+        assert_eq!(
+            cal.working_day_on_or_before(d("2026-02-14")),
+            d("2026-02-14")
+        );
+        assert_eq!(
+            cal.working_day_on_or_after(d("2026-11-15")),
+            d("2026-11-16")
+        );
+        // 24 working hours from Friday 15:00 end on Monday 15:00; from Saturday, on
+        // Tuesday 00:00.
+        let at = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").expect("time");
+        assert_eq!(
+            cal.add_working_hours(at("2026-12-04 15:00"), 24),
+            at("2026-12-07 15:00")
+        );
+        assert_eq!(
+            cal.add_working_hours(at("2026-12-05 10:00"), 24),
+            at("2026-12-08 00:00")
+        );
+        // A year the calendar does not cover counts Monday to Friday.
+        assert_eq!(cal.working_days_after(d("2030-03-01"), 1), d("2030-03-04"));
     }
 
     #[test]
