@@ -546,3 +546,156 @@ async fn deadlines_count_working_days_and_a_city_may_only_shorten_them() {
     assert_eq!(status, 200, "{body}");
     system.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_from_the_core_system_reach_the_open_case() {
+    let system = TestSystem::start("ch", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    let policies = ["C1", "C2", "C3"].map(|no| policy(no, "2027-02-15"));
+    sim.publish_policies(&policies).await.expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    for no in ["C1", "C2", "C3"] {
+        claim(&system, no).await;
+    }
+
+    // C1's expiry moves ten days on to 25 February; C3 moves to branch SH02.
+    let mut c1 = policy("C1", "2027-02-25");
+    c1.version = 2;
+    let mut c3 = policy("C3", "2027-02-15");
+    c3.version = 2;
+    c3.branch_code = "SH02".into();
+    sim.publish_policies(&[c1, c3]).await.expect("published");
+    sim.settle().await.expect("settles");
+    let utc = |date: &str, hour: u32| {
+        local(date, hour).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let (status, body) = system.get_json("/v1/cases/C1/timeline").await;
+    assert_eq!(status, 200, "{body}");
+    let due: Vec<(String, String)> = body["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap_or_default().to_owned(),
+                s["due_at"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("T-60", utc("2026-12-27", 10)),
+        ("T-30", utc("2027-01-26", 10)),
+        ("T-15 call", utc("2027-02-10", 10)),
+        ("T-15 SMS", utc("2027-02-10", 11)),
+        ("T-10", utc("2027-02-15", 9)),
+        ("T-7", utc("2027-02-18", 10)),
+        // 20 February is a Saturday: the owner's confirmation is asked on Friday.
+        ("T-5", utc("2027-02-19", 9)),
+        ("T+1", utc("2027-02-26", 10)),
+        ("T+15", utc("2027-03-12", 10)),
+    ]
+    .into_iter()
+    .map(|(s, d)| (s.to_owned(), d))
+    .collect();
+    let mut got = due.clone();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want_sorted = want.clone();
+    want_sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, want_sorted, "every stage re-planned: {body}");
+    let (_, c1_policy) = system.get_json("/v1/policies/C1").await;
+    assert_eq!(
+        c1_policy["case"]["effective_expiry_date"], "2027-02-25",
+        "{c1_policy}"
+    );
+    let (_, c3_case) = system.get_json("/v1/cases/C3").await;
+    assert_eq!(
+        (
+            &c3_case["phase"],
+            &c3_case["branch_code"],
+            &c3_case["owner_agent"]
+        ),
+        (&json!("branch"), &json!("SH02"), &Value::Null),
+        "re-routed to its new branch's claims: {c3_case}"
+    );
+    let sh02 = system.get_items("/v1/branches/SH02/claims").await;
+    assert!(
+        sh02.as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["policy_no"] == "C3"),
+        "{sh02}"
+    );
+
+    // T-30: C2's number is wrong. Its contacts wait, and the owner gets a correction.
+    sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let tasks = lease(&system, "SH01-A03", "owner").await;
+    complete(
+        &system,
+        task_of(&tasks, "C2"),
+        json!({"outcome": "wrong_number"}),
+    )
+    .await;
+    sim.settle().await.expect("settles");
+    let (_, body) = system.get_json("/v1/cases/C2/timeline").await;
+    let line: Vec<(String, String)> = body["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap_or_default().to_owned(),
+                s["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(state_of(&line, "T-15 call"), "held", "{line:?}");
+    assert_eq!(
+        state_of(&line, "T-10"),
+        "pending",
+        "the alert still comes: {line:?}"
+    );
+    let corrections = lease(&system, "SH01-A03", "owner").await;
+    assert!(
+        corrections.iter().any(|t| t["policy_no"] == "C2"
+            && t["stage"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("contact correction"))),
+        "{corrections:?}"
+    );
+
+    // The core system sends the corrected number: the held contacts resume, and the
+    // T-15 call goes to the new number.
+    sim.advance_to(local("2027-01-18", 11)).await.expect("time");
+    let mut c2 = policy("C2", "2027-02-15");
+    c2.version = 2;
+    c2.mobile = "+8613900001111".into();
+    sim.publish_policies(&[c2]).await.expect("published");
+    sim.settle().await.expect("settles");
+    let (_, body) = system.get_json("/v1/cases/C2/timeline").await;
+    let t15 = body["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["stage"] == "T-15 call")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(t15["state"], "pending", "{body}");
+    let corrected: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT max(corrected_at) FROM dispatch.contact_corrections c
+         JOIN dispatch.phone_tasks t ON t.id = c.task_id WHERE t.policy_no = 'C2'",
+    )
+    .fetch_one(sim.pool())
+    .await
+    .expect("read");
+    assert!(corrected.is_some(), "the wrong-number mark is cleared");
+    sim.advance_to(local("2027-01-31", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let campaign = lease(&system, "CC-1", "campaign").await;
+    let call = task_of(&campaign, "C2");
+    assert_eq!(call["customer"]["mobile"], "+8613900001111", "{call}");
+    system.finish().await;
+}

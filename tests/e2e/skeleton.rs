@@ -83,9 +83,10 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
             "T-30",
             "T-15 call",
             "T-15 SMS",
+            // T-5 (10 February 2027) is in the Spring Festival: asked before it.
+            "T-5",
             "T-10",
             "T-7",
-            "T-5",
             "T+1",
             "T+15"
         ],

@@ -12,6 +12,8 @@ use sqlx::PgConnection;
 
 pub struct CaseEvents {
     pub wake: std::sync::Arc<tokio::sync::Notify>,
+    pub outbox: renewal_platform::Outbox,
+    pub clock: renewal_platform::Clock,
 }
 
 /// Days before the effective expiry by which every case has an owner (the owner
@@ -26,6 +28,10 @@ impl Handler for CaseEvents {
             subject::LISTS_CASE_LAPSED => lapsed(tx, delivery).await,
             // The case is worked again by the owner it has; nothing changes here.
             subject::LISTS_CASE_REOPENED => Ok(()),
+            subject::LISTS_CASE_CHANGED => {
+                let event: renewal_contract::lists::CaseChanged = delivery.decode()?;
+                crate::case_changes::changed(tx, &self.outbox, &event, self.clock.now()).await
+            }
             // Bucket moves are for the services that plan by bucket; nothing to do here.
             subject::LISTS_CASE_BUCKET_CHANGED => Ok(()),
             other => Err(HandleError::Malformed(format!(
@@ -38,15 +44,22 @@ impl Handler for CaseEvents {
         self.wake.notify_one();
     }
 
-    /// An opening is kept without its customer (assignment never reads it, and holds no
-    /// key to seal it); a close carries none and is kept whole.
+    /// An opening or a change is kept without its customer (assignment never reads it,
+    /// and holds no key to seal it); the others carry none and are kept whole.
     fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
-        if delivery.subject != subject::LISTS_CASE_OPENED {
-            return Some(delivery.payload.to_vec());
+        match delivery.subject.as_str() {
+            subject::LISTS_CASE_OPENED => {
+                let mut opened: CaseOpened = delivery.decode().ok()?;
+                opened.customer = None;
+                Some(prost::Message::encode_to_vec(&opened))
+            }
+            subject::LISTS_CASE_CHANGED => {
+                let mut changed: renewal_contract::lists::CaseChanged = delivery.decode().ok()?;
+                changed.customer = None;
+                Some(prost::Message::encode_to_vec(&changed))
+            }
+            _ => Some(delivery.payload.to_vec()),
         }
-        let mut opened: CaseOpened = delivery.decode().ok()?;
-        opened.customer = None;
-        Some(prost::Message::encode_to_vec(&opened))
     }
 }
 

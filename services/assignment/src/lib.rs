@@ -6,6 +6,7 @@
 
 mod access;
 pub mod auto_assign;
+mod case_changes;
 mod case_history;
 mod cases;
 pub mod claims;
@@ -134,7 +135,14 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
     })));
     deps.http.mount(audit.around(audit.routes()));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
-    service.consume(LISTS_CASES, cases::CaseEvents { wake: wake.clone() });
+    service.consume(
+        LISTS_CASES,
+        cases::CaseEvents {
+            wake: wake.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+        },
+    );
     service.consume(LISTS_ISSUED, claims::ListEvents { wake: wake.clone() });
     service.consume(
         COMMANDS,

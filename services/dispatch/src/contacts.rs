@@ -12,10 +12,12 @@
 //!   scheduler still holds a contact for, or a test) is taken as it is.
 //! - A command whose case's opening has not reached dispatch yet (the two come on
 //!   different streams) is delivered again a little later.
+//! - A new mobile (`lists.case.changed`) replaces the contact, reaches the case's open
+//!   tasks and clears its wrong-number marks ([`CaseChanges`]).
 
 use std::sync::Arc;
 
-use renewal_contract::lists::CaseOpened;
+use renewal_contract::lists::{CaseChanged, CaseOpened};
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
 use renewal_platform::pii::{PiiCipher, PiiError, Place};
@@ -100,6 +102,83 @@ impl Handler for CaseOpenings {
         let mut opened: CaseOpened = delivery.decode().ok()?;
         opened.customer = None;
         Some(prost::Message::encode_to_vec(&opened))
+    }
+}
+
+/// Changed cases (`lists.case.changed`): a new mobile replaces the case's contact, goes
+/// into its open tasks (the next call reaches the new number), and clears the case's
+/// wrong-number marks.
+pub struct CaseChanges {
+    pub pii: Arc<PiiCipher>,
+}
+
+impl Handler for CaseChanges {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        if delivery.subject != subject::LISTS_CASE_CHANGED {
+            return Ok(());
+        }
+        let event: CaseChanged = delivery.decode()?;
+        let case_id = field::uuid("case_id", &event.case_id)?;
+        let at = field::instant_ms("changed_at_ms", event.changed_at_ms)?;
+        let Some(customer) = event.customer.filter(|c| !c.mobile.trim().is_empty()) else {
+            return Ok(());
+        };
+        let contact = Contact {
+            name: customer.name,
+            mobile: customer.mobile,
+            plate: customer.plate,
+        };
+        let sealed = seal(&self.pii, case_id, &contact)?;
+        crate::commands::lock_case(tx, case_id).await?;
+        // Ahead of the opening (another consumer) it is written first and the opening
+        // keeps it; an erased case keeps nothing.
+        sqlx::query(
+            "INSERT INTO dispatch.case_contacts (case_id, contact_enc)
+             SELECT $1, $2 FROM (SELECT 1) one
+             LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $1
+             WHERE closed.erased_at IS NULL
+             ON CONFLICT (case_id) DO UPDATE SET contact_enc = EXCLUDED.contact_enc
+             WHERE length(dispatch.case_contacts.contact_enc) > 0",
+        )
+        .bind(case_id)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+        let open_tasks: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM dispatch.phone_tasks WHERE case_id = $1 AND state = 'open'",
+        )
+        .bind(case_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let task_contact = crate::sealed::TaskContact {
+            customer_name: contact.name.clone(),
+            mobile: contact.mobile.clone(),
+            plate: contact.plate.clone(),
+        };
+        for id in open_tasks {
+            let sealed = crate::sealed::seal_task(&self.pii, &id.to_string(), &task_contact)?;
+            sqlx::query("UPDATE dispatch.phone_tasks SET contact_enc = $2 WHERE id = $1")
+                .bind(id)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE dispatch.contact_corrections SET corrected_at = $2
+             WHERE case_id = $1 AND corrected_at IS NULL",
+        )
+        .bind(case_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A change refused as malformed is kept without its customer.
+    fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
+        let mut changed: CaseChanged = delivery.decode().ok()?;
+        changed.customer = None;
+        Some(prost::Message::encode_to_vec(&changed))
     }
 }
 

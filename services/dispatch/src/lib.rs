@@ -58,6 +58,14 @@ pub const CASE_CONTACTS: ConsumerSpec = ConsumerSpec {
     parallel: 16,
 };
 
+/// Changed cases: a new mobile replaces the case's contact (`contacts::CaseChanges`).
+pub const CASE_CHANGES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Lists,
+    durable: "dispatch-changes",
+    filter: "lists.case.changed",
+    parallel: 1,
+};
+
 /// Owner changes: a case's owner tasks follow the case.
 pub const OWNER_CHANGES: ConsumerSpec = ConsumerSpec {
     stream: Stream::Assignment,
@@ -87,6 +95,7 @@ pub const CONSUMERS: &[ConsumerSpec] = &[
     COMMANDS,
     CLOSED_CASES,
     CASE_CONTACTS,
+    CASE_CHANGES,
     OWNER_CHANGES,
     ERASURES,
     ESCALATIONS,
@@ -194,6 +203,12 @@ fn consume(
     service.consume(
         CASE_CONTACTS,
         contacts::CaseOpenings {
+            pii: config.pii.clone(),
+        },
+    );
+    service.consume(
+        CASE_CHANGES,
+        contacts::CaseChanges {
             pii: config.pii.clone(),
         },
     );

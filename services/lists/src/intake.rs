@@ -1,5 +1,6 @@
 //! Policy intake from the core policy system over NATS: upserted (idempotent by policy
-//! number and version), renewed (closes the case at once), cancelled.
+//! number and version; a newer version reaches the case being worked, see
+//! `crate::case_changes`), renewed (closes the case at once), cancelled.
 
 use std::sync::Arc;
 
@@ -11,9 +12,9 @@ use renewal_platform::pii::PiiCipher;
 use renewal_platform::{Clock, Delivery, HandleError, Handler, Outbox};
 use sqlx::PgConnection;
 
-use crate::cases;
 use crate::policy_checks::{self, Flag, PolicyFields, Premium};
 use crate::portfolio::{self, Zones};
+use crate::{case_changes, cases};
 
 pub struct Intake {
     pub outbox: Outbox,
@@ -80,7 +81,24 @@ impl Handler for Intake {
                     ))
                 })?;
                 let sealed = portfolio::seal(checked, policy.version, &self.pii, &self.zones)?;
-                portfolio::upsert_one(tx, &sealed, now).await?;
+                let mobile_before = case_changes::mobile_before(tx, &policy.policy_no).await?;
+                let written = portfolio::upsert_one(tx, &sealed, now).await?;
+                if written == portfolio::Written::Updated {
+                    // A case being worked follows its policy's changes.
+                    case_changes::apply(
+                        tx,
+                        &self.outbox,
+                        &self.pii,
+                        &policy.policy_no,
+                        mobile_before,
+                        now,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        cases::CaseError::Db(e) => HandleError::Db(e),
+                        other => HandleError::Retry(other.to_string()),
+                    })?;
+                }
                 let scope = cases::OpenScope {
                     only_policy: Some(&policy.policy_no),
                     only_zone: None,

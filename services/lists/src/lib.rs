@@ -7,6 +7,7 @@
 //! renewed, and reports renewal rates.
 
 mod call_outcomes;
+mod case_changes;
 pub mod cases;
 pub mod categories;
 mod config;

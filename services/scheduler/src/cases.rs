@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use renewal_contract::assignment::OwnerAssigned;
-use renewal_contract::lists::{CaseClosed, CaseLapsed, CaseOpened, CaseOutcome, CaseReopened};
+use renewal_contract::lists::{
+    CaseChanged, CaseClosed, CaseLapsed, CaseOpened, CaseOutcome, CaseReopened,
+};
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
 use renewal_platform::pii::PiiCipher;
@@ -41,6 +43,11 @@ impl Handler for CaseEvents {
             subject::LISTS_CASE_REOPENED => {
                 let event: CaseReopened = delivery.decode()?;
                 reopened(tx, &event, self.clock.now(), self.hours).await
+            }
+            subject::LISTS_CASE_CHANGED => {
+                let event: CaseChanged = delivery.decode()?;
+                crate::replanning::changed(tx, &event, self.clock.now(), &self.hours, &self.pii)
+                    .await
             }
             // Bucket moves are for the services that plan by bucket; nothing to do here.
             subject::LISTS_CASE_BUCKET_CHANGED => Ok(()),
@@ -170,7 +177,7 @@ async fn reopened(
     let tz: chrono_tz::Tz = tz
         .and_then(|t| t.parse().ok())
         .unwrap_or(chrono_tz::Asia::Shanghai);
-    crate::outcomes::resume_held(tx, id, now).await?;
+    crate::outcomes::resume_held(tx, id, crate::outcomes::HELD_RENEWAL, now).await?;
     let due = crate::plan::allowed(now, hours.calls, None, tz).unwrap_or(now);
     let check = crate::outcomes::call(
         format!("renewal check {}", event.reported_at_ms),

@@ -12,6 +12,7 @@ pub mod openapi;
 mod outcomes;
 pub mod plan;
 mod plan_versions;
+mod replanning;
 pub mod report;
 mod timeline;
 pub mod timers;

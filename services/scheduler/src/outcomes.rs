@@ -2,8 +2,9 @@
 //! promised by a date (contacts before it are paused; a check call the day after),
 //! unreachable (try again the next day, at most 3 times), refused (every pending
 //! contact stops except the lapse rescue the plan keeps), insured elsewhere or sold
-//! (the same; lists closes the case, which stops the rest), wrong number (contacts stop
-//! until the data is corrected), renewed (every timer is held at once, contacts and the
+//! (the same; lists closes the case, which stops the rest), wrong number (contacts are
+//! held until a corrected mobile arrives in `lists.case.changed`, and the owner gets a
+//! contact-correction task), renewed (every timer is held at once, contacts and the
 //! T-5 step alike, until the core system confirms the renewal and lists closes the
 //! case; if it never does, lists reopens the case and the held timers resume).
 
@@ -149,16 +150,17 @@ impl Handler for OutcomeEvents {
                 stop(tx, case_id, "all", "stopped: the customer declined", None).await?;
             }
             CallOutcome::WrongNumber => {
-                stop(
-                    tx,
-                    case_id,
-                    "all",
-                    "stopped: wrong number, contact data to be corrected",
-                    None,
-                )
-                .await?;
+                // The contacts wait for the corrected number (lists.case.changed); the
+                // owner gets the correction to make.
+                hold(tx, case_id, HELD_WRONG_NUMBER, true).await?;
+                let due = crate::plan::allowed(at, self.hours.calls, None, tz).unwrap_or(at);
+                let task = call(
+                    format!("contact correction {}", event.task_id),
+                    Queue::Owner,
+                );
+                add(tx, case_id, task, at, due).await?;
             }
-            CallOutcome::Renewed => hold_all(tx, case_id).await?,
+            CallOutcome::Renewed => hold(tx, case_id, HELD_RENEWAL, false).await?,
             // Escalations: assignment moves the case and dispatch makes the task; the
             // planned contacts go on.
             CallOutcome::CannotRenewInTime
@@ -220,15 +222,28 @@ async fn stop(
     Ok(())
 }
 
-/// Holds every pending timer of the case (contacts, the supervisor alert, the T-5
-/// step): a renewal was reported and nobody is contacted again unless it turns out
-/// unconfirmed.
-async fn hold_all(tx: &mut PgConnection, case_id: Uuid) -> Result<(), sqlx::Error> {
+/// Why a timer is held (its note): a renewal reported on the phone and not confirmed
+/// yet, or a wrong number not corrected yet.
+pub(crate) const HELD_RENEWAL: &str = "held: renewal reported on the phone";
+pub(crate) const HELD_WRONG_NUMBER: &str = "held: wrong number, until the contact is corrected";
+
+/// Holds the case's pending timers with why: its contacts only, or every one (the
+/// supervisor alert and the T-5 step too, for a reported renewal). A held timer never
+/// fires; [`resume_held`] lets it go on.
+async fn hold(
+    tx: &mut PgConnection,
+    case_id: Uuid,
+    why: &'static str,
+    contacts_only: bool,
+) -> Result<(), sqlx::Error> {
     let held = sqlx::query(
-        "UPDATE scheduler.timers SET state = 'held', note = 'held: renewal reported on the phone'
-         WHERE case_id = $1 AND state = 'pending'",
+        "UPDATE scheduler.timers SET state = 'held', note = $2
+         WHERE case_id = $1 AND state = 'pending'
+           AND (NOT $3 OR action IN ('sms', 'phone_task'))",
     )
     .bind(case_id)
+    .bind(why)
+    .bind(contacts_only)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -236,23 +251,26 @@ async fn hold_all(tx: &mut PgConnection, case_id: Uuid) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// Resumes the case's held timers: those still ahead go back to pending, those whose
-/// time passed while held are skipped.
+/// Resumes the case's timers held for `why`: those still ahead go back to pending,
+/// those whose time passed while held are skipped.
 pub(crate) async fn resume_held(
     tx: &mut PgConnection,
     case_id: Uuid,
+    why: &'static str,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<u64, sqlx::Error> {
+    let resumed = sqlx::query(
         "UPDATE scheduler.timers
-         SET state = CASE WHEN due_at > $2 THEN 'pending' ELSE 'skipped' END,
-             note = CASE WHEN due_at > $2 THEN 'resumed: the reported renewal was not confirmed'
-                         ELSE 'skipped: its time passed while held for a reported renewal' END
-         WHERE case_id = $1 AND state = 'held'",
+         SET state = CASE WHEN due_at > $3 THEN 'pending' ELSE 'skipped' END,
+             note = CASE WHEN due_at > $3 THEN 'resumed (was ' || note || ')'
+                         ELSE 'skipped: its time passed while ' || note END
+         WHERE case_id = $1 AND state = 'held' AND note = $2",
     )
     .bind(case_id)
+    .bind(why)
     .bind(now)
     .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(resumed)
 }

@@ -32,6 +32,27 @@ pub async fn seed_default(pool: &PgPool) -> Result<(), String> {
     Ok(())
 }
 
+/// A stored version of a plan (the one an open case was planned with).
+pub async fn version(
+    conn: &mut PgConnection,
+    city: &str,
+    version: i32,
+) -> Result<Option<Plan>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT stages, note FROM scheduler.plans WHERE city_code = $1 AND version = $2",
+    )
+    .bind(city)
+    .bind(version)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let stages: serde_json::Value = row.try_get("stages")?;
+    Ok(Some(Plan {
+        note: row.try_get("note")?,
+        stages: serde_json::from_value(stages).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    }))
+}
+
 /// The plan a new case of `city` gets: (plan city, version, plan).
 pub async fn current(
     conn: &mut PgConnection,

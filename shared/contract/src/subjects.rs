@@ -13,6 +13,7 @@ pub mod subject {
     pub const LISTS_CASE_CLOSED: &str = "lists.case.closed";
     pub const LISTS_CASE_LAPSED: &str = "lists.case.lapsed";
     pub const LISTS_CASE_REOPENED: &str = "lists.case.reopened";
+    pub const LISTS_CASE_CHANGED: &str = "lists.case.changed";
     pub const LISTS_CASE_BUCKET_CHANGED: &str = "lists.case.bucket_changed";
     pub const LISTS_LIST_ISSUED: &str = "lists.list.issued";
 
