@@ -1,7 +1,7 @@
 //! The end of the season as the handbooks run it, on the simulated clock against the
 //! real Postgres and NATS: a lapsed case stays open for rescue (its T+1 call reaches
 //! the campaign queue and is leased at 10:05), a renewal on T+5 closes it rescued with
-//! no T+15 call, a customer insured elsewhere leaves the lapse register, which says
+//! no T+15 call, so does a new policy for the same car, a customer insured elsewhere leaves the lapse register, which says
 //! since when and what was tried; a renewal reported on the phone stops every contact
 //! at once, and one the core system never confirms reopens the case with a check task
 //! for its owner.
@@ -115,11 +115,12 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
     let sim = &system.sim;
     system.load_org(ORG_CSV).await;
     // P1 is rescued on T+5; P2 stays lapsed, unreachable on T+1; P3's customer insured
-    // the car elsewhere.
-    let policies = ["P1", "P2", "P3"].map(|no| policy(no, "2027-02-15"));
+    // the car elsewhere; P4's car is insured again on a new policy.
+    let mut policies = ["P1", "P2", "P3", "P4"].map(|no| policy(no, "2027-02-15"));
+    policies[3].vin = "11111111111111111".into();
     sim.publish_policies(&policies).await.expect("published");
     sim.advance_to(local("2026-12-01", 9)).await.expect("time");
-    for no in ["P1", "P2", "P3"] {
+    for no in ["P1", "P2", "P3", "P4"] {
         claim(&system, no).await;
     }
 
@@ -129,7 +130,7 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
         .await
         .expect("time");
     let lapsed: Vec<CaseLapsed> = events(&system, subject::LISTS_CASE_LAPSED).await;
-    assert_eq!(lapsed.len(), 3, "{lapsed:?}");
+    assert_eq!(lapsed.len(), 4, "{lapsed:?}");
     assert!(lapsed.iter().all(|l| l.lapsed_on == "2027-02-16"));
     let closed: Vec<CaseClosed> = events(&system, subject::LISTS_CASE_CLOSED).await;
     assert!(closed.is_empty(), "a lapse closes nothing: {closed:?}");
@@ -171,6 +172,15 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
     sim.settle().await.expect("settles");
     assert_eq!(case_state(&system, "P3").await, "insured_elsewhere");
 
+    // T+3: a new policy for P4's car (another number, another year) ends its lapse.
+    sim.advance_to(local("2027-02-18", 12)).await.expect("time");
+    let mut again = policy("N4", "2028-02-18");
+    again.vin = "11111111111111111".into();
+    again.mobile = "+8613700002222".into();
+    sim.publish_policies(&[again]).await.expect("published");
+    sim.settle().await.expect("settles");
+    assert_eq!(case_state(&system, "P4").await, "rescued");
+
     // T+5: P1 renews: the case ends rescued, and its T+15 call never happens.
     sim.advance_to(local("2027-02-20", 12)).await.expect("time");
     sim.publish_renewal("P1", "P1-2027").await.expect("renewed");
@@ -184,6 +194,14 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
     assert!(
         outcomes.contains(&("P1", CaseOutcome::Rescued as i32)),
         "{outcomes:?}"
+    );
+    let p4 = closed
+        .iter()
+        .find(|c| c.policy_no == "P4")
+        .expect("P4 closed");
+    assert_eq!(
+        (p4.outcome, p4.new_policy_no.as_str()),
+        (CaseOutcome::Rescued as i32, "N4")
     );
     assert!(
         outcomes.contains(&("P3", CaseOutcome::InsuredElsewhere as i32)),
@@ -241,7 +259,7 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
     let total = &report["total"];
     assert_eq!(
         (&total["due"], &total["rescued"], &total["lapsed"]),
-        (&json!(3), &json!(1), &json!(2)),
+        (&json!(4), &json!(2), &json!(2)),
         "{report}"
     );
     system.finish().await;
@@ -279,6 +297,40 @@ async fn a_renewal_reported_on_the_phone_stops_every_contact_and_an_unconfirmed_
         assert_eq!(state_of(&r1, stage), "held", "{stage}: {r1:?}");
     }
 
+    // An SMS the scheduler fired just before it heard of the call (due a minute
+    // before it ended) reaches dispatch after it: it is withdrawn, never sent.
+    let (_, r1_case) = system.get_json("/v1/cases/R1").await;
+    let overtaken = SendSms {
+        command_id: uuid::Uuid::now_v7().to_string(),
+        case_id: r1_case["case_id"].as_str().unwrap_or_default().to_owned(),
+        policy_no: "R1".into(),
+        stage: "T-30 SMS".into(),
+        template: "renewal_campaign".into(),
+        expiry_date: "2027-02-15".into(),
+        time_zone: "Asia/Shanghai".into(),
+        marketing: true,
+        due_at_ms: (called - chrono::Duration::minutes(1)).timestamp_millis(),
+        ..Default::default()
+    };
+    sim.deps
+        .bus
+        .publish(
+            subject::DISPATCH_CMD_SEND_SMS,
+            &overtaken.command_id,
+            None,
+            prost::Message::encode_to_vec(&overtaken),
+        )
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM dispatch.sms_messages WHERE id = $1::uuid")
+            .bind(&overtaken.command_id)
+            .fetch_one(sim.pool())
+            .await
+            .expect("kept");
+    assert_eq!(state, "withdrawn");
+
     sim.advance_to(local("2027-01-18", 11)).await.expect("time");
     sim.publish_renewal("R1", "R1-2027").await.expect("renewed");
     sim.advance_to(local("2027-03-05", 12)).await.expect("time");
@@ -291,7 +343,8 @@ async fn a_renewal_reported_on_the_phone_stops_every_contact_and_an_unconfirmed_
         "a renewed outcome is followed by no contact at all"
     );
     let sent_after: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM dispatch.sms_messages WHERE policy_no = 'R1' AND created_at > $1",
+        "SELECT count(*) FROM dispatch.sms_messages
+         WHERE policy_no = 'R1' AND created_at > $1 AND sent_at IS NOT NULL",
     )
     .bind(called)
     .fetch_one(system.sim.pool())

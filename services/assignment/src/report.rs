@@ -82,3 +82,10 @@ pub async fn owner_sources(pool: &PgPool) -> Result<OwnerSources, sqlx::Error> {
         .await?;
     Ok(s)
 }
+
+/// T-10 alerts that reached the supervisors' queue.
+pub async fn supervisor_alerts(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM assignment.supervisor_alerts")
+        .fetch_one(pool)
+        .await
+}

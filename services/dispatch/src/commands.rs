@@ -66,34 +66,43 @@ impl Handler for Commands {
             .unwrap_or(now)
             .max(now);
         // A command for a closed case is dropped here, and counted; for an erased one, its
-        // contact is not kept.
-        let row = sqlx::query_scalar::<_, String>(
+        // contact is not kept; one overtaken by a renewal reported on a call likewise.
+        let sql = format!(
             "INSERT INTO dispatch.sms_messages (id, case_id, policy_no, stage, template, contact_enc, mobile_index,
                  time_zone, marketing, state, next_attempt_at, created_at, last_error, traceparent)
              SELECT $1, $2, $3, $4, $5,
                     CASE WHEN closed.erased_at IS NULL THEN $6 ELSE '\\x'::bytea END,
                     CASE WHEN closed.erased_at IS NULL THEN $7 ELSE '\\x'::bytea END, $8, $9,
-                    CASE WHEN closed.case_id IS NULL THEN 'queued' ELSE 'withdrawn' END, $10, $11,
-                    CASE WHEN closed.case_id IS NULL THEN NULL ELSE 'case closed before sending' END, $12
+                    CASE WHEN closed.case_id IS NOT NULL OR {overtaken} THEN 'withdrawn' ELSE 'queued' END,
+                    $10, $11,
+                    CASE WHEN closed.case_id IS NOT NULL THEN 'case closed before sending'
+                         WHEN {overtaken} THEN 'the customer said on a call the policy was renewed' END,
+                    $12
              FROM (SELECT 1) one LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $2
+             {ENDED_ON_A_CALL}
              ON CONFLICT (id) DO NOTHING
              RETURNING state",
-        )
-        .bind(id)
-        .bind(case_id)
-        .bind(&command.policy_no)
-        .bind(&command.stage)
-        .bind(&command.template)
-        .bind(&contact_enc)
-        .bind(&mobile_index[..])
-        .bind(tz.name())
-        // The template says whether it is marketing, whatever the command claims.
-        .bind(renewal_contract::sms_templates::is_marketing(&command.template))
-        .bind(due)
-        .bind(now)
-        .bind(renewal_platform::telemetry::current_traceparent())
-        .fetch_optional(&mut *tx)
-        .await?;
+            overtaken = overtaken("$13")
+        );
+        let row = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(case_id)
+            .bind(&command.policy_no)
+            .bind(&command.stage)
+            .bind(&command.template)
+            .bind(&contact_enc)
+            .bind(&mobile_index[..])
+            .bind(tz.name())
+            // The template says whether it is marketing, whatever the command claims.
+            .bind(renewal_contract::sms_templates::is_marketing(
+                &command.template,
+            ))
+            .bind(due)
+            .bind(now)
+            .bind(renewal_platform::telemetry::current_traceparent())
+            .bind(command_due(command.due_at_ms, now))
+            .fetch_optional(&mut *tx)
+            .await?;
         if row.as_deref() == Some("withdrawn") {
             metrics::counter!("sms_total", "status" => "withdrawn").increment(1);
         }
@@ -103,6 +112,26 @@ impl Handler for Commands {
     fn committed(&self) {
         self.queued.notify_one();
     }
+}
+
+/// The case's last call that ended it for us: the customer said they renewed (or were
+/// lost). `$2` is the case.
+pub(crate) const ENDED_ON_A_CALL: &str = "LEFT JOIN LATERAL (
+         SELECT max(t.completed_at) AS at FROM dispatch.phone_tasks t
+         WHERE t.case_id = $2 AND t.state = 'completed'
+           AND t.outcome IN ('renewed', 'insured_elsewhere', 'vehicle_sold')) ended ON true";
+
+/// Whether a command due at `due` (a SQL parameter) was overtaken by that call: the
+/// scheduler fired it before it held the case's timers (due before the call ended, or
+/// within the hour after, the time the outcome takes to reach it). What it sends after
+/// a reopen is due days later and goes ahead.
+pub(crate) fn overtaken(due: &str) -> String {
+    format!("(ended.at IS NOT NULL AND {due}::timestamptz < ended.at + interval '1 hour')")
+}
+
+/// The command's own due time (its timer's), `now` when it carries none.
+pub(crate) fn command_due(due_at_ms: i64, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    Utc.timestamp_millis_opt(due_at_ms).single().unwrap_or(now)
 }
 
 pub struct ClosedCases;

@@ -76,3 +76,28 @@ pub async fn phone_tasks(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Erro
     .fetch_all(pool)
     .await
 }
+
+/// The back half of the season as dispatch saw it: lapse-rescue calls completed (tasks
+/// made after the expiry), HQ calls completed, wrong numbers corrected.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeasonEndWork {
+    pub rescue_tasks_completed: i64,
+    pub hq_tasks_completed: i64,
+    pub contact_corrections: i64,
+}
+
+pub async fn season_end_work(pool: &PgPool) -> Result<SeasonEndWork, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE state = 'completed' AND days_to_expiry < 0) AS rescue,
+                count(*) FILTER (WHERE state = 'completed' AND queue = 'hq') AS hq,
+                (SELECT count(*) FROM dispatch.contact_corrections WHERE corrected_at IS NOT NULL) AS corrected
+         FROM dispatch.phone_tasks",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(SeasonEndWork {
+        rescue_tasks_completed: row.try_get("rescue")?,
+        hq_tasks_completed: row.try_get("hq")?,
+        contact_corrections: row.try_get("corrected")?,
+    })
+}

@@ -389,10 +389,11 @@ pub async fn close(
 pub async fn lapse_due(
     tx: &mut PgConnection,
     outbox: &Outbox,
+    pii: &PiiCipher,
     zone: chrono_tz::Tz,
     today: NaiveDate,
     now: DateTime<Utc>,
-) -> Result<usize, sqlx::Error> {
+) -> Result<usize, CaseError> {
     let rows = sqlx::query(
         "WITH lapsed AS (
             UPDATE lists.cases SET state = 'lapsed', lapsed_at = $3, lapsed_on = expiry_date + 1
@@ -424,6 +425,8 @@ pub async fn lapse_due(
         ));
     }
     let lapsed = events.len();
+    let policy_nos: Vec<String> = events.iter().map(|(_, e)| e.policy_no.clone()).collect();
+    crate::rescues::index_lapsed(tx, pii, &policy_nos).await?;
     outbox
         .enqueue_many(tx, events)
         .instrument(tracing::info_span!(parent: None, "cases_lapsed"))
@@ -452,6 +455,7 @@ pub async fn reopen_unconfirmed(
          ), reopened AS (
             UPDATE lists.cases c
             SET state = CASE WHEN c.lapsed_at IS NOT NULL OR c.expiry_date < $2 THEN 'lapsed' ELSE 'open' END,
+                reopened_at = $3,
                 lapsed_at = CASE WHEN c.lapsed_at IS NULL AND c.expiry_date < $2 THEN $3 ELSE c.lapsed_at END,
                 lapsed_on = CASE WHEN c.lapsed_on IS NULL AND c.expiry_date < $2 THEN c.expiry_date + 1
                                  ELSE c.lapsed_on END

@@ -167,7 +167,7 @@ impl DailyRun {
             .await?,
             ..DayDone::default()
         };
-        done.lapsed = cases::lapse_due(&mut tx, &self.outbox, zone, today, now).await?;
+        done.lapsed = cases::lapse_due(&mut tx, &self.outbox, &self.pii, zone, today, now).await?;
         let scope = OpenScope {
             only_policy: None,
             only_zone: Some(zone),

@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 
 use crate::policy_checks::{self, Flag, PolicyFields, Premium};
 use crate::portfolio::{self, Zones};
-use crate::{case_changes, cases};
+use crate::{case_changes, cases, rescues};
 
 pub struct Intake {
     pub outbox: Outbox,
@@ -83,6 +83,18 @@ impl Handler for Intake {
                 let sealed = portfolio::seal(checked, policy.version, &self.pii, &self.zones)?;
                 let mobile_before = case_changes::mobile_before(tx, &policy.policy_no).await?;
                 let written = portfolio::upsert_one(tx, &sealed, now).await?;
+                if written == portfolio::Written::Inserted {
+                    // A new policy may be a lapsed customer's vehicle insured again.
+                    rescues::by_new_policy(
+                        tx,
+                        &self.outbox,
+                        &self.pii,
+                        &policy.policy_no,
+                        &sealed.p.vin,
+                        now,
+                    )
+                    .await?;
+                }
                 if written == portfolio::Written::Updated {
                     // A case being worked follows its policy's changes.
                     case_changes::apply(

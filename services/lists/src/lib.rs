@@ -22,6 +22,7 @@ mod policies;
 pub mod policy_checks;
 pub mod portfolio;
 pub mod report;
+mod rescues;
 
 use renewal_contract::Stream;
 use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};

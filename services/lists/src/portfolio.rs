@@ -73,13 +73,25 @@ pub const SEALED: &[SealedColumn] = &[
         }),
     ),
     sealed("plate_enc", None),
-    sealed("vin_enc", None),
+    sealed(
+        "vin_enc",
+        Some(IndexColumn {
+            column: "vin_index",
+            of: vin_indexed,
+        }),
+    ),
     LETTERS,
 ];
 
 /// Lists' dead letters (a policy from the core system names its customer): sealed.
 pub const LETTERS: SealedColumn =
     renewal_platform::dead_letters::sealed_column("lists.dead_letters");
+
+/// A VIN is indexed as checked (trimmed, upper case); none is not indexed.
+pub fn vin_indexed(plain: &str) -> Option<String> {
+    let vin = plain.trim().to_ascii_uppercase();
+    (!vin.is_empty()).then_some(vin)
+}
 
 /// An ID number is indexed as checked (trimmed, upper case); none is not indexed.
 fn id_number_indexed(plain: &str) -> Option<String> {

@@ -38,3 +38,10 @@ pub async fn cases(pool: &PgPool) -> Result<Vec<CaseFacts>, sqlx::Error> {
         })
         .collect()
 }
+
+/// Cases whose renewal reported on the phone was reopened unconfirmed.
+pub async fn renewals_reopened(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM lists.cases WHERE reopened_at IS NOT NULL")
+        .fetch_one(pool)
+        .await
+}

@@ -74,7 +74,7 @@ pub async fn insert(
         .max(now);
     // The owner of the moment wins over the command's (assignment may have moved the
     // case since); an owner task with no owner waits in the branch queue.
-    let state = sqlx::query_scalar::<_, String>(
+    let sql = format!(
         "INSERT INTO dispatch.phone_tasks (id, case_id, policy_no, stage, queue, owner_agent, owner_task, branch_code,
              city_code, promotion, contact_enc, expiry_date, time_zone, days_to_expiry,
              state, available_at, created_at, last_error, traceparent)
@@ -83,32 +83,39 @@ pub async fn insert(
                 CASE WHEN $5 = 'owner' THEN coalesce(o.owner_agent, $6) ELSE $6 END, $5 = 'owner',
                 coalesce(o.branch_code, $7), $8, $9,
                 CASE WHEN c.erased_at IS NULL THEN $10 ELSE '\\x'::bytea END, $11, $12, $13,
-                CASE WHEN c.case_id IS NULL THEN 'open' ELSE 'withdrawn' END, $14, $15,
-                CASE WHEN c.case_id IS NULL THEN NULL ELSE 'case closed before the call' END, $16
+                CASE WHEN c.case_id IS NOT NULL OR {overtaken} THEN 'withdrawn' ELSE 'open' END, $14, $15,
+                CASE WHEN c.case_id IS NOT NULL THEN 'case closed before the call'
+                     WHEN {overtaken} THEN 'the customer said on a call the policy was renewed' END,
+                $16
          FROM (SELECT 1) one
          LEFT JOIN dispatch.closed_cases c ON c.case_id = $2
          LEFT JOIN dispatch.case_owners o ON o.case_id = $2
+         {ended}
          ON CONFLICT (id) DO NOTHING
          RETURNING state",
-    )
-    .bind(id)
-    .bind(case_id)
-    .bind(&command.policy_no)
-    .bind(&command.stage)
-    .bind(queue)
-    .bind(command.owner_agent.trim())
-    .bind(&command.branch_code)
-    .bind(&command.city_code)
-    .bind(&command.promotion)
-    .bind(&contact_enc)
-    .bind(&command.expiry_date)
-    .bind(tz.name())
-    .bind(command.days_to_expiry)
-    .bind(due)
-    .bind(now)
-    .bind(renewal_platform::telemetry::current_traceparent())
-    .fetch_optional(&mut *tx)
-    .await?;
+        overtaken = crate::commands::overtaken("$17"),
+        ended = crate::commands::ENDED_ON_A_CALL,
+    );
+    let state = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(case_id)
+        .bind(&command.policy_no)
+        .bind(&command.stage)
+        .bind(queue)
+        .bind(command.owner_agent.trim())
+        .bind(&command.branch_code)
+        .bind(&command.city_code)
+        .bind(&command.promotion)
+        .bind(&contact_enc)
+        .bind(&command.expiry_date)
+        .bind(tz.name())
+        .bind(command.days_to_expiry)
+        .bind(due)
+        .bind(now)
+        .bind(renewal_platform::telemetry::current_traceparent())
+        .bind(crate::commands::command_due(command.due_at_ms, now))
+        .fetch_optional(&mut *tx)
+        .await?;
     if let Some(state) = state {
         let status = if state == "open" {
             "created"

@@ -110,8 +110,18 @@ impl BranchStaff {
         Ok(status.is_success())
     }
 
-    /// One working day of every branch and city company.
-    pub async fn work_day(&self) -> Result<(), SimError> {
+    /// One working day of every branch and city company. On the first day of a long
+    /// holiday each city company issues its lists on demand as well (their claim
+    /// windows count the working days after the holiday).
+    pub async fn work_day(&self, today: chrono::NaiveDate) -> Result<(), SimError> {
+        let calendar = renewal_platform::holidays::Calendar::shared();
+        if calendar.periods().iter().any(|p| p.first_day == today) {
+            for city in CITIES {
+                let token = self.badges.city_admin(city.code)?;
+                let body = serde_json::json!({"city_code": city.code});
+                self.post("/v1/lists:issue", &token, body).await?;
+            }
+        }
         for city in CITIES {
             for branch in city.branches {
                 self.work_branch(city, branch).await?;

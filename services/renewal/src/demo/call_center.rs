@@ -1,10 +1,10 @@
 //! The people who make the calls, played over the real pull API: every simulated day
-//! at [`OPENS`] the call center's agents work the campaign and HQ queues, each owner
-//! works their own queue and each branch its branch queue, until nothing is left to
-//! lease. Each call ends with an outcome of DOMAIN.md, decided by the customer the
+//! at [`OPENS`] the call center's agents work the campaign and HQ queues, each city
+//! company its support queue, each owner their own queue and each branch its branch
+//! queue, until nothing is left to lease. Each call ends with an outcome of DOMAIN.md, decided by the customer the
 //! portfolio made (one who will renew promises to, by the day they will; one who will
 //! not refuses, is unreachable, asks to be called back, has switched insurer, sold the
-//! car or was given a wrong number), fixed by the seed, the policy and the stage, so
+//! car or was given a wrong number; on their own call some owners escalate it), fixed by the seed, the policy and the stage, so
 //! a case decides the same way in every run.
 //!
 //! The call center keeps its own record of every lease it took (`demo.call_center_leases`),
@@ -102,6 +102,7 @@ impl CallCenter {
             tokens.insert(format!("CC-{n:02}"), badges.call_center()?);
         }
         for city in CITIES {
+            tokens.insert(format!("CITY-{}", city.code), badges.city_admin(city.code)?);
             for branch in city.branches {
                 for n in 1..=super::portfolio::AGENTS_PER_BRANCH {
                     let agent = format!("{branch}-A{n:02}");
@@ -134,6 +135,10 @@ impl CallCenter {
         for n in 1..=AGENTS {
             desks.push((format!("CC-{n:02}"), "campaign"));
             desks.push((format!("CC-{n:02}"), "hq"));
+        }
+        // Each city company supports its important customers' owners.
+        for city in CITIES {
+            desks.push((format!("CITY-{}", city.code), "city"));
         }
         for city in CITIES {
             for branch in city.branches {
@@ -311,6 +316,15 @@ impl CallCenter {
                 serde_json::json!({"outcome": "vehicle_sold", "reason": "sold the car"})
             }
             None if r < 86 => serde_json::json!({"outcome": "wrong_number"}),
+            // On the owner's own call, some owners escalate at once: a customer at high
+            // risk of loss goes to HQ's calling, one they cannot renew in time to the
+            // branch (or to the city company's support, for important customers).
+            None if r < 91 && task.stage == "T-30" => serde_json::json!({
+                "outcome": "high_risk_of_loss", "reason": "a rival offered a cash discount",
+            }),
+            None if r < 94 && task.stage == "T-30" => serde_json::json!({
+                "outcome": "cannot_renew_in_time", "reason": "away until after the expiry",
+            }),
             None => {
                 // Promises, and will not keep it: renew "the day before it expires".
                 let expiry = chrono::NaiveDate::parse_from_str(&task.expiry_date, "%Y-%m-%d").ok();

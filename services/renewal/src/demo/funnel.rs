@@ -16,9 +16,31 @@ pub struct Funnel {
     pub sms_sent: i64,
     pub sms_delivered: i64,
     pub renewed: i64,
+    /// Renewed after lapsing (the lapse rescue's catch).
+    pub rescued: i64,
+    /// Lapsed and still uninsured at the end (on the lapse register).
     pub lapsed: i64,
+    /// Lost to another insurer or with the car sold (a call's outcome).
+    pub lost: i64,
     /// Phone tasks completed, by the call's outcome.
     pub calls_completed: std::collections::BTreeMap<String, i64>,
+}
+
+/// The back half of the season (`season_end` in the JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SeasonEnd {
+    /// Lapse-rescue calls completed (tasks made after the expiry).
+    pub rescue_tasks_completed: i64,
+    /// Cases renewed after they lapsed.
+    pub rescued: i64,
+    /// Calls HQ's centralized outbound team completed.
+    pub hq_tasks_completed: i64,
+    /// T-10 alerts in the supervisors' queue.
+    pub supervisor_alerts: i64,
+    /// Wrong numbers corrected by the core system (the held contacts resumed).
+    pub contact_corrections: i64,
+    /// Renewals reported on the phone that the core system did not confirm in time.
+    pub renewals_reopened: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -70,6 +92,7 @@ pub struct Report {
     pub start: String,
     pub end: DateTime<Utc>,
     pub funnel: Funnel,
+    pub season_end: SeasonEnd,
     pub violations: Violations,
     /// Rules of DOMAIN.md this build cannot check yet, and why.
     pub not_yet_measured: Vec<&'static str>,
@@ -116,7 +139,7 @@ pub async fn measure(
         owners.iter().map(|o| (o.policy_no.as_str(), o)).collect();
     let renewed_at: HashMap<&str, DateTime<Utc>> = cases
         .iter()
-        .filter(|c| c.state == "renewed")
+        .filter(|c| c.state == "renewed" || c.state == "rescued")
         .filter_map(|c| c.closed_at.map(|t| (c.policy_no.as_str(), t)))
         .collect();
 
@@ -190,14 +213,26 @@ pub async fn measure(
         rejected += renewal_platform::inbox::rejected_count(pool, schema).await?;
     }
     let phone_tasks = renewal_dispatch::report::phone_tasks(pool).await?;
+    let count = |state: &str| cases.iter().filter(|c| c.state == state).count() as i64;
+    let work = renewal_dispatch::report::season_end_work(pool).await?;
+    let season_end = SeasonEnd {
+        rescue_tasks_completed: work.rescue_tasks_completed,
+        rescued: count("rescued"),
+        hq_tasks_completed: work.hq_tasks_completed,
+        supervisor_alerts: renewal_assignment::report::supervisor_alerts(pool).await?,
+        contact_corrections: work.contact_corrections,
+        renewals_reopened: renewal_lists::report::renewals_reopened(pool).await?,
+    };
     let funnel = Funnel {
         policies: renewal_lists::report::policy_count(pool).await?,
         cases_opened: cases.len() as i64,
         owners_assigned: owners.len() as i64,
         sms_sent: sms.iter().filter(|m| m.sent_at.is_some()).count() as i64,
         sms_delivered: sms.iter().filter(|m| m.state == "delivered").count() as i64,
-        renewed: cases.iter().filter(|c| c.state == "renewed").count() as i64,
-        lapsed: cases.iter().filter(|c| c.state == "lapsed").count() as i64,
+        renewed: count("renewed"),
+        rescued: count("rescued"),
+        lapsed: count("lapsed"),
+        lost: count("insured_elsewhere") + count("vehicle_sold"),
         calls_completed: phone_tasks
             .iter()
             .filter_map(|(label, n)| {
@@ -208,7 +243,10 @@ pub async fn measure(
             .collect(),
     };
     let details = Details {
-        cases_open: cases.iter().filter(|c| c.state == "open").count() as i64,
+        cases_open: cases
+            .iter()
+            .filter(|c| c.state == "open" || c.state == "renewal_reported")
+            .count() as i64,
         sms_failed: sms
             .iter()
             .filter(|m| matches!(m.state.as_str(), "failed" | "dead"))
@@ -234,6 +272,7 @@ pub async fn measure(
         start: start.to_owned(),
         end: now,
         funnel,
+        season_end,
         violations: v,
         not_yet_measured: Vec::new(),
         details,
@@ -273,7 +312,9 @@ impl Report {
             ("SMS sent", f.sms_sent, Some(f.owners_assigned)),
             ("SMS delivered", f.sms_delivered, Some(f.sms_sent)),
             ("renewed", f.renewed, Some(f.cases_opened)),
-            ("lapsed", f.lapsed, Some(f.cases_opened)),
+            ("rescued after lapsing", f.rescued, Some(f.cases_opened)),
+            ("lapsed, still uninsured", f.lapsed, Some(f.cases_opened)),
+            ("lost (elsewhere, sold)", f.lost, Some(f.cases_opened)),
         ];
         for (name, n, of) in rows {
             out.push_str(&format!(
@@ -316,6 +357,18 @@ impl Report {
             ));
         }
         let o = &self.ownership;
+        let e = &self.season_end;
+        out.push_str("\n  end of the season               count\n");
+        for (name, n) in [
+            ("lapse-rescue calls completed", e.rescue_tasks_completed),
+            ("rescued after lapsing", e.rescued),
+            ("HQ calls completed", e.hq_tasks_completed),
+            ("supervisor alerts (T-10)", e.supervisor_alerts),
+            ("wrong numbers corrected", e.contact_corrections),
+            ("reported renewals reopened", e.renewals_reopened),
+        ] {
+            out.push_str(&format!("  {name:<32} {n:>6}\n"));
+        }
         out.push_str("\n  how cases got an owner          count\n");
         for (name, n) in [
             ("claimed by their branch", o.claimed_by_branch),

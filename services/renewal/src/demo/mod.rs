@@ -225,7 +225,7 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         let today = renewal_platform::local_date(sim.now(), tz);
         if worked_on != Some(today) {
             sim.settle().await?;
-            staff.work_day().await?;
+            staff.work_day(today).await?;
             worked_on = Some(today);
             sqlx::query("UPDATE demo.progress SET staff_worked_on = $1 WHERE id = 1")
                 .bind(today)
@@ -237,6 +237,7 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         if called_on != Some(today) && sim.now() >= opens && sim.now() < end {
             sim.settle().await?;
             calls.work_day(sim.now()).await?;
+            correct_wrong_numbers(&sim, &customers).await?;
             called_on = Some(today);
             sqlx::query("UPDATE demo.progress SET calls_made_on = $1 WHERE id = 1")
                 .bind(today)
@@ -285,6 +286,44 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     );
     sim.stop().await?;
     Ok(report)
+}
+
+/// The core system corrects the mobiles agents reported wrong a day or more ago: a new
+/// version of the policy with the right number (the contacts held for it resume).
+async fn correct_wrong_numbers(
+    sim: &Simulation,
+    customers: &[portfolio::Customer],
+) -> Result<(), SimError> {
+    let due: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT policy_no, (SELECT count(*) FROM dispatch.contact_corrections a
+                            WHERE a.policy_no = c.policy_no) AS reported
+         FROM dispatch.contact_corrections c
+         WHERE corrected_at IS NULL AND reported_at <= $1
+         GROUP BY policy_no ORDER BY policy_no",
+    )
+    .bind(sim.now() - chrono::Duration::days(1))
+    .fetch_all(sim.pool())
+    .await?;
+    let by_no: std::collections::HashMap<&str, &portfolio::Customer> = customers
+        .iter()
+        .map(|c| (c.policy.policy_no.as_str(), c))
+        .collect();
+    let mut corrected = Vec::new();
+    for (policy_no, reported) in due {
+        let Some(customer) = by_no.get(policy_no.as_str()) else {
+            continue;
+        };
+        let mut policy = customer.policy.clone();
+        // One version per correction; the right number differs from the wrong one.
+        policy.version = 1 + reported;
+        let tail: u32 = policy_no.bytes().map(u32::from).sum::<u32>() * 7919 + reported as u32;
+        policy.mobile = format!("+86139{:08}", tail % 100_000_000);
+        corrected.push(policy);
+    }
+    if !corrected.is_empty() {
+        sim.publish_policies(&corrected).await?;
+    }
+    Ok(())
 }
 
 fn progress_bar(days: u64, visible: bool) -> indicatif::ProgressBar {

@@ -217,17 +217,28 @@ pub fn generate(
             group_policy: rng.random_ratio(1, 33),
         };
         // Customers renew at the target rate of their category, between 45 days and
-        // 1 day before expiry, in one of three daytime slots.
+        // 1 day before expiry, in one of three daytime slots; some others after lapsing.
         let renews = rng.random_range(0..100) < target;
         let before = rng.random_range(1..=45u64);
         let slot = [11, 15, 19][rng.random_range(0..3)];
-        let renews_at = renews.then(|| {
+        // A quarter of those who do not renew in time come back after the lapse, 2 to
+        // 14 days after expiry (the lapse rescue's catch).
+        let late = !renews && rng.random_range(0..100) < 25;
+        let after = rng.random_range(2..=14u64);
+        let at = |day: NaiveDate| {
             renewal_platform::local_instant(
-                end - chrono::Days::new(before),
+                day,
                 NaiveTime::from_hms_opt(slot, 0, 0).unwrap_or(NaiveTime::MIN),
                 tz,
             )
-        });
+        };
+        let renews_at = if renews {
+            Some(at(end - chrono::Days::new(before)))
+        } else if late {
+            Some(at(end + chrono::Days::new(after)))
+        } else {
+            None
+        };
         out.push(Customer { policy, renews_at });
     }
     out
