@@ -12,5 +12,4 @@ CREATE INDEX supervisor_alerts_by_case ON assignment.supervisor_alerts (case_id)
 ALTER TABLE assignment.cases
     ADD COLUMN last_call_stage  text,
     ADD COLUMN last_outcome     text,
-    ADD COLUMN last_outcome_at  timestamptz,
-    ADD COLUMN last_reason      text;
+    ADD COLUMN last_outcome_at  timestamptz;

@@ -120,7 +120,8 @@ pub async fn plan(
     for r in sqlx::query(
         "SELECT a.city_code, a.agent_code, a.branch_code,
                 a.capacity - COALESCE((SELECT count(*) FROM assignment.cases c
-                                       WHERE c.owner_agent = a.agent_code AND c.state = 'open'), 0) AS spare
+                                       WHERE c.owner_agent = a.agent_code AND c.state = 'open'
+                                         AND c.outcome IS NULL), 0) AS spare
          FROM assignment.agents a
          WHERE a.city_code = ANY($1) AND a.active AND a.role = 'agent'
          ORDER BY a.city_code, a.agent_code",

@@ -34,7 +34,7 @@ pub async fn changed(
         "UPDATE assignment.cases SET expiry_date = $2, effective_expiry_date = $3, owner_by = $4,
              important = $5, group_policy = $6
          WHERE case_id = $1 AND state = 'open'
-         RETURNING branch_code, phase, owner_agent, city_code",
+         RETURNING branch_code, phase, owner_agent, city_code, outcome",
     )
     .bind(id)
     .bind(expiry)
@@ -48,7 +48,9 @@ pub async fn changed(
         return Ok(());
     };
     let branch: String = case.try_get("branch_code")?;
-    if event.changed.iter().any(|c| c == "branch") && branch != event.branch_code {
+    // A lapsed case stays with the owner working its rescue.
+    let lapsed = case.try_get::<Option<String>, _>("outcome")?.is_some();
+    if event.changed.iter().any(|c| c == "branch") && branch != event.branch_code && !lapsed {
         let phase: String = case.try_get("phase")?;
         let city: String = case.try_get("city_code")?;
         reroute(tx, outbox, id, &phase, &city, &event.branch_code, tz, now).await?;
@@ -102,5 +104,63 @@ async fn reroute(
         deadline: Some(due),
     };
     routing::record_many(tx, outbox, &[step], "system", now).await?;
+    Ok(())
+}
+
+/// A renewal was reported on a call: no deadline runs while the core system confirms it.
+pub async fn park(tx: &mut PgConnection, case_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE assignment.cases SET phase_due_at = NULL WHERE case_id = $1 AND state = 'open'",
+    )
+    .bind(case_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The reported renewal was not confirmed (`lists.case.reopened`): a case that lapsed
+/// meanwhile is kept for its rescue; one still before its expiry picks its step up
+/// again with a step's time from now.
+pub async fn reopened(
+    tx: &mut PgConnection,
+    event: &renewal_contract::lists::CaseReopened,
+    now: DateTime<Utc>,
+) -> Result<(), HandleError> {
+    let id = field::uuid("case_id", &event.case_id)?;
+    if event.lapsed {
+        sqlx::query(
+            "UPDATE assignment.cases SET outcome = 'lapsed', phase_due_at = NULL
+             WHERE case_id = $1 AND state = 'open'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        return Ok(());
+    }
+    let Some(row) = sqlx::query(
+        "SELECT c.time_zone, COALESCE(s.step_hours, 24) AS step_hours FROM assignment.cases c
+         LEFT JOIN assignment.city_settings s ON s.city_code = c.city_code
+         WHERE c.case_id = $1 AND c.state = 'open' AND c.outcome IS NULL
+           AND c.phase IN ('research', 'branch', 'pool', 'confirming', 'branch_reassign', 'city_reassign')",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(());
+    };
+    let tz: chrono_tz::Tz = row
+        .try_get::<Option<String>, _>("time_zone")?
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(chrono_tz::Asia::Shanghai);
+    let deadlines = crate::org::CityDeadlines {
+        step_hours: row.try_get("step_hours")?,
+        ..crate::org::CityDeadlines::HANDBOOK
+    };
+    sqlx::query("UPDATE assignment.cases SET phase_due_at = $2 WHERE case_id = $1")
+        .bind(id)
+        .bind(deadlines.step_due(now, tz))
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }

@@ -26,8 +26,10 @@ impl Handler for CaseEvents {
             subject::LISTS_CASE_OPENED => opened(tx, delivery).await,
             subject::LISTS_CASE_CLOSED => closed(tx, delivery).await,
             subject::LISTS_CASE_LAPSED => lapsed(tx, delivery).await,
-            // The case is worked again by the owner it has; nothing changes here.
-            subject::LISTS_CASE_REOPENED => Ok(()),
+            subject::LISTS_CASE_REOPENED => {
+                let event: renewal_contract::lists::CaseReopened = delivery.decode()?;
+                crate::case_changes::reopened(tx, &event, self.clock.now()).await
+            }
             subject::LISTS_CASE_CHANGED => {
                 let event: renewal_contract::lists::CaseChanged = delivery.decode()?;
                 crate::case_changes::changed(tx, &self.outbox, &event, self.clock.now()).await

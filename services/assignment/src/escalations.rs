@@ -32,8 +32,12 @@ impl Handler for CallOutcomes {
             .as_str_name()
             .trim_start_matches("CALL_OUTCOME_")
             .to_ascii_lowercase();
-        crate::supervision::record_call(tx, case_id, &event.stage, &name, &event.reason, at)
-            .await?;
+        // The caller's free text stays in dispatch's task (the reason may name people).
+        crate::supervision::record_call(tx, case_id, &event.stage, &name, at).await?;
+        if outcome == CallOutcome::Renewed {
+            // No step of the second assignment runs while the core system confirms it.
+            crate::case_changes::park(tx, case_id).await?;
+        }
         if !matches!(
             outcome,
             CallOutcome::CannotRenewInTime | CallOutcome::HighRiskOfLoss
@@ -57,11 +61,7 @@ impl Handler for CallOutcomes {
         } else {
             event.agent_id.as_str()
         };
-        let reason = if event.reason.is_empty() {
-            outcome_reason(outcome).to_owned()
-        } else {
-            format!("{}: {}", outcome_reason(outcome), event.reason)
-        };
+        let reason = outcome_reason(outcome).to_owned();
         match outcome {
             CallOutcome::CannotRenewInTime if matches!(phase.as_str(), "owned" | "confirming") => {
                 let city: String = case.try_get("city_code")?;

@@ -465,7 +465,7 @@ pub struct AgentView {
 
 async fn agent(pool: &PgPool, code: &str) -> Result<AgentView, Refusal> {
     let row = sqlx::query(
-        "SELECT a.*, (SELECT count(*) FROM assignment.cases c WHERE c.owner_agent = a.agent_code AND c.state = 'open') AS open_cases
+        "SELECT a.*, (SELECT count(*) FROM assignment.cases c WHERE c.owner_agent = a.agent_code AND c.state = 'open' AND c.outcome IS NULL) AS open_cases
          FROM assignment.agents a WHERE a.agent_code = $1",
     )
     .bind(code)
@@ -608,7 +608,7 @@ async fn branch_agents(
     }
     let after: String = page.after()?.unwrap_or_default();
     let rows = sqlx::query(
-        "SELECT a.*, (SELECT count(*) FROM assignment.cases c WHERE c.owner_agent = a.agent_code AND c.state = 'open') AS open_cases
+        "SELECT a.*, (SELECT count(*) FROM assignment.cases c WHERE c.owner_agent = a.agent_code AND c.state = 'open' AND c.outcome IS NULL) AS open_cases
          FROM assignment.agents a WHERE a.branch_code = $1 AND a.agent_code > $2
          ORDER BY a.agent_code LIMIT $3",
     )

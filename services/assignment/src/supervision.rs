@@ -61,18 +61,15 @@ pub async fn record_call(
     case_id: uuid::Uuid,
     stage: &str,
     outcome: &str,
-    reason: &str,
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE assignment.cases SET last_call_stage = $2, last_outcome = $3,
-             last_reason = NULLIF($4, ''), last_outcome_at = $5
-         WHERE case_id = $1 AND (last_outcome_at IS NULL OR last_outcome_at <= $5)",
+        "UPDATE assignment.cases SET last_call_stage = $2, last_outcome = $3, last_outcome_at = $4
+         WHERE case_id = $1 AND (last_outcome_at IS NULL OR last_outcome_at <= $4)",
     )
     .bind(case_id)
     .bind(stage)
     .bind(outcome)
-    .bind(reason)
     .bind(at)
     .execute(&mut *tx)
     .await?;
@@ -89,11 +86,11 @@ pub struct AtRiskCase {
     pub stage: String,
     pub expiry_date: NaiveDate,
     pub raised_at: DateTime<Utc>,
-    /// The case's last completed call (null when none was completed yet).
+    /// The case's last completed call (null when none was completed yet): its stage,
+    /// outcome and when (the caller's own words stay with the call, in dispatch).
     pub last_call_stage: Option<String>,
     pub last_outcome: Option<String>,
     pub last_outcome_at: Option<DateTime<Utc>>,
-    pub last_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -119,7 +116,7 @@ pub async fn branch_alerts(
     }
     let rows = sqlx::query(
         "SELECT c.policy_no, c.owner_agent, c.phase, a.stage, c.effective_expiry_date, c.expiry_date,
-                a.raised_at, c.last_call_stage, c.last_outcome, c.last_outcome_at, c.last_reason
+                a.raised_at, c.last_call_stage, c.last_outcome, c.last_outcome_at
          FROM assignment.supervisor_alerts a JOIN assignment.cases c USING (case_id)
          WHERE coalesce(c.owner_branch, c.branch_code) = $1 AND c.state = 'open' AND c.outcome IS NULL
          ORDER BY coalesce(c.effective_expiry_date, c.expiry_date), c.policy_no
@@ -143,7 +140,6 @@ pub async fn branch_alerts(
                 last_call_stage: r.try_get("last_call_stage")?,
                 last_outcome: r.try_get("last_outcome")?,
                 last_outcome_at: r.try_get("last_outcome_at")?,
-                last_reason: r.try_get("last_reason")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

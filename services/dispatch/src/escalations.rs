@@ -34,6 +34,12 @@ impl Handler for Steps {
         // The step's event id (the assignment outbox row's id) is the task's.
         let id = field::uuid("Nats-Msg-Id", &delivery.message_id)?;
         let case_id = field::uuid("case_id", &step.case_id)?;
+        if step.expiry_date.is_empty() || step.time_zone.is_empty() {
+            // A step from before steps made work (a new consumer reads the stream
+            // from its start): history, not a task to make now.
+            tracing::info!(%case_id, step = %step.step, "escalation step without the case's expiry; no task made");
+            return Ok(());
+        }
         let expiry = field::date("expiry_date", &step.expiry_date)?;
         let tz = field::time_zone("time_zone", &step.time_zone)?;
         let at = field::instant_ms("routed_at_ms", step.routed_at_ms)?;

@@ -101,3 +101,12 @@ pub async fn season_end_work(pool: &PgPool) -> Result<SeasonEndWork, sqlx::Error
         contact_corrections: row.try_get("corrected")?,
     })
 }
+
+/// Calls made: (policy, when the task was made) of every completed task.
+pub async fn calls_made(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT policy_no, created_at FROM dispatch.phone_tasks WHERE state = 'completed'",
+    )
+    .fetch_all(pool)
+    .await
+}

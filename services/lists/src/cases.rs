@@ -442,11 +442,12 @@ pub async fn lapse_due(
 pub async fn reopen_unconfirmed(
     tx: &mut PgConnection,
     outbox: &Outbox,
+    pii: &PiiCipher,
     zone: chrono_tz::Tz,
     today: NaiveDate,
     now: DateTime<Utc>,
     confirm_within: chrono::Duration,
-) -> Result<usize, sqlx::Error> {
+) -> Result<usize, CaseError> {
     let rows = sqlx::query(
         "WITH due AS (
             SELECT case_id FROM lists.cases
@@ -491,6 +492,12 @@ pub async fn reopen_unconfirmed(
         ));
     }
     let reopened = events.len();
+    let lapsed: Vec<String> = events
+        .iter()
+        .filter(|(_, e)| e.lapsed)
+        .map(|(_, e)| e.policy_no.clone())
+        .collect();
+    crate::rescues::index_lapsed(tx, pii, &lapsed).await?;
     outbox
         .enqueue_many(tx, events)
         .instrument(tracing::info_span!(parent: None, "cases_reopened"))

@@ -159,6 +159,7 @@ impl DailyRun {
             reopened: cases::reopen_unconfirmed(
                 &mut tx,
                 &self.outbox,
+                &self.pii,
                 zone,
                 today,
                 now,

@@ -114,7 +114,7 @@ pub async fn erase(
     }
     let policies = sqlx::query(
         "UPDATE lists.policies SET name_enc = '\\x', mobile_enc = '\\x', id_number_enc = '\\x',
-                plate_enc = '\\x', vin_enc = '\\x', mobile_index = '\\x', id_number_index = '\\x',
+                plate_enc = '\\x', vin_enc = '\\x', vin_index = NULL, mobile_index = '\\x', id_number_index = '\\x',
                 content_digest = '\\x', erased_at = $2
          WHERE policy_no = ANY($1)",
     )

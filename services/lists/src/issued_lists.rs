@@ -188,8 +188,9 @@ pub async fn issue_lapse_lists(
                 COALESCE(c.last_outcome, '') AS last_outcome
          FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)
          WHERE p.status = 'lapsed'
-           -- Off the register: a customer lost for good (insured elsewhere, vehicle sold).
-           AND (c.state IS NULL OR c.state IN ('lapsed', 'renewal_reported'))
+           -- Off the register: a customer lost for good (insured elsewhere, vehicle sold),
+           -- or one who said on a call they renewed (until that is found untrue).
+           AND (c.state IS NULL OR c.state = 'lapsed')
            AND ($1::text IS NULL OR p.time_zone = $1)
            AND ($2::text IS NULL OR p.city_code = $2)",
     )

@@ -11,6 +11,9 @@ pub struct CaseFacts {
     pub state: String,
     pub opened_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
+    /// For a renewed or rescued case: when we knew (the renewal reported on a call, when
+    /// the core system then confirmed it, or the confirmation).
+    pub renewal_known_at: Option<DateTime<Utc>>,
 }
 
 pub async fn policy_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
@@ -21,7 +24,12 @@ pub async fn policy_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 pub async fn cases(pool: &PgPool) -> Result<Vec<CaseFacts>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT case_id, policy_no, expiry_date, state, opened_at, closed_at FROM lists.cases ORDER BY policy_no",
+        "SELECT case_id, policy_no, expiry_date, state, opened_at, closed_at,
+                CASE WHEN state IN ('renewed', 'rescued') THEN
+                    CASE WHEN reported_at IS NOT NULL AND reopened_at IS NULL
+                         THEN LEAST(reported_at, closed_at) ELSE closed_at END
+                END AS renewal_known_at
+         FROM lists.cases ORDER BY policy_no",
     )
     .fetch_all(pool)
     .await?;
@@ -34,6 +42,7 @@ pub async fn cases(pool: &PgPool) -> Result<Vec<CaseFacts>, sqlx::Error> {
                 state: r.try_get("state")?,
                 opened_at: r.try_get("opened_at")?,
                 closed_at: r.try_get("closed_at")?,
+                renewal_known_at: r.try_get("renewal_known_at")?,
             })
         })
         .collect()

@@ -160,12 +160,17 @@ impl Handler for OutcomeEvents {
                 );
                 add(tx, case_id, task, at, due).await?;
             }
-            CallOutcome::Renewed => hold(tx, case_id, HELD_RENEWAL, false).await?,
+            CallOutcome::Renewed => {}
             // Escalations: assignment moves the case and dispatch makes the task; the
             // planned contacts go on.
             CallOutcome::CannotRenewInTime
             | CallOutcome::HighRiskOfLoss
             | CallOutcome::Unspecified => {}
+        }
+        // A renewal reported on this call, or on an earlier one not confirmed yet: what
+        // is pending now (planned, or just added by another call's outcome) is held.
+        if outcome == CallOutcome::Renewed || renewal_held(tx, case_id).await? {
+            hold(tx, case_id, HELD_RENEWAL, false).await?;
         }
         metrics::counter!("outcomes_applied_total", "outcome" => outcome.as_str_name())
             .increment(1);
@@ -230,24 +235,55 @@ pub(crate) const HELD_WRONG_NUMBER: &str = "held: wrong number, until the contac
 /// Holds the case's pending timers with why: its contacts only, or every one (the
 /// supervisor alert and the T-5 step too, for a reported renewal). A held timer never
 /// fires; [`resume_held`] lets it go on.
-async fn hold(
+pub(crate) async fn hold(
     tx: &mut PgConnection,
     case_id: Uuid,
     why: &'static str,
     contacts_only: bool,
 ) -> Result<(), sqlx::Error> {
+    // A renewal holds the contacts waiting for a corrected number too: a correction
+    // must not set them off while the renewal is unconfirmed.
     let held = sqlx::query(
         "UPDATE scheduler.timers SET state = 'held', note = $2
-         WHERE case_id = $1 AND state = 'pending'
+         WHERE case_id = $1
+           AND (state = 'pending' OR ($2 = $4 AND state = 'held' AND note = $5))
            AND (NOT $3 OR action IN ('sms', 'phone_task'))",
     )
     .bind(case_id)
     .bind(why)
     .bind(contacts_only)
+    .bind(HELD_RENEWAL)
+    .bind(HELD_WRONG_NUMBER)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     metrics::counter!("timers_held_total").increment(held);
+    Ok(())
+}
+
+/// Whether the case's timers are held for a renewal reported on a call.
+pub(crate) async fn renewal_held(
+    tx: &mut PgConnection,
+    case_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM scheduler.timers
+                        WHERE case_id = $1 AND state = 'held' AND note = $2)",
+    )
+    .bind(case_id)
+    .bind(HELD_RENEWAL)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+/// Holds what is pending again when a renewal is held (timers a re-plan just added).
+pub(crate) async fn hold_if_renewal_held(
+    tx: &mut PgConnection,
+    case_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    if renewal_held(tx, case_id).await? {
+        hold(tx, case_id, HELD_RENEWAL, false).await?;
+    }
     Ok(())
 }
 

@@ -122,6 +122,8 @@ async fn replan(
     .await?
     .rows_affected();
     metrics::counter!("timers_replanned_total").increment(moved);
-    // Stages with no timer yet (catch-ups the new expiry calls for) are added.
-    crate::timers::insert(tx, case_id, &placed).await
+    // Stages with no timer yet (catch-ups the new expiry calls for) are added, and held
+    // at once if a renewal reported on a call is.
+    crate::timers::insert(tx, case_id, &placed).await?;
+    crate::outcomes::hold_if_renewal_held(tx, case_id).await
 }

@@ -631,16 +631,17 @@ async fn write_statement(
          -- holds or stops its timers on the same event).
          ended AS (
              SELECT DISTINCT case_id FROM done
-             WHERE outcome IN ('renewed', 'insured_elsewhere', 'vehicle_sold')
+             WHERE outcome IN ('renewed', 'insured_elsewhere', 'vehicle_sold', 'wrong_number')
          ),
          tasks_withdrawn AS (
              UPDATE dispatch.phone_tasks t SET state = 'withdrawn',
-                    last_error = 'the case was renewed or lost on another call'
-             FROM ended e WHERE t.case_id = e.case_id AND t.state = 'open'
+                    last_error = 'renewed, lost or a wrong number on another call of the case'
+             FROM ended e WHERE t.case_id = e.case_id AND t.state IN ('open', 'leased')
+               AND t.id NOT IN (SELECT id FROM done)
          ),
          sms_withdrawn AS (
              UPDATE dispatch.sms_messages m SET state = 'withdrawn',
-                    last_error = 'the case was renewed or lost on a call'
+                    last_error = 'renewed, lost or a wrong number on a call'
              FROM ended e WHERE m.case_id = e.case_id AND m.state = 'queued'
          ),
          published AS (

@@ -325,6 +325,11 @@ impl CallCenter {
             None if r < 94 && task.stage == "T-30" => serde_json::json!({
                 "outcome": "cannot_renew_in_time", "reason": "away until after the expiry",
             }),
+            // Says they renewed, and did not: the core system never confirms it, and the
+            // case is worked again with a check call for its owner.
+            None if r >= 97 => serde_json::json!({
+                "outcome": "renewed", "new_policy_no": format!("X{}", task.policy_no),
+            }),
             None => {
                 // Promises, and will not keep it: renew "the day before it expires".
                 let expiry = chrono::NaiveDate::parse_from_str(&task.expiry_date, "%Y-%m-%d").ok();

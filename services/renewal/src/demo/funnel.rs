@@ -47,7 +47,8 @@ pub struct SeasonEnd {
 pub struct Violations {
     /// Cases open at T-30 with no owner by then.
     pub no_owner_at_t30: i64,
-    /// SMS sent after the policy was renewed.
+    /// SMS sent, or calls begun, after we knew the policy was renewed (the renewal
+    /// reported on a call, or the core system's confirmation).
     pub reminder_after_renewal: i64,
     pub marketing_sms_to_opted_out: i64,
     /// SMS sent outside 09:00-20:00 in the customer's time zone.
@@ -139,8 +140,7 @@ pub async fn measure(
         owners.iter().map(|o| (o.policy_no.as_str(), o)).collect();
     let renewed_at: HashMap<&str, DateTime<Utc>> = cases
         .iter()
-        .filter(|c| c.state == "renewed" || c.state == "rescued")
-        .filter_map(|c| c.closed_at.map(|t| (c.policy_no.as_str(), t)))
+        .filter_map(|c| c.renewal_known_at.map(|t| (c.policy_no.as_str(), t)))
         .collect();
 
     let mut v = Violations::default();
@@ -181,6 +181,14 @@ pub async fn measure(
         let local = sent_at.with_timezone(&zone).time();
         if local < hours.start || local >= hours.end {
             v.sms_at_night += 1;
+        }
+    }
+    for (policy_no, made_at) in renewal_dispatch::report::calls_made(pool).await? {
+        if renewed_at
+            .get(policy_no.as_str())
+            .is_some_and(|r| *r < made_at)
+        {
+            v.reminder_after_renewal += 1;
         }
     }
     v.duplicate_effects += per_stage

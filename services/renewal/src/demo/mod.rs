@@ -189,9 +189,14 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
             .execute(&pool)
             .await?;
     }
+    // The core system reports most renewals at once, some two days late (the customer
+    // may meanwhile tell a caller they renewed: the case waits for the confirmation).
     let mut renewals: Vec<(DateTime<Utc>, &str)> = customers
         .iter()
-        .filter_map(|c| c.renews_at.map(|t| (t, c.policy.policy_no.as_str())))
+        .filter_map(|c| {
+            let no = c.policy.policy_no.as_str();
+            c.renews_at.map(|t| (t + core_lag(args.seed, no), no))
+        })
         .filter(|(t, _)| *t < end)
         .collect();
     renewals.sort();
@@ -286,6 +291,18 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     );
     sim.stop().await?;
     Ok(report)
+}
+
+/// How late the core system reports a policy's renewal: two days for three in ten.
+fn core_lag(seed: u64, policy_no: &str) -> chrono::Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (seed, policy_no, "core lag").hash(&mut h);
+    if h.finish() % 10 < 3 {
+        chrono::Duration::days(2)
+    } else {
+        chrono::Duration::zero()
+    }
 }
 
 /// The core system corrects the mobiles agents reported wrong a day or more ago: a new
