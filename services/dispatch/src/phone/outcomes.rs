@@ -626,9 +626,11 @@ async fn write_statement(
              WHERE outcome = 'wrong_number'
              ON CONFLICT DO NOTHING
          ),
-         -- A renewal reported on the call, or a customer lost (insured elsewhere, vehicle
-         -- sold): the case's other contacts waiting here stop at once (the scheduler
-         -- holds or stops its timers on the same event).
+         -- A renewal reported on the call, a customer lost (insured elsewhere, vehicle
+         -- sold) or a wrong number: the case's other contacts waiting here stop at once
+         -- (the scheduler holds or stops its timers on the same event). The cases are
+         -- an array, so the updates go by index (a join would be costed as a scan of
+         -- every task and message, batch after batch).
          ended AS (
              SELECT DISTINCT case_id FROM done
              WHERE outcome IN ('renewed', 'insured_elsewhere', 'vehicle_sold', 'wrong_number')
@@ -636,13 +638,13 @@ async fn write_statement(
          tasks_withdrawn AS (
              UPDATE dispatch.phone_tasks t SET state = 'withdrawn',
                     last_error = 'renewed, lost or a wrong number on another call of the case'
-             FROM ended e WHERE t.case_id = e.case_id AND t.state IN ('open', 'leased')
-               AND t.id NOT IN (SELECT id FROM done)
+             WHERE t.case_id = ANY(ARRAY(SELECT case_id FROM ended))
+               AND t.state IN ('open', 'leased') AND t.id NOT IN (SELECT id FROM done)
          ),
          sms_withdrawn AS (
              UPDATE dispatch.sms_messages m SET state = 'withdrawn',
                     last_error = 'renewed, lost or a wrong number on a call'
-             FROM ended e WHERE m.case_id = e.case_id AND m.state = 'queued'
+             WHERE m.case_id = ANY(ARRAY(SELECT case_id FROM ended)) AND m.state = 'queued'
          ),
          published AS (
              INSERT INTO {schema}.outbox (id, subject, payload, traceparent)
