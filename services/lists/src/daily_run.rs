@@ -128,6 +128,27 @@ impl DailyRun {
             .unwrap_or(now + chrono::Duration::hours(1))
     }
 
+    /// The month's renewal and lapse lists of the zone: (lists, items).
+    async fn issue_monthly(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        zone: chrono_tz::Tz,
+        today: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, usize), sqlx::Error> {
+        let scope = Scope {
+            zone: Some(zone),
+            city: None,
+            monthly: true,
+        };
+        let renewal =
+            issued_lists::issue_renewal_lists(tx, &self.outbox, &scope, today, now).await?;
+        let lapse =
+            issued_lists::issue_lapse_lists(tx, &self.outbox, Some(zone), None, true, today, now)
+                .await?;
+        Ok((renewal.lists + lapse.lists, renewal.items + lapse.items))
+    }
+
     /// Does the zone's run for `today` unless it was done; returns what it did.
     pub async fn run_day(
         &self,
@@ -177,26 +198,8 @@ impl DailyRun {
             cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope).await?;
         done.moved = cases::move_buckets(&mut tx, &self.outbox, zone, today).await?;
         if lists_due(&mut tx, zone, today, self.list_issue_day).await? {
-            let scope = Scope {
-                zone: Some(zone),
-                city: None,
-                monthly: true,
-            };
-            let renewal =
-                issued_lists::issue_renewal_lists(&mut tx, &self.outbox, &scope, today, now)
-                    .await?;
-            let lapse = issued_lists::issue_lapse_lists(
-                &mut tx,
-                &self.outbox,
-                Some(zone),
-                None,
-                true,
-                today,
-                now,
-            )
-            .await?;
-            done.lists_issued = renewal.lists + lapse.lists;
-            done.list_items = renewal.items + lapse.items;
+            (done.lists_issued, done.list_items) =
+                self.issue_monthly(&mut tx, zone, today, now).await?;
         }
         sqlx::query(
             "UPDATE lists.daily_runs SET cases_opened = $3, cases_lapsed = $4, bucket_moves = $5,

@@ -52,114 +52,25 @@ impl Handler for OutcomeEvents {
         let event: PhoneTaskCompleted = delivery.decode()?;
         let case_id = field::uuid("case_id", &event.case_id)?;
         let at = field::instant_ms("completed_at_ms", event.completed_at_ms)?;
-        let Some(case) = sqlx::query(
-            "SELECT state, time_zone, effective_expiry_date FROM scheduler.cases WHERE case_id = $1 FOR UPDATE",
-        )
-        .bind(case_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            // Tasks come from this service's own timers, so their case is known; an
-            // outcome for any other case has no contacts here to reschedule.
-            tracing::info!(task_id = %event.task_id, "outcome for a case without timers here; nothing to reschedule");
+        let Some(tz) = open_case(tx, case_id, &event.task_id).await? else {
             return Ok(());
         };
-        if case.try_get::<String, _>("state")? != "open" {
-            return Ok(());
-        }
-        let tz: chrono_tz::Tz = case
-            .try_get::<Option<String>, _>("time_zone")?
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(chrono_tz::Asia::Shanghai);
-        let queue = if event.stage == "T-30" {
-            Queue::Owner
-        } else {
-            Queue::Campaign
+        let call = Call {
+            case_id,
+            event: &event,
+            at,
+            tz,
+            hours: self.hours,
         };
         let outcome = CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified);
         match outcome {
-            CallOutcome::CallBack => {
-                let when = field::instant_ms("call_back_at_ms", event.call_back_at_ms)?;
-                let due = crate::plan::allowed(when, self.hours.calls, None, tz).unwrap_or(when);
-                add(
-                    tx,
-                    case_id,
-                    call(format!("call back {}", event.task_id), queue),
-                    when,
-                    due,
-                )
-                .await?;
-            }
-            CallOutcome::Promised => {
-                let date =
-                    NaiveDate::parse_from_str(&event.promised_date, "%Y-%m-%d").map_err(|_| {
-                        HandleError::Malformed(format!("promised_date {:?}", event.promised_date))
-                    })?;
-                let until =
-                    renewal_platform::local_instant(date + Days::new(1), NaiveTime::MIN, tz);
-                stop(
-                    tx,
-                    case_id,
-                    "pending contacts due before the promised date",
-                    "paused: the customer promised to renew by then",
-                    Some(until),
-                )
-                .await?;
-                let check = renewal_platform::local_instant(
-                    date + Days::new(1),
-                    NaiveTime::from_hms_opt(10, 0, 0).unwrap_or(NaiveTime::MIN),
-                    tz,
-                );
-                let due = crate::plan::allowed(check, self.hours.calls, None, tz).unwrap_or(check);
-                add(
-                    tx,
-                    case_id,
-                    call(format!("promise check {}", event.task_id), queue),
-                    check,
-                    due,
-                )
-                .await?;
-            }
-            CallOutcome::Unreachable => {
-                let tries: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM scheduler.timers WHERE case_id = $1 AND stage LIKE 'unreachable retry %'",
-                )
-                .bind(case_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                if tries < UNREACHABLE_RETRIES {
-                    let tomorrow = renewal_platform::local_date(at, tz) + Days::new(1);
-                    let next = renewal_platform::local_instant(
-                        tomorrow,
-                        NaiveTime::from_hms_opt(10, 0, 0).unwrap_or(NaiveTime::MIN),
-                        tz,
-                    );
-                    let due =
-                        crate::plan::allowed(next, self.hours.calls, None, tz).unwrap_or(next);
-                    add(
-                        tx,
-                        case_id,
-                        call(format!("unreachable retry {}", tries + 1), queue),
-                        next,
-                        due,
-                    )
-                    .await?;
-                }
-            }
+            CallOutcome::CallBack => call.back(tx).await?,
+            CallOutcome::Promised => call.promised(tx).await?,
+            CallOutcome::Unreachable => call.unreachable(tx).await?,
             CallOutcome::Refused | CallOutcome::InsuredElsewhere | CallOutcome::VehicleSold => {
                 stop(tx, case_id, "all", "stopped: the customer declined", None).await?;
             }
-            CallOutcome::WrongNumber => {
-                // The contacts wait for the corrected number (lists.case.changed); the
-                // owner gets the correction to make.
-                hold(tx, case_id, HELD_WRONG_NUMBER, true).await?;
-                let due = crate::plan::allowed(at, self.hours.calls, None, tz).unwrap_or(at);
-                let task = call(
-                    format!("contact correction {}", event.task_id),
-                    Queue::Owner,
-                );
-                add(tx, case_id, task, at, due).await?;
-            }
+            CallOutcome::WrongNumber => call.wrong_number(tx).await?,
             CallOutcome::Renewed => {}
             // Escalations: assignment moves the case and dispatch makes the task; the
             // planned contacts go on.
@@ -179,6 +90,124 @@ impl Handler for OutcomeEvents {
 
     fn committed(&self) {
         self.timers_changed.notify_one();
+    }
+}
+
+/// The case's time zone, the case locked; None when it has no timers here (tasks come
+/// from this service's own timers, so any other case has nothing to reschedule) or is
+/// closed.
+async fn open_case(
+    tx: &mut PgConnection,
+    case_id: Uuid,
+    task_id: &str,
+) -> Result<Option<chrono_tz::Tz>, sqlx::Error> {
+    let Some(case) =
+        sqlx::query("SELECT state, time_zone FROM scheduler.cases WHERE case_id = $1 FOR UPDATE")
+            .bind(case_id)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        tracing::info!(%task_id, "outcome for a case without timers here; nothing to reschedule");
+        return Ok(None);
+    };
+    if case.try_get::<String, _>("state")? != "open" {
+        return Ok(None);
+    }
+    Ok(Some(
+        case.try_get::<Option<String>, _>("time_zone")?
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(chrono_tz::Asia::Shanghai),
+    ))
+}
+
+/// One completed call, for the outcomes that add a call of their own.
+struct Call<'a> {
+    case_id: Uuid,
+    event: &'a PhoneTaskCompleted,
+    at: DateTime<Utc>,
+    tz: chrono_tz::Tz,
+    hours: Hours,
+}
+
+impl Call<'_> {
+    /// The queue a follow-up call goes to: the owner's after the owner's call.
+    fn queue(&self) -> Queue {
+        if self.event.stage == "T-30" {
+            Queue::Owner
+        } else {
+            Queue::Campaign
+        }
+    }
+
+    /// Adds the call `name` wanted at `when` (moved into the calling hours).
+    async fn follow_up(
+        &self,
+        tx: &mut PgConnection,
+        name: String,
+        queue: Queue,
+        when: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let due = crate::plan::allowed(when, self.hours.calls, None, self.tz).unwrap_or(when);
+        add(tx, self.case_id, call(name, queue), when, due).await
+    }
+
+    /// 10:00 local on `day`.
+    fn morning(&self, day: NaiveDate) -> DateTime<Utc> {
+        let ten = NaiveTime::from_hms_opt(10, 0, 0).unwrap_or(NaiveTime::MIN);
+        renewal_platform::local_instant(day, ten, self.tz)
+    }
+
+    /// Call back at the time the customer asked for.
+    async fn back(&self, tx: &mut PgConnection) -> Result<(), HandleError> {
+        let when = field::instant_ms("call_back_at_ms", self.event.call_back_at_ms)?;
+        let name = format!("call back {}", self.event.task_id);
+        Ok(self.follow_up(tx, name, self.queue(), when).await?)
+    }
+
+    /// Promised by a date: contacts before it pause; a check call the morning after.
+    async fn promised(&self, tx: &mut PgConnection) -> Result<(), HandleError> {
+        let raw = &self.event.promised_date;
+        let date = NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .map_err(|_| HandleError::Malformed(format!("promised_date {raw:?}")))?;
+        let day_after = date + Days::new(1);
+        let until = renewal_platform::local_instant(day_after, NaiveTime::MIN, self.tz);
+        stop(
+            tx,
+            self.case_id,
+            "pending contacts due before the promised date",
+            "paused: the customer promised to renew by then",
+            Some(until),
+        )
+        .await?;
+        let name = format!("promise check {}", self.event.task_id);
+        Ok(self
+            .follow_up(tx, name, self.queue(), self.morning(day_after))
+            .await?)
+    }
+
+    /// Unreachable: again the next morning, at most [`UNREACHABLE_RETRIES`] times.
+    async fn unreachable(&self, tx: &mut PgConnection) -> Result<(), HandleError> {
+        let tries: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM scheduler.timers WHERE case_id = $1 AND stage LIKE 'unreachable retry %'",
+        )
+        .bind(self.case_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if tries < UNREACHABLE_RETRIES {
+            let tomorrow = renewal_platform::local_date(self.at, self.tz) + Days::new(1);
+            let name = format!("unreachable retry {}", tries + 1);
+            self.follow_up(tx, name, self.queue(), self.morning(tomorrow))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A wrong number: the contacts wait for the corrected number (lists.case.changed);
+    /// the owner gets the correction to make.
+    async fn wrong_number(&self, tx: &mut PgConnection) -> Result<(), HandleError> {
+        hold(tx, self.case_id, HELD_WRONG_NUMBER, true).await?;
+        let name = format!("contact correction {}", self.event.task_id);
+        Ok(self.follow_up(tx, name, Queue::Owner, self.at).await?)
     }
 }
 

@@ -143,24 +143,10 @@ pub async fn measure(
         .filter_map(|c| c.renewal_known_at.map(|t| (c.policy_no.as_str(), t)))
         .collect();
 
-    let mut v = Violations::default();
-    for case in &cases {
-        let t30 = renewal_platform::local_instant(
-            case.expiry_date - chrono::Days::new(30),
-            NaiveTime::MIN,
-            tz,
-        );
-        let open_at_t30 =
-            case.opened_at < t30 && case.closed_at.is_none_or(|c| c > t30) && now >= t30;
-        if open_at_t30 {
-            let owned = owner_by_policy
-                .get(case.policy_no.as_str())
-                .is_some_and(|o| o.assigned_at <= t30);
-            if !owned {
-                v.no_owner_at_t30 += 1;
-            }
-        }
-    }
+    let mut v = Violations {
+        no_owner_at_t30: no_owner_at_t30(&cases, &owner_by_policy, tz, now),
+        ..Violations::default()
+    };
     let hours = crate::simulation::sms_hours();
     let mut per_stage: HashMap<(&str, &str), i64> = HashMap::new();
     for m in &sms {
@@ -222,15 +208,7 @@ pub async fn measure(
     }
     let phone_tasks = renewal_dispatch::report::phone_tasks(pool).await?;
     let count = |state: &str| cases.iter().filter(|c| c.state == state).count() as i64;
-    let work = renewal_dispatch::report::season_end_work(pool).await?;
-    let season_end = SeasonEnd {
-        rescue_tasks_completed: work.rescue_tasks_completed,
-        rescued: count("rescued"),
-        hq_tasks_completed: work.hq_tasks_completed,
-        supervisor_alerts: renewal_assignment::report::supervisor_alerts(pool).await?,
-        contact_corrections: work.contact_corrections,
-        renewals_reopened: renewal_lists::report::renewals_reopened(pool).await?,
-    };
+    let season_end = season_end(pool, count("rescued")).await?;
     let funnel = Funnel {
         policies: renewal_lists::report::policy_count(pool).await?,
         cases_opened: cases.len() as i64,
@@ -284,6 +262,45 @@ pub async fn measure(
         violations: v,
         not_yet_measured: Vec::new(),
         details,
+    })
+}
+
+/// Cases open at T-30 with no owner by then.
+fn no_owner_at_t30(
+    cases: &[renewal_lists::report::CaseFacts],
+    owner_by_policy: &HashMap<&str, &renewal_assignment::report::FirstOwner>,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> i64 {
+    let mut ownerless = 0;
+    for case in cases {
+        let t30 = renewal_platform::local_instant(
+            case.expiry_date - chrono::Days::new(30),
+            NaiveTime::MIN,
+            tz,
+        );
+        let open_at_t30 =
+            case.opened_at < t30 && case.closed_at.is_none_or(|c| c > t30) && now >= t30;
+        let owned = owner_by_policy
+            .get(case.policy_no.as_str())
+            .is_some_and(|o| o.assigned_at <= t30);
+        if open_at_t30 && !owned {
+            ownerless += 1;
+        }
+    }
+    ownerless
+}
+
+/// The back half of the season, from each service's records.
+async fn season_end(pool: &sqlx::PgPool, rescued: i64) -> Result<SeasonEnd, SimError> {
+    let work = renewal_dispatch::report::season_end_work(pool).await?;
+    Ok(SeasonEnd {
+        rescue_tasks_completed: work.rescue_tasks_completed,
+        rescued,
+        hq_tasks_completed: work.hq_tasks_completed,
+        supervisor_alerts: renewal_assignment::report::supervisor_alerts(pool).await?,
+        contact_corrections: work.contact_corrections,
+        renewals_reopened: renewal_lists::report::renewals_reopened(pool).await?,
     })
 }
 
