@@ -128,39 +128,32 @@ pub async fn reopened(
 ) -> Result<(), HandleError> {
     let id = field::uuid("case_id", &event.case_id)?;
     if event.lapsed {
-        sqlx::query(
-            "UPDATE assignment.cases SET outcome = 'lapsed', phase_due_at = NULL
-             WHERE case_id = $1 AND state = 'open'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        return Ok(());
+        return Ok(crate::cases::keep_for_rescue(tx, id).await?);
     }
-    let Some(row) = sqlx::query(
-        "SELECT c.time_zone, COALESCE(s.step_hours, 24) AS step_hours FROM assignment.cases c
-         LEFT JOIN assignment.city_settings s ON s.city_code = c.city_code
-         WHERE c.case_id = $1 AND c.state = 'open' AND c.outcome IS NULL
-           AND c.phase IN ('research', 'branch', 'pool', 'confirming', 'branch_reassign', 'city_reassign')",
+    let timed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM assignment.cases
+                        WHERE case_id = $1 AND state = 'open' AND outcome IS NULL
+                          AND phase IN ('research', 'branch', 'pool', 'confirming',
+                                        'branch_reassign', 'city_reassign'))",
     )
     .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
+    .fetch_one(&mut *tx)
+    .await?;
+    if !timed {
         return Ok(());
-    };
-    let tz: chrono_tz::Tz = row
-        .try_get::<Option<String>, _>("time_zone")?
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(chrono_tz::Asia::Shanghai);
-    let deadlines = crate::org::CityDeadlines {
-        step_hours: row.try_get("step_hours")?,
-        ..crate::org::CityDeadlines::HANDBOOK
-    };
-    sqlx::query("UPDATE assignment.cases SET phase_due_at = $2 WHERE case_id = $1")
-        .bind(id)
-        .bind(deadlines.step_due(now, tz))
-        .execute(&mut *tx)
-        .await?;
+    }
+    let (ids, dues): (Vec<Uuid>, Vec<DateTime<Utc>>) =
+        crate::second_assignment::step_deadlines(tx, &[id], now)
+            .await?
+            .into_iter()
+            .unzip();
+    sqlx::query(
+        "UPDATE assignment.cases c SET phase_due_at = u.due
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, due) WHERE c.case_id = u.id",
+    )
+    .bind(&ids)
+    .bind(&dues)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }

@@ -156,11 +156,20 @@ async fn closed(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), Handle
 async fn lapsed(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
     let event: renewal_contract::lists::CaseLapsed = delivery.decode()?;
     let id = field::uuid("case_id", &event.case_id)?;
+    Ok(keep_for_rescue(tx, id).await?)
+}
+
+/// The case lapsed (at its expiry, or when a reported renewal turned out unconfirmed
+/// after it): kept with its owner for the rescue, with no deadline.
+pub(crate) async fn keep_for_rescue(
+    tx: &mut PgConnection,
+    case_id: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE assignment.cases SET outcome = 'lapsed', phase_due_at = NULL
          WHERE case_id = $1 AND state = 'open'",
     )
-    .bind(id)
+    .bind(case_id)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -162,7 +162,7 @@ pub(crate) async fn send_to_hq(
 
 /// When a step begun at `now` ends for each case: its city's `step_hours`, counted on
 /// working days in the case's time zone.
-async fn step_deadlines(
+pub(crate) async fn step_deadlines(
     tx: &mut PgConnection,
     ids: &[Uuid],
     now: DateTime<Utc>,

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use renewal_contract::lists::{CaseChanged, CaseOpened};
+use renewal_contract::lists::{CaseChanged, CaseOpened, Customer};
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
 use renewal_platform::pii::{PiiCipher, PiiError, Place};
@@ -39,6 +39,16 @@ pub struct Contact {
 impl std::fmt::Debug for Contact {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Contact { .. }")
+    }
+}
+
+impl From<Customer> for Contact {
+    fn from(c: Customer) -> Self {
+        Contact {
+            name: c.name,
+            mobile: c.mobile,
+            plate: c.plate,
+        }
     }
 }
 
@@ -75,11 +85,7 @@ impl Handler for CaseOpenings {
         let event: CaseOpened = delivery.decode()?;
         let case_id = field::uuid("case_id", &event.case_id)?;
         let customer = event.customer.unwrap_or_default();
-        let contact = Contact {
-            name: customer.name,
-            mobile: customer.mobile,
-            plate: customer.plate,
-        };
+        let contact = Contact::from(customer);
         // Sealing fails only when the system's random source does: retried.
         let sealed = seal(&self.pii, case_id, &contact)?;
         // Against an erasure of the same case: one waits for the other.
@@ -123,11 +129,7 @@ impl Handler for CaseChanges {
         let Some(customer) = event.customer.filter(|c| !c.mobile.trim().is_empty()) else {
             return Ok(());
         };
-        let contact = Contact {
-            name: customer.name,
-            mobile: customer.mobile,
-            plate: customer.plate,
-        };
+        let contact = Contact::from(customer);
         let sealed = seal(&self.pii, case_id, &contact)?;
         crate::commands::lock_case(tx, case_id).await?;
         // Ahead of the opening (another consumer) it is written first and the opening
