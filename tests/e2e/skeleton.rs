@@ -349,3 +349,100 @@ async fn a_malformed_message_is_kept_with_its_reason_and_the_consumer_goes_on() 
     assert_eq!(status, 404);
     system.finish().await;
 }
+
+/// The call outcomes are a busy stream: lists, assignment and the scheduler take the
+/// ones that are ready together in one transaction. A burst with a malformed message
+/// and a late copy of an earlier one among them: the bad one is set aside with its
+/// reason, every other call counts once, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_call_outcomes_with_a_bad_one_and_a_copy_counts_each_call_once() {
+    use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
+    let system = TestSystem::start("bo", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    let bus = &sim.deps.bus;
+    let policies: Vec<_> = (1..=10)
+        .map(|i| policy(&format!("P2026B{i:04}"), "2027-02-15"))
+        .collect();
+    sim.publish_policies(&policies).await.expect("published");
+    sim.settle().await.expect("settles");
+    let cases: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT case_id, policy_no FROM lists.cases ORDER BY policy_no")
+            .fetch_all(sim.pool())
+            .await
+            .expect("cases");
+    assert_eq!(cases.len(), 10);
+    // A copy published after the window the server drops copies in.
+    let name = bus.subjects.stream(Stream::Dispatch);
+    let mut config = bus
+        .js
+        .get_stream(&name)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    config.duplicate_window = Duration::from_millis(200);
+    bus.js.update_stream(config).await.expect("stream updated");
+
+    let call = |k: usize| {
+        let (case_id, policy_no) = &cases[k % cases.len()];
+        prost::Message::encode_to_vec(&PhoneTaskCompleted {
+            task_id: format!("task-{k}"),
+            case_id: case_id.to_string(),
+            policy_no: policy_no.clone(),
+            stage: "T-15".into(),
+            outcome: CallOutcome::Unreachable as i32,
+            agent_id: "CC-01".into(),
+            completed_at_ms: sim.now().timestamp_millis(),
+            ..Default::default()
+        })
+    };
+    for k in 0..200 {
+        if k == 117 {
+            bus.publish(
+                subject::DISPATCH_TASK_COMPLETED,
+                "call-bad",
+                None,
+                vec![0xff; 3],
+            )
+            .await
+            .expect("published");
+        }
+        bus.publish(
+            subject::DISPATCH_TASK_COMPLETED,
+            &format!("call-{k}"),
+            None,
+            call(k),
+        )
+        .await
+        .expect("published");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bus.publish(subject::DISPATCH_TASK_COMPLETED, "call-5", None, call(5))
+        .await
+        .expect("republished");
+    sim.settle().await.expect("settles");
+
+    assert_eq!(stream_messages(&system, Stream::Dispatch).await, 202);
+    let calls: Vec<i32> =
+        sqlx::query_scalar("SELECT calls_made FROM lists.cases ORDER BY policy_no")
+            .fetch_all(sim.pool())
+            .await
+            .expect("calls");
+    assert_eq!(calls, vec![20; 10], "each call counted once");
+    for schema in ["lists", "assignment", "scheduler"] {
+        let (handled, rejected): (i64, Vec<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE message_id LIKE 'call-%' AND rejected_reason IS NULL),
+                    coalesce(array_agg(message_id) FILTER (WHERE rejected_reason IS NOT NULL), '{{}}')
+             FROM {schema}.inbox"
+        )))
+        .fetch_one(sim.pool())
+        .await
+        .expect("inbox");
+        assert_eq!(handled, 200, "{schema}: every good call once");
+        assert_eq!(rejected, vec!["call-bad".to_owned()], "{schema}");
+    }
+    system.finish().await;
+}

@@ -6,6 +6,7 @@
 //! outcome is kept on the case as its last call, for the supervisors' queue
 //! (`crate::supervision`).
 
+use chrono::{DateTime, Utc};
 use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
 use renewal_contract::subject;
 use renewal_platform::inbox::field;
@@ -19,71 +20,45 @@ pub struct CallOutcomes {
     pub wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl Handler for CallOutcomes {
-    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+/// One completed call as the case sees it.
+struct Call {
+    case_id: uuid::Uuid,
+    at: DateTime<Utc>,
+    outcome: CallOutcome,
+    event: PhoneTaskCompleted,
+}
+
+impl Call {
+    fn of(delivery: &Delivery) -> Result<Option<Call>, HandleError> {
         if delivery.subject != subject::DISPATCH_TASK_COMPLETED {
-            return Ok(());
+            return Ok(None);
         }
         let event: PhoneTaskCompleted = delivery.decode()?;
-        let outcome = CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified);
-        let case_id = field::uuid("case_id", &event.case_id)?;
-        let at = field::instant_ms("completed_at_ms", event.completed_at_ms)?;
-        let name = outcome
-            .as_str_name()
-            .trim_start_matches("CALL_OUTCOME_")
-            .to_ascii_lowercase();
-        // The caller's free text stays in dispatch's task (the reason may name people).
-        crate::supervision::record_call(tx, case_id, &event.stage, &name, at).await?;
-        if outcome == CallOutcome::Renewed {
-            // No step of the second assignment runs while the core system confirms it.
-            crate::case_changes::park(tx, case_id).await?;
+        Ok(Some(Call {
+            case_id: field::uuid("case_id", &event.case_id)?,
+            at: field::instant_ms("completed_at_ms", event.completed_at_ms)?,
+            outcome: CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified),
+            event,
+        }))
+    }
+}
+
+impl Handler for CallOutcomes {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        self.apply(tx, Call::of(delivery)?.into_iter().collect())
+            .await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        deliveries: &[&Delivery],
+    ) -> Result<(), HandleError> {
+        let mut calls = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            calls.extend(Call::of(delivery)?);
         }
-        if !matches!(
-            outcome,
-            CallOutcome::CannotRenewInTime | CallOutcome::HighRiskOfLoss
-        ) {
-            return Ok(());
-        }
-        let Some(case) = sqlx::query(
-            "SELECT phase, city_code, important OR group_policy AS supported FROM assignment.cases
-             WHERE case_id = $1 AND state = 'open' AND outcome IS NULL FOR UPDATE",
-        )
-        .bind(case_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            // Closed or lapsed: nothing left to escalate.
-            return Ok(());
-        };
-        let phase: String = case.try_get("phase")?;
-        let by = if event.agent_id.is_empty() {
-            "system"
-        } else {
-            event.agent_id.as_str()
-        };
-        let reason = outcome_reason(outcome).to_owned();
-        match outcome {
-            CallOutcome::CannotRenewInTime if matches!(phase.as_str(), "owned" | "confirming") => {
-                let city: String = case.try_get("city_code")?;
-                let supported: bool = case.try_get("supported")?;
-                owner_gives_up(
-                    tx,
-                    &self.outbox,
-                    &[(case_id, city, supported)],
-                    &reason,
-                    by,
-                    at,
-                )
-                .await?;
-            }
-            CallOutcome::HighRiskOfLoss if phase != "hq" => {
-                send_to_hq(tx, &self.outbox, &[case_id], &reason, by, at).await?;
-            }
-            // Already past the step the outcome asks for.
-            _ => {}
-        }
-        metrics::counter!("escalations_total", "outcome" => outcome_reason(outcome)).increment(1);
-        Ok(())
+        self.apply(tx, calls).await
     }
 
     fn committed(&self) {
@@ -94,6 +69,95 @@ impl Handler for CallOutcomes {
     fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
         Some(delivery.payload.to_vec())
     }
+}
+
+impl CallOutcomes {
+    /// Keeps each case's last call (one statement for all), then, in the order the
+    /// calls came, parks a case reported renewed and escalates the ones the caller
+    /// gave up on.
+    async fn apply(&self, tx: &mut PgConnection, calls: Vec<Call>) -> Result<(), HandleError> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        crate::supervision::record_calls(
+            tx,
+            &calls
+                .iter()
+                .map(|c| {
+                    (
+                        c.case_id,
+                        c.event.stage.as_str(),
+                        outcome_name(c.outcome),
+                        c.at,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        for call in &calls {
+            match call.outcome {
+                // No step of the second assignment runs while the core system confirms it.
+                CallOutcome::Renewed => crate::case_changes::park(tx, call.case_id).await?,
+                CallOutcome::CannotRenewInTime | CallOutcome::HighRiskOfLoss => {
+                    self.escalate(tx, call).await?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn escalate(&self, tx: &mut PgConnection, call: &Call) -> Result<(), HandleError> {
+        let Some(case) = sqlx::query(
+            "SELECT phase, city_code, important OR group_policy AS supported FROM assignment.cases
+             WHERE case_id = $1 AND state = 'open' AND outcome IS NULL FOR UPDATE",
+        )
+        .bind(call.case_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            // Closed or lapsed: nothing left to escalate.
+            return Ok(());
+        };
+        let phase: String = case.try_get("phase")?;
+        let by = if call.event.agent_id.is_empty() {
+            "system"
+        } else {
+            call.event.agent_id.as_str()
+        };
+        let reason = outcome_reason(call.outcome).to_owned();
+        match call.outcome {
+            CallOutcome::CannotRenewInTime if matches!(phase.as_str(), "owned" | "confirming") => {
+                let city: String = case.try_get("city_code")?;
+                let supported: bool = case.try_get("supported")?;
+                owner_gives_up(
+                    tx,
+                    &self.outbox,
+                    &[(call.case_id, city, supported)],
+                    &reason,
+                    by,
+                    call.at,
+                )
+                .await?;
+            }
+            CallOutcome::HighRiskOfLoss if phase != "hq" => {
+                send_to_hq(tx, &self.outbox, &[call.case_id], &reason, by, call.at).await?;
+            }
+            // Already past the step the outcome asks for.
+            _ => {}
+        }
+        metrics::counter!("escalations_total", "outcome" => outcome_reason(call.outcome))
+            .increment(1);
+        Ok(())
+    }
+}
+
+/// The outcome as the supervisors' queue shows it: `unreachable`, `renewed`, ...
+fn outcome_name(outcome: CallOutcome) -> String {
+    outcome
+        .as_str_name()
+        .trim_start_matches("CALL_OUTCOME_")
+        .to_ascii_lowercase()
 }
 
 fn outcome_reason(outcome: CallOutcome) -> &'static str {

@@ -39,6 +39,7 @@ pub const LISTS_CASES: ConsumerSpec = ConsumerSpec {
     durable: "assignment",
     filter: "lists.case.>",
     parallel: 1,
+    batch: 1,
 };
 
 /// Lists issued by lists (renewal lists become claims).
@@ -47,6 +48,7 @@ pub const LISTS_ISSUED: ConsumerSpec = ConsumerSpec {
     durable: "assignment-lists",
     filter: "lists.list.issued",
     parallel: 4,
+    batch: 1,
 };
 
 /// Commands for assignment (the scheduler's T-5 second assignment). Its filter takes
@@ -58,6 +60,7 @@ pub const COMMANDS: ConsumerSpec = ConsumerSpec {
     durable: "assignment-commands",
     filter: "assignment.cmd.>",
     parallel: 1,
+    batch: 1,
 };
 
 /// Erasures of personal data asked by lists (`assignment.cmd.erase_personal_data`).
@@ -66,6 +69,7 @@ pub const ERASURES: ConsumerSpec = ConsumerSpec {
     durable: "assignment-erasures",
     filter: renewal_contract::subject::ASSIGNMENT_CMD_ERASE_PERSONAL_DATA,
     parallel: 1,
+    batch: 1,
 };
 
 /// Call outcomes from dispatch: an owner's "cannot renew in time" or "high risk of
@@ -75,6 +79,7 @@ pub const CALL_OUTCOMES: ConsumerSpec = ConsumerSpec {
     durable: "assignment-outcomes",
     filter: renewal_contract::subject::DISPATCH_TASK_COMPLETED,
     parallel: 1,
+    batch: 256,
 };
 
 /// T-10 alerts from the scheduler: the branch supervisors' queue.
@@ -83,6 +88,7 @@ pub const SUPERVISOR_ALERTS: ConsumerSpec = ConsumerSpec {
     durable: "assignment-alerts",
     filter: renewal_contract::subject::SCHEDULER_CASE_SUPERVISOR_ALERT,
     parallel: 1,
+    batch: 1,
 };
 
 pub const CONSUMERS: &[ConsumerSpec] = &[

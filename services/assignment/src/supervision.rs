@@ -55,22 +55,26 @@ impl Handler for Alerts {
     }
 }
 
-/// Keeps a case's last call (stage, outcome, when, why), in the order the calls ended.
-pub async fn record_call(
+/// Keeps each case's last call (stage, outcome, when), in the order the calls ended:
+/// of `calls` (case, stage, outcome, ended at), a case takes its latest (the later in
+/// the list where two ended at once), and only if it ended after the one it has.
+pub async fn record_calls(
     tx: &mut PgConnection,
-    case_id: uuid::Uuid,
-    stage: &str,
-    outcome: &str,
-    at: DateTime<Utc>,
+    calls: &[(uuid::Uuid, &str, String, DateTime<Utc>)],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE assignment.cases SET last_call_stage = $2, last_outcome = $3, last_outcome_at = $4
-         WHERE case_id = $1 AND (last_outcome_at IS NULL OR last_outcome_at <= $4)",
+        "UPDATE assignment.cases c
+         SET last_call_stage = v.stage, last_outcome = v.outcome, last_outcome_at = v.at
+         FROM (SELECT DISTINCT ON (case_id) case_id, stage, outcome, at
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) WITH ORDINALITY
+                    AS u(case_id, stage, outcome, at, n)
+               ORDER BY case_id, at DESC, n DESC) v
+         WHERE c.case_id = v.case_id AND (c.last_outcome_at IS NULL OR c.last_outcome_at <= v.at)",
     )
-    .bind(case_id)
-    .bind(stage)
-    .bind(outcome)
-    .bind(at)
+    .bind(calls.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.1).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.2.as_str()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.3).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())

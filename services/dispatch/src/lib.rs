@@ -37,6 +37,7 @@ pub const COMMANDS: ConsumerSpec = ConsumerSpec {
     durable: "dispatch",
     filter: "dispatch.cmd.>",
     parallel: 1,
+    batch: 1,
 };
 
 /// Closed cases: never send for one. Each close stands alone (a case closes once, and
@@ -47,6 +48,7 @@ pub const CLOSED_CASES: ConsumerSpec = ConsumerSpec {
     durable: "dispatch",
     filter: "lists.case.closed",
     parallel: 16,
+    batch: 1,
 };
 
 /// Cases opened: their contacts, which the commands for them go with (`contacts`).
@@ -56,6 +58,7 @@ pub const CASE_CONTACTS: ConsumerSpec = ConsumerSpec {
     durable: "dispatch-contacts",
     filter: "lists.case.opened",
     parallel: 16,
+    batch: 1,
 };
 
 /// Changed cases: a new mobile replaces the case's contact (`contacts::CaseChanges`).
@@ -64,6 +67,7 @@ pub const CASE_CHANGES: ConsumerSpec = ConsumerSpec {
     durable: "dispatch-changes",
     filter: "lists.case.changed",
     parallel: 1,
+    batch: 1,
 };
 
 /// Owner changes: a case's owner tasks follow the case.
@@ -72,6 +76,7 @@ pub const OWNER_CHANGES: ConsumerSpec = ConsumerSpec {
     durable: "dispatch",
     filter: "assignment.owner.assigned",
     parallel: 1,
+    batch: 1,
 };
 
 /// Erasures of personal data asked by lists (`dispatch.cmd.erase_personal_data`).
@@ -80,6 +85,7 @@ pub const ERASURES: ConsumerSpec = ConsumerSpec {
     durable: "dispatch-erasures",
     filter: renewal_contract::subject::DISPATCH_CMD_ERASE_PERSONAL_DATA,
     parallel: 1,
+    batch: 1,
 };
 
 /// Assignment's steps that make work: HQ's outbound calling and the city company's
@@ -89,6 +95,7 @@ pub const ESCALATIONS: ConsumerSpec = ConsumerSpec {
     durable: "dispatch-escalations",
     filter: "assignment.case.routed",
     parallel: 1,
+    batch: 1,
 };
 
 pub const CONSUMERS: &[ConsumerSpec] = &[

@@ -5,6 +5,8 @@
 //! daily run reopens it if no confirmation comes); a customer who insured the vehicle
 //! elsewhere, or sold or scrapped it, ends the case lost, off the lapse lists.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
 use renewal_contract::lists::CaseOutcome;
@@ -19,50 +21,128 @@ pub struct CallOutcomes {
     pub outbox: Outbox,
 }
 
-impl Handler for CallOutcomes {
-    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+/// One completed call as the case records it.
+struct Call {
+    case_id: uuid::Uuid,
+    at: DateTime<Utc>,
+    outcome: CallOutcome,
+    event: PhoneTaskCompleted,
+}
+
+impl Call {
+    fn of(delivery: &Delivery) -> Result<Option<Call>, HandleError> {
         if delivery.subject != subject::DISPATCH_TASK_COMPLETED {
-            return Ok(());
+            return Ok(None);
         }
         let event: PhoneTaskCompleted = delivery.decode()?;
-        let case_id = field::uuid("case_id", &event.case_id)?;
-        let at = field::instant_ms("completed_at_ms", event.completed_at_ms)?;
-        let outcome = CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified);
-        let Some(case) = sqlx::query(
-            "UPDATE lists.cases SET calls_made = calls_made + 1,
-                 last_outcome = $2, last_outcome_at = GREATEST(last_outcome_at, $3)
-             WHERE case_id = $1
-             RETURNING policy_no, state",
-        )
-        .bind(case_id)
-        .bind(outcome_name(outcome))
-        .bind(at)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            tracing::info!(task_id = %event.task_id, "outcome for a case lists does not know; nothing to record");
+        Ok(Some(Call {
+            case_id: field::uuid("case_id", &event.case_id)?,
+            at: field::instant_ms("completed_at_ms", event.completed_at_ms)?,
+            outcome: CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified),
+            event,
+        }))
+    }
+}
+
+impl Handler for CallOutcomes {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        self.apply(tx, Call::of(delivery)?.into_iter().collect())
+            .await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        deliveries: &[&Delivery],
+    ) -> Result<(), HandleError> {
+        let mut calls = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            calls.extend(Call::of(delivery)?);
+        }
+        self.apply(tx, calls).await
+    }
+}
+
+impl CallOutcomes {
+    /// Counts the calls on their cases in one statement, then ends or holds the cases
+    /// whose call said so, in the order the calls came.
+    async fn apply(&self, tx: &mut PgConnection, calls: Vec<Call>) -> Result<(), HandleError> {
+        if calls.is_empty() {
             return Ok(());
-        };
-        let policy_no: String = case.try_get("policy_no")?;
-        match outcome {
-            CallOutcome::Renewed => report_renewal(tx, case_id, &event, at).await?,
-            CallOutcome::InsuredElsewhere => {
-                lost(
-                    tx,
-                    &self.outbox,
-                    &policy_no,
-                    CaseOutcome::InsuredElsewhere,
-                    at,
-                )
-                .await?
+        }
+        let known = record(tx, &calls).await?;
+        if known.len() < calls.len() {
+            tracing::info!(
+                calls = calls.len(),
+                on_known_cases = known.len(),
+                "outcomes for cases lists does not know; nothing to record for them"
+            );
+        }
+        for call in &calls {
+            let Some(policy_no) = known.get(&call.case_id) else {
+                continue;
+            };
+            match call.outcome {
+                CallOutcome::Renewed => {
+                    report_renewal(tx, call.case_id, &call.event, call.at).await?
+                }
+                CallOutcome::InsuredElsewhere => {
+                    lost(
+                        tx,
+                        &self.outbox,
+                        policy_no,
+                        CaseOutcome::InsuredElsewhere,
+                        call.at,
+                    )
+                    .await?
+                }
+                CallOutcome::VehicleSold => {
+                    lost(
+                        tx,
+                        &self.outbox,
+                        policy_no,
+                        CaseOutcome::VehicleSold,
+                        call.at,
+                    )
+                    .await?
+                }
+                _ => {}
             }
-            CallOutcome::VehicleSold => {
-                lost(tx, &self.outbox, &policy_no, CaseOutcome::VehicleSold, at).await?
-            }
-            _ => {}
         }
         Ok(())
     }
+}
+
+/// Every call counts on its case; the case keeps the outcome of its last call (in the
+/// order the calls came) and the latest time. The cases lists knows, with their policy.
+async fn record(
+    tx: &mut PgConnection,
+    calls: &[Call],
+) -> Result<HashMap<uuid::Uuid, String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "UPDATE lists.cases c SET calls_made = c.calls_made + v.calls,
+             last_outcome = v.last_outcome, last_outcome_at = GREATEST(c.last_outcome_at, v.last_at)
+         FROM (SELECT case_id, count(*)::int AS calls,
+                      (array_agg(outcome ORDER BY n DESC))[1] AS last_outcome, max(at) AS last_at
+               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) WITH ORDINALITY
+                    AS u(case_id, outcome, at, n)
+               GROUP BY case_id) v
+         WHERE c.case_id = v.case_id
+         RETURNING c.case_id, c.policy_no",
+    )
+    .bind(calls.iter().map(|c| c.case_id).collect::<Vec<_>>())
+    .bind(
+        calls
+            .iter()
+            .map(|c| outcome_name(c.outcome))
+            .collect::<Vec<_>>(),
+    )
+    .bind(calls.iter().map(|c| c.at).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.into_iter()
+        .map(|row| Ok((row.try_get("case_id")?, row.try_get("policy_no")?)))
+        .collect()
 }
 
 /// A renewal reported by the caller: the case waits for the core system's

@@ -43,6 +43,7 @@ pub const CORE_POLICIES: ConsumerSpec = ConsumerSpec {
     durable: "lists",
     filter: "core.policy.>",
     parallel: 1,
+    batch: 1,
 };
 
 /// Call outcomes from dispatch: the lapse register's calls, renewals reported on the
@@ -52,6 +53,7 @@ pub const CALL_OUTCOMES: ConsumerSpec = ConsumerSpec {
     durable: "lists-outcomes",
     filter: "dispatch.task.completed",
     parallel: 1,
+    batch: 256,
 };
 
 /// What assignment, scheduler and dispatch say they erased (one consumer per stream:
@@ -62,18 +64,21 @@ pub const ERASURE_ANSWERS: [ConsumerSpec; 3] = [
         durable: "lists-erasures",
         filter: "assignment.erasure.>",
         parallel: 1,
+        batch: 1,
     },
     ConsumerSpec {
         stream: Stream::Scheduler,
         durable: "lists-erasures",
         filter: "scheduler.erasure.>",
         parallel: 1,
+        batch: 1,
     },
     ConsumerSpec {
         stream: Stream::Dispatch,
         durable: "lists-erasures",
         filter: "dispatch.erasure.>",
         parallel: 1,
+        batch: 1,
     },
 ];
 

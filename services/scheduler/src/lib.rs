@@ -35,6 +35,7 @@ pub const LISTS_CASES: ConsumerSpec = ConsumerSpec {
     durable: "scheduler",
     filter: "lists.case.>",
     parallel: 1,
+    batch: 1,
 };
 
 /// Owners named by assignment.
@@ -43,6 +44,7 @@ pub const OWNERS: ConsumerSpec = ConsumerSpec {
     durable: "scheduler",
     filter: "assignment.owner.>",
     parallel: 1,
+    batch: 1,
 };
 
 /// Call outcomes from dispatch (they reschedule contacts).
@@ -51,6 +53,7 @@ pub const OUTCOMES: ConsumerSpec = ConsumerSpec {
     durable: "scheduler-outcomes",
     filter: "dispatch.task.>",
     parallel: 1,
+    batch: 256,
 };
 
 /// Erasures of personal data asked by lists (`scheduler.cmd.erase_personal_data`).
@@ -59,6 +62,7 @@ pub const ERASURES: ConsumerSpec = ConsumerSpec {
     durable: "scheduler-erasures",
     filter: renewal_contract::subject::SCHEDULER_CMD_ERASE_PERSONAL_DATA,
     parallel: 1,
+    batch: 1,
 };
 
 pub const CONSUMERS: &[ConsumerSpec] = &[LISTS_CASES, OWNERS, OUTCOMES, ERASURES];

@@ -87,6 +87,11 @@ pub struct ConsumerSpec {
     /// How many messages are handled at once: 1 keeps the stream's order; more only
     /// for messages whose order does not matter (each in its own transaction).
     pub parallel: usize,
+    /// How many messages that are ready at once share one transaction (with their
+    /// inbox rows), in the stream's order, acknowledged after its commit: for busy
+    /// streams whose every message is a small write (one commit each would cost more
+    /// than the write). 1: a transaction per message. Only with `parallel: 1`.
+    pub batch: usize,
 }
 
 #[derive(Clone, Debug)]

@@ -599,6 +599,40 @@ fn prepare(c: Completion, task: Option<&TaskRow>) -> Result<Ready, Answer> {
     })
 }
 
+/// The outcomes after which none of the case's other contacts waiting here may go.
+const ENDS_THE_CASE: &[&str] = &[
+    "renewed",
+    "insured_elsewhere",
+    "vehicle_sold",
+    "wrong_number",
+];
+
+/// The completion statement's part for a batch with an [`ENDS_THE_CASE`] outcome (the
+/// rest of the time it is left out: a plan for it, on a table whose statistics are
+/// not gathered yet, reads every waiting task's index entry to find none).
+const WITHDRAWALS: &str = "
+         -- A renewal reported on the call, a customer lost (insured elsewhere, vehicle
+         -- sold) or a wrong number: the case's other contacts waiting here stop at once
+         -- (the scheduler holds or stops its timers on the same event). The cases are
+         -- an array, so the updates go by index (a join would be costed as a scan of
+         -- every task and message, batch after batch).
+         ended AS (
+             SELECT DISTINCT case_id FROM done
+             WHERE outcome IN ('renewed', 'insured_elsewhere', 'vehicle_sold', 'wrong_number')
+         ),
+         tasks_withdrawn AS (
+             UPDATE dispatch.phone_tasks t SET state = 'withdrawn',
+                    last_error = 'renewed, lost or a wrong number on another call of the case'
+             WHERE t.case_id = ANY(ARRAY(SELECT case_id FROM ended))
+               AND t.state IN ('open', 'leased') AND t.id NOT IN (SELECT id FROM done)
+         ),
+         sms_withdrawn AS (
+             UPDATE dispatch.sms_messages m SET state = 'withdrawn',
+                    last_error = 'renewed, lost or a wrong number on a call'
+             WHERE m.case_id = ANY(ARRAY(SELECT case_id FROM ended)) AND m.state = 'queued'
+         ),
+";
+
 async fn write_statement(
     pool: &PgPool,
     schema: &'static str,
@@ -626,31 +660,16 @@ async fn write_statement(
              WHERE outcome = 'wrong_number'
              ON CONFLICT DO NOTHING
          ),
-         -- A renewal reported on the call, a customer lost (insured elsewhere, vehicle
-         -- sold) or a wrong number: the case's other contacts waiting here stop at once
-         -- (the scheduler holds or stops its timers on the same event). The cases are
-         -- an array, so the updates go by index (a join would be costed as a scan of
-         -- every task and message, batch after batch).
-         ended AS (
-             SELECT DISTINCT case_id FROM done
-             WHERE outcome IN ('renewed', 'insured_elsewhere', 'vehicle_sold', 'wrong_number')
-         ),
-         tasks_withdrawn AS (
-             UPDATE dispatch.phone_tasks t SET state = 'withdrawn',
-                    last_error = 'renewed, lost or a wrong number on another call of the case'
-             WHERE t.case_id = ANY(ARRAY(SELECT case_id FROM ended))
-               AND t.state IN ('open', 'leased') AND t.id NOT IN (SELECT id FROM done)
-         ),
-         sms_withdrawn AS (
-             UPDATE dispatch.sms_messages m SET state = 'withdrawn',
-                    last_error = 'renewed, lost or a wrong number on a call'
-             WHERE m.case_id = ANY(ARRAY(SELECT case_id FROM ended)) AND m.state = 'queued'
-         ),
-         published AS (
+{withdrawals}         published AS (
              INSERT INTO {schema}.outbox (id, subject, payload, traceparent)
              SELECT event_id, $10, payload, traceparent FROM done ORDER BY event_id
          )
-         SELECT id FROM done"
+         SELECT id FROM done",
+        withdrawals = if batch.iter().any(|c| ENDS_THE_CASE.contains(&c.outcome)) {
+            WITHDRAWALS
+        } else {
+            ""
+        },
     );
     let mut attempt = 0;
     loop {
