@@ -752,3 +752,122 @@ async fn changes_from_the_core_system_reach_the_open_case() {
     assert_eq!(call["customer"]["mobile"], "+8613900001111", "{call}");
     system.finish().await;
 }
+
+/// A wrong-number call and the core system's corrected number can cross: the call
+/// ended first, the correction is taken in first. The case's contacts end as they do
+/// in the other order (nothing held, the owner still asked to check the number), and
+/// a promise made on a later call pauses a contact whether it was held or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrected_number_that_crosses_the_wrong_number_call_holds_nothing() {
+    use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
+    let system = TestSystem::start("cx", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[policy("X1", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    claim(&system, "X1").await;
+
+    // T-30: the owner's call ends with a wrong number at 10:05...
+    sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let tasks = lease(&system, "SH01-A03", "owner").await;
+    let task = task_of(&tasks, "X1").clone();
+    let ended = sim.now();
+    // ... and the corrected number, sent a minute later, is taken in before the call's
+    // outcome (the outcome is published here by hand, after it).
+    sim.advance_to(ended + chrono::Duration::minutes(1))
+        .await
+        .expect("time");
+    let mut x1 = policy("X1", "2027-02-15");
+    x1.version = 2;
+    x1.mobile = "+8613900002222".into();
+    sim.publish_policies(&[x1]).await.expect("published");
+    sim.settle().await.expect("settles");
+    let case_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT case_id FROM lists.cases WHERE policy_no = 'X1'")
+            .fetch_one(sim.pool())
+            .await
+            .expect("case");
+    let outcome = PhoneTaskCompleted {
+        task_id: task["id"].as_str().unwrap_or_default().to_owned(),
+        case_id: case_id.to_string(),
+        policy_no: "X1".into(),
+        stage: "T-30".into(),
+        outcome: CallOutcome::WrongNumber as i32,
+        agent_id: "SH01-A03".into(),
+        completed_at_ms: ended.timestamp_millis(),
+        ..Default::default()
+    };
+    sim.deps
+        .bus
+        .publish(
+            subject::DISPATCH_TASK_COMPLETED,
+            "crossed-wrong-number",
+            None,
+            prost::Message::encode_to_vec(&outcome),
+        )
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let line = timeline(&system, "X1").await;
+    assert_eq!(state_of(&line, "T-15 call"), "pending", "{line:?}");
+    assert!(
+        line.iter()
+            .any(|(stage, _)| stage.starts_with("contact correction")),
+        "the owner still checks the number: {line:?}"
+    );
+
+    // The other order, on the same case: a wrong number now holds the contacts; the
+    // customer, reached another way, promises to renew by 12 February, which pauses the
+    // T-15 call and T-7 SMS (held or not), and the corrected number resumes only what
+    // is after it.
+    sim.advance_to(local("2027-01-17", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let mut again = outcome.clone();
+    again.task_id = "second-wrong-number".into();
+    again.completed_at_ms = sim.now().timestamp_millis();
+    sim.deps
+        .bus
+        .publish(
+            subject::DISPATCH_TASK_COMPLETED,
+            "second-wrong-number",
+            None,
+            prost::Message::encode_to_vec(&again),
+        )
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    assert_eq!(
+        state_of(&timeline(&system, "X1").await, "T-15 call"),
+        "held"
+    );
+    let mut promise = again.clone();
+    promise.task_id = "promise".into();
+    promise.outcome = CallOutcome::Promised as i32;
+    promise.promised_date = "2027-02-12".into();
+    sim.deps
+        .bus
+        .publish(
+            subject::DISPATCH_TASK_COMPLETED,
+            "promise",
+            None,
+            prost::Message::encode_to_vec(&promise),
+        )
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let mut x1 = policy("X1", "2027-02-15");
+    x1.version = 3;
+    x1.mobile = "+8613900003333".into();
+    sim.publish_policies(&[x1]).await.expect("published");
+    sim.settle().await.expect("settles");
+    let line = timeline(&system, "X1").await;
+    assert_eq!(state_of(&line, "T-15 call"), "skipped", "{line:?}");
+    assert_eq!(state_of(&line, "T-7"), "skipped", "{line:?}");
+    assert_eq!(state_of(&line, "T+1"), "pending", "{line:?}");
+    system.finish().await;
+}

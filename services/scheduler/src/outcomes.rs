@@ -239,9 +239,20 @@ impl Call<'_> {
     }
 
     /// A wrong number: the contacts wait for the corrected number (lists.case.changed);
-    /// the owner gets the correction to make.
+    /// the owner gets the correction to make. A mobile replaced at or after the call's
+    /// end came in first (the two events crossed): nothing is held, the owner still
+    /// checks the number.
     async fn wrong_number(&self, tx: &mut PgConnection) -> Result<(), HandleError> {
-        hold(tx, self.case_id, HELD_WRONG_NUMBER, true).await?;
+        let corrected: bool = sqlx::query_scalar(
+            "SELECT coalesce(mobile_changed_at >= $2, false) FROM scheduler.cases WHERE case_id = $1",
+        )
+        .bind(self.case_id)
+        .bind(self.at)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !corrected {
+            hold(tx, self.case_id, HELD_WRONG_NUMBER, true).await?;
+        }
         let name = format!("contact correction {}", self.event.task_id);
         Ok(self.follow_up(tx, name, Queue::Owner, self.at).await?)
     }
@@ -268,7 +279,9 @@ pub(crate) async fn add(
 }
 
 /// Stops pending contacts: all of them (except those the plan keeps after a refusal),
-/// or those due before `before`.
+/// or those due before `before`. Contacts held (for a wrong number, a reported
+/// renewal) stop too: what the customer said on this call holds whether the number is
+/// corrected before or after it is taken in.
 async fn stop(
     tx: &mut PgConnection,
     case_id: Uuid,
@@ -278,10 +291,12 @@ async fn stop(
 ) -> Result<(), sqlx::Error> {
     let sql = if which == "all" {
         "UPDATE scheduler.timers SET state = 'cancelled', note = $2
-         WHERE case_id = $1 AND state = 'pending' AND action IN ('sms', 'phone_task') AND NOT keep_after_refusal"
+         WHERE case_id = $1 AND state IN ('pending', 'held') AND action IN ('sms', 'phone_task')
+           AND NOT keep_after_refusal"
     } else {
         "UPDATE scheduler.timers SET state = 'skipped', note = $2
-         WHERE case_id = $1 AND state = 'pending' AND action IN ('sms', 'phone_task') AND due_at < $3"
+         WHERE case_id = $1 AND state IN ('pending', 'held') AND action IN ('sms', 'phone_task')
+           AND due_at < $3"
     };
     sqlx::query(sql)
         .bind(case_id)

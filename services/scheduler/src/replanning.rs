@@ -64,13 +64,19 @@ pub(crate) async fn changed(
     if what("mobile") {
         let mobile = event.customer.as_ref().map_or("", |c| c.mobile.as_str());
         let (mobile_enc, mobile_index) = crate::contact::seal_mobile(pii, id, mobile)?.unzip();
+        let changed_at = match event.changed_at_ms {
+            0 => now,
+            ms => field::instant_ms("changed_at_ms", ms)?,
+        };
         sqlx::query(
-            "UPDATE scheduler.cases SET mobile_index = $2, mobile_enc = $3
+            "UPDATE scheduler.cases SET mobile_index = $2, mobile_enc = $3,
+                 mobile_changed_at = GREATEST(mobile_changed_at, $4)
              WHERE case_id = $1 AND erased_at IS NULL",
         )
         .bind(id)
         .bind(mobile_index.as_ref().map(|i| i.as_slice()))
         .bind(mobile_enc)
+        .bind(changed_at)
         .execute(&mut *tx)
         .await?;
         crate::outcomes::resume_held(tx, id, crate::outcomes::HELD_WRONG_NUMBER, now).await?;
