@@ -6,10 +6,8 @@
 //! outcome is kept on the case as its last call, for the supervisors' queue
 //! (`crate::supervision`).
 
-use chrono::{DateTime, Utc};
-use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
-use renewal_contract::subject;
-use renewal_platform::inbox::field;
+use renewal_contract::dispatch::CallOutcome;
+use renewal_platform::completed_calls::CompletedCall;
 use renewal_platform::{Delivery, HandleError, Handler, Outbox};
 use sqlx::{PgConnection, Row};
 
@@ -20,32 +18,9 @@ pub struct CallOutcomes {
     pub wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
-/// One completed call as the case sees it.
-struct Call {
-    case_id: uuid::Uuid,
-    at: DateTime<Utc>,
-    outcome: CallOutcome,
-    event: PhoneTaskCompleted,
-}
-
-impl Call {
-    fn of(delivery: &Delivery) -> Result<Option<Call>, HandleError> {
-        if delivery.subject != subject::DISPATCH_TASK_COMPLETED {
-            return Ok(None);
-        }
-        let event: PhoneTaskCompleted = delivery.decode()?;
-        Ok(Some(Call {
-            case_id: field::uuid("case_id", &event.case_id)?,
-            at: field::instant_ms("completed_at_ms", event.completed_at_ms)?,
-            outcome: CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified),
-            event,
-        }))
-    }
-}
-
 impl Handler for CallOutcomes {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
-        self.apply(tx, Call::of(delivery)?.into_iter().collect())
+        self.apply(tx, CompletedCall::of(delivery)?.into_iter().collect())
             .await
     }
 
@@ -54,11 +29,7 @@ impl Handler for CallOutcomes {
         tx: &mut PgConnection,
         deliveries: &[&Delivery],
     ) -> Result<(), HandleError> {
-        let mut calls = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            calls.extend(Call::of(delivery)?);
-        }
-        self.apply(tx, calls).await
+        self.apply(tx, CompletedCall::all(deliveries)?).await
     }
 
     fn committed(&self) {
@@ -75,7 +46,11 @@ impl CallOutcomes {
     /// Keeps each case's last call (one statement for all), then, in the order the
     /// calls came, parks a case reported renewed and escalates the ones the caller
     /// gave up on.
-    async fn apply(&self, tx: &mut PgConnection, calls: Vec<Call>) -> Result<(), HandleError> {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        calls: Vec<CompletedCall>,
+    ) -> Result<(), HandleError> {
         if calls.is_empty() {
             return Ok(());
         }
@@ -83,14 +58,7 @@ impl CallOutcomes {
             tx,
             &calls
                 .iter()
-                .map(|c| {
-                    (
-                        c.case_id,
-                        c.event.stage.as_str(),
-                        outcome_name(c.outcome),
-                        c.at,
-                    )
-                })
+                .map(|c| (c.case_id, c.event.stage.as_str(), c.outcome_name(), c.at))
                 .collect::<Vec<_>>(),
         )
         .await?;
@@ -107,7 +75,11 @@ impl CallOutcomes {
         Ok(())
     }
 
-    async fn escalate(&self, tx: &mut PgConnection, call: &Call) -> Result<(), HandleError> {
+    async fn escalate(
+        &self,
+        tx: &mut PgConnection,
+        call: &CompletedCall,
+    ) -> Result<(), HandleError> {
         let Some(case) = sqlx::query(
             "SELECT phase, city_code, important OR group_policy AS supported FROM assignment.cases
              WHERE case_id = $1 AND state = 'open' AND outcome IS NULL FOR UPDATE",
@@ -150,14 +122,6 @@ impl CallOutcomes {
             .increment(1);
         Ok(())
     }
-}
-
-/// The outcome as the supervisors' queue shows it: `unreachable`, `renewed`, ...
-fn outcome_name(outcome: CallOutcome) -> String {
-    outcome
-        .as_str_name()
-        .trim_start_matches("CALL_OUTCOME_")
-        .to_ascii_lowercase()
 }
 
 fn outcome_reason(outcome: CallOutcome) -> &'static str {

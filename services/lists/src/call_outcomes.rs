@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
 use renewal_contract::lists::CaseOutcome;
-use renewal_contract::subject;
-use renewal_platform::inbox::field;
+use renewal_platform::completed_calls::CompletedCall;
 use renewal_platform::{Delivery, HandleError, Handler, Outbox};
 use sqlx::{PgConnection, Row};
 
@@ -21,32 +20,9 @@ pub struct CallOutcomes {
     pub outbox: Outbox,
 }
 
-/// One completed call as the case records it.
-struct Call {
-    case_id: uuid::Uuid,
-    at: DateTime<Utc>,
-    outcome: CallOutcome,
-    event: PhoneTaskCompleted,
-}
-
-impl Call {
-    fn of(delivery: &Delivery) -> Result<Option<Call>, HandleError> {
-        if delivery.subject != subject::DISPATCH_TASK_COMPLETED {
-            return Ok(None);
-        }
-        let event: PhoneTaskCompleted = delivery.decode()?;
-        Ok(Some(Call {
-            case_id: field::uuid("case_id", &event.case_id)?,
-            at: field::instant_ms("completed_at_ms", event.completed_at_ms)?,
-            outcome: CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified),
-            event,
-        }))
-    }
-}
-
 impl Handler for CallOutcomes {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
-        self.apply(tx, Call::of(delivery)?.into_iter().collect())
+        self.apply(tx, CompletedCall::of(delivery)?.into_iter().collect())
             .await
     }
 
@@ -55,18 +31,18 @@ impl Handler for CallOutcomes {
         tx: &mut PgConnection,
         deliveries: &[&Delivery],
     ) -> Result<(), HandleError> {
-        let mut calls = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            calls.extend(Call::of(delivery)?);
-        }
-        self.apply(tx, calls).await
+        self.apply(tx, CompletedCall::all(deliveries)?).await
     }
 }
 
 impl CallOutcomes {
     /// Counts the calls on their cases in one statement, then ends or holds the cases
     /// whose call said so, in the order the calls came.
-    async fn apply(&self, tx: &mut PgConnection, calls: Vec<Call>) -> Result<(), HandleError> {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        calls: Vec<CompletedCall>,
+    ) -> Result<(), HandleError> {
         if calls.is_empty() {
             return Ok(());
         }
@@ -117,7 +93,7 @@ impl CallOutcomes {
 /// order the calls came) and the latest time. The cases lists knows, with their policy.
 async fn record(
     tx: &mut PgConnection,
-    calls: &[Call],
+    calls: &[CompletedCall],
 ) -> Result<HashMap<uuid::Uuid, String>, sqlx::Error> {
     let rows = sqlx::query(
         "UPDATE lists.cases c SET calls_made = c.calls_made + v.calls,
@@ -134,7 +110,7 @@ async fn record(
     .bind(
         calls
             .iter()
-            .map(|c| outcome_name(c.outcome))
+            .map(CompletedCall::outcome_name)
             .collect::<Vec<_>>(),
     )
     .bind(calls.iter().map(|c| c.at).collect::<Vec<_>>())
@@ -178,12 +154,4 @@ async fn lost(
 ) -> Result<(), sqlx::Error> {
     cases::close(tx, outbox, policy_no, outcome, "", at).await?;
     Ok(())
-}
-
-/// The outcome as the register shows it: `unreachable`, `insured_elsewhere`, ...
-fn outcome_name(outcome: CallOutcome) -> String {
-    outcome
-        .as_str_name()
-        .trim_start_matches("CALL_OUTCOME_")
-        .to_ascii_lowercase()
 }

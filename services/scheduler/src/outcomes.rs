@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
-use renewal_contract::subject;
+use renewal_platform::completed_calls::CompletedCall;
 use renewal_platform::inbox::field;
 use renewal_platform::{Delivery, HandleError, Handler};
 use sqlx::{PgConnection, Row};
@@ -45,24 +45,61 @@ pub(crate) fn call(name: String, queue: Queue) -> Stage {
 
 impl Handler for OutcomeEvents {
     async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
-        if delivery.subject != subject::DISPATCH_TASK_COMPLETED {
-            // Other dispatch facts (SMS statuses) are not the scheduler's business.
-            return Ok(());
+        // Other dispatch facts (SMS statuses) are not the scheduler's business.
+        match CompletedCall::of(delivery)? {
+            Some(completed) => self.apply(tx, &completed).await,
+            None => Ok(()),
         }
-        let event: PhoneTaskCompleted = delivery.decode()?;
-        let case_id = field::uuid("case_id", &event.case_id)?;
-        let at = field::instant_ms("completed_at_ms", event.completed_at_ms)?;
+    }
+
+    /// Most calls of a busy hour come back for cases with timers here, but not every
+    /// one: the cases are looked up for the batch at once, and only the calls of the
+    /// open ones are applied (each as it would be alone).
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        deliveries: &[&Delivery],
+    ) -> Result<(), HandleError> {
+        let calls = CompletedCall::all(deliveries)?;
+        let open: std::collections::HashSet<Uuid> = sqlx::query_scalar(
+            "SELECT case_id FROM scheduler.cases WHERE case_id = ANY($1) AND state = 'open'",
+        )
+        .bind(calls.iter().map(|c| c.case_id).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        for completed in calls.iter().filter(|c| open.contains(&c.case_id)) {
+            self.apply(tx, completed).await?;
+        }
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.timers_changed.notify_one();
+    }
+}
+
+impl OutcomeEvents {
+    /// Reschedules the case's contacts for what the call ended with (a case closed or
+    /// without timers here has nothing to reschedule).
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        completed: &CompletedCall,
+    ) -> Result<(), HandleError> {
+        let (case_id, event) = (completed.case_id, &completed.event);
         let Some(tz) = open_case(tx, case_id, &event.task_id).await? else {
             return Ok(());
         };
         let call = Call {
             case_id,
-            event: &event,
-            at,
+            event,
+            at: completed.at,
             tz,
             hours: self.hours,
         };
-        let outcome = CallOutcome::try_from(event.outcome).unwrap_or(CallOutcome::Unspecified);
+        let outcome = completed.outcome;
         match outcome {
             CallOutcome::CallBack => call.back(tx).await?,
             CallOutcome::Promised => call.promised(tx).await?,
@@ -86,46 +123,6 @@ impl Handler for OutcomeEvents {
         metrics::counter!("outcomes_applied_total", "outcome" => outcome.as_str_name())
             .increment(1);
         Ok(())
-    }
-
-    /// Most calls of a busy hour come back for cases with timers here, but not every
-    /// one: the cases are looked up for the batch at once, and only the calls of the
-    /// open ones are applied (each as it would be alone).
-    async fn handle_batch(
-        &self,
-        tx: &mut PgConnection,
-        deliveries: &[&Delivery],
-    ) -> Result<(), HandleError> {
-        let mut calls = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            if delivery.subject == subject::DISPATCH_TASK_COMPLETED {
-                let event: PhoneTaskCompleted = delivery.decode()?;
-                calls.push((field::uuid("case_id", &event.case_id)?, *delivery));
-            }
-        }
-        let open: std::collections::HashSet<Uuid> = sqlx::query_scalar(
-            "SELECT case_id FROM scheduler.cases WHERE case_id = ANY($1) AND state = 'open'",
-        )
-        .bind(
-            calls
-                .iter()
-                .map(|(case_id, _)| *case_id)
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        for (case_id, delivery) in &calls {
-            if open.contains(case_id) {
-                self.handle(tx, delivery).await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn committed(&self) {
-        self.timers_changed.notify_one();
     }
 }
 

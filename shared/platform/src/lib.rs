@@ -6,6 +6,7 @@ pub mod activity;
 pub mod audit;
 pub mod bus;
 pub mod clock;
+pub mod completed_calls;
 pub mod config;
 pub mod dead_letters;
 pub mod dev_issuer;
