@@ -18,6 +18,23 @@ async fn stream_messages(system: &TestSystem, stream: Stream) -> u64 {
     s.info().await.expect("stream info").state.messages
 }
 
+/// Shrinks the server's duplicate window to 200 ms, so a copy published after it is
+/// stored and delivered: only the inbox stands between it and a second effect.
+async fn shrink_duplicate_window(bus: &renewal_platform::Bus, stream: Stream) {
+    let mut config = bus
+        .js
+        .get_stream(bus.subjects.stream(stream))
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    config.duplicate_window = Duration::from_millis(200);
+    bus.js.update_stream(config).await.expect("stream updated");
+}
+
 async fn sms_rows(system: &TestSystem, policy_no: &str) -> Vec<(String, String, Option<String>)> {
     sqlx::query_as("SELECT stage, state, vendor_code FROM dispatch.sms_messages WHERE policy_no = $1 ORDER BY stage")
         .bind(policy_no)
@@ -247,19 +264,8 @@ async fn a_redelivered_message_has_no_second_effect() {
     let bus = &sim.deps.bus;
     // Shrink the server's duplicate window, so only our inbox stands between a
     // redelivery and a second effect.
+    shrink_duplicate_window(bus, Stream::Lists).await;
     let name = bus.subjects.stream(Stream::Lists);
-    let mut config = bus
-        .js
-        .get_stream(&name)
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .config
-        .clone();
-    config.duplicate_window = Duration::from_millis(200);
-    bus.js.update_stream(config).await.expect("stream updated");
 
     sim.publish_policies(&[policy("P2026C0001", "2027-02-15")])
         .await
@@ -372,19 +378,7 @@ async fn a_burst_of_call_outcomes_with_a_bad_one_and_a_copy_counts_each_call_onc
             .expect("cases");
     assert_eq!(cases.len(), 10);
     // A copy published after the window the server drops copies in.
-    let name = bus.subjects.stream(Stream::Dispatch);
-    let mut config = bus
-        .js
-        .get_stream(&name)
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .config
-        .clone();
-    config.duplicate_window = Duration::from_millis(200);
-    bus.js.update_stream(config).await.expect("stream updated");
+    shrink_duplicate_window(bus, Stream::Dispatch).await;
 
     let call = |k: usize| {
         let (case_id, policy_no) = &cases[k % cases.len()];
