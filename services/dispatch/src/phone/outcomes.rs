@@ -633,12 +633,10 @@ const WITHDRAWALS: &str = "
          ),
 ";
 
-async fn write_statement(
-    pool: &PgPool,
-    schema: &'static str,
-    batch: &[Ready],
-) -> Result<std::collections::HashSet<Uuid>, String> {
-    let sql = format!(
+/// The completion statement for `batch` (with the withdrawals only where it needs
+/// them).
+fn completion_sql(schema: &str, batch: &[Ready]) -> String {
+    format!(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[],
                                   $6::timestamptz[], $7::uuid[], $8::bytea[], $9::text[])
@@ -670,7 +668,15 @@ async fn write_statement(
         } else {
             ""
         },
-    );
+    )
+}
+
+async fn write_statement(
+    pool: &PgPool,
+    schema: &'static str,
+    batch: &[Ready],
+) -> Result<std::collections::HashSet<Uuid>, String> {
+    let sql = completion_sql(schema, batch);
     let mut attempt = 0;
     loop {
         let done: Result<Vec<Uuid>, sqlx::Error> =
