@@ -190,6 +190,12 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             &[Analyst, HqAdmin, CityAdmin, Supervisor, BranchAdmin],
             false,
         ),
+        row(
+            "GET",
+            "/v1/reports/monthly-analysis?month=2027-02",
+            &[Analyst, HqAdmin, CityAdmin, Supervisor, BranchAdmin],
+            false,
+        ),
         row("GET", "/v1/audit/lists", audit, false),
         row("GET", "/v1/dead-letters/lists", &[HqAdmin], false),
         row("POST", "/v1/dead-letters/lists/1:replay", &[HqAdmin], false),

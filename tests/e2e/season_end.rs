@@ -262,6 +262,44 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
         (&json!(4), &json!(2), &json!(2)),
         "{report}"
     );
+
+    // The month's review: each lost case with its reason (P2 was never reached before
+    // its lapse, P3 insured elsewhere; the rescued ones are not lost), the lapse rescue,
+    // by channel; issued on 1 March for February and published.
+    let (status, analysis) = system
+        .get_json("/v1/reports/monthly-analysis?month=2027-02")
+        .await;
+    assert_eq!(status, 200, "{analysis}");
+    assert_eq!(
+        analysis["loss_reasons"],
+        json!({"insured_elsewhere": 1, "not_contacted_in_time": 1}),
+        "{analysis}"
+    );
+    assert_eq!(
+        analysis["lapse_rescue"],
+        json!({"lapsed": 4, "rescued": 2, "rescue_rate": 0.5})
+    );
+    assert_eq!(analysis["by_branch"][0]["key"], "SH01", "{analysis}");
+    assert_eq!(
+        analysis["by_category"][0]["target_rate"], 0.75,
+        "{analysis}"
+    );
+    let (status, by_channel) = system
+        .get_json("/v1/reports/renewal-rate?from=2027-02-01&to=2027-02-28&group_by=channel")
+        .await;
+    assert_eq!(status, 200, "{by_channel}");
+    assert_eq!(by_channel["groups"][0]["key"], "dealer", "{by_channel}");
+    assert_eq!(by_channel["groups"][0]["due"], 4, "{by_channel}");
+    let reviews: Vec<renewal_contract::lists::ReviewIssued> =
+        events(&system, subject::LISTS_REVIEW_ISSUED).await;
+    let february: Vec<_> = reviews.iter().filter(|r| r.period == "2027-02").collect();
+    assert_eq!(february.len(), 1, "{reviews:?}");
+    let body: Value = serde_json::from_str(&february[0].body_json).expect("json");
+    assert_eq!(body["loss_reasons"], analysis["loss_reasons"]);
+    let (status, csv) = system
+        .get_json("/v1/reports/monthly-analysis?month=2027-2")
+        .await;
+    assert_eq!(status, 400, "{csv}");
     system.finish().await;
 }
 

@@ -97,11 +97,14 @@ async fn record(
 ) -> Result<HashMap<uuid::Uuid, String>, sqlx::Error> {
     let rows = sqlx::query(
         "UPDATE lists.cases c SET calls_made = c.calls_made + v.calls,
-             last_outcome = v.last_outcome, last_outcome_at = GREATEST(c.last_outcome_at, v.last_at)
+             last_outcome = v.last_outcome, last_outcome_at = GREATEST(c.last_outcome_at, v.last_at),
+             refused_because = COALESCE(v.refused_because, c.refused_because)
          FROM (SELECT case_id, count(*)::int AS calls,
-                      (array_agg(outcome ORDER BY n DESC))[1] AS last_outcome, max(at) AS last_at
-               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) WITH ORDINALITY
-                    AS u(case_id, outcome, at, n)
+                      (array_agg(outcome ORDER BY n DESC))[1] AS last_outcome, max(at) AS last_at,
+                      (array_agg(refusal ORDER BY n DESC) FILTER (WHERE refusal IS NOT NULL))[1]
+                          AS refused_because
+               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[]) WITH ORDINALITY
+                    AS u(case_id, outcome, at, refusal, n)
                GROUP BY case_id) v
          WHERE c.case_id = v.case_id
          RETURNING c.case_id, c.policy_no",
@@ -114,11 +117,18 @@ async fn record(
             .collect::<Vec<_>>(),
     )
     .bind(calls.iter().map(|c| c.at).collect::<Vec<_>>())
+    .bind(calls.iter().map(refusal).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     rows.into_iter()
         .map(|row| Ok((row.try_get("case_id")?, row.try_get("policy_no")?)))
         .collect()
+}
+
+/// The reason code of a refusal (the customer's words stay with dispatch).
+fn refusal(call: &CompletedCall) -> Option<&'static str> {
+    (call.outcome == CallOutcome::Refused)
+        .then(|| crate::losses::refusal_code(&call.event.reason).as_str())
 }
 
 /// A renewal reported by the caller: the case waits for the core system's

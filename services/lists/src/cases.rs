@@ -16,6 +16,7 @@ use sqlx::{PgConnection, Row};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::losses::LossReason;
 use crate::portfolio::Zones;
 
 /// A case opens when the policy is this many days or fewer from its effective expiry.
@@ -368,8 +369,17 @@ pub async fn close(
         return Ok(None);
     };
     let state = CaseState::parse(row.try_get("state")?).unwrap_or(state);
+    let case_id: Uuid = row.try_get("case_id")?;
+    let lost = match state {
+        CaseState::InsuredElsewhere => Some(LossReason::InsuredElsewhere),
+        CaseState::VehicleSold => Some(LossReason::VehicleSold),
+        _ => None,
+    };
+    if let Some(reason) = lost {
+        crate::losses::record(tx, case_id, policy_no, reason, now).await?;
+    }
     let event = CaseClosed {
-        case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
+        case_id: case_id.to_string(),
         policy_no: policy_no.to_owned(),
         outcome: state.outcome() as i32,
         new_policy_no: row
@@ -394,24 +404,32 @@ pub async fn lapse_due(
     today: NaiveDate,
     now: DateTime<Utc>,
 ) -> Result<usize, CaseError> {
-    let rows = sqlx::query(
+    // Each lapsed case's loss reason is written with it, from its calls.
+    const LAPSE: &str = concat!(
         "WITH lapsed AS (
             UPDATE lists.cases SET state = 'lapsed', lapsed_at = $3, lapsed_on = expiry_date + 1
             WHERE state = 'open' AND time_zone = $1 AND expiry_date < $2
               AND effective_expiry_date < $2 -- never later than the expiry; lets the index serve
-            RETURNING case_id, policy_no, expiry_date, lapsed_on
+            RETURNING case_id, policy_no, expiry_date, lapsed_on, calls_made, last_outcome, refused_because
          ), policies AS (
             UPDATE lists.policies p SET status = 'lapsed', lapsed_on = l.lapsed_on, updated_at = $3
             FROM lapsed l WHERE p.policy_no = l.policy_no AND p.status = 'active'
             RETURNING p.policy_no
+         ), reasons AS (
+            INSERT INTO lists.lost_reasons (policy_no, case_id, reason, recorded_at)
+            SELECT l.policy_no, l.case_id, ",
+        crate::losses::at_lapse_sql!("l"),
+        ", $3 FROM lapsed l
+            ON CONFLICT (policy_no) DO UPDATE SET reason = EXCLUDED.reason, recorded_at = EXCLUDED.recorded_at
          )
-         SELECT case_id, policy_no, lapsed_on FROM lapsed ORDER BY expiry_date, policy_no",
-    )
-    .bind(zone.name())
-    .bind(today)
-    .bind(now)
-    .fetch_all(&mut *tx)
-    .await?;
+         SELECT case_id, policy_no, lapsed_on FROM lapsed ORDER BY expiry_date, policy_no"
+    );
+    let rows = sqlx::query(LAPSE)
+        .bind(zone.name())
+        .bind(today)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         events.push((
@@ -448,7 +466,8 @@ pub async fn reopen_unconfirmed(
     now: DateTime<Utc>,
     confirm_within: chrono::Duration,
 ) -> Result<usize, CaseError> {
-    let rows = sqlx::query(
+    // A case reopened into lapse rescue is lost for now: its reason is written with it.
+    const REOPEN: &str = concat!(
         "WITH due AS (
             SELECT case_id FROM lists.cases
             WHERE state = 'renewal_reported' AND time_zone = $1 AND reported_at <= $4
@@ -461,19 +480,27 @@ pub async fn reopen_unconfirmed(
                 lapsed_on = CASE WHEN c.lapsed_on IS NULL AND c.expiry_date < $2 THEN c.expiry_date + 1
                                  ELSE c.lapsed_on END
             FROM due WHERE c.case_id = due.case_id
-            RETURNING c.case_id, c.policy_no, c.state, c.reported_at, c.reported_policy_no, c.lapsed_on
+            RETURNING c.case_id, c.policy_no, c.state, c.reported_at, c.reported_policy_no, c.lapsed_on,
+                      c.calls_made, c.last_outcome, c.refused_because
          ), policies AS (
             UPDATE lists.policies p SET status = 'lapsed', lapsed_on = r.lapsed_on, updated_at = $3
             FROM reopened r WHERE p.policy_no = r.policy_no AND r.state = 'lapsed' AND p.status = 'active'
+         ), reasons AS (
+            INSERT INTO lists.lost_reasons (policy_no, case_id, reason, recorded_at)
+            SELECT r.policy_no, r.case_id, ",
+        crate::losses::at_lapse_sql!("r"),
+        ", $3 FROM reopened r WHERE r.state = 'lapsed'
+            ON CONFLICT (policy_no) DO UPDATE SET reason = EXCLUDED.reason, recorded_at = EXCLUDED.recorded_at
          )
-         SELECT * FROM reopened ORDER BY policy_no",
-    )
-    .bind(zone.name())
-    .bind(today)
-    .bind(now)
-    .bind(now - confirm_within)
-    .fetch_all(&mut *tx)
-    .await?;
+         SELECT * FROM reopened ORDER BY policy_no"
+    );
+    let rows = sqlx::query(REOPEN)
+        .bind(zone.name())
+        .bind(today)
+        .bind(now)
+        .bind(now - confirm_within)
+        .fetch_all(&mut *tx)
+        .await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         let reported_at: DateTime<Utc> = row.try_get("reported_at")?;

@@ -200,6 +200,9 @@ impl DailyRun {
         if lists_due(&mut tx, zone, today, self.list_issue_day).await? {
             (done.lists_issued, done.list_items) =
                 self.issue_monthly(&mut tx, zone, today, now).await?;
+            let reviews =
+                crate::reviews::issue_monthly(&mut tx, &self.outbox, zone, today, now).await?;
+            tracing::info!(zone = zone.name(), %today, reviews, "monthly analyses issued");
         }
         sqlx::query(
             "UPDATE lists.daily_runs SET cases_opened = $3, cases_lapsed = $4, bucket_moves = $5,

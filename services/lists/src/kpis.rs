@@ -1,6 +1,8 @@
 //! `GET /v1/reports/renewal-rate`: the review's renewal rate (DOMAIN.md, step 8) by
-//! customer category, city, branch or originating agent, against the category targets,
-//! with the reasons renewals were lost. JSON by default, CSV on request.
+//! customer category, city, branch, originating agent, sales channel or expiry month,
+//! against the six category targets, with the reasons renewals were lost. JSON by
+//! default, CSV on request. The monthly analysis (`crate::reviews`) is built from the
+//! same tallies.
 
 use std::collections::BTreeMap;
 
@@ -71,6 +73,7 @@ struct RawQuery {
     branch: Option<String>,
     agent: Option<String>,
     category: Option<String>,
+    channel: Option<String>,
     from: Option<String>,
     to: Option<String>,
     group_by: Option<String>,
@@ -78,16 +81,16 @@ struct RawQuery {
 }
 
 /// The groupings, the first the default; the SQL maps each name to its column.
-const GROUP_BYS: [&str; 4] = ["category", "city", "branch", "agent"];
+pub(crate) const GROUP_BYS: [&str; 6] = ["category", "city", "branch", "agent", "channel", "month"];
 
 #[derive(Debug, PartialEq)]
-struct ReportQuery {
-    from: NaiveDate,
-    to: NaiveDate,
-    group_by: &'static str,
-    csv: bool,
+pub struct ReportQuery {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub group_by: &'static str,
+    pub csv: bool,
     /// Only the filters given, by parameter name.
-    filters: BTreeMap<&'static str, String>,
+    pub filters: BTreeMap<&'static str, String>,
 }
 
 fn invalid(detail: String) -> KpiError {
@@ -134,7 +137,8 @@ fn parse_query(
             .find(|known| *known == g)
             .ok_or_else(|| {
                 invalid(format!(
-                    "group_by: expected one of category, city, branch, agent, got {g:?}"
+                    "group_by: expected one of {}, got {g:?}",
+                    GROUP_BYS.join(", ")
                 ))
             })?,
     };
@@ -153,6 +157,7 @@ fn parse_query(
         ("branch", raw.branch),
         ("agent", raw.agent),
         ("category", raw.category),
+        ("channel", raw.channel),
     ];
     let filters = filters
         .into_iter()
@@ -169,20 +174,21 @@ fn parse_query(
 
 /// One group's figures (the total's have no key), and what its target is weighted from.
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
-struct Tally {
+pub struct Tally {
     #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<String>,
-    due: i64,
-    renewed: i64,
-    rescued: i64,
-    lapsed: i64,
-    open: i64,
+    pub key: Option<String>,
+    pub due: i64,
+    pub renewed: i64,
+    pub rescued: i64,
+    pub lapsed: i64,
+    pub open: i64,
     /// Renewed on time or rescued after lapsing, per due case.
-    renewal_rate: Option<f64>,
-    /// The due-weighted average of the category targets; none without a known category.
-    target_rate: Option<f64>,
-    gap: Option<f64>,
-    lost_reasons: BTreeMap<String, i64>,
+    pub renewal_rate: Option<f64>,
+    /// The due-weighted average of the category targets; none without a category that
+    /// has one.
+    pub target_rate: Option<f64>,
+    pub gap: Option<f64>,
+    pub lost_reasons: BTreeMap<String, i64>,
     /// Σ target percent × due, over the due cases of a known category.
     #[serde(skip)]
     target_points: i64,
@@ -227,14 +233,16 @@ impl Tally {
 macro_rules! cases {
     () => {
         "CASE $7::text WHEN 'city' THEN c.city_code WHEN 'branch' THEN c.branch_code
-                WHEN 'agent' THEN c.agent_code ELSE c.category END AS key
+                WHEN 'agent' THEN c.agent_code WHEN 'channel' THEN p.channel
+                WHEN 'month' THEN to_char(c.expiry_date, 'YYYY-MM') ELSE c.category END AS key
          FROM lists.cases c JOIN lists.policies p ON p.policy_no = c.policy_no
               LEFT JOIN lists.lost_reasons l ON l.policy_no = c.policy_no
          WHERE c.expiry_date BETWEEN $1 AND $2 AND c.state <> 'cancelled'
            AND ($3::text IS NULL OR c.city_code = $3::text)
            AND ($4::text IS NULL OR c.branch_code = $4::text)
            AND ($5::text IS NULL OR c.agent_code = $5::text)
-           AND ($6::text IS NULL OR c.category = $6::text)"
+           AND ($6::text IS NULL OR c.category = $6::text)
+           AND ($8::text IS NULL OR p.channel = $8::text)"
     };
 }
 
@@ -257,7 +265,7 @@ const LOST_SQL: &str = concat!(
 );
 
 async fn fetch(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     sql: &'static str,
     q: &ReportQuery,
 ) -> Result<Vec<PgRow>, sqlx::Error> {
@@ -269,14 +277,18 @@ async fn fetch(
         .bind(q.filters.get("agent"))
         .bind(q.filters.get("category"))
         .bind(q.group_by)
-        .fetch_all(pool)
+        .bind(q.filters.get("channel"))
+        .fetch_all(&mut *conn)
         .await
 }
 
 /// Every group's tally in key order, and the total, from two GROUP BY queries.
-async fn tallies(pool: &PgPool, q: &ReportQuery) -> Result<(Vec<Tally>, Tally), sqlx::Error> {
+pub async fn tallies(
+    conn: &mut sqlx::PgConnection,
+    q: &ReportQuery,
+) -> Result<(Vec<Tally>, Tally), sqlx::Error> {
     let (mut groups, mut total) = (BTreeMap::<String, Tally>::new(), Tally::default());
-    for row in fetch(pool, COUNTS_SQL, q).await? {
+    for row in fetch(conn, COUNTS_SQL, q).await? {
         let category: String = row.try_get("category")?;
         let mut counts = [0; 5];
         for (count, column) in counts
@@ -291,7 +303,7 @@ async fn tallies(pool: &PgPool, q: &ReportQuery) -> Result<(Vec<Tally>, Tally), 
             .add(&category, counts);
         total.add(&category, counts);
     }
-    for row in fetch(pool, LOST_SQL, q).await? {
+    for row in fetch(conn, LOST_SQL, q).await? {
         let (reason, n): (String, i64) = (row.try_get("reason")?, row.try_get("n")?);
         groups
             .entry(row.try_get("key")?)
@@ -307,7 +319,7 @@ async fn tallies(pool: &PgPool, q: &ReportQuery) -> Result<(Vec<Tally>, Tally), 
 }
 
 /// One CSV cell: quoted when it holds a comma, quote or line break (RFC 4180).
-fn csv_cell(value: &str) -> String {
+pub(crate) fn csv_cell(value: &str) -> String {
     if value.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
@@ -315,18 +327,28 @@ fn csv_cell(value: &str) -> String {
     }
 }
 
+pub(crate) const CSV_COLUMNS: &str = "due,renewed,rescued,lapsed,open,renewal_rate,target_rate,gap";
+
 fn render_csv(groups: &[Tally], total: &Tally) -> String {
-    let mut out =
-        String::from("group,due,renewed,rescued,lapsed,open,renewal_rate,target_rate,gap\r\n");
-    let rate = |r: Option<f64>| r.map(|r| r.to_string()).unwrap_or_default();
+    let mut out = format!("group,{CSV_COLUMNS}\r\n");
     for t in groups.iter().chain([total]) {
-        let key = csv_cell(t.key.as_deref().unwrap_or("total"));
-        let counts = [t.due, t.renewed, t.rescued, t.lapsed, t.open].map(|n| n.to_string());
-        let rates = [t.renewal_rate, t.target_rate, t.gap].map(rate);
-        out.push_str(&[[key].as_slice(), &counts, &rates].concat().join(","));
+        out.push_str(&csv_cell(t.key.as_deref().unwrap_or("total")));
+        out.push(',');
+        out.push_str(&t.csv_cells());
         out.push_str("\r\n");
     }
     out
+}
+
+impl Tally {
+    /// The figures of [`CSV_COLUMNS`], comma-separated.
+    pub(crate) fn csv_cells(&self) -> String {
+        let rate = |r: Option<f64>| r.map(|r| r.to_string()).unwrap_or_default();
+        let counts = [self.due, self.renewed, self.rescued, self.lapsed, self.open];
+        let rates = [self.renewal_rate, self.target_rate, self.gap].map(rate);
+        let counts = counts.map(|n| n.to_string());
+        [counts.as_slice(), &rates].concat().join(",")
+    }
 }
 
 #[derive(Serialize)]
@@ -342,6 +364,15 @@ struct Report<'a> {
 /// Analysts and HQ see every figure; a city admin their city, a branch's supervisor
 /// or admin their branch (the filter is set for them; naming another is refused).
 fn scoped(caller: &Caller, raw: &mut RawQuery) -> Result<(), Problem> {
+    scope_filters(caller, &mut raw.city, &mut raw.branch)
+}
+
+/// Sets the city or branch filter of a caller who sees only their own (see [`scoped`]).
+pub(crate) fn scope_filters(
+    caller: &Caller,
+    city: &mut Option<String>,
+    branch: &mut Option<String>,
+) -> Result<(), Problem> {
     const READERS: &[Role] = &[
         Role::Analyst,
         Role::HqAdmin,
@@ -351,8 +382,8 @@ fn scoped(caller: &Caller, raw: &mut RawQuery) -> Result<(), Problem> {
     ];
     let role = caller.require(READERS)?;
     let (filter, mine) = match role {
-        Role::CityAdmin => (&mut raw.city, &caller.city_code),
-        Role::Supervisor | Role::BranchAdmin => (&mut raw.branch, &caller.branch_code),
+        Role::CityAdmin => (city, &caller.city_code),
+        Role::Supervisor | Role::BranchAdmin => (branch, &caller.branch_code),
         _ => return Ok(()),
     };
     let mine = mine.clone().unwrap_or_default();
@@ -372,9 +403,10 @@ fn scoped(caller: &Caller, raw: &mut RawQuery) -> Result<(), Problem> {
 #[utoipa::path(get, path = "/v1/reports/renewal-rate", tag = "reports",
     params(("city" = Option<String>, Query), ("branch" = Option<String>, Query),
            ("agent" = Option<String>, Query), ("category" = Option<String>, Query),
+           ("channel" = Option<String>, Query, description = "dealer, direct or agent"),
            ("from" = Option<String>, Query, description = "YYYY-MM-DD"),
            ("to" = Option<String>, Query, description = "YYYY-MM-DD"),
-           ("group_by" = Option<String>, Query, description = "category, city, branch or agent"),
+           ("group_by" = Option<String>, Query, description = "category, city, branch, agent, channel or month"),
            ("format" = Option<String>, Query, description = "json or csv")),
     responses((status = 200, body = serde_json::Value, description = "Renewal rates by group against the category targets (or CSV)"),
               (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]
@@ -389,7 +421,7 @@ async fn renewal_rate(
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let today = renewal_platform::local_date(state.clock.now(), state.time_zone);
     let q = parse_query(raw, accept, today)?;
-    let (groups, total) = tallies(&state.pool, &q).await?;
+    let (groups, total) = tallies(&mut *state.pool.acquire().await?, &q).await?;
     if q.csv {
         let content_type = [(header::CONTENT_TYPE, "text/csv; charset=utf-8")];
         return Ok((content_type, render_csv(&groups, &total)).into_response());
@@ -464,6 +496,16 @@ mod tests {
         let q = parse("group_by=agent&city=440100&branch=&format=csv", None).expect("valid");
         assert_eq!((q.group_by, q.csv), ("agent", true));
         assert_eq!(q.filters, BTreeMap::from([("city", "440100".to_owned())]));
+        let q = parse("group_by=channel&channel=dealer", None).expect("valid");
+        assert_eq!(q.group_by, "channel");
+        assert_eq!(
+            q.filters,
+            BTreeMap::from([("channel", "dealer".to_owned())])
+        );
+        assert_eq!(
+            parse("group_by=month", None).expect("valid").group_by,
+            "month"
+        );
         let accept = Some("text/html, Text/CSV;q=0.9");
         assert!(parse("", accept).expect("valid").csv);
         assert!(!parse("format=json", accept).expect("valid").csv);
@@ -480,22 +522,23 @@ mod tests {
         // Due-weighted: (75 × 4 + 10 × 1) / 5 = 62%; 3 of 5 renewed or rescued is 60%.
         let mut t = tally(&[
             ("insured_last_year", [4, 2, 1, 1, 0]),
-            ("other_city", [1, 0, 0, 1, 0]),
+            ("local_not_back_2y", [1, 0, 0, 1, 0]),
         ]);
         assert_eq!(
             (t.renewal_rate, t.target_rate, t.gap),
             (Some(0.6), Some(0.62), Some(-0.02))
         );
-        // An unknown category counts as due but weighs nothing into the target.
+        // An unknown category, or other_city (no target), counts as due but weighs
+        // nothing into the target.
         t.add("vip", [1, 1, 0, 0, 0]);
         assert_eq!(
             (t.due, t.renewal_rate, t.target_rate, t.gap),
             (6, Some(0.6667), Some(0.62), Some(0.0467))
         );
-        let t = tally(&[("vip", [3, 1, 0, 0, 2])]);
+        let t = tally(&[("vip", [3, 1, 0, 0, 2]), ("other_city", [1, 0, 0, 1, 0])]);
         assert_eq!(
             (t.renewal_rate, t.target_rate, t.gap),
-            (Some(0.3333), None, None)
+            (Some(0.25), None, None)
         );
         let t = tally(&[("phone_only", [0, 0, 0, 0, 0])]);
         assert_eq!((t.renewal_rate, t.target_rate, t.gap), (None, None, None));
@@ -512,7 +555,7 @@ mod tests {
         let group = serde_json::to_value(&t).expect("json");
         assert_eq!(
             (&group["key"], &group["renewal_rate"], &group["target_rate"]),
-            (&"phone_only".into(), &0.0.into(), &0.3.into())
+            (&"phone_only".into(), &0.0.into(), &0.2.into())
         );
         assert_eq!(group["lost_reasons"], serde_json::json!({"unreachable": 2}));
         assert!(group.get("target_points").is_none());

@@ -16,13 +16,15 @@ pub mod erasures;
 pub mod import;
 mod intake;
 pub mod issued_lists;
-mod kpis;
+pub mod kpis;
+pub mod losses;
 pub mod openapi;
 mod policies;
 pub mod policy_checks;
 pub mod portfolio;
 pub mod report;
 mod rescues;
+pub mod reviews;
 
 use renewal_contract::Stream;
 use renewal_platform::{ConsumerSpec, Deps, Outbox, Service};
@@ -230,6 +232,8 @@ pub async fn run_with(
         deps.clock.clone(),
         deps.time_zone,
     )));
+    deps.http
+        .mount(audit.around(reviews::routes(deps.pool.clone())));
     deps.http
         .mount(audit.around(erasures::routes(erasures::ErasureApi {
             pool: deps.pool.clone(),

@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         crate::import::rejections_csv,
         crate::issued_lists::issue_on_demand,
         crate::kpis::renewal_rate,
+        crate::reviews::monthly_analysis,
         crate::erasures::request_erasure,
         crate::erasures::show_erasure,
         audit, dead_letters, replay_dead_letter,

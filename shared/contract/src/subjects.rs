@@ -8,6 +8,7 @@ pub mod subject {
     pub const CORE_POLICY_UPSERTED: &str = "core.policy.upserted";
     pub const CORE_POLICY_RENEWED: &str = "core.policy.renewed";
     pub const CORE_POLICY_CANCELLED: &str = "core.policy.cancelled";
+    pub const CORE_QUOTE_ISSUED: &str = "core.quote.issued";
 
     pub const LISTS_CASE_OPENED: &str = "lists.case.opened";
     pub const LISTS_CASE_CLOSED: &str = "lists.case.closed";
@@ -16,6 +17,9 @@ pub mod subject {
     pub const LISTS_CASE_CHANGED: &str = "lists.case.changed";
     pub const LISTS_CASE_BUCKET_CHANGED: &str = "lists.case.bucket_changed";
     pub const LISTS_LIST_ISSUED: &str = "lists.list.issued";
+    pub const LISTS_QUOTE_ISSUED: &str = "lists.quote.issued";
+    pub const LISTS_QUOTE_MISSING: &str = "lists.quote.missing";
+    pub const LISTS_REVIEW_ISSUED: &str = "lists.review.issued";
 
     pub const ASSIGNMENT_OWNER_ASSIGNED: &str = "assignment.owner.assigned";
     pub const ASSIGNMENT_CASE_ROUTED: &str = "assignment.case.routed";

@@ -79,14 +79,16 @@ const MOBILE_PREFIXES: &[&str] = &[
     "188", "189", "198", "199",
 ];
 
-/// The customer categories of DOMAIN.md with their renewal targets (percent).
+/// The six customer categories of DOMAIN.md, with how many customers of each renew by
+/// themselves in the simulation (the target rate where there is one).
 pub const CATEGORIES: &[(&str, u32, u32)] = &[
-    // (category, share of the portfolio %, target renewal rate %)
-    ("insured_last_year", 60, 75),
-    ("phone_only", 10, 30),
+    // (category, share of the portfolio %, renewal rate of its customers %)
+    ("insured_last_year", 55, 75),
+    ("full_policy_data", 10, 30),
+    ("phone_only", 10, 20),
     ("local_recent_workshop", 10, 20),
-    ("local_not_back_2y", 10, 20),
-    ("other_city", 10, 10),
+    ("local_not_back_2y", 10, 10),
+    ("other_city", 5, 10),
 ];
 
 /// A policy and what its customer will do.
