@@ -174,6 +174,12 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             body: Some(Body::Csv("policy_no\nP9\n")),
             ..row("POST", "/v1/policies:import", &[Importer, HqAdmin], false)
         },
+        Row {
+            body: Some(Body::Csv(
+                "quote_id,policy_no,premium,last_premium,claim_free_years,ncd_level,compulsory,commercial,valid_until\nQ9,P9,1,1,0,0,0,0,2027-01-01\n",
+            )),
+            ..row("POST", "/v1/quotes:import", &[Importer, HqAdmin], false)
+        },
         row(
             "GET",
             "/v1/imports/00000000-0000-7000-8000-000000000000/rejections",

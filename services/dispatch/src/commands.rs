@@ -51,7 +51,8 @@ impl Handler for Commands {
         let c = &mut command;
         let contact = [&mut c.customer_name, &mut c.mobile, &mut c.plate];
         crate::contacts::fill(tx, &self.pii, case_id, contact).await?;
-        let params = templates::params(&command).map_err(HandleError::Malformed)?;
+        let terms = crate::terms::of_case(tx, case_id).await?;
+        let params = templates::params(&command, terms.as_ref()).map_err(HandleError::Malformed)?;
         let mobile_index = self.pii.blind_index(&sealed::e164(&command.mobile));
         let contact = SmsContact {
             mobile: command.mobile.clone(),

@@ -14,6 +14,7 @@ pub mod phone;
 pub mod report;
 pub mod sealed;
 pub mod sms;
+pub mod terms;
 
 use std::sync::Arc;
 
@@ -98,6 +99,15 @@ pub const ESCALATIONS: ConsumerSpec = ConsumerSpec {
     batch: 1,
 };
 
+/// Each case's renewal terms, and the cases that reached T-65 with no quote.
+pub const QUOTES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Lists,
+    durable: "dispatch-quotes",
+    filter: "lists.quote.>",
+    parallel: 1,
+    batch: 1,
+};
+
 pub const CONSUMERS: &[ConsumerSpec] = &[
     COMMANDS,
     CLOSED_CASES,
@@ -106,6 +116,7 @@ pub const CONSUMERS: &[ConsumerSpec] = &[
     OWNER_CHANGES,
     ERASURES,
     ESCALATIONS,
+    QUOTES,
 ];
 
 pub fn outbox() -> Outbox {
@@ -228,6 +239,13 @@ fn consume(
         },
     );
     service.consume(OWNER_CHANGES, commands::OwnerChanges);
+    service.consume(
+        QUOTES,
+        terms::Quotes {
+            clock: deps.clock.clone(),
+            pii: config.pii.clone(),
+        },
+    );
     service.consume(
         ESCALATIONS,
         escalations::Steps {

@@ -72,6 +72,8 @@ pub struct DayDone {
     pub moved: usize,
     pub lists_issued: usize,
     pub list_items: usize,
+    /// Cases at T-65 with no quote (a city task each).
+    pub quotes_missing: usize,
 }
 
 impl DailyRun {
@@ -196,6 +198,10 @@ impl DailyRun {
         };
         done.opened =
             cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope).await?;
+        // The quotes of cases opened today reach dispatch; T-65 finds the unquoted.
+        crate::quotes::announce(&mut tx, &self.outbox, None, Some(zone), now).await?;
+        done.quotes_missing =
+            crate::quotes::raise_missing(&mut tx, &self.outbox, zone, today, now).await?;
         done.moved = cases::move_buckets(&mut tx, &self.outbox, zone, today).await?;
         if lists_due(&mut tx, zone, today, self.list_issue_day).await? {
             (done.lists_issued, done.list_items) =

@@ -22,6 +22,8 @@ pub mod openapi;
 mod policies;
 pub mod policy_checks;
 pub mod portfolio;
+mod quote_import;
+pub mod quotes;
 pub mod report;
 mod rescues;
 pub mod reviews;
@@ -44,6 +46,15 @@ pub const CORE_POLICIES: ConsumerSpec = ConsumerSpec {
     stream: Stream::Core,
     durable: "lists",
     filter: "core.policy.>",
+    parallel: 1,
+    batch: 1,
+};
+
+/// Quotes from the core policy system.
+pub const CORE_QUOTES: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Core,
+    durable: "lists-quotes",
+    filter: "core.quote.>",
     parallel: 1,
     batch: 1,
 };
@@ -90,6 +101,7 @@ pub const API_READY: &str = "lists_api";
 /// Every durable consumer this service reads from.
 pub const CONSUMERS: &[ConsumerSpec] = &[
     CORE_POLICIES,
+    CORE_QUOTES,
     CALL_OUTCOMES,
     ERASURE_ANSWERS[0],
     ERASURE_ANSWERS[1],
@@ -234,6 +246,14 @@ pub async fn run_with(
     )));
     deps.http
         .mount(audit.around(reviews::routes(deps.pool.clone())));
+    deps.http.mount(
+        audit.around(quote_import::routes(quote_import::QuoteImportApi {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            max_bytes: config.import_max_bytes,
+        })),
+    );
     deps.http
         .mount(audit.around(erasures::routes(erasures::ErasureApi {
             pool: deps.pool.clone(),
@@ -253,6 +273,13 @@ pub async fn run_with(
             clock: deps.clock.clone(),
             pii: config.pii.clone(),
             zones,
+        },
+    );
+    service.consume(
+        CORE_QUOTES,
+        quotes::QuoteIntake {
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
         },
     );
     service.consume(

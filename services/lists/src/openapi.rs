@@ -17,6 +17,7 @@ use utoipa::OpenApi;
         crate::issued_lists::issue_on_demand,
         crate::kpis::renewal_rate,
         crate::reviews::monthly_analysis,
+        crate::quote_import::import_quotes,
         crate::erasures::request_erasure,
         crate::erasures::show_erasure,
         audit, dead_letters, replay_dead_letter,
@@ -27,6 +28,7 @@ use utoipa::OpenApi;
         (name = "policies"),
         (name = "lists"),
         (name = "reports"),
+        (name = "quotes"),
         (name = "erasures"),
         (name = "audit"), (name = "dead letters")
     )

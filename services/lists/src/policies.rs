@@ -42,9 +42,13 @@ pub fn routes(api: PolicyApi) -> renewal_platform::http::Routes {
 
 const SELECT: &str = "SELECT p.policy_no, p.status, p.city_code, p.branch_code, p.agent_code,
         p.end_date, p.mobile_enc, c.case_id, c.state, c.opened_at, c.closed_at, c.bucket,
-        c.effective_expiry_date, c.holiday, i.list_id
+        c.effective_expiry_date, c.holiday, i.list_id,
+        q.quote_id, q.premium_fen AS quote_premium_fen, q.last_premium_fen, q.claim_free_years,
+        q.ncd_level, q.compulsory_fen, q.commercial_fen, q.valid_until, q.promotion,
+        q.discount_percent, q.discount_extra, q.issued_at AS quote_issued_at
      FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)
-          LEFT JOIN lists.list_items i ON i.case_id = c.case_id";
+          LEFT JOIN lists.list_items i ON i.case_id = c.case_id
+          LEFT JOIN lists.quotes q ON q.policy_no = p.policy_no";
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -138,6 +142,29 @@ struct PolicyView {
     end_date: NaiveDate,
     mobile_masked: String,
     case: Option<CaseView>,
+    /// The current renewal quote, with any discount approved on it.
+    quote: Option<QuoteView>,
+}
+
+/// A policy's renewal terms (money in fen).
+#[derive(Serialize, utoipa::ToSchema)]
+struct QuoteView {
+    quote_id: String,
+    /// What the customer is offered: the quote less the approved discount.
+    premium_fen: i64,
+    quoted_premium_fen: i64,
+    last_premium_fen: i64,
+    /// Against last year: negative when the renewal is cheaper.
+    change_fen: i64,
+    claim_free_years: i32,
+    ncd_level: i32,
+    compulsory_fen: i64,
+    commercial_fen: i64,
+    valid_until: NaiveDate,
+    promotion: String,
+    discount_percent: i32,
+    discount_extra: String,
+    issued_at: DateTime<Utc>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -223,6 +250,10 @@ fn read(row: &sqlx::postgres::PgRow, pii: &PiiCipher) -> Result<PolicyView, View
         }),
         None => None,
     };
+    let quote = match row.try_get::<Option<String>, _>("quote_id")? {
+        Some(quote_id) => Some(quote_of(row, quote_id)?),
+        None => None,
+    };
     let policy_no: String = row.try_get("policy_no")?;
     let place = Place::new(crate::portfolio::POLICIES, "mobile_enc", &policy_no);
     let sealed: Vec<u8> = row.try_get("mobile_enc")?;
@@ -241,6 +272,31 @@ fn read(row: &sqlx::postgres::PgRow, pii: &PiiCipher) -> Result<PolicyView, View
         end_date: row.try_get("end_date")?,
         mobile_masked: mask_mobile(&mobile),
         case,
+        quote,
+    })
+}
+
+fn quote_of(row: &sqlx::postgres::PgRow, quote_id: String) -> Result<QuoteView, sqlx::Error> {
+    let quoted: i64 = row.try_get("quote_premium_fen")?;
+    let commercial: i64 = row.try_get("commercial_fen")?;
+    let discount: i32 = row.try_get("discount_percent")?;
+    let last: i64 = row.try_get("last_premium_fen")?;
+    let premium = crate::quotes::offered_fen(quoted, commercial, discount);
+    Ok(QuoteView {
+        quote_id,
+        premium_fen: premium,
+        quoted_premium_fen: quoted,
+        last_premium_fen: last,
+        change_fen: premium - last,
+        claim_free_years: row.try_get("claim_free_years")?,
+        ncd_level: row.try_get("ncd_level")?,
+        compulsory_fen: row.try_get("compulsory_fen")?,
+        commercial_fen: commercial,
+        valid_until: row.try_get("valid_until")?,
+        promotion: row.try_get("promotion")?,
+        discount_percent: discount,
+        discount_extra: row.try_get("discount_extra")?,
+        issued_at: row.try_get("quote_issued_at")?,
     })
 }
 

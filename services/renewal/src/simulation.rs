@@ -430,6 +430,34 @@ impl Simulation {
         Ok(())
     }
 
+    /// Publishes quotes as the core policy system would (idempotent by quote id).
+    pub async fn publish_quotes(
+        &self,
+        quotes: &[renewal_contract::core::QuoteIssued],
+    ) -> Result<(), SimError> {
+        for chunk in quotes.chunks(500) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for q in chunk {
+                let id = format!("quote:{}", q.quote_id);
+                acks.push(
+                    self.core
+                        .send(
+                            subject::CORE_QUOTE_ISSUED,
+                            &id,
+                            None,
+                            prost::Message::encode_to_vec(q),
+                        )
+                        .await?,
+                );
+            }
+            for ack in acks {
+                ack.await
+                    .map_err(|e| SimError::Other(format!("publish not acknowledged: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes a renewal as the core policy system would.
     pub async fn publish_renewal(
         &self,

@@ -105,6 +105,9 @@ struct Faults {
     by_phone: HashMap<String, Fault>,
     /// Requests seen per phone number (every request, failed or not).
     requests: HashMap<String, u32>,
+    /// The texts taken for the numbers a test watches, as the handset shows them (kept
+    /// in memory for those only: a text names its customer).
+    handsets: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -243,6 +246,32 @@ impl VendorSim {
             .store(pct.min(100), std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Keeps the texts taken for `phone` from now on (see [`VendorSim::texts_for`]).
+    pub fn watch(&self, phone: &str) {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.handsets.entry(phone.to_owned()).or_default();
+    }
+
+    /// The texts taken for a watched `phone`, in order, rendered from the approved
+    /// template the request named with its parameters.
+    pub fn texts_for(&self, phone: &str) -> Vec<String> {
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.handsets.get(phone).cloned().unwrap_or_default()
+    }
+
+    /// Keeps the text of a message taken for a watched number.
+    fn keep_text(&self, phone: &str, code: &str, params: &str) {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(texts) = faults.handsets.get_mut(phone) else {
+            return;
+        };
+        let params: serde_json::Value = serde_json::from_str(params).unwrap_or_default();
+        let text = renewal_dispatch::sms::templates::text_of(code)
+            .map(|t| renewal_dispatch::sms::templates::render(t, &params))
+            .unwrap_or_else(|| format!("[unknown template {code}]"));
+        texts.push(text);
+    }
+
     /// How many requests the vendor got for `phone`, answered or refused.
     pub fn requests_for(&self, phone: &str) -> u32 {
         let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
@@ -252,7 +281,7 @@ impl VendorSim {
     /// The fault to play for this request, if any (counting the request).
     fn fault_for(&self, phone: &str) -> Option<Fault> {
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        if faults.by_phone.is_empty() {
+        if faults.by_phone.is_empty() && faults.handsets.is_empty() {
             return None;
         }
         *faults.requests.entry(phone.to_owned()).or_default() += 1;
@@ -729,6 +758,7 @@ async fn accept(
         Some(Fault::Hang { .. }) => std::future::pending::<()>().await,
         Some(Fault::AcceptThenHang { .. }) | None => {}
     }
+    vendor.keep_text(phone, field("TemplateCode"), field("TemplateParam"));
     let now = vendor.clock.now();
     let biz_id = format!(
         "{}^{}",

@@ -73,6 +73,8 @@ pub struct TaskView {
     pub lease_number: i32,
     /// Earlier calls on the same case, oldest first.
     pub history: Vec<EarlierCall>,
+    /// The case's renewal terms (its quote, with any discount approved), if it has one.
+    pub terms: Option<crate::terms::Terms>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -173,12 +175,19 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
                                     'reason', coalesce(h.outcome_detail->>'reason', ''))
                                 ORDER BY h.completed_at), '[]'::jsonb)
                         FROM dispatch.phone_tasks h
-                        WHERE h.case_id = t.case_id AND h.state = 'completed') AS history
+                        WHERE h.case_id = t.case_id AND h.state = 'completed') AS history,
+                       (SELECT jsonb_build_object('quote_id', ct.quote_id, 'premium_fen', ct.premium_fen,
+                                    'last_premium_fen', ct.last_premium_fen,
+                                    'change_fen', ct.premium_fen - ct.last_premium_fen,
+                                    'claim_free_years', ct.claim_free_years, 'promotion', ct.promotion,
+                                    'valid_until', ct.valid_until, 'discount_percent', ct.discount_percent,
+                                    'discount_extra', ct.discount_extra)
+                        FROM dispatch.case_terms ct WHERE ct.case_id = t.case_id) AS terms
          )
          SELECT *, (SELECT count(*) FROM dead) AS dead FROM leased
          UNION ALL
          SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                NULL, NULL, NULL, (SELECT count(*) FROM dead)
+                NULL, NULL, NULL, NULL, (SELECT count(*) FROM dead)
          WHERE NOT EXISTS (SELECT 1 FROM leased)
          ORDER BY days_to_expiry, available_at",
     )
@@ -279,6 +288,9 @@ fn leased_task(
         time_zone: r.try_get("time_zone")?,
         lease_number: r.try_get("leases")?,
         history: history.0,
+        terms: r
+            .try_get::<Option<sqlx::types::Json<crate::terms::Terms>>, _>("terms")?
+            .map(|t| t.0),
     };
     tasks.leased.remember(
         id,

@@ -464,7 +464,7 @@ impl<V: SmsVendor> Sender<V> {
         let request = SmsRequest {
             out_id: &out_id,
             mobile: &t.contact.mobile,
-            template_code: template.code,
+            template_code: template.code_for(&t.contact.template_params),
             template_params: &t.contact.template_params,
         };
         match self.vendor.send(request).await {

@@ -1,0 +1,167 @@
+//! The renewal sold on its terms (issue 18), on the simulated clock against the real
+//! Postgres and NATS: the core system's quote reaches the case, so the T-60 SMS states
+//! the premium and its change against last year and the owner's T-30 call shows the
+//! terms; a case with no quote by T-65 raises a task for the city company and its T-60
+//! SMS goes on time without a price; the quote that comes late by CSV reaches the next
+//! contact.
+
+use renewal_contract::core::QuoteIssued;
+use renewal_e2e::{ORG_CSV, TestSystem, local, policy};
+use serde_json::{Value, json};
+
+fn quote(id: &str, policy_no: &str, premium_fen: i64, last_premium_fen: i64) -> QuoteIssued {
+    QuoteIssued {
+        quote_id: id.into(),
+        policy_no: policy_no.into(),
+        premium_fen,
+        last_premium_fen,
+        claim_free_years: 2,
+        ncd_level: -2,
+        compulsory_fen: 95_000,
+        commercial_fen: premium_fen - 95_000,
+        valid_until: "2027-02-15".into(),
+        promotion: "赠送道路救援卡".into(),
+        issued_at_ms: local("2026-12-10", 9).timestamp_millis(),
+    }
+}
+
+async fn scalar_i64(system: &TestSystem, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(system.sim.pool())
+        .await
+        .expect("query")
+}
+
+async fn post_quotes(system: &TestSystem, csv: &str) -> (u16, Value) {
+    let response = system
+        .http
+        .post(system.url("/v1/quotes:import"))
+        .header("content-type", "text/csv")
+        .body(csv.to_owned())
+        .send()
+        .await
+        .expect("HTTP answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_t60_sms_states_the_quote_and_a_case_unquoted_by_t65_raises_a_city_task() {
+    let system = TestSystem::start("qt", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    // Q1 is quoted on 10 December (T-67); Q2 only by CSV on 25 December (T-52).
+    let mut q1 = policy("Q1", "2027-02-15");
+    let mut q2 = policy("Q2", "2027-02-15");
+    q1.mobile = "+8613900001001".into();
+    q2.mobile = "+8613900001002".into();
+    for p in [&q1, &q2] {
+        sim.vendor.watch(&p.mobile);
+    }
+    sim.publish_policies(&[q1.clone(), q2.clone()])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    for no in ["Q1", "Q2"] {
+        let (status, body) = system
+            .post_json(
+                &format!("/v1/claims/{no}:claim"),
+                json!({"branch_code": "SH01", "owner_agent": "SH01-A03"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    sim.advance_to(local("2026-12-10", 9)).await.expect("time");
+    sim.publish_quotes(&[quote("QUOTE-1", "Q1", 420_000, 452_000)])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let (status, view) = system.get_json("/v1/policies/Q1").await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (&view["quote"]["premium_fen"], &view["quote"]["change_fen"]),
+        (&json!(420_000), &json!(-32_000)),
+        "{view}"
+    );
+
+    // T-65 (12 December) passed: Q2 has no quote, the city company has a task for it.
+    sim.advance_to(local("2026-12-13", 9)).await.expect("time");
+    let city_tasks = |no: &str| {
+        format!(
+            "SELECT count(*) FROM dispatch.phone_tasks
+             WHERE policy_no = '{no}' AND queue = 'city' AND stage = 'quote missing at T-65'"
+        )
+    };
+    assert_eq!(scalar_i64(&system, &city_tasks("Q2")).await, 1);
+    assert_eq!(scalar_i64(&system, &city_tasks("Q1")).await, 0);
+
+    // T-60 (17 December, 10:00): both SMS go on time; Q1's states its terms, Q2's none.
+    sim.advance_to(local("2026-12-17", 12)).await.expect("time");
+    let texts = sim.vendor.texts_for(&q1.mobile);
+    assert_eq!(
+        texts,
+        [
+            "尊敬的王芳，您的爱车沪AD12345的车险将于2027-02-15到期，续保保费4200.00元，比去年少320.00元，赠送道路救援卡，请及时续保，如已续保请忽略。回TD退订"
+        ],
+        "the T-60 SMS states the premium and its change"
+    );
+    let texts = sim.vendor.texts_for(&q2.mobile);
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].contains("2027-02-15到期") && !texts[0].contains("续保保费"),
+        "without a quote the SMS goes on time, without a price: {texts:?}"
+    );
+
+    // Q2's quote comes late, by CSV, with a bad row beside it.
+    sim.advance_to(local("2026-12-25", 9)).await.expect("time");
+    let (status, report) = post_quotes(
+        &system,
+        "quote_id,policy_no,premium,last_premium,claim_free_years,ncd_level,compulsory,commercial,valid_until,promotion\n\
+         QUOTE-2,Q2,4880.00,4560.00,0,0,950.00,3930.00,2027-02-15,\n\
+         QUOTE-3,Q3,-1,4560.00,0,0,950.00,3930.00,2027-02-15,\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (&report["stored"], &report["rejected"], &report["announced"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "{report}"
+    );
+    assert_eq!(report["rejections"][0]["line"], 3, "{report}");
+    sim.settle().await.expect("settles");
+
+    // T-30 (16 January, 10:05): the owner's calls carry the terms.
+    sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let (status, leased) = system
+        .post_json(
+            "/v1/phone-tasks:lease",
+            json!({"agent_id": "SH01-A03", "queue": "owner", "max": 10}),
+        )
+        .await;
+    assert_eq!(status, 200, "{leased}");
+    let tasks = leased["tasks"].as_array().cloned().unwrap_or_default();
+    let terms_of = |no: &str| {
+        tasks
+            .iter()
+            .find(|t| t["policy_no"] == no)
+            .map(|t| t["terms"].clone())
+            .unwrap_or_else(|| panic!("no task for {no}: {leased}"))
+    };
+    let q1_terms = terms_of("Q1");
+    assert_eq!(
+        (
+            &q1_terms["premium_fen"],
+            &q1_terms["change_fen"],
+            &q1_terms["promotion"]
+        ),
+        (&json!(420_000), &json!(-32_000), &json!("赠送道路救援卡"))
+    );
+    let q2_terms = terms_of("Q2");
+    assert_eq!(
+        (&q2_terms["premium_fen"], &q2_terms["change_fen"]),
+        (&json!(488_000), &json!(32_000))
+    );
+    system.finish().await;
+}
