@@ -268,6 +268,32 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             row("PUT", "/v1/cities/310000/settings", city, true),
             json!({"claim_days": 5, "pool_days": 3, "step_hours": 24}),
         ),
+        with(
+            row("POST", "/v1/cases/P1/discounts", &[Agent], true),
+            json!({"percent": 5, "reason": "a rival's offer"}),
+        ),
+        row("GET", "/v1/discounts", &[Supervisor, CityAdmin, HqAdmin], false),
+        with(
+            row(
+                "POST",
+                "/v1/discounts/00000000-0000-7000-8000-000000000000:approve",
+                &[Supervisor, CityAdmin, HqAdmin],
+                false,
+            ),
+            json!({}),
+        ),
+        row(
+            "GET",
+            "/v1/cities/310000/discount-ladder",
+            &[BranchAdmin, Supervisor, CityAdmin, HqAdmin],
+            true,
+        ),
+        with(
+            row("PUT", "/v1/cities/310000/discount-ladder", city, true),
+            json!({"rungs": [{"max_percent": 8, "approver": "owner"},
+                             {"max_percent": 10, "approver": "supervisor", "extra": "一年道路救援卡"}],
+                   "step_hours": 24}),
+        ),
         row("GET", "/v1/audit/assignment", audit, false),
         row("GET", "/v1/dead-letters/assignment", &[HqAdmin], false),
         row(

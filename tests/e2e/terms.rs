@@ -6,7 +6,7 @@
 //! contact.
 
 use renewal_contract::core::QuoteIssued;
-use renewal_e2e::{ORG_CSV, TestSystem, local, policy};
+use renewal_e2e::{Grant, ORG_CSV, Role, TestSystem, get_json_with, local, policy, post_json_to};
 use serde_json::{Value, json};
 
 fn quote(id: &str, policy_no: &str, premium_fen: i64, last_premium_fen: i64) -> QuoteIssued {
@@ -162,6 +162,126 @@ async fn the_t60_sms_states_the_quote_and_a_case_unquoted_by_t65_raises_a_city_t
     assert_eq!(
         (&q2_terms["premium_fen"], &q2_terms["change_fen"]),
         (&json!(488_000), &json!(32_000))
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_13_percent_discount_is_approved_in_two_steps_and_the_next_call_carries_it() {
+    let system = TestSystem::start("dc", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    let mut d1 = policy("D1", "2027-02-15");
+    d1.mobile = "+8613900002001".into();
+    sim.publish_policies(&[d1]).await.expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    let (status, body) = system
+        .post_json(
+            "/v1/claims/D1:claim",
+            json!({"branch_code": "SH01", "owner_agent": "SH01-A03"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sim.publish_quotes(&[quote("QUOTE-D1", "D1", 420_000, 452_000)])
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+
+    let owner = system.client(
+        &Grant::role(Role::Agent)
+            .agent("SH01-A03")
+            .branch("SH01")
+            .city("310000"),
+    );
+    let other = system.client(
+        &Grant::role(Role::Agent)
+            .agent("SH01-A01")
+            .branch("SH01")
+            .city("310000"),
+    );
+    let manager = system.client(&Grant::role(Role::Supervisor).branch("SH01").city("310000"));
+    let other_manager = system.client(&Grant::role(Role::Supervisor).branch("SH02").city("310000"));
+    let general = system.client(&Grant::role(Role::CityAdmin).city("310000"));
+    let url = |path: &str| system.url(path);
+
+    // Only the owner asks; 15% is above the ladder.
+    let ask = |percent: i64| json!({"percent": percent, "reason": "a rival offered cash back"});
+    let (status, _) = post_json_to(&other, &url("/v1/cases/D1/discounts"), ask(13)).await;
+    assert_eq!(status, 403);
+    let (status, body) = post_json_to(&owner, &url("/v1/cases/D1/discounts"), ask(15)).await;
+    assert_eq!(status, 400, "{body}");
+    // 13%: the manager, then the general manager.
+    let (status, request) = post_json_to(&owner, &url("/v1/cases/D1/discounts"), ask(13)).await;
+    assert_eq!(status, 201, "{request}");
+    assert_eq!(
+        request["steps"],
+        json!(["supervisor", "city_admin"]),
+        "{request}"
+    );
+    assert_eq!(request["awaiting"], "supervisor");
+    let id = request["request_id"].as_str().expect("id").to_owned();
+    let approve = url(&format!("/v1/discounts/{id}:approve"));
+
+    // The general manager cannot skip the manager; another branch's manager cannot act.
+    let (status, _) = post_json_to(&general, &approve, json!({})).await;
+    assert_eq!(status, 403);
+    let (status, _) = post_json_to(&other_manager, &approve, json!({})).await;
+    assert_eq!(status, 403);
+    let (_, queue) = get_json_with(&manager, &url("/v1/discounts")).await;
+    assert_eq!(queue["items"][0]["request_id"], id.as_str(), "{queue}");
+    let (status, step1) =
+        post_json_to(&manager, &approve, json!({"reason": "loyal customer"})).await;
+    assert_eq!(status, 200, "{step1}");
+    assert_eq!(
+        (&step1["state"], &step1["awaiting"]),
+        (&json!("pending"), &json!("city_admin"))
+    );
+    let (_, queue) = get_json_with(&manager, &url("/v1/discounts")).await;
+    assert_eq!(
+        queue["items"],
+        json!([]),
+        "no longer the manager's: {queue}"
+    );
+    let (status, step2) = post_json_to(&general, &approve, json!({})).await;
+    assert_eq!(status, 200, "{step2}");
+    assert_eq!(step2["state"], "approved", "{step2}");
+    let (status, again) = post_json_to(&general, &approve, json!({})).await;
+    assert_eq!(status, 409, "decided once: {again}");
+    sim.settle().await.expect("settles");
+
+    // The case's quote carries it: 13% off the commercial 3,250.00 is 422.50.
+    let (_, view) = system.get_json("/v1/policies/D1").await;
+    assert_eq!(
+        (
+            &view["quote"]["discount_percent"],
+            &view["quote"]["premium_fen"]
+        ),
+        (&json!(13), &json!(377_750)),
+        "{view}"
+    );
+    // The owner's T-30 call carries the discounted terms.
+    sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let (status, leased) = system
+        .post_json(
+            "/v1/phone-tasks:lease",
+            json!({"agent_id": "SH01-A03", "queue": "owner", "max": 10}),
+        )
+        .await;
+    assert_eq!(status, 200, "{leased}");
+    let task = leased["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["policy_no"] == "D1"))
+        .cloned()
+        .unwrap_or_else(|| panic!("D1's call: {leased}"));
+    assert_eq!(
+        (
+            &task["terms"]["premium_fen"],
+            &task["terms"]["discount_percent"]
+        ),
+        (&json!(377_750), &json!(13)),
+        "{task}"
     );
     system.finish().await;
 }

@@ -11,6 +11,7 @@ mod case_history;
 mod cases;
 pub mod claims;
 pub mod deadlines;
+pub mod discounts;
 mod erasure;
 mod escalations;
 pub mod openapi;
@@ -133,6 +134,8 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
     };
     let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
     deps.http.mount(audit.around(claims::routes(api.clone())));
+    deps.http
+        .mount(audit.around(discounts::routes(api.clone())));
     deps.http.mount(audit.around(case_history::routes(api)));
     deps.http.mount(audit.around(org::routes(org::OrgApi {
         pool: deps.pool.clone(),

@@ -34,6 +34,11 @@ use crate::second_assignment::OwnerAnswer;
         crate::org::branch_agents,
         crate::org::get_settings,
         crate::org::put_settings,
+        crate::discounts::request_discount,
+        crate::discounts::pending_discounts,
+        crate::discounts::decide,
+        crate::discounts::get_ladder,
+        crate::discounts::put_ladder,
         audit, dead_letters, replay_dead_letter,
     ),
     components(schemas(ProblemDocument)),
@@ -44,6 +49,7 @@ use crate::second_assignment::OwnerAnswer;
         (name = "organisation"),
         (name = "reports"),
         (name = "supervision"),
+        (name = "discounts"),
         (name = "audit"), (name = "dead letters")
     )
 )]

@@ -42,6 +42,10 @@ pub enum Refusal {
     Closed,
     #[error("{agent} does not own the case")]
     NotOwner { agent: String },
+    #[error("no discount request {0}")]
+    UnknownDiscount(String),
+    #[error("the discount request is {state}, no longer awaiting a decision")]
+    DiscountDecided { state: String },
     /// Who is calling may not do this (401, 403).
     #[error("{0}")]
     Denied(#[from] Problem),
@@ -67,6 +71,8 @@ impl Refusal {
             Refusal::WrongPhase { .. } => (StatusCode::CONFLICT, "wrong_phase"),
             Refusal::Closed => (StatusCode::CONFLICT, "case_closed"),
             Refusal::NotOwner { .. } => (StatusCode::FORBIDDEN, "not_owner"),
+            Refusal::UnknownDiscount(_) => (StatusCode::NOT_FOUND, "unknown_discount"),
+            Refusal::DiscountDecided { .. } => (StatusCode::CONFLICT, "discount_decided"),
             Refusal::Denied(p) => (p.status_code(), "denied"),
             Refusal::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -59,6 +59,15 @@ pub const CORE_QUOTES: ConsumerSpec = ConsumerSpec {
     batch: 1,
 };
 
+/// Discounts approved in assignment, applied to the cases' quotes.
+pub const DISCOUNTS: ConsumerSpec = ConsumerSpec {
+    stream: Stream::Assignment,
+    durable: "lists-discounts",
+    filter: "assignment.discount.>",
+    parallel: 1,
+    batch: 1,
+};
+
 /// Call outcomes from dispatch: the lapse register's calls, renewals reported on the
 /// phone, customers lost.
 pub const CALL_OUTCOMES: ConsumerSpec = ConsumerSpec {
@@ -102,6 +111,7 @@ pub const API_READY: &str = "lists_api";
 pub const CONSUMERS: &[ConsumerSpec] = &[
     CORE_POLICIES,
     CORE_QUOTES,
+    DISCOUNTS,
     CALL_OUTCOMES,
     ERASURE_ANSWERS[0],
     ERASURE_ANSWERS[1],
@@ -278,6 +288,13 @@ pub async fn run_with(
     service.consume(
         CORE_QUOTES,
         quotes::QuoteIntake {
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+        },
+    );
+    service.consume(
+        DISCOUNTS,
+        quotes::Discounts {
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
         },

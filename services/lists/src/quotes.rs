@@ -307,6 +307,57 @@ impl Handler for QuoteIntake {
     }
 }
 
+/// `assignment.discount.approved`: the case's quote takes the discount (off the
+/// commercial lines) and what comes with it, and is announced again so the next contact
+/// carries it. A discount for a policy with no quote has nothing to apply to (logged).
+pub struct Discounts {
+    pub outbox: Outbox,
+    pub clock: renewal_platform::Clock,
+}
+
+impl Handler for Discounts {
+    async fn handle(&self, tx: &mut PgConnection, delivery: &Delivery) -> Result<(), HandleError> {
+        if delivery.subject != subject::ASSIGNMENT_DISCOUNT_APPROVED {
+            return Ok(());
+        }
+        let event: renewal_contract::assignment::DiscountApproved = delivery.decode()?;
+        if !(1..=100).contains(&event.percent) {
+            return Err(HandleError::Malformed(format!(
+                "discount of {}%",
+                event.percent
+            )));
+        }
+        let applied = sqlx::query(
+            "UPDATE lists.quotes SET discount_percent = $2, discount_extra = $3, announced_at = NULL
+             WHERE policy_no = $1",
+        )
+        .bind(&event.policy_no)
+        .bind(event.percent)
+        .bind(&event.extra)
+        .execute(&mut *tx)
+        .await?;
+        if applied.rows_affected() == 0 {
+            tracing::warn!(policy_no = %event.policy_no, request = %event.request_id,
+                "a discount was approved for a policy with no quote; nothing to apply it to");
+            return Ok(());
+        }
+        announce(
+            tx,
+            &self.outbox,
+            Some(&event.policy_no),
+            None,
+            self.clock.now(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Discounts carry no personal data: kept whole.
+    fn redact(&self, delivery: &Delivery) -> Option<Vec<u8>> {
+        Some(delivery.payload.to_vec())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
