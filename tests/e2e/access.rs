@@ -272,7 +272,12 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             row("POST", "/v1/cases/P1/discounts", &[Agent], true),
             json!({"percent": 5, "reason": "a rival's offer"}),
         ),
-        row("GET", "/v1/discounts", &[Supervisor, CityAdmin, HqAdmin], false),
+        row(
+            "GET",
+            "/v1/discounts",
+            &[Supervisor, CityAdmin, HqAdmin],
+            false,
+        ),
         with(
             row(
                 "POST",

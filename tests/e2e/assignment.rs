@@ -499,7 +499,8 @@ async fn the_second_assignment_goes_branch_city_then_hq_and_the_credit_stays() {
     sim.settle().await.expect("settles");
     let queued: Vec<(String, String)> = sqlx::query_as(
         "SELECT policy_no, queue FROM dispatch.phone_tasks
-         WHERE queue IN ('hq', 'city') AND state = 'open' ORDER BY policy_no",
+         WHERE queue IN ('hq', 'city') AND state = 'open' AND stage <> 'quote missing at T-65'
+         ORDER BY policy_no",
     )
     .fetch_all(sim.pool())
     .await

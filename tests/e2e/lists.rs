@@ -15,6 +15,12 @@ use secrecy::ExposeSecret;
 const HEADER: &str = "policy_no,customer_name,mobile,id_number,plate,vin,city_code,branch_code,agent_code,channel,category,start_date,end_date,premium,important,group_policy";
 
 fn row(no: &str, mobile: &str, vin: &str, start: &str, end: &str) -> String {
+    // Each row a vehicle of its own, unless it names another VIN than the default.
+    let vin = if vin == VIN {
+        renewal_e2e::vin_for(no)
+    } else {
+        vin.to_owned()
+    };
     format!(
         "{no},李雷,{mobile},11010519491231002X,沪AD12345,{vin},310000,SH01,SH01-A01,dealer,insured_last_year,{start},{end},3250.50,否,0"
     )

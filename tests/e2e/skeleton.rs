@@ -163,7 +163,8 @@ async fn a_policy_travels_from_import_to_a_recorded_sms_receipt() {
     for (table, filter) in [
         (
             "lists.outbox",
-            "subject NOT LIKE '%lists.list.issued' AND subject NOT LIKE '%lists.case.bucket_changed'",
+            "subject NOT LIKE '%lists.list.issued' AND subject NOT LIKE '%lists.case.bucket_changed'
+             AND subject NOT LIKE '%lists.quote.missing' AND subject NOT LIKE '%lists.review.issued'",
         ),
         ("scheduler.timers", "state = 'fired'"),
         ("dispatch.outbox", "true"),

@@ -129,6 +129,17 @@ async fn the_t60_sms_states_the_quote_and_a_case_unquoted_by_t65_raises_a_city_t
     );
     assert_eq!(report["rejections"][0]["line"], 3, "{report}");
     sim.settle().await.expect("settles");
+    let withdrawn = scalar_i64(
+        &system,
+        "SELECT count(*) FROM dispatch.phone_tasks
+         WHERE policy_no = 'Q2' AND queue = 'city' AND state = 'withdrawn'
+           AND last_error = 'the quote arrived'",
+    )
+    .await;
+    assert_eq!(
+        withdrawn, 1,
+        "the quote's arrival ends the city company's task"
+    );
 
     // T-30 (16 January, 10:05): the owner's calls carry the terms.
     sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
@@ -282,6 +293,110 @@ async fn a_13_percent_discount_is_approved_in_two_steps_and_the_next_call_carrie
         ),
         (&json!(377_750), &json!(13)),
         "{task}"
+    );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_policies_of_one_vehicle_are_one_case_with_one_sms_per_stage() {
+    use renewal_contract::lists::CaseOpened;
+    let system = TestSystem::start("vh", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    // V1 (commercial) and V2 (compulsory) insure one car; V3 another car whose
+    // compulsory policy V4 arrives a few days later.
+    let mut v1 = policy("V1", "2027-02-15");
+    let mut v2 = policy("V2", "2027-02-25");
+    v2.vin = v1.vin.clone();
+    v1.mobile = "+8613900003001".into();
+    v2.mobile = v1.mobile.clone();
+    let v3 = policy("V3", "2027-02-10");
+    let mut v4 = policy("V4", "2027-02-12");
+    v4.vin = v3.vin.clone();
+    sim.vendor.watch(&v1.mobile);
+    sim.publish_policies(&[v1.clone(), v2, v3])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-05", 9)).await.expect("time");
+    sim.publish_policies(&[v4]).await.expect("published");
+    sim.settle().await.expect("settles");
+
+    let opened: Vec<CaseOpened> =
+        renewal_e2e::events(&system, renewal_contract::subject::LISTS_CASE_OPENED).await;
+    let mut nos: Vec<&str> = opened.iter().map(|c| c.policy_no.as_str()).collect();
+    nos.sort();
+    assert_eq!(nos, ["V1", "V3"], "one case per vehicle");
+    for (joined, lead) in [("V2", "V1"), ("V4", "V3")] {
+        let (status, view) = system.get_json(&format!("/v1/policies/{joined}")).await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["case"]["policies"], json!([lead, joined]), "{view}");
+    }
+
+    // T-60 of the vehicle (17 December): one SMS for the car, not one per policy.
+    sim.advance_to(local("2026-12-28", 12)).await.expect("time");
+    assert_eq!(sim.vendor.texts_for(&v1.mobile).len(), 1);
+    let sms = scalar_i64(
+        &system,
+        "SELECT count(*) FROM dispatch.sms_messages WHERE policy_no IN ('V1', 'V2')",
+    )
+    .await;
+    assert_eq!(sms, 1);
+    // The review counts vehicles.
+    let (_, report) = system
+        .get_json("/v1/reports/renewal-rate?from=2027-02-01&to=2027-02-28")
+        .await;
+    assert_eq!(report["total"]["due"], 2, "{report}");
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seller_keeps_the_credit_only_where_they_left_the_customers_real_data() {
+    let system = TestSystem::start("at", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    // Both sold by SH01-A03, both renewed by their owner SH01-A01; only A2's seller
+    // left the customer's real data at sale.
+    let mut a1 = policy("A1", "2027-02-15");
+    a1.real_data_at_sale = false;
+    let a2 = policy("A2", "2027-02-15");
+    sim.publish_policies(&[a1, a2]).await.expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    for no in ["A1", "A2"] {
+        let (status, body) = system
+            .post_json(
+                &format!("/v1/claims/{no}:claim"),
+                json!({"branch_code": "SH01", "owner_agent": "SH01-A01"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    sim.advance_to(local("2026-12-20", 12)).await.expect("time");
+    for no in ["A1", "A2"] {
+        sim.publish_renewal(no, &format!("{no}-2027"))
+            .await
+            .expect("renewed");
+    }
+    sim.settle().await.expect("settles");
+    let (_, a1) = system.get_json("/v1/cases/A1").await;
+    assert_eq!(
+        (&a1["credited_agent"], &a1["originating_agent"]),
+        (&json!("SH01-A01"), &json!("SH01-A03")),
+        "{a1}"
+    );
+    let credits = system
+        .get_items("/v1/reports/attribution?city=310000")
+        .await;
+    let renewed = |agent: &str| {
+        credits
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["credited_agent"] == agent))
+            .map(|c| c["renewed"].clone())
+            .unwrap_or(json!(0))
+    };
+    assert_eq!(
+        (renewed("SH01-A01"), renewed("SH01-A03")),
+        (json!(1), json!(1)),
+        "{credits}"
     );
     system.finish().await;
 }

@@ -347,6 +347,19 @@ pub const ORG_CSV: &str =
 110000,BJ01,北京一支,BJ01-A01,杨光,agent,10,true
 ";
 
+/// A valid VIN of its own for a policy number (a test's policies are separate
+/// vehicles unless it gives two the same VIN).
+pub fn vin_for(policy_no: &str) -> String {
+    // FNV-1a: a fixed, well-spread serial per number.
+    let hash = policy_no.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut vin = *b"LSVAU2180N2000000";
+    vin[11..].copy_from_slice(format!("{:06}", hash % 1_000_000).as_bytes());
+    vin[8] = renewal_lists::policy_checks::vin_check_digit(&vin);
+    String::from_utf8_lossy(&vin).into_owned()
+}
+
 /// A policy with plausible data, expiring on `end`.
 pub fn policy(no: &str, end: &str) -> Policy {
     let end_date = NaiveDate::parse_from_str(end, "%Y-%m-%d").expect("YYYY-MM-DD");
@@ -357,7 +370,7 @@ pub fn policy(no: &str, end: &str) -> Policy {
         mobile: "+8613812345678".into(),
         id_number: "11010519491231002X".into(),
         plate: "沪AD12345".into(),
-        vin: "LSVAU218XN2183294".into(),
+        vin: vin_for(no),
         city_code: "310000".into(),
         branch_code: "SH01".into(),
         agent_code: "SH01-A03".into(),
@@ -368,6 +381,7 @@ pub fn policy(no: &str, end: &str) -> Policy {
         premium_fen: 456_700,
         important: false,
         group_policy: false,
+        real_data_at_sale: true,
     }
 }
 

@@ -43,7 +43,12 @@ pub struct CaseView {
     pub phase_deadline: Option<DateTime<Utc>>,
     pub owner_agent: Option<String>,
     pub owner_branch: Option<String>,
+    /// Who the renewal is credited to: the originating agent where they left the
+    /// customer's real data at sale, else the owner who renews it.
     pub credited_agent: String,
+    /// The agent who sold the policy.
+    pub originating_agent: String,
+    pub originator_keeps_credit: bool,
     pub expiry_date: NaiveDate,
     pub effective_expiry_date: Option<NaiveDate>,
     pub outcome: Option<String>,
@@ -136,6 +141,14 @@ pub async fn load(pool: &PgPool, policy_no: &str) -> Result<Option<CaseView>, sq
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let originating_agent: String = case.try_get("credited_agent")?;
+    let keeps: bool = case.try_get("originator_keeps_credit")?;
+    let owner_agent: Option<String> = case.try_get("owner_agent")?;
+    let renewed_by: Option<String> = case.try_get("renewed_by")?;
+    let credited_agent = match (keeps, &renewed_by, &owner_agent) {
+        (false, Some(by), _) | (false, None, Some(by)) => by.clone(),
+        _ => originating_agent.clone(),
+    };
     Ok(Some(CaseView {
         case_id,
         policy_no: case.try_get("policy_no")?,
@@ -144,13 +157,15 @@ pub async fn load(pool: &PgPool, policy_no: &str) -> Result<Option<CaseView>, sq
         state: case.try_get("state")?,
         phase: case.try_get("phase")?,
         phase_deadline: case.try_get("phase_due_at")?,
-        owner_agent: case.try_get("owner_agent")?,
+        owner_agent,
         owner_branch: case.try_get("owner_branch")?,
-        credited_agent: case.try_get("credited_agent")?,
+        credited_agent,
+        originating_agent,
+        originator_keeps_credit: keeps,
         expiry_date: case.try_get("expiry_date")?,
         effective_expiry_date: case.try_get("effective_expiry_date")?,
         outcome: case.try_get("outcome")?,
-        renewed_by: case.try_get("renewed_by")?,
+        renewed_by,
         history,
         routing,
     }))
@@ -174,7 +189,10 @@ pub struct Credit {
     pub open: i64,
 }
 
-/// `GET /v1/reports/attribution[?city=]`: per originating agent.
+/// `GET /v1/reports/attribution[?city=]`: per credited agent: the originating agent
+/// where they left the customer's real data at sale (for life, whoever renews it), else
+/// the owner who renewed it (the current owner while it is worked). A rescue counts as a
+/// renewal.
 #[utoipa::path(get, path = "/v1/reports/attribution", tag = "reports",
     params(("city" = Option<String>, Query), PageQuery),
     responses((status = 200, body = Page<Credit>), renewal_platform::openapi::Refusals))]
@@ -192,13 +210,18 @@ async fn attribution(
     }
     caller.require(access::REPORTS)?;
     let rows = sqlx::query(
-        "SELECT credited_agent, count(*) AS cases,
+        "WITH credited AS (
+             SELECT c.*, CASE WHEN originator_keeps_credit THEN credited_agent
+                              ELSE COALESCE(renewed_by, owner_agent, credited_agent) END AS credit
+             FROM assignment.cases c WHERE (city_code = $1 OR $1 IS NULL)
+         )
+         SELECT credit AS credited_agent, count(*) AS cases,
                 count(*) FILTER (WHERE outcome IN ('renewed', 'rescued')) AS renewed,
-                count(*) FILTER (WHERE outcome IN ('renewed', 'rescued') AND renewed_by IS DISTINCT FROM credited_agent) AS renewed_by_others,
+                count(*) FILTER (WHERE outcome IN ('renewed', 'rescued') AND renewed_by IS DISTINCT FROM credit) AS renewed_by_others,
                 count(*) FILTER (WHERE outcome IN ('lapsed', 'insured_elsewhere', 'vehicle_sold')) AS lapsed,
                 count(*) FILTER (WHERE state = 'open' AND outcome IS NULL) AS open
-         FROM assignment.cases WHERE (city_code = $1 OR $1 IS NULL) AND credited_agent > $2
-         GROUP BY credited_agent ORDER BY credited_agent LIMIT $3",
+         FROM credited WHERE credit > $2
+         GROUP BY credit ORDER BY credit LIMIT $3",
     )
     .bind(&q.city)
     .bind(q.page.after::<String>()?.unwrap_or_default())

@@ -86,10 +86,10 @@ async fn opened(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), Handle
     sqlx::query(
         "INSERT INTO assignment.cases (case_id, policy_no, city_code, branch_code, credited_agent,
                  expiry_date, important, group_policy, opened_at, state, closed_at,
-                 effective_expiry_date, time_zone, owner_by, phase)
+                 effective_expiry_date, time_zone, owner_by, phase, originator_keeps_credit)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
                     CASE WHEN e.case_id IS NULL THEN 'open' ELSE 'closed' END, e.closed_at,
-                    $10, $11, $12, 'awaiting_list'
+                    $10, $11, $12, 'awaiting_list', $13
              FROM (SELECT 1) one LEFT JOIN assignment.closed_early e ON e.case_id = $1
              ON CONFLICT (case_id) DO NOTHING",
     )
@@ -105,6 +105,7 @@ async fn opened(tx: &mut PgConnection, delivery: &Delivery) -> Result<(), Handle
     .bind(effective)
     .bind(tz.name())
     .bind(owner_by)
+    .bind(event.originator_keeps_credit)
     .execute(&mut *tx)
     .await?;
     Ok(())

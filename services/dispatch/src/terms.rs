@@ -2,7 +2,8 @@
 //! states the premium, its change against last year and the offer, and every phone task
 //! shows them to the caller. A case at T-65 with no quote (`lists.quote.missing`) makes
 //! a task in the city company's queue to get one; its id is the event's, so a
-//! redelivery makes no second task.
+//! redelivery makes no second task. The quote's arrival withdraws that task: its work
+//! is done.
 
 use chrono::NaiveDate;
 use renewal_contract::lists::{CaseQuoted, QuoteMissing};
@@ -14,6 +15,9 @@ use renewal_platform::{Clock, Delivery, HandleError, Handler};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
 use std::sync::Arc;
+
+/// The stage of the city company's task to get a case its quote.
+pub const QUOTE_TASK_STAGE: &str = "quote missing at T-65";
 
 /// A case's terms as an SMS and a phone task state them (money in fen).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -144,6 +148,15 @@ async fn keep(tx: &mut PgConnection, q: CaseQuoted) -> Result<(), HandleError> {
     .bind(at)
     .execute(&mut *tx)
     .await?;
+    let done = sqlx::query(
+        "UPDATE dispatch.phone_tasks SET state = 'withdrawn', last_error = 'the quote arrived'
+         WHERE case_id = $1 AND stage = $2 AND state IN ('open', 'leased')",
+    )
+    .bind(case_id)
+    .bind(QUOTE_TASK_STAGE)
+    .execute(&mut *tx)
+    .await?;
+    metrics::counter!("phone_tasks_total", "status" => "withdrawn").increment(done.rows_affected());
     Ok(())
 }
 
@@ -162,7 +175,7 @@ impl Quotes {
             command_id: id.to_string(),
             case_id: missing.case_id.clone(),
             policy_no: missing.policy_no.clone(),
-            stage: "quote missing at T-65".into(),
+            stage: QUOTE_TASK_STAGE.into(),
             queue: TaskQueue::City as i32,
             owner_agent: String::new(),
             branch_code: missing.branch_code.clone(),

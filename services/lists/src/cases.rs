@@ -61,7 +61,7 @@ fn open_due_sql(scope: &OpenScope<'_>) -> String {
     format!(
         "WITH due AS (
             SELECT p.policy_no, p.end_date, p.time_zone, p.city_code, p.branch_code, p.agent_code,
-                   p.category, p.important, p.group_policy,
+                   p.category, p.important, p.group_policy, p.vin_index, p.real_data_at_sale,
                    timezone(p.time_zone, $1::timestamptz)::date AS today,
                    COALESCE(h.worked_before, p.end_date) AS effective, h.name AS holiday,
                    EXISTS (SELECT 1 FROM lists.calendar_years y
@@ -71,19 +71,28 @@ fn open_due_sql(scope: &OpenScope<'_>) -> String {
             WHERE p.status = 'active' AND NOT p.has_case AND p.erased_at IS NULL
               AND p.end_date BETWEEN $4 AND $5
               AND {policy} AND {zone}
+        ), eligible AS (
+            -- A vehicle's policies due together: the first (by expiry) leads its case, the
+            -- others within the vehicle window join it (`attach_sql`, run after).
+            SELECT due.*, row_number() OVER vehicle AS vehicle_rank,
+                   first_value(end_date) OVER vehicle AS vehicle_first
+            FROM due
+            WHERE end_date >= today AND effective - today <= {WINDOW_DAYS}
+            WINDOW vehicle AS (PARTITION BY COALESCE(vin_index, convert_to(policy_no, 'UTF8'))
+                               ORDER BY end_date, policy_no)
         ), opened AS (
             INSERT INTO lists.cases (case_id, policy_no, expiry_date, effective_expiry_date,
                 opened_at, time_zone, city_code, branch_code, agent_code, category, important,
-                group_policy, bucket, holiday, calendar_known)
+                group_policy, bucket, holiday, calendar_known, originator_keeps_credit)
             SELECT gen_random_uuid(), policy_no, end_date, effective, $1, time_zone, city_code,
                    branch_code, agent_code, category, important, group_policy, {bucket}, holiday,
-                   calendar_known
-            FROM due
-            WHERE end_date >= today AND effective - today <= {WINDOW_DAYS}
+                   calendar_known, real_data_at_sale
+            FROM eligible
+            WHERE vehicle_rank = 1 OR end_date - vehicle_first > $6
             ON CONFLICT (policy_no) DO NOTHING
             RETURNING case_id, policy_no, expiry_date, effective_expiry_date, time_zone, city_code,
                       branch_code, agent_code, category, important, group_policy, bucket, holiday,
-                      calendar_known
+                      calendar_known, originator_keeps_credit
         ), marked AS (
             UPDATE lists.policies p SET has_case = true
             WHERE p.policy_no = ANY (ARRAY(SELECT policy_no FROM opened))
@@ -105,10 +114,55 @@ pub enum CaseError {
     },
 }
 
+/// The default vehicle window: a vehicle's compulsory and commercial policies expiring
+/// within a month of each other are renewed together.
+pub const VEHICLE_WINDOW_DAYS: i32 = 30;
+
 /// Where to open cases: every due policy, or one.
 pub struct OpenScope<'a> {
     pub only_policy: Option<&'a str>,
     pub only_zone: Option<chrono_tz::Tz>,
+    /// Policies of one vehicle expiring within this many days of each other are one
+    /// case (`VEHICLE_WINDOW_DAYS`).
+    pub vehicle_window: i32,
+}
+
+/// Where a vehicle's policy due for a case joins the open case of another policy of the
+/// same vehicle expiring within the vehicle window, instead of opening its own; marks it
+/// as having a case. The same parameters as [`open_due_sql`].
+fn attach_sql(scope: &OpenScope<'_>) -> String {
+    let policy = if scope.only_policy.is_some() {
+        "p.policy_no = $2"
+    } else {
+        "$2::text IS NULL"
+    };
+    let zone = if scope.only_zone.is_some() {
+        "p.time_zone = $3"
+    } else {
+        "$3::text IS NULL"
+    };
+    format!(
+        "WITH candidates AS (
+            SELECT p.policy_no, p.vin_index, p.end_date FROM lists.policies p
+            WHERE p.status = 'active' AND NOT p.has_case AND p.erased_at IS NULL
+              AND p.vin_index IS NOT NULL AND p.end_date BETWEEN $4 AND $5
+              AND {policy} AND {zone}
+        ), hits AS (
+            SELECT DISTINCT ON (d.policy_no) d.policy_no, c.case_id
+            FROM candidates d
+            JOIN lists.policies o ON o.vin_index = d.vin_index AND o.policy_no <> d.policy_no
+            JOIN lists.cases c ON c.policy_no = o.policy_no
+            WHERE c.state IN ('open', 'renewal_reported') AND abs(c.expiry_date - d.end_date) <= $6
+            ORDER BY d.policy_no, c.opened_at
+        ), joined AS (
+            INSERT INTO lists.vehicle_policies (policy_no, case_id, joined_at)
+            SELECT policy_no, case_id, $1 FROM hits
+            ON CONFLICT (policy_no) DO NOTHING
+            RETURNING policy_no
+        )
+        UPDATE lists.policies p SET has_case = true
+        WHERE p.policy_no = ANY (ARRAY(SELECT policy_no FROM joined))"
+    )
 }
 
 /// Opens a case for every active policy inside the window that has none, and
@@ -138,14 +192,29 @@ pub async fn open_due(
     .fetch_one(&mut *tx)
     .await?;
     let until = until.unwrap_or(window_end).max(window_end);
-    let rows = sqlx::query(sqlx::AssertSqlSafe(open_due_sql(&scope)))
-        .bind(now)
-        .bind(scope.only_policy)
-        .bind(scope.only_zone.map(|z| z.name()))
-        .bind(earliest)
-        .bind(until)
-        .fetch_all(&mut *tx)
-        .await?;
+    let statement = |sql: String| {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(scope.only_policy)
+            .bind(scope.only_zone.map(|z| z.name()))
+            .bind(earliest)
+            .bind(until)
+            .bind(scope.vehicle_window)
+    };
+    // A vehicle's policy joins its open case; the others open theirs (one per vehicle
+    // due together), and the rest of those vehicles' policies join them.
+    let mut joined = statement(attach_sql(&scope))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let rows = statement(open_due_sql(&scope)).fetch_all(&mut *tx).await?;
+    if !rows.is_empty() {
+        joined += statement(attach_sql(&scope))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    }
+    metrics::counter!("vehicle_policies_joined_total").increment(joined);
     let policy_nos = rows
         .iter()
         .map(|row| row.try_get("policy_no"))
@@ -195,6 +264,7 @@ pub async fn open_due(
                 .try_get::<Option<String>, _>("holiday")?
                 .unwrap_or_default(),
             calendar_known,
+            originator_keeps_credit: row.try_get("originator_keeps_credit")?,
             policy_no,
         };
         events.push((subject::LISTS_CASE_OPENED, event));

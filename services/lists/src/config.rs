@@ -22,6 +22,9 @@ pub struct ListsConfig {
     /// confirmation before the case is worked again with a check task for its owner
     /// (`RENEWAL_CONFIRM_DAYS`, default 3).
     pub renewal_confirm_within: chrono::Duration,
+    /// A vehicle's policies expiring within this many days of each other are one case
+    /// (`VEHICLE_WINDOW_DAYS`, default 30).
+    pub vehicle_window: i32,
 }
 
 impl ListsConfig {
@@ -59,7 +62,16 @@ impl ListsConfig {
                 reason: format!("must be from 1 to 60 days (got {confirm_days})"),
             });
         }
+        let vehicle_window: i32 =
+            env.or("VEHICLE_WINDOW_DAYS", crate::cases::VEHICLE_WINDOW_DAYS)?;
+        if !(0..=90).contains(&vehicle_window) {
+            return Err(ConfigError::Invalid {
+                var: "VEHICLE_WINDOW_DAYS".into(),
+                reason: format!("must be from 0 to 90 days (got {vehicle_window})"),
+            });
+        }
         Ok(ListsConfig {
+            vehicle_window,
             renewal_confirm_within: chrono::Duration::days(confirm_days),
             pii: Arc::new(pii),
             list_issue_day,

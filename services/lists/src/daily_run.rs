@@ -34,6 +34,7 @@ pub struct DailyRun {
     pub pii: std::sync::Arc<PiiCipher>,
     pub list_issue_day: u32,
     pub renewal_confirm_within: chrono::Duration,
+    pub vehicle_window: i32,
 }
 
 /// Whether the zone's run on `today` issues the month's lists: it is the first run of
@@ -195,6 +196,7 @@ impl DailyRun {
         let scope = OpenScope {
             only_policy: None,
             only_zone: Some(zone),
+            vehicle_window: self.vehicle_window,
         };
         done.opened =
             cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope).await?;
@@ -243,6 +245,7 @@ impl DailyRun {
         let scope = OpenScope {
             only_policy: None,
             only_zone: None,
+            vehicle_window: self.vehicle_window,
         };
         let opened =
             cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope).await?;

@@ -129,6 +129,8 @@ pub struct Importer {
     pub pii: Arc<PiiCipher>,
     pub zones: Zones,
     pub outbox: renewal_platform::Outbox,
+    /// See [`crate::cases::OpenScope::vehicle_window`].
+    pub vehicle_window: i32,
 }
 
 /// What the worker threads hand to the database side.
@@ -266,6 +268,7 @@ impl Importer {
         let scope = crate::cases::OpenScope {
             only_policy: None,
             only_zone: None,
+            vehicle_window: self.vehicle_window,
         };
         let cases_opened =
             crate::cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope)
@@ -598,6 +601,8 @@ fn read_file<R: Read>(
 struct ColumnOrder {
     index: [usize; 16],
     version: Option<usize>,
+    /// The optional `real_data_at_sale` column (absent: no).
+    real_data: Option<usize>,
     width: usize,
 }
 
@@ -625,6 +630,7 @@ fn column_order(header: &csv::ByteRecord) -> Result<ColumnOrder, ImportError> {
     Ok(ColumnOrder {
         index,
         version: find("version"),
+        real_data: find("real_data_at_sale"),
         width: names.len(),
     })
 }
@@ -690,6 +696,10 @@ fn check_batch(
             premium: Premium::Yuan(field(13)),
             important: Flag::Text(field(14)),
             group_policy: Flag::Text(field(15)),
+            real_data_at_sale: match columns.real_data {
+                Some(i) => Flag::Text(std::str::from_utf8(&record[i]).unwrap_or("\u{FFFD}")),
+                None => Flag::Bool(false),
+            },
         };
         match (policy_checks::check(&fields), version) {
             (Ok(policy), Ok(version)) => match portfolio::seal(policy, version, pii, zones) {

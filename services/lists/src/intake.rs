@@ -21,6 +21,7 @@ pub struct Intake {
     pub clock: Clock,
     pub pii: Arc<PiiCipher>,
     pub zones: Zones,
+    pub vehicle_window: i32,
 }
 
 /// How often a renewal or cancellation for a policy we do not know yet is retried
@@ -114,6 +115,7 @@ impl Handler for Intake {
                 let scope = cases::OpenScope {
                     only_policy: Some(&policy.policy_no),
                     only_zone: None,
+                    vehicle_window: self.vehicle_window,
                 };
                 cases::open_due(tx, &self.outbox, &self.pii, &self.zones, now, scope)
                     .await
@@ -212,5 +214,6 @@ fn fields_of(p: &Policy) -> PolicyFields<'_> {
         premium: Premium::Fen(p.premium_fen),
         important: Flag::Bool(p.important),
         group_policy: Flag::Bool(p.group_policy),
+        real_data_at_sale: Flag::Bool(p.real_data_at_sale),
     }
 }

@@ -359,6 +359,26 @@ struct Report<'a> {
     filters: &'a BTreeMap<&'static str, String>,
     groups: &'a [Tally],
     total: &'a Tally,
+    /// The six customer categories and their targets (DOMAIN.md).
+    targets: Vec<CategoryTarget>,
+}
+
+#[derive(Serialize)]
+struct CategoryTarget {
+    category: &'static str,
+    description: &'static str,
+    target_rate: Option<f64>,
+}
+
+fn category_targets() -> Vec<CategoryTarget> {
+    categories::CATEGORIES
+        .iter()
+        .map(|c| CategoryTarget {
+            category: c.code,
+            description: c.description,
+            target_rate: c.target_percent.map(|p| f64::from(p) / 100.0),
+        })
+        .collect()
 }
 
 /// Analysts and HQ see every figure; a city admin their city, a branch's supervisor
@@ -433,6 +453,7 @@ async fn renewal_rate(
         filters: &q.filters,
         groups: &groups,
         total: &total,
+        targets: category_targets(),
     };
     Ok(Json(report).into_response())
 }

@@ -193,6 +193,7 @@ impl Lists {
                 pii: config.pii.clone(),
                 zones: zones.clone(),
                 outbox: outbox.clone(),
+                vehicle_window: config.vehicle_window,
             },
             daily_run: daily_run::DailyRun {
                 pool: deps.pool.clone(),
@@ -202,6 +203,7 @@ impl Lists {
                 pii: config.pii.clone(),
                 list_issue_day: config.list_issue_day,
                 renewal_confirm_within: config.renewal_confirm_within,
+                vehicle_window: config.vehicle_window,
             },
         })
     }
@@ -283,6 +285,7 @@ pub async fn run_with(
             clock: deps.clock.clone(),
             pii: config.pii.clone(),
             zones,
+            vehicle_window: config.vehicle_window,
         },
     );
     service.consume(

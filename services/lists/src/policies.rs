@@ -45,8 +45,13 @@ const SELECT: &str = "SELECT p.policy_no, p.status, p.city_code, p.branch_code, 
         c.effective_expiry_date, c.holiday, i.list_id,
         q.quote_id, q.premium_fen AS quote_premium_fen, q.last_premium_fen, q.claim_free_years,
         q.ncd_level, q.compulsory_fen, q.commercial_fen, q.valid_until, q.promotion,
-        q.discount_percent, q.discount_extra, q.issued_at AS quote_issued_at
-     FROM lists.policies p LEFT JOIN lists.cases c USING (policy_no)
+        q.discount_percent, q.discount_extra, q.issued_at AS quote_issued_at,
+        c.policy_no AS case_policy_no,
+        ARRAY(SELECT v.policy_no FROM lists.vehicle_policies v WHERE v.case_id = c.case_id
+              ORDER BY v.policy_no) AS joined_policies
+     FROM lists.policies p
+          LEFT JOIN lists.vehicle_policies vp ON vp.policy_no = p.policy_no
+          LEFT JOIN lists.cases c ON c.policy_no = p.policy_no OR c.case_id = vp.case_id
           LEFT JOIN lists.list_items i ON i.case_id = c.case_id
           LEFT JOIN lists.quotes q ON q.policy_no = p.policy_no";
 
@@ -178,6 +183,9 @@ struct CaseView {
     effective_expiry_date: NaiveDate,
     holiday: Option<String>,
     list_id: Option<uuid::Uuid>,
+    /// The vehicle's policies this case renews (its lead first): a vehicle's
+    /// compulsory and commercial policies are one case.
+    policies: Vec<String>,
 }
 
 /// Keeps the first three and last four digits: 138****5678.
@@ -247,6 +255,9 @@ fn read(row: &sqlx::postgres::PgRow, pii: &PiiCipher) -> Result<PolicyView, View
             effective_expiry_date: row.try_get("effective_expiry_date")?,
             holiday: row.try_get("holiday")?,
             list_id: row.try_get("list_id")?,
+            policies: std::iter::once(row.try_get::<String, _>("case_policy_no")?)
+                .chain(row.try_get::<Vec<String>, _>("joined_policies")?)
+                .collect(),
         }),
         None => None,
     };

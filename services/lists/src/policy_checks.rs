@@ -23,6 +23,8 @@ pub struct PolicyFields<'a> {
     pub premium: Premium<'a>,
     pub important: Flag<'a>,
     pub group_policy: Flag<'a>,
+    /// The selling agent left the customer's real data at sale.
+    pub real_data_at_sale: Flag<'a>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +73,7 @@ pub struct CheckedPolicy {
     pub premium_fen: i64,
     pub important: bool,
     pub group_policy: bool,
+    pub real_data_at_sale: bool,
 }
 
 /// Why a field was refused.
@@ -168,8 +171,12 @@ pub fn check(f: &PolicyFields<'_>) -> Result<CheckedPolicy, Vec<Rejection>> {
     };
     let important = flag(f.important).map_err(|r| bad.push(reject("important", r)));
     let group_policy = flag(f.group_policy).map_err(|r| bad.push(reject("group_policy", r)));
-    match (start, end, important, group_policy) {
-        (Ok(start_date), Ok(end_date), Ok(important), Ok(group_policy)) if bad.is_empty() => {
+    let real_data_at_sale =
+        flag(f.real_data_at_sale).map_err(|r| bad.push(reject("real_data_at_sale", r)));
+    match (start, end, important, group_policy, real_data_at_sale) {
+        (Ok(start_date), Ok(end_date), Ok(important), Ok(group_policy), Ok(real_data_at_sale))
+            if bad.is_empty() =>
+        {
             Ok(CheckedPolicy {
                 policy_no,
                 customer_name,
@@ -187,6 +194,7 @@ pub fn check(f: &PolicyFields<'_>) -> Result<CheckedPolicy, Vec<Rejection>> {
                 premium_fen,
                 important,
                 group_policy,
+                real_data_at_sale,
             })
         }
         _ => Err(bad),
@@ -398,6 +406,7 @@ mod tests {
             premium: Premium::Yuan("3,250.5"),
             important: Flag::Text("是"),
             group_policy: Flag::Text(""),
+            real_data_at_sale: Flag::Text("Y"),
         }
     }
 

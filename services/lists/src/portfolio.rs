@@ -119,6 +119,8 @@ pub struct SealedPolicy {
     pub mobile_index: [u8; 16],
     /// Empty when the policy has no ID number.
     pub id_number_index: Vec<u8>,
+    /// The VIN's blind index (a vehicle's policies share it); none without a VIN.
+    pub vin_index: Option<Vec<u8>>,
     pub digest: [u8; 16],
     pub time_zone: chrono_tz::Tz,
 }
@@ -132,7 +134,13 @@ pub fn seal(
     let start = p.start_date.to_string();
     let end = p.end_date.to_string();
     let premium = p.premium_fen.to_string();
-    let digest = pii.digest(&[
+    // The flag counts only when set, so policies written before it keep their digest.
+    let real_data: &[&str] = if p.real_data_at_sale {
+        &["real_data_at_sale"]
+    } else {
+        &[]
+    };
+    let fields: [&str; 15] = [
         &p.customer_name,
         &p.mobile,
         &p.id_number,
@@ -148,7 +156,8 @@ pub fn seal(
         &premium,
         if p.important { "1" } else { "0" },
         if p.group_policy { "1" } else { "0" },
-    ]);
+    ];
+    let digest = pii.digest(&[fields.as_slice(), real_data].concat());
     let at = |column| Place::new(POLICIES, column, &p.policy_no);
     Ok(SealedPolicy {
         name_enc: pii.seal(&p.customer_name, at("name_enc"))?,
@@ -160,6 +169,7 @@ pub fn seal(
         id_number_index: id_number_indexed(&p.id_number)
             .map(|id| pii.blind_index(&id).to_vec())
             .unwrap_or_default(),
+        vin_index: vin_indexed(&p.vin).map(|vin| pii.blind_index(&vin).to_vec()),
         digest,
         time_zone: zones.of(&p.city_code),
         version,
@@ -171,7 +181,7 @@ pub fn seal(
 pub const COPY_COLUMNS: &str = "policy_no, version, name_enc, mobile_enc, id_number_enc, \
      mobile_index, content_digest, plate_enc, vin_enc, city_code, branch_code, agent_code, channel, \
      category, start_date, end_date, premium_fen, important, group_policy, time_zone, source, \
-     updated_at, id_number_index";
+     updated_at, id_number_index, vin_index, real_data_at_sale";
 
 /// The staging table a CSV import copies into, per transaction.
 pub const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS policy_staging (
@@ -179,7 +189,8 @@ pub const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS policy_staging
         mobile_index bytea, content_digest bytea, plate_enc bytea, vin_enc bytea, city_code text,
         branch_code text, agent_code text, channel text, category text, start_date date,
         end_date date, premium_fen bigint, important boolean, group_policy boolean,
-        time_zone text, source text, updated_at timestamptz, id_number_index bytea
+        time_zone text, source text, updated_at timestamptz, id_number_index bytea, vin_index bytea,
+        real_data_at_sale boolean
     ) ON COMMIT DROP";
 
 /// Inserts new policies and overwrites a stored one only with a newer version (or the
@@ -202,7 +213,8 @@ fn merge_sql(from: &str) -> String {
                 premium_fen = EXCLUDED.premium_fen, important = EXCLUDED.important,
                 group_policy = EXCLUDED.group_policy, time_zone = EXCLUDED.time_zone,
                 source = EXCLUDED.source, updated_at = EXCLUDED.updated_at,
-                id_number_index = EXCLUDED.id_number_index, erased_at = NULL
+                id_number_index = EXCLUDED.id_number_index, vin_index = EXCLUDED.vin_index,
+                real_data_at_sale = EXCLUDED.real_data_at_sale, erased_at = NULL
             WHERE p.version < EXCLUDED.version
                OR (p.version = EXCLUDED.version AND p.content_digest <> EXCLUDED.content_digest
                    AND p.erased_at IS NULL)
@@ -236,7 +248,8 @@ pub async fn upsert_one(
         $15::text AS category, $16::date AS start_date, $17::date AS end_date,
         $18::bigint AS premium_fen, $19::boolean AS important, $20::boolean AS group_policy,
         $21::text AS time_zone, 'nats'::text AS source, $1::timestamptz AS updated_at,
-        $22::bytea AS id_number_index) v";
+        $22::bytea AS id_number_index, $23::bytea AS vin_index,
+        $24::boolean AS real_data_at_sale) v";
     let (inserted, updated): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(merge_sql(values)))
         .bind(now)
         .bind(&s.p.policy_no)
@@ -260,6 +273,8 @@ pub async fn upsert_one(
         .bind(s.p.group_policy)
         .bind(s.time_zone.name())
         .bind(&s.id_number_index)
+        .bind(s.vin_index.as_deref())
+        .bind(s.p.real_data_at_sale)
         .fetch_one(&mut *tx)
         .await?;
     if inserted == 1 {
@@ -343,7 +358,7 @@ pub fn write_binary_row(out: &mut Vec<u8>, s: &SealedPolicy, updated_at: DateTim
         );
     }
     let p = &s.p;
-    out.extend_from_slice(&23i16.to_be_bytes());
+    out.extend_from_slice(&25i16.to_be_bytes());
     field(out, p.policy_no.as_bytes());
     field(out, &s.version.to_be_bytes());
     field(out, &s.name_enc);
@@ -370,6 +385,12 @@ pub fn write_binary_row(out: &mut Vec<u8>, s: &SealedPolicy, updated_at: DateTim
         &(updated_at.timestamp_micros() - PG_EPOCH_UNIX_MICROS).to_be_bytes(),
     );
     field(out, &s.id_number_index);
+    match &s.vin_index {
+        Some(index) => field(out, index),
+        // NULL: a length of -1 and no bytes.
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
+    field(out, &[u8::from(p.real_data_at_sale)]);
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use renewal_contract::lists::{CaseQuoted, QuoteMissing};
 use renewal_contract::subject;
 use renewal_platform::{Delivery, HandleError, Handler, Outbox};
 use sqlx::{PgConnection, Row};
+use tracing::Instrument;
 
 /// Days before the effective expiry by which a case must have its quote.
 pub const QUOTE_BY_DAYS: i64 = 65;
@@ -222,7 +223,15 @@ pub async fn announce(
         ));
     }
     let n = events.len();
-    outbox.enqueue_many(tx, events).await?;
+    if zone.is_some() {
+        // The daily run's: a trace of its own, as its other events.
+        outbox
+            .enqueue_many(tx, events)
+            .instrument(tracing::info_span!(parent: None, "quotes_announced"))
+            .await?;
+    } else {
+        outbox.enqueue_many(tx, events).await?;
+    }
     Ok(n)
 }
 
@@ -270,7 +279,10 @@ pub async fn raise_missing(
     }
     let n = events.len();
     metrics::counter!("quotes_missing_total").increment(n as u64);
-    outbox.enqueue_many(tx, events).await?;
+    outbox
+        .enqueue_many(tx, events)
+        .instrument(tracing::info_span!(parent: None, "quotes_missing"))
+        .await?;
     Ok(n)
 }
 

@@ -24,7 +24,7 @@ pub async fn index_lapsed(
     }
     let rows = sqlx::query(
         "SELECT policy_no, vin_enc FROM lists.policies
-         WHERE policy_no = ANY($1) AND length(vin_enc) > 0",
+         WHERE policy_no = ANY($1) AND length(vin_enc) > 0 AND vin_index IS NULL",
     )
     .bind(policy_nos)
     .fetch_all(&mut *tx)

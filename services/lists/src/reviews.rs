@@ -18,6 +18,7 @@ use renewal_platform::{Caller, Outbox, Problem};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use std::collections::BTreeMap;
+use tracing::Instrument;
 
 use crate::kpis::{self, ReportQuery, Tally};
 
@@ -263,6 +264,7 @@ pub async fn issue_monthly(
         };
         outbox
             .enqueue(tx, subject::LISTS_REVIEW_ISSUED, &event)
+            .instrument(tracing::info_span!(parent: None, "review_issued"))
             .await?;
     }
     Ok(cities.len())

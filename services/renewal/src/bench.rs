@@ -220,6 +220,7 @@ async fn run_lists(policies: usize) -> Result<(), String> {
         pii: config.pii.clone(),
         list_issue_day: config.list_issue_day,
         renewal_confirm_within: config.renewal_confirm_within,
+        vehicle_window: config.vehicle_window,
     };
     let run_day = async |day: NaiveDate| -> Result<(DayDone, usize), String> {
         let mut done = DayDone::default();

@@ -143,6 +143,7 @@ pub async fn importer(
         pii: lists.pii.clone(),
         zones,
         outbox: renewal_lists::outbox(),
+        vehicle_window: lists.vehicle_window,
     })
 }
 

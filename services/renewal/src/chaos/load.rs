@@ -77,6 +77,7 @@ fn policy(n: usize, today: chrono::NaiveDate) -> Policy {
         premium_fen: 456_700,
         important: false,
         group_policy: false,
+        real_data_at_sale: true,
     }
 }
 

@@ -48,6 +48,16 @@ impl Badges {
         })
     }
 
+    /// A branch's manager (its supervisor `{branch}-S01`): approves discounts.
+    pub fn supervisor(&self, branch: &str, city: &str) -> Result<String, SimError> {
+        self.badge(format!("supervisor {branch}"), || {
+            Grant::role(Role::Supervisor)
+                .agent(&format!("{branch}-S01"))
+                .branch(branch)
+                .city(city)
+        })
+    }
+
     /// A city company's admin.
     pub fn city_admin(&self, city: &str) -> Result<String, SimError> {
         self.badge(format!("city_admin {city}"), || {

@@ -125,8 +125,56 @@ impl BranchStaff {
         for city in CITIES {
             for branch in city.branches {
                 self.work_branch(city, branch).await?;
+                let manager = self.badges.supervisor(branch, city.code)?;
+                self.decide_discounts(&manager).await?;
             }
             self.work_city(city).await?;
+            let general_manager = self.badges.city_admin(city.code)?;
+            self.decide_discounts(&general_manager).await?;
+        }
+        Ok(())
+    }
+
+    /// The discount requests awaiting this approver: most approved, one in eight
+    /// declined.
+    async fn decide_discounts(&self, token: &str) -> Result<(), SimError> {
+        #[derive(Deserialize)]
+        struct Request {
+            request_id: String,
+            policy_no: String,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            items: Vec<Request>,
+        }
+        let url = format!("{}/v1/discounts?page_size=1000", self.base);
+        let fail = |e: &dyn std::fmt::Display| SimError::Other(format!("GET /v1/discounts: {e}"));
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| fail(&e))?;
+        if !response.status().is_success() {
+            return Err(fail(&response.status()));
+        }
+        let page: Page = response.json().await.map_err(|e| fail(&e))?;
+        for r in page.items {
+            let (verb, body) = if roll(self.seed, &r.policy_no, "discount decision") < 12 {
+                (
+                    "decline",
+                    serde_json::json!({"reason": "the margin does not allow it"}),
+                )
+            } else {
+                ("approve", serde_json::json!({}))
+            };
+            self.post(
+                &format!("/v1/discounts/{}:{verb}", r.request_id),
+                token,
+                body,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -153,8 +153,10 @@ impl CallCenter {
 
     /// One day of calls at `now`: every desk leases what it can, then the calls are
     /// made one by one in the order of the policy and the stage, so the events of one
-    /// case reach the scheduler in the same order in every run.
-    pub async fn work_day(&self, now: DateTime<Utc>) -> Result<(), SimError> {
+    /// case reach the scheduler in the same order in every run. A city company's task
+    /// to get a case its quote is no call: the policies whose quote it chases with the
+    /// core system are returned (the quote's arrival ends the task).
+    pub async fn work_day(&self, now: DateTime<Utc>) -> Result<Vec<String>, SimError> {
         let desks = Self::desks();
         // Calls its agents were making when the demo was killed.
         let agents: Vec<&str> = desks.iter().map(|(a, _)| a.as_str()).collect();
@@ -186,11 +188,17 @@ impl CallCenter {
                 }
             }
         }
+        let (chase, mut calls): (Vec<_>, Vec<_>) = calls
+            .into_iter()
+            .partition(|(_, t)| t.stage == renewal_dispatch::terms::QUOTE_TASK_STAGE);
         calls.sort_by_cached_key(|(_, t)| (t.policy_no.clone(), step(&t.stage)));
         for (agent, task) in &calls {
             self.call(agent, task, now).await?;
         }
-        Ok(())
+        let mut chase: Vec<String> = chase.into_iter().map(|(_, t)| t.policy_no).collect();
+        chase.sort();
+        chase.dedup();
+        Ok(chase)
     }
 
     fn token(&self, agent: &str) -> Result<&str, SimError> {
@@ -246,8 +254,42 @@ impl CallCenter {
         Ok(())
     }
 
+    /// On their T-30 call, one owner in four offers a discount to win the renewal: 5%
+    /// on their own authority, 10% or 13% asked of the ladder (the branch's supervisor,
+    /// then the city company, approve it on their next working day).
+    async fn offer_discount(&self, agent: &str, task: &Task) -> Result<(), SimError> {
+        let owner_desk = !agent.starts_with("CC-") && !agent.starts_with("CITY-");
+        if !owner_desk || task.stage != "T-30" || roll(self.seed, &task.policy_no, "discount") >= 25
+        {
+            return Ok(());
+        }
+        let percent = match roll(self.seed, &task.policy_no, "discount size") {
+            r if r < 40 => 5,
+            r if r < 75 => 10,
+            _ => 13,
+        };
+        let response = self
+            .http
+            .post(format!(
+                "{}/v1/cases/{}/discounts",
+                self.base, task.policy_no
+            ))
+            .bearer_auth(self.token(agent)?)
+            .json(&serde_json::json!({"percent": percent, "reason": "a rival's cash offer"}))
+            .send()
+            .await
+            .map_err(|e| SimError::Other(format!("discount: {e}")))?;
+        let status = response.status();
+        // 403/409: the desk is no longer the owner, or a request is already waiting.
+        if status.is_server_error() || matches!(status.as_u16(), 400 | 401) {
+            return Err(SimError::Other(format!("discount {agent}: {status}")));
+        }
+        Ok(())
+    }
+
     /// Makes the call and reports how it ended.
     async fn call(&self, agent: &str, task: &Task, now: DateTime<Utc>) -> Result<(), SimError> {
+        self.offer_discount(agent, task).await?;
         let outcome = self.outcome(task, now);
         let mut body = outcome.clone();
         body["lease_token"] = serde_json::json!(task.lease_token);

@@ -43,6 +43,39 @@ pub struct SeasonEnd {
     pub renewals_reopened: i64,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Terms {
+    pub quotes_by_t60: i64,
+    pub quotes_late: i64,
+    /// Discounts approved, by who approved the last step: `owner` (their own
+    /// authority), `supervisor`, `city_admin`.
+    pub discounts_approved: std::collections::BTreeMap<String, i64>,
+    pub loss_reasons: std::collections::BTreeMap<String, i64>,
+    pub vehicles_with_two_policies: i64,
+    pub category_rates: Vec<renewal_lists::report::CategoryRate>,
+}
+
+async fn terms(pool: &sqlx::PgPool) -> Result<Terms, SimError> {
+    let facts = renewal_lists::report::terms(pool).await?;
+    let levels = ["owner", "supervisor", "city_admin"];
+    let discounts_approved = renewal_assignment::discounts::approved_by_steps(pool)
+        .await?
+        .into_iter()
+        .map(|(steps, n)| {
+            let level = levels.get(steps as usize).copied().unwrap_or("above_city");
+            (level.to_owned(), n)
+        })
+        .collect();
+    Ok(Terms {
+        quotes_by_t60: facts.quotes_by_t60,
+        quotes_late: facts.quotes_late,
+        discounts_approved,
+        loss_reasons: facts.loss_reasons,
+        vehicles_with_two_policies: facts.vehicles_with_two_policies,
+        category_rates: facts.category_rates,
+    })
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Violations {
     /// Cases open at T-30 with no owner by then.
@@ -94,6 +127,9 @@ pub struct Report {
     pub end: DateTime<Utc>,
     pub funnel: Funnel,
     pub season_end: SeasonEnd,
+    /// The renewal sold on its terms: quotes, discounts, loss reasons, vehicles, the
+    /// categories against their targets.
+    pub terms: Terms,
     pub violations: Violations,
     /// Rules of DOMAIN.md this build cannot check yet, and why.
     pub not_yet_measured: Vec<&'static str>,
@@ -259,6 +295,7 @@ pub async fn measure(
         end: now,
         funnel,
         season_end,
+        terms: terms(pool).await?,
         violations: v,
         not_yet_measured: Vec::new(),
         details,
@@ -393,6 +430,35 @@ impl Report {
             ("reported renewals reopened", e.renewals_reopened),
         ] {
             out.push_str(&format!("  {name:<32} {n:>6}\n"));
+        }
+        let t = &self.terms;
+        out.push_str("\n  renewal terms                   count\n");
+        for (name, n) in [
+            ("cases quoted by T-60", t.quotes_by_t60),
+            ("quotes late (city task at T-65)", t.quotes_late),
+            ("vehicles with two policies", t.vehicles_with_two_policies),
+        ] {
+            out.push_str(&format!("  {name:<32} {n:>6}\n"));
+        }
+        for (level, n) in &t.discounts_approved {
+            let name = format!("discounts approved ({level})");
+            out.push_str(&format!("  {name:<32} {n:>6}\n"));
+        }
+        for (reason, n) in &t.loss_reasons {
+            let name = format!("lost: {}", reason.replace('_', " "));
+            out.push_str(&format!("  {name:<32} {n:>6}\n"));
+        }
+        out.push_str("\n  category                  due  renewed   rate  target\n");
+        let percent = |r: Option<f64>| r.map_or("     -".into(), |r| format!("{:5.1}%", r * 100.0));
+        for c in &t.category_rates {
+            out.push_str(&format!(
+                "  {:<24} {:>5} {:>8} {} {}\n",
+                c.category,
+                c.due,
+                c.renewed,
+                percent(c.rate),
+                percent(c.target)
+            ));
         }
         out.push_str("\n  how cases got an owner          count\n");
         for (name, n) in [

@@ -200,6 +200,12 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         .filter(|(t, _)| *t < end)
         .collect();
     renewals.sort();
+    // The core system quotes each policy two months before its expiry (some late).
+    let quotes: Vec<_> = portfolio::quotes(&customers, args.seed, start, tz)
+        .into_iter()
+        .filter(|(t, _)| *t < end)
+        .collect();
+    let mut next_quote = 0;
 
     let bar = progress_bar(args.days as u64, args.progress);
     let day_of = |t: DateTime<Utc>| {
@@ -241,7 +247,18 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         let opens = renewal_platform::local_instant(today, call_center::OPENS, tz);
         if called_on != Some(today) && sim.now() >= opens && sim.now() < end {
             sim.settle().await?;
-            calls.work_day(sim.now()).await?;
+            let chased = calls.work_day(sim.now()).await?;
+            // The city company chases the missing quotes: the core system issues them.
+            let now = sim.now();
+            let issued: Vec<_> = quotes
+                .iter()
+                .filter(|(t, q)| *t > now && chased.binary_search(&q.policy_no).is_ok())
+                .map(|(_, q)| renewal_contract::core::QuoteIssued {
+                    issued_at_ms: now.timestamp_millis(),
+                    ..q.clone()
+                })
+                .collect();
+            sim.publish_quotes(&issued).await?;
             correct_wrong_numbers(&sim, &customers).await?;
             called_on = Some(today);
             sqlx::query("UPDATE demo.progress SET calls_made_on = $1 WHERE id = 1")
@@ -257,6 +274,16 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
                 .await?;
             next_renewal += 1;
         }
+        // Quotes whose moment has come (again on resume: a quote is kept once).
+        let due = quotes[next_quote..].partition_point(|(t, _)| *t <= sim.now());
+        if due > 0 {
+            let batch: Vec<_> = quotes[next_quote..next_quote + due]
+                .iter()
+                .map(|(_, q)| q.clone())
+                .collect();
+            sim.publish_quotes(&batch).await?;
+            next_quote += due;
+        }
         let now = sim.now();
         if now >= end {
             break;
@@ -271,6 +298,9 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
             target = target.min(opens);
         }
         if let Some((t, _)) = renewals.get(next_renewal) {
+            target = target.min(*t);
+        }
+        if let Some((t, _)) = quotes.get(next_quote) {
             target = target.min(*t);
         }
         sim.advance_to(target).await?;

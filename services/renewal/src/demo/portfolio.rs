@@ -217,6 +217,9 @@ pub fn generate(
             premium_fen: rng.random_range(150_000..900_000),
             important: rng.random_ratio(1, 20),
             group_policy: rng.random_ratio(1, 33),
+            // Seven agents in ten left the customer's real data at sale (they keep the
+            // renewal credit for life); decided by the number, not the generator.
+            real_data_at_sale: i % 10 < 7,
         };
         // Customers renew at the target rate of their category, between 45 days and
         // 1 day before expiry, in one of three daytime slots; some others after lapsing.
@@ -243,6 +246,97 @@ pub fn generate(
         };
         out.push(Customer { policy, renews_at });
     }
+    pair_vehicles(&mut out);
+    out
+}
+
+/// One customer in ten holds the compulsory policy of the car the policy before insures
+/// commercially: the same customer and vehicle, expiring up to two weeks later, renewed
+/// with it (one renewal case, one series of contacts).
+fn pair_vehicles(customers: &mut [Customer]) {
+    for i in (5..customers.len()).step_by(10) {
+        let (lead, rest) = customers.split_at_mut(i);
+        let lead = &lead[i - 1];
+        let c = &mut rest[0];
+        let p = &mut c.policy;
+        let l = &lead.policy;
+        for (field, from) in [
+            (&mut p.customer_name, &l.customer_name),
+            (&mut p.mobile, &l.mobile),
+            (&mut p.id_number, &l.id_number),
+            (&mut p.plate, &l.plate),
+            (&mut p.vin, &l.vin),
+            (&mut p.city_code, &l.city_code),
+            (&mut p.branch_code, &l.branch_code),
+            (&mut p.agent_code, &l.agent_code),
+            (&mut p.channel, &l.channel),
+            (&mut p.category, &l.category),
+        ] {
+            field.clone_from(from);
+        }
+        p.real_data_at_sale = l.real_data_at_sale;
+        let end = NaiveDate::parse_from_str(&l.end_date, "%Y-%m-%d").unwrap_or_default()
+            + chrono::Days::new((i % 15) as u64);
+        p.end_date = end.to_string();
+        p.start_date = (end - chrono::Months::new(12)).to_string();
+        // The compulsory line: a fixed premium band.
+        p.premium_fen = 95_000 + (i % 5) as i64 * 10_000;
+        c.renews_at = lead.renews_at;
+    }
+}
+
+/// The core system's quote of each policy: two months and a week before its expiry at
+/// 09:00 (one in eight a fortnight after T-65 instead: a late quote), never before the
+/// season starts; the premium moves against last year by the claim-free years, one in
+/// four with a promotion. Sorted by when it is issued.
+pub fn quotes(
+    customers: &[Customer],
+    seed: u64,
+    start: DateTime<Utc>,
+    tz: chrono_tz::Tz,
+) -> Vec<(DateTime<Utc>, renewal_contract::core::QuoteIssued)> {
+    use std::hash::{Hash, Hasher};
+    let mut out: Vec<_> = customers
+        .iter()
+        .filter_map(|c| {
+            let p = &c.policy;
+            let end = NaiveDate::parse_from_str(&p.end_date, "%Y-%m-%d").ok()?;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (seed, &p.policy_no, "quote").hash(&mut h);
+            let r = h.finish();
+            let late = r.is_multiple_of(8);
+            let day = end - chrono::Days::new(if late { 51 } else { 67 });
+            let nine = NaiveTime::from_hms_opt(9, 0, 0).unwrap_or(NaiveTime::MIN);
+            let at = renewal_platform::local_instant(day, nine, tz).max(start);
+            let claim_free_years = (r / 8 % 4) as i32;
+            // 0 claim-free years: 5% dearer; each year 10% cheaper, to 25% off.
+            let factor = [105, 90, 80, 75][claim_free_years as usize];
+            let premium = p.premium_fen * factor / 100;
+            let compulsory = 95_000.min(premium / 2);
+            let promotion = if (r / 32).is_multiple_of(4) {
+                "赠送全年免费洗车"
+            } else {
+                ""
+            };
+            Some((
+                at,
+                renewal_contract::core::QuoteIssued {
+                    quote_id: format!("Q{}", &p.policy_no[1..]),
+                    policy_no: p.policy_no.clone(),
+                    premium_fen: premium,
+                    last_premium_fen: p.premium_fen,
+                    claim_free_years,
+                    ncd_level: -claim_free_years,
+                    compulsory_fen: compulsory,
+                    commercial_fen: premium - compulsory,
+                    valid_until: end.to_string(),
+                    promotion: promotion.into(),
+                    issued_at_ms: at.timestamp_millis(),
+                },
+            ))
+        })
+        .collect();
+    out.sort_by_key(|(at, q)| (*at, q.policy_no.clone()));
     out
 }
 
