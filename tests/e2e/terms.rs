@@ -32,6 +32,25 @@ async fn scalar_i64(system: &TestSystem, sql: &str) -> i64 {
         .expect("query")
 }
 
+/// The calls SH01-A03 leases from their owner queue now.
+async fn owner_calls(system: &TestSystem) -> Vec<Value> {
+    let (status, leased) = system
+        .post_json(
+            "/v1/phone-tasks:lease",
+            json!({"agent_id": "SH01-A03", "queue": "owner", "max": 10}),
+        )
+        .await;
+    assert_eq!(status, 200, "{leased}");
+    leased["tasks"].as_array().cloned().unwrap_or_default()
+}
+
+fn task_of<'a>(tasks: &'a [Value], policy_no: &str) -> &'a Value {
+    tasks
+        .iter()
+        .find(|t| t["policy_no"] == policy_no)
+        .unwrap_or_else(|| panic!("no call for {policy_no}: {tasks:?}"))
+}
+
 async fn post_quotes(system: &TestSystem, csv: &str) -> (u16, Value) {
     let response = system
         .http
@@ -145,21 +164,8 @@ async fn the_t60_sms_states_the_quote_and_a_case_unquoted_by_t65_raises_a_city_t
     sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
         .await
         .expect("time");
-    let (status, leased) = system
-        .post_json(
-            "/v1/phone-tasks:lease",
-            json!({"agent_id": "SH01-A03", "queue": "owner", "max": 10}),
-        )
-        .await;
-    assert_eq!(status, 200, "{leased}");
-    let tasks = leased["tasks"].as_array().cloned().unwrap_or_default();
-    let terms_of = |no: &str| {
-        tasks
-            .iter()
-            .find(|t| t["policy_no"] == no)
-            .map(|t| t["terms"].clone())
-            .unwrap_or_else(|| panic!("no task for {no}: {leased}"))
-    };
+    let tasks = owner_calls(&system).await;
+    let terms_of = |no: &str| task_of(&tasks, no)["terms"].clone();
     let q1_terms = terms_of("Q1");
     assert_eq!(
         (
@@ -274,18 +280,8 @@ async fn a_13_percent_discount_is_approved_in_two_steps_and_the_next_call_carrie
     sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
         .await
         .expect("time");
-    let (status, leased) = system
-        .post_json(
-            "/v1/phone-tasks:lease",
-            json!({"agent_id": "SH01-A03", "queue": "owner", "max": 10}),
-        )
-        .await;
-    assert_eq!(status, 200, "{leased}");
-    let task = leased["tasks"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["policy_no"] == "D1"))
-        .cloned()
-        .unwrap_or_else(|| panic!("D1's call: {leased}"));
+    let tasks = owner_calls(&system).await;
+    let task = task_of(&tasks, "D1");
     assert_eq!(
         (
             &task["terms"]["premium_fen"],

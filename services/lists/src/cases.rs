@@ -48,16 +48,7 @@ fn bucket_sql(days: &str) -> String {
 /// the whole portfolio: it cannot tell that few policies in the window lack a case);
 /// their customers are read by [`customers`] the same way.
 fn open_due_sql(scope: &OpenScope<'_>) -> String {
-    let policy = if scope.only_policy.is_some() {
-        "p.policy_no = $2"
-    } else {
-        "$2::text IS NULL"
-    };
-    let zone = if scope.only_zone.is_some() {
-        "p.time_zone = $3"
-    } else {
-        "$3::text IS NULL"
-    };
+    let (policy, zone) = scope.filters();
     format!(
         "WITH due AS (
             SELECT p.policy_no, p.end_date, p.time_zone, p.city_code, p.branch_code, p.agent_code,
@@ -127,20 +118,30 @@ pub struct OpenScope<'a> {
     pub vehicle_window: i32,
 }
 
+impl OpenScope<'_> {
+    /// The policy and zone filters of `$2` and `$3`, written into a statement (not
+    /// `$n IS NULL OR ...`) so that its plan can use the index of policies awaiting a
+    /// case.
+    fn filters(&self) -> (&'static str, &'static str) {
+        let policy = if self.only_policy.is_some() {
+            "p.policy_no = $2"
+        } else {
+            "$2::text IS NULL"
+        };
+        let zone = if self.only_zone.is_some() {
+            "p.time_zone = $3"
+        } else {
+            "$3::text IS NULL"
+        };
+        (policy, zone)
+    }
+}
+
 /// Where a vehicle's policy due for a case joins the open case of another policy of the
 /// same vehicle expiring within the vehicle window, instead of opening its own; marks it
 /// as having a case. The same parameters as [`open_due_sql`].
 fn attach_sql(scope: &OpenScope<'_>) -> String {
-    let policy = if scope.only_policy.is_some() {
-        "p.policy_no = $2"
-    } else {
-        "$2::text IS NULL"
-    };
-    let zone = if scope.only_zone.is_some() {
-        "p.time_zone = $3"
-    } else {
-        "$3::text IS NULL"
-    };
+    let (policy, zone) = scope.filters();
     format!(
         "WITH candidates AS (
             SELECT p.policy_no, p.vin_index, p.end_date FROM lists.policies p

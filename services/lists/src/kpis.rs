@@ -43,8 +43,9 @@ pub fn routes(
         .finish(|router| router.with_state(state))
 }
 
+/// Why a report was not given (the renewal-rate report and the monthly analysis).
 #[derive(Debug, thiserror::Error)]
-enum KpiError {
+pub(crate) enum KpiError {
     #[error("invalid query: {0}")]
     InvalidQuery(String),
     #[error("{0}")]

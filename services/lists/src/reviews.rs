@@ -8,42 +8,19 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use renewal_contract::lists::ReviewIssued;
 use renewal_contract::subject;
-use renewal_platform::{Caller, Outbox, Problem};
+use renewal_platform::{Caller, Outbox};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use std::collections::BTreeMap;
 use tracing::Instrument;
 
-use crate::kpis::{self, ReportQuery, Tally};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
-    #[error("invalid query: {0}")]
-    InvalidQuery(String),
-    #[error("{0}")]
-    Refused(#[from] Problem),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
-impl IntoResponse for ReviewError {
-    fn into_response(self) -> Response {
-        match self {
-            ReviewError::InvalidQuery(detail) => {
-                Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
-            }
-            ReviewError::Refused(p) => p,
-            ReviewError::Database(e) => Problem::database(&e),
-        }
-        .into_response()
-    }
-}
+use crate::kpis::{self, KpiError, ReportQuery, Tally};
 
 /// What the lapse rescue won back among the month's cases.
 #[derive(Debug, Serialize, PartialEq)]
@@ -175,8 +152,8 @@ async fn monthly_analysis(
     caller: Caller,
     headers: HeaderMap,
     raw: Result<Query<RawQuery>, QueryRejection>,
-) -> Result<Response, ReviewError> {
-    let Query(mut raw) = raw.map_err(|e| ReviewError::InvalidQuery(e.body_text()))?;
+) -> Result<Response, KpiError> {
+    let Query(mut raw) = raw.map_err(|e| KpiError::InvalidQuery(e.body_text()))?;
     kpis::scope_filters(&caller, &mut raw.city, &mut raw.branch)?;
     let month = raw.month.unwrap_or_default();
     let csv = match raw.format.as_deref() {
@@ -187,7 +164,7 @@ async fn monthly_analysis(
         Some("json") => false,
         Some("csv") => true,
         Some(other) => {
-            return Err(ReviewError::InvalidQuery(format!(
+            return Err(KpiError::InvalidQuery(format!(
                 "format: expected json or csv, got {other:?}"
             )));
         }
@@ -198,7 +175,7 @@ async fn monthly_analysis(
         .collect();
     let mut conn = state.pool.acquire().await?;
     let Some(analysis) = analyse(&mut conn, &month, filters).await? else {
-        return Err(ReviewError::InvalidQuery(format!(
+        return Err(KpiError::InvalidQuery(format!(
             "month: expected YYYY-MM, got {month:?}"
         )));
     };

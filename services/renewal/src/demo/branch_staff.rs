@@ -53,11 +53,15 @@ impl BranchStaff {
         })
     }
 
-    /// Every claim of a list, page by page.
-    async fn get(&self, path: &str, token: &str) -> Result<Vec<Claim>, SimError> {
+    /// Every item of a list (claims, discount requests), page by page.
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> Result<Vec<T>, SimError> {
         #[derive(Deserialize)]
-        struct Page {
-            items: Vec<Claim>,
+        struct Page<T> {
+            items: Vec<T>,
             next_page_token: Option<String>,
         }
         let fail = |e: &dyn std::fmt::Display| SimError::Other(format!("GET {path}: {e}"));
@@ -79,7 +83,7 @@ impl BranchStaff {
             if !response.status().is_success() {
                 return Err(fail(&response.status()));
             }
-            let page: Page = response.json().await.map_err(|e| fail(&e))?;
+            let page: Page<T> = response.json().await.map_err(|e| fail(&e))?;
             all.extend(page.items);
             next = page.next_page_token;
             if next.is_none() {
@@ -143,24 +147,8 @@ impl BranchStaff {
             request_id: String,
             policy_no: String,
         }
-        #[derive(Deserialize)]
-        struct Page {
-            items: Vec<Request>,
-        }
-        let url = format!("{}/v1/discounts?page_size=1000", self.base);
-        let fail = |e: &dyn std::fmt::Display| SimError::Other(format!("GET /v1/discounts: {e}"));
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| fail(&e))?;
-        if !response.status().is_success() {
-            return Err(fail(&response.status()));
-        }
-        let page: Page = response.json().await.map_err(|e| fail(&e))?;
-        for r in page.items {
+        let requests: Vec<Request> = self.get("/v1/discounts", token).await?;
+        for r in requests {
             let (verb, body) = if roll(self.seed, &r.policy_no, "discount decision") < 12 {
                 (
                     "decline",
@@ -184,7 +172,7 @@ impl BranchStaff {
     async fn work_branch(&self, city: &City, branch: &str) -> Result<(), SimError> {
         let staff = self.badges.branch_admin(branch, city.code)?;
         for c in self
-            .get(
+            .get::<Claim>(
                 &format!("/v1/branches/{branch}/claims?state=pending"),
                 &staff,
             )
@@ -222,7 +210,7 @@ impl BranchStaff {
             }
         }
         for c in self
-            .get(
+            .get::<Claim>(
                 &format!("/v1/branches/{branch}/claims?state=claimed"),
                 &staff,
             )
@@ -259,7 +247,7 @@ impl BranchStaff {
     async fn work_city(&self, city: &City) -> Result<(), SimError> {
         let city_admin = self.badges.city_admin(city.code)?;
         for c in self
-            .get(&format!("/v1/cities/{}/pool", city.code), &city_admin)
+            .get::<Claim>(&format!("/v1/cities/{}/pool", city.code), &city_admin)
             .await?
         {
             let r = roll(self.seed, &c.policy_no, &c.phase);
@@ -271,7 +259,7 @@ impl BranchStaff {
             }
         }
         for c in self
-            .get(&format!("/v1/cities/{}/research", city.code), &city_admin)
+            .get::<Claim>(&format!("/v1/cities/{}/research", city.code), &city_admin)
             .await?
         {
             if roll(self.seed, &c.policy_no, "research") < 60 && c.city_code == city.code {
