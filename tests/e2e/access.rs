@@ -278,6 +278,18 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             &[Supervisor, CityAdmin, HqAdmin],
             false,
         ),
+        row(
+            "GET",
+            "/v1/reports/owner-progress?branch=SH01",
+            &[Supervisor, BranchAdmin, CityAdmin, HqAdmin, Analyst],
+            true,
+        ),
+        row(
+            "GET",
+            "/v1/reports/branch-week?branch=SH01",
+            &[Supervisor, BranchAdmin, CityAdmin, HqAdmin, Analyst],
+            true,
+        ),
         with(
             row(
                 "POST",

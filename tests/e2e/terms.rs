@@ -396,3 +396,91 @@ async fn the_seller_keeps_the_credit_only_where_they_left_the_customers_real_dat
     );
     system.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_owners_day_and_each_branchs_week_are_reported_and_issued() {
+    use renewal_contract::assignment::ReviewIssued;
+    let system = TestSystem::start("pr", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[policy("W1", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    let (status, body) = system
+        .post_json(
+            "/v1/claims/W1:claim",
+            json!({"branch_code": "SH01", "owner_agent": "SH01-A03"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Saturday 16 January, T-30: the owner calls, the customer promises and renews.
+    sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let tasks = owner_calls(&system).await;
+    let task = task_of(&tasks, "W1");
+    let id = task["id"].as_str().expect("id");
+    let (status, done) = system
+        .post_json(
+            &format!("/v1/phone-tasks/{id}:complete"),
+            json!({"lease_token": task["lease_token"], "outcome": "promised",
+                   "promised_date": "2027-01-16"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    sim.advance_to(local("2027-01-16", 15)).await.expect("time");
+    sim.publish_renewal("W1", "W1-2027").await.expect("renewed");
+    // Monday 18 January: Saturday's and Sunday's days and last week were issued.
+    sim.advance_to(local("2027-01-18", 1)).await.expect("time");
+    let (status, day) = system
+        .get_json("/v1/reports/owner-progress?branch=SH01&day=2027-01-16")
+        .await;
+    assert_eq!(status, 200, "{day}");
+    assert_eq!(
+        day["owners"],
+        json!([{"agent_code": "SH01-A03", "calls": 1, "promises": 1, "renewals": 1}]),
+        "{day}"
+    );
+    let (_, week) = system
+        .get_json("/v1/reports/branch-week?branch=SH01&day=2027-01-13")
+        .await;
+    assert_eq!(
+        (
+            &week["from"],
+            &week["to"],
+            &week["calls"],
+            &week["renewals"]
+        ),
+        (
+            &json!("2027-01-11"),
+            &json!("2027-01-17"),
+            &json!(1),
+            &json!(1)
+        ),
+        "{week}"
+    );
+    let csv = system
+        .http
+        .get(system.url("/v1/reports/owner-progress?branch=SH01&day=2027-01-16&format=csv"))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("text");
+    assert!(csv.contains("SH01-A03,1,1,1"), "{csv}");
+    let issued: Vec<ReviewIssued> =
+        renewal_e2e::events(&system, renewal_contract::subject::ASSIGNMENT_REVIEW_ISSUED).await;
+    let of = |kind: &str, period: &str| {
+        issued
+            .iter()
+            .find(|r| r.kind == kind && r.period == period && r.branch_code == "SH01")
+            .map(|r| serde_json::from_str::<Value>(&r.body_json).expect("json"))
+    };
+    let daily = of("owner_daily", "2027-01-16").expect("Saturday issued");
+    assert_eq!(daily["calls"], 1, "{daily}");
+    let weekly = of("branch_weekly", "2027-01-11").expect("the week issued on Monday");
+    assert_eq!(weekly["renewals"], 1, "{weekly}");
+    system.finish().await;
+}

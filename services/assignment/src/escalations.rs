@@ -62,6 +62,14 @@ impl CallOutcomes {
                 .collect::<Vec<_>>(),
         )
         .await?;
+        crate::progress::record(
+            tx,
+            &calls
+                .iter()
+                .map(|c| (c.case_id, c.event.agent_id.as_str(), c.outcome_name(), c.at))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
         for call in &calls {
             match call.outcome {
                 // No step of the second assignment runs while the core system confirms it.

@@ -17,6 +17,7 @@ mod escalations;
 pub mod openapi;
 pub mod org;
 mod ownership;
+pub mod progress;
 mod refusals;
 pub mod report;
 mod routing;
@@ -136,6 +137,12 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
     deps.http.mount(audit.around(claims::routes(api.clone())));
     deps.http
         .mount(audit.around(discounts::routes(api.clone())));
+    deps.http
+        .mount(audit.around(progress::routes(progress::ProgressApi {
+            pool: deps.pool.clone(),
+            clock: deps.clock.clone(),
+            time_zone: deps.time_zone,
+        })));
     deps.http.mount(audit.around(case_history::routes(api)));
     deps.http.mount(audit.around(org::routes(org::OrgApi {
         pool: deps.pool.clone(),
@@ -182,6 +189,15 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
             outbox: outbox.clone(),
             clock: deps.clock.clone(),
             wake,
+        }
+        .run(cancel.clone()),
+    );
+    service.spawn(
+        progress::Issuer {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            time_zone: deps.time_zone,
         }
         .run(cancel.clone()),
     );

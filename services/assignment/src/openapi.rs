@@ -39,6 +39,8 @@ use crate::second_assignment::OwnerAnswer;
         crate::discounts::decide,
         crate::discounts::get_ladder,
         crate::discounts::put_ladder,
+        crate::progress::owner_progress,
+        crate::progress::branch_week,
         audit, dead_letters, replay_dead_letter,
     ),
     components(schemas(ProblemDocument)),

@@ -100,6 +100,10 @@ impl Handler for CaseOpenings {
         .bind(sealed)
         .execute(&mut *tx)
         .await?;
+        // A quote that came before the case: its terms arrive with the opening.
+        if let Some(quote) = event.quote {
+            crate::terms::keep(tx, quote).await?;
+        }
         Ok(())
     }
 

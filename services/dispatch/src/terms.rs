@@ -121,7 +121,7 @@ impl Handler for Quotes {
 }
 
 /// Keeps the case's terms unless newer ones are kept.
-async fn keep(tx: &mut PgConnection, q: CaseQuoted) -> Result<(), HandleError> {
+pub(crate) async fn keep(tx: &mut PgConnection, q: CaseQuoted) -> Result<(), HandleError> {
     let case_id = field::uuid("case_id", &q.case_id)?;
     let valid_until = field::date("valid_until", &q.valid_until)?;
     let at = field::instant_ms("quoted_at_ms", q.quoted_at_ms)?;

@@ -21,15 +21,10 @@ CREATE TABLE lists.quotes (
     discount_extra    text NOT NULL DEFAULT '',
     announced_at      timestamptz
 );
-CREATE INDEX quotes_unannounced ON lists.quotes (policy_no) WHERE announced_at IS NULL;
 
--- When the case was checked for a quote at T-65 (quoted or not: once per case), and
--- whether it had none then (a city task was raised).
-ALTER TABLE lists.cases
-    ADD COLUMN quote_checked_at timestamptz,
-    ADD COLUMN quote_missing boolean NOT NULL DEFAULT false;
-CREATE INDEX cases_quote_unchecked ON lists.cases (time_zone, effective_expiry_date)
-    WHERE state = 'open' AND quote_checked_at IS NULL;
--- Cases already past T-65 when quotes arrived in the system are not raised all at once.
-UPDATE lists.cases SET quote_checked_at = now()
-WHERE state = 'open' AND effective_expiry_date <= current_date + 65;
+-- The cases that reached T-65 with no quote: a task was raised for the city company
+-- (`lists.quote.missing`), once per case.
+CREATE TABLE lists.quotes_missing (
+    case_id    uuid PRIMARY KEY,
+    raised_at  timestamptz NOT NULL
+);

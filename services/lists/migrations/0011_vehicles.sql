@@ -11,8 +11,11 @@ CREATE TABLE lists.vehicle_policies (
 );
 CREATE INDEX vehicle_policies_by_case ON lists.vehicle_policies (case_id);
 
-CREATE INDEX policies_by_vin ON lists.policies (vin_index) WHERE vin_index IS NOT NULL;
-DROP INDEX lists.policies_lapsed_by_vin;
+-- A case keeps its lead policy's VIN index, so a policy of the same vehicle finds the
+-- open case without an index over the whole portfolio (it would cost every import).
+ALTER TABLE lists.cases ADD COLUMN vin_index bytea;
+CREATE INDEX cases_open_by_vin ON lists.cases (vin_index)
+    WHERE vin_index IS NOT NULL AND state IN ('open', 'renewal_reported');
 
 -- Attribution as the handbook states it: the selling agent keeps the renewal credit for
 -- life only where they left the customer's real data at sale (a flag on intake);

@@ -63,34 +63,69 @@ fn open_due_sql(scope: &OpenScope<'_>) -> String {
               AND p.end_date BETWEEN $4 AND $5
               AND {policy} AND {zone}
         ), eligible AS (
+            SELECT * FROM due WHERE end_date >= today AND effective - today <= {WINDOW_DAYS}
+        ), existing AS (
+            -- A vehicle's policy whose case is being worked already joins it.
+            SELECT e.policy_no, c.case_id FROM eligible e
+            CROSS JOIN LATERAL (
+                SELECT c.case_id FROM lists.cases c
+                WHERE e.vin_index IS NOT NULL AND c.vin_index = e.vin_index
+                  AND c.state IN ('open', 'renewal_reported') AND c.policy_no <> e.policy_no
+                  AND abs(c.expiry_date - e.end_date) <= $6
+                ORDER BY c.opened_at LIMIT 1) c
+        ), ranked AS (
             -- A vehicle's policies due together: the first (by expiry) leads its case, the
-            -- others within the vehicle window join it (`attach_sql`, run after).
-            SELECT due.*, row_number() OVER vehicle AS vehicle_rank,
+            -- others within the vehicle window ride along.
+            SELECT e.*, row_number() OVER vehicle AS vehicle_rank,
                    first_value(end_date) OVER vehicle AS vehicle_first
-            FROM due
-            WHERE end_date >= today AND effective - today <= {WINDOW_DAYS}
+            FROM eligible e
+            WHERE NOT EXISTS (SELECT 1 FROM existing x WHERE x.policy_no = e.policy_no)
             WINDOW vehicle AS (PARTITION BY COALESCE(vin_index, convert_to(policy_no, 'UTF8'))
                                ORDER BY end_date, policy_no)
         ), opened AS (
             INSERT INTO lists.cases (case_id, policy_no, expiry_date, effective_expiry_date,
                 opened_at, time_zone, city_code, branch_code, agent_code, category, important,
-                group_policy, bucket, holiday, calendar_known, originator_keeps_credit)
+                group_policy, bucket, holiday, calendar_known, originator_keeps_credit, vin_index)
             SELECT gen_random_uuid(), policy_no, end_date, effective, $1, time_zone, city_code,
                    branch_code, agent_code, category, important, group_policy, {bucket}, holiday,
-                   calendar_known, real_data_at_sale
-            FROM eligible
+                   calendar_known, real_data_at_sale, vin_index
+            FROM ranked
             WHERE vehicle_rank = 1 OR end_date - vehicle_first > $6
             ON CONFLICT (policy_no) DO NOTHING
             RETURNING case_id, policy_no, expiry_date, effective_expiry_date, time_zone, city_code,
                       branch_code, agent_code, category, important, group_policy, bucket, holiday,
-                      calendar_known, originator_keeps_credit
+                      calendar_known, originator_keeps_credit, vin_index
+        ), riders AS (
+            SELECT DISTINCT ON (r.policy_no) r.policy_no, o.case_id
+            FROM ranked r JOIN opened o ON o.vin_index = r.vin_index
+            WHERE r.vehicle_rank > 1 AND r.end_date - r.vehicle_first <= $6
+              AND abs(o.expiry_date - r.end_date) <= $6
+            ORDER BY r.policy_no, o.expiry_date
+        ), joined AS (
+            INSERT INTO lists.vehicle_policies (policy_no, case_id, joined_at)
+            SELECT policy_no, case_id, $1 FROM (SELECT * FROM existing UNION ALL SELECT * FROM riders) j
+            ON CONFLICT (policy_no) DO NOTHING
+            RETURNING policy_no
         ), marked AS (
             UPDATE lists.policies p SET has_case = true
-            WHERE p.policy_no = ANY (ARRAY(SELECT policy_no FROM opened))
+            WHERE p.policy_no = ANY (ARRAY(SELECT policy_no FROM opened UNION ALL SELECT policy_no FROM joined))
+        ), quoted AS (
+            -- A quote that came before its case goes out with the opening.
+            UPDATE lists.quotes q SET announced_at = $1
+            WHERE q.policy_no = ANY (ARRAY(SELECT policy_no FROM opened))
+            RETURNING q.policy_no, q.quote_id, q.premium_fen, q.last_premium_fen, q.claim_free_years,
+                      q.promotion, q.valid_until, q.discount_percent, q.discount_extra, q.commercial_fen
         )
-        SELECT o.*, GREATEST(o.effective_expiry_date - timezone(o.time_zone, $1::timestamptz)::date, 0) AS days
-        FROM opened o",
-        bucket = bucket_sql("GREATEST(effective - today, 0)")
+        SELECT o.*, GREATEST(o.effective_expiry_date - timezone(o.time_zone, $1::timestamptz)::date, 0) AS days,
+               q.quote_id, q.premium_fen, q.last_premium_fen, q.claim_free_years, q.promotion,
+               q.valid_until, q.discount_percent, q.discount_extra, q.commercial_fen,
+               (SELECT count(*) FROM joined) AS joined,
+               -- Opened inside T-65 with no quote: the city company is to get one.
+               (q.quote_id IS NULL AND o.effective_expiry_date
+                    <= timezone(o.time_zone, $1::timestamptz)::date + {QUOTE_BY_DAYS}) AS quote_missing
+        FROM opened o LEFT JOIN quoted q ON q.policy_no = o.policy_no",
+        bucket = bucket_sql("GREATEST(effective - today, 0)"),
+        QUOTE_BY_DAYS = crate::quotes::QUOTE_BY_DAYS,
     )
 }
 
@@ -137,35 +172,6 @@ impl OpenScope<'_> {
     }
 }
 
-/// Where a vehicle's policy due for a case joins the open case of another policy of the
-/// same vehicle expiring within the vehicle window, instead of opening its own; marks it
-/// as having a case. The same parameters as [`open_due_sql`].
-fn attach_sql(scope: &OpenScope<'_>) -> String {
-    let (policy, zone) = scope.filters();
-    format!(
-        "WITH candidates AS (
-            SELECT p.policy_no, p.vin_index, p.end_date FROM lists.policies p
-            WHERE p.status = 'active' AND NOT p.has_case AND p.erased_at IS NULL
-              AND p.vin_index IS NOT NULL AND p.end_date BETWEEN $4 AND $5
-              AND {policy} AND {zone}
-        ), hits AS (
-            SELECT DISTINCT ON (d.policy_no) d.policy_no, c.case_id
-            FROM candidates d
-            JOIN lists.policies o ON o.vin_index = d.vin_index AND o.policy_no <> d.policy_no
-            JOIN lists.cases c ON c.policy_no = o.policy_no
-            WHERE c.state IN ('open', 'renewal_reported') AND abs(c.expiry_date - d.end_date) <= $6
-            ORDER BY d.policy_no, c.opened_at
-        ), joined AS (
-            INSERT INTO lists.vehicle_policies (policy_no, case_id, joined_at)
-            SELECT policy_no, case_id, $1 FROM hits
-            ON CONFLICT (policy_no) DO NOTHING
-            RETURNING policy_no
-        )
-        UPDATE lists.policies p SET has_case = true
-        WHERE p.policy_no = ANY (ARRAY(SELECT policy_no FROM joined))"
-    )
-}
-
 /// Opens a case for every active policy inside the window that has none, and
 /// publishes each. Returns how many opened.
 pub async fn open_due(
@@ -193,35 +199,26 @@ pub async fn open_due(
     .fetch_one(&mut *tx)
     .await?;
     let until = until.unwrap_or(window_end).max(window_end);
-    let statement = |sql: String| {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now)
-            .bind(scope.only_policy)
-            .bind(scope.only_zone.map(|z| z.name()))
-            .bind(earliest)
-            .bind(until)
-            .bind(scope.vehicle_window)
-    };
-    // A vehicle's policy joins its open case; the others open theirs (one per vehicle
-    // due together), and the rest of those vehicles' policies join them.
-    let mut joined = statement(attach_sql(&scope))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let rows = statement(open_due_sql(&scope)).fetch_all(&mut *tx).await?;
-    if !rows.is_empty() {
-        joined += statement(attach_sql(&scope))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(open_due_sql(&scope)))
+        .bind(now)
+        .bind(scope.only_policy)
+        .bind(scope.only_zone.map(|z| z.name()))
+        .bind(earliest)
+        .bind(until)
+        .bind(scope.vehicle_window)
+        .fetch_all(&mut *tx)
+        .await?;
+    if let Some(row) = rows.first() {
+        let joined: i64 = row.try_get("joined")?;
+        metrics::counter!("vehicle_policies_joined_total").increment(joined as u64);
     }
-    metrics::counter!("vehicle_policies_joined_total").increment(joined);
     let policy_nos = rows
         .iter()
         .map(|row| row.try_get("policy_no"))
         .collect::<Result<Vec<String>, _>>()?;
     let mut customers = customers(tx, &policy_nos).await?;
     let mut events = Vec::with_capacity(rows.len());
+    let mut missing = Vec::new();
     let mut unknown_years: std::collections::BTreeMap<i32, i64> = Default::default();
     for (row, policy_no) in rows.iter().zip(policy_nos) {
         let Some(sealed) = customers.remove(&policy_no) else {
@@ -242,6 +239,18 @@ pub async fn open_due(
             *unknown_years.entry(expiry.year()).or_default() += 1;
         }
         let days: i32 = row.try_get("days")?;
+        if row.try_get::<Option<bool>, _>("quote_missing")? == Some(true) {
+            let zone: chrono_tz::Tz = row
+                .try_get::<String, _>("time_zone")?
+                .parse()
+                .unwrap_or(chrono_tz::UTC);
+            missing.push(crate::quotes::missing_of(
+                row,
+                zone,
+                local_date(now, zone),
+                now,
+            )?);
+        }
         let event = CaseOpened {
             case_id: row.try_get::<Uuid, _>("case_id")?.to_string(),
             city_code: row.try_get("city_code")?,
@@ -266,6 +275,7 @@ pub async fn open_due(
                 .unwrap_or_default(),
             calendar_known,
             originator_keeps_credit: row.try_get("originator_keeps_credit")?,
+            quote: crate::quotes::terms_of(row, now)?,
             policy_no,
         };
         events.push((subject::LISTS_CASE_OPENED, event));
@@ -280,6 +290,7 @@ pub async fn open_due(
             .instrument(tracing::info_span!(parent: None, "cases_opened"))
             .await?;
     }
+    crate::quotes::raise(tx, outbox, missing).await?;
     for (year, cases) in unknown_years {
         alert_unknown_year(tx, year, cases, now).await?;
     }

@@ -87,7 +87,14 @@ impl DailyRun {
                 if now < local_instant(today, run_time(), zone) {
                     continue;
                 }
-                match self.run_day(zone, today, now).await {
+                let ran = self.run_day(zone, today, now).await;
+                if ran.is_ok()
+                    && let Err(e) = self.issue_reviews(zone, today, now).await
+                {
+                    failed = true;
+                    tracing::warn!(error = %e, zone = zone.name(), %today, "issuing the monthly analyses failed; retrying");
+                }
+                match ran {
                     Ok(Some(done)) => {
                         renewal_platform::activity::record();
                         self.outbox.wake();
@@ -200,17 +207,13 @@ impl DailyRun {
         };
         done.opened =
             cases::open_due(&mut tx, &self.outbox, &self.pii, &self.zones, now, scope).await?;
-        // The quotes of cases opened today reach dispatch; T-65 finds the unquoted.
-        crate::quotes::announce(&mut tx, &self.outbox, None, Some(zone), now).await?;
+        // T-65 finds the unquoted (the quoted cases opened today took their terms along).
         done.quotes_missing =
             crate::quotes::raise_missing(&mut tx, &self.outbox, zone, today, now).await?;
         done.moved = cases::move_buckets(&mut tx, &self.outbox, zone, today).await?;
         if lists_due(&mut tx, zone, today, self.list_issue_day).await? {
             (done.lists_issued, done.list_items) =
                 self.issue_monthly(&mut tx, zone, today, now).await?;
-            let reviews =
-                crate::reviews::issue_monthly(&mut tx, &self.outbox, zone, today, now).await?;
-            tracing::info!(zone = zone.name(), %today, reviews, "monthly analyses issued");
         }
         sqlx::query(
             "UPDATE lists.daily_runs SET cases_opened = $3, cases_lapsed = $4, bucket_moves = $5,
@@ -227,6 +230,28 @@ impl DailyRun {
         .await?;
         tx.commit().await?;
         Ok(Some(done))
+    }
+
+    /// From the lists issue day on, each city's analysis of the month before, once
+    /// (`crate::reviews`); a transaction of its own after the day's run, so a report never
+    /// holds up the lapses and lists. Returns how many were issued.
+    pub async fn issue_reviews(
+        &self,
+        zone: chrono_tz::Tz,
+        today: NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<usize, sqlx::Error> {
+        if today.day() < self.list_issue_day {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let issued = crate::reviews::issue_monthly(&mut tx, &self.outbox, zone, today, now).await?;
+        tx.commit().await?;
+        if issued > 0 {
+            self.outbox.wake();
+            tracing::info!(zone = zone.name(), %today, reviews = issued, "monthly analyses issued");
+        }
+        Ok(issued)
     }
 
     /// Opens the cases a CSV import made due (the import does this itself; this picks

@@ -238,11 +238,14 @@ async fn import_quotes(
         lines.len()
     };
     let mut tx = api.pool.begin().await?;
-    let mut stored = 0;
+    let mut stored = Vec::new();
     for (_, quote) in &good {
-        stored += usize::from(quotes::store(&mut tx, quote, "csv", now).await?);
+        if quotes::store(&mut tx, quote, "csv", now).await? {
+            stored.push(quote.policy_no.clone());
+        }
     }
-    let announced = quotes::announce(&mut tx, &api.outbox, None, None, now).await?;
+    let announced = quotes::announce(&mut tx, &api.outbox, Some(&stored), now).await?;
+    let stored = stored.len();
     tx.commit().await?;
     api.outbox.wake();
     metrics::counter!("quotes_total", "source" => "csv").increment(stored as u64);

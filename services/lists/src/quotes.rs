@@ -164,13 +164,13 @@ pub async fn store(
     Ok(stored.rows_affected() == 1)
 }
 
-/// What a case's announcement is read from: the quote and the case, `$1` the time.
+/// What a case's announcement is read from: the quote and the case, `$1` the time,
+/// `{policies}` the filter (written in, so that a plan for a few policies reads them by
+/// key).
 const ANNOUNCE: &str = "UPDATE lists.quotes q SET announced_at = $1
      FROM lists.cases c
      WHERE c.policy_no = q.policy_no AND q.announced_at IS NULL
-       AND c.state IN ('open', 'renewal_reported', 'lapsed')
-       AND ($2::text IS NULL OR q.policy_no = $2::text)
-       AND ($3::text IS NULL OR c.time_zone = $3::text)
+       AND c.state IN ('open', 'renewal_reported', 'lapsed') AND {policies}
      RETURNING c.case_id, q.policy_no, q.quote_id, q.premium_fen, q.last_premium_fen,
                q.claim_free_years, q.promotion, q.valid_until, q.discount_percent,
                q.discount_extra, q.commercial_fen";
@@ -186,57 +186,66 @@ pub fn offered_fen(premium_fen: i64, commercial_fen: i64, discount_percent: i32)
     premium_fen - (base * i64::from(discount_percent) + 50) / 100
 }
 
-/// Publishes the terms of every case being worked whose quote changed since it was last
-/// announced (of one policy, or of the cases of one zone, or all); how many.
+/// A case's terms from a row with the case's id and its quote's columns (`quote_id`
+/// null when it has none).
+pub fn terms_of(
+    row: &sqlx::postgres::PgRow,
+    now: DateTime<Utc>,
+) -> Result<Option<CaseQuoted>, sqlx::Error> {
+    let Some(quote_id) = row.try_get::<Option<String>, _>("quote_id")? else {
+        return Ok(None);
+    };
+    let discount: i32 = row.try_get("discount_percent")?;
+    let premium: i64 = row.try_get("premium_fen")?;
+    Ok(Some(CaseQuoted {
+        case_id: row.try_get::<uuid::Uuid, _>("case_id")?.to_string(),
+        policy_no: row.try_get("policy_no")?,
+        quote_id,
+        premium_fen: offered_fen(premium, row.try_get("commercial_fen")?, discount),
+        last_premium_fen: row.try_get("last_premium_fen")?,
+        claim_free_years: row.try_get("claim_free_years")?,
+        promotion: row.try_get("promotion")?,
+        valid_until: row.try_get::<NaiveDate, _>("valid_until")?.to_string(),
+        discount_percent: discount,
+        discount_extra: row.try_get("discount_extra")?,
+        quoted_at_ms: now.timestamp_millis(),
+    }))
+}
+
+/// Publishes the terms of the cases being worked whose quote changed since it was last
+/// announced: of these policies, or of all (a catch-up); how many. A quote that came
+/// before its case goes out with the case's opening (`crate::cases::open_due`).
 pub async fn announce(
     tx: &mut PgConnection,
     outbox: &Outbox,
-    policy_no: Option<&str>,
-    zone: Option<chrono_tz::Tz>,
+    policies: Option<&[String]>,
     now: DateTime<Utc>,
 ) -> Result<usize, sqlx::Error> {
-    let rows = sqlx::query(ANNOUNCE)
+    let filter = if policies.is_some() {
+        "q.policy_no = ANY($2)"
+    } else {
+        "$2::text[] IS NULL"
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(ANNOUNCE.replace("{policies}", filter)))
         .bind(now)
-        .bind(policy_no)
-        .bind(zone.map(|z| z.name()))
+        .bind(policies)
         .fetch_all(&mut *tx)
         .await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
-        let discount: i32 = row.try_get("discount_percent")?;
-        let premium: i64 = row.try_get("premium_fen")?;
-        events.push((
-            subject::LISTS_QUOTE_ISSUED,
-            CaseQuoted {
-                case_id: row.try_get::<uuid::Uuid, _>("case_id")?.to_string(),
-                policy_no: row.try_get("policy_no")?,
-                quote_id: row.try_get("quote_id")?,
-                premium_fen: offered_fen(premium, row.try_get("commercial_fen")?, discount),
-                last_premium_fen: row.try_get("last_premium_fen")?,
-                claim_free_years: row.try_get("claim_free_years")?,
-                promotion: row.try_get("promotion")?,
-                valid_until: row.try_get::<NaiveDate, _>("valid_until")?.to_string(),
-                discount_percent: discount,
-                discount_extra: row.try_get("discount_extra")?,
-                quoted_at_ms: now.timestamp_millis(),
-            },
-        ));
+        if let Some(terms) = terms_of(row, now)? {
+            events.push((subject::LISTS_QUOTE_ISSUED, terms));
+        }
     }
     let n = events.len();
-    if zone.is_some() {
-        // The daily run's: a trace of its own, as its other events.
-        outbox
-            .enqueue_many(tx, events)
-            .instrument(tracing::info_span!(parent: None, "quotes_announced"))
-            .await?;
-    } else {
-        outbox.enqueue_many(tx, events).await?;
-    }
+    outbox.enqueue_many(tx, events).await?;
     Ok(n)
 }
 
-/// The daily run's check at T-65: every open case of the zone that reached it since the
-/// last run is checked once; those with no quote are published for the city company.
+/// The daily run's check at T-65: the zone's open cases whose effective expiry crossed
+/// T-65 since its last run (one day's band, more after days without a run) and that
+/// have no quote are raised for the city company. A case opened already inside T-65 is
+/// raised by its opening (`crate::cases::open_due`). Returns how many.
 pub async fn raise_missing(
     tx: &mut PgConnection,
     outbox: &Outbox,
@@ -245,38 +254,80 @@ pub async fn raise_missing(
     now: DateTime<Utc>,
 ) -> Result<usize, sqlx::Error> {
     let rows = sqlx::query(
-        "UPDATE lists.cases c SET quote_checked_at = $3,
-             quote_missing = NOT EXISTS (SELECT 1 FROM lists.quotes q WHERE q.policy_no = c.policy_no)
-         WHERE c.state = 'open' AND c.quote_checked_at IS NULL AND c.time_zone = $1
-           AND c.effective_expiry_date <= $2
-         RETURNING c.case_id, c.policy_no, c.city_code, c.branch_code, c.expiry_date,
-                   c.effective_expiry_date, c.quote_missing",
+        "WITH last AS (
+             SELECT max(run_date) AS day FROM lists.daily_runs WHERE time_zone = $1 AND run_date < $2
+         )
+         SELECT c.case_id, c.policy_no, c.city_code, c.branch_code, c.expiry_date, c.effective_expiry_date
+         FROM lists.cases c, last
+         WHERE c.state = 'open' AND c.time_zone = $1
+           AND c.effective_expiry_date > COALESCE(last.day, $2 - 1) + $3::int
+           AND c.effective_expiry_date <= $2 + $3::int
+           AND NOT EXISTS (SELECT 1 FROM lists.quotes q WHERE q.policy_no = c.policy_no)",
     )
     .bind(zone.name())
-    .bind(today + chrono::Days::new(QUOTE_BY_DAYS as u64))
-    .bind(now)
+    .bind(today)
+    .bind(QUOTE_BY_DAYS as i32)
     .fetch_all(&mut *tx)
     .await?;
-    let mut events = Vec::new();
-    for row in rows
-        .iter()
-        .filter(|r| r.try_get("quote_missing").unwrap_or(false))
-    {
-        let effective: NaiveDate = row.try_get("effective_expiry_date")?;
-        events.push((
-            subject::LISTS_QUOTE_MISSING,
-            QuoteMissing {
-                case_id: row.try_get::<uuid::Uuid, _>("case_id")?.to_string(),
-                policy_no: row.try_get("policy_no")?,
-                city_code: row.try_get("city_code")?,
-                branch_code: row.try_get("branch_code")?,
-                expiry_date: row.try_get::<NaiveDate, _>("expiry_date")?.to_string(),
-                days_to_expiry: (effective - today).num_days() as i32,
-                raised_at_ms: now.timestamp_millis(),
-                time_zone: zone.name().to_owned(),
-            },
-        ));
+    let mut missing = Vec::with_capacity(rows.len());
+    for row in &rows {
+        missing.push(missing_of(row, zone, today, now)?);
     }
+    raise(tx, outbox, missing).await
+}
+
+/// What the city company is told of a case with no quote, from its row.
+pub fn missing_of(
+    row: &sqlx::postgres::PgRow,
+    zone: chrono_tz::Tz,
+    today: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<QuoteMissing, sqlx::Error> {
+    let effective: NaiveDate = row.try_get("effective_expiry_date")?;
+    Ok(QuoteMissing {
+        case_id: row.try_get::<uuid::Uuid, _>("case_id")?.to_string(),
+        policy_no: row.try_get("policy_no")?,
+        city_code: row.try_get("city_code")?,
+        branch_code: row.try_get("branch_code")?,
+        expiry_date: row.try_get::<NaiveDate, _>("expiry_date")?.to_string(),
+        days_to_expiry: (effective - today).num_days() as i32,
+        raised_at_ms: now.timestamp_millis(),
+        time_zone: zone.name().to_owned(),
+    })
+}
+
+/// Raises each case once (kept in `lists.quotes_missing`) and publishes it.
+pub async fn raise(
+    tx: &mut PgConnection,
+    outbox: &Outbox,
+    missing: Vec<QuoteMissing>,
+) -> Result<usize, sqlx::Error> {
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<uuid::Uuid> = missing
+        .iter()
+        .filter_map(|m| m.case_id.parse().ok())
+        .collect();
+    let at = missing
+        .first()
+        .and_then(|m| DateTime::from_timestamp_millis(m.raised_at_ms))
+        .unwrap_or_default();
+    let raised: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO lists.quotes_missing (case_id, raised_at) SELECT unnest($1::uuid[]), $2
+         ON CONFLICT DO NOTHING RETURNING case_id",
+    )
+    .bind(&ids)
+    .bind(at)
+    .fetch_all(&mut *tx)
+    .await?;
+    let raised: std::collections::HashSet<String> =
+        raised.into_iter().map(|id| id.to_string()).collect();
+    let events: Vec<_> = missing
+        .into_iter()
+        .filter(|m| raised.contains(&m.case_id))
+        .map(|m| (subject::LISTS_QUOTE_MISSING, m))
+        .collect();
     let n = events.len();
     metrics::counter!("quotes_missing_total").increment(n as u64);
     outbox
@@ -307,7 +358,8 @@ impl Handler for QuoteIntake {
         })?;
         let now = self.clock.now();
         if store(tx, &quote, "nats", now).await? {
-            announce(tx, &self.outbox, Some(&quote.policy_no), None, now).await?;
+            let policy = [quote.policy_no.clone()];
+            announce(tx, &self.outbox, Some(&policy), now).await?;
             metrics::counter!("quotes_total", "source" => "nats").increment(1);
         }
         Ok(())
@@ -353,14 +405,8 @@ impl Handler for Discounts {
                 "a discount was approved for a policy with no quote; nothing to apply it to");
             return Ok(());
         }
-        announce(
-            tx,
-            &self.outbox,
-            Some(&event.policy_no),
-            None,
-            self.clock.now(),
-        )
-        .await?;
+        let policy = [event.policy_no.clone()];
+        announce(tx, &self.outbox, Some(&policy), self.clock.now()).await?;
         Ok(())
     }
 

@@ -86,7 +86,7 @@ pub async fn terms(pool: &PgPool) -> Result<TermsFacts, sqlx::Error> {
     let (quotes_by_t60, quotes_late): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE (q.received_at AT TIME ZONE c.time_zone)::date
                                         <= c.effective_expiry_date - 60),
-                (SELECT count(*) FROM lists.cases WHERE quote_missing)
+                (SELECT count(*) FROM lists.quotes_missing)
          FROM lists.cases c JOIN lists.quotes q ON q.policy_no = c.policy_no",
     )
     .fetch_one(pool)

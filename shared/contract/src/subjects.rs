@@ -24,6 +24,7 @@ pub mod subject {
     pub const ASSIGNMENT_OWNER_ASSIGNED: &str = "assignment.owner.assigned";
     pub const ASSIGNMENT_CASE_ROUTED: &str = "assignment.case.routed";
     pub const ASSIGNMENT_DISCOUNT_APPROVED: &str = "assignment.discount.approved";
+    pub const ASSIGNMENT_REVIEW_ISSUED: &str = "assignment.review.issued";
     pub const ASSIGNMENT_CMD_CONFIRM_OWNER: &str = "assignment.cmd.confirm_owner";
     pub const ASSIGNMENT_CMD_ERASE_PERSONAL_DATA: &str = "assignment.cmd.erase_personal_data";
     pub const ASSIGNMENT_ERASURE_DONE: &str = "assignment.erasure.done";
