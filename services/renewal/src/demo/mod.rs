@@ -185,6 +185,14 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
             .map_err(|e| SimError::Other(format!("loading the organisation: {e}")))?;
         let policies: Vec<_> = customers.iter().map(|c| c.policy.clone()).collect();
         sim.publish_policies(&policies).await?;
+        // The quotes the core system had given before the season started come with
+        // the portfolio (before the first daily run opens the cases).
+        let given: Vec<_> = portfolio::quotes(&customers, args.seed, start, tz)
+            .into_iter()
+            .filter(|(t, _)| *t <= start)
+            .map(|(_, q)| q)
+            .collect();
+        sim.publish_quotes(&given).await?;
         sqlx::query("UPDATE demo.progress SET portfolio_published = true WHERE id = 1")
             .execute(&pool)
             .await?;
