@@ -381,6 +381,39 @@ async fn two_replicas_of_every_service_share_the_work_with_no_duplicate_effect()
         .map(|i| expiring(&format!("PL{i:04}"), i, 75))
         .collect();
     policies.extend((0..LATE).map(|i| expiring(&format!("PC{i:04}"), LISTED + i, 2)));
+    // The core system quoted the late policies already: their cases open inside T-65
+    // with their terms, and no city task to get a quote.
+    for i in 0..LATE {
+        let quote = renewal_contract::core::QuoteIssued {
+            quote_id: format!("QC{i:04}"),
+            policy_no: format!("PC{i:04}"),
+            premium_fen: 400_000,
+            last_premium_fen: 420_000,
+            claim_free_years: 1,
+            ncd_level: -1,
+            compulsory_fen: 95_000,
+            commercial_fen: 305_000,
+            valid_until: "2030-01-01".into(),
+            promotion: String::new(),
+            issued_at_ms: 1_000,
+        };
+        system
+            .bus
+            .send(
+                subject::CORE_QUOTE_ISSUED,
+                &format!("quote:QC{i:04}"),
+                None,
+                prost::Message::encode_to_vec(&quote),
+            )
+            .await
+            .expect("published")
+            .await
+            .expect("acknowledged");
+    }
+    eventually("every late policy quoted", 60, || async {
+        system.count("SELECT count(*) FROM lists.quotes").await == LATE as i64
+    })
+    .await;
     system.publish(&policies, None).await;
     let all = (LISTED + LATE) as i64;
     eventually("every policy a case in lists", 60, || async {

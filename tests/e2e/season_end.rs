@@ -290,6 +290,19 @@ async fn a_lapsed_case_is_rescued_and_the_lapse_register_says_what_was_tried() {
     assert_eq!(status, 200, "{by_channel}");
     assert_eq!(by_channel["groups"][0]["key"], "dealer", "{by_channel}");
     assert_eq!(by_channel["groups"][0]["due"], 4, "{by_channel}");
+    let targets = by_channel["targets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        targets.len(),
+        6,
+        "the six categories' targets: {by_channel}"
+    );
+    assert_eq!(
+        (&targets[0]["target_rate"], &targets[5]["target_rate"]),
+        (&json!(0.75), &Value::Null)
+    );
     let reviews: Vec<renewal_contract::lists::ReviewIssued> =
         events(&system, subject::LISTS_REVIEW_ISSUED).await;
     let february: Vec<_> = reviews.iter().filter(|r| r.period == "2027-02").collect();

@@ -478,6 +478,57 @@ async fn decide(
     json: Option<Json<Decision>>,
 ) -> Result<Json<DiscountView>, Refusal> {
     caller.require(APPROVERS)?;
+    let (request_id, approve, reason) = parse_decision(&action, json)?;
+    let now = api.clock.now();
+    let mut tx = api.pool.begin().await?;
+    expire_overdue(&mut tx, now).await?;
+    let unknown = || Refusal::UnknownDiscount(request_id.to_string());
+    let row =
+        sqlx::query("SELECT * FROM assignment.discount_requests WHERE request_id = $1 FOR UPDATE")
+            .bind(request_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(unknown)?;
+    let current = view(&row)?;
+    let Some(approver) = current.awaiting else {
+        return Err(Refusal::DiscountDecided {
+            state: current.state,
+        });
+    };
+    let city: String = row.try_get("city_code")?;
+    caller.authorize(
+        &[approver.role(), Role::HqAdmin],
+        Scope::branch(&current.branch_code, Some(&city)),
+    )?;
+    let decision = StepDecision {
+        request_id,
+        step: row.try_get("step")?,
+        approver,
+        approve,
+        by: caller
+            .agent_code
+            .clone()
+            .unwrap_or_else(|| caller.subject.clone()),
+        reason,
+        last: row.try_get::<i32, _>("step")? as usize + 1 >= current.steps.len(),
+    };
+    let hours = ladder_of(&mut tx, &city).await?.step_hours;
+    let row = decision.record(&mut tx, hours, now).await?;
+    if decision.approve && decision.last {
+        publish_approved(&mut tx, &api, &row, &decision.by, now).await?;
+    }
+    let decided = view(&row)?;
+    tx.commit().await?;
+    api.outbox.wake();
+    Ok(Json(decided))
+}
+
+/// The decision asked for: which request, approve or decline, and why (a decline must
+/// say why).
+fn parse_decision(
+    action: &str,
+    json: Option<Json<Decision>>,
+) -> Result<(Uuid, bool, String), Refusal> {
     let (id, verb) = action.rsplit_once(':').ok_or_else(|| {
         Refusal::Invalid(format!(
             "{action:?}: use {{request_id}}:approve or :decline"
@@ -496,76 +547,67 @@ async fn decide(
         .parse()
         .map_err(|_| Refusal::UnknownDiscount(id.to_owned()))?;
     let reason = json.map(|Json(d)| d.reason).unwrap_or_default();
-    let reason = reason.trim();
+    let reason = reason.trim().to_owned();
     if (!approve && reason.is_empty()) || reason.chars().count() > 200 {
         return Err(Refusal::Invalid(
             "reason must be 1 to 200 characters to decline, at most 200 to approve".into(),
         ));
     }
-    let now = api.clock.now();
-    let mut tx = api.pool.begin().await?;
-    expire_overdue(&mut tx, now).await?;
-    let row =
-        sqlx::query("SELECT * FROM assignment.discount_requests WHERE request_id = $1 FOR UPDATE")
-            .bind(request_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Refusal::UnknownDiscount(id.to_owned()))?;
-    let current = view(&row)?;
-    let Some(approver) = current.awaiting else {
-        return Err(Refusal::DiscountDecided {
-            state: current.state,
-        });
-    };
-    let city: String = row.try_get("city_code")?;
-    caller.authorize(
-        &[approver.role(), Role::HqAdmin],
-        Scope::branch(&current.branch_code, Some(&city)),
-    )?;
-    let by = caller
-        .agent_code
-        .clone()
-        .unwrap_or_else(|| caller.subject.clone());
-    let step: i32 = row.try_get("step")?;
-    sqlx::query(
-        "INSERT INTO assignment.discount_decisions (request_id, step, approver, decision, decided_by, reason, decided_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(request_id)
-    .bind(step)
-    .bind(approver.as_str())
-    .bind(if approve { "approved" } else { "declined" })
-    .bind(&by)
-    .bind(reason)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    let last = step as usize + 1 >= current.steps.len();
-    let hours = ladder_of(&mut tx, &city).await?.step_hours;
-    let row = sqlx::query(
-        "UPDATE assignment.discount_requests
-         SET state = $2, step = CASE WHEN $2 = 'pending' THEN step + 1 ELSE step END,
-             step_due_at = CASE WHEN $2 = 'pending' THEN $3::timestamptz END,
-             decided_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $4 END
-         WHERE request_id = $1 RETURNING *",
-    )
-    .bind(request_id)
-    .bind(match (approve, last) {
-        (false, _) => "declined",
-        (true, true) => "approved",
-        (true, false) => "pending",
-    })
-    .bind(now + chrono::Duration::hours(hours))
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
-    if approve && last {
-        publish_approved(&mut tx, &api, &row, &by, now).await?;
+    Ok((request_id, approve, reason))
+}
+
+/// One approver's decision on the step awaiting them.
+struct StepDecision {
+    request_id: Uuid,
+    step: i32,
+    approver: Approver,
+    approve: bool,
+    by: String,
+    reason: String,
+    /// The request's last step.
+    last: bool,
+}
+
+impl StepDecision {
+    /// Records the decision and moves the request on: to its next step (due in
+    /// `step_hours`), approved at the last, or declined. The request as it now stands.
+    async fn record(
+        &self,
+        tx: &mut PgConnection,
+        step_hours: i64,
+        now: DateTime<Utc>,
+    ) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO assignment.discount_decisions (request_id, step, approver, decision, decided_by, reason, decided_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(self.request_id)
+        .bind(self.step)
+        .bind(self.approver.as_str())
+        .bind(if self.approve { "approved" } else { "declined" })
+        .bind(&self.by)
+        .bind(&self.reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE assignment.discount_requests
+             SET state = $2, step = CASE WHEN $2 = 'pending' THEN step + 1 ELSE step END,
+                 step_due_at = CASE WHEN $2 = 'pending' THEN $3::timestamptz END,
+                 decided_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $4 END
+             WHERE request_id = $1 RETURNING *",
+        )
+        .bind(self.request_id)
+        .bind(match (self.approve, self.last) {
+            (false, _) => "declined",
+            (true, true) => "approved",
+            (true, false) => "pending",
+        })
+        .bind(now + chrono::Duration::hours(step_hours))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
     }
-    let decided = view(&row)?;
-    tx.commit().await?;
-    api.outbox.wake();
-    Ok(Json(decided))
 }
 
 /// Approved discounts by how many steps above the owner they took, for the review.

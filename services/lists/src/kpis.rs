@@ -610,6 +610,25 @@ mod tests {
     }
 
     #[test]
+    fn the_report_lists_the_six_categories_and_their_targets() {
+        let got: Vec<(&str, Option<f64>)> = category_targets()
+            .iter()
+            .map(|t| (t.category, t.target_rate))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("insured_last_year", Some(0.75)),
+                ("full_policy_data", Some(0.3)),
+                ("phone_only", Some(0.2)),
+                ("local_recent_workshop", Some(0.2)),
+                ("local_not_back_2y", Some(0.1)),
+                ("other_city", None),
+            ]
+        );
+    }
+
+    #[test]
     fn errors_map_to_their_statuses() {
         let bad = KpiError::InvalidQuery("to: nope".into()).into_response();
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);

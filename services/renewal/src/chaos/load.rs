@@ -56,6 +56,14 @@ pub const ORG_CSV: &str =
 310000,SH01,上海一支,SH01-S01,赵敏,supervisor,0,true
 ";
 
+/// A valid VIN of its own for policy `n`.
+fn vin(n: usize) -> String {
+    let mut vin = *b"LSVAU2180N2000000";
+    vin[11..].copy_from_slice(format!("{:06}", n % 1_000_000).as_bytes());
+    vin[8] = renewal_lists::policy_checks::vin_check_digit(&vin);
+    String::from_utf8_lossy(&vin).into_owned()
+}
+
 fn policy(n: usize, today: chrono::NaiveDate) -> Policy {
     let end = today + chrono::Days::new(2);
     Policy {
@@ -66,7 +74,8 @@ fn policy(n: usize, today: chrono::NaiveDate) -> Policy {
         mobile: format!("+86137{:08}", n / 2),
         id_number: "11010519491231002X".into(),
         plate: "沪AD12345".into(),
-        vin: "LSVAU218XN2183294".into(),
+        // A car each: a vehicle's policies would share a case.
+        vin: vin(n),
         city_code: CITY.into(),
         branch_code: BRANCH.into(),
         agent_code: "SH01-A01".into(),
