@@ -232,47 +232,7 @@ pub async fn run_with(
     let outbox = lists.daily_run.outbox.clone();
     let zones = lists.daily_run.zones.clone();
     let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
-    deps.http
-        .mount(audit.around(policies::routes(policies::PolicyApi::new(
-            deps.pool.clone(),
-            config.pii.clone(),
-        ))));
-    deps.http
-        .mount(audit.around(import::routes(import::ImportApi {
-            importer: lists.importer.clone(),
-            clock: deps.clock.clone(),
-            max_bytes: config.import_max_bytes,
-            running: renewal_platform::quotas::Gate::new("imports", 2),
-        })));
-    deps.http
-        .mount(audit.around(issued_lists::routes(issued_lists::IssueApi {
-            pool: deps.pool.clone(),
-            outbox: outbox.clone(),
-            clock: deps.clock.clone(),
-            zones: zones.clone(),
-        })));
-    deps.http.mount(audit.around(kpis::routes(
-        deps.pool.clone(),
-        deps.clock.clone(),
-        deps.time_zone,
-    )));
-    deps.http
-        .mount(audit.around(reviews::routes(deps.pool.clone())));
-    deps.http.mount(
-        audit.around(quote_import::routes(quote_import::QuoteImportApi {
-            pool: deps.pool.clone(),
-            outbox: outbox.clone(),
-            clock: deps.clock.clone(),
-            max_bytes: config.import_max_bytes,
-        })),
-    );
-    deps.http
-        .mount(audit.around(erasures::routes(erasures::ErasureApi {
-            pool: deps.pool.clone(),
-            outbox: outbox.clone(),
-            clock: deps.clock.clone(),
-            pii: config.pii.clone(),
-        })));
+    mount_routes(&deps, &config, &lists, &audit);
     deps.http.mount(audit.around(audit.routes()));
     if let Err(e) = lists.daily_run.open_after_imports().await {
         tracing::warn!(error = %e, "opening the cases of unfinished imports failed; the daily run will");
@@ -327,6 +287,58 @@ pub async fn run_with(
     // Last: the process is ready once every service it serves has its document.
     deps.http.document(SCHEMA, openapi::document());
     service.run().await
+}
+
+/// Mounts the service's API, every route behind the audit log.
+fn mount_routes(
+    deps: &Deps,
+    config: &ListsConfig,
+    lists: &Lists,
+    audit: &renewal_platform::audit::AuditLog,
+) {
+    let outbox = &lists.daily_run.outbox;
+    let zones = &lists.daily_run.zones;
+    deps.http
+        .mount(audit.around(policies::routes(policies::PolicyApi::new(
+            deps.pool.clone(),
+            config.pii.clone(),
+        ))));
+    deps.http
+        .mount(audit.around(import::routes(import::ImportApi {
+            importer: lists.importer.clone(),
+            clock: deps.clock.clone(),
+            max_bytes: config.import_max_bytes,
+            running: renewal_platform::quotas::Gate::new("imports", 2),
+        })));
+    deps.http
+        .mount(audit.around(issued_lists::routes(issued_lists::IssueApi {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            zones: zones.clone(),
+        })));
+    deps.http.mount(audit.around(kpis::routes(
+        deps.pool.clone(),
+        deps.clock.clone(),
+        deps.time_zone,
+    )));
+    deps.http
+        .mount(audit.around(reviews::routes(deps.pool.clone())));
+    deps.http.mount(
+        audit.around(quote_import::routes(quote_import::QuoteImportApi {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            max_bytes: config.import_max_bytes,
+        })),
+    );
+    deps.http
+        .mount(audit.around(erasures::routes(erasures::ErasureApi {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            pii: config.pii.clone(),
+        })));
 }
 
 /// When this service next has work of its own (the simulated clock's next stop).
