@@ -385,6 +385,19 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             ),
             json!({"lease_token": "00000000-0000-7000-8000-000000000000", "outcome": "unreachable"}),
         ),
+        with(
+            row(
+                "POST",
+                &format!("/v1/phone-tasks/{task}:requeue"),
+                &[HqAdmin],
+                false,
+            ),
+            json!({}),
+        ),
+        row("GET", "/v1/phone-queues", city, false),
+        row("GET", "/v1/phone-queues?city=310000", city, true),
+        row("GET", "/v1/phone-tasks?state=dead", &[HqAdmin], false),
+        row("GET", "/v1/cases/P1/contacts", case_readers, true),
         row("GET", "/v1/audit/dispatch", audit, false),
         row("GET", "/v1/dead-letters/dispatch", &[HqAdmin], false),
         row(

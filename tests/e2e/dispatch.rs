@@ -7,7 +7,9 @@
 //! against the mock vendor: a send due at night waits for the morning; a vendor outage
 //! (HTTP 503) is retried with a growing wait, a permanent refusal fails at once with its
 //! code, and an outage that outlasts five attempts leaves the message dead with its
-//! reason.
+//! reason. Operations see each queue's figures and the dead tasks, HQ puts a dead task
+//! back once, and a case's contacts show its SMS with their receipts and its calls with
+//! their outcomes, with no personal data.
 
 use std::collections::HashSet;
 
@@ -931,5 +933,316 @@ async fn api_callers_holding_every_connection_do_not_stop_the_sender_or_the_webh
     }
     assert_eq!(receipts().await, 1, "one receipt, recorded once");
     assert_eq!(sim.vendor.requests_for(&sms.mobile), 2);
+    system.finish().await;
+}
+
+/// The owner queue's figures in `GET /v1/phone-queues` as `http` sees them.
+async fn owner_queue(system: &TestSystem, http: &reqwest::Client, query: &str) -> (u16, Value) {
+    let url = system.url(&format!("/v1/phone-queues{query}"));
+    let (status, body) = renewal_e2e::get_json_with(http, &url).await;
+    let owner = body["queues"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["queue"] == "owner").cloned());
+    (status, owner.unwrap_or(body))
+}
+
+/// Two owner tasks of SH01-A01 leased five times each, every lease left to run out.
+async fn two_dead_tasks(system: &TestSystem) -> (Vec<CreatePhoneTask>, Vec<Value>) {
+    let tasks = vec![
+        command(Uuid::new_v4(), TaskQueue::Owner, "SH01-A01", 3),
+        command(Uuid::new_v4(), TaskQueue::Owner, "SH01-A01", 4),
+    ];
+    // A second apart, so the older is listed first.
+    create(system, &tasks[..1]).await;
+    let now = system.sim.now();
+    system
+        .sim
+        .advance_to(now + chrono::Duration::seconds(1))
+        .await
+        .expect("time moves");
+    create(system, &tasks[1..]).await;
+    let mut last = Vec::new();
+    for n in 1..=5 {
+        last = lease(system, "SH01-A01", "owner", 2, 60).await;
+        assert_eq!(last.len(), 2, "lease {n}");
+        let now = system.sim.now();
+        system
+            .sim
+            .advance_to(now + chrono::Duration::seconds(61))
+            .await
+            .expect("time moves");
+    }
+    (tasks, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_see_dead_tasks_and_hq_requeues_one_for_one_more_round_of_calls() {
+    use renewal_e2e::{Grant, Role};
+    let system = TestSystem::start("po", local("2026-12-01", 10)).await;
+    let (tasks, last) = two_dead_tasks(&system).await;
+    let (first, second) = (&tasks[0].command_id, &tasks[1].command_id);
+    // Their last leases ran out: dead in the figures before a lease request marks them.
+    let hq = system.http.clone();
+    let (status, owner) = owner_queue(&system, &hq, "").await;
+    assert_eq!(status, 200, "{owner}");
+    assert_eq!(
+        (&owner["open"], &owner["leased"], &owner["dead"]),
+        (&json!(0), &json!(0), &json!(2)),
+        "{owner}"
+    );
+    assert!(lease(&system, "SH01-A01", "owner", 2, 60).await.is_empty());
+    assert_eq!(state(&system, first).await, ("dead".to_owned(), 5));
+    // A city's admin sees their city only, and may not name another.
+    let shanghai = system.client(&Grant::role(Role::CityAdmin).city("310000"));
+    let beijing = system.client(&Grant::role(Role::CityAdmin).city("110000"));
+    assert_eq!(owner_queue(&system, &shanghai, "").await.1["dead"], 2);
+    assert_eq!(owner_queue(&system, &beijing, "").await.1["dead"], 0);
+    assert_eq!(owner_queue(&system, &beijing, "?city=310000").await.0, 403);
+
+    // The dead tasks, oldest first, a page at a time, with no personal data.
+    let (status, page) = system
+        .get_json("/v1/phone-tasks?state=dead&page_size=1")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let dead = &page["items"][0];
+    assert_eq!(
+        (&dead["id"], &dead["leases"], &dead["queue"], &dead["stage"]),
+        (&json!(first), &json!(5), &json!("owner"), &json!("T-15")),
+        "{page}"
+    );
+    assert_eq!(dead["policy_no"], tasks[0].policy_no.as_str());
+    assert_eq!(dead["last_leased_by"], "SH01-A01");
+    assert!(
+        dead["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("5 leases"))
+    );
+    let token = page["next_page_token"].as_str().expect("a second page");
+    let (_, rest) = system
+        .get_json(&format!(
+            "/v1/phone-tasks?state=dead&page_size=1&page_token={token}"
+        ))
+        .await;
+    assert_eq!(rest["items"][0]["id"], second.as_str(), "{rest}");
+    assert!(rest.get("next_page_token").is_none(), "{rest}");
+    let text = format!("{page}{rest}");
+    assert!(!text.contains("13812345678") && !text.contains("王芳") && !text.contains("沪AD"));
+    assert_eq!(system.get_json("/v1/phone-tasks?state=open").await.0, 400);
+
+    // Only HQ requeues: anyone else is refused and nothing moves.
+    let requeue = format!("/v1/phone-tasks/{first}:requeue");
+    for grant in [
+        Grant::role(Role::CityAdmin).city("310000"),
+        Grant::role(Role::CallCenter),
+        Grant::role(Role::Agent)
+            .agent("SH01-A01")
+            .branch("SH01")
+            .city("310000"),
+    ] {
+        let http = system.client(&grant);
+        let (status, body) =
+            renewal_e2e::post_json_to(&http, &system.url(&requeue), json!({})).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some("forbidden_role")),
+            "{body}"
+        );
+    }
+    assert_eq!(state(&system, first).await, ("dead".to_owned(), 5));
+    let (status, body) = system.post_json(&requeue, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["state"], &body["leases"]),
+        (&json!("open"), &json!(0))
+    );
+    assert_eq!(state(&system, first).await, ("open".to_owned(), 0));
+    // Once only: it is no longer dead.
+    let (status, body) = system.post_json(&requeue, json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("not_dead")),
+        "{body}"
+    );
+    let unknown = format!("/v1/phone-tasks/{}:requeue", Uuid::new_v4());
+    assert_eq!(system.post_json(&unknown, json!({})).await.0, 404);
+    let (_, owner) = owner_queue(&system, &hq, "").await;
+    assert_eq!(
+        (&owner["open"], &owner["dead"]),
+        (&json!(1), &json!(1)),
+        "{owner}"
+    );
+
+    // Its last holder's token stays stale; the owner leases it again, once.
+    let stale = last
+        .iter()
+        .find(|t| t["id"] == first.as_str())
+        .expect("leased");
+    let done = json!({"lease_token": stale["lease_token"], "outcome": "unreachable"});
+    assert_eq!(act(&system, stale, "complete", done).await.0, 409);
+    let agent = system.client(
+        &Grant::role(Role::Agent)
+            .agent("SH01-A01")
+            .branch("SH01")
+            .city("310000"),
+    );
+    let lease_url = system.url("/v1/phone-tasks:lease");
+    let take = json!({"agent_id": "SH01-A01", "queue": "owner", "max": 5});
+    let (status, got) = renewal_e2e::post_json_to(&agent, &lease_url, take.clone()).await;
+    assert_eq!(status, 200, "{got}");
+    let got = got["tasks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(got.len(), 1, "only the requeued task: {got:?}");
+    assert_eq!(
+        (&got[0]["id"], &got[0]["lease_number"]),
+        (&json!(first), &json!(1))
+    );
+    let (_, again) = renewal_e2e::post_json_to(&agent, &lease_url, take).await;
+    assert_eq!(again["tasks"], json!([]), "not leased twice");
+    let (_, owner) = owner_queue(&system, &hq, "").await;
+    assert_eq!(
+        (&owner["leased"], &owner["open"]),
+        (&json!(1), &json!(0)),
+        "{owner}"
+    );
+    let done = json!({"lease_token": got[0]["lease_token"], "outcome": "unreachable"});
+    let complete = system.url(&format!("/v1/phone-tasks/{first}:complete"));
+    assert_eq!(
+        renewal_e2e::post_json_to(&agent, &complete, done.clone())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        renewal_e2e::post_json_to(&agent, &complete, done).await.0,
+        200,
+        "a retry"
+    );
+    let published: Vec<PhoneTaskCompleted> =
+        events(&system, subject::DISPATCH_TASK_COMPLETED).await;
+    assert_eq!(
+        published.iter().filter(|e| e.task_id == *first).count(),
+        1,
+        "completed once"
+    );
+    assert_eq!(system.post_json(&requeue, json!({})).await.0, 409);
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cases_contacts_show_its_sms_with_receipts_and_its_calls_with_outcomes() {
+    use renewal_e2e::{Grant, ORG_CSV, Role};
+    let system = TestSystem::start("pc", local("2026-12-01", 0)).await;
+    let sim = &system.sim;
+    system.load_org(ORG_CSV).await;
+    sim.publish_policies(&[policy("W1", "2027-02-15")])
+        .await
+        .expect("published");
+    sim.advance_to(local("2026-12-01", 9)).await.expect("time");
+    let (status, body) = system
+        .post_json(
+            "/v1/claims/W1:claim",
+            json!({"branch_code": "SH01", "owner_agent": "SH01-A03"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // T-60's SMS (17 December) is delivered; T-30 (16 January): the owner calls.
+    sim.advance_to(local("2027-01-16", 10) + chrono::Duration::minutes(5))
+        .await
+        .expect("time");
+    let owner = system.client(
+        &Grant::role(Role::Agent)
+            .agent("SH01-A03")
+            .branch("SH01")
+            .city("310000"),
+    );
+    let (status, leased) = renewal_e2e::post_json_to(
+        &owner,
+        &system.url("/v1/phone-tasks:lease"),
+        json!({"agent_id": "SH01-A03", "queue": "owner", "max": 10}),
+    )
+    .await;
+    assert_eq!(status, 200, "{leased}");
+    let call = leased["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["stage"] == "T-30").cloned())
+        .unwrap_or_else(|| panic!("the T-30 call: {leased}"));
+    let (status, done) = act(
+        &system,
+        &call,
+        "complete",
+        json!({"lease_token": call["lease_token"], "outcome": "promised", "promised_date": "2027-01-20"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+
+    let (status, contacts) =
+        renewal_e2e::get_json_with(&owner, &system.url("/v1/cases/W1/contacts")).await;
+    assert_eq!(status, 200, "{contacts}");
+    assert_eq!(contacts["policy_no"], "W1");
+    let sms = contacts["sms"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["stage"] == "T-60").cloned())
+        .unwrap_or_else(|| panic!("the T-60 SMS: {contacts}"));
+    assert_eq!(sms["state"], "delivered", "{sms}");
+    assert!(sms["sent_at"].is_string(), "{sms}");
+    assert_eq!(
+        (&sms["receipts"][0]["status"], &sms["receipts"][0]["code"]),
+        (&json!("delivered"), &json!("DELIVERED")),
+        "{sms}"
+    );
+    let task = contacts["phone_tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == call["id"]).cloned())
+        .unwrap_or_else(|| panic!("the T-30 task: {contacts}"));
+    assert_eq!(
+        (
+            &task["queue"],
+            &task["state"],
+            &task["outcome"],
+            &task["leases"]
+        ),
+        (
+            &json!("owner"),
+            &json!("completed"),
+            &json!("promised"),
+            &json!(1)
+        ),
+        "{task}"
+    );
+    assert!(task["completed_at"].is_string(), "{task}");
+    let text = contacts.to_string();
+    assert!(
+        !text.contains("13812345678") && !text.contains("王芳") && !text.contains("沪AD"),
+        "no personal data: {text}"
+    );
+    // Its branch and city read it; another agent and another city do not.
+    let supervisor = Grant::role(Role::Supervisor)
+        .agent("SH01-S01")
+        .branch("SH01")
+        .city("310000");
+    let answers = [
+        (supervisor, 200),
+        (Grant::role(Role::CityAdmin).city("310000"), 200),
+        (
+            Grant::role(Role::Agent)
+                .agent("SH01-A01")
+                .branch("SH01")
+                .city("310000"),
+            403,
+        ),
+        (Grant::role(Role::CityAdmin).city("110000"), 403),
+        (Grant::role(Role::CallCenter), 403),
+    ];
+    for (grant, expected) in answers {
+        let http = system.client(&grant);
+        let (status, body) =
+            renewal_e2e::get_json_with(&http, &system.url("/v1/cases/W1/contacts")).await;
+        assert_eq!(status, expected, "{body}");
+    }
+    let (status, body) = system.get_json("/v1/cases/NOPE/contacts").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_case")),
+        "{body}"
+    );
     system.finish().await;
 }

@@ -14,6 +14,9 @@
 //!   different streams) is delivered again a little later.
 //! - A new mobile (`lists.case.changed`) replaces the contact, reaches the case's open
 //!   tasks and clears its wrong-number marks ([`CaseChanges`]).
+//! - Beside the contact, the case's policy number, branch and city (no personal data),
+//!   by which the operations console finds it and its readers' scope is checked
+//!   (`crate::history`).
 
 use std::sync::Arc;
 
@@ -100,6 +103,10 @@ impl Handler for CaseOpenings {
         .bind(sealed)
         .execute(&mut *tx)
         .await?;
+        let (branch, city) = (event.branch_code.as_str(), event.city_code.as_str());
+        let at = event.opened_at_ms;
+        crate::history::keep_scope(tx, case_id, &event.policy_no, [branch, city], at, false)
+            .await?;
         // A quote that came before the case: its terms arrive with the opening.
         if let Some(quote) = event.quote {
             crate::terms::keep(tx, quote).await?;
@@ -130,6 +137,9 @@ impl Handler for CaseChanges {
         let event: CaseChanged = delivery.decode()?;
         let case_id = field::uuid("case_id", &event.case_id)?;
         let at = field::instant_ms("changed_at_ms", event.changed_at_ms)?;
+        let (branch, city) = (event.branch_code.as_str(), event.city_code.as_str());
+        let (policy_no, at_ms) = (event.policy_no.as_str(), event.changed_at_ms);
+        crate::history::keep_scope(tx, case_id, policy_no, [branch, city], at_ms, true).await?;
         let Some(customer) = event.customer.filter(|c| !c.mobile.trim().is_empty()) else {
             return Ok(());
         };

@@ -39,7 +39,7 @@ const KEPT: &[&str] = &[
     "opt_outs: a number that opted out stays opted out (its blind index and sealed number), so no marketing SMS reaches it after the erasure",
     "sms_messages and phone_tasks: each row (case, policy number, stage, template, state, times, vendor ids and codes; a task's outcome with the reason or date the agent recorded) for the figures; their sealed contacts and blind indexes are blanked",
     "sms_replies: each reply's time and whether it opted out, for the figures; its number's index, text and digest are blanked",
-    "sms_receipts (the vendor's status codes by message id), contact_corrections (which task's number was wrong: no number of its own), closed_cases and case_owners (case ids, staff): no personal data",
+    "sms_receipts (the vendor's status codes by message id), contact_corrections (which task's number was wrong: no number of its own), closed_cases, case_owners and case_scopes (case ids, policy numbers, staff, branches, cities): no personal data",
     "the outbox keeps an event's payload until it is published (then none); dispatch.sms.opted_out carries a number and its reply until then",
     "commands already in the DISPATCH stream (dispatch.cmd.send_sms and dispatch.cmd.create_phone_task carry the contact) stay there until it drops them (at most 30 days)",
 ];

@@ -9,6 +9,7 @@ pub mod config;
 mod contacts;
 mod erasure;
 mod escalations;
+pub mod history;
 pub mod openapi;
 pub mod phone;
 pub mod report;
@@ -171,6 +172,8 @@ pub async fn run_with(
             config.call_hours,
             config.pii.clone(),
         ))));
+    deps.http
+        .mount(audit.around(history::routes(deps.pool.clone())));
     deps.http.mount(audit.around(audit.routes()));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     consume(&mut service, &deps, &config, &outbox, &queued);

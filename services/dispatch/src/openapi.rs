@@ -1,17 +1,21 @@
 //! Dispatch's OpenAPI document, generated from its types: the phone-task pull API the
 //! call center and the owners use (bearer tokens), and the SMS vendor's webhook (the
 //! secret path token; answers in the vendor's own format). The task methods
-//! (`{id}:heartbeat`, `:complete`, `:release`) are served by one handler and
-//! documented here, one operation each.
+//! (`{id}:heartbeat`, `:complete`, `:release`, `:requeue`) are served by one handler
+//! and documented here, one operation each; so are the operations console's reads (the
+//! queues, the dead tasks, a case's contacts).
 
 use renewal_platform::openapi::BearerTokens;
 use renewal_platform::openapi::{ProblemDocument, Refusals};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::history::CaseContacts;
 use crate::phone::leases::{HeartbeatRequest, LeaseRequest, ReleaseRequest, TaskView};
 use crate::phone::outcomes::CompleteRequest;
+use crate::phone::queues::{DeadTask, QueuesView};
 use crate::sms::receipts::SmsReport;
 use crate::sms::replies::SmsUp;
+use renewal_platform::paging::{Page, PageQuery};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,10 +23,12 @@ use crate::sms::replies::SmsUp;
         title = "renewal dispatch",
         description = "The phone-task pull API (call center and owners) and the SMS vendor's webhook (delivery receipts and replies)."
     ),
-    paths(lease, heartbeat, complete, release, receipts, replies, audit, dead_letters, replay_dead_letter),
+    paths(lease, heartbeat, complete, release, requeue, phone_queues, dead_tasks, case_contacts,
+          receipts, replies, audit, dead_letters, replay_dead_letter),
     components(schemas(ProblemDocument)),
     modifiers(&BearerTokens),
-    tags((name = "phone tasks"), (name = "sms vendor"), (name = "audit"), (name = "dead letters"))
+    tags((name = "phone tasks"), (name = "operations"), (name = "cases"), (name = "sms vendor"),
+         (name = "audit"), (name = "dead letters"))
 )]
 pub struct ApiDoc;
 
@@ -107,6 +113,68 @@ fn complete() {}
         (status = 409, content_type = "application/problem+json", body = ProblemDocument)))]
 #[allow(dead_code)]
 fn release() {}
+
+/// What a requeue did.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Requeued {
+    id: uuid::Uuid,
+    /// open.
+    state: String,
+    /// 0: the task has its 5 leases again.
+    leases: i32,
+    available_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Put a dead task back in its queue, available now, with its leases again (`hq_admin`;
+/// audited). 409 `not_dead` for a task that is not dead (a second requeue included);
+/// 409 `case_stopped` for one whose case no longer wants calls (closed, renewed or lost
+/// on a later call, a wrong number not corrected yet).
+#[utoipa::path(post, path = "/v1/phone-tasks/{id}:requeue", tag = "operations",
+    operation_id = "requeue_task", params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, body = Requeued),
+        Refusals,
+        (status = 404, content_type = "application/problem+json", body = ProblemDocument),
+        (status = 409, description = "Not dead, or its case wants no more calls", content_type = "application/problem+json", body = ProblemDocument)))]
+#[allow(dead_code)]
+fn requeue() {}
+
+/// Each queue's open, leased and dead tasks and its oldest open task (`hq_admin`: every
+/// city, or `city`; `city_admin`: their city, naming another 403). No personal data.
+#[utoipa::path(get, path = "/v1/phone-queues", tag = "operations",
+    operation_id = "phone_queues",
+    params(("city" = Option<String>, Query, description = "Only this city's tasks")),
+    responses(
+        (status = 200, body = QueuesView),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals))]
+#[allow(dead_code)]
+fn phone_queues() {}
+
+/// The dead tasks, oldest first, paged (`hq_admin`). No personal data.
+#[utoipa::path(get, path = "/v1/phone-tasks", tag = "operations",
+    operation_id = "dead_tasks",
+    params(("state" = Option<String>, Query, description = "dead (the default and the only state listed)"),
+           PageQuery),
+    responses(
+        (status = 200, body = Page<DeadTask>),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals))]
+#[allow(dead_code)]
+fn dead_tasks() {}
+
+/// A case's SMS with their receipts and its phone tasks with their outcomes, oldest
+/// first (the case's owner; supervisor, branch_admin of its branch; city_admin of its
+/// city; hq_admin). No names, mobiles or plates.
+#[utoipa::path(get, path = "/v1/cases/{policy_no}/contacts", tag = "cases",
+    operation_id = "case_contacts", params(("policy_no" = String, Path)),
+    responses(
+        (status = 200, body = CaseContacts),
+        (status = 404, description = "No case for the policy", content_type = "application/problem+json", body = ProblemDocument),
+        Refusals))]
+#[allow(dead_code)]
+fn case_contacts() {}
 
 /// The vendor's delivery receipts (`SmsReport`), an array per push.
 #[utoipa::path(post, path = "/v1/webhooks/sms/{token}/report", tag = "sms vendor",

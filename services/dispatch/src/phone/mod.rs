@@ -3,18 +3,20 @@
 //! HTTP with a lease, keep the lease alive, and complete them with an outcome that is
 //! published as an event. A task is never leased to two agents at once; a lease that
 //! runs out returns the task to the queue, and after [`MAX_LEASES`] leases without an
-//! outcome the task goes to dead letter.
+//! outcome the task goes to dead letter. Operations see each queue's figures and the
+//! dead tasks, and HQ may put a dead task back in its queue (`queues`).
 
 pub mod intake;
 pub mod leases;
 pub mod outcomes;
+pub mod queues;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use renewal_platform::{Caller, Clock, Outbox, Problem, Role};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -85,6 +87,12 @@ pub enum TaskError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// A requeue of a task that is not dead.
+    #[error("{0}")]
+    NotDead(String),
+    /// A requeue of a task whose case no longer wants calls.
+    #[error("{0}")]
+    CaseStopped(String),
     #[error("postgres: {0}")]
     Db(#[from] sqlx::Error),
     /// A task's sealed contact does not open (its key is not in the keyring?).
@@ -107,6 +115,8 @@ impl IntoResponse for TaskError {
             TaskError::NotFound(d) => Problem::new(StatusCode::NOT_FOUND, "not_found", d),
             TaskError::Conflict(d) => Problem::new(StatusCode::CONFLICT, "lease_conflict", d),
             TaskError::Invalid(d) => Problem::new(StatusCode::BAD_REQUEST, "invalid_request", d),
+            TaskError::NotDead(d) => Problem::new(StatusCode::CONFLICT, "not_dead", d),
+            TaskError::CaseStopped(d) => Problem::new(StatusCode::CONFLICT, "case_stopped", d),
             TaskError::Db(e) => Problem::database(&e),
             e @ TaskError::Pii { .. } => Problem::internal(&e),
             TaskError::Unavailable(e) => Problem::unavailable(&e),
@@ -170,7 +180,9 @@ const WORKERS: &[Role] = &[
 pub fn routes(tasks: PhoneTasks) -> renewal_platform::http::Routes {
     renewal_platform::http::Routes::new()
         .route("/v1/phone-tasks:lease", post(lease))
+        .route("/v1/phone-tasks", get(queues::listed))
         .route("/v1/phone-tasks/{action}", post(act))
+        .route("/v1/phone-queues", get(queues::queues))
         .finish(|router| {
             router
                 .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -196,23 +208,27 @@ async fn lease(
     Ok(Json(serde_json::json!({ "tasks": leased })))
 }
 
-/// `POST /v1/phone-tasks/{id}:heartbeat|complete|release` (one path segment, as in
-/// Google's custom methods).
+/// `POST /v1/phone-tasks/{id}:heartbeat|complete|release`, and HQ's `:requeue` (one
+/// path segment, as in Google's custom methods).
 async fn act(
     State(tasks): State<PhoneTasks>,
     caller: Caller,
     Path(action): Path<String>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, TaskError> {
-    caller.require(WORKERS)?;
-    let (id, verb) = action
-        .split_once(':')
-        .ok_or_else(|| TaskError::NotFound(action.clone()))?;
+    let (id, verb) = action.split_once(':').unwrap_or((&action, ""));
+    let admitted = if verb == "requeue" {
+        queues::REQUEUERS
+    } else {
+        WORKERS
+    };
+    caller.require(admitted)?;
     let id = Uuid::parse_str(id).map_err(|_| TaskError::NotFound(id.to_owned()))?;
     match verb {
         "heartbeat" => leases::heartbeat(&tasks, id, &parse(&body)?).await,
         "release" => leases::release(&tasks, id, &parse(&body)?).await,
         "complete" => outcomes::complete(&tasks, id, &parse(&body)?).await,
+        "requeue" => queues::requeue(&tasks, id).await,
         other => Err(TaskError::NotFound(format!("{id}:{other}"))),
     }
     .map(Json)
