@@ -510,3 +510,4 @@ pub async fn insert_campaign_tasks(pool: &sqlx::PgPool, policy_nos: &[String], a
     .await
     .expect("campaign tasks");
 }
+pub mod browser;

@@ -82,7 +82,9 @@ struct RawQuery {
 }
 
 /// The groupings, the first the default; the SQL maps each name to its column.
-pub(crate) const GROUP_BYS: [&str; 6] = ["category", "city", "branch", "agent", "channel", "month"];
+pub(crate) const GROUP_BYS: [&str; 7] = [
+    "category", "city", "branch", "agent", "channel", "month", "week",
+];
 
 #[derive(Debug, PartialEq)]
 pub struct ReportQuery {
@@ -235,7 +237,8 @@ macro_rules! cases {
     () => {
         "CASE $7::text WHEN 'city' THEN c.city_code WHEN 'branch' THEN c.branch_code
                 WHEN 'agent' THEN c.agent_code WHEN 'channel' THEN p.channel
-                WHEN 'month' THEN to_char(c.expiry_date, 'YYYY-MM') ELSE c.category END AS key
+                WHEN 'month' THEN to_char(c.expiry_date, 'YYYY-MM')
+                WHEN 'week' THEN to_char(c.expiry_date, 'IYYY-\"W\"IW') ELSE c.category END AS key
          FROM lists.cases c JOIN lists.policies p ON p.policy_no = c.policy_no
               LEFT JOIN lists.lost_reasons l ON l.policy_no = c.policy_no
          WHERE c.expiry_date BETWEEN $1 AND $2 AND c.state <> 'cancelled'
@@ -427,7 +430,7 @@ pub(crate) fn scope_filters(
            ("channel" = Option<String>, Query, description = "dealer, direct or agent"),
            ("from" = Option<String>, Query, description = "YYYY-MM-DD"),
            ("to" = Option<String>, Query, description = "YYYY-MM-DD"),
-           ("group_by" = Option<String>, Query, description = "category, city, branch, agent, channel or month"),
+           ("group_by" = Option<String>, Query, description = "category, city, branch, agent, channel, month or week (ISO, of the expiry date)"),
            ("format" = Option<String>, Query, description = "json or csv")),
     responses((status = 200, body = serde_json::Value, description = "Renewal rates by group against the category targets (or CSV)"),
               (status = 400, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument), renewal_platform::openapi::Refusals))]

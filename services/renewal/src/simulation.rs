@@ -304,6 +304,8 @@ fn configs(
         )
         .map_err(|e| SimError::Other(e.to_string()))?,
         dispatch,
+        // Mounted at start, on the simulation's own address.
+        console: None,
     })
 }
 
@@ -332,6 +334,12 @@ impl Simulation {
                 .map_err(|e| SimError::Other(e.to_string()))?,
         );
         http.set_identity(Authenticator::development(&issuer), Some(issuer.clone()));
+        // The console, signing people in through the development issuer.
+        renewal_console::Console::mount(
+            &http,
+            renewal_console::ConsoleConfig::all_in_one(&format!("http://{http_addr}")),
+        )
+        .map_err(|e| SimError::Other(format!("the console: {e}")))?;
 
         // The world outside the services (the mock vendor, the simulation's own
         // bookkeeping, the tests' checks) has connections of its own, so it is not

@@ -23,6 +23,8 @@ pub struct Configs {
     pub lists: ListsConfig,
     pub scheduler: renewal_scheduler::config::SchedulerConfig,
     pub dispatch: DispatchConfig,
+    /// The console (None when no sign-in is configured).
+    pub console: Option<renewal_console::ConsoleConfig>,
 }
 
 impl Configs {
@@ -31,8 +33,17 @@ impl Configs {
             lists: ListsConfig::from_env()?,
             scheduler: renewal_scheduler::config::SchedulerConfig::from_env()?,
             dispatch: DispatchConfig::from_env()?,
+            console: console_from_env()?,
         })
     }
+}
+
+/// The console's settings, its services this process's own API (`HTTP_ADDR`).
+fn console_from_env()
+-> Result<Option<renewal_console::ConsoleConfig>, renewal_platform::config::ConfigError> {
+    let settings = renewal_platform::config::Settings::from_env()?;
+    let local = format!("http://127.0.0.1:{}", settings.http_addr.port());
+    renewal_console::ConsoleConfig::from_env(&renewal_platform::config::Env::process(), &local)
 }
 
 /// Runs every service until `cancel` fires; if one fails, the others are stopped.
@@ -45,6 +56,10 @@ pub async fn run_all(
         .ensure_all_streams()
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(console) = configs.console {
+        renewal_console::Console::mount(&deps.http, console).map_err(|e| e.to_string())?;
+        tracing::info!("serving the console at /console/");
+    }
     let mut services = tokio::task::JoinSet::new();
     services.spawn(renewal_lists::run_with(
         deps.clone(),

@@ -158,7 +158,24 @@ impl HttpHost {
         *self.dev_issuer.write().unwrap_or_else(|e| e.into_inner()) = dev;
     }
 
-    fn authenticator(&self) -> Option<Authenticator> {
+    /// Adds web pages (the console): measured by route like the APIs, but not part of
+    /// any service's OpenAPI document.
+    pub fn mount_pages(&self, router: Router) {
+        let router = router.route_layer(axum::middleware::from_fn(measured));
+        let mut mounted = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        *mounted = std::mem::take(&mut *mounted).merge(router);
+    }
+
+    /// The development issuer, when the process runs one.
+    pub fn dev_issuer(&self) -> Option<Arc<DevIssuer>> {
+        self.dev_issuer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How callers are identified, once set.
+    pub fn authenticator(&self) -> Option<Authenticator> {
         self.identity
             .read()
             .unwrap_or_else(|e| e.into_inner())

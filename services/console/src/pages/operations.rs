@@ -1,0 +1,193 @@
+//! *Operations* (HQ; an importer sees the import only): the phone-task queues (depth,
+//! leased, dead, oldest waiting) and the dead tasks with a requeue button, from
+//! dispatch; the messages each service gave up on (dead letters); and the policy
+//! import: a CSV uploaded with a progress bar, its report, and its rejected rows to
+//! download.
+
+use axum::Form;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use renewal_platform::Role;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::i18n::text;
+use crate::pages::claims::urlencode;
+use crate::pages::{self, require};
+use crate::services::Service;
+use crate::sessions::SignedIn;
+use crate::sign_in::frame;
+use crate::{Console, ConsoleError};
+
+pub fn routes() -> axum::Router<Console> {
+    axum::Router::new()
+        .route("/console/operations", get(operations))
+        .route("/console/operations/requeue", post(requeue))
+        .route("/console/operations/import", post(import))
+        .route(
+            "/console/operations/imports/{id}/rejections",
+            get(rejections),
+        )
+}
+
+const SERVICES: [&str; 4] = ["lists", "assignment", "scheduler", "dispatch"];
+
+/// Queues, dead tasks and dead letters (HQ).
+async fn phone_and_letters(console: &Console, signed: &SignedIn) -> Result<Value, ConsoleError> {
+    let token = &signed.session.token;
+    let services = &console.services;
+    let (queues, dead) = futures::try_join!(
+        services.get(Service::Dispatch, "/v1/phone-queues", token),
+        services.get(
+            Service::Dispatch,
+            "/v1/phone-tasks?state=dead&page_size=100",
+            token
+        ),
+    )?;
+    let mut letters = Vec::new();
+    for (service, client) in SERVICES.into_iter().zip([
+        Service::Lists,
+        Service::Assignment,
+        Service::Scheduler,
+        Service::Dispatch,
+    ]) {
+        let page = services
+            .get(
+                client,
+                &format!("/v1/dead-letters/{service}?page_size=20"),
+                token,
+            )
+            .await?;
+        letters.push(json!({ "service": service, "items": page["items"] }));
+    }
+    Ok(json!({ "queues": queues, "dead": dead["items"], "letters": letters }))
+}
+
+async fn operations(
+    State(console): State<Console>,
+    signed: SignedIn,
+) -> Result<Response, ConsoleError> {
+    require(&signed, "operations")?;
+    let hq = signed.session.caller.has(Role::HqAdmin);
+    let ops = if hq {
+        phone_and_letters(&console, &signed).await?
+    } else {
+        Value::Null
+    };
+    let page = crate::page! { hq, ops };
+    pages::render(
+        &console,
+        "operations.html",
+        frame(&signed, "operations"),
+        page,
+    )
+}
+
+#[derive(Deserialize)]
+struct Requeue {
+    csrf: Option<String>,
+    task_id: uuid::Uuid,
+}
+
+/// A dead task back in its queue.
+async fn requeue(
+    State(console): State<Console>,
+    signed: SignedIn,
+    headers: HeaderMap,
+    Form(form): Form<Requeue>,
+) -> Result<Response, ConsoleError> {
+    require(&signed, "operations")?;
+    signed.check_csrf(&headers, form.csrf.as_deref())?;
+    let path = format!("/v1/phone-tasks/{}:requeue", form.task_id);
+    console
+        .services
+        .post(Service::Dispatch, &path, &signed.session.token, &json!({}))
+        .await?;
+    let said = format!(
+        "{} {}",
+        text(signed.session.lang, "operations.requeued"),
+        form.task_id
+    );
+    pages::notice(&console, &signed, true, &said)
+}
+
+/// The uploaded file and the form's token.
+async fn upload(
+    mut form: Multipart,
+) -> Result<(Option<String>, String, bytes::Bytes), ConsoleError> {
+    let (mut csrf, mut name, mut file) = (None, String::from("upload.csv"), None);
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ConsoleError::BadInput(format!("upload: {e}"))
+    };
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        match field.name() {
+            Some("csrf") => csrf = Some(field.text().await.map_err(bad)?),
+            Some("file") => {
+                if let Some(n) = field
+                    .file_name()
+                    .filter(|n| !n.is_empty() && n.len() <= 200)
+                {
+                    name = n.to_owned();
+                }
+                file = Some(field.bytes().await.map_err(bad)?);
+            }
+            _ => {}
+        }
+    }
+    let file = file.ok_or_else(|| ConsoleError::BadInput("choose a CSV file".into()))?;
+    Ok((csrf, name, file))
+}
+
+/// A policy CSV, imported by lists as the person.
+async fn import(
+    State(console): State<Console>,
+    signed: SignedIn,
+    headers: HeaderMap,
+    form: Multipart,
+) -> Result<Response, ConsoleError> {
+    require(&signed, "operations")?;
+    let (csrf, name, file) = upload(form).await?;
+    signed.check_csrf(&headers, csrf.as_deref())?;
+    let path = format!(
+        "/v1/policies:import?encoding=auto&file_name={}",
+        urlencode(&name)
+    );
+    let report = console
+        .services
+        .post_csv(Service::Lists, &path, &signed.session.token, file)
+        .await?;
+    pages::part(
+        &console,
+        &signed,
+        "operations_done.html",
+        crate::page! { report },
+    )
+}
+
+/// An import's rejected rows, as the lists service writes them.
+async fn rejections(
+    State(console): State<Console>,
+    signed: SignedIn,
+    Path(id): Path<uuid::Uuid>,
+) -> Result<Response, ConsoleError> {
+    require(&signed, "operations")?;
+    let file = console
+        .services
+        .download(
+            Service::Lists,
+            &format!("/v1/imports/{id}/rejections"),
+            &signed.session.token,
+        )
+        .await?;
+    let disposition = format!("attachment; filename=\"rejections-{id}.csv\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, file.content_type),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        file.body,
+    )
+        .into_response())
+}

@@ -1,0 +1,119 @@
+//! *Season*: the funnel (due, open, renewed, rescued, lapsed), the renewal rate
+//! against its target by branch and by customer category, and the weekly trend, from
+//! the lists service's renewal-rate report (a branch's or city's people see their
+//! own; the service sets the filter). No customer data is on this page.
+
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::pages::{self, require};
+use crate::services::Service;
+use crate::sessions::SignedIn;
+use crate::sign_in::frame;
+use crate::{Console, ConsoleError};
+
+pub fn routes() -> axum::Router<Console> {
+    axum::Router::new().route("/console/season", get(season))
+}
+
+#[derive(Deserialize)]
+struct Range {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// A date as the report takes it (YYYY-MM-DD), or nothing.
+fn date(value: Option<String>) -> Result<Option<String>, ConsoleError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d")
+            .map(|d| Some(d.to_string()))
+            .map_err(|_| ConsoleError::BadInput(format!("{v:?} is not a date (YYYY-MM-DD)"))),
+    }
+}
+
+async fn season(
+    State(console): State<Console>,
+    signed: SignedIn,
+    Query(range): Query<Range>,
+) -> Result<Response, ConsoleError> {
+    require(&signed, "season")?;
+    let (from, to) = (date(range.from)?, date(range.to)?);
+    let mut query = String::new();
+    if let Some(f) = &from {
+        query.push_str(&format!("&from={f}"));
+    }
+    if let Some(t) = &to {
+        query.push_str(&format!("&to={t}"));
+    }
+    let session = &signed.session;
+    let who = &session.caller.subject;
+    let report = |group: &str| {
+        let path = format!("/v1/reports/renewal-rate?group_by={group}{query}");
+        let console = console.clone();
+        let token = session.token.clone();
+        async move {
+            console
+                .services
+                .report(Service::Lists, &path, &token, who)
+                .await
+        }
+    };
+    let (branches, categories, weeks) =
+        futures::try_join!(report("branch"), report("category"), report("week"))?;
+    let total = &branches["total"];
+    let page = crate::page! {
+        total => total.clone(),
+        branches => branches["groups"].clone(),
+        categories => categories["groups"].clone(),
+        funnel => funnel_chart(total),
+        by_branch => rate_chart(&branches["groups"]),
+        trend => trend_chart(&weeks["groups"]),
+        from, to,
+    };
+    pages::render(&console, "season.html", frame(&signed, "season"), page)
+}
+
+/// The funnel as a bar chart: due, open, renewed, rescued, lapsed.
+fn funnel_chart(total: &Value) -> Value {
+    let steps = ["due", "open", "renewed", "rescued", "lapsed"];
+    json!({
+        "tooltip": {},
+        "xAxis": { "type": "category", "data": steps },
+        "yAxis": { "type": "value" },
+        "series": [{ "type": "bar", "data": steps.iter().map(|s| total[*s].as_i64().unwrap_or(0)).collect::<Vec<_>>() }],
+    })
+}
+
+/// Each group's rate beside its target.
+fn rate_chart(groups: &Value) -> Value {
+    let groups = groups.as_array().cloned().unwrap_or_default();
+    let keys: Vec<Value> = groups.iter().map(|g| g["key"].clone()).collect();
+    let pct = |v: &Value| v.as_f64().map(|r| (r * 1000.0).round() / 10.0);
+    json!({
+        "tooltip": { "trigger": "axis" },
+        "legend": {},
+        "xAxis": { "type": "category", "data": keys },
+        "yAxis": { "type": "value", "max": 100 },
+        "series": [
+            { "name": "rate %", "type": "bar", "data": groups.iter().map(|g| pct(&g["renewal_rate"])).collect::<Vec<_>>() },
+            { "name": "target %", "type": "line", "data": groups.iter().map(|g| pct(&g["target_rate"])).collect::<Vec<_>>() },
+        ],
+    })
+}
+
+/// Renewed and lapsed by the week the policies expire.
+fn trend_chart(groups: &Value) -> Value {
+    let groups = groups.as_array().cloned().unwrap_or_default();
+    let series = |name: &str| json!({ "name": name, "type": "line", "data": groups.iter().map(|g| g[name].as_i64().unwrap_or(0)).collect::<Vec<_>>() });
+    json!({
+        "tooltip": { "trigger": "axis" },
+        "legend": {},
+        "xAxis": { "type": "category", "data": groups.iter().map(|g| g["key"].clone()).collect::<Vec<_>>() },
+        "yAxis": { "type": "value" },
+        "series": [series("due"), series("renewed"), series("lapsed"), series("open")],
+    })
+}
