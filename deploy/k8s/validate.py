@@ -7,7 +7,8 @@
                                              against its published models, CloudNativePG's
                                              listed as skipped (no offline schema)
     validate.py wiring REPO DEV PROD OBS     the manifests against what the Rust code reads,
-                                             serves and exports
+                                             serves and exports (the four services and the
+                                             console), and deploy/Dockerfile builds
 
 Each check prints `ok` or `FAIL` with the reason; the exit status is 1 if any failed.
 """
@@ -22,6 +23,10 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 
 SERVICES = ["lists", "assignment", "scheduler", "dispatch"]
+# The console (services/console): web pages that call the four services' APIs with the
+# signed-in person's token; no database, no NATS, no migrations.
+CONSOLE = "console"
+WORKLOADS = SERVICES + [CONSOLE]
 
 # Custom resources and what validates them. Anything else must be a kind that
 # kubernetes-validate knows, or it is an error (a typo such as apps/v2 would otherwise
@@ -181,6 +186,36 @@ class Code:
             self.routes[s] = self.api_platform_routes | self.own_routes[s]
         self.migrate_arg = {s: '== Some("migrate")' in (self.repo / f"services/{s}/src/main.rs").read_text()
                             for s in SERVICES}
+        # The console: its binary, what it reads (the platform's Settings and identity, and
+        # ConsoleConfig::from_env), what it requires (env.required), its routes.
+        src = self.repo / "services/console/src"
+        console_text = self.text(src)
+        cargo = (self.repo / "services/console/Cargo.toml").read_text()
+        m = re.search(r'\[\[bin\]\]\s*name = "([^"]+)"', cargo)
+        self.binary[CONSOLE] = m.group(1) if m else None
+        self.env[CONSOLE] = platform_env | self.env_reads(src)
+        self.required[CONSOLE] = set(re.findall(r'\.required(?:::<[^>]*>)?\(\s*"([A-Z][A-Z0-9_]*)"', console_text))
+        self.own_routes[CONSOLE] = self.route_paths(src)
+        self.routes[CONSOLE] = self.api_platform_routes | self.own_routes[CONSOLE]
+        m = re.search(r'pub const BASE: &str = "([^"]+)";', (src / "lib.rs").read_text(encoding="utf-8"))
+        self.console_base = m.group(1) if m else None
+        # The largest upload the console takes (a policy CSV on its way to lists).
+        m = re.search(r"pub const MAX_UPLOAD: usize = ([\d\s*_]+);", console_text)
+        self.console_max_upload = None
+        if m:
+            self.console_max_upload = 1
+            for factor in m.group(1).split("*"):
+                self.console_max_upload *= int(factor.strip().replace("_", ""))
+        # Every package's name (for deploy/Dockerfile's `cargo build -p`).
+        self.package = {}
+        for w in WORKLOADS:
+            m = re.search(r'\[package\]\s*name = "([^"]+)"', (self.repo / f"services/{w}/Cargo.toml").read_text())
+            self.package[w] = m.group(1) if m else None
+        # The API listener's request timeout (http.rs router, TimeoutLayer): how long an
+        # in-flight request may take to end after SIGTERM.
+        m = re.search(r"TimeoutLayer::with_status_code\(\s*StatusCode::\w+,\s*Duration::from_secs\((\d+)\)",
+                      self.fn_body(http_rs, "router"))
+        self.request_timeout = int(m.group(1)) if m else None
         self.metrics = self.metric_calls()
         self.default_plan = (self.repo / "services/scheduler/data/default-plan.json").read_text(encoding="utf-8")
 
@@ -209,7 +244,7 @@ class Code:
     def metric_calls(self):
         """name -> (kind, set of label names), from every counter!/histogram!/gauge! call."""
         found = {}
-        for root in [self.platform] + [self.repo / f"services/{s}/src" for s in SERVICES]:
+        for root in [self.platform] + [self.repo / f"services/{s}/src" for s in WORKLOADS]:
             t = self.text(root)
             for m in re.finditer(r"\b(counter|histogram|gauge)!\(", t):
                 depth, i = 1, m.end()
@@ -293,7 +328,8 @@ class Render:
         return self.one("ConfigMap", name)
 
     def env_of(self, container):
-        """Every variable a container gets: name -> value (None for Secrets)."""
+        """Every variable a container gets: name -> value (None for Secrets; a ConfigMap
+        key's value for configMapKeyRef)."""
         env = {}
         for src in container.get("envFrom", []):
             if "configMapRef" in src:
@@ -306,6 +342,15 @@ class Render:
                 fail(f"{self.name}: envFrom secretRef {src['secretRef']['name']}",
                      "whole Secrets as env cannot be checked; reference keys one by one")
         for e in container.get("env", []):
+            ref = e.get("valueFrom", {}).get("configMapKeyRef")
+            if ref is not None:
+                cm = self.configmap(ref["name"])
+                data = (cm or {}).get("data", {})
+                if ref["key"] not in data and not ref.get("optional"):
+                    fail(f"{self.name}: env {e['name']} from ConfigMap {ref['name']} key {ref['key']}",
+                         "no such ConfigMap in the render" if cm is None else "no such key in it")
+                env[e["name"]] = data.get(ref["key"])
+                continue
             env[e["name"]] = e.get("value") if "value" in e else None
         return env
 
@@ -335,17 +380,58 @@ def cidrs(text):
     return nets, bad
 
 
-def peer_name(peer):
-    """Who a NetworkPolicy peer is, by namespace (what the checks compare)."""
+def pod_names(selector):
+    """The `app.kubernetes.io/name` values a pod selector is pinned to (matchLabels or an
+    `In` expression), or None if it admits any name."""
+    names = None
+    name = (selector.get("matchLabels") or {}).get("app.kubernetes.io/name")
+    if name is not None:
+        names = {name}
+    for e in selector.get("matchExpressions") or []:
+        if e.get("key") == "app.kubernetes.io/name" and e.get("operator") == "In":
+            names = set(e.get("values", [])) if names is None else names & set(e.get("values", []))
+    return names
+
+
+def peer_names(peer):
+    """Who a NetworkPolicy peer is (what the checks compare): a namespace by name, renewal
+    pods of this namespace by their `app.kubernetes.io/name` (`pod console`), or an ipBlock."""
     if "ipBlock" in peer:
-        return f"ipBlock {peer['ipBlock'].get('cidr')}"
+        return {f"ipBlock {peer['ipBlock'].get('cidr')}"}
     if "namespaceSelector" in peer:
-        return peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name", "(some namespaces)")
-    return "(same namespace)"
+        return {peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name", "(some namespaces)")}
+    names = pod_names(peer.get("podSelector") or {})
+    return {f"pod {n}" for n in names} if names is not None else {"(same namespace)"}
 
 
 def labels_match(selector, labels):
     return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def selects(selector, labels):
+    """Whether a LabelSelector (matchLabels and matchExpressions) selects `labels`."""
+    selector = selector or {}
+    if not labels_match(selector.get("matchLabels"), labels):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def size_bytes(q):
+    """ingress-nginx's size notation (proxy-body-size: 64m, 1m, 64k; 0 = no limit)."""
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", str(q).strip())
+    if not m:
+        return None
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2).lower()]
 
 
 def duration_seconds(text):
@@ -442,20 +528,38 @@ def wiring(repo, dev_path, prod_path, obs_path):
               f"SCHEMA is {code.schema[s]!r}; roles and DATABASE_URL users assume the service's name")
         check(code.binary[s] == f"renewal-{s}", f"{s}: binary renewal-{s}", f"[[bin]] is {code.binary[s]!r}")
         check(code.migrate_arg[s], f"{s}: main.rs takes `migrate`")
+    check(code.binary[CONSOLE] == "renewal-console", "console: binary renewal-console", f"[[bin]] is {code.binary[CONSOLE]!r}")
+    check(code.console_base == "/console", "console: mounted under /console (BASE in services/console/src/lib.rs)",
+          f"BASE is {code.console_base!r}; the Ingress and CONSOLE_PUBLIC_URL's redirect assume /console")
+    for var in ("CONSOLE_LISTS_URL", "CONSOLE_ASSIGNMENT_URL", "CONSOLE_SCHEDULER_URL", "CONSOLE_DISPATCH_URL", "CONSOLE_PUBLIC_URL",
+                "CONSOLE_OIDC_AUTHORIZE_URL", "CONSOLE_OIDC_TOKEN_URL", "CONSOLE_OIDC_CLIENT_ID", "CONSOLE_OIDC_CLIENT_SECRET"):
+        check(var in code.env[CONSOLE], f"console reads {var} (services/console/src/lib.rs, ConsoleConfig::from_env)")
+    check({"CONSOLE_OIDC_AUTHORIZE_URL", "CONSOLE_OIDC_TOKEN_URL"} <= code.required[CONSOLE],
+          "console requires CONSOLE_OIDC_AUTHORIZE_URL and CONSOLE_OIDC_TOKEN_URL without AUTH_DEV=on", f"env.required of {sorted(code.required[CONSOLE])}")
+    check(code.console_max_upload is not None, f"console: MAX_UPLOAD read ({code.console_max_upload} bytes)")
+    check(code.request_timeout is not None, f"platform: the API listener times requests out ({code.request_timeout}s, http.rs router)")
+    # The image: every binary a Deployment runs is built and copied by deploy/Dockerfile.
+    dockerfile = (repo / "deploy/Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    built = set(re.findall(r"-p\s+([\w-]+)", " ".join(re.findall(r"cargo build[^\n]*", dockerfile))))
+    copied = set(" ".join(re.findall(r"for bin in ([\w\s-]+?); do", dockerfile)).split())
+    for w in WORKLOADS:
+        check(code.package[w] in built and code.binary[w] in copied,
+              f"deploy/Dockerfile builds package {code.package[w]} and puts {code.binary[w]} in the image",
+              f"built {sorted(built)}, copied {sorted(copied)}")
     for path in ("/healthz", "/readyz", "/metrics"):
         check(path in code.admin_routes, f"platform serves {path} on the admin listener (shared/platform/src/http.rs, admin_router)",
               f"admin_router serves {sorted(code.admin_routes)}")
-        on_api = [w for w, routes in [("http.rs router", code.api_router_routes)] + [(f"services/{s}", code.own_routes[s]) for s in SERVICES]
+        on_api = [w for w, routes in [("http.rs router", code.api_router_routes)] + [(f"services/{s}", code.own_routes[s]) for s in WORKLOADS]
                   if path in routes]
         check(not on_api, f"{path} is not served on the API listener (HTTP_ADDR)", f"routed by {on_api}")
     for var in ("HTTP_ADDR", "ADMIN_ADDR"):
-        check(code.default_port[var] is not None and all(var in code.env[s] for s in SERVICES),
+        check(code.default_port[var] is not None and all(var in code.env[s] for s in WORKLOADS),
               f"platform reads {var} (default port {code.default_port[var]}, shared/platform/src/config.rs)")
     check(code.default_port["HTTP_ADDR"] != code.default_port["ADMIN_ADDR"], "API and admin listeners default to different ports")
     for var in ("SMS_WEBHOOK_ALLOW", "TRUSTED_PROXIES"):
         check(var in code.env["dispatch"], f"dispatch reads {var} (services/dispatch/src/config.rs)")
     for var in AUTH_REQUIRED + ("AUTH_LEEWAY", "AUTH_DEV", "RENEWAL_ENV"):
-        check(all(var in code.env[s] for s in SERVICES), f"platform reads {var} (every service; shared/platform/src/identity.rs)")
+        check(all(var in code.env[s] for s in WORKLOADS), f"platform reads {var} (every service and the console; shared/platform/src/identity.rs)")
     check({"AUTH_AUDIENCE", "AUTH_JWKS_URL"} <= code.identity_required and re.search(r'var:\s*"AUTH_ISSUER"', code.identity_text),
           f"identity.rs requires {', '.join(AUTH_REQUIRED)} without AUTH_DEV=on", f"env.required of {sorted(code.identity_required)}")
 
@@ -469,7 +573,7 @@ def wiring(repo, dev_path, prod_path, obs_path):
     for r in renders:
         print(f"{r.name} overlay:")
         deployments = {d["metadata"]["name"]: d for d in r.all("Deployment")}
-        check(set(deployments) == set(SERVICES), f"{r.name}: one Deployment per service", f"found {sorted(deployments)}")
+        check(set(deployments) == set(WORKLOADS), f"{r.name}: one Deployment per service, and the console's", f"found {sorted(deployments)}")
         hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in r.all("HorizontalPodAutoscaler")}
         for s, d in sorted(deployments.items()):
             pod = d["spec"]["template"]["spec"]
@@ -479,7 +583,10 @@ def wiring(repo, dev_path, prod_path, obs_path):
             if not check(main is not None, f"{r.name}/{s}: container named {s}"):
                 continue
             check(main.get("command") == [code.binary[s]], f"{r.name}/{s}: runs {code.binary[s]}", f"command {main.get('command')}")
-            if check(init is not None, f"{r.name}/{s}: migration initContainer"):
+            if s == CONSOLE:
+                check(not pod.get("initContainers"), f"{r.name}/{s}: no initContainer (no database, nothing to migrate)",
+                      f"{[c['name'] for c in pod.get('initContainers', [])]}")
+            elif check(init is not None, f"{r.name}/{s}: migration initContainer"):
                 check(init.get("command") == [code.binary[s], "migrate"], f"{r.name}/{s}: initContainer runs `{code.binary[s]} migrate`",
                       f"command {init.get('command')}")
                 check(init.get("image") == main.get("image"), f"{r.name}/{s}: initContainer uses the service's image")
@@ -533,13 +640,20 @@ def wiring(repo, dev_path, prod_path, obs_path):
                 get = main.get(probe, {}).get("httpGet", {})
                 check(get.get("path") == path and path in code.admin_routes and get.get("port") in ("admin", ports.get("admin")),
                       f"{r.name}/{s}: {probe} GET {path} on the admin port (ADMIN_ADDR)", f"{get}")
-            grace = duration_seconds(env.get("SHUTDOWN_GRACE") or "20s")
             sleep = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
             sleep_s = float(sleep[1]) if len(sleep) == 2 and sleep[0] == "sleep" else 0
             tgps = pod.get("terminationGracePeriodSeconds", 30)
             check(sleep_s > 0, f"{r.name}/{s}: preStop sleeps before SIGTERM", f"preStop {sleep}")
-            check(tgps > sleep_s + grace + 5, f"{r.name}/{s}: terminationGracePeriodSeconds {tgps} > preStop {sleep_s:g}s + SHUTDOWN_GRACE {grace:g}s + 5s HTTP drain",
-                  "SIGKILL would cut the drain short")
+            if s == CONSOLE:
+                # No consumers to drain: the requests in flight end, each within the API
+                # listener's request timeout (http.rs router).
+                timeout = code.request_timeout or 30
+                check(tgps > sleep_s + timeout, f"{r.name}/{s}: terminationGracePeriodSeconds {tgps} > preStop {sleep_s:g}s + {timeout}s request timeout",
+                      "SIGKILL would cut requests in flight short")
+            else:
+                grace = duration_seconds(env.get("SHUTDOWN_GRACE") or "20s")
+                check(tgps > sleep_s + grace + 5, f"{r.name}/{s}: terminationGracePeriodSeconds {tgps} > preStop {sleep_s:g}s + SHUTDOWN_GRACE {grace:g}s + 5s HTTP drain",
+                      "SIGKILL would cut the drain short")
             # Security context.
             psc = pod.get("securityContext", {})
             for c in [main] + ([init] if init else []):
@@ -567,52 +681,82 @@ def wiring(repo, dev_path, prod_path, obs_path):
                 else:
                     check(key in secrets.get(name, set()), f"{r.name}/{s}: Secret {name}/{key} is created by secrets.example",
                           f"secrets.example creates {secrets.get(name)}")
-            # Postgres: the service's own role, schema and database.
-            url = urlparse(env.get("DATABASE_URL", ""))
-            check(url.username == code.schema[s] and url.password is None and url.hostname == pg_host and url.path == f"/{database}",
-                  f"{r.name}/{s}: DATABASE_URL is role {s} at {pg_host}/{database}, no password in it", f"{url.geturl()}")
-            # Over TLS, verified against CloudNativePG's CA, mounted where sslrootcert says
-            # in every container that connects (the service and its migrate step).
-            query = parse_qs(url.query)
-            root = query.get("sslrootcert", [""])[-1]
-            check(query.get("sslmode") == ["verify-full"] and root.startswith("/"),
-                  f"{r.name}/{s}: DATABASE_URL says sslmode=verify-full with an sslrootcert file", f"{url.query}")
-            volumes = {v["name"]: v for v in pod.get("volumes", [])}
-            for c in [main] + ([init] if init else []):
-                mount = next((m for m in c.get("volumeMounts", [])
-                              if root.startswith(m["mountPath"].rstrip("/") + "/")), None)
-                secret = volumes.get(mount["name"], {}).get("secret", {}) if mount else {}
-                items = {i["key"]: i["path"] for i in secret.get("items", [])}
-                rel = root[len(mount["mountPath"].rstrip("/")) + 1:] if mount else None
-                check(mount is not None and secret.get("secretName") == pg_ca and items.get("ca.crt") == rel
-                      and set(items) == {"ca.crt"},
-                      f"{r.name}/{s}/{c['name']}: {root} is key ca.crt of Secret {pg_ca} (CloudNativePG's CA; not its key)",
-                      f"mount {mount}, volume {secret}")
-            # NATS: over TLS verified against the CA in renewal-nats-ca (mounted where NATS_CA
-            # says, in every container: the settings are parsed by migrate too), as the
-            # service's own user (README "In transit").
-            nats_ca = env.get("NATS_CA") or ""
-            check(nats_ca.startswith("/") and (env.get("NATS_URL") or "").startswith("tls://"),
-                  f"{r.name}/{s}: NATS_URL is tls:// and NATS_CA names a CA file", f"NATS_URL={env.get('NATS_URL')!r} NATS_CA={nats_ca!r}")
-            volumes = {v["name"]: v for v in pod.get("volumes", [])}
-            for c in [main] + ([init] if init else []):
-                mount = next((m for m in c.get("volumeMounts", [])
-                              if nats_ca.startswith(m["mountPath"].rstrip("/") + "/")), None)
-                secret = volumes.get(mount["name"], {}).get("secret", {}) if mount else {}
-                items = {i["key"]: i["path"] for i in secret.get("items", [])}
-                rel = nats_ca[len(mount["mountPath"].rstrip("/")) + 1:] if mount else None
-                check(mount is not None and secret.get("secretName") == "renewal-nats-ca" and items == {"ca.crt": rel},
-                      f"{r.name}/{s}/{c['name']}: NATS_CA {nats_ca} is key ca.crt of Secret renewal-nats-ca",
-                      f"mount {mount}, volume {secret}")
-            nats_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main.get("env", [])
-                         if e["name"] in ("NATS_USER", "NATS_PASSWORD") and "secretKeyRef" in e.get("valueFrom", {})}
-            check(all(nats_refs.get(v, {}).get("name") == f"renewal-nats-{s}" and nats_refs[v].get("key") == v
-                      for v in ("NATS_USER", "NATS_PASSWORD")),
-                  f"{r.name}/{s}: NATS_USER and NATS_PASSWORD from Secret renewal-nats-{s} (its own user)", f"{nats_refs}")
-            pgpass = next((e["valueFrom"]["secretKeyRef"] for e in main.get("env", []) if e["name"] == "PGPASSWORD"), {})
-            role = roles.get(code.schema[s], {})
-            check(pgpass.get("name") == role.get("passwordSecret", {}).get("name") and pgpass.get("key") == "password",
-                  f"{r.name}/{s}: PGPASSWORD is the Postgres role's own Secret ({role.get('passwordSecret', {}).get('name')})", f"{pgpass}")
+            if s == CONSOLE:
+                # No database and no NATS of its own: none of their settings (the
+                # platform's parser would also insist on reading NATS_CA's file).
+                given = sorted(v for v in env if re.match(r"(DATABASE_|NATS_|PG|PII_)", v))
+                check(not given, f"{r.name}/{s}: no database, NATS or PII settings (the console has none of them)", f"given {given}")
+                from_secret = {e["name"] for e in main.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+                check("CONSOLE_OIDC_CLIENT_SECRET" in from_secret, f"{r.name}/{s}: CONSOLE_OIDC_CLIENT_SECRET comes from a Secret",
+                      "a literal or a ConfigMap would put the client secret in the manifests")
+                # The services' APIs, through their Services in this namespace, on the port
+                # named http.
+                namespace = d["metadata"].get("namespace")
+                for target in SERVICES:
+                    var = f"CONSOLE_{target.upper()}_URL"
+                    value = env.get(var) or env.get("CONSOLE_SERVICES_URL") or ""
+                    u = urlparse(value)
+                    svc = r.one("Service", target) or {}
+                    port = next((p["port"] for p in svc.get("spec", {}).get("ports", []) if p.get("name") == "http"), None)
+                    hosts = {target, f"{target}.{namespace}", f"{target}.{namespace}.svc", f"{target}.{namespace}.svc.cluster.local"}
+                    check(u.scheme == "http" and u.hostname in hosts and (u.port or 80) == port and u.path in ("", "/"),
+                          f"{r.name}/{s}: {var} is the {target} Service's http port ({value})", f"want http://{target}:{port}")
+                public = urlparse(env.get("CONSOLE_PUBLIC_URL") or "")
+                check(public.scheme == "https" and bool(public.hostname) and public.path in ("", "/"),
+                      f"{r.name}/{s}: CONSOLE_PUBLIC_URL is an https origin ({env.get('CONSOLE_PUBLIC_URL')}; the cookies are Secure)")
+                for var in ("CONSOLE_OIDC_AUTHORIZE_URL", "CONSOLE_OIDC_TOKEN_URL"):
+                    u = urlparse(env.get(var) or "")
+                    check(u.scheme == "https" and bool(u.hostname), f"{r.name}/{s}: {var} is an https URL ({env.get(var)})")
+                    if u.hostname and issuer.hostname and u.hostname != issuer.hostname:
+                        print(f"  NOTE  {r.name}/{s}: {var}'s host {u.hostname} is not the issuer's ({issuer.hostname}); "
+                              "the egress NetworkPolicy must admit it")
+            else:
+                # Postgres: the service's own role, schema and database.
+                url = urlparse(env.get("DATABASE_URL", ""))
+                check(url.username == code.schema[s] and url.password is None and url.hostname == pg_host and url.path == f"/{database}",
+                      f"{r.name}/{s}: DATABASE_URL is role {s} at {pg_host}/{database}, no password in it", f"{url.geturl()}")
+                # Over TLS, verified against CloudNativePG's CA, mounted where sslrootcert says
+                # in every container that connects (the service and its migrate step).
+                query = parse_qs(url.query)
+                root = query.get("sslrootcert", [""])[-1]
+                check(query.get("sslmode") == ["verify-full"] and root.startswith("/"),
+                      f"{r.name}/{s}: DATABASE_URL says sslmode=verify-full with an sslrootcert file", f"{url.query}")
+                volumes = {v["name"]: v for v in pod.get("volumes", [])}
+                for c in [main] + ([init] if init else []):
+                    mount = next((m for m in c.get("volumeMounts", [])
+                                  if root.startswith(m["mountPath"].rstrip("/") + "/")), None)
+                    secret = volumes.get(mount["name"], {}).get("secret", {}) if mount else {}
+                    items = {i["key"]: i["path"] for i in secret.get("items", [])}
+                    rel = root[len(mount["mountPath"].rstrip("/")) + 1:] if mount else None
+                    check(mount is not None and secret.get("secretName") == pg_ca and items.get("ca.crt") == rel
+                          and set(items) == {"ca.crt"},
+                          f"{r.name}/{s}/{c['name']}: {root} is key ca.crt of Secret {pg_ca} (CloudNativePG's CA; not its key)",
+                          f"mount {mount}, volume {secret}")
+                # NATS: over TLS verified against the CA in renewal-nats-ca (mounted where NATS_CA
+                # says, in every container: the settings are parsed by migrate too), as the
+                # service's own user (README "In transit").
+                nats_ca = env.get("NATS_CA") or ""
+                check(nats_ca.startswith("/") and (env.get("NATS_URL") or "").startswith("tls://"),
+                      f"{r.name}/{s}: NATS_URL is tls:// and NATS_CA names a CA file", f"NATS_URL={env.get('NATS_URL')!r} NATS_CA={nats_ca!r}")
+                volumes = {v["name"]: v for v in pod.get("volumes", [])}
+                for c in [main] + ([init] if init else []):
+                    mount = next((m for m in c.get("volumeMounts", [])
+                                  if nats_ca.startswith(m["mountPath"].rstrip("/") + "/")), None)
+                    secret = volumes.get(mount["name"], {}).get("secret", {}) if mount else {}
+                    items = {i["key"]: i["path"] for i in secret.get("items", [])}
+                    rel = nats_ca[len(mount["mountPath"].rstrip("/")) + 1:] if mount else None
+                    check(mount is not None and secret.get("secretName") == "renewal-nats-ca" and items == {"ca.crt": rel},
+                          f"{r.name}/{s}/{c['name']}: NATS_CA {nats_ca} is key ca.crt of Secret renewal-nats-ca",
+                          f"mount {mount}, volume {secret}")
+                nats_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in main.get("env", [])
+                             if e["name"] in ("NATS_USER", "NATS_PASSWORD") and "secretKeyRef" in e.get("valueFrom", {})}
+                check(all(nats_refs.get(v, {}).get("name") == f"renewal-nats-{s}" and nats_refs[v].get("key") == v
+                          for v in ("NATS_USER", "NATS_PASSWORD")),
+                      f"{r.name}/{s}: NATS_USER and NATS_PASSWORD from Secret renewal-nats-{s} (its own user)", f"{nats_refs}")
+                pgpass = next((e["valueFrom"]["secretKeyRef"] for e in main.get("env", []) if e["name"] == "PGPASSWORD"), {})
+                role = roles.get(code.schema[s], {})
+                check(pgpass.get("name") == role.get("passwordSecret", {}).get("name") and pgpass.get("key") == "password",
+                      f"{r.name}/{s}: PGPASSWORD is the Postgres role's own Secret ({role.get('passwordSecret', {}).get('name')})", f"{pgpass}")
             # Service, disruption budget, autoscaler.
             svc = r.one("Service", s)
             if check(svc is not None, f"{r.name}/{s}: Service"):
@@ -633,14 +777,14 @@ def wiring(repo, dev_path, prod_path, obs_path):
             main = next((c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == s), {})
             ports = {p.get("name"): p["containerPort"] for p in main.get("ports", [])}
             env = r.env_of(main)
-            mine = [p for p in policies if labels_match(p["spec"]["podSelector"].get("matchLabels"), pod_labels)]
+            mine = [p for p in policies if selects(p["spec"]["podSelector"], pod_labels)]
             check(any(set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"} and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in mine),
                   f"{r.name}/{s}: a default-deny NetworkPolicy selects the pods")
             # Ingress: (peer, container port) for every rule; a rule without ports opens all.
             admitted, portless = set(), []
             for p in mine:
                 for rule in p["spec"].get("ingress", []):
-                    peers = {peer_name(peer) for peer in rule.get("from", [])} or {"(anywhere)"}
+                    peers = set().union(*(peer_names(peer) for peer in rule.get("from", []))) or {"(anywhere)"}
                     if not rule.get("ports"):
                         portless.append(p["metadata"]["name"])
                     for port in rule.get("ports", []):
@@ -648,9 +792,12 @@ def wiring(repo, dev_path, prod_path, obs_path):
                         admitted |= {(peer, number) for peer in peers}
             check(not portless, f"{r.name}/{s}: every ingress rule names its ports", f"rules of {portless} open every port")
             api_from = {peer for peer, port in admitted if port == ports.get("http")}
-            want_api = {"ingress-nginx"} if s == "dispatch" else set()
+            # Dispatch's and the console's through the Ingress; the four services' by the
+            # console, which calls them with the person's token.
+            want_api = ({"ingress-nginx"} if s in ("dispatch", CONSOLE) else set()) | ({f"pod {CONSOLE}"} if s in SERVICES else set())
             check(api_from == want_api, f"{r.name}/{s}: the API port ({ports.get('http')}) is reached by "
-                  + ("the ingress controller (ingress-nginx) only" if want_api else "nothing in the cluster"), f"reached by {sorted(api_from)}")
+                  + " and ".join(("the ingress controller (ingress-nginx)" if w == "ingress-nginx" else f"the {w.split()[1]} pods") for w in sorted(want_api))
+                  + " only", f"reached by {sorted(api_from)}")
             admin_from = {peer for peer, port in admitted if port == ports.get("admin")}
             check(admin_from == {"monitoring"}, f"{r.name}/{s}: the admin port ({ports.get('admin')}) is reached by Prometheus (monitoring) only",
                   f"reached by {sorted(admin_from)}")
@@ -661,6 +808,10 @@ def wiring(repo, dev_path, prod_path, obs_path):
             outside = {urlparse(env.get("AUTH_JWKS_URL") or "https://x").port or 443}
             if s == "dispatch":
                 outside.add(urlparse(env.get("SMS_VENDOR_URL") or "https://x").port or 443)
+            if s == CONSOLE:
+                # It redeems a sign-in's code at the provider's token endpoint itself (the
+                # authorization endpoint is the browser's to reach).
+                outside.add(urlparse(env.get("CONSOLE_OIDC_TOKEN_URL") or "https://x").port or 443)
             egress = [rule for p in mine for rule in p["spec"].get("egress", [])]
             public = [(p["metadata"]["name"], rule) for p in mine for rule in p["spec"].get("egress", [])
                       if any("ipBlock" in peer for peer in rule.get("to", []))]
@@ -668,6 +819,40 @@ def wiring(repo, dev_path, prod_path, obs_path):
             check(public and all(rule.get("ports") for _, rule in public) and public_ports <= {("TCP", n) for n in outside},
                   f"{r.name}/{s}: egress outside the cluster only on TCP {', '.join(map(str, sorted(outside)))} "
                   f"(the identity provider{' and the SMS vendor' if s == 'dispatch' else ''})", f"ipBlock rules on {sorted(public_ports)}")
+            # Egress inside the cluster, by peer: DNS for every pod; Postgres and NATS for
+            # the services only; the services' API ports for the console only.
+            def reaches(peer_ok, port_ok, protocol="TCP"):
+                return any(any(peer_ok(peer) for peer in rule.get("to", []))
+                           and any(pt.get("protocol", "TCP") == protocol and port_ok(pt.get("port")) for pt in rule.get("ports", []))
+                           for rule in egress)
+            check(reaches(lambda peer: "kube-system" in peer_names(peer) and selects(peer.get("podSelector"), {"k8s-app": "kube-dns"}),
+                          lambda port: port == 53, "UDP"),
+                  f"{r.name}/{s}: egress to cluster DNS (kube-system, UDP 53)")
+            in_cluster = [(peer, pt) for rule in egress for peer in rule.get("to", []) if "ipBlock" not in peer for pt in rule.get("ports", [])]
+            pg_port, nats_port = 5432, 4222
+            to_data = sorted({pt.get("port") for _, pt in in_cluster if pt.get("port") in (pg_port, nats_port)})
+            if s == CONSOLE:
+                check(not to_data, f"{r.name}/{s}: no egress to Postgres or NATS (the console has neither)", f"egress on {to_data}")
+                for target in SERVICES:
+                    if target not in deployments:
+                        continue
+                    target_labels = deployments[target]["spec"]["template"]["metadata"]["labels"]
+                    target_main = next((c for c in deployments[target]["spec"]["template"]["spec"]["containers"] if c["name"] == target), {})
+                    target_http = next((p["containerPort"] for p in target_main.get("ports", []) if p.get("name") == "http"), None)
+                    check(reaches(lambda peer: "podSelector" in peer and "namespaceSelector" not in peer and selects(peer["podSelector"], target_labels),
+                                  lambda port: port in (target_http, "http")),
+                          f"{r.name}/{s}: egress to the {target} pods' API port ({target_http})")
+                allowed = {53, 4318} | {next((p["containerPort"] for c in deployments[t]["spec"]["template"]["spec"]["containers"]
+                                               for p in c.get("ports", []) if p.get("name") == "http"), None) for t in SERVICES if t in deployments}
+                extra = sorted({str(pt.get("port")) for _, pt in in_cluster if pt.get("port") not in allowed | {"http"}})
+                check(not extra, f"{r.name}/{s}: no other egress in the cluster (DNS, the collector, the services' API ports)", f"also on {extra}")
+            else:
+                check(reaches(lambda peer: "podSelector" in peer and "namespaceSelector" not in peer
+                              and selects(peer["podSelector"], {"cnpg.io/cluster": cluster["metadata"]["name"]}),
+                              lambda port: port == pg_port),
+                      f"{r.name}/{s}: egress to the Postgres pods ({cluster['metadata']['name']}, {pg_port})")
+                check(reaches(lambda peer: "nats" in peer_names(peer), lambda port: port == nats_port),
+                      f"{r.name}/{s}: egress to NATS (namespace nats, {nats_port})")
             jwks_port = urlparse(env.get("AUTH_JWKS_URL") or "https://x").port or 443
             check(any(any(pt.get("port") == jwks_port and pt.get("protocol", "TCP") == "TCP" for pt in rule.get("ports", []))
                       and rule.get("to") for rule in egress),
@@ -681,16 +866,52 @@ def wiring(repo, dev_path, prod_path, obs_path):
                     excepted = [ipaddress.ip_network(e, strict=False) for e in block.get("except", [])]
                     leaks = [str(pr) for pr in PRIVATE_RANGES if pr.version == net.version and pr.overlaps(net) and not any(pr.subnet_of(e) for e in excepted if e.version == pr.version)]
                     check(not leaks, f"{r.name}/{s}: {policy}: ipBlock {block['cidr']} excepts the private ranges", f"opens {leaks}")
-        # Ingress: dispatch's public paths, and nothing else.
+        # Ingress: dispatch's public paths and the console's pages, and nothing else.
         ingress_paths = [(ing["metadata"]["name"], p) for ing in r.all("Ingress")
                          for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]]
+        exposed = {"dispatch": code.routes["dispatch"], CONSOLE: code.own_routes[CONSOLE]}
         for name, p in ingress_paths:
             backend = p["backend"]["service"]
-            check(backend["name"] == "dispatch" and backend["port"].get("name") == "http", f"{r.name}: Ingress {name} {p['path']} goes to dispatch:http", f"{backend}")
-            concrete = [re.sub(r"\{[^}]+\}", "x1", route) for route in code.routes["dispatch"]]
-            check(any(ingress_matches(p, c) for c in concrete), f"{r.name}: Ingress path {p['path']} ({p['pathType']}) reaches a dispatch route")
+            target = backend["name"]
+            check(target in exposed and backend["port"].get("name") == "http", f"{r.name}: Ingress {name} {p['path']} goes to {target}:http (dispatch or the console)", f"{backend}")
+            concrete = [re.sub(r"\{[^}]+\}", "x1", route) for route in exposed.get(target, ())]
+            check(any(ingress_matches(p, c) for c in concrete), f"{r.name}: Ingress path {p['path']} ({p['pathType']}) reaches a {target} route")
+            if target == CONSOLE:
+                base = code.console_base or "/console"
+                check(p["path"] == base or p["path"].startswith(base + "/"), f"{r.name}: Ingress path {p['path']} to the console stays under {base}")
+        dispatch_paths = [(n, p) for n, p in ingress_paths if p["backend"]["service"]["name"] == "dispatch"]
+        console_paths = [(n, p) for n, p in ingress_paths if p["backend"]["service"]["name"] == CONSOLE]
         for route in sorted(code.admin_routes | {"/.well-known/jwks.json"}):
             check(not any(ingress_matches(p, route) for _, p in ingress_paths), f"{r.name}: no Ingress path reaches {route}")
+        # The console: its pages, the sign-in's return and its assets reach it (and only
+        # it) on CONSOLE_PUBLIC_URL's host, each browser kept on one pod.
+        for route in ("/console/", "/console/signed-in", "/console/assets/{*file}"):
+            concrete = re.sub(r"\{[^}]+\}", "x1", route)
+            served = any(re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(c)), concrete) for c in code.own_routes[CONSOLE])
+            check(served and any(ingress_matches(p, concrete) for _, p in console_paths) and not any(ingress_matches(p, concrete) for _, p in dispatch_paths),
+                  f"{r.name}: {route} is served by the console and routed to it by the Ingress")
+        console_main = next((c for c in deployments[CONSOLE]["spec"]["template"]["spec"]["containers"] if c["name"] == CONSOLE), {}) \
+            if CONSOLE in deployments else {}
+        public = urlparse(r.env_of(console_main).get("CONSOLE_PUBLIC_URL") or "") if console_main else urlparse("")
+        console_ingresses = [ing for ing in r.all("Ingress") if any(p["backend"]["service"]["name"] == CONSOLE
+                                                                    for rule in ing["spec"]["rules"] for p in rule["http"]["paths"])]
+        check(console_ingresses, f"{r.name}: an Ingress routes to the console")
+        for ing in console_ingresses:
+            name = ing["metadata"]["name"]
+            annotations = ing["metadata"].get("annotations", {})
+            hosts = {rule.get("host") for rule in ing["spec"]["rules"]}
+            tls_hosts = {h for t in ing["spec"].get("tls", []) for h in t.get("hosts", [])}
+            check(public.hostname in hosts and public.hostname in tls_hosts,
+                  f"{r.name}: Ingress {name} serves CONSOLE_PUBLIC_URL's host ({public.hostname}) over TLS, where the sign-in returns",
+                  f"hosts {sorted(map(str, hosts))}, TLS hosts {sorted(tls_hosts)}")
+            check(annotations.get("nginx.ingress.kubernetes.io/affinity") == "cookie"
+                  and annotations.get("nginx.ingress.kubernetes.io/service-upstream", "false") != "true",
+                  f"{r.name}: Ingress {name} keeps each browser on one console pod (cookie affinity; the sessions are in the pods' memory)",
+                  "without it a person is signed out whenever a request reaches another replica")
+            body = annotations.get("nginx.ingress.kubernetes.io/proxy-body-size", "1m")  # ingress-nginx's default
+            size = size_bytes(body)
+            check(size is not None and (size == 0 or size >= (code.console_max_upload or 0)),
+                  f"{r.name}: Ingress {name} proxy-body-size {body} takes the console's largest upload (MAX_UPLOAD, {code.console_max_upload} bytes)")
         # The webhook's source allow-list (services/dispatch/src/sms/receipts.rs, guard and
         # source): SMS_WEBHOOK_ALLOW is matched against the TCP peer, or, when the peer is
         # in TRUSTED_PROXIES, against the right-most X-Forwarded-For address that is not.
@@ -709,7 +930,7 @@ def wiring(repo, dev_path, prod_path, obs_path):
                   f"{public_proxies}: dispatch believes the X-Forwarded-For of any peer in TRUSTED_PROXIES, so a public range "
                   "there lets anyone on the internet forge the source SMS_WEBHOOK_ALLOW checks; name the ingress controller's pod network")
             trusted = bool(proxies) and not bad and not public_proxies
-            if any(ingress_matches(p, "/v1/webhooks/sms/x1/report") for _, p in ingress_paths):
+            if any(ingress_matches(p, "/v1/webhooks/sms/x1/report") for _, p in dispatch_paths):
                 public = [str(n) for n in allow if not internal(n)]
                 if not allow:
                     ok(f"{r.name}: SMS_WEBHOOK_ALLOW empty: pushes through the Ingress are taken from any source (the path token decides)")
@@ -737,7 +958,7 @@ def wiring(repo, dev_path, prod_path, obs_path):
                       "/v1/phone-tasks/{id}:complete", "/openapi.json"):
             concrete = re.sub(r"\{[^}]+\}", "x1", route)
             served = any(re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(c)), concrete) for c in code.routes["dispatch"])
-            check(served and any(ingress_matches(p, concrete) for _, p in ingress_paths), f"{r.name}: {route} is served by dispatch and routed by the Ingress")
+            check(served and any(ingress_matches(p, concrete) for _, p in dispatch_paths), f"{r.name}: {route} is served by dispatch and routed by the Ingress")
         # Plans and settings.
         plans = r.configmap("scheduler-plans")
         check(plans is not None and plans["data"].get("default-plan.json") == code.default_plan,
@@ -763,6 +984,8 @@ def wiring(repo, dev_path, prod_path, obs_path):
             shared_pool = int(shared.get("DATABASE_MAX_CONNECTIONS", 10))
             total = 0
             for s, d in deployments.items():
+                if s not in SERVICES:
+                    continue  # the console holds no Postgres connection
                 most = hpas[s]["spec"]["maxReplicas"] if s in hpas else d["spec"].get("replicas", 1)
                 pool = shared_pool
                 if s == "dispatch":
@@ -825,7 +1048,7 @@ def wiring(repo, dev_path, prod_path, obs_path):
     print("observability:")
     monitors = obs.all("ServiceMonitor")
     for r in renders:
-        for s in SERVICES:
+        for s in WORKLOADS:
             svc = r.one("Service", s)
             d = r.one("Deployment", s)
             main = next((c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == s), {}) if d else {}
@@ -848,6 +1071,10 @@ def wiring(repo, dev_path, prod_path, obs_path):
     for rule_group in obs.all("PrometheusRule")[0]["spec"]["groups"]:
         for rule in rule_group["rules"]:
             check_promql(code, f"alert {rule['alert']}", rule["expr"])
+            if rule["alert"] == "RenewalServiceDown":
+                m = re.search(r'service=~"([^"]+)"', rule["expr"])
+                watched = set(m.group(1).split("|")) if m else set()
+                check(set(WORKLOADS) <= watched, f"alert RenewalServiceDown watches {', '.join(WORKLOADS)}", f"watches {sorted(watched)}")
     exported = set(code.metrics)
     shown = {re.sub(r"_(bucket|sum|count)$", "", m) for p in dash["panels"] for t in p.get("targets", [])
              for m, _ in promql_selectors(t["expr"])[0]}
