@@ -333,6 +333,18 @@ ensure_rust() {
   return 1
 }
 
+# Debian's headless Chromium, its WebDriver and a Chinese font, for the console's
+# browser tests (tests/e2e/console.rs); installed with apt-get where missing.
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] &&
+    { ! command -v fc-list >/dev/null 2>&1 || fc-list :lang=zh 2>/dev/null | grep -q .; }; then
+    return 0
+  fi
+  apt_install chromium chromium-driver fonts-wqy-zenhei && return 0
+  say "the console's browser tests need Debian's chromium, chromium-driver and a Chinese font (fonts-wqy-zenhei): install them, then run this again."
+  return 1
+}
+
 ensure_stack() {
   ensure_rust && ensure_postgres && ensure_nats || return 1
   ensure_local_ca || true

@@ -149,6 +149,13 @@ async fn branch_staff_claim_two_cases_and_another_branch_is_refused() {
         "no personal data"
     );
     analyst.screenshot("season").await;
+    // The weekly trend's groups: the ISO week the policies expire in (15 February 2027).
+    let (status, weeks) = system
+        .get_json("/v1/reports/renewal-rate?from=2027-01-01&to=2027-03-31&group_by=week")
+        .await;
+    assert_eq!(status, 200, "{weeks}");
+    assert_eq!(weeks["groups"][0]["key"], "2027-W07", "{weeks}");
+    assert_eq!(weeks["groups"][0]["due"], 3, "{weeks}");
     analyst.goto("/console/cases/W1").await;
     assert!(
         !analyst.text("#refusal").await.is_empty(),
@@ -195,6 +202,25 @@ async fn an_owner_takes_the_next_call_and_records_a_promise() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    // The core system's quote: the card states the renewal terms.
+    let quote = renewal_contract::core::QuoteIssued {
+        quote_id: "QUOTE-W1".into(),
+        policy_no: "W1".into(),
+        premium_fen: 420_000,
+        last_premium_fen: 452_000,
+        claim_free_years: 2,
+        ncd_level: -2,
+        compulsory_fen: 95_000,
+        commercial_fen: 325_000,
+        valid_until: "2027-02-15".into(),
+        promotion: "赠送道路救援卡".into(),
+        issued_at_ms: local("2026-12-01", 9).timestamp_millis(),
+    };
+    system
+        .sim
+        .publish_quotes(&[quote])
+        .await
+        .expect("published");
     // T-30, in the morning: the owner's call is waiting.
     system
         .sim

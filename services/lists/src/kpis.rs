@@ -531,6 +531,10 @@ mod tests {
             parse("group_by=month", None).expect("valid").group_by,
             "month"
         );
+        assert_eq!(
+            parse("group_by=week", None).expect("valid").group_by,
+            "week"
+        );
         let accept = Some("text/html, Text/CSV;q=0.9");
         assert!(parse("", accept).expect("valid").csv);
         assert!(!parse("format=json", accept).expect("valid").csv);

@@ -327,7 +327,7 @@ async fn core_quotes(pool: &PgPool, at: chrono::DateTime<chrono::Utc>) -> Result
     Ok(kept.rows_affected())
 }
 
-fn write_portfolio(
+pub(crate) fn write_portfolio(
     path: &std::path::Path,
     n: usize,
     from: NaiveDate,

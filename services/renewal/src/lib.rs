@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_assignment;
+pub mod bench_console;
 pub mod bench_dispatch;
 pub mod bench_scheduler;
 pub mod chaos;

@@ -44,6 +44,13 @@ enum Command {
         /// Continue a run that was stopped, instead of starting afresh.
         #[arg(long)]
         resume: bool,
+        /// Keep the console serving the season when the report is done, until Ctrl-C
+        /// (the default at a terminal).
+        #[arg(long, overrides_with = "no_serve")]
+        serve: bool,
+        /// Exit when the report is done.
+        #[arg(long)]
+        no_serve: bool,
     },
     /// Load data from the core policy system into the database of DATABASE_URL.
     Import {
@@ -163,6 +170,13 @@ enum BenchWhat {
     /// Dispatch: 32 pullers leasing and completing phone tasks, vendor receipts in
     /// arrays of 100 through the webhook, and SMS sends to the local mock vendor.
     Dispatch,
+    /// Console: every page's p50 and p95 as its people open it, with the portfolio
+    /// loaded into the whole system.
+    Console {
+        /// Portfolio size.
+        #[arg(long, default_value_t = 1_000_000)]
+        policies: usize,
+    },
 }
 
 fn program() -> Program {
@@ -198,7 +212,25 @@ async fn main() -> ExitCode {
             start,
             json,
             resume,
-        } => demo(policies, days, seed, start, json, resume).await,
+            serve,
+            no_serve,
+        } => {
+            let serve = match (serve, no_serve) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            demo(DemoRun {
+                policies,
+                days,
+                seed,
+                start,
+                json,
+                resume,
+                serve,
+            })
+            .await
+        }
         Command::Import {
             what:
                 ImportWhat::Policies {
@@ -229,6 +261,9 @@ async fn main() -> ExitCode {
         Command::Bench {
             what: BenchWhat::Dispatch,
         } => renewal::bench_dispatch::dispatch().await,
+        Command::Bench {
+            what: BenchWhat::Console { policies },
+        } => renewal::bench_console::console(policies).await,
         Command::Pii {
             what: PiiWhat::Rotate { batch },
         } => renewal::cli_pii::rotate(batch.max(1)).await,
@@ -373,14 +408,28 @@ fn token(
     }
 }
 
-async fn demo(
+/// What `renewal demo` was asked for.
+struct DemoRun {
     policies: usize,
     days: u32,
     seed: u64,
     start: NaiveDate,
     json: Option<PathBuf>,
     resume: bool,
-) -> ExitCode {
+    /// Keep the console serving afterwards (None: when at a terminal).
+    serve: Option<bool>,
+}
+
+async fn demo(run: DemoRun) -> ExitCode {
+    let DemoRun {
+        policies,
+        days,
+        seed,
+        start,
+        json,
+        resume,
+        serve,
+    } = run;
     use renewal_platform::config::Env;
     let env = Env::process();
     let settings = (|| {
@@ -409,7 +458,14 @@ async fn demo(
         eprintln!("renewal demo: --policies and --days must be at least 1");
         return ExitCode::from(2);
     }
-    let telemetry = match renewal_platform::telemetry::init("renewal-demo", "warn") {
+    // Text a newcomer reads, above the progress bar; only warnings worth acting on (a
+    // message redelivered while its case is on its way is the system working).
+    renewal_platform::telemetry::write_lines_through(renewal::demo::print_above_bar);
+    let telemetry = match renewal_platform::telemetry::init_with(
+        "renewal-demo",
+        "warn,renewal_platform::inbox=error,async_nats=error",
+        "text",
+    ) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("renewal demo: configuration error: {e}");
@@ -433,14 +489,45 @@ async fn demo(
     eprintln!("renewal demo: {policies} policies, {days} days from {start}, seed {seed}");
     let began = std::time::Instant::now();
     let result = renewal::demo::run(args).await;
-    telemetry.shutdown();
-    let report = match result {
-        Ok(r) => r,
+    let season = match result {
+        Ok(s) => s,
         Err(e) => {
+            telemetry.shutdown();
             eprintln!("renewal demo failed: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let code = report_season(&season.report, began, json);
+    serve_console(&season.sim, serve).await;
+    if let Err(e) = season.sim.stop().await {
+        eprintln!("renewal demo: stopping: {e}");
+    }
+    telemetry.shutdown();
+    code
+}
+
+/// Leaves the console serving the season just simulated until Ctrl-C (at a terminal,
+/// or with `--serve`; `--no-serve` or no terminal: not at all).
+async fn serve_console(sim: &renewal::simulation::Simulation, serve: Option<bool>) {
+    use std::io::IsTerminal;
+    if !serve.unwrap_or_else(|| std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        return;
+    }
+    println!();
+    println!("  console: http://{}/console/", sim.http_addr);
+    println!(
+        "  sign in with any role and scope (the development issuer), e.g. branch_admin of SH01"
+    );
+    println!("  in city 310000, agent SH01-A01, analyst; Ctrl-C stops it");
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Prints the report (and writes its JSON); the exit code the figures call for.
+fn report_season(
+    report: &renewal::demo::funnel::Report,
+    began: std::time::Instant,
+    json: Option<PathBuf>,
+) -> ExitCode {
     println!("{}", report.render());
     println!("  simulated in {:.1} s", began.elapsed().as_secs_f64());
     if let Some(path) = json {

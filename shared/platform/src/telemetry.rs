@@ -46,6 +46,25 @@ impl Telemetry {
 /// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
 /// Calling it twice in one process keeps the first subscriber (tests do this).
 pub fn init(service: &'static str, default_filter: &str) -> Result<Telemetry, TelemetryError> {
+    init_with(service, default_filter, "json")
+}
+
+/// Where log lines go instead of standard error (a terminal program that draws a
+/// progress bar prints them above it); set once, before the lines come.
+static LINES: std::sync::OnceLock<fn(&[u8])> = std::sync::OnceLock::new();
+
+/// Sends every log line (already redacted) to `write` instead of standard error.
+pub fn write_lines_through(write: fn(&[u8])) {
+    let _ = LINES.set(write);
+}
+
+/// As [`init`], with `default_format` (`json` or `text`) where `LOG_FORMAT` is unset:
+/// people at a terminal read text.
+pub fn init_with(
+    service: &'static str,
+    default_filter: &str,
+    default_format: &str,
+) -> Result<Telemetry, TelemetryError> {
     // The OTLP exporter's HTTP client needs the process's TLS provider chosen first.
     crate::install_crypto_provider();
     let filter = match std::env::var("RUST_LOG") {
@@ -54,7 +73,7 @@ pub fn init(service: &'static str, default_filter: &str) -> Result<Telemetry, Te
         }
         _ => EnvFilter::new(default_filter),
     };
-    let format = std::env::var("LOG_FORMAT").unwrap_or_else(|_| "json".into());
+    let format = std::env::var("LOG_FORMAT").unwrap_or_else(|_| default_format.into());
     let fmt_layer = match format.as_str() {
         "json" => tracing_subscriber::fmt::layer()
             .json()
@@ -273,7 +292,13 @@ impl Drop for RedactedLine {
     fn drop(&mut self) {
         use std::io::Write;
         let line = String::from_utf8_lossy(&self.0);
-        let _ = std::io::stderr().write_all(redact_pii(&line).as_bytes());
+        let line = redact_pii(&line);
+        match LINES.get() {
+            Some(write) => write(line.as_bytes()),
+            None => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+        }
     }
 }
 

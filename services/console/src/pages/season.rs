@@ -9,6 +9,7 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::i18n::{Lang, text};
 use crate::pages::{self, require};
 use crate::services::Service;
 use crate::sessions::SignedIn;
@@ -69,47 +70,62 @@ async fn season(
         total => total.clone(),
         branches => branches["groups"].clone(),
         categories => categories["groups"].clone(),
-        funnel => funnel_chart(total),
-        by_branch => rate_chart(&branches["groups"]),
-        trend => trend_chart(&weeks["groups"]),
+        funnel => funnel_chart(total, session.lang),
+        by_branch => rate_chart(&branches["groups"], session.lang),
+        trend => trend_chart(&weeks["groups"], session.lang),
         from, to,
     };
     pages::render(&console, "season.html", frame(&signed, "season"), page)
 }
 
-/// The funnel as a bar chart: due, open, renewed, rescued, lapsed.
-fn funnel_chart(total: &Value) -> Value {
+/// The funnel as a bar chart: due, open, renewed, rescued, lapsed. Charts are drawn
+/// at once (no animation): a page read at a glance, and a screenshot of it, shows the
+/// figures.
+fn funnel_chart(total: &Value, lang: Lang) -> Value {
     let steps = ["due", "open", "renewed", "rescued", "lapsed"];
+    let words: Vec<String> = steps
+        .iter()
+        .map(|s| text(lang, &format!("col.{s}")).to_owned())
+        .collect();
     json!({
+        "animation": false,
         "tooltip": {},
-        "xAxis": { "type": "category", "data": steps },
+        "xAxis": { "type": "category", "data": words, "axisLabel": { "interval": 0 } },
         "yAxis": { "type": "value" },
         "series": [{ "type": "bar", "data": steps.iter().map(|s| total[*s].as_i64().unwrap_or(0)).collect::<Vec<_>>() }],
     })
 }
 
 /// Each group's rate beside its target.
-fn rate_chart(groups: &Value) -> Value {
+fn rate_chart(groups: &Value, lang: Lang) -> Value {
     let groups = groups.as_array().cloned().unwrap_or_default();
     let keys: Vec<Value> = groups.iter().map(|g| g["key"].clone()).collect();
     let pct = |v: &Value| v.as_f64().map(|r| (r * 1000.0).round() / 10.0);
     json!({
+        "animation": false,
         "tooltip": { "trigger": "axis" },
         "legend": {},
         "xAxis": { "type": "category", "data": keys },
         "yAxis": { "type": "value", "max": 100 },
         "series": [
-            { "name": "rate %", "type": "bar", "data": groups.iter().map(|g| pct(&g["renewal_rate"])).collect::<Vec<_>>() },
-            { "name": "target %", "type": "line", "data": groups.iter().map(|g| pct(&g["target_rate"])).collect::<Vec<_>>() },
+            { "name": text(lang, "col.rate"), "type": "bar", "data": groups.iter().map(|g| pct(&g["renewal_rate"])).collect::<Vec<_>>() },
+            { "name": text(lang, "col.target"), "type": "line", "data": groups.iter().map(|g| pct(&g["target_rate"])).collect::<Vec<_>>() },
         ],
     })
 }
 
 /// Renewed and lapsed by the week the policies expire.
-fn trend_chart(groups: &Value) -> Value {
+fn trend_chart(groups: &Value, lang: Lang) -> Value {
     let groups = groups.as_array().cloned().unwrap_or_default();
-    let series = |name: &str| json!({ "name": name, "type": "line", "data": groups.iter().map(|g| g[name].as_i64().unwrap_or(0)).collect::<Vec<_>>() });
+    let series = |name: &str| {
+        let data: Vec<i64> = groups
+            .iter()
+            .map(|g| g[name].as_i64().unwrap_or(0))
+            .collect();
+        json!({ "name": text(lang, &format!("col.{name}")), "type": "line", "data": data })
+    };
     json!({
+        "animation": false,
         "tooltip": { "trigger": "axis" },
         "legend": {},
         "xAxis": { "type": "category", "data": groups.iter().map(|g| g["key"].clone()).collect::<Vec<_>>() },

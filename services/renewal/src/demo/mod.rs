@@ -121,7 +121,14 @@ async fn resume_point(args: &DemoArgs) -> Result<Option<DateTime<Utc>>, SimError
     Ok(saved(&pool, args).await?.map(|s| s.sim_now))
 }
 
-pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
+/// A season simulated: its report, and the system as the season left it (its console
+/// still serving until it is stopped).
+pub struct Season {
+    pub report: funnel::Report,
+    pub sim: Simulation,
+}
+
+pub async fn run(args: DemoArgs) -> Result<Season, SimError> {
     let tz = args.time_zone;
     let start = renewal_platform::local_instant(args.start, NaiveTime::MIN, tz);
     let end = renewal_platform::local_instant(
@@ -215,6 +222,12 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
         .collect();
     let mut next_quote = 0;
 
+    if args.progress {
+        eprintln!(
+            "renewal demo: the console serves the season as it runs at http://{}/console/",
+            sim.http_addr
+        );
+    }
     let bar = progress_bar(args.days as u64, args.progress);
     let day_of = |t: DateTime<Utc>| {
         (renewal_platform::local_date(t, tz) - args.start)
@@ -327,8 +340,7 @@ pub async fn run(args: DemoArgs) -> Result<funnel::Report, SimError> {
     report.clear_at_rest(
         clear_at_rest::of_demo(&args.database_url, &customers, args.policies).await?,
     );
-    sim.stop().await?;
-    Ok(report)
+    Ok(Season { report, sim })
 }
 
 /// How late the core system reports a policy's renewal: two days for three in ten.
@@ -381,11 +393,27 @@ async fn correct_wrong_numbers(
     Ok(())
 }
 
+/// The bar the season's days are counted on; log lines are printed above it.
+static BAR: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+/// A log line, above the progress bar (which is drawn again below it).
+pub fn print_above_bar(line: &[u8]) {
+    use std::io::Write;
+    let write = || {
+        let _ = std::io::stderr().write_all(line);
+    };
+    match BAR.get() {
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    }
+}
+
 fn progress_bar(days: u64, visible: bool) -> indicatif::ProgressBar {
     if !visible {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(days);
+    let _ = BAR.set(bar.clone());
     let style = indicatif::ProgressStyle::with_template(
         "renewal season {bar:40.cyan/blue} day {pos}/{len} [{elapsed_precise}]",
     )
