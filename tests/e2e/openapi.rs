@@ -126,7 +126,12 @@ async fn the_documents_validate_and_a_generated_client_claims_and_leases() {
     let bin = tools();
     let dir = std::env::temp_dir().join(format!("renewal-openapi-{}", system.name));
     std::fs::create_dir_all(&dir).expect("a folder");
-    for (service, doc) in documents(&system).await {
+    // The four services' documents and the console's (its pages and forms).
+    let (status, console) = system.get_json("/console/openapi.json").await;
+    assert_eq!(status, 200, "{console}");
+    let mut all = documents(&system).await;
+    all.push(("console", console));
+    for (service, doc) in all {
         let file = dir.join(format!("{service}.json"));
         std::fs::write(&file, serde_json::to_vec_pretty(&doc).expect("json")).expect("written");
         run(

@@ -18,6 +18,7 @@
 
 pub mod dev_sign_in;
 pub mod i18n;
+pub mod openapi;
 pub mod pages;
 pub mod services;
 pub mod sessions;
@@ -262,7 +263,8 @@ impl Console {
         let mut router = Router::new()
             .merge(sign_in::routes())
             .merge(pages)
-            .route("/console/assets/{*file}", axum::routing::get(pages::asset));
+            .route("/console/assets/{*file}", axum::routing::get(pages::asset))
+            .route("/console/openapi.json", axum::routing::get(openapi::served));
         if self.dev.is_some() {
             router = router.merge(dev_sign_in::routes());
         }
