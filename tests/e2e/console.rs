@@ -135,6 +135,30 @@ async fn branch_staff_claim_two_cases_and_another_branch_is_refused() {
     );
     other.close().await;
 
+    // SH01 declines W3; the city company claims it from the pool for SH02's agent.
+    let (status, body) = system
+        .post_json(
+            "/v1/claims/W3:decline",
+            json!({"branch_code": "SH01", "reason": "customer moved"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let city = Browser::start(&system.url("")).await;
+    city.sign_in("city_admin", "", "", "310000").await;
+    city.goto("/console/pool").await;
+    city.click("input[value=W3]").await;
+    city.type_into("input[name=branch]", "SH02").await;
+    city.type_into("input[name=owner]", "SH02-A01").await;
+    city.click("#city-form button.primary").await;
+    assert!(city.text("#claim-results li.done").await.contains("W3"));
+    city.screenshot("pool-claimed").await;
+    assert_eq!(
+        owner_of(&system, "W3").await,
+        json!("SH02-A01"),
+        "claimed from the pool"
+    );
+    city.close().await;
+
     // An analyst: the season's chart, drawn, and no mobile anywhere on the page.
     let analyst = Browser::start(&system.url("")).await;
     analyst.sign_in("analyst", "", "", "").await;

@@ -1,8 +1,9 @@
 //! The four services as the console calls them: over HTTP, with the signed-in person's
 //! token, so every refusal is the service's own (its problem+json detail is shown on
-//! the page). Reports are kept for [`REPORT_TTL`] per person: the season's tallies
-//! scan every case of the year, and a page opened twice in a minute need not scan
-//! twice.
+//! the page). Reports are kept for [`REPORT_TTL`] per role and scope: the season's
+//! tallies scan every case of the year (about two seconds at a million policies), and
+//! a page opened again within the minute, by anyone who sees the same, need not scan
+//! again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -143,7 +144,7 @@ impl Services {
         send(service, request, token.clone()).await
     }
 
-    /// A report, kept for [`REPORT_TTL`] for the person `who`.
+    /// A report, kept for [`REPORT_TTL`] for `who` (a role and scope).
     pub async fn report(
         &self,
         service: Service,

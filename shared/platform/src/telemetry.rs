@@ -85,6 +85,8 @@ pub fn init_with(
             .with_writer(RedactingStderr)
             .boxed(),
         "text" => tracing_subscriber::fmt::layer()
+            // Colours for a terminal, plain text for a file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(RedactingStderr)
             .boxed(),
         other => return Err(TelemetryError::Format(other.to_owned())),

@@ -25,8 +25,8 @@ const MOST_AT_ONCE: usize = 200;
 pub fn routes() -> axum::Router<Console> {
     axum::Router::new()
         .route("/console/claims", get(claims).post(act))
-        .route("/console/pool", get(pool))
-        .route("/console/research", get(research))
+        .route("/console/pool", get(pool).post(from_pool))
+        .route("/console/research", get(research).post(resolve))
 }
 
 #[derive(Deserialize)]
@@ -184,18 +184,38 @@ async fn act(
         ),
         other => return Err(ConsoleError::BadInput(format!("unknown action {other:?}"))),
     };
+    let path = |no: &str| format!("/v1/claims/{}:{verb}", urlencode(no));
+    let results = each(&console, &signed, c.policies, path, &body).await?;
+    let section = section(&console, &signed, &branch).await?;
+    pages::part(
+        &console,
+        &signed,
+        "claims_section.html",
+        crate::page! { section, results },
+    )
+}
+
+/// One call per case, each answer said: done, or the service's refusal.
+async fn each(
+    console: &Console,
+    signed: &SignedIn,
+    policies: Vec<String>,
+    path: impl Fn(&str) -> String,
+    body: &Value,
+) -> Result<Vec<Done>, ConsoleError> {
     let mut results = Vec::new();
-    for policy_no in c.policies {
-        let path = format!("/v1/claims/{}:{verb}", urlencode(&policy_no));
+    for policy_no in policies {
+        let path = path(&policy_no);
+        let verb = path.rsplit(':').next().unwrap_or_default().to_owned();
         let answer = console
             .services
-            .post(Service::Assignment, &path, &signed.session.token, &body)
+            .post(Service::Assignment, &path, &signed.session.token, body)
             .await;
         results.push(match answer {
             Ok(_) => Done {
                 policy_no,
                 ok: true,
-                message: verb.to_owned(),
+                message: verb,
             },
             Err(ConsoleError::Refused { detail, .. }) => Done {
                 policy_no,
@@ -205,13 +225,59 @@ async fn act(
             Err(e) => return Err(e),
         });
     }
-    let section = section(&console, &signed, &branch).await?;
-    pages::part(
-        &console,
-        &signed,
-        "claims_section.html",
-        crate::page! { section, results },
-    )
+    Ok(results)
+}
+
+/// The chosen cases of the pool claimed for a branch, or of the research list routed
+/// to the branch found.
+async fn city_act(
+    console: Console,
+    signed: SignedIn,
+    headers: HeaderMap,
+    body: Bytes,
+    which: &'static str,
+) -> Result<Response, ConsoleError> {
+    require(&signed, which)?;
+    let c = chosen(&body);
+    signed.check_csrf(&headers, c.csrf.as_deref())?;
+    let branch = code(c.branch)?.ok_or_else(|| ConsoleError::BadInput("name the branch".into()))?;
+    if c.policies.is_empty() || c.policies.len() > MOST_AT_ONCE {
+        return pages::notice(
+            &console,
+            &signed,
+            false,
+            crate::i18n::text(signed.session.lang, "claims.pick_one"),
+        );
+    }
+    let owner = code(c.owner)?;
+    let results = if which == "pool" {
+        let body = json!({ "branch_code": branch, "owner_agent": owner });
+        let path = |no: &str| format!("/v1/claims/{}:claim", urlencode(no));
+        each(&console, &signed, c.policies, path, &body).await?
+    } else {
+        let body = json!({ "branch_code": branch });
+        let path = |no: &str| format!("/v1/research/{}:resolve", urlencode(no));
+        each(&console, &signed, c.policies, path, &body).await?
+    };
+    pages::part(&console, &signed, "results.html", crate::page! { results })
+}
+
+async fn from_pool(
+    State(console): State<Console>,
+    signed: SignedIn,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    city_act(console, signed, headers, body, "pool").await
+}
+
+async fn resolve(
+    State(console): State<Console>,
+    signed: SignedIn,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    city_act(console, signed, headers, body, "research").await
 }
 
 /// A path segment, percent-encoded.

@@ -232,6 +232,7 @@ const TEMPLATES: &[(&str, &str)] = templates!(
     "season.html",
     "claims.html",
     "claims_section.html",
+    "results.html",
     "city_list.html",
     "case.html",
     "workbench.html",

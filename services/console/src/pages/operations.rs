@@ -25,6 +25,7 @@ pub fn routes() -> axum::Router<Console> {
     axum::Router::new()
         .route("/console/operations", get(operations))
         .route("/console/operations/requeue", post(requeue))
+        .route("/console/operations/replay", post(replay))
         .route("/console/operations/import", post(import))
         .route(
             "/console/operations/imports/{id}/rejections",
@@ -34,34 +35,39 @@ pub fn routes() -> axum::Router<Console> {
 
 const SERVICES: [&str; 4] = ["lists", "assignment", "scheduler", "dispatch"];
 
-/// Queues, dead tasks and dead letters (HQ).
+/// Queues, dead tasks and dead letters (HQ), asked for all at once.
 async fn phone_and_letters(console: &Console, signed: &SignedIn) -> Result<Value, ConsoleError> {
     let token = &signed.session.token;
     let services = &console.services;
-    let (queues, dead) = futures::try_join!(
+    let clients = [
+        Service::Lists,
+        Service::Assignment,
+        Service::Scheduler,
+        Service::Dispatch,
+    ];
+    let letters = futures::future::try_join_all(SERVICES.into_iter().zip(clients).map(
+        |(service, client)| {
+            services.get(
+                client,
+                &format!("/v1/dead-letters/{service}?page_size=20"),
+                token,
+            )
+        },
+    ));
+    let (queues, dead, letters) = futures::try_join!(
         services.get(Service::Dispatch, "/v1/phone-queues", token),
         services.get(
             Service::Dispatch,
             "/v1/phone-tasks?state=dead&page_size=100",
             token
         ),
+        letters,
     )?;
-    let mut letters = Vec::new();
-    for (service, client) in SERVICES.into_iter().zip([
-        Service::Lists,
-        Service::Assignment,
-        Service::Scheduler,
-        Service::Dispatch,
-    ]) {
-        let page = services
-            .get(
-                client,
-                &format!("/v1/dead-letters/{service}?page_size=20"),
-                token,
-            )
-            .await?;
-        letters.push(json!({ "service": service, "items": page["items"] }));
-    }
+    let letters: Vec<Value> = SERVICES
+        .into_iter()
+        .zip(letters)
+        .map(|(service, page)| json!({ "service": service, "items": page["items"] }))
+        .collect();
     Ok(json!({ "queues": queues, "dead": dead["items"], "letters": letters }))
 }
 
@@ -109,6 +115,48 @@ async fn requeue(
         "{} {}",
         text(signed.session.lang, "operations.requeued"),
         form.task_id
+    );
+    pages::notice(&console, &signed, true, &said)
+}
+
+#[derive(Deserialize)]
+struct Replay {
+    csrf: Option<String>,
+    service: String,
+    id: i64,
+}
+
+/// A dead letter run again through the consumer that gave it up.
+async fn replay(
+    State(console): State<Console>,
+    signed: SignedIn,
+    headers: HeaderMap,
+    Form(form): Form<Replay>,
+) -> Result<Response, ConsoleError> {
+    require(&signed, "operations")?;
+    signed.check_csrf(&headers, form.csrf.as_deref())?;
+    let clients = [
+        Service::Lists,
+        Service::Assignment,
+        Service::Scheduler,
+        Service::Dispatch,
+    ];
+    let client = SERVICES
+        .iter()
+        .position(|s| *s == form.service)
+        .map(|i| clients[i])
+        .ok_or_else(|| ConsoleError::BadInput(format!("no service {:?}", form.service)))?;
+    let path = format!("/v1/dead-letters/{}/{}:replay", form.service, form.id);
+    let answer = console
+        .services
+        .post(client, &path, &signed.session.token, &json!({}))
+        .await?;
+    let said = format!(
+        "{} {} {}: {}",
+        text(signed.session.lang, "operations.replayed"),
+        form.service,
+        form.id,
+        answer["result"].as_str().unwrap_or("ok")
     );
     pages::notice(&console, &signed, true, &said)
 }

@@ -16,6 +16,9 @@ use crate::sessions::SignedIn;
 use crate::sign_in::frame;
 use crate::{Console, ConsoleError};
 
+/// How far past today the season's default range reaches.
+const SEASON_AHEAD_DAYS: u64 = 120;
+
 pub fn routes() -> axum::Router<Console> {
     axum::Router::new().route("/console/season", get(season))
 }
@@ -42,16 +45,27 @@ async fn season(
     Query(range): Query<Range>,
 ) -> Result<Response, ConsoleError> {
     require(&signed, "season")?;
-    let (from, to) = (date(range.from)?, date(range.to)?);
-    let mut query = String::new();
+    // By default the season: the year of expiries up to four months ahead (the open
+    // window and the month after it), so the cases still being worked are in it.
+    let to = date(range.to)?.unwrap_or_else(|| {
+        (chrono::Utc::now().date_naive() + chrono::Days::new(SEASON_AHEAD_DAYS)).to_string()
+    });
+    let from = date(range.from)?;
+    let mut query = format!("&to={to}");
     if let Some(f) = &from {
         query.push_str(&format!("&from={f}"));
     }
-    if let Some(t) = &to {
-        query.push_str(&format!("&to={t}"));
-    }
     let session = &signed.session;
-    let who = &session.caller.subject;
+    // The report depends only on the role and scope (the service filters by them), so
+    // everyone of the same role and scope shares what is kept.
+    let caller = &session.caller;
+    let who = &format!(
+        "{}|{}|{}|{}",
+        caller.main_role(),
+        caller.city_code.as_deref().unwrap_or(""),
+        caller.branch_code.as_deref().unwrap_or(""),
+        caller.agent_code.as_deref().unwrap_or("")
+    );
     let report = |group: &str| {
         let path = format!("/v1/reports/renewal-rate?group_by={group}{query}");
         let console = console.clone();
@@ -73,7 +87,7 @@ async fn season(
         funnel => funnel_chart(total, session.lang),
         by_branch => rate_chart(&branches["groups"], session.lang),
         trend => trend_chart(&weeks["groups"], session.lang),
-        from, to,
+        from, to => Some(to),
     };
     pages::render(&console, "season.html", frame(&signed, "season"), page)
 }
