@@ -396,6 +396,17 @@ async fn operations_requeue_a_dead_task_and_download_an_import_rejection() {
         assert!(!page.contains("id=\"refusal\""), "{path} answers HQ");
         browser.screenshot(name).await;
     }
+    // An agent's capacity, set on the Organisation page.
+    browser.goto("/console/organisation?branch=SH01").await;
+    browser
+        .type_into("input[aria-label='容量 SH01-A01']", "42")
+        .await;
+    browser
+        .click("input[aria-label='容量 SH01-A01'] + button")
+        .await;
+    browser.find("#notice .notice.done").await;
+    let (status, agent) = system.get_json("/v1/agents/SH01-A01").await;
+    assert_eq!((status, &agent["capacity"]), (200, &json!(42)), "{agent}");
     browser.close().await;
     system.finish().await;
 }

@@ -235,6 +235,7 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("plans.unchanged", "没有变化", "Nothing changed"),
     ("org.title", "组织", "Organisation"),
     ("org.deactivate", "停用", "Deactivate"),
+    ("org.save_capacity", "保存容量", "Save capacity"),
     ("org.activate", "启用", "Activate"),
 ];
 
