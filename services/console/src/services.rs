@@ -97,8 +97,7 @@ impl Services {
         token: &SecretString,
         body: &Value,
     ) -> impl Future<Output = Result<Value, ConsoleError>> + use<> {
-        let request = self.http.post(self.url(service, path)).json(body);
-        send(service, request, token.clone())
+        self.with_body(reqwest::Method::POST, service, path, token, body)
     }
 
     pub fn put(
@@ -108,8 +107,7 @@ impl Services {
         token: &SecretString,
         body: &Value,
     ) -> impl Future<Output = Result<Value, ConsoleError>> + use<> {
-        let request = self.http.put(self.url(service, path)).json(body);
-        send(service, request, token.clone())
+        self.with_body(reqwest::Method::PUT, service, path, token, body)
     }
 
     pub fn patch(
@@ -119,7 +117,22 @@ impl Services {
         token: &SecretString,
         body: &Value,
     ) -> impl Future<Output = Result<Value, ConsoleError>> + use<> {
-        let request = self.http.patch(self.url(service, path)).json(body);
+        self.with_body(reqwest::Method::PATCH, service, path, token, body)
+    }
+
+    /// A call with a JSON body.
+    fn with_body(
+        &self,
+        method: reqwest::Method,
+        service: Service,
+        path: &str,
+        token: &SecretString,
+        body: &Value,
+    ) -> impl Future<Output = Result<Value, ConsoleError>> + use<> {
+        let request = self
+            .http
+            .request(method, self.url(service, path))
+            .json(body);
         send(service, request, token.clone())
     }
 
