@@ -420,6 +420,32 @@ struct DemoRun {
     serve: Option<bool>,
 }
 
+/// Where the demo keeps its season: database, NATS and its access, prefix, time zone.
+type DemoSettings = (
+    secrecy::SecretString,
+    String,
+    String,
+    chrono_tz::Tz,
+    renewal::simulation::SimAccess,
+);
+
+fn demo_settings() -> Result<DemoSettings, renewal_platform::config::ConfigError> {
+    let env = renewal_platform::config::Env::process();
+    Ok((
+        env.secret_or(
+            "DEMO_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/renewal_demo",
+        ),
+        env.or(
+            "NATS_URL",
+            renewal_platform::config::DEFAULT_NATS_URL.to_owned(),
+        )?,
+        env.or("DEMO_NATS_PREFIX", "demo".to_owned())?,
+        env.or("TIME_ZONE", chrono_tz::Asia::Shanghai)?,
+        renewal::simulation::SimAccess::from_env(&env)?,
+    ))
+}
+
 async fn demo(run: DemoRun) -> ExitCode {
     let DemoRun {
         policies,
@@ -430,23 +456,7 @@ async fn demo(run: DemoRun) -> ExitCode {
         resume,
         serve,
     } = run;
-    use renewal_platform::config::Env;
-    let env = Env::process();
-    let settings = (|| {
-        Ok::<_, renewal_platform::config::ConfigError>((
-            env.secret_or(
-                "DEMO_DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/renewal_demo",
-            ),
-            env.or(
-                "NATS_URL",
-                renewal_platform::config::DEFAULT_NATS_URL.to_owned(),
-            )?,
-            env.or("DEMO_NATS_PREFIX", "demo".to_owned())?,
-            env.or("TIME_ZONE", chrono_tz::Asia::Shanghai)?,
-            renewal::simulation::SimAccess::from_env(&env)?,
-        ))
-    })();
+    let settings = demo_settings();
     let (database_url, nats_url, prefix, time_zone, nats_access) = match settings {
         Ok(s) => s,
         Err(e) => {
