@@ -6,6 +6,7 @@ pub mod badges;
 pub mod branch_staff;
 pub mod call_center;
 pub mod clear_at_rest;
+mod core_system;
 pub mod funnel;
 pub mod portfolio;
 
@@ -136,92 +137,16 @@ pub async fn run(args: DemoArgs) -> Result<Season, SimError> {
         NaiveTime::MIN,
         tz,
     );
-    let resume_at = if args.resume {
-        resume_point(&args).await?
-    } else {
-        None
-    };
-    if args.resume && resume_at.is_none() {
-        eprintln!("demo: nothing to resume; starting a new season");
-    }
-    let fresh = resume_at.is_none();
-    if fresh {
-        refuse_foreign_database(&args).await?;
-    }
-    let sim = Simulation::start_with(
-        SimOptions {
-            database_url: args.database_url.clone(),
-            pii_keys: SecretString::from(crate::simulation::DEMO_PII_KEY),
-            nats_url: args.nats_url.clone(),
-            prefix: args.prefix.clone(),
-            fresh,
-            start,
-            seed: args.seed,
-            time_zone: tz,
-            max_deliveries: crate::simulation::MAX_DELIVERIES,
-        },
-        resume_at,
-        &args.nats_access,
-    )
-    .await?;
+    let sim = start_simulation(&args, start).await?;
     let pool = sim.pool().clone();
-    // Some customers answer their first SMS with TD (or a variant): they get no more
-    // marketing SMS, which the funnel checks.
-    sim.vendor.reply_opt_out(OPT_OUT_PCT);
-    if fresh {
-        sqlx::query(
-            "INSERT INTO demo.progress (id, seed, policies, days, start_date, sim_now) VALUES (1, $1, $2, $3, $4, $5)",
-        )
-        .bind(args.seed as i64)
-        .bind(args.policies as i32)
-        .bind(args.days as i32)
-        .bind(args.start)
-        .bind(start)
-        .execute(&pool)
-        .await?;
-    }
     let state = saved(&pool, &args)
         .await?
         .ok_or_else(|| SimError::Other("demo progress missing".into()))?;
-
     let customers = portfolio::generate(args.policies, args.seed, args.start, args.days, tz);
     if !state.portfolio_published {
-        let org = portfolio::org(args.policies);
-        renewal_assignment::org::load(&pool, &renewal_assignment::outbox(), &org, sim.now())
-            .await
-            .map_err(|e| SimError::Other(format!("loading the organisation: {e}")))?;
-        let policies: Vec<_> = customers.iter().map(|c| c.policy.clone()).collect();
-        sim.publish_policies(&policies).await?;
-        // The quotes the core system had given before the season started come with
-        // the portfolio (before the first daily run opens the cases).
-        let given: Vec<_> = portfolio::quotes(&customers, args.seed, start, tz)
-            .into_iter()
-            .filter(|(t, _)| *t <= start)
-            .map(|(_, q)| q)
-            .collect();
-        sim.publish_quotes(&given).await?;
-        sqlx::query("UPDATE demo.progress SET portfolio_published = true WHERE id = 1")
-            .execute(&pool)
-            .await?;
+        publish_portfolio(&sim, &args, &customers, start).await?;
     }
-    // The core system reports most renewals at once, some two days late (the customer
-    // may meanwhile tell a caller they renewed: the case waits for the confirmation).
-    let mut renewals: Vec<(DateTime<Utc>, &str)> = customers
-        .iter()
-        .filter_map(|c| {
-            let no = c.policy.policy_no.as_str();
-            c.renews_at.map(|t| (t + core_lag(args.seed, no), no))
-        })
-        .filter(|(t, _)| *t < end)
-        .collect();
-    renewals.sort();
-    // The core system quotes each policy two months before its expiry (some late).
-    let quotes: Vec<_> = portfolio::quotes(&customers, args.seed, start, tz)
-        .into_iter()
-        .filter(|(t, _)| *t < end)
-        .collect();
-    let mut next_quote = 0;
-
+    let mut core = core_system::CoreSystem::new(&customers, args.seed, start, end, tz);
     if args.progress {
         eprintln!(
             "renewal demo: the console serves the season as it runs at http://{}/console/",
@@ -235,95 +160,31 @@ pub async fn run(args: DemoArgs) -> Result<Season, SimError> {
             .clamp(0, args.days as i64) as u64
     };
     bar.set_position(day_of(sim.now()));
-    let mut next_renewal = 0;
-    // Everyone works through the API with a token of their own.
-    let badges = std::sync::Arc::new(badges::Badges::new(sim.issuer.clone()));
-    let staff = branch_staff::BranchStaff::new(
-        format!("http://{}", sim.http_addr),
-        args.seed,
-        badges.clone(),
-    )?;
-    let calls = call_center::CallCenter::new(
-        format!("http://{}", sim.http_addr),
-        args.seed,
-        pool.clone(),
-        &customers,
-        &badges,
-    )?;
-    let (mut worked_on, mut called_on) = (state.staff_worked_on, state.calls_made_on);
+    let mut people = People::new(&sim, &args, &customers, &state)?;
     loop {
-        // The branches' working day, once per local day (a day's work done before a
-        // kill is not done again on resume; one cut short is).
-        let today = renewal_platform::local_date(sim.now(), tz);
-        if worked_on != Some(today) {
-            sim.settle().await?;
-            staff.work_day(today).await?;
-            worked_on = Some(today);
-            sqlx::query("UPDATE demo.progress SET staff_worked_on = $1 WHERE id = 1")
-                .bind(today)
-                .execute(&pool)
-                .await?;
-        }
-        // The calls of the day, from the time the call center opens.
-        let opens = renewal_platform::local_instant(today, call_center::OPENS, tz);
-        if called_on != Some(today) && sim.now() >= opens && sim.now() < end {
-            sim.settle().await?;
-            let chased = calls.work_day(sim.now()).await?;
-            // The city company chases the missing quotes: the core system issues them.
-            let now = sim.now();
-            let issued: Vec<_> = quotes
-                .iter()
-                .filter(|(t, q)| *t > now && chased.binary_search(&q.policy_no).is_ok())
-                .map(|(_, q)| renewal_contract::core::QuoteIssued {
-                    issued_at_ms: now.timestamp_millis(),
-                    ..q.clone()
-                })
-                .collect();
-            sim.publish_quotes(&issued).await?;
-            correct_wrong_numbers(&sim, &customers).await?;
-            called_on = Some(today);
-            sqlx::query("UPDATE demo.progress SET calls_made_on = $1 WHERE id = 1")
-                .bind(today)
-                .execute(&pool)
-                .await?;
-        }
-        // Renewals whose moment has come (on resume, those before the saved time are
-        // published again: lists applies each once).
-        while next_renewal < renewals.len() && renewals[next_renewal].0 <= sim.now() {
-            let policy_no = renewals[next_renewal].1;
-            sim.publish_renewal(policy_no, &format!("R{}", &policy_no[1..]))
-                .await?;
-            next_renewal += 1;
-        }
-        // Quotes whose moment has come (again on resume: a quote is kept once).
-        let due = quotes[next_quote..].partition_point(|(t, _)| *t <= sim.now());
-        if due > 0 {
-            let batch: Vec<_> = quotes[next_quote..next_quote + due]
-                .iter()
-                .map(|(_, q)| q.clone())
-                .collect();
-            sim.publish_quotes(&batch).await?;
-            next_quote += due;
-        }
+        let opens = people.work(&sim, &core, &customers, end).await?;
+        core.publish_due(&sim).await?;
         let now = sim.now();
         if now >= end {
             break;
         }
+        // Until the next thing that happens: midnight, the call center opening, or the
+        // core system's next renewal or quote.
         let tomorrow = renewal_platform::local_instant(
             renewal_platform::local_date(now, tz) + chrono::Days::new(1),
             NaiveTime::MIN,
             tz,
         );
-        let mut target = tomorrow.min(end);
-        if now < opens {
-            target = target.min(opens);
-        }
-        if let Some((t, _)) = renewals.get(next_renewal) {
-            target = target.min(*t);
-        }
-        if let Some((t, _)) = quotes.get(next_quote) {
-            target = target.min(*t);
-        }
+        let target = [
+            Some(tomorrow),
+            Some(end),
+            (now < opens).then_some(opens),
+            core.next_moment(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(end);
         sim.advance_to(target).await?;
         sqlx::query("UPDATE demo.progress SET sim_now = $1 WHERE id = 1")
             .bind(sim.now())
@@ -343,15 +204,144 @@ pub async fn run(args: DemoArgs) -> Result<Season, SimError> {
     Ok(Season { report, sim })
 }
 
-/// How late the core system reports a policy's renewal: two days for three in ten.
-fn core_lag(seed: u64, policy_no: &str) -> chrono::Duration {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (seed, policy_no, "core lag").hash(&mut h);
-    if h.finish() % 10 < 3 {
-        chrono::Duration::days(2)
+/// The whole system on the simulated clock, fresh or resumed at the saved time, with
+/// the season's settings saved when it is new.
+async fn start_simulation(args: &DemoArgs, start: DateTime<Utc>) -> Result<Simulation, SimError> {
+    let resume_at = if args.resume {
+        resume_point(args).await?
     } else {
-        chrono::Duration::zero()
+        None
+    };
+    if args.resume && resume_at.is_none() {
+        eprintln!("demo: nothing to resume; starting a new season");
+    }
+    let fresh = resume_at.is_none();
+    if fresh {
+        refuse_foreign_database(args).await?;
+    }
+    let sim = Simulation::start_with(
+        SimOptions {
+            database_url: args.database_url.clone(),
+            pii_keys: SecretString::from(crate::simulation::DEMO_PII_KEY),
+            nats_url: args.nats_url.clone(),
+            prefix: args.prefix.clone(),
+            fresh,
+            start,
+            seed: args.seed,
+            time_zone: args.time_zone,
+            max_deliveries: crate::simulation::MAX_DELIVERIES,
+        },
+        resume_at,
+        &args.nats_access,
+    )
+    .await?;
+    // Some customers answer their first SMS with TD (or a variant): they get no more
+    // marketing SMS, which the funnel checks.
+    sim.vendor.reply_opt_out(OPT_OUT_PCT);
+    if fresh {
+        sqlx::query(
+            "INSERT INTO demo.progress (id, seed, policies, days, start_date, sim_now) VALUES (1, $1, $2, $3, $4, $5)",
+        )
+        .bind(args.seed as i64)
+        .bind(args.policies as i32)
+        .bind(args.days as i32)
+        .bind(args.start)
+        .bind(start)
+        .execute(sim.pool())
+        .await?;
+    }
+    Ok(sim)
+}
+
+/// The organisation, the portfolio and the quotes given before the season, once.
+async fn publish_portfolio(
+    sim: &Simulation,
+    args: &DemoArgs,
+    customers: &[portfolio::Customer],
+    start: DateTime<Utc>,
+) -> Result<(), SimError> {
+    let pool = sim.pool();
+    let org = portfolio::org(args.policies);
+    renewal_assignment::org::load(pool, &renewal_assignment::outbox(), &org, sim.now())
+        .await
+        .map_err(|e| SimError::Other(format!("loading the organisation: {e}")))?;
+    let policies: Vec<_> = customers.iter().map(|c| c.policy.clone()).collect();
+    sim.publish_policies(&policies).await?;
+    let given = core_system::CoreSystem::given_before(customers, args.seed, start, args.time_zone);
+    sim.publish_quotes(&given).await?;
+    sqlx::query("UPDATE demo.progress SET portfolio_published = true WHERE id = 1")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The branches' staff and the call center, each working through the API with a token
+/// of their own, and the last local day each did its day's work.
+struct People {
+    staff: branch_staff::BranchStaff,
+    calls: call_center::CallCenter,
+    worked_on: Option<NaiveDate>,
+    called_on: Option<NaiveDate>,
+    tz: chrono_tz::Tz,
+}
+
+impl People {
+    fn new(
+        sim: &Simulation,
+        args: &DemoArgs,
+        customers: &[portfolio::Customer],
+        state: &Saved,
+    ) -> Result<Self, SimError> {
+        let badges = std::sync::Arc::new(badges::Badges::new(sim.issuer.clone()));
+        let api = format!("http://{}", sim.http_addr);
+        Ok(People {
+            staff: branch_staff::BranchStaff::new(api.clone(), args.seed, badges.clone())?,
+            calls: call_center::CallCenter::new(
+                api,
+                args.seed,
+                sim.pool().clone(),
+                customers,
+                &badges,
+            )?,
+            worked_on: state.staff_worked_on,
+            called_on: state.calls_made_on,
+            tz: args.time_zone,
+        })
+    }
+
+    /// The day's work not done yet: the branches' once per local day, the calls once
+    /// the call center opens (a day's work done before a kill is not done again on
+    /// resume; one cut short is). When the call center opens today.
+    async fn work(
+        &mut self,
+        sim: &Simulation,
+        core: &core_system::CoreSystem<'_>,
+        customers: &[portfolio::Customer],
+        end: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, SimError> {
+        let today = renewal_platform::local_date(sim.now(), self.tz);
+        if self.worked_on != Some(today) {
+            sim.settle().await?;
+            self.staff.work_day(today).await?;
+            self.worked_on = Some(today);
+            sqlx::query("UPDATE demo.progress SET staff_worked_on = $1 WHERE id = 1")
+                .bind(today)
+                .execute(sim.pool())
+                .await?;
+        }
+        let opens = renewal_platform::local_instant(today, call_center::OPENS, self.tz);
+        if self.called_on != Some(today) && sim.now() >= opens && sim.now() < end {
+            sim.settle().await?;
+            let chased = self.calls.work_day(sim.now()).await?;
+            core.issue_chased(sim, &chased).await?;
+            correct_wrong_numbers(sim, customers).await?;
+            self.called_on = Some(today);
+            sqlx::query("UPDATE demo.progress SET calls_made_on = $1 WHERE id = 1")
+                .bind(today)
+                .execute(sim.pool())
+                .await?;
+        }
+        Ok(opens)
     }
 }
 
