@@ -290,6 +290,12 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
             &[Supervisor, BranchAdmin, CityAdmin, HqAdmin, Analyst],
             true,
         ),
+        row(
+            "GET",
+            "/v1/reports/ownership",
+            &[Analyst, HqAdmin, CityAdmin, Supervisor, BranchAdmin],
+            false,
+        ),
         with(
             row(
                 "POST",
@@ -398,6 +404,15 @@ fn matrix(plan: &Value, task: &str) -> Vec<Row> {
         row("GET", "/v1/phone-queues?city=310000", city, true),
         row("GET", "/v1/phone-tasks?state=dead", &[HqAdmin], false),
         row("GET", "/v1/cases/P1/contacts", case_readers, true),
+        row("GET", "/v1/sms?state=failed", &[HqAdmin], false),
+        row("GET", "/v1/sms?state=dead", &[HqAdmin], false),
+        row(
+            "POST",
+            "/v1/sms/00000000-0000-7000-8000-000000000000:resend",
+            &[HqAdmin],
+            false,
+        ),
+        row("GET", "/v1/opt-outs", &[HqAdmin], false),
         row("GET", "/v1/audit/dispatch", audit, false),
         row("GET", "/v1/dead-letters/dispatch", &[HqAdmin], false),
         row(

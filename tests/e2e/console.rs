@@ -3,8 +3,9 @@
 //! People sign in through the development issuer's page (the OIDC code flow with
 //! PKCE), then: branch staff claim two cases at once; a user of another branch is
 //! refused the case and the branch's claims, and nothing changes; an owner takes the
-//! next call and records a promise; HQ operations requeue a dead phone task and upload
-//! a CSV with a bad row and download its rejection; an analyst sees the season chart
+//! next call and records a promise; HQ operations requeue a dead phone task, resend a
+//! dead SMS (its number masked), and upload a CSV with a bad row and download its
+//! rejection; an analyst sees the season chart
 //! and no mobile. Every page is photographed into `target/console-screenshots/`.
 
 use renewal_e2e::browser::{Browser, screenshot_dir};
@@ -167,6 +168,9 @@ async fn branch_staff_claim_two_cases_and_another_branch_is_refused() {
         .await;
     analyst.find("#funnel-chart[data-drawn] canvas").await;
     assert_eq!(analyst.text("#total-due").await, "3");
+    // Every case has an owner now (two claimed, one from the pool); none was called.
+    assert_eq!(analyst.text("#total-owned").await, "3");
+    assert_eq!(analyst.text("#total-contacted").await, "0");
     let page = analyst.source().await;
     assert!(
         !page.contains("13812345678") && !page.contains("王芳"),
@@ -282,6 +286,26 @@ async fn an_owner_takes_the_next_call_and_records_a_promise() {
     )
     .await;
     assert_eq!(outcome, "promised");
+    // The season's funnel counts the case as owned and contacted (the only call made).
+    system.sim.settle().await.expect("settles");
+    let (status, funnel) = system
+        .get_json("/v1/reports/ownership?from=2027-01-01&to=2027-03-31")
+        .await;
+    assert_eq!(status, 200, "{funnel}");
+    let owned = scalar_text(
+        &system,
+        "SELECT count(*)::text FROM assignment.cases WHERE owner_agent IS NOT NULL",
+    )
+    .await;
+    assert_eq!(
+        (&funnel["cases"], &funnel["owned"], &funnel["contacted"]),
+        (
+            &json!(3),
+            &json!(owned.parse::<i64>().expect("a count")),
+            &json!(1)
+        ),
+        "{funnel}"
+    );
     // A phone's width: the card still reads.
     browser.resize(390, 844).await;
     browser.goto("/console/workbench").await;
@@ -324,11 +348,69 @@ async fn dead_task(system: &TestSystem) -> String {
     .await
 }
 
+/// A reminder the vendor never took (five attempts while it was down, in the
+/// morning after the dead task's leases): dead.
+async fn dead_sms(system: &TestSystem) -> String {
+    use renewal::vendor_sim::Fault;
+    let command = renewal_contract::scheduler::SendSms {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        case_id: uuid::Uuid::new_v4().to_string(),
+        policy_no: "W9".into(),
+        stage: "T-60".into(),
+        template: "renewal_friendly".into(),
+        mobile: "+8613900000044".into(),
+        customer_name: "王芳".into(),
+        plate: "沪AD12345".into(),
+        expiry_date: "2027-01-31".into(),
+        time_zone: "Asia/Shanghai".into(),
+        marketing: true,
+        due_at_ms: 0,
+    };
+    system
+        .sim
+        .vendor
+        .inject(&command.mobile, Fault::Unavailable { times: 100 });
+    system
+        .sim
+        .deps
+        .bus
+        .publish(
+            renewal_contract::subject::DISPATCH_CMD_SEND_SMS,
+            &command.command_id,
+            None,
+            prost::Message::encode_to_vec(&command),
+        )
+        .await
+        .expect("published");
+    system.sim.settle().await.expect("settles");
+    let now = system.sim.now();
+    system
+        .sim
+        .advance_to(now + chrono::Duration::minutes(10))
+        .await
+        .expect("time");
+    let state = scalar_text(
+        system,
+        &format!(
+            "SELECT state || ' ' || attempts || ' ' || next_attempt_at || ' ' || coalesce(last_error, '') FROM dispatch.sms_messages WHERE id = '{}'",
+            command.command_id
+        ),
+    )
+    .await;
+    assert!(
+        state.starts_with("dead "),
+        "{state} at {}",
+        system.sim.now()
+    );
+    command.command_id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_requeue_a_dead_task_and_download_an_import_rejection() {
+async fn operations_requeue_a_dead_task_resend_an_sms_and_download_an_import_rejection() {
     let system = TestSystem::start("cop", local("2026-12-01", 0)).await;
     listed(&system).await;
     let id = dead_task(&system).await;
+    let sms = dead_sms(&system).await;
 
     let browser = Browser::start(&system.url("")).await;
     browser.sign_in("hq_admin", "", "", "").await;
@@ -344,6 +426,26 @@ async fn operations_requeue_a_dead_task_and_download_an_import_rejection() {
     )
     .await;
     assert_eq!(state, "open", "the dead task is back in its queue");
+
+    // The dead SMS, its number masked, sent again.
+    browser.goto("/console/operations").await;
+    let row = browser.text(&format!("#sms-{sms}")).await;
+    assert!(row.contains("139****0044") && row.contains("W9"), "{row}");
+    assert!(
+        !browser.source().await.contains("13900000044"),
+        "no full number"
+    );
+    browser.click(&format!("#sms-{sms} button.resend")).await;
+    let said = browser.text("tr .notice, .notice").await;
+    assert!(said.contains(&sms), "{said}");
+    let resent = scalar_text(
+        &system,
+        &format!(
+            "SELECT (resent_at IS NOT NULL)::text FROM dispatch.sms_messages WHERE id = '{sms}'"
+        ),
+    )
+    .await;
+    assert_eq!(resent, "true", "the SMS is queued again");
 
     // A CSV with one good row and one bad mobile.
     let csv = "policy_no,customer_name,mobile,id_number,plate,vin,city_code,branch_code,agent_code,channel,category,start_date,end_date,premium,important,group_policy\n\

@@ -9,7 +9,9 @@
 //! code, and an outage that outlasts five attempts leaves the message dead with its
 //! reason. Operations see each queue's figures and the dead tasks, HQ puts a dead task
 //! back once, and a case's contacts show its SMS with their receipts and its calls with
-//! their outcomes, with no personal data.
+//! their outcomes, with no personal data. HQ sees the failed and dead SMS and the
+//! opt-outs with their numbers masked, and resends a dead SMS once (not a reminder to a
+//! number that opted out).
 
 use std::collections::HashSet;
 
@@ -1244,5 +1246,147 @@ async fn a_cases_contacts_show_its_sms_with_receipts_and_its_calls_with_outcomes
         (404, Some("unknown_case")),
         "{body}"
     );
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_see_failed_and_dead_sms_masked_and_hq_resends_one_once() {
+    use renewal::vendor_sim::Fault;
+    use renewal_e2e::{Grant, Role};
+    let system = TestSystem::start("ps", local("2026-12-01", 10)).await;
+    let vendor = &system.sim.vendor;
+    let refused = send_sms("+8613900000032");
+    vendor.inject(
+        &refused.mobile,
+        Fault::Refuse {
+            code: "isv.BLACK_KEY_CONTROL_LIMIT".into(),
+        },
+    );
+    let down = send_sms("+8613900000033");
+    vendor.inject(&down.mobile, Fault::Unavailable { times: 100 });
+    let fine = send_sms("+8613900000034");
+    let start = system.sim.now();
+    queue_sms(&system, &refused).await;
+    queue_sms(&system, &down).await;
+    queue_sms(&system, &fine).await;
+    system
+        .sim
+        .advance_to(start + chrono::Duration::minutes(10))
+        .await
+        .expect("time moves");
+    assert_eq!(message(&system, &down).await.0, "dead");
+    assert_eq!(message(&system, &refused).await.0, "failed");
+
+    // HQ sees each, its number masked, and nothing else of the customer.
+    let (status, page) = system.get_json("/v1/sms?state=dead").await;
+    assert_eq!(status, 200, "{page}");
+    let dead = &page["items"];
+    assert_eq!(dead.as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(dead[0]["id"], down.command_id.as_str());
+    assert_eq!(dead[0]["mobile_masked"], "139****0033");
+    assert_eq!(dead[0]["attempts"], 5);
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("503")
+    );
+    let failed = system.get_items("/v1/sms?state=failed").await;
+    assert_eq!(failed.as_array().map(Vec::len), Some(1), "{failed}");
+    assert_eq!(failed[0]["id"], refused.command_id.as_str());
+    assert_eq!(failed[0]["vendor_code"], "isv.BLACK_KEY_CONTROL_LIMIT");
+    for text in [page.to_string(), failed.to_string()] {
+        for secret in ["13900000033", "13900000032", "王芳", "沪AD12345"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+    let (status, body) = system.get_json("/v1/sms?state=queued").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+
+    // Only HQ resends: a city's admin is refused and nothing moves.
+    let resend = format!("/v1/sms/{}:resend", down.command_id);
+    let city = system.client(&Grant::role(Role::CityAdmin).city("310000"));
+    let (status, body) = renewal_e2e::post_json_to(&city, &system.url(&resend), json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden_role")),
+        "{body}"
+    );
+    let (status, body) = renewal_e2e::get_json_with(&city, &system.url("/v1/opt-outs")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(message(&system, &down).await.0, "dead");
+
+    // The vendor is back: HQ resends; a retried resend answers the same.
+    vendor.inject(&down.mobile, Fault::Unavailable { times: 0 });
+    let (status, first) = system.post_json(&resend, json!({})).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["state"].as_str(), first["attempts"].as_i64()),
+        (Some("queued"), Some(0))
+    );
+    let (status, again) = system.post_json(&resend, json!({})).await;
+    assert_eq!(
+        (status, &again["resent_at"]),
+        (200, &first["resent_at"]),
+        "a retried resend: {again}"
+    );
+    system
+        .sim
+        .advance_to(start + chrono::Duration::minutes(20))
+        .await
+        .expect("time moves");
+    let (state, attempts, _, sent_at, _, error) = message(&system, &down).await;
+    assert_eq!((state.as_str(), attempts, error), ("delivered", 1, None));
+    assert!(sent_at.is_some());
+    assert_eq!(
+        vendor.requests_for(&down.mobile),
+        6,
+        "five tries, then one resend"
+    );
+    assert_eq!(system.get_items("/v1/sms?state=dead").await, json!([]));
+    // Once only: asked again, it says the resend was delivered, and sends nothing.
+    let (status, body) = system.post_json(&resend, json!({})).await;
+    assert_eq!(
+        (status, &body["state"], &body["resent_at"]),
+        (200, &json!("delivered"), &first["resent_at"]),
+        "{body}"
+    );
+    assert_eq!(vendor.requests_for(&down.mobile), 6);
+    // A message that reached its customer is not sent again.
+    let (status, body) = system
+        .post_json(&format!("/v1/sms/{}:resend", fine.command_id), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("not_resendable")),
+        "{body}"
+    );
+    assert_eq!(vendor.requests_for(&fine.mobile), 1);
+    let (status, _) = system
+        .post_json(&format!("/v1/sms/{}:resend", Uuid::new_v4()), json!({}))
+        .await;
+    assert_eq!(status, 404);
+
+    // The refused number opts out: its reminder is not sent again, and HQ sees the
+    // opt-out, masked.
+    let url = system.sim.webhook_url.replace("/report", "/up");
+    let reply = json!([{"phone_number": "13900000032", "send_time": "2026-12-01 10:20:00",
+                        "content": "TD", "sign_name": "车险续保", "dest_code": "1234", "sequence_id": 1}]);
+    assert_eq!(post_to(&url, reply.to_string()).await.0, 200);
+    let resend_refused = format!("/v1/sms/{}:resend", refused.command_id);
+    let (status, body) = system.post_json(&resend_refused, json!({})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("opted_out")),
+        "{body}"
+    );
+    assert_eq!(message(&system, &refused).await.0, "failed");
+    let outs = system.get_items("/v1/opt-outs").await;
+    assert_eq!(outs.as_array().map(Vec::len), Some(1), "{outs}");
+    assert_eq!(outs[0]["mobile_masked"], "139****0032");
+    assert!(!outs.to_string().contains("13900000032"));
     system.finish().await;
 }

@@ -21,6 +21,7 @@ pub mod progress;
 mod refusals;
 pub mod report;
 mod routing;
+mod season;
 mod second_assignment;
 mod supervision;
 

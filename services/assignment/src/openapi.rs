@@ -41,6 +41,7 @@ use crate::second_assignment::OwnerAnswer;
         crate::discounts::put_ladder,
         crate::progress::owner_progress,
         crate::progress::branch_week,
+        crate::season::ownership,
         audit, dead_letters, replay_dead_letter,
     ),
     components(schemas(ProblemDocument)),

@@ -165,6 +165,7 @@ pub fn routes(api: ProgressApi) -> renewal_platform::http::Routes {
     renewal_platform::http::Routes::new()
         .route("/v1/reports/owner-progress", get(owner_progress))
         .route("/v1/reports/branch-week", get(branch_week))
+        .route("/v1/reports/ownership", get(crate::season::ownership))
         .finish(|router| router.with_state(api))
 }
 

@@ -161,13 +161,19 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     (
         "get",
         "/console/operations",
-        "queues, dead tasks, dead letters, the import",
+        "queues, dead tasks, failed and dead SMS, opt-outs, dead letters, the import",
         "hq_admin; importer (the import)",
     ),
     (
         "post",
         "/console/operations/requeue",
         "a dead task back in its queue",
+        "hq_admin",
+    ),
+    (
+        "post",
+        "/console/operations/resend",
+        "a failed or dead SMS queued to send again",
         "hq_admin",
     ),
     (

@@ -174,6 +174,12 @@ pub async fn run_with(
         ))));
     deps.http
         .mount(audit.around(history::routes(deps.pool.clone())));
+    deps.http.mount(audit.around(sms::routes(sms::SmsDesk {
+        pool: deps.pool.clone(),
+        pii: config.pii.clone(),
+        clock: deps.clock.clone(),
+        queued: queued.clone(),
+    })));
     deps.http.mount(audit.around(audit.routes()));
     let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
     consume(&mut service, &deps, &config, &outbox, &queued);

@@ -3,7 +3,8 @@
 //! secret path token; answers in the vendor's own format). The task methods
 //! (`{id}:heartbeat`, `:complete`, `:release`, `:requeue`) are served by one handler
 //! and documented here, one operation each; so are the operations console's reads (the
-//! queues, the dead tasks, a case's contacts).
+//! queues, the dead tasks, a case's contacts, the failed and dead SMS, the opt-outs) and
+//! an SMS's `:resend`.
 
 use renewal_platform::openapi::BearerTokens;
 use renewal_platform::openapi::{ProblemDocument, Refusals};
@@ -13,6 +14,8 @@ use crate::history::CaseContacts;
 use crate::phone::leases::{HeartbeatRequest, LeaseRequest, ReleaseRequest, TaskView};
 use crate::phone::outcomes::CompleteRequest;
 use crate::phone::queues::{DeadTask, QueuesView};
+use crate::sms::failures::{FailedSms, Resent};
+use crate::sms::opt_outs::OptOut;
 use crate::sms::receipts::SmsReport;
 use crate::sms::replies::SmsUp;
 use renewal_platform::paging::{Page, PageQuery};
@@ -24,7 +27,7 @@ use renewal_platform::paging::{Page, PageQuery};
         description = "The phone-task pull API (call center and owners) and the SMS vendor's webhook (delivery receipts and replies)."
     ),
     paths(lease, heartbeat, complete, release, requeue, phone_queues, dead_tasks, case_contacts,
-          receipts, replies, audit, dead_letters, replay_dead_letter),
+          failed_sms, resend_sms, opt_outs, receipts, replies, audit, dead_letters, replay_dead_letter),
     components(schemas(ProblemDocument)),
     modifiers(&BearerTokens),
     tags((name = "phone tasks"), (name = "operations"), (name = "cases"), (name = "sms vendor"),
@@ -175,6 +178,46 @@ fn dead_tasks() {}
         Refusals))]
 #[allow(dead_code)]
 fn case_contacts() {}
+
+/// The SMS that did not reach their customer, oldest first, paged (`hq_admin`): failed
+/// (refused by the vendor, or its receipt said so) or dead (the vendor unreachable for
+/// five attempts). The number masked; never the name, plate or parameters.
+#[utoipa::path(get, path = "/v1/sms", tag = "operations",
+    operation_id = "failed_sms",
+    params(("state" = String, Query, description = "failed or dead"), PageQuery),
+    responses(
+        (status = 200, body = Page<FailedSms>),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals))]
+#[allow(dead_code)]
+fn failed_sms() {}
+
+/// Send a failed or dead SMS again: queued, due now, with its 5 attempts again
+/// (`hq_admin`; audited). The sender still withdraws it for a closed case, suppresses a
+/// reminder to an opted-out number and holds it until the morning at night. A message
+/// resent already and not failed since is not sent again: 200 with where the resend got
+/// to (a retried request gets its answer). 409 `not_resendable` for any other state, `case_stopped` for a closed or erased case, `opted_out` for a reminder
+/// to a number that opted out.
+#[utoipa::path(post, path = "/v1/sms/{id}:resend", tag = "operations",
+    operation_id = "resend_sms", params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, body = Resent),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals,
+        (status = 404, content_type = "application/problem+json", body = ProblemDocument),
+        (status = 409, description = "Not failed or dead, its case wants no more contacts, or the number opted out", content_type = "application/problem+json", body = ProblemDocument)))]
+#[allow(dead_code)]
+fn resend_sms() {}
+
+/// The numbers that opted out of reminders, newest first, masked, paged (`hq_admin`).
+#[utoipa::path(get, path = "/v1/opt-outs", tag = "operations",
+    operation_id = "opt_outs", params(PageQuery),
+    responses(
+        (status = 200, body = Page<OptOut>),
+        (status = 400, content_type = "application/problem+json", body = ProblemDocument),
+        Refusals))]
+#[allow(dead_code)]
+fn opt_outs() {}
 
 /// The vendor's delivery receipts (`SmsReport`), an array per push.
 #[utoipa::path(post, path = "/v1/webhooks/sms/{token}/report", tag = "sms vendor",

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use renewal_platform::{Caller, Problem, Role};
+use renewal_platform::{Caller, Problem};
 
 use crate::categories;
 
@@ -397,31 +397,7 @@ pub(crate) fn scope_filters(
     city: &mut Option<String>,
     branch: &mut Option<String>,
 ) -> Result<(), Problem> {
-    const READERS: &[Role] = &[
-        Role::Analyst,
-        Role::HqAdmin,
-        Role::CityAdmin,
-        Role::Supervisor,
-        Role::BranchAdmin,
-    ];
-    let role = caller.require(READERS)?;
-    let (filter, mine) = match role {
-        Role::CityAdmin => (city, &caller.city_code),
-        Role::Supervisor | Role::BranchAdmin => (branch, &caller.branch_code),
-        _ => return Ok(()),
-    };
-    let mine = mine.clone().unwrap_or_default();
-    match filter {
-        Some(given) if *given != mine => Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "out_of_scope",
-            "this is outside your branch or city",
-        )),
-        _ => {
-            *filter = Some(mine);
-            Ok(())
-        }
-    }
+    caller.scope_report(city, branch).map(|_| ())
 }
 
 #[utoipa::path(get, path = "/v1/reports/renewal-rate", tag = "reports",

@@ -188,22 +188,6 @@ struct CaseView {
     policies: Vec<String>,
 }
 
-/// Keeps the first three and last four digits: 138****5678.
-pub fn mask_mobile(mobile: &str) -> String {
-    let digits: Vec<char> = mobile.chars().filter(char::is_ascii_digit).collect();
-    let digits = if digits.len() > 11 {
-        &digits[digits.len() - 11..]
-    } else {
-        &digits[..]
-    };
-    if digits.len() < 7 {
-        return "*".repeat(digits.len());
-    }
-    let head: String = digits[..3].iter().collect();
-    let tail: String = digits[digits.len() - 4..].iter().collect();
-    format!("{head}{}{tail}", "*".repeat(digits.len() - 7))
-}
-
 #[utoipa::path(get, path = "/v1/policies/{policy_no}", tag = "policies",
     params(("policy_no" = String, Path)),
     responses((status = 200, body = PolicyView), (status = 404, content_type = "application/problem+json", body = renewal_platform::openapi::ProblemDocument),
@@ -281,7 +265,7 @@ fn read(row: &sqlx::postgres::PgRow, pii: &PiiCipher) -> Result<PolicyView, View
         branch_code: row.try_get("branch_code")?,
         agent_code: row.try_get("agent_code")?,
         end_date: row.try_get("end_date")?,
-        mobile_masked: mask_mobile(&mobile),
+        mobile_masked: renewal_platform::pii::mask_mobile(&mobile),
         case,
         quote,
     })
@@ -316,15 +300,5 @@ fn bucket_label(bucket: i16) -> &'static str {
         30 => "0-30",
         60 => "31-60",
         _ => "61-90",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn masks_the_middle_of_a_mobile() {
-        assert_eq!(super::mask_mobile("13812345678"), "138****5678");
-        assert_eq!(super::mask_mobile("+86 138 1234 5678"), "138****5678");
-        assert_eq!(super::mask_mobile("123"), "***");
     }
 }

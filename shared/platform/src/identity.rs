@@ -151,6 +151,41 @@ impl Caller {
         self.roles.contains(&role)
     }
 
+    /// Who reads the season's reports, and in what scope: analysts and HQ any city or
+    /// branch they name; a city's admin their city, a branch's supervisor and staff
+    /// their branch (the filter is set for them; naming another is 403 `out_of_scope`).
+    pub fn scope_report(
+        &self,
+        city: &mut Option<String>,
+        branch: &mut Option<String>,
+    ) -> Result<Role, Problem> {
+        const READERS: &[Role] = &[
+            Role::Analyst,
+            Role::HqAdmin,
+            Role::CityAdmin,
+            Role::Supervisor,
+            Role::BranchAdmin,
+        ];
+        let role = self.require(READERS)?;
+        let (filter, mine) = match role {
+            Role::CityAdmin => (city, &self.city_code),
+            Role::Supervisor | Role::BranchAdmin => (branch, &self.branch_code),
+            _ => return Ok(role),
+        };
+        let mine = mine.clone().unwrap_or_default();
+        match filter {
+            Some(given) if *given != mine => Err(Problem::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "out_of_scope",
+                "this is outside your branch or city",
+            )),
+            _ => {
+                *filter = Some(mine);
+                Ok(role)
+            }
+        }
+    }
+
     /// The role the audit log names: the first one the token lists.
     pub fn main_role(&self) -> &'static str {
         self.roles.first().map_or("none", |r| r.as_str())

@@ -346,9 +346,32 @@ pub fn cipher_from_env<F: Fn(&str) -> Option<String>>(
     })
 }
 
+/// Keeps the first three and last four digits: 138****5678.
+pub fn mask_mobile(mobile: &str) -> String {
+    let digits: Vec<char> = mobile.chars().filter(char::is_ascii_digit).collect();
+    let digits = if digits.len() > 11 {
+        &digits[digits.len() - 11..]
+    } else {
+        &digits[..]
+    };
+    if digits.len() < 7 {
+        return "*".repeat(digits.len());
+    }
+    let head: String = digits[..3].iter().collect();
+    let tail: String = digits[digits.len() - 4..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(digits.len() - 7))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_the_middle_of_a_mobile() {
+        assert_eq!(mask_mobile("13812345678"), "138****5678");
+        assert_eq!(mask_mobile("+86 138 1234 5678"), "138****5678");
+        assert_eq!(mask_mobile("123"), "***");
+    }
 
     fn cipher(keyring: &str, service: &str) -> PiiCipher {
         PiiCipher::for_service(&SecretString::from(keyring.to_owned()), service)

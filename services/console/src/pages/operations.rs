@@ -1,8 +1,9 @@
 //! *Operations* (HQ; an importer sees the import only): the phone-task queues (depth,
-//! leased, dead, oldest waiting) and the dead tasks with a requeue button, from
-//! dispatch; the messages each service gave up on (dead letters); and the policy
-//! import: a CSV uploaded with a progress bar, its report, and its rejected rows to
-//! download.
+//! leased, dead, oldest waiting) and the dead tasks with a requeue button, the SMS that
+//! did not reach their customer (failed and dead, numbers masked) with a resend button
+//! and the numbers that opted out, from dispatch; the messages each service gave up on
+//! (dead letters); and the policy import: a CSV uploaded with a progress bar, its
+//! report, and its rejected rows to download.
 
 use axum::Form;
 use axum::extract::{Multipart, Path, State};
@@ -25,6 +26,7 @@ pub fn routes() -> axum::Router<Console> {
     axum::Router::new()
         .route("/console/operations", get(operations))
         .route("/console/operations/requeue", post(requeue))
+        .route("/console/operations/resend", post(resend))
         .route("/console/operations/replay", post(replay))
         .route("/console/operations/import", post(import))
         .route(
@@ -35,8 +37,9 @@ pub fn routes() -> axum::Router<Console> {
 
 const SERVICES: [&str; 4] = ["lists", "assignment", "scheduler", "dispatch"];
 
-/// Queues, dead tasks and dead letters (HQ), asked for all at once.
-async fn phone_and_letters(console: &Console, signed: &SignedIn) -> Result<Value, ConsoleError> {
+/// Queues, dead tasks, failed and dead SMS, opt-outs and dead letters (HQ), asked for
+/// all at once.
+async fn for_hq(console: &Console, signed: &SignedIn) -> Result<Value, ConsoleError> {
     let token = &signed.session.token;
     let services = &console.services;
     let clients = [
@@ -54,21 +57,46 @@ async fn phone_and_letters(console: &Console, signed: &SignedIn) -> Result<Value
             )
         },
     ));
-    let (queues, dead, letters) = futures::try_join!(
+    let sms = |state: &'static str| {
+        services.get(
+            Service::Dispatch,
+            match state {
+                "failed" => "/v1/sms?state=failed&page_size=100",
+                _ => "/v1/sms?state=dead&page_size=100",
+            },
+            token,
+        )
+    };
+    let (queues, dead, failed_sms, dead_sms, opt_outs, letters) = futures::try_join!(
         services.get(Service::Dispatch, "/v1/phone-queues", token),
         services.get(
             Service::Dispatch,
             "/v1/phone-tasks?state=dead&page_size=100",
             token
         ),
+        sms("failed"),
+        sms("dead"),
+        services.get(Service::Dispatch, "/v1/opt-outs?page_size=100", token),
         letters,
     )?;
+    let undelivered: Vec<Value> = [&dead_sms["items"], &failed_sms["items"]]
+        .into_iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .cloned()
+        .collect();
     let letters: Vec<Value> = SERVICES
         .into_iter()
         .zip(letters)
         .map(|(service, page)| json!({ "service": service, "items": page["items"] }))
         .collect();
-    Ok(json!({ "queues": queues, "dead": dead["items"], "letters": letters }))
+    Ok(json!({
+        "queues": queues,
+        "dead": dead["items"],
+        "sms": undelivered,
+        "opt_outs": opt_outs["items"],
+        "letters": letters,
+    }))
 }
 
 async fn operations(
@@ -78,7 +106,7 @@ async fn operations(
     require(&signed, "operations")?;
     let hq = signed.session.caller.has(Role::HqAdmin);
     let ops = if hq {
-        phone_and_letters(&console, &signed).await?
+        for_hq(&console, &signed).await?
     } else {
         Value::Null
     };
@@ -115,6 +143,35 @@ async fn requeue(
         "{} {}",
         text(signed.session.lang, "operations.requeued"),
         form.task_id
+    );
+    pages::notice(&console, &signed, true, &said)
+}
+
+#[derive(Deserialize)]
+struct Resend {
+    csrf: Option<String>,
+    sms_id: uuid::Uuid,
+}
+
+/// A failed or dead SMS queued again (dispatch refuses a reminder to a number that
+/// opted out, or one whose case is closed, and says why).
+async fn resend(
+    State(console): State<Console>,
+    signed: SignedIn,
+    headers: HeaderMap,
+    Form(form): Form<Resend>,
+) -> Result<Response, ConsoleError> {
+    require(&signed, "operations")?;
+    signed.check_csrf(&headers, form.csrf.as_deref())?;
+    let path = format!("/v1/sms/{}:resend", form.sms_id);
+    console
+        .services
+        .post(Service::Dispatch, &path, &signed.session.token, &json!({}))
+        .await?;
+    let said = format!(
+        "{} {}",
+        text(signed.session.lang, "operations.resent"),
+        form.sms_id
     );
     pages::notice(&console, &signed, true, &said)
 }

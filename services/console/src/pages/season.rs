@@ -1,7 +1,8 @@
-//! *Season*: the funnel (due, open, renewed, rescued, lapsed), the renewal rate
-//! against its target by branch and by customer category, and the weekly trend, from
-//! the lists service's renewal-rate report (a branch's or city's people see their
-//! own; the service sets the filter). No customer data is on this page.
+//! *Season*: the funnel (due, owned, contacted, open, renewed, rescued, lapsed), the
+//! renewal rate against its target by branch and by customer category, and the weekly
+//! trend, from the lists service's renewal-rate report and, for the owned and contacted
+//! steps, the assignment service's ownership report (a branch's or city's people see
+//! their own; the services set the filter). No customer data is on this page.
 
 use axum::extract::{Query, State};
 use axum::response::Response;
@@ -66,20 +67,31 @@ async fn season(
         caller.branch_code.as_deref().unwrap_or(""),
         caller.agent_code.as_deref().unwrap_or("")
     );
-    let report = |group: &str| {
-        let path = format!("/v1/reports/renewal-rate?group_by={group}{query}");
+    let report = |service: Service, path: String| {
         let console = console.clone();
         let token = session.token.clone();
-        async move {
-            console
-                .services
-                .report(Service::Lists, &path, &token, who)
-                .await
-        }
+        async move { console.services.report(service, &path, &token, who).await }
     };
-    let (branches, categories, weeks) =
-        futures::try_join!(report("branch"), report("category"), report("week"))?;
-    let total = &branches["total"];
+    let rate = |group: &str| {
+        report(
+            Service::Lists,
+            format!("/v1/reports/renewal-rate?group_by={group}{query}"),
+        )
+    };
+    let (branches, categories, weeks, ownership) = futures::try_join!(
+        rate("branch"),
+        rate("category"),
+        rate("week"),
+        report(
+            Service::Assignment,
+            format!("/v1/reports/ownership?{}", &query[1..])
+        ),
+    )?;
+    let mut total = branches["total"].clone();
+    for step in ["owned", "contacted"] {
+        total[step] = ownership[step].clone();
+    }
+    let total = &total;
     let page = crate::page! {
         total => total.clone(),
         branches => branches["groups"].clone(),
@@ -92,11 +104,20 @@ async fn season(
     pages::render(&console, "season.html", frame(&signed, "season"), page)
 }
 
-/// The funnel as a bar chart: due, open, renewed, rescued, lapsed. Charts are drawn
+/// The funnel as a bar chart: due, owned, contacted, open, renewed, rescued, lapsed
+/// (owned and contacted from assignment, the rest from lists). Charts are drawn
 /// at once (no animation): a page read at a glance, and a screenshot of it, shows the
 /// figures.
 fn funnel_chart(total: &Value, lang: Lang) -> Value {
-    let steps = ["due", "open", "renewed", "rescued", "lapsed"];
+    let steps = [
+        "due",
+        "owned",
+        "contacted",
+        "open",
+        "renewed",
+        "rescued",
+        "lapsed",
+    ];
     let words: Vec<String> = steps
         .iter()
         .map(|s| text(lang, &format!("col.{s}")).to_owned())
