@@ -193,6 +193,29 @@ fn program() -> Program {
     }
 }
 
+/// `renewal import policies|org`.
+async fn import(what: ImportWhat) -> ExitCode {
+    match what {
+        ImportWhat::Policies {
+            file,
+            encoding,
+            rejections,
+        } => renewal::cli_import::policies(file, &encoding, rejections).await,
+        ImportWhat::Org { file } => renewal::cli_import::org(file).await,
+    }
+}
+
+/// `renewal bench lists|assignment|scheduler|dispatch|console`.
+async fn bench(what: BenchWhat) -> ExitCode {
+    match what {
+        BenchWhat::Lists { policies } => renewal::bench::lists(policies).await,
+        BenchWhat::Assignment => renewal::bench_assignment::assignment().await,
+        BenchWhat::Scheduler => renewal::bench_scheduler::scheduler().await,
+        BenchWhat::Dispatch => renewal::bench_dispatch::dispatch().await,
+        BenchWhat::Console { policies } => renewal::bench_console::console(policies).await,
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -231,17 +254,7 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Command::Import {
-            what:
-                ImportWhat::Policies {
-                    file,
-                    encoding,
-                    rejections,
-                },
-        } => renewal::cli_import::policies(file, &encoding, rejections).await,
-        Command::Import {
-            what: ImportWhat::Org { file },
-        } => renewal::cli_import::org(file).await,
+        Command::Import { what } => import(what).await,
         Command::Token {
             roles,
             agent,
@@ -249,21 +262,7 @@ async fn main() -> ExitCode {
             city,
             ttl,
         } => token(&roles, agent, branch, city, &ttl),
-        Command::Bench {
-            what: BenchWhat::Lists { policies },
-        } => renewal::bench::lists(policies).await,
-        Command::Bench {
-            what: BenchWhat::Assignment,
-        } => renewal::bench_assignment::assignment().await,
-        Command::Bench {
-            what: BenchWhat::Scheduler,
-        } => renewal::bench_scheduler::scheduler().await,
-        Command::Bench {
-            what: BenchWhat::Dispatch,
-        } => renewal::bench_dispatch::dispatch().await,
-        Command::Bench {
-            what: BenchWhat::Console { policies },
-        } => renewal::bench_console::console(policies).await,
+        Command::Bench { what } => bench(what).await,
         Command::Pii {
             what: PiiWhat::Rotate { batch },
         } => renewal::cli_pii::rotate(batch.max(1)).await,
