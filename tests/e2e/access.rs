@@ -682,6 +682,43 @@ async fn a_body_that_disagrees_with_the_token_is_refused_and_lookups_keep_to_the
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // So is the funnel's owned and contacted count: a city admin's is their city's,
+    // a branch's supervisor's their branch's.
+    let (status, body) =
+        renewal_e2e::get_json_with(&shanghai, &system.url("/v1/reports/ownership?city=110000"))
+            .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("out_of_scope")),
+        "{body}"
+    );
+    let season = "/v1/reports/ownership?from=2027-01-01&to=2027-03-31";
+    let (status, own) = renewal_e2e::get_json_with(&shanghai, &system.url(season)).await;
+    assert_eq!(
+        (status, &own["city_code"], &own["cases"]),
+        (200, &json!("310000"), &json!(1)),
+        "P1 only: {own}"
+    );
+    let (status, all) = system.get_json(season).await;
+    assert_eq!(
+        (status, &all["cases"]),
+        (200, &json!(2)),
+        "HQ sees both: {all}"
+    );
+    let beijing = system.client(
+        &Grant::role(Supervisor)
+            .agent("BJ01-S01")
+            .branch("BJ01")
+            .city("110000"),
+    );
+    let (status, body) =
+        renewal_e2e::get_json_with(&beijing, &system.url("/v1/reports/ownership?branch=SH01"))
+            .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("out_of_scope")),
+        "{body}"
+    );
     // Every answer carries a request id; one sent is kept.
     let response = sh01
         .get(system.url("/v1/branches/SH01/claims"))

@@ -11,7 +11,7 @@
 //! back once, and a case's contacts show its SMS with their receipts and its calls with
 //! their outcomes, with no personal data. HQ sees the failed and dead SMS and the
 //! opt-outs with their numbers masked, and resends a dead SMS once (not a reminder to a
-//! number that opted out).
+//! number that opted out, nor for a closed case), as a new message.
 
 use std::collections::HashSet;
 
@@ -1249,9 +1249,29 @@ async fn a_cases_contacts_show_its_sms_with_receipts_and_its_calls_with_outcomes
     system.finish().await;
 }
 
+/// What dispatch holds about a message by its id: state, attempts, sent at, last error.
+async fn message_by_id(
+    system: &TestSystem,
+    id: &str,
+) -> (
+    String,
+    i32,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<String>,
+) {
+    sqlx::query_as(
+        "SELECT state, attempts, sent_at, last_error FROM dispatch.sms_messages WHERE id = $1::uuid",
+    )
+    .bind(id)
+    .fetch_one(system.sim.pool())
+    .await
+    .expect("message")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_see_failed_and_dead_sms_masked_and_hq_resends_one_once() {
     use renewal::vendor_sim::Fault;
+    use renewal_contract::lists::{CaseClosed, CaseOutcome};
     use renewal_e2e::{Grant, Role};
     let system = TestSystem::start("ps", local("2026-12-01", 10)).await;
     let vendor = &system.sim.vendor;
@@ -1265,10 +1285,12 @@ async fn operations_see_failed_and_dead_sms_masked_and_hq_resends_one_once() {
     let down = send_sms("+8613900000033");
     vendor.inject(&down.mobile, Fault::Unavailable { times: 100 });
     let fine = send_sms("+8613900000034");
+    let closed = send_sms("+8613900000035");
+    vendor.inject(&closed.mobile, Fault::Unavailable { times: 100 });
     let start = system.sim.now();
-    queue_sms(&system, &refused).await;
-    queue_sms(&system, &down).await;
-    queue_sms(&system, &fine).await;
+    for command in [&refused, &down, &fine, &closed] {
+        queue_sms(&system, command).await;
+    }
     system
         .sim
         .advance_to(start + chrono::Duration::minutes(10))
@@ -1277,16 +1299,18 @@ async fn operations_see_failed_and_dead_sms_masked_and_hq_resends_one_once() {
     assert_eq!(message(&system, &down).await.0, "dead");
     assert_eq!(message(&system, &refused).await.0, "failed");
 
-    // HQ sees each, its number masked, and nothing else of the customer.
-    let (status, page) = system.get_json("/v1/sms?state=dead").await;
-    assert_eq!(status, 200, "{page}");
-    let dead = &page["items"];
-    assert_eq!(dead.as_array().map(Vec::len), Some(1), "{page}");
-    assert_eq!(dead[0]["id"], down.command_id.as_str());
-    assert_eq!(dead[0]["mobile_masked"], "139****0033");
-    assert_eq!(dead[0]["attempts"], 5);
+    // HQ sees each, its number masked, and nothing else of the customer (a page at a
+    // time).
+    let all_dead = system.get_items("/v1/sms?state=dead").await;
+    assert_eq!(all_dead.as_array().map(Vec::len), Some(2), "{all_dead}");
+    let dead = all_dead
+        .as_array()
+        .and_then(|d| d.iter().find(|m| m["id"] == down.command_id.as_str()))
+        .expect("the dead SMS is listed");
+    assert_eq!(dead["mobile_masked"], "139****0033");
+    assert_eq!(dead["attempts"], 5);
     assert!(
-        dead[0]["last_error"]
+        dead["last_error"]
             .as_str()
             .unwrap_or_default()
             .contains("503")
@@ -1295,7 +1319,7 @@ async fn operations_see_failed_and_dead_sms_masked_and_hq_resends_one_once() {
     assert_eq!(failed.as_array().map(Vec::len), Some(1), "{failed}");
     assert_eq!(failed[0]["id"], refused.command_id.as_str());
     assert_eq!(failed[0]["vendor_code"], "isv.BLACK_KEY_CONTROL_LIMIT");
-    for text in [page.to_string(), failed.to_string()] {
+    for text in [all_dead.to_string(), failed.to_string()] {
         for secret in ["13900000033", "13900000032", "王芳", "沪AD12345"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
@@ -1319,39 +1343,55 @@ async fn operations_see_failed_and_dead_sms_masked_and_hq_resends_one_once() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(message(&system, &down).await.0, "dead");
 
-    // The vendor is back: HQ resends; a retried resend answers the same.
+    // The vendor is back: HQ resends, as a new message; a retried resend sends nothing
+    // more and names the same one.
     vendor.inject(&down.mobile, Fault::Unavailable { times: 0 });
     let (status, first) = system.post_json(&resend, json!({})).await;
     assert_eq!(status, 200, "{first}");
+    let again_id = first["message_id"]
+        .as_str()
+        .expect("the new message")
+        .to_owned();
+    assert_ne!(again_id, down.command_id);
     assert_eq!(
         (first["state"].as_str(), first["attempts"].as_i64()),
         (Some("queued"), Some(0))
     );
     let (status, again) = system.post_json(&resend, json!({})).await;
     assert_eq!(
-        (status, &again["resent_at"]),
-        (200, &first["resent_at"]),
-        "a retried resend: {again}"
+        (status, &again["message_id"], &again["resent_at"]),
+        (200, &first["message_id"], &first["resent_at"]),
+        "{again}"
     );
     system
         .sim
         .advance_to(start + chrono::Duration::minutes(20))
         .await
         .expect("time moves");
-    let (state, attempts, _, sent_at, _, error) = message(&system, &down).await;
+    let (state, attempts, sent_at, error) = message_by_id(&system, &again_id).await;
     assert_eq!((state.as_str(), attempts, error), ("delivered", 1, None));
     assert!(sent_at.is_some());
+    assert_eq!(
+        message(&system, &down).await.0,
+        "dead",
+        "the first keeps its history"
+    );
     assert_eq!(
         vendor.requests_for(&down.mobile),
         6,
         "five tries, then one resend"
     );
-    assert_eq!(system.get_items("/v1/sms?state=dead").await, json!([]));
-    // Once only: asked again, it says the resend was delivered, and sends nothing.
+    let left = system.get_items("/v1/sms?state=dead").await;
+    assert_eq!(
+        left.as_array().map(Vec::len),
+        Some(1),
+        "a resent SMS leaves the list: {left}"
+    );
+    // Asked again, it says the resend was delivered, and sends nothing.
     let (status, body) = system.post_json(&resend, json!({})).await;
     assert_eq!(
-        (status, &body["state"], &body["resent_at"]),
-        (200, &json!("delivered"), &first["resent_at"]),
+        (status, &body["state"], &body["message_id"]),
+        (200, &json!("delivered"), &first["message_id"]),
         "{body}"
     );
     assert_eq!(vendor.requests_for(&down.mobile), 6);
@@ -1369,6 +1409,38 @@ async fn operations_see_failed_and_dead_sms_masked_and_hq_resends_one_once() {
         .post_json(&format!("/v1/sms/{}:resend", Uuid::new_v4()), json!({}))
         .await;
     assert_eq!(status, 404);
+
+    // A renewed case's dead reminder is not sent again.
+    let close = CaseClosed {
+        case_id: closed.case_id.clone(),
+        policy_no: closed.policy_no.clone(),
+        outcome: CaseOutcome::Renewed as i32,
+        new_policy_no: format!("{}R", closed.policy_no),
+        closed_at_ms: system.sim.now().timestamp_millis(),
+    };
+    system
+        .sim
+        .deps
+        .bus
+        .publish(
+            subject::LISTS_CASE_CLOSED,
+            &closed.case_id,
+            None,
+            prost::Message::encode_to_vec(&close),
+        )
+        .await
+        .expect("published");
+    system.sim.settle().await.expect("settles");
+    vendor.inject(&closed.mobile, Fault::Unavailable { times: 0 });
+    let (status, body) = system
+        .post_json(&format!("/v1/sms/{}:resend", closed.command_id), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("case_stopped")),
+        "{body}"
+    );
+    assert_eq!(message(&system, &closed).await.0, "dead");
 
     // The refused number opts out: its reminder is not sent again, and HQ sees the
     // opt-out, masked.
@@ -1388,5 +1460,64 @@ async fn operations_see_failed_and_dead_sms_masked_and_hq_resends_one_once() {
     assert_eq!(outs.as_array().map(Vec::len), Some(1), "{outs}");
     assert_eq!(outs[0]["mobile_masked"], "139****0032");
     assert!(!outs.to_string().contains("13900000032"));
+    system.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_sms_goes_to_the_cases_corrected_number() {
+    use renewal::vendor_sim::Fault;
+    let system = TestSystem::start("pn", local("2026-12-01", 10)).await;
+    let sim = &system.sim;
+    let mut first = policy("P2026N0001", "2027-01-31");
+    sim.publish_policies(std::slice::from_ref(&first))
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let opened: Vec<CaseOpened> = events(&system, subject::LISTS_CASE_OPENED).await;
+    let case_id = opened.first().expect("case opened").case_id.clone();
+    // The number on file is refused by the vendor.
+    sim.vendor.inject(
+        &first.mobile,
+        Fault::Refuse {
+            code: "isv.MOBILE_NUMBER_ILLEGAL".into(),
+        },
+    );
+    let mut reminder = send_sms("");
+    reminder.case_id = case_id.clone();
+    reminder.policy_no = first.policy_no.clone();
+    queue_sms(&system, &reminder).await;
+    assert_eq!(message(&system, &reminder).await.0, "failed");
+
+    // The core system corrects the mobile; HQ resends, to the new number.
+    first.version = 2;
+    first.mobile = "+8613912340000".into();
+    sim.publish_policies(std::slice::from_ref(&first))
+        .await
+        .expect("published");
+    sim.settle().await.expect("settles");
+    let (status, resent) = system
+        .post_json(
+            &format!("/v1/sms/{}:resend", reminder.command_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{resent}");
+    sim.settle().await.expect("settles");
+    let id = resent["message_id"].as_str().expect("the new message");
+    let (state, _, _, _) = message_by_id(&system, id).await;
+    assert_eq!(state, "delivered");
+    let sealed: Vec<u8> =
+        sqlx::query_scalar("SELECT contact_enc FROM dispatch.sms_messages WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(sim.pool())
+            .await
+            .expect("the new message");
+    let contact = renewal_dispatch::sealed::open_sms(&dispatch_pii(), id, &sealed).expect("opens");
+    assert_eq!(contact.mobile, "+8613912340000");
+    assert_eq!(
+        sim.vendor.requests_for("+8613812345678"),
+        1,
+        "the old number once"
+    );
     system.finish().await;
 }

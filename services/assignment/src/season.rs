@@ -1,6 +1,7 @@
 //! `GET /v1/reports/ownership`: two steps of the season's funnel that only assignment
-//! knows, for the cases expiring in a range: how many have an owner, and how many had a
-//! call completed on them (any outcome: the customer was called and the call recorded).
+//! knows, for the cases expiring in a range (not cancelled, as the lists service's
+//! report counts them): how many have an owner, and how many had a call completed on
+//! them (any outcome: the customer was called and the call recorded).
 //! Scoped as the lists service's renewal-rate report (`Caller::scope_report`): analysts
 //! and HQ any city or branch, a city's admin their city, a branch's people their branch.
 //! Counts only; no customer data.
@@ -83,7 +84,7 @@ pub(crate) async fn ownership(
                 count(*) FILTER (WHERE owner_agent IS NOT NULL) AS owned,
                 count(*) FILTER (WHERE last_outcome_at IS NOT NULL) AS contacted
          FROM assignment.cases
-         WHERE expiry_date BETWEEN $1 AND $2
+         WHERE expiry_date BETWEEN $1 AND $2 AND outcome IS DISTINCT FROM 'cancelled'
            AND ($3::text IS NULL OR city_code = $3::text)
            AND ($4::text IS NULL OR branch_code = $4::text)",
     )

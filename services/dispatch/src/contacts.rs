@@ -63,7 +63,7 @@ fn seal(pii: &PiiCipher, case_id: Uuid, c: &Contact) -> Result<Vec<u8>, PiiError
     pii.seal_json(&(&c.name, &c.mobile, &c.plate), place(&case_id.to_string()))
 }
 
-fn open(pii: &PiiCipher, case_id: Uuid, sealed: &[u8]) -> Result<Contact, PiiError> {
+pub(crate) fn open(pii: &PiiCipher, case_id: Uuid, sealed: &[u8]) -> Result<Contact, PiiError> {
     let (name, mobile, plate) = pii.open_json(sealed, place(&case_id.to_string()))?;
     Ok(Contact {
         name,

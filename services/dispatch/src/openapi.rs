@@ -192,12 +192,14 @@ fn case_contacts() {}
 #[allow(dead_code)]
 fn failed_sms() {}
 
-/// Send a failed or dead SMS again: queued, due now, with its 5 attempts again
-/// (`hq_admin`; audited). The sender still withdraws it for a closed case, suppresses a
-/// reminder to an opted-out number and holds it until the morning at night. A message
-/// resent already and not failed since is not sent again: 200 with where the resend got
-/// to (a retried request gets its answer). 409 `not_resendable` for any other state, `case_stopped` for a closed or erased case, `opted_out` for a reminder
-/// to a number that opted out.
+/// Send a failed or dead SMS again (`hq_admin`; audited): a new message with its own
+/// id (the vendor's OutId), queued now, to the case's current number. The sender still
+/// withdraws it for a closed case, suppresses a reminder to an opted-out number and
+/// holds it until the morning at night. Asked again, it sends nothing more and answers
+/// where the resend got to. 409 `not_resendable` for any other state, `case_stopped`
+/// for a case that wants no more contacts (closed, erased, renewed or lost on a call, a
+/// wrong number not corrected), `opted_out` for a reminder to a number that opted out,
+/// `unreadable` for a number that does not open.
 #[utoipa::path(post, path = "/v1/sms/{id}:resend", tag = "operations",
     operation_id = "resend_sms", params(("id" = uuid::Uuid, Path)),
     responses(

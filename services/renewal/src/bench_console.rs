@@ -2,8 +2,8 @@
 //! portfolio of N policies (1,000,000 by default) loaded into the whole system, against
 //! the loopback Postgres and NATS; printed as `name value` lines.
 //!
-//! 1. The organisation is loaded, the portfolio imported over HTTP as HQ
-//!    (`POST /v1/policies:import`) on 1 December, the month's lists issued, and the
+//! 1. The organisation is loaded, the portfolio imported as `renewal import policies`
+//!    imports it (the lists service's importer) on 1 December, the month's lists issued, and the
 //!    system left to settle: every case opened, listed, claimed-to-be, timed (setup).
 //! 2. Each page's person signs in through the development issuer (the OIDC code flow
 //!    with PKCE, over HTTP as a browser would), opens the page once (`_first_ms`: the

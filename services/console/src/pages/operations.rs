@@ -57,16 +57,7 @@ async fn for_hq(console: &Console, signed: &SignedIn) -> Result<Value, ConsoleEr
             )
         },
     ));
-    let sms = |state: &'static str| {
-        services.get(
-            Service::Dispatch,
-            match state {
-                "failed" => "/v1/sms?state=failed&page_size=100",
-                _ => "/v1/sms?state=dead&page_size=100",
-            },
-            token,
-        )
-    };
+    let sms = |path: &'static str| services.get(Service::Dispatch, path, token);
     let (queues, dead, failed_sms, dead_sms, opt_outs, letters) = futures::try_join!(
         services.get(Service::Dispatch, "/v1/phone-queues", token),
         services.get(
@@ -74,8 +65,8 @@ async fn for_hq(console: &Console, signed: &SignedIn) -> Result<Value, ConsoleEr
             "/v1/phone-tasks?state=dead&page_size=100",
             token
         ),
-        sms("failed"),
-        sms("dead"),
+        sms("/v1/sms?state=failed&page_size=100"),
+        sms("/v1/sms?state=dead&page_size=100"),
         services.get(Service::Dispatch, "/v1/opt-outs?page_size=100", token),
         letters,
     )?;

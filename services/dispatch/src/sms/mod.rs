@@ -48,7 +48,8 @@ pub enum SmsError {
     /// A resend of a message that is not failed or dead.
     #[error("{0}")]
     NotResendable(String),
-    /// A resend for a case that wants no more contacts (closed, erased).
+    /// A resend for a case that wants no more contacts (closed, erased, renewed or lost
+    /// on a call, a wrong number not corrected).
     #[error("{0}")]
     CaseStopped(String),
     /// A resend of a reminder to a number that opted out.
@@ -59,6 +60,9 @@ pub enum SmsError {
     /// A sealed number does not open (its key is not in the keyring?).
     #[error("the number of {id} does not open: {source}")]
     Pii { id: Uuid, source: PiiError },
+    /// A resend of a message (or to a case) whose number does not open.
+    #[error("the number of {id} does not open, so it cannot be sent again: {source}")]
+    Unreadable { id: Uuid, source: PiiError },
     /// The caller may not do this (401, 403), or a bad page token.
     #[error("{0}")]
     Refused(#[from] Problem),
@@ -76,6 +80,9 @@ impl IntoResponse for SmsError {
             SmsError::OptedOut(d) => Problem::new(StatusCode::CONFLICT, "opted_out", d),
             SmsError::Db(e) => Problem::database(&e),
             e @ SmsError::Pii { .. } => Problem::internal(&e),
+            e @ SmsError::Unreadable { .. } => {
+                Problem::new(StatusCode::CONFLICT, "unreadable", e.to_string())
+            }
             SmsError::Refused(p) => p,
         }
         .into_response()
