@@ -122,6 +122,55 @@ pub(crate) const ENDED_ON_A_CALL: &str = "LEFT JOIN LATERAL (
          WHERE t.case_id = $2 AND t.state = 'completed'
            AND t.outcome IN ('renewed', 'insured_elsewhere', 'vehicle_sold')) ended ON true";
 
+/// Whether a case still wants contacts, read beside a task or message of it (`$2` is
+/// the case) by operations before they put it back: its columns (`closed`,
+/// `overtaken`, `wrong_number`) and the joins they need.
+pub(crate) struct CaseStops {
+    closed: bool,
+    overtaken: bool,
+    wrong_number: bool,
+}
+
+impl CaseStops {
+    /// The columns, for a task or message made at `made` (a SQL expression).
+    pub(crate) fn columns(made: &str) -> String {
+        format!(
+            "closed.case_id IS NOT NULL AS closed, {} AS overtaken,
+             EXISTS (SELECT 1 FROM dispatch.contact_corrections cc
+                     WHERE cc.case_id = $2 AND cc.corrected_at IS NULL) AS wrong_number",
+            overtaken(made)
+        )
+    }
+
+    /// The joins the columns read.
+    pub(crate) fn joins() -> String {
+        format!("LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $2 {ENDED_ON_A_CALL}")
+    }
+
+    pub(crate) fn read(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(CaseStops {
+            closed: row.try_get("closed")?,
+            overtaken: row.try_get("overtaken")?,
+            wrong_number: row.try_get("wrong_number")?,
+        })
+    }
+
+    /// Why the case wants no more contacts, if it does not: closed, renewed or lost on
+    /// a call after the task or message was made, or a wrong number not corrected yet.
+    pub(crate) fn why(&self) -> Option<&'static str> {
+        if self.closed {
+            Some("the case is closed")
+        } else if self.overtaken {
+            Some("the customer said on a later call that the policy was renewed or lost")
+        } else if self.wrong_number {
+            Some("the case's number was reported wrong and is not corrected yet")
+        } else {
+            None
+        }
+    }
+}
+
 /// Whether a command due at `due` (a SQL parameter) was overtaken by that call: the
 /// scheduler fired it before it held the case's timers (due before the call ended, or
 /// within the hour after, the time the outcome takes to reach it). What it sends after

@@ -110,10 +110,11 @@ async fn operations(
     )
 }
 
+/// A form that names one task or message by id.
 #[derive(Deserialize)]
-struct Requeue {
+struct OneOf {
     csrf: Option<String>,
-    task_id: uuid::Uuid,
+    id: uuid::Uuid,
 }
 
 /// A dead task back in its queue.
@@ -121,50 +122,58 @@ async fn requeue(
     State(console): State<Console>,
     signed: SignedIn,
     headers: HeaderMap,
-    Form(form): Form<Requeue>,
+    Form(form): Form<OneOf>,
 ) -> Result<Response, ConsoleError> {
-    require(&signed, "operations")?;
-    signed.check_csrf(&headers, form.csrf.as_deref())?;
-    let path = format!("/v1/phone-tasks/{}:requeue", form.task_id);
-    console
-        .services
-        .post(Service::Dispatch, &path, &signed.session.token, &json!({}))
-        .await?;
-    let said = format!(
-        "{} {}",
-        text(signed.session.lang, "operations.requeued"),
-        form.task_id
-    );
-    pages::notice(&console, &signed, true, &said)
+    let path = format!("/v1/phone-tasks/{}:requeue", form.id);
+    act_on_one(
+        &console,
+        &signed,
+        &headers,
+        &form,
+        &path,
+        "operations.requeued",
+    )
+    .await
 }
 
-#[derive(Deserialize)]
-struct Resend {
-    csrf: Option<String>,
-    sms_id: uuid::Uuid,
-}
-
-/// A failed or dead SMS queued again (dispatch refuses a reminder to a number that
-/// opted out, or one whose case is closed, and says why).
+/// A failed or dead SMS sent again (dispatch refuses a reminder to a number that opted
+/// out, or one whose case wants no more contacts, and says why).
 async fn resend(
     State(console): State<Console>,
     signed: SignedIn,
     headers: HeaderMap,
-    Form(form): Form<Resend>,
+    Form(form): Form<OneOf>,
 ) -> Result<Response, ConsoleError> {
-    require(&signed, "operations")?;
-    signed.check_csrf(&headers, form.csrf.as_deref())?;
-    let path = format!("/v1/sms/{}:resend", form.sms_id);
+    let path = format!("/v1/sms/{}:resend", form.id);
+    act_on_one(
+        &console,
+        &signed,
+        &headers,
+        &form,
+        &path,
+        "operations.resent",
+    )
+    .await
+}
+
+/// Posts an operation on one task or message to dispatch as the person, and says
+/// what happened (a refusal is shown as dispatch gave it).
+async fn act_on_one(
+    console: &Console,
+    signed: &SignedIn,
+    headers: &HeaderMap,
+    form: &OneOf,
+    path: &str,
+    done: &str,
+) -> Result<Response, ConsoleError> {
+    require(signed, "operations")?;
+    signed.check_csrf(headers, form.csrf.as_deref())?;
     console
         .services
-        .post(Service::Dispatch, &path, &signed.session.token, &json!({}))
+        .post(Service::Dispatch, path, &signed.session.token, &json!({}))
         .await?;
-    let said = format!(
-        "{} {}",
-        text(signed.session.lang, "operations.resent"),
-        form.sms_id
-    );
-    pages::notice(&console, &signed, true, &said)
+    let said = format!("{} {}", text(signed.session.lang, done), form.id);
+    pages::notice(console, signed, true, &said)
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{MAX_LEASES, PhoneTasks, TaskError};
+use crate::commands::CaseStops;
 
 /// The queues, in the order they are listed.
 pub const QUEUES: [&str; 5] = ["owner", "branch", "campaign", "hq", "city"];
@@ -240,9 +241,7 @@ struct Found {
     state: String,
     leases: i32,
     available_at: DateTime<Utc>,
-    closed: bool,
-    overtaken: bool,
-    wrong_number: bool,
+    stops: CaseStops,
 }
 
 /// `POST /v1/phone-tasks/{id}:requeue` (HQ): a dead task is open again, now, with its
@@ -270,16 +269,7 @@ pub async fn requeue(tasks: &PhoneTasks, id: Uuid) -> Result<serde_json::Value, 
             found.state
         )));
     }
-    let stopped = if found.closed {
-        Some("the task's case is closed")
-    } else if found.overtaken {
-        Some("the customer said on a later call that the policy was renewed or lost")
-    } else if found.wrong_number {
-        Some("the case's number was reported wrong and is not corrected yet")
-    } else {
-        None
-    };
-    if let Some(why) = stopped {
+    if let Some(why) = found.stops.why() {
         return Err(TaskError::CaseStopped(why.into()));
     }
     sqlx::query(
@@ -303,17 +293,12 @@ pub async fn requeue(tasks: &PhoneTasks, id: Uuid) -> Result<serde_json::Value, 
 /// The task, locked, and whether its case still wants calls.
 async fn found(tx: &mut sqlx::PgConnection, id: Uuid, case_id: Uuid) -> Result<Found, TaskError> {
     let sql = format!(
-        "SELECT t.state, t.leases, t.available_at, closed.case_id IS NOT NULL AS closed,
-                {overtaken} AS overtaken,
-                EXISTS (SELECT 1 FROM dispatch.contact_corrections cc
-                        WHERE cc.case_id = $2 AND cc.corrected_at IS NULL) AS wrong_number
-         FROM dispatch.phone_tasks t
-         LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $2
-         {ended}
+        "SELECT t.state, t.leases, t.available_at, {stops}
+         FROM dispatch.phone_tasks t {joins}
          WHERE t.id = $1
          FOR UPDATE OF t",
-        overtaken = crate::commands::overtaken("t.created_at"),
-        ended = crate::commands::ENDED_ON_A_CALL,
+        stops = CaseStops::columns("t.created_at"),
+        joins = CaseStops::joins(),
     );
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -325,8 +310,6 @@ async fn found(tx: &mut sqlx::PgConnection, id: Uuid, case_id: Uuid) -> Result<F
         state: row.try_get("state")?,
         leases: row.try_get("leases")?,
         available_at: row.try_get("available_at")?,
-        closed: row.try_get("closed")?,
-        overtaken: row.try_get("overtaken")?,
-        wrong_number: row.try_get("wrong_number")?,
+        stops: CaseStops::read(&row)?,
     })
 }

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::sending::SmsState;
 use super::{SmsDesk, SmsError};
+use crate::commands::CaseStops;
 use crate::sealed::{self, SmsContact};
 
 /// Who lists the failed and dead SMS, resends them and reads the opt-outs.
@@ -264,17 +265,12 @@ async fn found(tx: &mut PgConnection, id: Uuid) -> Result<Found, SmsError> {
     let case_id = case_id.ok_or(SmsError::NotFound(id))?;
     crate::commands::lock_case(tx, case_id).await?;
     let sql = format!(
-        "SELECT m.state, m.marketing, m.contact_enc, m.resent_as, m.resent_at,
-                closed.case_id IS NOT NULL AS closed, {overtaken} AS overtaken,
-                EXISTS (SELECT 1 FROM dispatch.contact_corrections cc
-                        WHERE cc.case_id = $2 AND cc.corrected_at IS NULL) AS wrong_number
-         FROM dispatch.sms_messages m
-         LEFT JOIN dispatch.closed_cases closed ON closed.case_id = $2
-         {ended}
+        "SELECT m.state, m.marketing, m.contact_enc, m.resent_as, m.resent_at, {stops}
+         FROM dispatch.sms_messages m {joins}
          WHERE m.id = $1
          FOR UPDATE OF m",
-        overtaken = crate::commands::overtaken("m.created_at"),
-        ended = crate::commands::ENDED_ON_A_CALL,
+        stops = CaseStops::columns("m.created_at"),
+        joins = CaseStops::joins(),
     );
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -283,17 +279,10 @@ async fn found(tx: &mut PgConnection, id: Uuid) -> Result<Found, SmsError> {
         .await?
         .ok_or(SmsError::NotFound(id))?;
     let contact: Vec<u8> = row.try_get("contact_enc")?;
-    let stopped = if row.try_get("closed")? {
-        Some("the case is closed: it wants no more contacts")
-    } else if contact.is_empty() {
-        Some("the customer's data was erased")
-    } else if row.try_get("overtaken")? {
-        Some("the customer said on a call that the policy was renewed or lost")
-    } else if row.try_get("wrong_number")? {
-        Some("the case's number was reported wrong and is not corrected yet")
-    } else {
-        None
-    };
+    let erased = contact
+        .is_empty()
+        .then_some("the customer's data was erased");
+    let stopped = CaseStops::read(&row)?.why().or(erased);
     Ok(Found {
         id,
         case_id,
