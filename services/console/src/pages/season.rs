@@ -104,10 +104,10 @@ async fn season(
     pages::render(&console, "season.html", frame(&signed, "season"), page)
 }
 
-/// The funnel as a bar chart: due, owned, contacted, open, renewed, rescued, lapsed
-/// (owned and contacted from assignment, the rest from lists). Charts are drawn
-/// at once (no animation): a page read at a glance, and a screenshot of it, shows the
-/// figures.
+/// The funnel as horizontal bars, top to bottom: due, owned, contacted, open, renewed,
+/// rescued, lapsed (owned and contacted from assignment, the rest from lists). Charts
+/// are drawn at once (no animation): a page read at a glance, and a screenshot of it,
+/// shows the figures.
 fn funnel_chart(total: &Value, lang: Lang) -> Value {
     let steps = [
         "due",
@@ -125,8 +125,9 @@ fn funnel_chart(total: &Value, lang: Lang) -> Value {
     json!({
         "animation": false,
         "tooltip": {},
-        "xAxis": { "type": "category", "data": words, "axisLabel": { "interval": 0 } },
-        "yAxis": { "type": "value" },
+        "grid": { "containLabel": true, "left": 8, "right": 16 },
+        "xAxis": { "type": "value" },
+        "yAxis": { "type": "category", "data": words, "inverse": true, "axisLabel": { "interval": 0 } },
         "series": [{ "type": "bar", "data": steps.iter().map(|s| total[*s].as_i64().unwrap_or(0)).collect::<Vec<_>>() }],
     })
 }
