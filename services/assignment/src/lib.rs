@@ -128,13 +128,48 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
     }
     let outbox = outbox();
     let wake = Arc::new(tokio::sync::Notify::new());
+    let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
+    mount_api(&deps, &outbox, &wake, &audit);
+    let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
+    consume(&mut service, &deps, &outbox, &wake);
+    service.spawn(
+        deadlines::Sweeper {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            wake,
+        }
+        .run(cancel.clone()),
+    );
+    service.spawn(
+        progress::Issuer {
+            pool: deps.pool.clone(),
+            outbox: outbox.clone(),
+            clock: deps.clock.clone(),
+            time_zone: deps.time_zone,
+        }
+        .run(cancel.clone()),
+    );
+    deps.http.mount(audit.around(service.dead_letter_routes()));
+    // Last: the process is ready once every service it serves has its document.
+    deps.http.document(SCHEMA, openapi::document());
+    service.run().await
+}
+
+/// Assignment's routes: claims, discounts, reports, case history, the organisation and
+/// the audit log, each call audited.
+fn mount_api(
+    deps: &Deps,
+    outbox: &Outbox,
+    wake: &Arc<tokio::sync::Notify>,
+    audit: &renewal_platform::audit::AuditLog,
+) {
     let api = claims::ClaimApi {
         pool: deps.pool.clone(),
         outbox: outbox.clone(),
         clock: deps.clock.clone(),
         wake: wake.clone(),
     };
-    let audit = renewal_platform::audit::AuditLog::start(&deps.pool, SCHEMA, &cancel);
     deps.http.mount(audit.around(claims::routes(api.clone())));
     deps.http
         .mount(audit.around(discounts::routes(api.clone())));
@@ -151,7 +186,11 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
         clock: deps.clock.clone(),
     })));
     deps.http.mount(audit.around(audit.routes()));
-    let mut service = Service::new(SCHEMA, &deps, &outbox, &cancel);
+}
+
+/// Assignment's consumers: cases, issued lists, second-assignment commands, call
+/// outcomes, supervisor alerts, erasures.
+fn consume(service: &mut Service, deps: &Deps, outbox: &Outbox, wake: &Arc<tokio::sync::Notify>) {
     service.consume(
         LISTS_CASES,
         cases::CaseEvents {
@@ -184,26 +223,4 @@ pub async fn run(deps: Deps, cancel: CancellationToken) -> Result<(), String> {
             clock: deps.clock.clone(),
         },
     );
-    service.spawn(
-        deadlines::Sweeper {
-            pool: deps.pool.clone(),
-            outbox: outbox.clone(),
-            clock: deps.clock.clone(),
-            wake,
-        }
-        .run(cancel.clone()),
-    );
-    service.spawn(
-        progress::Issuer {
-            pool: deps.pool.clone(),
-            outbox: outbox.clone(),
-            clock: deps.clock.clone(),
-            time_zone: deps.time_zone,
-        }
-        .run(cancel.clone()),
-    );
-    deps.http.mount(audit.around(service.dead_letter_routes()));
-    // Last: the process is ready once every service it serves has its document.
-    deps.http.document(SCHEMA, openapi::document());
-    service.run().await
 }
