@@ -344,37 +344,13 @@ async fn dead_task(system: &TestSystem) -> String {
 /// morning after the dead task's leases): dead.
 async fn dead_sms(system: &TestSystem) -> String {
     use renewal::vendor_sim::Fault;
-    let command = renewal_contract::scheduler::SendSms {
-        command_id: uuid::Uuid::new_v4().to_string(),
-        case_id: uuid::Uuid::new_v4().to_string(),
-        policy_no: "W9".into(),
-        stage: "T-60".into(),
-        template: "renewal_friendly".into(),
-        mobile: "+8613900000044".into(),
-        customer_name: "王芳".into(),
-        plate: "沪AD12345".into(),
-        expiry_date: "2027-01-31".into(),
-        time_zone: "Asia/Shanghai".into(),
-        marketing: true,
-        due_at_ms: 0,
-    };
+    let mut command = renewal_e2e::send_sms("+8613900000044");
+    command.policy_no = "W9".into();
     system
         .sim
         .vendor
         .inject(&command.mobile, Fault::Unavailable { times: 100 });
-    system
-        .sim
-        .deps
-        .bus
-        .publish(
-            renewal_contract::subject::DISPATCH_CMD_SEND_SMS,
-            &command.command_id,
-            None,
-            prost::Message::encode_to_vec(&command),
-        )
-        .await
-        .expect("published");
-    system.sim.settle().await.expect("settles");
+    renewal_e2e::queue_sms(system, &command).await;
     let now = system.sim.now();
     system
         .sim

@@ -20,7 +20,7 @@ use renewal_contract::dispatch::{CallOutcome, PhoneTaskCompleted};
 use renewal_contract::lists::CaseOpened;
 use renewal_contract::scheduler::{CreatePhoneTask, TaskQueue};
 use renewal_contract::subject;
-use renewal_e2e::{TestSystem, events, local, policy};
+use renewal_e2e::{TestSystem, events, local, policy, queue_sms, send_sms};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -600,40 +600,6 @@ async fn post_to(url: &str, body: String) -> (u16, Value) {
         .expect("HTTP answers");
     let status = response.status().as_u16();
     (status, response.json::<Value>().await.unwrap_or_default())
-}
-
-/// A marketing SMS command for `mobile`, due now.
-fn send_sms(mobile: &str) -> renewal_contract::scheduler::SendSms {
-    renewal_contract::scheduler::SendSms {
-        command_id: Uuid::new_v4().to_string(),
-        case_id: Uuid::new_v4().to_string(),
-        policy_no: format!("P{}", &Uuid::new_v4().simple().to_string()[..10]),
-        stage: "T-60".into(),
-        template: "renewal_friendly".into(),
-        mobile: mobile.into(),
-        customer_name: "王芳".into(),
-        plate: "沪AD12345".into(),
-        expiry_date: "2027-01-31".into(),
-        time_zone: "Asia/Shanghai".into(),
-        marketing: true,
-        due_at_ms: 0,
-    }
-}
-
-async fn queue_sms(system: &TestSystem, command: &renewal_contract::scheduler::SendSms) {
-    system
-        .sim
-        .deps
-        .bus
-        .publish(
-            subject::DISPATCH_CMD_SEND_SMS,
-            &command.command_id,
-            None,
-            prost::Message::encode_to_vec(command),
-        )
-        .await
-        .expect("published");
-    system.sim.settle().await.expect("settles");
 }
 
 /// What dispatch holds about one message: state, attempts, next attempt, sent at,

@@ -511,3 +511,39 @@ pub async fn insert_campaign_tasks(pool: &sqlx::PgPool, policy_nos: &[String], a
     .expect("campaign tasks");
 }
 pub mod browser;
+
+/// A marketing SMS command for `mobile` (empty: dispatch fills in the case's), due now,
+/// for a case of its own.
+pub fn send_sms(mobile: &str) -> renewal_contract::scheduler::SendSms {
+    renewal_contract::scheduler::SendSms {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        case_id: uuid::Uuid::new_v4().to_string(),
+        policy_no: format!("P{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        stage: "T-60".into(),
+        template: "renewal_friendly".into(),
+        mobile: mobile.into(),
+        customer_name: "王芳".into(),
+        plate: "沪AD12345".into(),
+        expiry_date: "2027-01-31".into(),
+        time_zone: "Asia/Shanghai".into(),
+        marketing: true,
+        due_at_ms: 0,
+    }
+}
+
+/// Publishes an SMS command as the scheduler would, and lets the system settle.
+pub async fn queue_sms(system: &TestSystem, command: &renewal_contract::scheduler::SendSms) {
+    system
+        .sim
+        .deps
+        .bus
+        .publish(
+            renewal_contract::subject::DISPATCH_CMD_SEND_SMS,
+            &command.command_id,
+            None,
+            prost::Message::encode_to_vec(command),
+        )
+        .await
+        .expect("published");
+    system.sim.settle().await.expect("settles");
+}
