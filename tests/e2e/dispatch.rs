@@ -111,26 +111,46 @@ async fn parallel_leases_never_overlap_and_outcomes_are_published_once() {
     assert_eq!(first[0]["customer"]["plate"], "沪AD12345");
     assert!(first[0].get("id_number").is_none());
 
-    // 100 agents lease at once: every task goes to exactly one of them.
+    // 100 agents lease at once (leased together, a statement for many): every task
+    // goes to exactly one of them, no agent gets more than it asked for, and the task
+    // is leased in the name of the agent it was handed to.
     let mut pulls = tokio::task::JoinSet::new();
     for agent in 0..100 {
         let url = system.url("/v1/phone-tasks:lease");
         let http = system.http.clone();
         pulls.spawn(async move {
+            let agent = format!("CC-{agent:03}");
             let response = http
                 .post(url)
-                .json(&json!({"agent_id": format!("CC-{agent:03}"), "queue": "campaign", "max": 2, "lease_seconds": 300}))
+                .json(&json!({"agent_id": agent, "queue": "campaign", "max": 2, "lease_seconds": 300}))
                 .send()
                 .await
                 .expect("HTTP answers");
             assert_eq!(response.status().as_u16(), 200);
             let body: Value = response.json().await.expect("json");
-            body["tasks"].as_array().cloned().unwrap_or_default()
+            (agent, body["tasks"].as_array().cloned().unwrap_or_default())
         });
     }
     let mut leased: Vec<Value> = first.clone();
-    while let Some(tasks) = pulls.join_next().await {
-        leased.extend(tasks.expect("puller"));
+    while let Some(pulled) = pulls.join_next().await {
+        let (agent, tasks) = pulled.expect("puller");
+        assert!(
+            tasks.len() <= 2,
+            "{agent} asked for 2 and got {}",
+            tasks.len()
+        );
+        for task in &tasks {
+            let holder: String = sqlx::query_scalar(
+                "SELECT leased_by FROM dispatch.phone_tasks WHERE id = $1::uuid AND lease_token = $2::uuid",
+            )
+            .bind(task["id"].as_str().expect("id"))
+            .bind(task["lease_token"].as_str().expect("token"))
+            .fetch_one(system.sim.pool())
+            .await
+            .expect("the task is leased under the token handed out");
+            assert_eq!(holder, agent);
+        }
+        leased.extend(tasks);
     }
     let ids: HashSet<&str> = leased.iter().filter_map(|t| t["id"].as_str()).collect();
     assert_eq!(leased.len(), 150, "every task leased");
@@ -834,8 +854,9 @@ async fn api_callers_holding_every_connection_do_not_stop_the_sender_or_the_webh
     let (state, attempts, retry_at, ..) = message(&system, &sms).await;
     assert_eq!((state.as_str(), attempts), ("queued", 1));
 
-    // Another session locks the phone tasks; more leases than the pool has
-    // connections each take one and wait for the lock.
+    // Another session locks the phone tasks; more heartbeats than the pool has
+    // connections each take one and wait for the lock (leases would not: those
+    // arriving together share one statement).
     let mut blocker = sim.pool().begin().await.expect("begin");
     sqlx::query("LOCK TABLE dispatch.phone_tasks IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *blocker)
@@ -844,11 +865,14 @@ async fn api_callers_holding_every_connection_do_not_stop_the_sender_or_the_webh
     let services = &sim.deps.pool;
     let size = services.options().get_max_connections();
     let mut callers = tokio::task::JoinSet::new();
-    for agent in 0..size + 10 {
-        let (http, url) = (system.http.clone(), system.url("/v1/phone-tasks:lease"));
+    for _ in 0..size + 10 {
+        let (http, url) = (
+            system.http.clone(),
+            system.url(&format!("/v1/phone-tasks/{}:heartbeat", Uuid::new_v4())),
+        );
         callers.spawn(async move {
             http.post(url)
-                .json(&json!({"agent_id": format!("CC-{agent:03}"), "queue": "campaign", "max": 1}))
+                .json(&json!({"lease_token": Uuid::new_v4()}))
                 .send()
                 .await
                 .expect("HTTP answers")
@@ -893,11 +917,12 @@ async fn api_callers_holding_every_connection_do_not_stop_the_sender_or_the_webh
     assert_eq!(sent_at, Some(retry_at));
     assert!(exhausted(), "the API's callers still held the pool");
 
-    // The lock goes: the waiting callers get their answer, the rest a 503 to retry.
+    // The lock goes: the waiting callers get their answer (no such task), the rest a
+    // 503 to retry.
     blocker.rollback().await.expect("rollback");
     while let Some(status) = callers.join_next().await {
         let status = status.expect("caller");
-        assert!(matches!(status, 200 | 503), "answered {status}");
+        assert!(matches!(status, 404 | 503), "answered {status}");
     }
     assert_eq!(receipts().await, 1, "one receipt, recorded once");
     assert_eq!(sim.vendor.requests_for(&sms.mobile), 2);

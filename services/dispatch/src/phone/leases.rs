@@ -4,6 +4,11 @@
 //! (the old token is stale from the next lease on). Heartbeat extends a lease, release
 //! gives it back (optionally until a retry time); the token must be the current one,
 //! or the answer is 409.
+//!
+//! Requests arriving together for the same queue and filter are leased by one
+//! statement (a group commit, as completions are): one walk of the queue and one
+//! commit for all. The first request's share is the most urgent, and each task is
+//! leased in the name of the agent it is handed to.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -116,7 +121,64 @@ fn lease_seconds(raw: Option<i64>) -> Result<i64, TaskError> {
     Ok(secs)
 }
 
+/// One agent's lease request, checked, waiting in a batch.
+pub(crate) struct Ask {
+    /// Requests with the same key are leased by one statement.
+    key: AskKey,
+    agent: String,
+    max: i64,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct AskKey {
+    queue: &'static str,
+    /// The owner queue's owner ('' for the other queues).
+    owner: String,
+    branch_code: String,
+    city_code: String,
+    lease_seconds: i64,
+}
+
+/// The rows leased for one request (the batch's statement failed for all, or not).
+pub(crate) type Answer = Result<Vec<sqlx::postgres::PgRow>, std::sync::Arc<sqlx::Error>>;
+
+/// The group commit of leases: requests arriving together are leased by one statement
+/// per queue and filter (one walk of the queue, one commit), each its own share.
+pub(crate) type Leases = super::group_commit::GroupCommit<Ask, Answer>;
+
+/// Lease batches written at once, and requests per batch at most.
+pub(crate) fn leases() -> Leases {
+    Leases::new(1, 32)
+}
+
 pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<TaskView>, TaskError> {
+    let ask = checked(request)?;
+    let now = tasks.clock.now();
+    // Counted here first; the database is asked only near the cap (the count there,
+    // exact across replicas, costs a scan of the leased tasks).
+    if tasks.leased.held_here(&ask.agent) + ask.max > super::MAX_OPEN_LEASES {
+        let held = held_by(tasks, &ask.agent, now).await?;
+        if held + ask.max > super::MAX_OPEN_LEASES {
+            return Err(too_many_leases(held));
+        }
+    }
+    let agent = ask.agent.clone();
+    let rows = tasks
+        .leases
+        .submit(ask, |batch| lease_batch(tasks.clone(), batch))
+        .await
+        .ok_or_else(|| TaskError::Unavailable("the lease was not written".into()))?
+        .map_err(TaskError::Batch)?;
+    let views = leased_tasks(tasks, &rows, &agent)?;
+    if !views.is_empty() {
+        renewal_platform::activity::record();
+    }
+    metrics::counter!("phone_tasks_total", "status" => "leased").increment(views.len() as u64);
+    Ok(views)
+}
+
+/// The request checked: its queue, agent, size and lease length.
+fn checked(request: &LeaseRequest) -> Result<Ask, TaskError> {
     let queue = queue_name(&request.queue)?;
     let agent = request.agent_id.trim();
     if agent.is_empty() || agent.len() > 64 {
@@ -128,82 +190,84 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
     if !(1..=MAX_BATCH).contains(&max) {
         return Err(TaskError::Invalid(format!("max must be 1..={MAX_BATCH}")));
     }
-    let secs = lease_seconds(request.lease_seconds)?;
-    let now = tasks.clock.now();
-    // Counted here first; the database is asked only near the cap (the count there,
-    // exact across replicas, costs a scan of the leased tasks).
-    if tasks.leased.held_here(agent) + max > super::MAX_OPEN_LEASES {
-        let held = held_by(tasks, agent, now).await?;
-        if held + max > super::MAX_OPEN_LEASES {
-            return Err(too_many_leases(held));
-        }
+    let text = |v: &Option<String>| v.as_deref().unwrap_or("").to_owned();
+    Ok(Ask {
+        key: AskKey {
+            queue,
+            // The owner queue holds each owner's own tasks.
+            owner: if queue == "owner" {
+                agent.to_owned()
+            } else {
+                String::new()
+            },
+            branch_code: text(&request.branch_code),
+            city_code: text(&request.city_code),
+            lease_seconds: lease_seconds(request.lease_seconds)?,
+        },
+        agent: agent.to_owned(),
+        max,
+    })
+}
+
+/// Leases a batch: one statement per queue and filter, run side by side, each request
+/// answered with its rows.
+async fn lease_batch(tasks: PhoneTasks, batch: Vec<super::group_commit::Waiting<Ask, Answer>>) {
+    let mut groups: std::collections::HashMap<AskKey, Vec<_>> = Default::default();
+    for waiting in batch {
+        groups
+            .entry(waiting.0.key.clone())
+            .or_default()
+            .push(waiting);
     }
-    // The owner queue holds each owner's own tasks.
-    let owner = if queue == "owner" { agent } else { "" };
-    // One statement: leases that ran out for the last time go to dead letter, and the
-    // most urgent available tasks are leased, each with the calls made on its case
-    // before. The two updates touch disjoint rows (by their lease count).
-    let rows = sqlx::query(
-        "WITH dead AS (
-             UPDATE dispatch.phone_tasks SET state = 'dead', lease_token = NULL,
-                 last_error = 'no outcome after ' || leases || ' leases'
-             WHERE state = 'leased' AND available_at <= $2 AND leases >= $3
-             RETURNING id
-         ),
-         picked AS (
-             SELECT id FROM dispatch.phone_tasks
-             WHERE queue = $1 AND state IN ('open', 'leased') AND available_at <= $2 AND leases < $3
-               AND ($4 = '' OR owner_agent = $4)
-               AND ($5 = '' OR branch_code = $5)
-               AND ($6 = '' OR city_code = $6)
-               AND ($2 AT TIME ZONE time_zone)::time >= $7
-               AND ($2 AT TIME ZONE time_zone)::time < $8
-             ORDER BY days_to_expiry, available_at
-             LIMIT $9
-             FOR UPDATE SKIP LOCKED),
-         leased AS (
-             UPDATE dispatch.phone_tasks t
-             SET state = 'leased', lease_token = gen_random_uuid(), leased_by = $10,
-                 available_at = $2 + make_interval(secs => $11), leases = t.leases + 1
-             FROM picked WHERE t.id = picked.id
-             RETURNING t.id, t.lease_token, t.available_at, t.queue, t.days_to_expiry, t.case_id, t.policy_no,
-                       t.stage, t.owner_agent, t.branch_code, t.city_code, t.promotion, t.contact_enc,
-                       t.expiry_date, t.time_zone, t.leases, t.traceparent,
-                       (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                                    'stage', h.stage, 'outcome', coalesce(h.outcome, ''),
-                                    'completed_at', h.completed_at, 'agent_id', coalesce(h.leased_by, ''),
-                                    'reason', coalesce(h.outcome_detail->>'reason', ''))
-                                ORDER BY h.completed_at), '[]'::jsonb)
-                        FROM dispatch.phone_tasks h
-                        WHERE h.case_id = t.case_id AND h.state = 'completed') AS history,
-                       (SELECT jsonb_build_object('quote_id', ct.quote_id, 'premium_fen', ct.premium_fen,
-                                    'last_premium_fen', ct.last_premium_fen,
-                                    'change_fen', ct.premium_fen - ct.last_premium_fen,
-                                    'claim_free_years', ct.claim_free_years, 'promotion', ct.promotion,
-                                    'valid_until', ct.valid_until, 'discount_percent', ct.discount_percent,
-                                    'discount_extra', ct.discount_extra)
-                        FROM dispatch.case_terms ct WHERE ct.case_id = t.case_id) AS terms
-         )
-         SELECT *, (SELECT count(*) FROM dead) AS dead FROM leased
-         UNION ALL
-         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                NULL, NULL, NULL, NULL, (SELECT count(*) FROM dead)
-         WHERE NOT EXISTS (SELECT 1 FROM leased)
-         ORDER BY days_to_expiry, available_at",
-    )
-    .bind(queue)
-    .bind(now)
-    .bind(MAX_LEASES)
-    .bind(owner)
-    .bind(request.branch_code.as_deref().unwrap_or(""))
-    .bind(request.city_code.as_deref().unwrap_or(""))
-    .bind(tasks.call_hours.start)
-    .bind(tasks.call_hours.end)
-    .bind(max)
-    .bind(agent)
-    .bind(secs as f64)
-    .fetch_all(&tasks.pool)
-    .await?;
+    let now = tasks.clock.now();
+    futures::future::join_all(groups.into_iter().map(|(key, group)| {
+        let tasks = &tasks;
+        async move {
+            let asks: Vec<&Ask> = group.iter().map(|(ask, _)| ask).collect();
+            match lease_statement(tasks, &key, &asks, now).await {
+                Ok(mut shares) => {
+                    for ((_, answer), rows) in group.into_iter().zip(shares.drain(..)) {
+                        let _ = answer.send(Ok(rows));
+                    }
+                }
+                Err(e) => {
+                    let e = std::sync::Arc::new(e);
+                    for (_, answer) in group {
+                        let _ = answer.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }))
+    .await;
+}
+
+/// One statement: leases that ran out for the last time go to dead letter, and the
+/// most urgent available tasks are leased, the first request's share first, each with
+/// the calls made on its case before. The two updates touch disjoint rows (by their
+/// lease count). Returns each request's rows, in the order asked.
+async fn lease_statement(
+    tasks: &PhoneTasks,
+    key: &AskKey,
+    asks: &[&Ask],
+    now: DateTime<Utc>,
+) -> Result<Vec<Vec<sqlx::postgres::PgRow>>, sqlx::Error> {
+    let agents: Vec<&str> = asks.iter().map(|a| a.agent.as_str()).collect();
+    let maxes: Vec<i64> = asks.iter().map(|a| a.max).collect();
+    let rows = sqlx::query(LEASE)
+        .bind(key.queue)
+        .bind(now)
+        .bind(MAX_LEASES)
+        .bind(&key.owner)
+        .bind(&key.branch_code)
+        .bind(&key.city_code)
+        .bind(tasks.call_hours.start)
+        .bind(tasks.call_hours.end)
+        .bind(&agents)
+        .bind(&maxes)
+        .bind(key.lease_seconds as f64)
+        .fetch_all(&tasks.pool)
+        .await?;
     let dead = match rows.first() {
         Some(r) => r.try_get::<i64, _>("dead")? as u64,
         None => 0,
@@ -214,14 +278,81 @@ pub async fn lease(tasks: &PhoneTasks, request: &LeaseRequest) -> Result<Vec<Tas
             "phone tasks went to dead letter after {MAX_LEASES} leases without an outcome"
         );
         metrics::counter!("phone_tasks_total", "status" => "dead").increment(dead);
-    }
-    let views = leased_tasks(tasks, &rows, agent)?;
-    if dead > 0 || !views.is_empty() {
         renewal_platform::activity::record();
     }
-    metrics::counter!("phone_tasks_total", "status" => "leased").increment(views.len() as u64);
-    Ok(views)
+    let mut shares: Vec<Vec<_>> = asks.iter().map(|_| Vec::new()).collect();
+    for row in rows {
+        // The row that only counts dead letters belongs to no request.
+        let Some(ord) = row.try_get::<Option<i64>, _>("ord")? else {
+            continue;
+        };
+        if let Some(share) = shares.get_mut((ord - 1) as usize) {
+            share.push(row);
+        }
+    }
+    Ok(shares)
 }
+
+/// The lease statement ([`lease_statement`]): `wanted` numbers the requests and where
+/// each one's share ends, `assigned` gives each picked task to the request whose share
+/// its rank falls in.
+const LEASE: &str = "WITH wanted AS (
+         SELECT w.agent, w.ord, (sum(w.n) OVER (ORDER BY w.ord))::int8 AS upto
+         FROM unnest($9::text[], $10::int8[]) WITH ORDINALITY AS w(agent, n, ord)
+     ),
+     dead AS (
+         UPDATE dispatch.phone_tasks SET state = 'dead', lease_token = NULL,
+             last_error = 'no outcome after ' || leases || ' leases'
+         WHERE state = 'leased' AND available_at <= $2 AND leases >= $3
+         RETURNING id
+     ),
+     picked AS (
+         SELECT id, days_to_expiry, available_at FROM dispatch.phone_tasks
+         WHERE queue = $1 AND state IN ('open', 'leased') AND available_at <= $2 AND leases < $3
+           AND ($4 = '' OR owner_agent = $4)
+           AND ($5 = '' OR branch_code = $5)
+           AND ($6 = '' OR city_code = $6)
+           AND ($2 AT TIME ZONE time_zone)::time >= $7
+           AND ($2 AT TIME ZONE time_zone)::time < $8
+         ORDER BY days_to_expiry, available_at
+         LIMIT (SELECT max(upto) FROM wanted)
+         FOR UPDATE SKIP LOCKED),
+     assigned AS (
+         SELECT p.id, w.agent, w.ord
+         FROM (SELECT id, row_number() OVER (ORDER BY days_to_expiry, available_at, id) AS rank
+               FROM picked) p
+         CROSS JOIN LATERAL (
+             SELECT agent, ord FROM wanted WHERE wanted.upto >= p.rank ORDER BY ord LIMIT 1) w
+     ),
+     leased AS (
+         UPDATE dispatch.phone_tasks t
+         SET state = 'leased', lease_token = gen_random_uuid(), leased_by = a.agent,
+             available_at = $2 + make_interval(secs => $11), leases = t.leases + 1
+         FROM assigned a WHERE t.id = a.id
+         RETURNING a.ord, t.id, t.lease_token, t.available_at, t.queue, t.days_to_expiry, t.case_id,
+                   t.policy_no, t.stage, t.owner_agent, t.branch_code, t.city_code, t.promotion,
+                   t.contact_enc, t.expiry_date, t.time_zone, t.leases, t.traceparent,
+                   (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                'stage', h.stage, 'outcome', coalesce(h.outcome, ''),
+                                'completed_at', h.completed_at, 'agent_id', coalesce(h.leased_by, ''),
+                                'reason', coalesce(h.outcome_detail->>'reason', ''))
+                            ORDER BY h.completed_at), '[]'::jsonb)
+                    FROM dispatch.phone_tasks h
+                    WHERE h.case_id = t.case_id AND h.state = 'completed') AS history,
+                   (SELECT jsonb_build_object('quote_id', ct.quote_id, 'premium_fen', ct.premium_fen,
+                                'last_premium_fen', ct.last_premium_fen,
+                                'change_fen', ct.premium_fen - ct.last_premium_fen,
+                                'claim_free_years', ct.claim_free_years, 'promotion', ct.promotion,
+                                'valid_until', ct.valid_until, 'discount_percent', ct.discount_percent,
+                                'discount_extra', ct.discount_extra)
+                    FROM dispatch.case_terms ct WHERE ct.case_id = t.case_id) AS terms
+     )
+     SELECT *, (SELECT count(*) FROM dead) AS dead FROM leased
+     UNION ALL
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM dead)
+     WHERE NOT EXISTS (SELECT 1 FROM leased)
+     ORDER BY ord, days_to_expiry, available_at";
 
 /// The leased rows as the agent sees them.
 fn leased_tasks(

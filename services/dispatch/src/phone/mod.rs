@@ -6,6 +6,7 @@
 //! outcome the task goes to dead letter. Operations see each queue's figures and the
 //! dead tasks, and HQ may put a dead task back in its queue (`queues`).
 
+pub mod group_commit;
 pub mod intake;
 pub mod leases;
 pub mod outcomes;
@@ -48,6 +49,8 @@ pub struct PhoneTasks {
     completions: std::sync::Arc<outcomes::Completions>,
     /// What a completion needs of the tasks this process leased.
     leased: std::sync::Arc<outcomes::HeldTasks>,
+    /// Leases being written together.
+    leases: std::sync::Arc<leases::Leases>,
     /// Leases per caller and the agent it names.
     lease_quota: renewal_platform::quotas::Quota,
 }
@@ -66,8 +69,9 @@ impl PhoneTasks {
             clock,
             call_hours,
             pii,
-            completions: Default::default(),
+            completions: std::sync::Arc::new(outcomes::completions()),
             leased: Default::default(),
+            leases: std::sync::Arc::new(leases::leases()),
             lease_quota: renewal_platform::quotas::Quota::per_second(
                 "lease",
                 LEASES_PER_SECOND,
@@ -104,6 +108,9 @@ pub enum TaskError {
     /// Postgres failed for a batch this request was part of.
     #[error("{0}")]
     Unavailable(String),
+    /// Postgres failed for a batch of leases this request was part of.
+    #[error("postgres: {0}")]
+    Batch(std::sync::Arc<sqlx::Error>),
     /// The caller may not do this (401, 403, 429).
     #[error("{0}")]
     Refused(#[from] Problem),
@@ -118,6 +125,7 @@ impl IntoResponse for TaskError {
             TaskError::NotDead(d) => Problem::new(StatusCode::CONFLICT, "not_dead", d),
             TaskError::CaseStopped(d) => Problem::new(StatusCode::CONFLICT, "case_stopped", d),
             TaskError::Db(e) => Problem::database(&e),
+            TaskError::Batch(e) => Problem::database(&e),
             e @ TaskError::Pii { .. } => Problem::internal(&e),
             TaskError::Unavailable(e) => Problem::unavailable(&e),
             TaskError::Refused(p) => p,

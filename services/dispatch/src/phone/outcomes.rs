@@ -168,16 +168,7 @@ pub async fn complete(
         // this request's.
         fallback_traceparent: renewal_platform::telemetry::current_traceparent(),
     };
-    match tasks
-        .completions
-        .write(
-            &tasks.pool,
-            tasks.outbox.schema(),
-            &tasks.leased,
-            completion,
-        )
-        .await?
-    {
+    match write(tasks, completion).await? {
         Answer::Written => {}
         Answer::NotFound => return Err(TaskError::NotFound(id.to_string())),
         Answer::NotHeld(state) => return Err(refused(&state)),
@@ -215,7 +206,7 @@ pub async fn complete(
 }
 
 /// One completion as the agent sent it, checked, waiting to be written.
-struct Completion {
+pub(crate) struct Completion {
     task_id: Uuid,
     lease_token: Uuid,
     name: &'static str,
@@ -239,7 +230,7 @@ struct Ready {
 
 /// What became of one completion of a batch.
 #[derive(Debug)]
-enum Answer {
+pub(crate) enum Answer {
     /// Committed, with its event.
     Written,
     /// No such task.
@@ -252,86 +243,33 @@ enum Answer {
     Moved,
 }
 
-type Written = Result<Answer, String>;
+pub(crate) type Written = Result<Answer, String>;
 
-/// The group commit of completions: a queue, and [`WRITERS`] permits held by whoever
-/// is writing, so one batch is read and written while the next is committed.
-pub struct Completions {
-    queue: std::sync::Mutex<Vec<(Completion, oneshot::Sender<Written>)>>,
-    writing: tokio::sync::Semaphore,
+/// The group commit of completions: [`WRITERS`] batches written at once, at most
+/// [`COMPLETIONS_PER_STATEMENT`] completions each.
+pub(crate) type Completions = super::group_commit::GroupCommit<Completion, Written>;
+
+pub(crate) fn completions() -> Completions {
+    Completions::new(WRITERS, COMPLETIONS_PER_STATEMENT)
 }
 
 /// Batches being written at once.
 const WRITERS: usize = 2;
 
-impl Default for Completions {
-    fn default() -> Self {
-        Completions {
-            queue: Default::default(),
-            writing: tokio::sync::Semaphore::new(WRITERS),
-        }
-    }
-}
-
 /// Completions written in one statement at most.
 const COMPLETIONS_PER_STATEMENT: usize = 500;
 
-impl Completions {
-    /// Queues a completion and returns once it is committed (or refused).
-    async fn write(
-        &self,
-        pool: &PgPool,
-        schema: &'static str,
-        held: &std::sync::Arc<HeldTasks>,
-        completion: Completion,
-    ) -> Result<Answer, TaskError> {
-        let (answer, mut answered) = oneshot::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((completion, answer));
-        let answer = |written: Written| written.map_err(TaskError::Unavailable);
-        loop {
-            // Waits while enough batches are being written (the semaphore is fair: first
-            // come, first served). A batch written meanwhile may have held this one.
-            let Ok(_writer) = self.writing.acquire().await else {
-                break;
-            };
-            match answered.try_recv() {
-                Ok(written) => return answer(written),
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(TaskError::Unavailable(
-                        "the completion was not written".into(),
-                    ));
-                }
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            let batch: Vec<_> = {
-                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                let n = queue.len().min(COMPLETIONS_PER_STATEMENT);
-                queue.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                // Taken by a write still running for an agent who hung up.
-                break;
-            }
-            // Written by a task of its own, so an agent hanging up mid-write cannot
-            // cut the batch short for the others.
-            let writing = tokio::spawn(write_batch(pool.clone(), schema, held.clone(), batch));
-            if let Err(e) = writing.await {
-                tracing::error!(error = %e, "writing completions failed");
-            }
-            if let Ok(written) = answered.try_recv() {
-                return answer(written);
-            }
-        }
-        match answered.await {
-            Ok(written) => answer(written),
-            Err(_) => Err(TaskError::Unavailable(
-                "the completion was not written".into(),
-            )),
-        }
-    }
+/// Queues a completion and returns once it is committed (or refused).
+async fn write(tasks: &PhoneTasks, completion: Completion) -> Result<Answer, TaskError> {
+    let (pool, schema, held) = (&tasks.pool, tasks.outbox.schema(), &tasks.leased);
+    tasks
+        .completions
+        .submit(completion, |batch| {
+            write_batch(pool.clone(), schema, held.clone(), batch)
+        })
+        .await
+        .ok_or_else(|| TaskError::Unavailable("the completion was not written".into()))?
+        .map_err(TaskError::Unavailable)
 }
 
 /// Writes a batch: one read of all its tasks (which tokens hold their task, and what
