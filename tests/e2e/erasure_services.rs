@@ -57,18 +57,10 @@ fn counts(done: &ErasureDone) -> HashMap<&str, u64> {
 
 fn sms(case_id: Uuid, mobile: &str, due_at_ms: i64) -> SendSms {
     SendSms {
-        command_id: Uuid::new_v4().to_string(),
         case_id: case_id.to_string(),
         policy_no: format!("P{}", &case_id.simple().to_string()[..10]),
-        stage: "T-60".into(),
-        template: "renewal_friendly".into(),
-        mobile: mobile.into(),
-        customer_name: "王芳".into(),
-        plate: "沪AD12345".into(),
-        expiry_date: "2027-01-31".into(),
-        time_zone: "Asia/Shanghai".into(),
-        marketing: true,
         due_at_ms,
+        ..renewal_e2e::send_sms(mobile)
     }
 }
 

@@ -24,18 +24,8 @@ use uuid::Uuid;
 
 fn send_sms(n: usize) -> SendSms {
     SendSms {
-        command_id: Uuid::new_v4().to_string(),
-        case_id: Uuid::new_v4().to_string(),
         policy_no: format!("P2026H{n:05}"),
-        stage: "T-60".into(),
-        template: "renewal_friendly".into(),
-        mobile: format!("+86139{n:08}"),
-        customer_name: "王芳".into(),
-        plate: "沪AD12345".into(),
-        expiry_date: "2027-01-31".into(),
-        time_zone: "Asia/Shanghai".into(),
-        marketing: true,
-        due_at_ms: 0,
+        ..renewal_e2e::send_sms(&format!("+86139{n:08}"))
     }
 }
 
