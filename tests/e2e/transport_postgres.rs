@@ -244,3 +244,39 @@ async fn a_server_certificate_for_another_host_is_refused() {
     pool.close().await;
     forward.abort();
 }
+
+/// A statement too big for one TLS record (a batch of 100 receipts, the outbox rows of
+/// a batch of events) goes out in several writes. With Nagle's algorithm on the
+/// client's socket the second write waits for the server to acknowledge the first,
+/// and Linux delays that ACK by 40 ms: every such statement took 40 ms more (sqlx
+/// 0.9.0 left `TCP_NODELAY` off; the webhook's p50 was 52 ms). Each of these round
+/// trips carries 48 kB; on loopback it takes about a millisecond.
+#[tokio::test]
+async fn a_statement_spanning_tls_records_does_not_wait_for_a_delayed_ack() {
+    let Some(ca) = ca_or_skip("a_statement_spanning_tls_records_does_not_wait_for_a_delayed_ack")
+    else {
+        return;
+    };
+    let pool = postgres::pool(&url("127.0.0.1", 5432, &verify_full(&ca)), 1).expect("pool");
+    assert!(over_tls(&pool).await.expect("over TLS"));
+    let payload = vec![7_u8; 48 * 1024];
+    let mut took = Vec::new();
+    for _ in 0..21 {
+        let started = std::time::Instant::now();
+        let length: i32 = sqlx::query_scalar("SELECT length($1::bytea)")
+            .bind(&payload)
+            .fetch_one(&pool)
+            .await
+            .expect("round trip");
+        took.push(started.elapsed());
+        assert_eq!(length, 48 * 1024);
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < Duration::from_millis(25),
+        "a 48 kB statement over TLS took {median:?} (median of 21; sorted: {took:?}): \
+         is TCP_NODELAY off on the pool's sockets?"
+    );
+    pool.close().await;
+}
