@@ -8,10 +8,11 @@ use secrecy::SecretString;
 
 /// The default reserve: one connection per sender (each holds its claimed batch's
 /// transaction while the vendor answers) and three times as many for the webhook. Each
-/// push holds a connection for its transaction's four round trips; over TLS to a
-/// loopback Postgres, a reserve of 8 (4 for the webhook) capped `receipts_per_s` at
-/// about 13,000 with a third of the two cores idle, where 16 gives about 16,500 (see
-/// issue 14's note). A Kubernetes pod keeps its own `DATABASE_RESERVED_CONNECTIONS`.
+/// push holds a connection for its transaction's round trips. Measured while sqlx
+/// 0.9.0 left Nagle's algorithm on (each receipt batch then held its connection 40 ms
+/// longer), a reserve of 8 gave `receipts_per_s` about 13,000 and 16 about 16,500;
+/// without that stall 8 may be enough, not measured yet (issue 14's note). A
+/// Kubernetes pod keeps its own `DATABASE_RESERVED_CONNECTIONS`.
 pub const RESERVED_CONNECTIONS: u32 = 4 * crate::sms::sending::WORKERS as u32;
 
 #[derive(Debug, Clone)]
